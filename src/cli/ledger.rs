@@ -1,0 +1,1 @@
+//! `kla ledger ...` and `kla verify` (placeholder)

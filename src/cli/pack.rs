@@ -1,0 +1,1 @@
+//! `kla pack ...` (placeholder)
