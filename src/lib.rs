@@ -1,8 +1,12 @@
 //! kla: a governance sidecar for AI agents.
 pub mod api;
+pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod ledger;
 pub mod policy;
+pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod time;

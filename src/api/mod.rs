@@ -1,1 +1,71 @@
-//! api (placeholder)
+//! The REST API: router, the per-request pipeline (request id → auth → rate limit → idempotency → handler),
+//! error mapping, and one file per resource. Handlers translate between wire types (DTOs defined here) and the
+//! core modules; they hold no business rules of their own and never touch SQL directly.
+
+mod agents;
+pub mod auth;
+mod error;
+mod health;
+mod idempotency;
+mod json;
+pub mod ratelimit;
+mod request_id;
+
+pub use error::{ApiError, ApiResult, Code};
+
+use crate::auth::Authenticator;
+use crate::auth::keys::KeyFile;
+use crate::store::Store;
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a handler may use. Built once by `app`, shared behind an `Arc`.
+pub struct AppState {
+    /// The embedded store.
+    pub store: Store,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Per-tenant rate limiter, when on.
+    pub limiter: Option<ratelimit::RateLimiter>,
+    /// Largest accepted body.
+    pub body_limit: usize,
+    /// Key that signs agent manifests.
+    pub registry_key: KeyFile,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// Builds the whole router.
+pub fn router(state: SharedState) -> Router {
+    let v1 = Router::new()
+        .merge(agents::routes())
+        .layer(from_fn_with_state(state.clone(), idempotency::layer))
+        .layer(from_fn_with_state(state.clone(), ratelimit::layer))
+        .layer(from_fn_with_state(state.clone(), auth::layer));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/admin/health", get(health::admin_health))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        Code::MethodNotAllowed,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,3 +1,34 @@
 //! Command-line subcommands. The only module where `anyhow` is fine.
+
 pub mod ledger;
 pub mod pack;
+pub mod serve;
+pub mod token;
+
+use clap::{Parser, Subcommand};
+
+/// kla: a governance sidecar for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "kla", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the kla server (API, policy engine, ledger).
+    Serve(Box<serve::ServeArgs>),
+    /// Print a signed API token for a tenant and role.
+    Token(token::TokenArgs),
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve::run(*a),
+        Command::Token(a) => token::run(a),
+    }
+}

@@ -1,1 +1,162 @@
-//! store (placeholder)
+//! The embedded store: the only module that knows SQL.
+//!
+//! It owns the SQLite database in the data dir (WAL mode, migrations embedded in the binary, schema version in
+//! `PRAGMA user_version`) and exposes typed async functions: callers never see a `Connection`, a row or a SQL string,
+//! so a PostgreSQL backend can replace it for multi-replica deployments without touching the rest of kla.
+//! It must not know HTTP, policy or ledger internals: it stores and returns plain records.
+//!
+//! Blocking SQLite calls run on tokio's blocking pool. Writes go through one connection (SQLite allows one writer
+//! at a time anyway); reads use a small pool of read-only connections that WAL lets run beside the writer.
+
+mod agents;
+mod decisions;
+mod idempotency;
+mod migrations;
+
+pub use agents::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
+pub use decisions::{DecisionRecord, LineageRecord};
+pub use idempotency::{IdempotencyBegin, StoredResponse};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Errors of the store. All of them are kla's (or the disk's) fault, never the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite returned an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The blocking task running the query failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer kla.
+    #[error("database schema version {found} is newer than this kla supports ({supported})")]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Highest version this binary knows.
+        supported: i64,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const READERS: usize = 4;
+
+/// Handle to the embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl Store {
+    /// Opens (creating if needed) `kla.db` in `data_dir`, applies pending migrations, and clears idempotency
+    /// reservations left in flight by a previous process (nothing can still be running them).
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join("kla.db");
+        let mut writer = Connection::open(&path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.pragma_update(None, "foreign_keys", "ON")?;
+        writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::apply(&mut writer)?;
+        idempotency::clear_in_flight(&writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let c = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            readers.push(Mutex::new(c));
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with the write connection on the blocking pool.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock();
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i].lock();
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The SQLite library version, e.g. `3.50.2`.
+    pub fn sqlite_version() -> &'static str {
+        rusqlite::version()
+    }
+
+    /// Proves the store can take a write right now (used by `/readyz`).
+    pub async fn check_writable(&self) -> Result<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES('ready_probe', strftime('%s','now'))
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads a value from the key/value meta table.
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+}

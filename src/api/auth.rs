@@ -1,0 +1,107 @@
+//! Request authentication: `Authorization: Bearer <jwt>` and `x-tenant-id` on every `/v1` request, checked
+//! before anything else runs. Handlers receive a [`Caller`] and ask it for the roles they need.
+
+use super::{ApiError, SharedState};
+use crate::auth::{Principal, Role};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Tenant header of seed 001.
+pub const X_TENANT_ID: &str = "x-tenant-id";
+
+/// An authenticated caller acting in one tenant.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who the token names.
+    pub principal: Principal,
+    /// The tenant of this request (listed in the token).
+    pub tenant: Arc<str>,
+}
+
+impl Caller {
+    /// 403 unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.principal.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "role '{}' may not do this (needs one of: {})",
+                self.principal.role.as_str(),
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+    }
+}
+
+fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
+    let principal = state.auth.verify(token).map_err(|e| {
+        tracing::debug!(error = %e, "token refused");
+        ApiError::unauthorized(e.to_string())
+    })?;
+    let tenant = req
+        .headers()
+        .get(X_TENANT_ID)
+        .ok_or_else(|| ApiError::invalid("missing x-tenant-id header"))?
+        .to_str()
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .ok_or_else(|| {
+            ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters")
+        })?;
+    if !principal.allows_tenant(tenant) {
+        return Err(ApiError::forbidden(format!(
+            "token is not valid for tenant '{tenant}'"
+        )));
+    }
+    Ok(Caller {
+        tenant: tenant.into(),
+        principal,
+    })
+}
+
+pub(super) async fn layer(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&state, &req) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}

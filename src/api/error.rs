@@ -1,0 +1,163 @@
+//! The one place where errors become HTTP responses: `{"code","message"}` with the seed's codes.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The error codes of seed 001 (plus `payload_too_large`). The string is the wire `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 400: malformed JSON or a failed schema validation.
+    InvalidRequest,
+    /// 401: missing, expired or invalid bearer token.
+    Unauthorized,
+    /// 403: valid token without permission for this tenant or action.
+    Forbidden,
+    /// 404: unknown resource or route.
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: idempotency key reuse, duplicate registration, request still in flight.
+    Conflict,
+    /// 413: body over the configured limit.
+    PayloadTooLarge,
+    /// 429: rate limit exceeded.
+    RateLimited,
+    /// 500: our fault; retry with backoff.
+    Internal,
+    /// 503: a dependency (store, ledger) is unavailable; retry with backoff.
+    Unavailable,
+}
+
+impl Code {
+    /// The HTTP status for this code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The wire string. Every 5xx is `internal_error`, as in seed 001.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest | Code::MethodNotAllowed => "invalid_request",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::RateLimited => "rate_limited",
+            Code::Internal | Code::Unavailable => "internal_error",
+        }
+    }
+}
+
+/// An API error: a code, a human message, and an optional `Retry-After` in seconds.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Machine-readable code.
+    pub code: Code,
+    /// Human-readable message; never contains secrets.
+    pub message: String,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// A new error with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthorized, message)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(Code::Conflict, message)
+    }
+    /// 500 `internal_error`; the detail is logged, not sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(Code::Internal, "internal error; retry with backoff")
+    }
+    /// 503 `internal_error` for an unavailable dependency; the detail is logged.
+    pub fn unavailable(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "dependency unavailable");
+        let mut e = Self::new(
+            Code::Unavailable,
+            "service temporarily unavailable; retry with backoff",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+    /// Adds a `Retry-After` header.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            code: self.code.as_str(),
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        let mut resp = (
+            self.code.status(),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,136 @@
+//! `Idempotency-Key` on every POST: same key and same request → the stored response with
+//! `Idempotent-Replayed: true`; same key, different request → 409; a retry while the first is running → 409 with
+//! `Retry-After: 1`. Keys are durable per tenant for 24 h (in the store). A 5xx answer releases the key so a retry
+//! can succeed; any other answer is recorded.
+
+use super::auth::Caller;
+use super::json::read_body;
+use super::{ApiError, SharedState};
+use crate::store::{IdempotencyBegin, StoredResponse};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+/// Request header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header on replays.
+pub const REPLAYED: &str = "idempotent-replayed";
+/// Largest response body kept for replay.
+const MAX_STORED: usize = 4 * 1024 * 1024;
+
+pub(super) async fn layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    match run(state, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, ApiError> {
+    if req.method() != Method::POST {
+        return Ok(next.run(req).await);
+    }
+    let Some(key) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(next.run(req).await);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1-255 visible ASCII characters"))?
+        .to_owned();
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, state.body_limit).await?;
+    let mut h = Sha256::new();
+    h.update(parts.method.as_str());
+    h.update([0]);
+    h.update(parts.uri.path());
+    h.update([0]);
+    h.update(&bytes);
+    let fingerprint = hex::encode(h.finalize());
+
+    let begin = state
+        .store
+        .idempotency_begin(&caller.tenant, &key, &fingerprint)
+        .await
+        .map_err(ApiError::unavailable)?;
+    match begin {
+        IdempotencyBegin::Replay(stored) => return Ok(replay(stored)),
+        IdempotencyBegin::Mismatch => {
+            return Err(ApiError::conflict(
+                "Idempotency-Key was already used with a different request",
+            ));
+        }
+        IdempotencyBegin::InFlight => {
+            return Err(ApiError::conflict(
+                "a request with this Idempotency-Key is still in progress",
+            )
+            .with_retry_after(1));
+        }
+        IdempotencyBegin::Reserved => {}
+    }
+
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = resp.status();
+    if status.is_server_error() {
+        release(&state, &caller, &key).await;
+        return Ok(resp);
+    }
+    let (rparts, rbody) = resp.into_parts();
+    let rbytes = match axum::body::to_bytes(rbody, MAX_STORED).await {
+        Ok(b) => b,
+        Err(e) => {
+            release(&state, &caller, &key).await;
+            return Err(ApiError::internal(format!(
+                "buffering response for idempotency: {e}"
+            )));
+        }
+    };
+    let stored = StoredResponse {
+        status: status.as_u16(),
+        body: rbytes.to_vec(),
+        content_type: rparts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    if let Err(e) = state
+        .store
+        .idempotency_finish(&caller.tenant, &key, stored)
+        .await
+    {
+        // The action happened; failing the response now would invite a retry that repeats it. Log and answer.
+        tracing::error!(error = %e, "could not record idempotency key");
+    }
+    Ok(Response::from_parts(rparts, Body::from(rbytes)))
+}
+
+async fn release(state: &SharedState, caller: &Caller, key: &str) {
+    if let Err(e) = state.store.idempotency_release(&caller.tenant, key).await {
+        tracing::error!(error = %e, "could not release idempotency key");
+    }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let mut resp = Response::new(Body::from(stored.body));
+    *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    if let Some(ct) = stored
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    resp.headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    resp
+}

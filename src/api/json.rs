@@ -1,0 +1,69 @@
+//! A JSON body extractor whose errors are `invalid_request` messages that name the field, and
+//! `payload_too_large` for bodies over the limit.
+
+use super::{ApiError, Code, SharedState};
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde::de::DeserializeOwned;
+
+/// A JSON request body of type `T`.
+pub struct ApiJson<T>(pub T);
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                Code::PayloadTooLarge,
+                format!("request body is larger than {limit} bytes"),
+            )
+        } else {
+            ApiError::invalid(format!("could not read request body: {e}"))
+        }
+    })
+}
+
+/// Parses JSON into `T`, naming the offending field in the error.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(format!("malformed JSON: {inner}"))
+        } else if path == "." || path.is_empty() {
+            ApiError::invalid(inner.to_string())
+        } else {
+            ApiError::invalid(format!("field '{path}': {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: trailing characters ({e})")))?;
+    Ok(value)
+}
+
+impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("application/json") && !essence.ends_with("+json") {
+                return Err(ApiError::invalid(format!(
+                    "Content-Type must be application/json, got {ct:?}"
+                )));
+            }
+        }
+        let bytes = read_body(req.into_body(), state.body_limit).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid(
+                "request body is empty; expected a JSON object",
+            ));
+        }
+        parse(&bytes).map(ApiJson)
+    }
+}

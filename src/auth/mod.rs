@@ -1,0 +1,246 @@
+//! Who is calling: bearer-token verification, roles and tenancy, and minting kla's own tokens.
+//!
+//! kla's own tokens are EdDSA (Ed25519) JWTs signed with a key created in the data dir on first start
+//! (`keys/token-signing.pem`); `kla token` mints them with the same key. Tokens from an external OAuth issuer are
+//! verified against a JWKS file (RS256, ES256, EdDSA) with the configured issuer and audience. `alg: none`, HMAC,
+//! expired tokens and wrong signatures are refused. Verified tokens are cached until they expire, because an
+//! Ed25519 verification costs more than the rest of a policy decision.
+//! This module knows nothing of HTTP routing or storage; `api::auth` adapts it to requests.
+
+pub mod keys;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Issuer and audience of kla's own tokens.
+pub const LOCAL_ISSUER: &str = "kla";
+/// Audience of kla's own tokens.
+pub const LOCAL_AUDIENCE: &str = "kla";
+const CACHE_MAX: usize = 16_384;
+
+/// Errors of token handling. Verification failures are the caller's fault (401); key problems are ours.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token is malformed, expired, wrongly signed or uses a refused algorithm.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// A key file could not be read, parsed or written.
+    #[error("key error: {0}")]
+    Key(String),
+}
+
+/// What a token lets its holder do. Ordered by nothing: check with the `can_*` helpers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An agent: registers itself, asks for decisions.
+    Agent,
+    /// A person who resolves approvals.
+    Approver,
+    /// Operates kla: everything.
+    Admin,
+    /// Reads decisions, the ledger and evidence.
+    Auditor,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// The claims kla reads (and writes in its own tokens).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject (who).
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Tenants the token may act in.
+    pub tenants: Vec<String>,
+    /// Role.
+    pub role: Role,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+}
+
+/// A verified caller identity.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Subject of the token.
+    pub subject: Arc<str>,
+    /// Role of the token.
+    pub role: Role,
+    /// Tenants the token may act in.
+    pub tenants: Arc<[String]>,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+}
+
+impl Principal {
+    /// Whether the token lists `tenant`.
+    pub fn allows_tenant(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t == tenant)
+    }
+}
+
+/// External OAuth issuer settings.
+#[derive(Debug, Clone)]
+pub struct ExternalIssuer {
+    /// The JWKS document.
+    pub jwks: JwkSet,
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+}
+
+impl ExternalIssuer {
+    /// Loads a JWKS file.
+    pub fn load(path: &Path, issuer: String, audience: String) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AuthError::Key(format!("reading JWKS {}: {e}", path.display())))?;
+        let jwks: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| AuthError::Key(format!("parsing JWKS {}: {e}", path.display())))?;
+        Ok(ExternalIssuer {
+            jwks,
+            issuer,
+            audience,
+        })
+    }
+}
+
+/// Verifies bearer tokens. Cheap to share behind an `Arc`.
+pub struct Authenticator {
+    local: DecodingKey,
+    external: Option<ExternalIssuer>,
+    cache: RwLock<HashMap<Box<str>, Principal>>,
+}
+
+fn now_secs() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+impl Authenticator {
+    /// An authenticator for kla's own tokens (verified with `local_public_pem`) and, optionally, an external issuer.
+    pub fn new(
+        local_public_pem: &[u8],
+        external: Option<ExternalIssuer>,
+    ) -> Result<Self, AuthError> {
+        let local = DecodingKey::from_ed_pem(local_public_pem)
+            .map_err(|e| AuthError::Key(e.to_string()))?;
+        Ok(Authenticator {
+            local,
+            external,
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Verifies `token` and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = now_secs();
+        if let Some(p) = self.cache.read().get(token)
+            && p.exp > now
+        {
+            return Ok(p.clone());
+        }
+        let p = self.verify_uncached(token)?;
+        let mut cache = self.cache.write();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, p| p.exp > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), p.clone());
+        Ok(p)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+        let bad = |e: jsonwebtoken::errors::Error| AuthError::InvalidToken(e.to_string());
+        // Parsing the header refuses `alg: none` (not an algorithm jsonwebtoken knows).
+        let header = decode_header(token).map_err(bad)?;
+        let claims = match (header.alg, header.kid.as_deref(), &self.external) {
+            (Algorithm::EdDSA, None, _) => {
+                let mut v = Validation::new(Algorithm::EdDSA);
+                v.set_issuer(&[LOCAL_ISSUER]);
+                v.set_audience(&[LOCAL_AUDIENCE]);
+                v.leeway = 5;
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                decode::<Claims>(token, &self.local, &v)
+                    .map_err(bad)?
+                    .claims
+            }
+            (
+                alg @ (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA),
+                Some(kid),
+                Some(ext),
+            ) => {
+                let jwk = ext
+                    .jwks
+                    .find(kid)
+                    .ok_or_else(|| AuthError::InvalidToken(format!("unknown key id {kid:?}")))?;
+                let key = DecodingKey::from_jwk(jwk).map_err(bad)?;
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[ext.issuer.as_str()]);
+                v.set_audience(&[ext.audience.as_str()]);
+                v.leeway = 5;
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                decode::<Claims>(token, &key, &v).map_err(bad)?.claims
+            }
+            (alg, _, _) => {
+                return Err(AuthError::InvalidToken(format!(
+                    "algorithm {alg:?} is not accepted"
+                )));
+            }
+        };
+        if claims.tenants.is_empty() {
+            return Err(AuthError::InvalidToken("token lists no tenants".into()));
+        }
+        Ok(Principal {
+            subject: claims.sub.into(),
+            role: claims.role,
+            tenants: claims.tenants.into(),
+            exp: claims.exp,
+        })
+    }
+}
+
+/// Mints a kla token signed with the private key PEM.
+pub fn mint(
+    private_pem: &[u8],
+    tenants: Vec<String>,
+    role: Role,
+    subject: String,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
+    let now = now_secs();
+    let claims = Claims {
+        iss: LOCAL_ISSUER.into(),
+        sub: subject,
+        aud: LOCAL_AUDIENCE.into(),
+        tenants,
+        role,
+        exp: now + ttl.as_secs(),
+        iat: now,
+    };
+    encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
+}

@@ -1,0 +1,41 @@
+//! `kla token`: mints an API token with the data dir's signing key (created if absent).
+
+use crate::auth::{self, Role, keys};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `kla token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// Data directory of the server that will accept the token.
+    #[arg(long, default_value = "kla-data")]
+    pub data_dir: PathBuf,
+    /// Tenant the token may act in (repeatable).
+    #[arg(long, required = true)]
+    pub tenant: Vec<String>,
+    /// Role.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// Subject (who); defaults to the role name.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: humantime::Duration,
+}
+
+/// Prints the token on stdout.
+pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.data_dir)?;
+    let key = keys::load_or_create(&keys::token_key_path(&a.data_dir))?;
+    let subject = a.subject.unwrap_or_else(|| a.role.as_str().to_owned());
+    let token = auth::mint(
+        key.private_pem.as_bytes(),
+        a.tenant,
+        a.role,
+        subject,
+        a.ttl.into(),
+    )?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,162 @@
+//! The agent registry's pure core: what a manifest is, how it is validated, canonicalised (RFC 8785 JCS),
+//! hashed (`sha256:<hex>`) and signed with kla's registry key. Storage lives in `store`, HTTP in `api::agents`;
+//! this module does no IO.
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors in a manifest: always the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A field is missing or out of range; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An agent manifest as registered (seed 001 body plus `endpoint` and `owner`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manifest {
+    /// Unique name within the tenant: 1-128 chars of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// What the agent does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Model identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Tool names the agent may call.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// URL kla calls to start an execution (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Who owns the agent (team or person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Manifest {
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        let bad = |m: String| Err(RegistryError::Invalid(m));
+        if !valid_name(&self.name) {
+            return bad(
+                "field 'name' must be 1-128 characters of letters, digits, '.', '_' or '-'".into(),
+            );
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return bad("field 'temperature' must be between 0 and 2".into());
+        }
+        if self.description.as_ref().is_some_and(|d| d.len() > 4096) {
+            return bad("field 'description' must be at most 4096 characters".into());
+        }
+        if self.tools.len() > 1024 {
+            return bad("field 'tools' must list at most 1024 tools".into());
+        }
+        for (i, t) in self.tools.iter().enumerate() {
+            if t.is_empty() || t.len() > 256 {
+                return bad(format!("field 'tools[{i}]' must be 1-256 characters"));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            let ok = (e.starts_with("http://") || e.starts_with("https://"))
+                && e.parse::<http::Uri>().is_ok();
+            if !ok {
+                return bad("field 'endpoint' must be an http or https URL".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 8785 canonical JSON of the manifest.
+    pub fn canonical(&self) -> Result<String, RegistryError> {
+        serde_json_canonicalizer::to_string(self).map_err(|e| RegistryError::Invalid(e.to_string()))
+    }
+}
+
+/// `sha256:<hex>` over the canonical bytes.
+pub fn manifest_hash(canonical: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    )
+}
+
+/// kla's signature over the manifest hash string: `ed25519:<base64>`.
+pub fn sign_hash(key: &SigningKey, manifest_hash: &str) -> String {
+    use base64::Engine;
+    let sig = key.sign(manifest_hash.as_bytes());
+    format!(
+        "ed25519:{}",
+        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+    )
+}
+
+/// A new agent id: `agt_` and 12 random hex digits.
+pub fn new_agent_id() -> String {
+    format!("agt_{}", hex::encode(rand::random::<[u8; 6]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> Manifest {
+        serde_json::from_str(
+            r#"{"name":"claims-triage","description":"Triages inbound insurance claims","model":"gpt-4.1",
+                "temperature":0.2,"tools":["lookup_policy","flag_for_review"]}"#,
+        )
+        .expect("seed body parses")
+    }
+
+    #[test]
+    fn canonical_form_is_sorted_and_compact() {
+        let c = m().canonical().expect("canonical");
+        assert_eq!(
+            c,
+            r#"{"description":"Triages inbound insurance claims","model":"gpt-4.1","name":"claims-triage","temperature":0.2,"tools":["lookup_policy","flag_for_review"]}"#
+        );
+        assert_eq!(
+            manifest_hash(&c),
+            manifest_hash(&m().canonical().expect("again"))
+        );
+        assert!(manifest_hash(&c).starts_with("sha256:"));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut x = m();
+        x.temperature = Some(3.0);
+        assert!(
+            x.validate()
+                .expect_err("bad")
+                .to_string()
+                .contains("temperature")
+        );
+        let mut x = m();
+        x.name = "bad name".into();
+        assert!(x.validate().expect_err("bad").to_string().contains("name"));
+        let mut x = m();
+        x.endpoint = Some("ftp://x".into());
+        assert!(
+            x.validate()
+                .expect_err("bad")
+                .to_string()
+                .contains("endpoint")
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Decisions and the lineage index. Both are derived from the ledger (the source of truth) and can be rebuilt
+//! from it: `max_indexed_ledger_index` tells startup where to resume.
+
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
+
+/// A stored decision.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// `dec_...`.
+    pub decision_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Agent the decision was for.
+    pub agent_id: String,
+    /// Action evaluated.
+    pub action: String,
+    /// Outcome string.
+    pub decision: String,
+    /// Lineage id of its ledger entry.
+    pub lineage_id: String,
+    /// Ledger index of its entry.
+    pub ledger_index: u64,
+    /// Optional trace id.
+    pub trace_id: Option<String>,
+    /// Optional execution id.
+    pub execution_id: Option<String>,
+    /// The full API response JSON.
+    pub body: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// One ledger entry in the lineage index.
+#[derive(Debug, Clone)]
+pub struct LineageRecord {
+    /// `lr_...`.
+    pub lineage_id: String,
+    /// Tenant that owns the entry.
+    pub tenant: String,
+    /// Position in the ledger.
+    pub ledger_index: u64,
+    /// Entry kind.
+    pub kind: String,
+    /// Decision id, for decision entries.
+    pub decision_id: Option<String>,
+    /// Trace id, when known.
+    pub trace_id: Option<String>,
+    /// Execution id, when known.
+    pub execution_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
+    Ok(LineageRecord {
+        lineage_id: r.get(0)?,
+        tenant: r.get(1)?,
+        ledger_index: r.get::<_, i64>(2)? as u64,
+        kind: r.get(3)?,
+        decision_id: r.get(4)?,
+        trace_id: r.get(5)?,
+        execution_id: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+const LINEAGE_COLS: &str =
+    "lineage_id, tenant, ledger_index, kind, decision_id, trace_id, execution_id, created_at";
+
+impl Store {
+    /// Indexes ledger entries (and the decisions among them) in one transaction. Idempotent: re-indexing an
+    /// entry already present is a no-op, so startup can replay the ledger tail safely.
+    pub async fn index_entries(
+        &self,
+        lineage: Vec<LineageRecord>,
+        decisions: Vec<DecisionRecord>,
+    ) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO lineage(lineage_id, tenant, ledger_index, kind, decision_id, trace_id,
+                                                   execution_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for l in &lineage {
+                    ins.execute(params![
+                        l.lineage_id,
+                        l.tenant,
+                        l.ledger_index as i64,
+                        l.kind,
+                        l.decision_id,
+                        l.trace_id,
+                        l.execution_id,
+                        l.created_at
+                    ])?;
+                }
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
+                                                     ledger_index, trace_id, execution_id, body, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for d in &decisions {
+                    ins.execute(params![
+                        d.decision_id,
+                        d.tenant,
+                        d.agent_id,
+                        d.action,
+                        d.decision,
+                        d.lineage_id,
+                        d.ledger_index as i64,
+                        d.trace_id,
+                        d.execution_id,
+                        d.body,
+                        d.created_at
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Highest ledger index present in the lineage index, if any.
+    pub async fn max_indexed_ledger_index(&self) -> Result<Option<u64>> {
+        self.read(|c| {
+            let v: Option<i64> =
+                c.query_row("SELECT MAX(ledger_index) FROM lineage", [], |r| r.get(0))?;
+            Ok(v.map(|v| v as u64))
+        })
+        .await
+    }
+
+    /// A decision of a tenant.
+    pub async fn get_decision(
+        &self,
+        tenant: &str,
+        decision_id: &str,
+    ) -> Result<Option<DecisionRecord>> {
+        let (t, d) = (tenant.to_owned(), decision_id.to_owned());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT decision_id, tenant, agent_id, action, decision, lineage_id, ledger_index, trace_id,
+                        execution_id, body, created_at
+                 FROM decisions WHERE tenant = ?1 AND decision_id = ?2",
+                params![t, d],
+                |r| {
+                    Ok(DecisionRecord {
+                        decision_id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        agent_id: r.get(2)?,
+                        action: r.get(3)?,
+                        decision: r.get(4)?,
+                        lineage_id: r.get(5)?,
+                        ledger_index: r.get::<_, i64>(6)? as u64,
+                        trace_id: r.get(7)?,
+                        execution_id: r.get(8)?,
+                        body: r.get(9)?,
+                        created_at: r.get(10)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// A lineage entry of a tenant.
+    pub async fn get_lineage(
+        &self,
+        tenant: &str,
+        lineage_id: &str,
+    ) -> Result<Option<LineageRecord>> {
+        let (t, l) = (tenant.to_owned(), lineage_id.to_owned());
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND lineage_id = ?2"
+                ),
+                params![t, l],
+                lineage_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Lineage entries of a tenant selected by decision, trace or execution id (at most `limit`).
+    pub async fn find_lineage(
+        &self,
+        tenant: &str,
+        decision_id: Option<&str>,
+        trace_id: Option<&str>,
+        execution_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LineageRecord>> {
+        let (t, d, tr, e) = (
+            tenant.to_owned(),
+            decision_id.map(str::to_owned),
+            trace_id.map(str::to_owned),
+            execution_id.map(str::to_owned),
+        );
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1
+                 AND (?2 IS NULL OR decision_id = ?2) AND (?3 IS NULL OR trace_id = ?3)
+                 AND (?4 IS NULL OR execution_id = ?4)
+                 ORDER BY ledger_index LIMIT ?5"
+            ))?;
+            let rows = st.query_map(params![t, d, tr, e, limit as i64], lineage_from_row)?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,98 @@
+//! Embedded, ordered schema migrations. Version N is `MIGRATIONS[N-1]`; `PRAGMA user_version` records the last
+//! one applied. Migrations are append-only: never edit one that has shipped.
+
+use super::{Result, StoreError};
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: agents, idempotency, meta.
+    r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE agents (
+        tenant      TEXT NOT NULL,
+        agent_id    TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (tenant, agent_id),
+        UNIQUE (tenant, name)
+    );
+    CREATE TABLE agent_versions (
+        tenant         TEXT NOT NULL,
+        agent_id       TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        manifest       TEXT NOT NULL,
+        manifest_hash  TEXT NOT NULL,
+        signature      TEXT NOT NULL,
+        key_id         TEXT NOT NULL,
+        registered_at  TEXT NOT NULL,
+        lineage_id     TEXT,
+        PRIMARY KEY (tenant, agent_id, version),
+        FOREIGN KEY (tenant, agent_id) REFERENCES agents(tenant, agent_id)
+    );
+    CREATE TABLE idempotency (
+        tenant        TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        request_hash  TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('in_flight', 'done')),
+        status        INTEGER,
+        body          BLOB,
+        content_type  TEXT,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE INDEX idempotency_created ON idempotency(created_at);
+    "#,
+    // 2: decisions and the lineage index (both derived from the ledger, which is the source of truth).
+    r#"
+    CREATE TABLE decisions (
+        decision_id   TEXT PRIMARY KEY,
+        tenant        TEXT NOT NULL,
+        agent_id      TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        decision      TEXT NOT NULL,
+        lineage_id    TEXT NOT NULL,
+        ledger_index  INTEGER NOT NULL,
+        trace_id      TEXT,
+        execution_id  TEXT,
+        body          TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX decisions_trace ON decisions(tenant, trace_id);
+    CREATE INDEX decisions_execution ON decisions(tenant, execution_id);
+    CREATE TABLE lineage (
+        lineage_id    TEXT PRIMARY KEY,
+        tenant        TEXT NOT NULL,
+        ledger_index  INTEGER NOT NULL UNIQUE,
+        kind          TEXT NOT NULL,
+        decision_id   TEXT,
+        trace_id      TEXT,
+        execution_id  TEXT,
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX lineage_trace ON lineage(tenant, trace_id);
+    CREATE INDEX lineage_execution ON lineage(tenant, execution_id);
+    CREATE INDEX lineage_decision ON lineage(tenant, decision_id);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies every migration newer than the file's `user_version`, each in its own transaction.
+pub(super) fn apply(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}

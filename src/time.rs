@@ -1,0 +1,19 @@
+//! Wall-clock helpers: one RFC 3339 format (UTC, seconds precision with `Z`) used on every wire and in the ledger.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Now as RFC 3339 UTC, e.g. `2026-06-01T10:48:00.123Z`.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(OffsetDateTime::now_utc())
+}
+
+/// Formats a time as RFC 3339 UTC with millisecond precision.
+pub fn format_rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
