@@ -133,12 +133,7 @@ fn agent_view(a: &AgentRecord, with_versions: bool) -> ApiResult<AgentView> {
         registered_at: latest.registered_at.clone(),
         manifest: serde_json::from_str(&latest.manifest).map_err(ApiError::internal)?,
         versions: if with_versions {
-            Some(
-                a.versions
-                    .iter()
-                    .map(version_view)
-                    .collect::<ApiResult<_>>()?,
-            )
+            Some(a.versions.iter().map(version_view).collect::<ApiResult<_>>()?)
         } else {
             None
         },

@@ -31,11 +31,7 @@ impl Caller {
             Err(ApiError::forbidden(format!(
                 "role '{}' may not do this (needs one of: {})",
                 self.principal.role.as_str(),
-                roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
             )))
         }
     }
@@ -60,10 +56,7 @@ fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> 
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
@@ -78,9 +71,7 @@ fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> 
         .to_str()
         .ok()
         .filter(|t| !t.is_empty() && t.len() <= 128)
-        .ok_or_else(|| {
-            ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters")
-        })?;
+        .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
     if !principal.allows_tenant(tenant) {
         return Err(ApiError::forbidden(format!(
             "token is not valid for tenant '{tenant}'"
@@ -92,11 +83,7 @@ fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> 
     })
 }
 
-pub(super) async fn layer(
-    State(state): State<SharedState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub(super) async fn layer(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
     match authenticate(&state, &req) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

@@ -144,10 +144,7 @@ impl IntoResponse for ApiError {
         .unwrap_or_default();
         let mut resp = (
             self.code.status(),
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
             body,
         )
             .into_response();

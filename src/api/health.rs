@@ -19,9 +19,6 @@ pub(super) async fn healthz() -> Json<Value> {
 }
 
 pub(super) async fn readyz(State(s): State<SharedState>) -> Result<Json<Value>, ApiError> {
-    s.store
-        .check_writable()
-        .await
-        .map_err(ApiError::unavailable)?;
+    s.store.check_writable().await.map_err(ApiError::unavailable)?;
     Ok(Json(json!({"status": "ready"})))
 }

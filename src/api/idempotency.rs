@@ -69,17 +69,15 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
             ));
         }
         IdempotencyBegin::InFlight => {
-            return Err(ApiError::conflict(
-                "a request with this Idempotency-Key is still in progress",
-            )
-            .with_retry_after(1));
+            return Err(
+                ApiError::conflict("a request with this Idempotency-Key is still in progress")
+                    .with_retry_after(1),
+            );
         }
         IdempotencyBegin::Reserved => {}
     }
 
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let status = resp.status();
     if status.is_server_error() {
         release(&state, &caller, &key).await;
@@ -104,11 +102,7 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     };
-    if let Err(e) = state
-        .store
-        .idempotency_finish(&caller.tenant, &key, stored)
-        .await
-    {
+    if let Err(e) = state.store.idempotency_finish(&caller.tenant, &key, stored).await {
         // The action happened; failing the response now would invite a retry that repeats it. Log and answer.
         tracing::error!(error = %e, "could not record idempotency key");
     }
@@ -124,10 +118,7 @@ async fn release(state: &SharedState, caller: &Caller, key: &str) {
 fn replay(stored: StoredResponse) -> Response {
     let mut resp = Response::new(Body::from(stored.body));
     *resp.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    if let Some(ct) = stored
-        .content_type
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
+    if let Some(ct) = stored.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         resp.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     resp.headers_mut()

@@ -60,9 +60,7 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
         }
         let bytes = read_body(req.into_body(), state.body_limit).await?;
         if bytes.is_empty() {
-            return Err(ApiError::invalid(
-                "request body is empty; expected a JSON object",
-            ));
+            return Err(ApiError::invalid("request body is empty; expected a JSON object"));
         }
         parse(&bytes).map(ApiJson)
     }

@@ -64,18 +64,16 @@ impl RateLimiter {
 }
 
 pub(super) async fn layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    if let (Some(limiter), Some(caller)) = (&state.limiter, req.extensions().get::<Caller>()) {
-        if let Err(secs) = limiter.check(&caller.tenant) {
-            return ApiError::new(
-                Code::RateLimited,
-                format!(
-                    "rate limit for tenant '{}' exceeded; retry after {secs}s",
-                    caller.tenant
-                ),
-            )
+    if let (Some(limiter), Some(caller)) = (&state.limiter, req.extensions().get::<Caller>())
+        && let Err(secs) = limiter.check(&caller.tenant)
+    {
+        let msg = format!(
+            "rate limit for tenant '{}' exceeded; retry after {secs}s",
+            caller.tenant
+        );
+        return ApiError::new(Code::RateLimited, msg)
             .with_retry_after(secs)
             .into_response();
-        }
     }
     next.run(req).await
 }

@@ -11,10 +11,7 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 
 fn sane(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 pub(super) async fn layer(mut req: Request, next: Next) -> Response {
@@ -26,8 +23,7 @@ pub(super) async fn layer(mut req: Request, next: Next) -> Response {
         }
     };
     req.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let span =
-        tracing::debug_span!("request", id = ?id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::debug_span!("request", id = ?id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
     resp.headers_mut().insert(X_REQUEST_ID, id);
     resp

@@ -29,8 +29,7 @@ impl KeyFile {
 pub fn load_or_create(path: &Path) -> Result<KeyFile, AuthError> {
     if !path.exists() {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| AuthError::Key(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| AuthError::Key(format!("{}: {e}", dir.display())))?;
         }
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let pem = key
@@ -44,10 +43,10 @@ pub fn load_or_create(path: &Path) -> Result<KeyFile, AuthError> {
 
 /// Loads an existing key.
 pub fn load(path: &Path) -> Result<KeyFile, AuthError> {
-    let pem = std::fs::read_to_string(path)
-        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
-    let signing = SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
+    let signing =
+        SigningKey::from_pkcs8_pem(&pem).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
     let public_pem = signing
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)

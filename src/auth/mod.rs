@@ -10,9 +10,7 @@
 pub mod keys;
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -140,12 +138,8 @@ fn now_secs() -> u64 {
 
 impl Authenticator {
     /// An authenticator for kla's own tokens (verified with `local_public_pem`) and, optionally, an external issuer.
-    pub fn new(
-        local_public_pem: &[u8],
-        external: Option<ExternalIssuer>,
-    ) -> Result<Self, AuthError> {
-        let local = DecodingKey::from_ed_pem(local_public_pem)
-            .map_err(|e| AuthError::Key(e.to_string()))?;
+    pub fn new(local_public_pem: &[u8], external: Option<ExternalIssuer>) -> Result<Self, AuthError> {
+        let local = DecodingKey::from_ed_pem(local_public_pem).map_err(|e| AuthError::Key(e.to_string()))?;
         Ok(Authenticator {
             local,
             external,
@@ -184,15 +178,9 @@ impl Authenticator {
                 v.set_audience(&[LOCAL_AUDIENCE]);
                 v.leeway = 5;
                 v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                decode::<Claims>(token, &self.local, &v)
-                    .map_err(bad)?
-                    .claims
+                decode::<Claims>(token, &self.local, &v).map_err(bad)?.claims
             }
-            (
-                alg @ (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA),
-                Some(kid),
-                Some(ext),
-            ) => {
+            (alg @ (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA), Some(kid), Some(ext)) => {
                 let jwk = ext
                     .jwks
                     .find(kid)

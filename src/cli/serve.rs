@@ -23,9 +23,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let cfg = args.raw.over(base).validate()?;
     crate::telemetry::init(cfg.log_json);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let running = crate::app::start(cfg).await?;
         println!("kla listening on {}", running.api_addr);

@@ -143,9 +143,7 @@ impl RawConfig {
             (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
             (None, None) => None,
             _ => {
-                return Err(ConfigError::Invalid(
-                    "tls-cert and tls-key go together".into(),
-                ));
+                return Err(ConfigError::Invalid("tls-cert and tls-key go together".into()));
             }
         };
         let rps = self.rate_limit_rps.unwrap_or(0.0);
@@ -154,10 +152,7 @@ impl RawConfig {
         }
         let rate_limit = (rps > 0.0).then(|| RateLimitConfig {
             rps,
-            burst: self
-                .rate_limit_burst
-                .unwrap_or(rps.ceil().max(1.0) as u32)
-                .max(1),
+            burst: self.rate_limit_burst.unwrap_or(rps.ceil().max(1.0) as u32).max(1),
         });
         let external_issuer = match (self.jwks, self.jwt_issuer, self.jwt_audience) {
             (Some(jwks), Some(issuer), Some(audience)) => Some(JwksConfig {
@@ -210,9 +205,7 @@ impl RawConfig {
             trusted_keys: self.trusted_key,
             allow_unsigned: self.allow_unsigned,
             policy_deadline,
-            ledger_origin: self
-                .ledger_origin
-                .unwrap_or_else(|| "kla.local/ledger".into()),
+            ledger_origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
             ledger_repair_truncate,
             log_json,
         })
@@ -293,8 +286,7 @@ mod tests {
 
     #[test]
     fn unknown_yaml_key_is_refused() {
-        let e = serde_yaml::from_str::<RawConfig>("api-addr: 1.2.3.4:1\nbogus: 1\n")
-            .expect_err("must fail");
+        let e = serde_yaml::from_str::<RawConfig>("api-addr: 1.2.3.4:1\nbogus: 1\n").expect_err("must fail");
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 

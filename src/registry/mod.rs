@@ -52,9 +52,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), RegistryError> {
         let bad = |m: String| Err(RegistryError::Invalid(m));
         if !valid_name(&self.name) {
-            return bad(
-                "field 'name' must be 1-128 characters of letters, digits, '.', '_' or '-'".into(),
-            );
+            return bad("field 'name' must be 1-128 characters of letters, digits, '.', '_' or '-'".into());
         }
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
@@ -73,8 +71,8 @@ impl Manifest {
             }
         }
         if let Some(e) = &self.endpoint {
-            let ok = (e.starts_with("http://") || e.starts_with("https://"))
-                && e.parse::<http::Uri>().is_ok();
+            let ok =
+                (e.starts_with("http://") || e.starts_with("https://")) && e.parse::<http::Uri>().is_ok();
             if !ok {
                 return bad("field 'endpoint' must be an http or https URL".into());
             }
@@ -90,10 +88,7 @@ impl Manifest {
 
 /// `sha256:<hex>` over the canonical bytes.
 pub fn manifest_hash(canonical: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    )
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical.as_bytes())))
 }
 
 /// kla's signature over the manifest hash string: `ed25519:<base64>`.
@@ -130,10 +125,7 @@ mod tests {
             c,
             r#"{"description":"Triages inbound insurance claims","model":"gpt-4.1","name":"claims-triage","temperature":0.2,"tools":["lookup_policy","flag_for_review"]}"#
         );
-        assert_eq!(
-            manifest_hash(&c),
-            manifest_hash(&m().canonical().expect("again"))
-        );
+        assert_eq!(manifest_hash(&c), manifest_hash(&m().canonical().expect("again")));
         assert!(manifest_hash(&c).starts_with("sha256:"));
     }
 
@@ -141,22 +133,12 @@ mod tests {
     fn validation_names_the_field() {
         let mut x = m();
         x.temperature = Some(3.0);
-        assert!(
-            x.validate()
-                .expect_err("bad")
-                .to_string()
-                .contains("temperature")
-        );
+        assert!(x.validate().expect_err("bad").to_string().contains("temperature"));
         let mut x = m();
         x.name = "bad name".into();
         assert!(x.validate().expect_err("bad").to_string().contains("name"));
         let mut x = m();
         x.endpoint = Some("ftp://x".into());
-        assert!(
-            x.validate()
-                .expect_err("bad")
-                .to_string()
-                .contains("endpoint")
-        );
+        assert!(x.validate().expect_err("bad").to_string().contains("endpoint"));
     }
 }

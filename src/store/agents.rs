@@ -148,11 +148,7 @@ impl Store {
         version: i64,
         lineage_id: &str,
     ) -> Result<()> {
-        let (t, a, l) = (
-            tenant.to_owned(),
-            agent_id.to_owned(),
-            lineage_id.to_owned(),
-        );
+        let (t, a, l) = (tenant.to_owned(), agent_id.to_owned(), lineage_id.to_owned());
         self.write(move |c| {
             c.execute(
                 "UPDATE agent_versions SET lineage_id = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND version = ?3",
@@ -164,9 +160,7 @@ impl Store {
     }
 
     /// Versions registered but not yet recorded in the ledger (after a crash between the two writes).
-    pub async fn agent_versions_without_lineage(
-        &self,
-    ) -> Result<Vec<(String, String, AgentVersionRecord)>> {
+    pub async fn agent_versions_without_lineage(&self) -> Result<Vec<(String, String, AgentVersionRecord)>> {
         self.read(|c| {
             let mut st = c.prepare(
                 "SELECT tenant, agent_id, version, manifest, manifest_hash, signature, key_id, registered_at
@@ -206,11 +200,7 @@ impl Store {
     }
 }
 
-fn load_agents(
-    c: &rusqlite::Connection,
-    tenant: &str,
-    agent_id: Option<&str>,
-) -> Result<Vec<AgentRecord>> {
+fn load_agents(c: &rusqlite::Connection, tenant: &str, agent_id: Option<&str>) -> Result<Vec<AgentRecord>> {
     let mut st = c.prepare_cached(
         "SELECT a.agent_id, a.name, a.created_at, v.version, v.manifest, v.manifest_hash, v.signature, v.key_id,
                 v.registered_at, v.lineage_id

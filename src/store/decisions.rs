@@ -126,19 +126,14 @@ impl Store {
     /// Highest ledger index present in the lineage index, if any.
     pub async fn max_indexed_ledger_index(&self) -> Result<Option<u64>> {
         self.read(|c| {
-            let v: Option<i64> =
-                c.query_row("SELECT MAX(ledger_index) FROM lineage", [], |r| r.get(0))?;
+            let v: Option<i64> = c.query_row("SELECT MAX(ledger_index) FROM lineage", [], |r| r.get(0))?;
             Ok(v.map(|v| v as u64))
         })
         .await
     }
 
     /// A decision of a tenant.
-    pub async fn get_decision(
-        &self,
-        tenant: &str,
-        decision_id: &str,
-    ) -> Result<Option<DecisionRecord>> {
+    pub async fn get_decision(&self, tenant: &str, decision_id: &str) -> Result<Option<DecisionRecord>> {
         let (t, d) = (tenant.to_owned(), decision_id.to_owned());
         self.read(move |c| {
             Ok(c.query_row(
@@ -168,17 +163,11 @@ impl Store {
     }
 
     /// A lineage entry of a tenant.
-    pub async fn get_lineage(
-        &self,
-        tenant: &str,
-        lineage_id: &str,
-    ) -> Result<Option<LineageRecord>> {
+    pub async fn get_lineage(&self, tenant: &str, lineage_id: &str) -> Result<Option<LineageRecord>> {
         let (t, l) = (tenant.to_owned(), lineage_id.to_owned());
         self.read(move |c| {
             Ok(c.query_row(
-                &format!(
-                    "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND lineage_id = ?2"
-                ),
+                &format!("SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND lineage_id = ?2"),
                 params![t, l],
                 lineage_from_row,
             )

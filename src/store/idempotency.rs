@@ -89,12 +89,7 @@ impl Store {
     }
 
     /// Records the final response of a reserved key.
-    pub async fn idempotency_finish(
-        &self,
-        tenant: &str,
-        key: &str,
-        resp: StoredResponse,
-    ) -> Result<()> {
+    pub async fn idempotency_finish(&self, tenant: &str, key: &str, resp: StoredResponse) -> Result<()> {
         let (t, k) = (tenant.to_owned(), key.to_owned());
         self.write(move |c| {
             c.execute(
