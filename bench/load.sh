@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Load runs against the release binary, each beside a bare hyper baseline measured in the same run.
+# Usage: bench/load.sh [seconds-per-run] [connections]
+# Needs wrk (apt-get install wrk). Prints a markdown table for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONNS=${2:-32}
+cargo build --release --bin kla --example bare_hyper >&2
+KLA=target/release/kla
+BARE=target/release/examples/bare_hyper
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+BARE_PORT=18799; KLA_PORT=18700
+$BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
+$KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$KLA_PORT/healthz >/dev/null && break; sleep 0.1; done
+export TENANT=bench RUN=$RANDOM
+export TOKEN=$($KLA token --data-dir "$WORK/data" --tenant bench --role admin --ttl 1h)
+
+run() { # name, then wrk args; prints "name req/s p50 p99"
+  local name=$1; shift
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" 2>&1)
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$name|$rps|$p50|$p99|${non2xx:-0}"
+}
+
+echo "| run | req/s | p50 | p99 | non-2xx | ratio to bare hyper |"
+echo "|---|---|---|---|---|---|"
+base=$(run "bare hyper GET /" http://127.0.0.1:$BARE_PORT/)
+base_rps=$(cut -d'|' -f2 <<<"$base")
+emit() { local line=$1; local rps; rps=$(cut -d'|' -f2 <<<"$line"); echo "| ${line} | $(python3 -c "print(f'{$rps/$base_rps:.2f}')") |"; }
+emit "$base"
+emit "$(run "kla GET /admin/health" http://127.0.0.1:$KLA_PORT/admin/health)"
+emit "$(run "kla POST /v1/agents (new agent each)" -s bench/register.lua http://127.0.0.1:$KLA_PORT)"
+emit "$(run "kla GET /v1/agents/{id} (auth + SQLite read)" -s bench/get.lua "http://127.0.0.1:$KLA_PORT/v1/agents/$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"probe"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')")"
+if [ -n "${EXTRA_RUNS:-}" ]; then source "$EXTRA_RUNS"; fi
