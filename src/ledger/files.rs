@@ -445,7 +445,10 @@ pub(crate) fn open_store(
             Rec::Bad(d, _) => {
                 return Err(LedgerError::Corrupt {
                     index: i,
-                    detail: d,
+                    detail: format!(
+                        "{d} inside the prefix covered by the signed checkpoint of size \
+                         {checkpoint_size}; refusing to roll back"
+                    ),
                 });
             }
             Rec::Torn | Rec::End => {
@@ -681,7 +684,7 @@ pub(crate) fn verify_all(
         if pos == total {
             break;
         }
-        if index % 65536 == 0 {
+        if index.is_multiple_of(65536) {
             progress(pos, total);
         }
         if total - pos < HEADER {

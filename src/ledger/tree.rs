@@ -51,7 +51,7 @@ fn split_point(n: u64) -> u64 {
 /// MTH(D[start:end]) for a non-empty range reached by the RFC recursion.
 fn mth<S: NodeSource + ?Sized>(src: &S, start: u64, end: u64) -> Result<Hash, LedgerError> {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return src.node(n.trailing_zeros(), start >> n.trailing_zeros());
     }
     let k = split_point(n);
@@ -289,7 +289,7 @@ pub fn is_valid_subtree(start: u64, end: u64) -> bool {
         return true;
     }
     match (end - start).checked_next_power_of_two() {
-        Some(c) => start % c == 0,
+        Some(c) => start.is_multiple_of(c),
         None => false,
     }
 }
