@@ -1,0 +1,786 @@
+//! On-disk layout of the ledger directory and the synchronous file operations on it:
+//! record framing, derived offset/node-level files, recovery on open and the full
+//! verification pass. See `docs/ledger-format.md`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+use super::LedgerError;
+use super::tree::{self, Frontier, Hash, NodeSource};
+
+pub(crate) const ENTRIES: &str = "entries.log";
+pub(crate) const OFFSETS: &str = "offsets.idx";
+pub(crate) const SYNCED: &str = "synced";
+pub(crate) const CHECKPOINT: &str = "checkpoint";
+pub(crate) const KEY: &str = "ledger.key";
+pub(crate) const ORIGIN: &str = "origin";
+pub(crate) const LOCK: &str = "LOCK";
+/// Record header: u32 LE length, u32 LE CRC-32 of the entry bytes.
+pub(crate) const HEADER: u64 = 8;
+/// Largest accepted entry.
+pub(crate) const MAX_ENTRY: usize = 16 << 20;
+const MAX_LEVELS: usize = 64;
+
+fn level_name(level: usize) -> String {
+    format!("level-{level:02}.hash")
+}
+
+fn io_err(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> LedgerError {
+    LedgerError::io(ctx)
+}
+
+fn open_rw(path: &Path) -> Result<File, LedgerError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))
+}
+
+/// fsync a directory so renames and new files in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LedgerError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("fsync dir {}", dir.display())))
+}
+
+/// Atomically replaces `name` in `dir`: temp file, fsync, rename, fsync dir.
+pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), LedgerError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let ctx = format!("write {}", tmp.display());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(ctx.clone()))?;
+    f.write_all(data).map_err(io_err(ctx.clone()))?;
+    f.sync_all().map_err(io_err(ctx))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io_err(format!("rename {name}")))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn crc(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// The marker file records how many entries' derived data (offsets, node levels) is durable.
+fn encode_marker(size: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&size.to_le_bytes());
+    let d = Sha256::digest(&b[..8]);
+    b[8..].copy_from_slice(&d[..8]);
+    b
+}
+
+fn decode_marker(b: &[u8]) -> Option<u64> {
+    if b.len() != 16 {
+        return None;
+    }
+    let d = Sha256::digest(&b[..8]);
+    if b[8..] != d[..8] {
+        return None;
+    }
+    Some(u64::from_le_bytes(b[..8].try_into().ok()?))
+}
+
+/// Open files of one ledger directory. Reads are positional and lock-free.
+pub(crate) struct Store {
+    dir: PathBuf,
+    entries: File,
+    offsets: File,
+    levels: RwLock<Vec<Arc<File>>>,
+    synced: Mutex<u64>,
+}
+
+impl Store {
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn level_file(&self, level: usize) -> Result<Arc<File>, LedgerError> {
+        if let Some(f) = self.levels.read().get(level) {
+            return Ok(f.clone());
+        }
+        let mut w = self.levels.write();
+        while w.len() <= level {
+            if w.len() >= MAX_LEVELS {
+                return Err(LedgerError::InvalidRange(format!("level {level}")));
+            }
+            let f = open_rw(&self.dir.join(level_name(w.len())))?;
+            w.push(Arc::new(f));
+        }
+        Ok(w[level].clone())
+    }
+
+    fn read_at(&self, f: &File, buf: &mut [u8], pos: u64, what: &str) -> Result<(), LedgerError> {
+        f.read_exact_at(buf, pos).map_err(io_err(what.to_owned()))
+    }
+
+    /// Stored hash of node `(level, index)`; caller checks bounds.
+    pub(crate) fn node(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
+        let f = self.level_file(level as usize)?;
+        let mut h = [0u8; 32];
+        self.read_at(&f, &mut h, index * 32, "read node")?;
+        Ok(h)
+    }
+
+    fn offset(&self, index: u64) -> Result<u64, LedgerError> {
+        let mut b = [0u8; 8];
+        self.read_at(&self.offsets, &mut b, index * 8, "read offset")?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Reads and checksums the entry at `index`; caller checks bounds.
+    pub(crate) fn record(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let off = self.offset(index)?;
+        let mut h = [0u8; HEADER as usize];
+        self.read_at(&self.entries, &mut h, off, "read record header")?;
+        let (len, sum) = split_header(&h);
+        if len == 0 || len as usize > MAX_ENTRY {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: format!("implausible record length {len}"),
+            });
+        }
+        let mut body = vec![0u8; len as usize];
+        self.read_at(&self.entries, &mut body, off + HEADER, "read record")?;
+        if crc(&body) != sum {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: "record checksum mismatch".to_owned(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// fdatasync the derived files and record that the first `size` entries' derived
+    /// data is durable (never moves the marker backwards).
+    pub(crate) fn sync_derived(&self, size: u64) -> Result<(), LedgerError> {
+        let mut synced = self.synced.lock();
+        if size <= *synced {
+            return Ok(());
+        }
+        self.offsets
+            .sync_data()
+            .map_err(io_err("fdatasync offsets"))?;
+        let levels: Vec<Arc<File>> = self.levels.read().clone();
+        for f in levels {
+            f.sync_data().map_err(io_err("fdatasync node level"))?;
+        }
+        write_atomic(&self.dir, SYNCED, &encode_marker(size))?;
+        *synced = size;
+        Ok(())
+    }
+
+    /// Sets the marker to exactly `size` (used by recovery after rebuilding).
+    fn force_marker(&self, size: u64) -> Result<(), LedgerError> {
+        self.offsets
+            .sync_data()
+            .map_err(io_err("fdatasync offsets"))?;
+        let levels: Vec<Arc<File>> = self.levels.read().clone();
+        for f in levels {
+            f.sync_data().map_err(io_err("fdatasync node level"))?;
+        }
+        write_atomic(&self.dir, SYNCED, &encode_marker(size))?;
+        *self.synced.lock() = size;
+        Ok(())
+    }
+}
+
+fn split_header(h: &[u8; HEADER as usize]) -> (u32, u32) {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let sum = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    (len, sum)
+}
+
+/// A view of the store at a fixed size, for the pure proof code.
+pub(crate) struct StoreView<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) size: u64,
+}
+
+impl NodeSource for StoreView<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
+        if level >= 64 || index >= self.size >> level {
+            return Err(LedgerError::NotFound(format!(
+                "node level {level} index {index}"
+            )));
+        }
+        self.store.node(level, index)
+    }
+}
+
+/// The single writer's state: the frontier plus staging buffers for one batch.
+pub(crate) struct Appender {
+    frontier: Frontier,
+    end_offset: u64,
+    batch_start: u64,
+    records: Vec<u8>,
+    offsets: Vec<u8>,
+    levels: Vec<Vec<u8>>,
+}
+
+impl Appender {
+    pub(crate) fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    pub(crate) fn root(&self) -> Hash {
+        self.frontier.root()
+    }
+
+    /// Stages one record's derived data (the record is at `offset`).
+    fn stage(&mut self, leaf: Hash, offset: u64) {
+        self.offsets.extend_from_slice(&offset.to_le_bytes());
+        let levels = &mut self.levels;
+        self.frontier.push(leaf, |level, _idx, h| {
+            let l = level as usize;
+            while levels.len() <= l {
+                levels.push(Vec::new());
+            }
+            levels[l].extend_from_slice(h);
+        });
+    }
+
+    /// Writes staged derived data (no fsync: derived files are synced lazily).
+    fn flush_derived(&mut self, store: &Store) -> Result<(), LedgerError> {
+        let start = self.batch_start;
+        if !self.offsets.is_empty() {
+            store
+                .offsets
+                .write_all_at(&self.offsets, start * 8)
+                .map_err(io_err("write offsets"))?;
+            self.offsets.clear();
+        }
+        for l in 0..self.levels.len() {
+            if self.levels[l].is_empty() {
+                continue;
+            }
+            let f = store.level_file(l)?;
+            f.write_all_at(&self.levels[l], (start >> l) * 32)
+                .map_err(io_err("write node level"))?;
+            self.levels[l].clear();
+        }
+        self.batch_start = self.frontier.size();
+        Ok(())
+    }
+
+    /// Appends a batch durably: write records, fdatasync the entries file, then write
+    /// derived data. Returns the index of the first entry.
+    pub(crate) fn append_batch(
+        &mut self,
+        store: &Store,
+        batch: &[Vec<u8>],
+    ) -> Result<u64, LedgerError> {
+        let first = self.frontier.size();
+        self.records.clear();
+        for e in batch {
+            let off = self.end_offset + self.records.len() as u64;
+            let len = u32::try_from(e.len())
+                .map_err(|_| LedgerError::InvalidEntry("entry too large".to_owned()))?;
+            self.records.extend_from_slice(&len.to_le_bytes());
+            self.records.extend_from_slice(&crc(e).to_le_bytes());
+            self.records.extend_from_slice(e);
+            self.stage(tree::leaf_hash(e), off);
+        }
+        let res = (|| {
+            store
+                .entries
+                .write_all_at(&self.records, self.end_offset)
+                .map_err(io_err("write entries"))?;
+            store
+                .entries
+                .sync_data()
+                .map_err(io_err("fdatasync entries"))?;
+            self.flush_derived(store)
+        })();
+        self.end_offset += self.records.len() as u64;
+        res.map(|()| first)
+    }
+}
+
+/// How damage found on open is handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RepairMode {
+    /// Refuse to open on any damage except an incomplete (never acknowledged) final record.
+    #[default]
+    Refuse,
+    /// Also cut off damaged records at the tail, if none of them is covered by the
+    /// latest signed checkpoint.
+    Truncate,
+}
+
+/// Result of recovery: the open store and the writer state.
+pub(crate) struct Opened {
+    pub(crate) store: Store,
+    pub(crate) appender: Appender,
+}
+
+struct Scan<'a> {
+    file: &'a File,
+    len: u64,
+}
+
+enum Rec {
+    Good(Vec<u8>, u64),
+    /// Fewer bytes than the header announces: an unacknowledged torn write.
+    Torn,
+    /// A complete record whose length or checksum is wrong.
+    Bad(String, u64),
+    End,
+}
+
+impl Scan<'_> {
+    fn read(&self, pos: u64) -> Result<Rec, LedgerError> {
+        if pos >= self.len {
+            return Ok(Rec::End);
+        }
+        if self.len - pos < HEADER {
+            return Ok(Rec::Torn);
+        }
+        let mut h = [0u8; HEADER as usize];
+        self.file
+            .read_exact_at(&mut h, pos)
+            .map_err(io_err("read record header"))?;
+        let (len, sum) = split_header(&h);
+        if len == 0 || len as usize > MAX_ENTRY {
+            return Ok(Rec::Bad(format!("implausible record length {len}"), pos));
+        }
+        let next = pos + HEADER + u64::from(len);
+        if next > self.len {
+            return Ok(Rec::Torn);
+        }
+        let mut body = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut body, pos + HEADER)
+            .map_err(io_err("read record"))?;
+        if crc(&body) != sum {
+            return Ok(Rec::Bad("record checksum mismatch".to_owned(), next));
+        }
+        Ok(Rec::Good(body, next))
+    }
+
+    /// Whether any intact record follows `pos` (following the framing).
+    fn intact_after(&self, mut pos: u64) -> Result<bool, LedgerError> {
+        loop {
+            match self.read(pos)? {
+                Rec::Good(..) => return Ok(true),
+                Rec::Bad(_, next) if next > pos + HEADER => pos = next,
+                _ => return Ok(false),
+            }
+        }
+    }
+}
+
+/// Opens (creating if needed) the files in `dir` and recovers them to a consistent state.
+/// `checkpoint_size` is the size of the latest signed checkpoint (never rolled back).
+pub(crate) fn open_store(
+    dir: &Path,
+    repair: RepairMode,
+    checkpoint_size: u64,
+) -> Result<Opened, LedgerError> {
+    let entries = open_rw(&dir.join(ENTRIES))?;
+    let offsets = open_rw(&dir.join(OFFSETS))?;
+    let entries_len = entries.metadata().map_err(io_err("stat entries"))?.len();
+    let marker = std::fs::read(dir.join(SYNCED))
+        .ok()
+        .and_then(|b| decode_marker(&b))
+        .unwrap_or(0);
+    let store = Store {
+        dir: dir.to_owned(),
+        entries,
+        offsets,
+        levels: RwLock::new(Vec::new()),
+        synced: Mutex::new(0),
+    };
+    // Open every existing level file.
+    for l in 0..MAX_LEVELS {
+        if !dir.join(level_name(l)).exists() {
+            break;
+        }
+        store.level_file(l)?;
+    }
+    let file_len = |f: &File| f.metadata().map(|m| m.len()).map_err(io_err("stat"));
+    let n_off = file_len(&store.offsets)? / 8;
+    let n_leaf = file_len(&*store.level_file(0)?)? / 32;
+    // Derived data durable and consistent up to `verify_until`; trusted without
+    // re-hashing up to `trusted` (everything after the checkpoint is re-verified).
+    let verify_until = marker.min(n_off).min(n_leaf);
+    let mut trusted = verify_until.min(checkpoint_size);
+
+    // Check the last trusted record against its stored offset and leaf hash.
+    let scan = Scan {
+        file: &store.entries,
+        len: entries_len,
+    };
+    let mut pos = 0u64;
+    if trusted > 0 {
+        let i = trusted - 1;
+        let off = store.offset(i)?;
+        match scan.read(off)? {
+            Rec::Good(body, next) => {
+                if tree::leaf_hash(&body) != store.node(0, i)? {
+                    return Err(LedgerError::Corrupt {
+                        index: i,
+                        detail: "entry does not match its stored leaf hash".to_owned(),
+                    });
+                }
+                pos = next;
+            }
+            Rec::Bad(d, _) => {
+                return Err(LedgerError::Corrupt {
+                    index: i,
+                    detail: format!(
+                        "{d} inside the prefix covered by the signed checkpoint of size \
+                         {checkpoint_size}; refusing to roll back"
+                    ),
+                });
+            }
+            Rec::Torn | Rec::End => {
+                return Err(LedgerError::Corrupt {
+                    index: i,
+                    detail: "entries file is shorter than its index".to_owned(),
+                });
+            }
+        }
+    }
+    // Make sure every level holds the complete nodes of the trusted prefix.
+    for l in 1..MAX_LEVELS {
+        let need = trusted >> l;
+        if need == 0 {
+            break;
+        }
+        let f = store.level_file(l)?;
+        let have = file_len(&f)? / 32;
+        if have < need {
+            tracing::warn!(level = l, have, need, "rebuilding ledger node level");
+            let mut buf = Vec::with_capacity(((need - have) * 32) as usize);
+            for j in have..need {
+                let a = store.node(l as u32 - 1, 2 * j)?;
+                let b = store.node(l as u32 - 1, 2 * j + 1)?;
+                buf.extend_from_slice(&tree::node_hash(&a, &b));
+            }
+            f.write_all_at(&buf, have * 32)
+                .map_err(io_err("rebuild node level"))?;
+        }
+    }
+    let nodes = tree::frontier_positions(trusted)
+        .into_iter()
+        .map(|(l, i)| store.node(l, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut appender = Appender {
+        frontier: Frontier::from_nodes(trusted, nodes)?,
+        end_offset: pos,
+        batch_start: trusted,
+        records: Vec::new(),
+        offsets: Vec::new(),
+        levels: Vec::new(),
+    };
+
+    // Re-verify and re-index everything after the trusted prefix.
+    let mut index = trusted;
+    loop {
+        match scan.read(pos)? {
+            Rec::End => break,
+            Rec::Good(body, next) => {
+                let leaf = tree::leaf_hash(&body);
+                if index < verify_until && store.node(0, index)? != leaf {
+                    return Err(LedgerError::Corrupt {
+                        index,
+                        detail: "entry does not match its stored leaf hash".to_owned(),
+                    });
+                }
+                appender.stage(leaf, pos);
+                if appender.offsets.len() >= 1 << 20 {
+                    appender.flush_derived(&store)?;
+                }
+                index += 1;
+                pos = next;
+            }
+            Rec::Torn => {
+                tracing::warn!(
+                    index,
+                    offset = pos,
+                    dropped_bytes = entries_len - pos,
+                    "ledger: cutting off an incomplete final record (never acknowledged)"
+                );
+                cut(&store, pos)?;
+                break;
+            }
+            Rec::Bad(detail, next) => {
+                let indexed_later = n_off > index + 1
+                    && store
+                        .offset(n_off - 1)
+                        .ok()
+                        .filter(|&o| o > pos)
+                        .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
+                        .unwrap_or(false);
+                if indexed_later || scan.intact_after(next)? {
+                    return Err(LedgerError::Corrupt {
+                        index,
+                        detail: format!("{detail}; intact records follow (damage mid-log)"),
+                    });
+                }
+                if index < checkpoint_size {
+                    return Err(LedgerError::Corrupt {
+                        index,
+                        detail: format!(
+                            "{detail}; damaged tail is covered by the signed checkpoint of size {checkpoint_size}, refusing to roll back"
+                        ),
+                    });
+                }
+                if repair != RepairMode::Truncate {
+                    return Err(LedgerError::Corrupt {
+                        index,
+                        detail: format!(
+                            "{detail} in the tail; open with repair mode truncate to cut it off"
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    index,
+                    offset = pos,
+                    dropped_bytes = entries_len - pos,
+                    "ledger: repair=truncate cutting off a damaged tail"
+                );
+                cut(&store, pos)?;
+                break;
+            }
+        }
+    }
+    appender.end_offset = pos;
+    appender.flush_derived(&store)?;
+    if index < checkpoint_size {
+        return Err(LedgerError::Corrupt {
+            index,
+            detail: format!(
+                "log has {index} entries but the signed checkpoint covers {checkpoint_size}"
+            ),
+        });
+    }
+    // Trim derived files to the recovered size and mark them durable.
+    let size = index;
+    store
+        .offsets
+        .set_len(size * 8)
+        .map_err(io_err("trim offsets"))?;
+    for l in 0..MAX_LEVELS {
+        if !dir.join(level_name(l)).exists() {
+            break;
+        }
+        store
+            .level_file(l)?
+            .set_len((size >> l) * 32)
+            .map_err(io_err("trim node level"))?;
+    }
+    if size != marker || trusted != size {
+        store.force_marker(size)?;
+    } else {
+        *store.synced.lock() = size;
+    }
+    trusted = size;
+    debug_assert_eq!(appender.size(), trusted);
+    Ok(Opened { store, appender })
+}
+
+fn cut(store: &Store, pos: u64) -> Result<(), LedgerError> {
+    store
+        .entries
+        .set_len(pos)
+        .map_err(io_err("truncate entries"))?;
+    store.entries.sync_all().map_err(io_err("fsync entries"))
+}
+
+/// Outcome of a full verification pass.
+#[derive(Clone, Debug)]
+pub struct VerifySummary {
+    /// Entries checked.
+    pub entries: u64,
+    /// Root hash over all entries.
+    pub root: Hash,
+    /// Size of the checkpoint whose root and signature were checked, if any.
+    pub checkpoint_size: Option<u64>,
+    /// Bytes of an incomplete final record (open would cut them off), if any.
+    pub torn_tail_bytes: u64,
+}
+
+struct LevelReader {
+    r: BufReader<File>,
+    have: u64,
+    read: u64,
+}
+
+/// Recomputes and checks the whole log in `dir`: every record's checksum, every leaf
+/// hash and stored node, and the root at `checkpoint` (if given).
+pub(crate) fn verify_all(
+    dir: &Path,
+    checkpoint: Option<(u64, Hash)>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifySummary, LedgerError> {
+    let open = |name: &str| -> Result<Option<File>, LedgerError> {
+        match File::open(dir.join(name)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LedgerError::io(format!("open {name}"))(e)),
+        }
+    };
+    let entries = open(ENTRIES)?
+        .ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
+    let total = entries.metadata().map_err(io_err("stat"))?.len();
+    let mut r = BufReader::with_capacity(4 << 20, entries);
+    let mut offsets = match open(OFFSETS)? {
+        Some(f) => {
+            let have = f.metadata().map_err(io_err("stat"))?.len() / 8;
+            Some((BufReader::with_capacity(1 << 20, f), have))
+        }
+        None => None,
+    };
+    let mut levels: Vec<LevelReader> = Vec::new();
+    for l in 0..MAX_LEVELS {
+        let Some(f) = open(&level_name(l))? else {
+            break;
+        };
+        let have = f.metadata().map_err(io_err("stat"))?.len() / 32;
+        levels.push(LevelReader {
+            r: BufReader::with_capacity(1 << 20, f),
+            have,
+            read: 0,
+        });
+    }
+    let mut frontier = Frontier::new();
+    let mut pos = 0u64;
+    let mut body = Vec::new();
+    let mut cp_checked = None;
+    let mut level_err: Option<LedgerError> = None;
+    loop {
+        let index = frontier.size();
+        if let Some((size, root)) = checkpoint
+            && size == index
+        {
+            if frontier.root() != root {
+                return Err(LedgerError::Corrupt {
+                    index: size.saturating_sub(1),
+                    detail: "root at the signed checkpoint size differs from the checkpoint"
+                        .to_owned(),
+                });
+            }
+            cp_checked = Some(size);
+        }
+        if pos == total {
+            break;
+        }
+        if index.is_multiple_of(65536) {
+            progress(pos, total);
+        }
+        if total - pos < HEADER {
+            break;
+        }
+        let mut h = [0u8; HEADER as usize];
+        r.read_exact(&mut h).map_err(io_err("read entries"))?;
+        let (len, sum) = split_header(&h);
+        if len == 0 || len as usize > MAX_ENTRY {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: format!("implausible record length {len}"),
+            });
+        }
+        if pos + HEADER + u64::from(len) > total {
+            break;
+        }
+        body.resize(len as usize, 0);
+        r.read_exact(&mut body).map_err(io_err("read entries"))?;
+        if crc(&body) != sum {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: "record checksum mismatch".to_owned(),
+            });
+        }
+        if let Some((o, have)) = offsets.as_mut()
+            && index < *have
+        {
+            let mut b = [0u8; 8];
+            o.read_exact(&mut b).map_err(io_err("read offsets"))?;
+            if u64::from_le_bytes(b) != pos {
+                return Err(LedgerError::Corrupt {
+                    index,
+                    detail: "offset index does not match the entries file".to_owned(),
+                });
+            }
+        }
+        pos += HEADER + u64::from(len);
+        let leaf = tree::leaf_hash(&body);
+        frontier.push(leaf, |l, idx, hsh| {
+            if level_err.is_some() {
+                return;
+            }
+            let Some(lr) = levels.get_mut(l as usize) else {
+                return;
+            };
+            if idx >= lr.have || idx != lr.read {
+                return;
+            }
+            let mut stored = [0u8; 32];
+            if let Err(e) = lr.r.read_exact(&mut stored) {
+                level_err = Some(LedgerError::io("read node level")(e));
+                return;
+            }
+            lr.read += 1;
+            if &stored != hsh {
+                let detail = if l == 0 {
+                    "entry does not match its stored leaf hash".to_owned()
+                } else {
+                    format!("stored node at level {l} index {idx} is wrong")
+                };
+                level_err = Some(LedgerError::Corrupt {
+                    index: idx << l,
+                    detail,
+                });
+            }
+        });
+        if let Some(e) = level_err.take() {
+            return Err(e);
+        }
+    }
+    progress(pos, total);
+    if let Some((size, _)) = checkpoint
+        && cp_checked.is_none()
+    {
+        return Err(LedgerError::Corrupt {
+            index: frontier.size(),
+            detail: format!(
+                "signed checkpoint covers {size} entries but the log has only {}",
+                frontier.size()
+            ),
+        });
+    }
+    Ok(VerifySummary {
+        entries: frontier.size(),
+        root: frontier.root(),
+        checkpoint_size: cp_checked,
+        torn_tail_bytes: total - pos,
+    })
+}
+
+/// Reads a file in `dir` if it exists.
+pub(crate) fn read_optional(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+    match std::fs::read(dir.join(name)) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LedgerError::io(format!("read {name}"))(e)),
+    }
+}

@@ -1,0 +1,496 @@
+//! The durable ledger: group-committed appends, proofs over the stored tree, and
+//! signed checkpoints. The only part of the ledger that does IO.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::LedgerError;
+use super::files::{self, Appender, MAX_ENTRY, Store, StoreView};
+pub use super::files::{RepairMode, VerifySummary};
+use super::note::{NoteSigner, NoteVerifier, SignedCheckpoint};
+use super::tree::{self, Hash};
+
+/// Most entries one group commit writes.
+const MAX_BATCH: usize = 4096;
+/// Bound of the append queue (backpressure beyond it).
+const QUEUE: usize = 8192;
+/// Most entries returned by one [`Ledger::entries`] call.
+pub const MAX_ENTRIES_PER_READ: u64 = 10_000;
+
+/// Where and how the ledger runs.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// The ledger directory (`<data-dir>/ledger`).
+    pub dir: PathBuf,
+    /// Checkpoint origin line, also the signing key's name.
+    pub origin: String,
+    /// What to do about damaged records found on open.
+    pub repair: RepairMode,
+    /// How often the checkpointer signs a new checkpoint while entries arrive.
+    pub checkpoint_interval: Duration,
+}
+
+impl LedgerConfig {
+    /// Defaults (`kla.local/ledger`, refuse damage, 1 s checkpoints) for `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            origin: "kla.local/ledger".to_owned(),
+            repair: RepairMode::Refuse,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<u64, LedgerError>>;
+
+#[derive(Clone, Copy)]
+struct Head {
+    size: u64,
+    root: Hash,
+}
+
+struct Shared {
+    store: Store,
+    head: RwLock<Head>,
+}
+
+struct Inner {
+    cfg: LedgerConfig,
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<(Vec<u8>, Ack)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    signer: NoteSigner,
+    checkpoint: RwLock<Option<SignedCheckpoint>>,
+    cp_lock: tokio::sync::Mutex<()>,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A durable, append-only Merkle log. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+fn load_or_create_key(dir: &Path) -> Result<SigningKey, LedgerError> {
+    let path = dir.join(files::KEY);
+    if let Some(pem) = files::read_optional(dir, files::KEY)? {
+        let mode = std::fs::metadata(&path)
+            .map_err(LedgerError::io("stat ledger key"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "ledger key is readable by others");
+        }
+        let pem = String::from_utf8(pem).map_err(|_| LedgerError::Key("not UTF-8".into()))?;
+        return SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| LedgerError::Key(format!("{}: {e}", path.display())));
+    }
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| LedgerError::Key(format!("encode: {e}")))?;
+    let tmp = dir.join(format!("{}.tmp", files::KEY));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(LedgerError::io("create ledger key"))?;
+    f.write_all(pem.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(LedgerError::io("write ledger key"))?;
+    std::fs::rename(&tmp, &path).map_err(LedgerError::io("rename ledger key"))?;
+    files::sync_dir(dir)?;
+    tracing::info!(path = %path.display(), "created ledger signing key");
+    Ok(key)
+}
+
+fn read_origin(dir: &Path) -> Result<Option<String>, LedgerError> {
+    Ok(files::read_optional(dir, files::ORIGIN)?
+        .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned()))
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+    origin: &str,
+) -> Result<Option<SignedCheckpoint>, LedgerError> {
+    let Some(bytes) = files::read_optional(dir, files::CHECKPOINT)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes).map_err(|_| LedgerError::Corrupt {
+        index: 0,
+        detail: "checkpoint file is not UTF-8".into(),
+    })?;
+    let cp =
+        SignedCheckpoint::parse_verified(&text, verifier).map_err(|e| LedgerError::Corrupt {
+            index: 0,
+            detail: format!("stored checkpoint does not verify with the ledger key: {e}"),
+        })?;
+    if cp.origin != origin {
+        return Err(LedgerError::Config(format!(
+            "stored checkpoint origin {:?} differs from configured origin {origin:?}",
+            cp.origin
+        )));
+    }
+    Ok(Some(cp))
+}
+
+/// The verifier key string of the ledger in `dir` (no files are created).
+pub fn verifier_key_for_dir(dir: &Path) -> Result<String, LedgerError> {
+    let origin = read_origin(dir)?
+        .ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
+    let pem = files::read_optional(dir, files::KEY)?
+        .ok_or_else(|| LedgerError::Key(format!("no key in {}", dir.display())))?;
+    let pem = String::from_utf8(pem).map_err(|_| LedgerError::Key("not UTF-8".into()))?;
+    let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| LedgerError::Key(e.to_string()))?;
+    Ok(NoteVerifier::new(&origin, key.verifying_key())?.to_vkey())
+}
+
+/// Fully verifies the ledger in `dir` (read-only): every record checksum, leaf hash and
+/// stored node, plus the latest checkpoint's signature and root.
+/// `progress(bytes_done, bytes_total)` is called periodically.
+pub fn verify_ledger_dir(
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifySummary, LedgerError> {
+    let vkey = verifier_key_for_dir(dir)?;
+    let verifier = NoteVerifier::parse(&vkey)?;
+    let cp = load_checkpoint(dir, &verifier, verifier.name())?;
+    files::verify_all(dir, cp.map(|c| (c.size, c.root)), progress)
+}
+
+fn writer_loop(
+    shared: Arc<Shared>,
+    mut appender: Appender,
+    mut rx: mpsc::Receiver<(Vec<u8>, Ack)>,
+) {
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
+    let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
+    let mut poisoned: Option<String> = None;
+    while let Some((e, a)) = rx.blocking_recv() {
+        batch.push(e);
+        acks.push(a);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((e, a)) => {
+                    batch.push(e);
+                    acks.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let res = match &poisoned {
+            Some(msg) => Err(msg.clone()),
+            None => appender
+                .append_batch(&shared.store, &batch)
+                .map_err(|e| e.to_string()),
+        };
+        match res {
+            Ok(first) => {
+                *shared.head.write() = Head {
+                    size: appender.size(),
+                    root: appender.root(),
+                };
+                for (i, a) in acks.drain(..).enumerate() {
+                    let _ = a.send(Ok(first + i as u64));
+                }
+            }
+            Err(msg) => {
+                if poisoned.is_none() {
+                    tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
+                    poisoned = Some(msg.clone());
+                }
+                for a in acks.drain(..) {
+                    let _ = a.send(Err(LedgerError::Io {
+                        context: "append".into(),
+                        source: std::io::Error::other(msg.clone()),
+                    }));
+                }
+            }
+        }
+        batch.clear();
+    }
+    if poisoned.is_none()
+        && let Err(e) = shared.store.sync_derived(appender.size())
+    {
+        tracing::error!(error = %e, "ledger: syncing derived files at shutdown failed");
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `cfg.dir`, recovering from a crash.
+    /// Cost is O(entries after the latest checkpoint), not O(log size).
+    pub fn open(cfg: LedgerConfig) -> Result<Ledger, LedgerError> {
+        let dir = cfg.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(LedgerError::io(format!(
+            "create ledger dir {}",
+            dir.display()
+        )))?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(files::LOCK))
+            .map_err(LedgerError::io("open lock file"))?;
+        if lock.try_lock().is_err() {
+            return Err(LedgerError::Locked(dir.display().to_string()));
+        }
+        match read_origin(&dir)? {
+            Some(o) if o != cfg.origin => {
+                return Err(LedgerError::Config(format!(
+                    "ledger was created with origin {o:?}, configured origin is {:?}",
+                    cfg.origin
+                )));
+            }
+            Some(_) => {}
+            None => {
+                files::write_atomic(&dir, files::ORIGIN, format!("{}\n", cfg.origin).as_bytes())?
+            }
+        }
+        let signer = NoteSigner::new(&cfg.origin, load_or_create_key(&dir)?)?;
+        let checkpoint = load_checkpoint(&dir, signer.verifier(), &cfg.origin)?;
+        let cp_size = checkpoint.as_ref().map_or(0, |c| c.size);
+        let opened = files::open_store(&dir, cfg.repair, cp_size)?;
+        let view = StoreView {
+            store: &opened.store,
+            size: opened.appender.size(),
+        };
+        if let Some(cp) = &checkpoint
+            && tree::root(&view, cp.size)? != cp.root
+        {
+            return Err(LedgerError::Corrupt {
+                index: cp.size.saturating_sub(1),
+                detail: "stored tree does not match the signed checkpoint root".into(),
+            });
+        }
+        let head = Head {
+            size: opened.appender.size(),
+            root: opened.appender.root(),
+        };
+        let shared = Arc::new(Shared {
+            store: opened.store,
+            head: RwLock::new(head),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let w_shared = shared.clone();
+        let appender = opened.appender;
+        let writer = std::thread::Builder::new()
+            .name("kla-ledger-writer".into())
+            .spawn(move || writer_loop(w_shared, appender, rx))
+            .map_err(LedgerError::io("spawn ledger writer"))?;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                cfg,
+                shared,
+                tx: Some(tx),
+                writer: Some(writer),
+                signer,
+                checkpoint: RwLock::new(checkpoint),
+                cp_lock: tokio::sync::Mutex::new(()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Appends canonical entry bytes (see [`super::Entry::encode`]); resolves with the
+    /// entry's index once it is fsynced. Concurrent appends share one fsync.
+    pub async fn append(&self, entry_bytes: Vec<u8>) -> Result<u64, LedgerError> {
+        if entry_bytes.is_empty() || entry_bytes.len() > MAX_ENTRY {
+            return Err(LedgerError::InvalidEntry(format!(
+                "entry must be 1..={MAX_ENTRY} bytes, got {}",
+                entry_bytes.len()
+            )));
+        }
+        let tx = self.inner.tx.as_ref().ok_or(LedgerError::Closed)?;
+        let (ack, rx) = oneshot::channel();
+        tx.send((entry_bytes, ack))
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    fn head(&self) -> Head {
+        *self.inner.shared.head.read()
+    }
+
+    fn view(&self) -> StoreView<'_> {
+        StoreView {
+            store: &self.inner.shared.store,
+            size: self.head().size,
+        }
+    }
+
+    /// Number of durable entries.
+    pub fn size(&self) -> u64 {
+        self.head().size
+    }
+
+    /// The canonical bytes of entry `index`.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let size = self.size();
+        if index >= size {
+            return Err(LedgerError::NotFound(format!(
+                "no entry {index} (log size {size})"
+            )));
+        }
+        self.inner.shared.store.record(index)
+    }
+
+    /// Entries `[start, end)`, at most [`MAX_ENTRIES_PER_READ`] of them.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let size = self.size();
+        if start > end || end > size {
+            return Err(LedgerError::InvalidRange(format!(
+                "entries [{start}, {end}) outside log of size {size}"
+            )));
+        }
+        if end - start > MAX_ENTRIES_PER_READ {
+            return Err(LedgerError::InvalidRange(format!(
+                "at most {MAX_ENTRIES_PER_READ} entries per read"
+            )));
+        }
+        (start..end)
+            .map(|i| self.inner.shared.store.record(i))
+            .collect()
+    }
+
+    /// The stored RFC 6962 leaf hash of entry `index`.
+    pub fn leaf_hash(&self, index: u64) -> Result<Hash, LedgerError> {
+        let size = self.size();
+        if index >= size {
+            return Err(LedgerError::NotFound(format!(
+                "no entry {index} (log size {size})"
+            )));
+        }
+        self.inner.shared.store.node(0, index)
+    }
+
+    /// Root hash of the tree of the first `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, LedgerError> {
+        let head = self.head();
+        if size == head.size {
+            return Ok(head.root);
+        }
+        tree::root(&self.view(), size)
+    }
+
+    /// RFC 9162 inclusion proof of entry `index` in the tree of `tree_size`.
+    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<Vec<Hash>, LedgerError> {
+        tree::inclusion_proof(&self.view(), index, tree_size)
+    }
+
+    /// RFC 9162 consistency proof between tree sizes `from` and `to`.
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, LedgerError> {
+        tree::consistency_proof(&self.view(), from, to)
+    }
+
+    /// The latest signed checkpoint, if one was ever issued.
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        self.inner.checkpoint.read().clone()
+    }
+
+    /// Whether entry `index` is covered by the latest signed checkpoint.
+    pub fn is_anchored(&self, index: u64) -> bool {
+        self.inner
+            .checkpoint
+            .read()
+            .as_ref()
+            .is_some_and(|c| index < c.size)
+    }
+
+    /// Signs and persists a checkpoint over all durable entries (returns the latest one
+    /// unchanged if nothing was appended since).
+    pub async fn checkpoint_now(&self) -> Result<SignedCheckpoint, LedgerError> {
+        let _guard = self.inner.cp_lock.lock().await;
+        let head = self.head();
+        if let Some(cp) = self.latest_checkpoint()
+            && cp.size == head.size
+        {
+            return Ok(cp);
+        }
+        let cp = self
+            .inner
+            .signer
+            .checkpoint(&self.inner.cfg.origin, head.size, head.root);
+        let me = self.clone();
+        let text = cp.text().to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(), LedgerError> {
+            let store = &me.inner.shared.store;
+            store.sync_derived(head.size)?;
+            files::write_atomic(store.dir(), files::CHECKPOINT, text.as_bytes())
+        })
+        .await
+        .map_err(|e| LedgerError::Io {
+            context: "checkpoint task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        *self.inner.checkpoint.write() = Some(cp.clone());
+        Ok(cp)
+    }
+
+    /// Spawns the checkpointer: signs a checkpoint every `checkpoint_interval` while
+    /// entries arrive, and a final one when `shutdown` is cancelled.
+    pub fn spawn_checkpointer(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.inner.cfg.checkpoint_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stop = tokio::select! {
+                    () = shutdown.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                let behind = me.latest_checkpoint().is_none_or(|c| c.size != me.size());
+                if behind && let Err(e) = me.checkpoint_now().await {
+                    tracing::error!(error = %e, "ledger checkpoint failed");
+                }
+                if stop {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// The verifier key string (`<name>+<hex id>+<base64 key>`) for checkpoints.
+    pub fn verifier_key(&self) -> String {
+        self.inner.signer.verifier().to_vkey()
+    }
+
+    /// The 4-byte key id of the ledger key, hex encoded.
+    pub fn key_id(&self) -> String {
+        hex::encode(self.inner.signer.verifier().key_id())
+    }
+
+    /// The checkpoint origin.
+    pub fn origin(&self) -> &str {
+        &self.inner.cfg.origin
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

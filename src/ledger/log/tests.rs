@@ -1,0 +1,564 @@
+use std::io::Write;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ledger::evidence::{EvidenceBundle, verify_bundle};
+use crate::ledger::tree::{MemTree, verify_consistency, verify_inclusion};
+use crate::ledger::{Entry, new_lineage_id};
+
+fn cfg(dir: &Path) -> LedgerConfig {
+    LedgerConfig::new(dir.join("ledger"))
+}
+
+fn entry_bytes(i: u64) -> Vec<u8> {
+    Entry {
+        v: 1,
+        kind: "decision".into(),
+        lineage_id: new_lineage_id(),
+        tenant: format!("t{}", i % 3),
+        time: "2026-01-01T00:00:00Z".into(),
+        body: serde_json::json!({ "n": i }),
+    }
+    .encode()
+    .expect("encode")
+}
+
+fn entries_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("ledger").join(files::ENTRIES)
+}
+
+async fn append_n(l: &Ledger, n: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let start = l.size();
+    for i in 0..n {
+        let b = entry_bytes(i);
+        let idx = l.append(b.clone()).await.expect("append");
+        assert_eq!(idx, start + out.len() as u64);
+        out.push(b);
+    }
+    out
+}
+
+fn assert_matches_model(l: &Ledger, model: &[Vec<u8>]) {
+    let mut mem = MemTree::new();
+    for b in model {
+        mem.push(b);
+    }
+    let n = model.len() as u64;
+    assert_eq!(l.size(), n);
+    assert_eq!(l.root(n).expect("root"), mem.root());
+    for (i, b) in model.iter().enumerate() {
+        assert_eq!(&l.entry(i as u64).expect("entry"), b);
+    }
+    let step = (n / 40).max(1);
+    for size in (1..=n).step_by(step as usize) {
+        assert_eq!(
+            l.root(size).expect("root"),
+            tree::root(&mem, size).expect("mem root")
+        );
+        for idx in (0..size).step_by(step as usize) {
+            let p = l.inclusion_proof(idx, size).expect("proof");
+            assert_eq!(
+                p,
+                tree::inclusion_proof(&mem, idx, size).expect("mem proof")
+            );
+            let c = l.consistency_proof(idx + 1, size).expect("consistency");
+            assert_eq!(
+                c,
+                tree::consistency_proof(&mem, idx + 1, size).expect("mem c")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_survive_reopen_and_proofs_match_memory_tree() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ledger = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..40u64 {
+                let b = entry_bytes(w * 1000 + i);
+                let idx = l.append(b.clone()).await.expect("append");
+                got.push((idx, b));
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    let model: Vec<Vec<u8>> = all.iter().map(|(_, b)| b.clone()).collect();
+    assert!(all.iter().enumerate().all(|(k, (i, _))| *i == k as u64));
+    assert_matches_model(&ledger, &model);
+    drop(ledger);
+    let ledger = Ledger::open(cfg(tmp.path())).expect("reopen");
+    assert_matches_model(&ledger, &model);
+    // appending after reopen continues the same tree
+    let b = entry_bytes(99_999);
+    assert_eq!(ledger.append(b.clone()).await.expect("append"), 640);
+    let mut model = model;
+    model.push(b);
+    assert_matches_model(&ledger, &model);
+}
+
+#[tokio::test]
+async fn second_open_of_the_same_dir_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _l = Ledger::open(cfg(tmp.path())).expect("open");
+    assert!(matches!(
+        Ledger::open(cfg(tmp.path())),
+        Err(LedgerError::Locked(_))
+    ));
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_off_on_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let model = append_n(&l, 10).await;
+    drop(l);
+    // half a record: header announces 100 bytes, only 10 follow
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(entries_path(tmp.path()))
+        .expect("entries");
+    f.write_all(&100u32.to_le_bytes()).expect("w");
+    f.write_all(&0u32.to_le_bytes()).expect("w");
+    f.write_all(&[7u8; 10]).expect("w");
+    drop(f);
+    let len_before = std::fs::metadata(entries_path(tmp.path()))
+        .expect("m")
+        .len();
+    let l = Ledger::open(cfg(tmp.path())).expect("reopen cuts torn tail");
+    assert_eq!(
+        std::fs::metadata(entries_path(tmp.path()))
+            .expect("m")
+            .len(),
+        len_before - 18
+    );
+    assert_matches_model(&l, &model);
+    assert_eq!(l.append(entry_bytes(1)).await.expect("append"), 10);
+}
+
+fn flip_byte_of_entry(dir: &Path, index: u64) {
+    let store_dir = dir.join("ledger");
+    let offsets = std::fs::read(store_dir.join(files::OFFSETS)).expect("offsets");
+    let i = index as usize * 8;
+    let off = u64::from_le_bytes(offsets[i..i + 8].try_into().expect("8 bytes"));
+    let mut data = std::fs::read(entries_path(dir)).expect("entries");
+    data[off as usize + 8 + 3] ^= 0x20;
+    std::fs::write(entries_path(dir), data).expect("write");
+}
+
+#[tokio::test]
+async fn byte_flipped_mid_log_refuses_open_naming_the_index() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 20).await;
+    drop(l);
+    flip_byte_of_entry(tmp.path(), 7);
+    for repair in [RepairMode::Refuse, RepairMode::Truncate] {
+        let mut c = cfg(tmp.path());
+        c.repair = repair;
+        match Ledger::open(c) {
+            Err(LedgerError::Corrupt { index, detail }) => {
+                assert_eq!(index, 7, "{detail}");
+                assert!(detail.contains("mid-log"), "{detail}");
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("opened a corrupt ledger"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn full_verify_finds_damage_inside_the_checkpointed_prefix() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 30).await;
+    l.checkpoint_now().await.expect("checkpoint");
+    drop(l);
+    let dir = tmp.path().join("ledger");
+    let mut calls = 0;
+    let s = verify_ledger_dir(&dir, &mut |_, _| calls += 1).expect("verifies");
+    assert_eq!(s.entries, 30);
+    assert_eq!(s.checkpoint_size, Some(30));
+    assert!(calls > 0);
+    flip_byte_of_entry(tmp.path(), 12);
+    match verify_ledger_dir(&dir, &mut |_, _| {}) {
+        Err(LedgerError::Corrupt { index, .. }) => assert_eq!(index, 12),
+        other => panic!("expected corruption at 12, got {other:?}"),
+    }
+    // a wrong stored interior node is also caught
+    flip_byte_of_entry(tmp.path(), 12);
+    let lvl = dir.join("level-02.hash");
+    let mut b = std::fs::read(&lvl).expect("level 2");
+    b[32] ^= 1; // node (2, 1) covers entries 4..8
+    std::fs::write(&lvl, b).expect("w");
+    match verify_ledger_dir(&dir, &mut |_, _| {}) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 4, "{detail}");
+            assert!(detail.contains("level 2"), "{detail}");
+        }
+        other => panic!("expected node corruption, got {other:?}"),
+    }
+}
+
+fn corrupt_last_record_checksum(dir: &Path) {
+    let mut data = std::fs::read(entries_path(dir)).expect("entries");
+    let n = data.len();
+    data[n - 1] ^= 0xff;
+    std::fs::write(entries_path(dir), data).expect("write");
+}
+
+#[tokio::test]
+async fn truncate_repair_cuts_a_damaged_tail_after_the_checkpoint_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut model = append_n(&l, 12).await;
+    l.checkpoint_now().await.expect("checkpoint at 12");
+    model.extend(append_n(&l, 3).await);
+    drop(l);
+    corrupt_last_record_checksum(tmp.path());
+    // default mode refuses, naming the index
+    match Ledger::open(cfg(tmp.path())) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 14);
+            assert!(detail.contains("truncate"), "{detail}");
+        }
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+    let mut c = cfg(tmp.path());
+    c.repair = RepairMode::Truncate;
+    let l = Ledger::open(c).expect("truncate repairs the tail");
+    model.truncate(14);
+    assert_matches_model(&l, &model);
+    assert_eq!(l.latest_checkpoint().expect("cp").size, 12);
+    drop(l);
+
+    // now damage an entry covered by the checkpoint, at the tail
+    let tmp2 = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp2.path())).expect("open");
+    append_n(&l, 5).await;
+    l.checkpoint_now().await.expect("checkpoint at 5");
+    drop(l);
+    corrupt_last_record_checksum(tmp2.path());
+    let mut c = cfg(tmp2.path());
+    c.repair = RepairMode::Truncate;
+    match Ledger::open(c) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 4);
+            assert!(detail.contains("checkpoint"), "{detail}");
+        }
+        other => panic!("must not roll back checkpointed entries: {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_are_signed_persisted_and_anchor_entries() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 5).await;
+    assert!(!l.is_anchored(0));
+    let cp = l.checkpoint_now().await.expect("checkpoint");
+    assert_eq!(cp.size, 5);
+    assert_eq!(cp.root, l.root(5).expect("root"));
+    assert!(cp.text().starts_with("kla.local/ledger\n5\n"));
+    assert!(l.is_anchored(4) && !l.is_anchored(5));
+    let vkey = l.verifier_key();
+    assert!(vkey.starts_with(&format!("kla.local/ledger+{}+", l.key_id())));
+    let v = NoteVerifier::parse(&vkey).expect("vkey");
+    SignedCheckpoint::parse_verified(cp.text(), &v).expect("signature verifies");
+    assert_eq!(
+        verifier_key_for_dir(&tmp.path().join("ledger")).expect("vkey from dir"),
+        vkey
+    );
+    drop(l);
+    let key_mode = std::fs::metadata(tmp.path().join("ledger").join(files::KEY))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let l = Ledger::open(cfg(tmp.path())).expect("reopen");
+    assert_eq!(l.latest_checkpoint(), Some(cp.clone()));
+    assert_eq!(l.verifier_key(), vkey);
+    // consistency from the checkpoint to a later size verifies
+    append_n(&l, 4).await;
+    let cp2 = l.checkpoint_now().await.expect("cp2");
+    let proof = l.consistency_proof(cp.size, cp2.size).expect("proof");
+    verify_consistency(cp.size, cp2.size, &cp.root, &cp2.root, &proof).expect("consistent");
+    // a different origin on the same directory is refused
+    drop(l);
+    let mut c = cfg(tmp.path());
+    c.origin = "other.example/log".into();
+    assert!(matches!(Ledger::open(c), Err(LedgerError::Config(_))));
+}
+
+#[tokio::test]
+async fn checkpointer_signs_while_entries_arrive_and_on_shutdown() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut c = cfg(tmp.path());
+    c.checkpoint_interval = Duration::from_millis(50);
+    let l = Ledger::open(c).expect("open");
+    let stop = CancellationToken::new();
+    let task = l.spawn_checkpointer(stop.clone());
+    append_n(&l, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(l.latest_checkpoint().expect("periodic checkpoint").size, 3);
+    append_n(&l, 2).await;
+    stop.cancel();
+    task.await.expect("join");
+    assert_eq!(l.latest_checkpoint().expect("final checkpoint").size, 5);
+}
+
+#[tokio::test]
+async fn out_of_range_requests_are_client_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 3).await;
+    assert!(matches!(l.entry(3), Err(LedgerError::NotFound(_))));
+    assert!(matches!(l.leaf_hash(9), Err(LedgerError::NotFound(_))));
+    assert!(matches!(
+        l.inclusion_proof(3, 3),
+        Err(LedgerError::InvalidRange(_))
+    ));
+    assert!(matches!(
+        l.inclusion_proof(0, 4),
+        Err(LedgerError::InvalidRange(_))
+    ));
+    assert!(matches!(
+        l.consistency_proof(0, 3),
+        Err(LedgerError::InvalidRange(_))
+    ));
+    assert!(matches!(l.entries(2, 5), Err(LedgerError::InvalidRange(_))));
+    assert!(matches!(
+        l.append(Vec::new()).await,
+        Err(LedgerError::InvalidEntry(_))
+    ));
+    assert_eq!(l.entries(1, 3).expect("range").len(), 2);
+}
+
+// ---------- evidence bundles ----------
+
+async fn bundle_fixture() -> (tempfile::TempDir, Ledger, EvidenceBundle) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 11).await;
+    let b = l.build_evidence(&[0, 6, 10]).await.expect("bundle");
+    (tmp, l, b)
+}
+
+fn reject(b: &EvidenceBundle, vkey: &str) -> LedgerError {
+    let bytes = serde_json::to_vec(b).expect("json");
+    match verify_bundle(&bytes, vkey) {
+        Err(e) => e,
+        Ok(r) => panic!("altered bundle verified: {:?}", r.checks),
+    }
+}
+
+fn names_entry(e: &LedgerError, index: u64, lineage: &str) {
+    match e {
+        LedgerError::BadBundle {
+            ledger_index,
+            lineage_id,
+            ..
+        } => {
+            assert_eq!(*ledger_index, Some(index), "{e}");
+            assert_eq!(lineage_id.as_deref(), Some(lineage), "{e}");
+            assert!(e.to_string().contains(lineage));
+        }
+        other => panic!("wrong error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn good_bundle_verifies_offline() {
+    let (_tmp, l, b) = bundle_fixture().await;
+    assert_eq!(b.tree_size, 11);
+    assert_eq!(b.format, "kla-evidence/v1");
+    let bytes = serde_json::to_vec_pretty(&b).expect("json");
+    let report = verify_bundle(&bytes, &l.verifier_key()).expect("verifies");
+    assert_eq!(report.tree_size, 11);
+    assert_eq!(report.checks.len(), 5 + 3);
+    // each entry string is the exact stored canonical entry
+    assert_eq!(
+        b.entries[1].entry.as_bytes(),
+        l.entry(6).expect("e").as_slice()
+    );
+    let lineage = Entry::decode(b.entries[1].entry.as_bytes())
+        .expect("entry")
+        .lineage_id;
+    assert_eq!(b.entries[1].lineage_id, lineage);
+}
+
+#[tokio::test]
+async fn altered_bundles_fail_naming_the_entry() {
+    let (_tmp, l, b) = bundle_fixture().await;
+    let vkey = l.verifier_key();
+    let lineage6 = b.entries[1].lineage_id.clone();
+
+    // one byte of the entry changed (leaf hash no longer matches)
+    let mut x = b.clone();
+    x.entries[1].entry = x.entries[1].entry.replacen("\"n\":6", "\"n\":7", 1);
+    names_entry(&reject(&x, &vkey), 6, &lineage6);
+
+    // entry and leaf hash changed consistently: the inclusion proof fails
+    let mut x = b.clone();
+    x.entries[1].entry = x.entries[1].entry.replacen("\"n\":6", "\"n\":7", 1);
+    x.entries[1].leaf_hash = format!(
+        "sha256:{}",
+        hex::encode(tree::leaf_hash(x.entries[1].entry.as_bytes()))
+    );
+    names_entry(&reject(&x, &vkey), 6, &lineage6);
+
+    // a proof hash changed
+    let mut x = b.clone();
+    let h = &mut x.entries[1].inclusion_proof[0];
+    let last = if h.ends_with('0') { '1' } else { '0' };
+    h.pop();
+    h.push(last);
+    names_entry(&reject(&x, &vkey), 6, &lineage6);
+
+    // an extra proof hash appended
+    let mut x = b.clone();
+    let extra = x.entries[2].inclusion_proof[0].clone();
+    x.entries[2].inclusion_proof.push(extra);
+    let lineage10 = b.entries[2].lineage_id.clone();
+    names_entry(&reject(&x, &vkey), 10, &lineage10);
+
+    // the claimed lineage id does not match the entry
+    let mut x = b.clone();
+    x.entries[0].lineage_id = new_lineage_id();
+    let e = reject(&x, &vkey);
+    assert!(
+        matches!(
+            e,
+            LedgerError::BadBundle {
+                ledger_index: Some(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // the checkpoint text altered (tree size)
+    let mut x = b.clone();
+    x.checkpoint = x.checkpoint.replacen("\n11\n", "\n12\n", 1);
+    x.tree_size = 12;
+    let e = reject(&x, &vkey);
+    assert!(e.to_string().contains("checkpoint"), "{e}");
+
+    // bundle tree size or root disagreeing with the signed note
+    let mut x = b.clone();
+    x.root_hash = format!("sha256:{}", "00".repeat(32));
+    assert!(reject(&x, &vkey).to_string().contains("rootHash"));
+
+    // the wrong key (another ledger's)
+    let tmp2 = tempfile::tempdir().expect("tmp");
+    let other = Ledger::open(cfg(tmp2.path())).expect("open");
+    let e = reject(&b, &other.verifier_key());
+    assert!(e.to_string().contains("key"), "{e}");
+
+    // garbage vkey
+    assert!(reject(&b, "not-a-key").to_string().contains("verifier key"));
+}
+
+// ---------- random operation sequences against a model ----------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(u8),
+    Reopen,
+    /// Append garbage past the last acknowledged byte (a torn, unacked write), then reopen.
+    TornWrite(u8),
+    Checkpoint,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u8..20).prop_map(Op::Append),
+        1 => Just(Op::Reopen),
+        1 => (1u8..40).prop_map(Op::TornWrite),
+        1 => Just(Op::Checkpoint),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn random_operations_match_model(ops in proptest::collection::vec(op(), 1..25)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let mut l = Ledger::open(cfg(tmp.path())).expect("open");
+            let mut model: Vec<Vec<u8>> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Append(n) => {
+                        let futs: Vec<_> = (0..n)
+                            .map(|i| {
+                                let l = l.clone();
+                                let b = entry_bytes(u64::from(i));
+                                tokio::spawn(async move {
+                                    let idx = l.append(b.clone()).await.expect("append");
+                                    (idx, b)
+                                })
+                            })
+                            .collect();
+                        let mut got = Vec::new();
+                        for f in futs {
+                            got.push(f.await.expect("join"));
+                        }
+                        got.sort_by_key(|(i, _)| *i);
+                        for (i, b) in got {
+                            assert_eq!(i as usize, model.len());
+                            model.push(b);
+                        }
+                    }
+                    Op::Reopen => {
+                        drop(l);
+                        l = Ledger::open(cfg(tmp.path())).expect("reopen");
+                    }
+                    Op::TornWrite(k) => {
+                        drop(l);
+                        let mut f = std::fs::OpenOptions::new()
+                            .append(true)
+                            .open(entries_path(tmp.path()))
+                            .expect("entries");
+                        let mut rec = 200u32.to_le_bytes().to_vec();
+                        rec.extend_from_slice(&[1, 2, 3, 4]);
+                        rec.extend(std::iter::repeat_n(9u8, 40));
+                        f.write_all(&rec[..usize::from(k).min(rec.len())]).expect("w");
+                        drop(f);
+                        l = Ledger::open(cfg(tmp.path())).expect("reopen after torn write");
+                    }
+                    Op::Checkpoint => {
+                        let cp = l.checkpoint_now().await.expect("checkpoint");
+                        assert_eq!(cp.size, model.len() as u64);
+                    }
+                }
+                assert_eq!(l.size(), model.len() as u64);
+            }
+            assert_matches_model(&l, &model);
+            if let Some(cp) = l.latest_checkpoint() {
+                for i in 0..cp.size {
+                    let p = l.inclusion_proof(i, cp.size).expect("proof");
+                    verify_inclusion(i, cp.size, &l.leaf_hash(i).expect("leaf"), &p, &cp.root)
+                        .expect("inclusion verifies");
+                }
+            }
+        });
+    }
+}
