@@ -289,6 +289,8 @@ thread_local! {
 
 fn new_vm() -> RegoVM {
     let mut vm = RegoVM::new();
+    // OPA semantics: a failing builtin makes its expression undefined (the rule does not
+    // match). Resource limits (time, instructions) are errors and fail closed.
     vm.set_max_instructions(MAX_INSTRUCTIONS);
     vm
 }
