@@ -222,3 +222,118 @@ pub fn run_eval(args: &EvalArgs, out: &mut dyn std::io::Write) -> anyhow::Result
     writeln!(out, "{}", serde_json::to_string_pretty(&decision)?)?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn repo(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn policy_cli_pack_test_on_default_pack_passes() {
+        let mut out = Vec::new();
+        let args = TestArgs {
+            dir: repo("policies/default"),
+            key: Some(repo("policies/kla-default.pub")),
+        };
+        assert_eq!(run_test(&args, &mut out).unwrap(), ExitCode::SUCCESS);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(" 0 failed") && !text.contains("FAIL "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_cli_pack_test_on_failing_suite_exits_nonzero() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+        std::fs::copy(
+            repo("examples/packs/payments/pack.yaml"),
+            dir.path().join("pack.yaml"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tests/t.yaml"),
+            "cases:\n  - name: deletes are fine (wrong)\n    input: {agent: {id: a}, action: delete_x}\n    expect: {decision: allow}\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let args = TestArgs {
+            dir: dir.path().to_path_buf(),
+            key: None,
+        };
+        assert_eq!(run_test(&args, &mut out).unwrap(), ExitCode::FAILURE);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("FAIL ") && text.contains("expected allow, got block"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_cli_keygen_sign_verify_eval_roundtrip() {
+        let keys = tempfile::tempdir().unwrap();
+        let private = keys.path().join("k.key");
+        let public = keys.path().join("k.pub");
+        let mut out = Vec::new();
+        let keygen = KeygenArgs {
+            private: private.clone(),
+            public: public.clone(),
+        };
+        assert_eq!(run_keygen(&keygen, &mut out).unwrap(), ExitCode::SUCCESS);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Never overwrites a private key.
+        assert!(run_keygen(&keygen, &mut out).is_err());
+
+        let pack = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            repo("examples/packs/payments/pack.yaml"),
+            pack.path().join("pack.yaml"),
+        )
+        .unwrap();
+        let sign = SignArgs {
+            dir: pack.path().to_path_buf(),
+            key: private,
+        };
+        assert_eq!(run_sign(&sign, &mut out).unwrap(), ExitCode::SUCCESS);
+        let verify = VerifyArgs {
+            dir: pack.path().to_path_buf(),
+            key: vec![public.clone()],
+        };
+        assert_eq!(run_verify(&verify, &mut out).unwrap(), ExitCode::SUCCESS);
+
+        let input = pack.path().join("in.json");
+        std::fs::write(
+            &input,
+            r#"{"agent": {"id": "a"}, "action": "execute_refund", "context": {"amount": 5000}}"#,
+        )
+        .unwrap();
+        // The input file was added after signing: verified eval refuses, unsigned eval works.
+        let eval = EvalArgs {
+            dir: pack.path().to_path_buf(),
+            input: input.clone(),
+            key: Some(public),
+        };
+        let err = run_eval(&eval, &mut out).unwrap_err().to_string();
+        assert!(err.contains("in.json was added"), "{err}");
+        let mut json = Vec::new();
+        let eval = EvalArgs { key: None, ..eval };
+        assert_eq!(run_eval(&eval, &mut json).unwrap(), ExitCode::SUCCESS);
+        let decision: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(decision["outcome"], "require_approval");
+        assert_eq!(
+            decision["matchedRules"][0]["approval"]["timeoutSeconds"],
+            900
+        );
+        assert_eq!(run_verify(&verify, &mut out).unwrap(), ExitCode::FAILURE);
+    }
+}
