@@ -34,7 +34,7 @@ use super::types::{
 
 /// Default evaluation deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
-/// Work units between two clock reads inside the VM.
+/// VM instructions between two clock reads inside the VM.
 pub const TIMER_CHECK_INTERVAL: u32 = 16;
 /// Hard cap on VM instructions per `when` (a second guard besides the clock).
 pub const MAX_INSTRUCTIONS: usize = 1_000_000;
