@@ -34,6 +34,8 @@ use super::types::{
 
 /// Default evaluation deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
+/// Largest accepted evaluation deadline.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
 /// VM instructions between two clock reads inside the VM.
 pub const TIMER_CHECK_INTERVAL: u32 = 16;
 /// Hard cap on VM instructions per `when` (a second guard besides the clock).
@@ -369,7 +371,9 @@ pub struct PolicySet {
 impl PolicySet {
     /// Builds a set from compiled packs (evaluated in the given order) with an evaluation
     /// deadline.
+    /// Deadlines above [`MAX_DEADLINE`] are clamped to it.
     pub fn new(packs: Vec<Arc<CompiledPack>>, deadline: Duration) -> Self {
+        let deadline = deadline.min(MAX_DEADLINE);
         let refs = packs.iter().map(|p| p.pack_ref.clone()).collect();
         PolicySet {
             packs,
@@ -461,7 +465,7 @@ impl PolicySet {
                     let Some(value) = rego_input.as_ref() else {
                         continue;
                     };
-                    match run_when(program, value, deadline - now) {
+                    match run_when(program, value, deadline.saturating_duration_since(now)) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(e) if rule.shadow && Instant::now() < deadline => {

@@ -23,7 +23,7 @@ mod tests;
 
 use std::path::Path;
 
-pub use engine::{CompiledPack, DEFAULT_DEADLINE, PolicySet};
+pub use engine::{CompiledPack, DEFAULT_DEADLINE, MAX_DEADLINE, PolicySet};
 pub use manager::{
     PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle,
 };

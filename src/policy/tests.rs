@@ -733,3 +733,47 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn watcher_reloads_after_a_change() {
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let a = root.path().join("a");
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: warn}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    let m = Arc::new(PolicyManager::new(
+        PolicyConfig::new(root.path(), vec![signer.public()]),
+        None,
+    ));
+    let _watch = m.watch().unwrap();
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: block}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    let start = std::time::Instant::now();
+    while m.evaluate(&act("x")).outcome != Outcome::Block {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "watcher did not reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.status().generation >= 2);
+}
