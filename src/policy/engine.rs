@@ -285,21 +285,34 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
     Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
 }
 
-thread_local! {
-    static VM: RefCell<RegoVM> = RefCell::new(new_vm());
+/// Per-thread VMs, one per rule of the set last evaluated on this thread, each with its
+/// rule's program already loaded. Keyed by the set's unique id: evaluating another set
+/// drops them (and with them the old programs).
+struct VmCache {
+    set_id: u64,
+    vms: Vec<Option<Box<RegoVM>>>,
 }
 
-fn new_vm() -> RegoVM {
+thread_local! {
+    static VMS: RefCell<VmCache> = const { RefCell::new(VmCache { set_id: 0, vms: Vec::new() }) };
+}
+
+static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+fn new_vm(program: &Arc<Program>) -> RegoVM {
     let mut vm = RegoVM::new();
     // OPA semantics: a failing builtin makes its expression undefined (the rule does not
     // match). Resource limits (time, instructions) are errors and fail closed.
     vm.set_max_instructions(MAX_INSTRUCTIONS);
+    vm.load_program(program.clone());
     vm
 }
 
-/// Runs one rule's program on this thread's VM. `Ok(true)` only when the body evaluated to
-/// `true`; undefined means "does not hold".
+/// Runs one rule's program on this thread's VM for that rule. `Ok(true)` only when the body
+/// evaluated to `true`; undefined means "does not hold".
 fn run_when(
+    set: &PolicySet,
+    slot: usize,
     program: &Arc<Program>,
     input: &regorus::Value,
     remaining: Duration,
@@ -309,17 +322,25 @@ fn run_when(
         check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
     };
     let run = |vm: &mut RegoVM| {
-        vm.load_program(program.clone());
         vm.set_input(input.clone());
         vm.set_execution_timer_config(Some(timer));
-        let result = vm.execute_entry_point_by_index(0);
-        result
+        vm.execute_entry_point_by_index(0)
             .map(|v| v == regorus::Value::Bool(true))
             .map_err(|e| e.to_string())
     };
-    VM.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut vm) => run(&mut vm),
-        Err(_) => run(&mut new_vm()),
+    VMS.with(|cell| {
+        let Ok(mut cache) = cell.try_borrow_mut() else {
+            return run(&mut new_vm(program));
+        };
+        if cache.set_id != set.id {
+            cache.vms.clear();
+            cache.vms.resize_with(set.total_rules, || None);
+            cache.set_id = set.id;
+        }
+        match cache.vms.get_mut(slot) {
+            Some(entry) => run(entry.get_or_insert_with(|| Box::new(new_vm(program)))),
+            None => run(&mut new_vm(program)),
+        }
     })
 }
 
@@ -366,6 +387,11 @@ pub struct PolicySet {
     packs: Vec<Arc<CompiledPack>>,
     refs: Vec<PackRef>,
     deadline: Duration,
+    /// Unique per constructed set (keys the per-thread VM cache).
+    id: u64,
+    /// Index of each pack's first rule in the set-wide rule numbering.
+    offsets: Vec<usize>,
+    total_rules: usize,
 }
 
 impl PolicySet {
@@ -375,10 +401,19 @@ impl PolicySet {
     pub fn new(packs: Vec<Arc<CompiledPack>>, deadline: Duration) -> Self {
         let deadline = deadline.min(MAX_DEADLINE);
         let refs = packs.iter().map(|p| p.pack_ref.clone()).collect();
+        let mut offsets = Vec::with_capacity(packs.len());
+        let mut total_rules = 0;
+        for p in &packs {
+            offsets.push(total_rules);
+            total_rules += p.rules.len();
+        }
         PolicySet {
             packs,
             refs,
             deadline,
+            id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+            offsets,
+            total_rules,
         }
     }
 
@@ -431,7 +466,8 @@ impl PolicySet {
         let mut would = Outcome::Allow;
         let mut contributions: Vec<(Outcome, usize, usize, bool)> = Vec::new();
 
-        for pack in &self.packs {
+        for (pi, pack) in self.packs.iter().enumerate() {
+            let offset = self.offsets.get(pi).copied().unwrap_or(0);
             pack.index
                 .candidates(&input.action, &mut candidates, &mut scratch);
             let first = matched.len();
@@ -465,7 +501,13 @@ impl PolicySet {
                     let Some(value) = rego_input.as_ref() else {
                         continue;
                     };
-                    match run_when(program, value, deadline.saturating_duration_since(now)) {
+                    match run_when(
+                        self,
+                        offset + ri as usize,
+                        program,
+                        value,
+                        deadline.saturating_duration_since(now),
+                    ) {
                         Ok(true) => {}
                         Ok(false) => continue,
                         Err(e) if rule.shadow && Instant::now() < deadline => {
@@ -547,7 +589,7 @@ impl PolicySet {
         Decision {
             outcome,
             reason_codes,
-            would_decide: would.max(outcome),
+            would_decide: would,
             matched_rules: matched,
             policy: self.refs.clone(),
             evaluation_micros: 0,

@@ -331,13 +331,6 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
     })
 }
 
-/// Reads `metadata.name` / `metadata.version` without validating the rest (used by `sign`).
-#[allow(dead_code)]
-pub(crate) fn parse_header(files: &PackFiles) -> Result<(String, String), PolicyError> {
-    let spec = parse_pack(files)?;
-    Ok((spec.name, spec.version))
-}
-
 /// Deserialises YAML, turning errors into `file:line: near rule 'x': message`.
 pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
     file: &str,
