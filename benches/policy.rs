@@ -1,0 +1,119 @@
+//! Criterion benchmarks of the policy engine hot path.
+//!
+//! `cargo bench --bench policy`
+//!
+//! * `policy/input_to_rego` — baseline: encode the input into a Rego value (done once per
+//!   decision that needs Rego);
+//! * `policy/1000_rules_3_match_no_rego` — index lookup + agent globs, no Rego;
+//! * `policy/1000_rules_3_match_rego` — the target case: 3 matching rules, each with a `when`;
+//! * `policy/1000_rules_0_match` — an action no rule matches;
+//! * `policy/default_pack_refund` — the shipped default pack on a large refund.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use kla::policy::{AgentRef, CompiledPack, EvalInput, PackFiles, PolicySet, VerifiedPack};
+
+fn write_pack(dir: &Path, n: usize, with_when: bool) {
+    let when = |expr: &str| {
+        if with_when {
+            format!("      when: {expr:?}\n")
+        } else {
+            String::new()
+        }
+    };
+    let mut rules = String::new();
+    for i in 0..n - 3 {
+        let action = if i % 10 == 0 {
+            format!("tool_{i}_*")
+        } else {
+            format!("action_{i}")
+        };
+        rules.push_str(&format!(
+            "    - id: r{i}\n      match: {{actions: [{action:?}]}}\n{}      decision: warn\n",
+            when(&format!("input.context.amount > {i}"))
+        ));
+    }
+    rules.push_str(&format!(
+        "    - id: m1\n      match: {{actions: [execute_refund]}}\n{}      decision: require_approval\n      approval: {{timeout: 15m}}\n",
+        when("input.context.amount > 1000")
+    ));
+    rules.push_str(&format!(
+        "    - id: m2\n      match: {{actions: [\"execute_*\"]}}\n{}      decision: warn\n",
+        when("input.agent.name == \"billing-bot\"")
+    ));
+    rules.push_str(&format!(
+        "    - id: m3\n      match: {{agents: [\"billing-*\"]}}\n{}      decision: warn\n",
+        when("count(input.context.items) < 5")
+    ));
+    let pack = format!(
+        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: bench, version: 1.0.0}}\nspec:\n  rules:\n{rules}"
+    );
+    std::fs::write(dir.join("pack.yaml"), pack).unwrap();
+}
+
+fn set_from(dir: &Path) -> PolicySet {
+    let files = PackFiles::read_dir(dir).unwrap();
+    let pack = CompiledPack::compile(&VerifiedPack::accept_unsigned(files)).unwrap();
+    PolicySet::new(vec![Arc::new(pack)], Duration::from_millis(5))
+}
+
+fn generated(n: usize, with_when: bool) -> PolicySet {
+    let dir = tempfile::tempdir().unwrap();
+    write_pack(dir.path(), n, with_when);
+    set_from(dir.path())
+}
+
+fn refund_input() -> EvalInput {
+    EvalInput {
+        agent: AgentRef {
+            id: "agent-7".into(),
+            name: "billing-bot".into(),
+            version: Some("2.1.0".into()),
+            manifest_hash: Some("sha256:0f1e".into()),
+        },
+        action: "execute_refund".into(),
+        context: serde_json::json!({"amount": 5000, "currency": "EUR", "items": [1, 2]}),
+        tool: None,
+        execution: Some(serde_json::json!({"id": "ex-42", "steps": 3, "cost": 0.12})),
+        principal: serde_json::json!({"id": "u-7"}),
+        tenant: "acme".into(),
+        now: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let input = refund_input();
+    let rego = generated(1000, true);
+    let plain = generated(1000, false);
+    assert_eq!(rego.evaluate(&input).matched_rules.len(), 3);
+    assert_eq!(plain.evaluate(&input).matched_rules.len(), 3);
+    let default = set_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/default"));
+    let mut miss = input.clone();
+    miss.action = "read_ticket".into();
+    miss.agent.name = "support-bot".into();
+
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("input_to_rego", |b| {
+        b.iter(|| regorus::Value::from(serde_json::to_value(black_box(&input)).unwrap()))
+    });
+    g.bench_function("1000_rules_3_match_no_rego", |b| {
+        b.iter(|| plain.evaluate(black_box(&input)))
+    });
+    g.bench_function("1000_rules_3_match_rego", |b| {
+        b.iter(|| rego.evaluate(black_box(&input)))
+    });
+    g.bench_function("1000_rules_0_match", |b| {
+        b.iter(|| rego.evaluate(black_box(&miss)))
+    });
+    g.bench_function("default_pack_refund", |b| {
+        b.iter(|| default.evaluate(black_box(&input)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

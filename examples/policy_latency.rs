@@ -1,0 +1,158 @@
+//! Latency distribution and thread scaling of `PolicySet::evaluate`.
+//!
+//! `cargo run --release --example policy_latency`
+//!
+//! Builds a 1,000-rule pack (every rule has a Rego `when`; 3 rules match the measured action),
+//! then records 100,000 individual evaluation latencies and prints percentiles, and measures
+//! throughput with 1 and 2 threads sharing one compiled set.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kla::policy::{AgentRef, CompiledPack, EvalInput, PackFiles, PolicySet, VerifiedPack};
+
+/// Writes a pack with `n` rules: `n - 3` rules on other actions (exact names and globs) and
+/// 3 rules matching `execute_refund` (exact, glob, match-all-with-agent-filter).
+fn write_pack(dir: &Path, n: usize, with_when: bool) {
+    let mut rules = String::new();
+    let when = |expr: &str| {
+        if with_when {
+            format!("      when: {expr:?}\n")
+        } else {
+            String::new()
+        }
+    };
+    for i in 0..n - 3 {
+        let action = if i % 10 == 0 {
+            format!("tool_{i}_*")
+        } else {
+            format!("action_{i}")
+        };
+        rules.push_str(&format!(
+            "    - id: r{i}\n      match: {{actions: [{action:?}]}}\n{}      decision: warn\n",
+            when(&format!("input.context.amount > {i}"))
+        ));
+    }
+    rules.push_str(&format!(
+        "    - id: m1\n      match: {{actions: [execute_refund]}}\n{}      decision: require_approval\n      approval: {{timeout: 15m}}\n",
+        when("input.context.amount > 1000")
+    ));
+    rules.push_str(&format!(
+        "    - id: m2\n      match: {{actions: [\"execute_*\"]}}\n{}      decision: warn\n",
+        when("input.agent.name == \"billing-bot\"")
+    ));
+    rules.push_str(&format!(
+        "    - id: m3\n      match: {{agents: [\"billing-*\"]}}\n{}      decision: warn\n",
+        when("count(input.context.items) < 5")
+    ));
+    let pack = format!(
+        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: bench, version: 1.0.0}}\nspec:\n  rules:\n{rules}"
+    );
+    std::fs::write(dir.join("pack.yaml"), pack).unwrap();
+}
+
+fn build_set(n: usize, with_when: bool) -> (PolicySet, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    write_pack(dir.path(), n, with_when);
+    let t = Instant::now();
+    let files = PackFiles::read_dir(dir.path()).unwrap();
+    let pack = CompiledPack::compile(&VerifiedPack::accept_unsigned(files)).unwrap();
+    let took = t.elapsed();
+    (
+        PolicySet::new(vec![Arc::new(pack)], Duration::from_millis(5)),
+        took,
+    )
+}
+
+fn refund_input() -> EvalInput {
+    EvalInput {
+        agent: AgentRef {
+            id: "agent-7".into(),
+            name: "billing-bot".into(),
+            version: Some("2.1.0".into()),
+            manifest_hash: Some("sha256:0f1e".into()),
+        },
+        action: "execute_refund".into(),
+        context: serde_json::json!({"amount": 5000, "currency": "EUR", "items": [1, 2]}),
+        tool: None,
+        execution: Some(serde_json::json!({"id": "ex-42", "steps": 3, "cost": 0.12})),
+        principal: serde_json::json!({"id": "u-7"}),
+        tenant: "acme".into(),
+        now: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn percentiles(name: &str, set: &PolicySet, input: &EvalInput, n: usize) {
+    for _ in 0..10_000 {
+        std::hint::black_box(set.evaluate(input));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let d = set.evaluate(std::hint::black_box(input));
+        lat.push(t.elapsed());
+        std::hint::black_box(d);
+    }
+    lat.sort();
+    let p = |q: f64| {
+        lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_nanos() as f64 / 1000.0
+    };
+    println!(
+        "{name:<44} n={n} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us max={:.1}us",
+        p(0.50),
+        p(0.90),
+        p(0.99),
+        p(0.999),
+        p(1.0)
+    );
+}
+
+fn throughput(set: &Arc<PolicySet>, input: &EvalInput, threads: usize, per_thread: usize) {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let set = set.clone();
+            let input = input.clone();
+            s.spawn(move || {
+                for _ in 0..per_thread {
+                    std::hint::black_box(set.evaluate(&input));
+                }
+            });
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "throughput {threads} thread(s): {:.0} decisions/s ({} decisions in {:.2}s)",
+        (threads * per_thread) as f64 / secs,
+        threads * per_thread,
+        secs
+    );
+}
+
+fn main() {
+    let input = refund_input();
+    let (rego, compile) = build_set(1000, true);
+    println!("compiled 1000-rule pack (all rules with Rego `when`) in {compile:?}");
+    let d = rego.evaluate(&input);
+    assert_eq!(d.matched_rules.len(), 3, "{d:?}");
+    let (plain, _) = build_set(1000, false);
+    assert_eq!(plain.evaluate(&input).matched_rules.len(), 3);
+
+    percentiles("1000 rules, 3 match, 3 Rego `when`", &rego, &input, 100_000);
+    percentiles(
+        "1000 rules, 3 match, no Rego (baseline)",
+        &plain,
+        &input,
+        100_000,
+    );
+    let mut miss = input.clone();
+    miss.action = "read_ticket".into();
+    miss.agent.name = "support-bot".into();
+    percentiles("1000 rules, 0 match", &rego, &miss, 100_000);
+
+    let rego = Arc::new(rego);
+    throughput(&rego, &input, 1, 200_000);
+    throughput(&rego, &input, 2, 200_000);
+}

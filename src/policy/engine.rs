@@ -1,0 +1,599 @@
+//! The compiled rule set and the hot path: [`PolicySet::evaluate`].
+//!
+//! Design:
+//! * rules are indexed by action: exact names in a `HashMap`, wildcard patterns in one
+//!   `GlobSet` per pack, match-all rules in a list, so work follows the matching rules;
+//! * each rule's `when` is compiled once into its own small RVM `Program` (`Arc`, shared by all
+//!   threads); each thread owns one `RegoVM` (`thread_local!`) and loads the rule's program
+//!   before running it, so there is no lock on the hot path;
+//! * rules without `when` never touch Rego; the Rego `input` value is built lazily, once per
+//!   evaluation;
+//! * the deadline is checked before every Rego rule and enforced inside the VM by regorus'
+//!   execution timer (checked every [`TIMER_CHECK_INTERVAL`] work units) plus an instruction cap.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::RegoVM;
+use regorus::rvm::program::Program;
+use regorus::utils::limits::ExecutionTimerConfig;
+
+use super::PolicyError;
+use super::pack::{PackSpec, RuleSpec, parse_pack};
+use super::signing::VerifiedPack;
+use super::types::{
+    DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, Outcome, POLICY_ERROR,
+    POLICY_UNAVAILABLE, PackRef,
+};
+
+/// Default evaluation deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
+/// Largest accepted evaluation deadline.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
+/// VM instructions between two clock reads inside the VM.
+pub const TIMER_CHECK_INTERVAL: u32 = 16;
+/// Hard cap on VM instructions per `when` (a second guard besides the clock).
+pub const MAX_INSTRUCTIONS: usize = 1_000_000;
+/// Package of the generated module holding a rule's `when`; reserved.
+const WHEN_PACKAGE: &str = "kla_when";
+const WHEN_ENTRY: &str = "data.kla_when.holds";
+
+/// Matches agents by id or name.
+#[derive(Debug, Clone)]
+enum AgentMatcher {
+    Any,
+    Globs(GlobSet),
+}
+
+impl AgentMatcher {
+    fn matches(&self, id: &str, name: &str) -> bool {
+        match self {
+            AgentMatcher::Any => true,
+            AgentMatcher::Globs(set) => {
+                set.is_match(id) || (!name.is_empty() && set.is_match(name))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    id: String,
+    decision: Outcome,
+    reason_code: String,
+    message: Option<String>,
+    approval: Option<super::types::ApprovalSpec>,
+    shadow: bool,
+    agents: AgentMatcher,
+    when: Option<Arc<Program>>,
+}
+
+/// Rule index by action name.
+#[derive(Debug, Clone, Default)]
+struct ActionIndex {
+    exact: HashMap<String, Vec<u32>>,
+    globs: Option<GlobSet>,
+    glob_rules: Vec<u32>,
+    all: Vec<u32>,
+}
+
+fn is_literal(pattern: &str) -> bool {
+    !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+impl ActionIndex {
+    fn build(rules: &[RuleSpec]) -> Result<Self, PolicyError> {
+        let mut index = ActionIndex::default();
+        let mut builder = GlobSetBuilder::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| rule.error("too many rules"))?;
+            if rule.actions.is_empty() {
+                index.all.push(i);
+                continue;
+            }
+            for pat in &rule.actions {
+                if pat == "*" {
+                    index.all.push(i);
+                } else if is_literal(pat) {
+                    index.exact.entry(pat.clone()).or_default().push(i);
+                } else {
+                    let glob =
+                        Glob::new(pat).map_err(|e| rule.error(format!("bad glob {pat:?}: {e}")))?;
+                    builder.add(glob);
+                    index.glob_rules.push(i);
+                }
+            }
+        }
+        if !index.glob_rules.is_empty() {
+            index.globs = Some(builder.build().map_err(|e| PolicyError::Invalid {
+                file: String::new(),
+                line: None,
+                rule: None,
+                reason: format!("cannot build action glob set: {e}"),
+            })?);
+        }
+        Ok(index)
+    }
+
+    /// Candidate rule indices for `action`, in rule order, deduplicated.
+    fn candidates(&self, action: &str, out: &mut Vec<u32>, scratch: &mut Vec<usize>) {
+        out.clear();
+        out.extend_from_slice(&self.all);
+        if let Some(v) = self.exact.get(action) {
+            out.extend_from_slice(v);
+        }
+        if let Some(globs) = &self.globs {
+            globs.matches_into(action, scratch);
+            out.extend(
+                scratch
+                    .iter()
+                    .filter_map(|&g| self.glob_rules.get(g).copied()),
+            );
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+/// One compiled pack: immutable, shareable, cheap to keep as "last good".
+#[derive(Debug, Clone)]
+pub struct CompiledPack {
+    pack_ref: PackRef,
+    mode: Mode,
+    default_decision: Outcome,
+    rules: Vec<CompiledRule>,
+    index: ActionIndex,
+}
+
+impl CompiledPack {
+    /// Parses, validates and compiles a verified pack. Refusals name file, rule and line.
+    pub fn compile(pack: &VerifiedPack) -> Result<Self, PolicyError> {
+        let spec = parse_pack(&pack.files)?;
+        if let Some((name, version)) = &pack.signed_header
+            && (name != &spec.name || version != &spec.version)
+        {
+            return Err(PolicyError::Signature {
+                pack: pack.root().display().to_string(),
+                reason: format!(
+                    "manifest names {name}@{version} but pack.yaml says {}@{}",
+                    spec.name, spec.version
+                ),
+            });
+        }
+        Self::from_spec(
+            spec,
+            PackRef {
+                name: String::new(),
+                version: String::new(),
+                digest: pack.digest.clone(),
+                signer_key_id: pack.signer_key_id.clone(),
+            },
+        )
+    }
+
+    fn from_spec(spec: PackSpec, mut pack_ref: PackRef) -> Result<Self, PolicyError> {
+        pack_ref.name = spec.name.clone();
+        pack_ref.version = spec.version.clone();
+        let index = ActionIndex::build(&spec.rules)?;
+        let base = base_engine(&spec)?;
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for rule in &spec.rules {
+            let agents = if rule.agents.is_empty() || rule.agents.iter().any(|a| a == "*") {
+                AgentMatcher::Any
+            } else {
+                let mut b = GlobSetBuilder::new();
+                for a in &rule.agents {
+                    b.add(Glob::new(a).map_err(|e| rule.error(format!("bad glob {a:?}: {e}")))?);
+                }
+                AgentMatcher::Globs(
+                    b.build()
+                        .map_err(|e| rule.error(format!("bad agent globs: {e}")))?,
+                )
+            };
+            let when = if rule.when.is_empty() {
+                None
+            } else {
+                Some(compile_when(&base, rule)?)
+            };
+            rules.push(CompiledRule {
+                id: rule.id.clone(),
+                decision: rule.decision,
+                reason_code: rule.reason_code.clone(),
+                message: rule.message.clone(),
+                approval: rule.approval.clone(),
+                shadow: rule.shadow || spec.mode == Mode::Shadow,
+                agents,
+                when,
+            });
+        }
+        Ok(CompiledPack {
+            pack_ref,
+            mode: spec.mode,
+            default_decision: spec.default_decision,
+            rules,
+            index,
+        })
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        &self.pack_ref.name
+    }
+
+    /// `metadata.version`.
+    pub fn version(&self) -> &str {
+        &self.pack_ref.version
+    }
+
+    /// Identity (name, version, digest, signer).
+    pub fn pack_ref(&self) -> &PackRef {
+        &self.pack_ref
+    }
+
+    /// The pack's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`.
+fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
+    let mut engine = regorus::Engine::new();
+    for (path, text) in &spec.rego_modules {
+        engine
+            .add_policy(path.clone(), text.clone())
+            .map_err(|e| PolicyError::Invalid {
+                file: path.clone(),
+                line: None,
+                rule: None,
+                reason: format!("Rego does not compile: {e}"),
+            })?;
+    }
+    Ok(engine)
+}
+
+fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>, PolicyError> {
+    let mut engine = base.clone();
+    let mut src = format!("package {WHEN_PACKAGE}\n\nholds if {{\n");
+    for expr in &rule.when {
+        src.push_str(expr);
+        src.push('\n');
+    }
+    src.push_str("}\n");
+    let bad = |e: anyhow::Error| {
+        rule.error(format!(
+            "`when` does not compile as Rego ({}): {e}",
+            rule.when.join(" ; ")
+        ))
+    };
+    engine
+        .add_policy(format!("{}#when", rule.id), src)
+        .map_err(bad)?;
+    let entry: regorus::Rc<str> = WHEN_ENTRY.into();
+    let compiled = engine.compile_with_entrypoint(&entry).map_err(bad)?;
+    Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
+}
+
+/// Per-thread VMs, one per rule of the set last evaluated on this thread, each with its
+/// rule's program already loaded. Keyed by the set's unique id: evaluating another set
+/// drops them (and with them the old programs).
+struct VmCache {
+    set_id: u64,
+    vms: Vec<Option<Box<RegoVM>>>,
+}
+
+thread_local! {
+    static VMS: RefCell<VmCache> = const { RefCell::new(VmCache { set_id: 0, vms: Vec::new() }) };
+}
+
+static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+fn new_vm(program: &Arc<Program>) -> RegoVM {
+    let mut vm = RegoVM::new();
+    // OPA semantics: a failing builtin makes its expression undefined (the rule does not
+    // match). Resource limits (time, instructions) are errors and fail closed.
+    vm.set_max_instructions(MAX_INSTRUCTIONS);
+    vm.load_program(program.clone());
+    vm
+}
+
+/// Runs one rule's program on this thread's VM for that rule. `Ok(true)` only when the body
+/// evaluated to `true`; undefined means "does not hold".
+fn run_when(
+    set: &PolicySet,
+    slot: usize,
+    program: &Arc<Program>,
+    input: &regorus::Value,
+    remaining: Duration,
+) -> Result<bool, String> {
+    let timer = ExecutionTimerConfig {
+        limit: remaining,
+        check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
+    };
+    let run = |vm: &mut RegoVM| {
+        vm.set_input(input.clone());
+        vm.set_execution_timer_config(Some(timer));
+        vm.execute_entry_point_by_index(0)
+            .map(|v| v == regorus::Value::Bool(true))
+            .map_err(|e| e.to_string())
+    };
+    VMS.with(|cell| {
+        let Ok(mut cache) = cell.try_borrow_mut() else {
+            return run(&mut new_vm(program));
+        };
+        if cache.set_id != set.id {
+            cache.vms.clear();
+            cache.vms.resize_with(set.total_rules, || None);
+            cache.set_id = set.id;
+        }
+        match cache.vms.get_mut(slot) {
+            Some(entry) => run(entry.get_or_insert_with(|| Box::new(new_vm(program)))),
+            None => run(&mut new_vm(program)),
+        }
+    })
+}
+
+/// Logs at most once per second per call site; counts what it suppressed.
+pub(crate) struct RateLimitedLog {
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    pub(crate) const fn new() -> Self {
+        RateLimitedLog {
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns `Some(suppressed_count)` when the caller may log now.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1000;
+        let last = self.last.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+static LOG_UNAVAILABLE: RateLimitedLog = RateLimitedLog::new();
+static LOG_ERROR: RateLimitedLog = RateLimitedLog::new();
+static LOG_SHADOW: RateLimitedLog = RateLimitedLog::new();
+
+/// The active, immutable set of compiled packs. Shared across threads behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    packs: Vec<Arc<CompiledPack>>,
+    refs: Vec<PackRef>,
+    deadline: Duration,
+    /// Unique per constructed set (keys the per-thread VM cache).
+    id: u64,
+    /// Index of each pack's first rule in the set-wide rule numbering.
+    offsets: Vec<usize>,
+    total_rules: usize,
+}
+
+impl PolicySet {
+    /// Builds a set from compiled packs (evaluated in the given order) with an evaluation
+    /// deadline.
+    /// Deadlines above [`MAX_DEADLINE`] are clamped to it.
+    pub fn new(packs: Vec<Arc<CompiledPack>>, deadline: Duration) -> Self {
+        let deadline = deadline.min(MAX_DEADLINE);
+        let refs = packs.iter().map(|p| p.pack_ref.clone()).collect();
+        let mut offsets = Vec::with_capacity(packs.len());
+        let mut total_rules = 0;
+        for p in &packs {
+            offsets.push(total_rules);
+            total_rules += p.rules.len();
+        }
+        PolicySet {
+            packs,
+            refs,
+            deadline,
+            id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+            offsets,
+            total_rules,
+        }
+    }
+
+    /// A set with no packs: every decision is `block` / `POLICY_UNAVAILABLE`.
+    pub fn empty() -> Self {
+        Self::new(Vec::new(), DEFAULT_DEADLINE)
+    }
+
+    /// The packs in evaluation order.
+    pub fn packs(&self) -> &[Arc<CompiledPack>] {
+        &self.packs
+    }
+
+    /// Evaluates `input` against every pack. Never panics on input, never errors: failures are
+    /// fail-closed `block` decisions (`POLICY_UNAVAILABLE`, `POLICY_ERROR`).
+    pub fn evaluate(&self, input: &EvalInput) -> Decision {
+        let start = Instant::now();
+        let mut decision = self.evaluate_inner(input, start);
+        decision.evaluation_micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        decision
+    }
+
+    fn fail(&self, code: &str, why: String) -> Decision {
+        let limiter = if code == POLICY_UNAVAILABLE {
+            &LOG_UNAVAILABLE
+        } else {
+            &LOG_ERROR
+        };
+        if let Some(suppressed) = limiter.allow() {
+            if code == POLICY_UNAVAILABLE {
+                tracing::warn!(suppressed, reason = %why, "policy decision failed closed: block/{code}");
+            } else {
+                tracing::error!(suppressed, reason = %why, "policy decision failed closed: block/{code}");
+            }
+        }
+        Decision::fail_closed(code, Some(why), self.refs.clone())
+    }
+
+    fn evaluate_inner(&self, input: &EvalInput, start: Instant) -> Decision {
+        if self.packs.is_empty() {
+            return self.fail(POLICY_UNAVAILABLE, "no valid policy pack is loaded".into());
+        }
+        let deadline = start + self.deadline;
+        let mut rego_input: Option<regorus::Value> = None;
+        let mut matched: Vec<MatchedRule> = Vec::new();
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut scratch: Vec<usize> = Vec::new();
+        // (contribution, reason codes) per pack, enforced view and "would decide" view.
+        let mut outcome = Outcome::Allow;
+        let mut would = Outcome::Allow;
+        let mut contributions: Vec<(Outcome, usize, usize, bool)> = Vec::new();
+
+        for (pi, pack) in self.packs.iter().enumerate() {
+            let offset = self.offsets.get(pi).copied().unwrap_or(0);
+            pack.index
+                .candidates(&input.action, &mut candidates, &mut scratch);
+            let first = matched.len();
+            for &ri in &candidates {
+                let Some(rule) = pack.rules.get(ri as usize) else {
+                    continue;
+                };
+                if !rule.agents.matches(&input.agent.id, &input.agent.name) {
+                    continue;
+                }
+                if let Some(program) = &rule.when {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.fail(
+                            POLICY_ERROR,
+                            format!(
+                                "evaluation deadline of {:?} exceeded before pack {} rule {}",
+                                self.deadline, pack.pack_ref.name, rule.id
+                            ),
+                        );
+                    }
+                    if rego_input.is_none() {
+                        match serde_json::to_value(input) {
+                            Ok(v) => rego_input = Some(regorus::Value::from(v)),
+                            Err(e) => {
+                                return self
+                                    .fail(POLICY_ERROR, format!("cannot encode input: {e}"));
+                            }
+                        }
+                    }
+                    let Some(value) = rego_input.as_ref() else {
+                        continue;
+                    };
+                    match run_when(
+                        self,
+                        offset + ri as usize,
+                        program,
+                        value,
+                        deadline.saturating_duration_since(now),
+                    ) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) if rule.shadow && Instant::now() < deadline => {
+                            if let Some(suppressed) = LOG_SHADOW.allow() {
+                                tracing::warn!(suppressed, pack = %pack.pack_ref.name, rule = %rule.id, error = %e,
+                                    "shadow rule failed to evaluate; ignored");
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            let what = if Instant::now() >= deadline {
+                                format!("evaluation deadline of {:?} exceeded", self.deadline)
+                            } else {
+                                "evaluation error".to_string()
+                            };
+                            return self.fail(
+                                POLICY_ERROR,
+                                format!(
+                                    "{what} in pack {} rule {}: {e}",
+                                    pack.pack_ref.name, rule.id
+                                ),
+                            );
+                        }
+                    }
+                }
+                matched.push(MatchedRule {
+                    id: rule.id.clone(),
+                    pack: pack.pack_ref.name.clone(),
+                    decision: rule.decision,
+                    reason_code: rule.reason_code.clone(),
+                    message: rule.message.clone(),
+                    shadow: rule.shadow,
+                    approval: rule.approval.clone(),
+                });
+            }
+            let mine = &matched[first..];
+            // Enforced view: shadow packs contribute nothing; shadow rules are ignored.
+            let enforced_max = mine.iter().filter(|m| !m.shadow).map(|m| m.decision).max();
+            let any_max = mine.iter().map(|m| m.decision).max();
+            if pack.mode == Mode::Enforce {
+                let (c, from_default) = match enforced_max {
+                    Some(d) => (d, false),
+                    None => (pack.default_decision, true),
+                };
+                outcome = outcome.max(c);
+                contributions.push((c, first, matched.len(), from_default));
+            }
+            would = would.max(any_max.unwrap_or(pack.default_decision));
+        }
+        if Instant::now() > deadline {
+            return self.fail(
+                POLICY_ERROR,
+                format!("evaluation deadline of {:?} exceeded", self.deadline),
+            );
+        }
+
+        let mut reason_codes: Vec<String> = Vec::new();
+        let mut push = |code: &str| {
+            if !reason_codes.iter().any(|c| c == code) {
+                reason_codes.push(code.to_string());
+            }
+        };
+        for &(c, from, to, from_default) in &contributions {
+            if c != outcome {
+                continue;
+            }
+            if from_default {
+                if c != Outcome::Allow {
+                    push(DEFAULT_DECISION);
+                }
+            } else {
+                for m in &matched[from..to] {
+                    if !m.shadow && m.decision == outcome {
+                        push(&m.reason_code);
+                    }
+                }
+            }
+        }
+        Decision {
+            outcome,
+            reason_codes,
+            would_decide: would,
+            matched_rules: matched,
+            policy: self.refs.clone(),
+            evaluation_micros: 0,
+            error: None,
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! [`PolicyManager`]: the runtime holder of the active [`PolicySet`].
+//!
+//! Reload policy: every pack directory is loaded independently. A pack that is refused keeps
+//! its last good version active (if there was one) and a [`PolicyEvent::Refused`] is sent; the
+//! other packs still update. A pack directory that disappears is dropped from the set. The new
+//! set is swapped in atomically (`ArcSwap`); in-flight decisions finish on the old set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::engine::{CompiledPack, DEFAULT_DEADLINE, PolicySet};
+use super::pack::PACK_FILE;
+use super::signing::TrustedKey;
+use super::types::{Decision, EvalInput, Mode};
+use super::{PolicyError, load_pack};
+
+/// How the manager finds and trusts packs.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// A pack directory (holding `pack.yaml`) or a folder whose subdirectories are packs
+    /// (loaded in sorted directory-name order).
+    pub policies_dir: PathBuf,
+    /// Keys allowed to sign packs.
+    pub trusted_keys: Vec<TrustedKey>,
+    /// Accept packs without `pack.sig.json` (local development only; logs a warning). A pack
+    /// that has a signature file must still verify.
+    pub allow_unsigned: bool,
+    /// Per-decision evaluation deadline (default 5 ms).
+    pub deadline: Duration,
+}
+
+impl PolicyConfig {
+    /// A config with the default deadline and `allow_unsigned = false`.
+    pub fn new(policies_dir: impl Into<PathBuf>, trusted_keys: Vec<TrustedKey>) -> Self {
+        PolicyConfig {
+            policies_dir: policies_dir.into(),
+            trusted_keys,
+            allow_unsigned: false,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+/// Events for the tamper-evident ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PolicyEvent {
+    /// A new set became active (also sent at startup).
+    Activated {
+        /// The packs now active.
+        packs: Vec<PackStatus>,
+    },
+    /// A pack (or the whole policies directory) was refused.
+    Refused {
+        /// Pack directory (or policies dir).
+        source: String,
+        /// Why, naming file/rule/line where possible.
+        reason: String,
+    },
+}
+
+/// One active pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackStatus {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.version`.
+    pub version: String,
+    /// SHA-256 over the signed manifest.
+    pub digest: String,
+    /// Signer key id (None when loaded unsigned).
+    pub signer_key_id: Option<String>,
+    /// Pack mode.
+    pub mode: Mode,
+    /// Number of rules.
+    pub rules: usize,
+    /// Directory it was loaded from.
+    pub source: String,
+    /// When this version was loaded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: OffsetDateTime,
+}
+
+/// The last refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// Pack directory (or policies dir).
+    pub source: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What `GET /v1/policies` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Increments on every swap.
+    pub generation: u64,
+    /// Active packs in evaluation order.
+    pub packs: Vec<PackStatus>,
+    /// Refusals of the most recent reload (empty when all packs loaded).
+    pub refused: Vec<Refusal>,
+    /// The most recent refusal ever seen.
+    pub last_refusal: Option<Refusal>,
+}
+
+struct Loaded {
+    pack: Arc<CompiledPack>,
+    status: PackStatus,
+}
+
+struct State {
+    /// Last good version of each pack, by directory.
+    last_good: BTreeMap<PathBuf, Loaded>,
+    generation: u64,
+    refused: Vec<Refusal>,
+    last_refusal: Option<Refusal>,
+}
+
+/// Holds the active policy set; cheap to share (`Arc<PolicyManager>`).
+pub struct PolicyManager {
+    config: PolicyConfig,
+    active: ArcSwap<PolicySet>,
+    state: Mutex<State>,
+    events: Option<UnboundedSender<PolicyEvent>>,
+}
+
+impl std::fmt::Debug for PolicyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyManager")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyManager {
+    /// Loads every pack once (exactly like [`reload`](Self::reload)) and returns the manager.
+    /// Never fails: refused packs are reported through [`status`](Self::status) and events,
+    /// and with no valid pack every decision fails closed (`block` / `POLICY_UNAVAILABLE`).
+    pub fn new(config: PolicyConfig, events: Option<UnboundedSender<PolicyEvent>>) -> Self {
+        let manager = PolicyManager {
+            active: ArcSwap::from_pointee(PolicySet::new(Vec::new(), config.deadline)),
+            config,
+            state: Mutex::new(State {
+                last_good: BTreeMap::new(),
+                generation: 0,
+                refused: Vec::new(),
+                last_refusal: None,
+            }),
+            events,
+        };
+        manager.reload();
+        manager
+    }
+
+    /// The config the manager was built with.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Evaluates against the active set (lock-free load). Never fails: see
+    /// [`PolicySet::evaluate`].
+    pub fn evaluate(&self, input: &EvalInput) -> Decision {
+        self.active.load().evaluate(input)
+    }
+
+    /// The active set (e.g. to evaluate many inputs against one generation).
+    pub fn active(&self) -> Arc<PolicySet> {
+        self.active.load_full()
+    }
+
+    /// Re-reads the policies directory exactly as at startup. Each refused pack keeps its last
+    /// good version; the resulting set is swapped in and an `Activated` event sent. Blocking
+    /// (file IO + compilation): call from `spawn_blocking` in async code.
+    pub fn reload(&self) -> PolicyStatus {
+        let mut state = self.state.lock();
+        let now = OffsetDateTime::now_utc();
+        let mut refused = Vec::new();
+        let mut next: BTreeMap<PathBuf, Loaded> = BTreeMap::new();
+        match discover(&self.config.policies_dir) {
+            Err(e) => {
+                // Whole directory unreadable: keep everything as it was.
+                refused.push(Refusal {
+                    source: self.config.policies_dir.display().to_string(),
+                    reason: e.to_string(),
+                    at: now,
+                });
+                for (dir, l) in &state.last_good {
+                    next.insert(
+                        dir.clone(),
+                        Loaded {
+                            pack: l.pack.clone(),
+                            status: l.status.clone(),
+                        },
+                    );
+                }
+            }
+            Ok(dirs) => {
+                for dir in dirs {
+                    match load_pack(&dir, &self.config.trusted_keys, self.config.allow_unsigned) {
+                        Ok(pack) => {
+                            let prev = state.last_good.get(&dir);
+                            let loaded_at = match prev {
+                                Some(p) if p.status.digest == pack.pack_ref().digest => {
+                                    p.status.loaded_at
+                                }
+                                _ => now,
+                            };
+                            let status = status_of(&pack, &dir, loaded_at);
+                            next.insert(
+                                dir,
+                                Loaded {
+                                    pack: Arc::new(pack),
+                                    status,
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            let kept = state.last_good.get(&dir);
+                            let reason = match kept {
+                                Some(k) => format!(
+                                    "{e} (keeping last good version {}@{})",
+                                    k.status.name, k.status.version
+                                ),
+                                None => e.to_string(),
+                            };
+                            tracing::error!(pack = %dir.display(), %reason, "policy pack refused");
+                            refused.push(Refusal {
+                                source: dir.display().to_string(),
+                                reason,
+                                at: now,
+                            });
+                            if let Some(k) = kept {
+                                next.insert(
+                                    dir.clone(),
+                                    Loaded {
+                                        pack: k.pack.clone(),
+                                        status: k.status.clone(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Two directories declaring the same pack name: keep the first (sorted) one.
+        let mut names = std::collections::HashSet::new();
+        let mut dup = Vec::new();
+        for (dir, l) in &next {
+            if !names.insert(l.status.name.clone()) {
+                dup.push(dir.clone());
+            }
+        }
+        for dir in dup {
+            let name = next.remove(&dir).map(|l| l.status.name).unwrap_or_default();
+            refused.push(Refusal {
+                source: dir.display().to_string(),
+                reason: format!("another pack directory already provides pack {name:?}"),
+                at: now,
+            });
+        }
+
+        let packs: Vec<Arc<CompiledPack>> = next.values().map(|l| l.pack.clone()).collect();
+        let statuses: Vec<PackStatus> = next.values().map(|l| l.status.clone()).collect();
+        if packs.is_empty() {
+            tracing::warn!(
+                dir = %self.config.policies_dir.display(),
+                "no valid policy pack loaded: every decision will be block/POLICY_UNAVAILABLE"
+            );
+        }
+        let fingerprint = |m: &BTreeMap<PathBuf, Loaded>| -> Vec<(PathBuf, String)> {
+            m.iter()
+                .map(|(d, l)| (d.clone(), l.status.digest.clone()))
+                .collect()
+        };
+        let changed = state.generation == 0 || fingerprint(&state.last_good) != fingerprint(&next);
+        for r in &refused {
+            self.send(PolicyEvent::Refused {
+                source: r.source.clone(),
+                reason: r.reason.clone(),
+            });
+        }
+        if changed {
+            self.active
+                .store(Arc::new(PolicySet::new(packs, self.config.deadline)));
+            state.generation += 1;
+            tracing::info!(
+                generation = state.generation,
+                packs = statuses.len(),
+                "policy set activated"
+            );
+            self.send(PolicyEvent::Activated {
+                packs: statuses.clone(),
+            });
+        }
+        state.last_good = next;
+        if let Some(last) = refused.last() {
+            state.last_refusal = Some(last.clone());
+        }
+        state.refused = refused;
+        status_from(&state, statuses)
+    }
+
+    /// Active packs and refusals.
+    pub fn status(&self) -> PolicyStatus {
+        let state = self.state.lock();
+        let statuses = state.last_good.values().map(|l| l.status.clone()).collect();
+        status_from(&state, statuses)
+    }
+
+    fn send(&self, event: PolicyEvent) {
+        if let Some(tx) = &self.events
+            && tx.send(event).is_err()
+        {
+            tracing::debug!("policy event receiver dropped");
+        }
+    }
+
+    /// Watches the policies directory and reloads after ~200 ms of quiet following a change.
+    /// Uses the OS notifier when available, otherwise polling every 2 s. The watch stops when
+    /// the returned handle is dropped.
+    pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, PolicyError> {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let dir = self.config.policies_dir.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        };
+        let watcher: Box<dyn notify::Watcher + Send> =
+            match notify::RecommendedWatcher::new(handler.clone(), notify::Config::default()) {
+                Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::Recursive) {
+                    Ok(()) => Box::new(w),
+                    Err(_) => Box::new(poll_watcher(&dir, handler)?),
+                },
+                Err(_) => Box::new(poll_watcher(&dir, handler)?),
+            };
+        let weak = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("kla-policy-watch".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Debounce: wait until 200 ms pass without another event.
+                    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+                    let Some(manager) = weak.upgrade() else { break };
+                    tracing::info!("policy files changed; reloading");
+                    manager.reload();
+                }
+            })
+            .map_err(|e| PolicyError::io(&self.config.policies_dir, e))?;
+        Ok(WatchHandle {
+            _watcher: watcher,
+            _thread: thread,
+        })
+    }
+}
+
+fn poll_watcher<F: notify::EventHandler>(
+    dir: &Path,
+    handler: F,
+) -> Result<notify::PollWatcher, PolicyError> {
+    use notify::Watcher;
+    let to_err = |e: notify::Error| PolicyError::Io {
+        path: dir.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut w = notify::PollWatcher::new(
+        handler,
+        notify::Config::default().with_poll_interval(Duration::from_secs(2)),
+    )
+    .map_err(to_err)?;
+    w.watch(dir, notify::RecursiveMode::Recursive)
+        .map_err(to_err)?;
+    Ok(w)
+}
+
+/// Keeps a file watch alive; dropping it stops watching.
+pub struct WatchHandle {
+    _watcher: Box<dyn notify::Watcher + Send>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchHandle")
+    }
+}
+
+fn status_of(pack: &CompiledPack, dir: &Path, loaded_at: OffsetDateTime) -> PackStatus {
+    let r = pack.pack_ref();
+    PackStatus {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        digest: r.digest.clone(),
+        signer_key_id: r.signer_key_id.clone(),
+        mode: pack.mode(),
+        rules: pack.rule_count(),
+        source: dir.display().to_string(),
+        loaded_at,
+    }
+}
+
+fn status_from(state: &State, packs: Vec<PackStatus>) -> PolicyStatus {
+    PolicyStatus {
+        generation: state.generation,
+        packs,
+        refused: state.refused.clone(),
+        last_refusal: state.last_refusal.clone(),
+    }
+}
+
+/// The pack directories under `root`: `root` itself when it holds `pack.yaml`, otherwise its
+/// subdirectories holding one, sorted.
+fn discover(root: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    if root.join(PACK_FILE).is_file() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(root).map_err(|e| PolicyError::io(root, e))?;
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| PolicyError::io(root, e))?;
+        let path = entry.path();
+        if path.is_dir() && path.join(PACK_FILE).is_file() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(PolicyError::NoPacks {
+            path: root.display().to_string(),
+        });
+    }
+    Ok(dirs)
+}

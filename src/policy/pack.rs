@@ -1,0 +1,463 @@
+//! The pack format: reading a pack directory into memory (the only file IO of the engine) and
+//! parsing `pack.yaml` / `rules/*.yaml` into validated rule specs.
+//!
+//! Files are read exactly once into [`PackFiles`]; signature checking and parsing both work on
+//! those bytes, so what is verified is what is compiled.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::PolicyError;
+use super::types::{ApprovalSpec, Mode, OnTimeout, Outcome};
+
+/// Name of the signature file inside a pack; it is never part of the signed manifest.
+pub const SIGNATURE_FILE: &str = "pack.sig.json";
+/// Name of the pack's main file.
+pub const PACK_FILE: &str = "pack.yaml";
+/// The only supported `apiVersion`.
+pub const API_VERSION: &str = "kla.dev/v1";
+
+const MAX_FILES: usize = 10_000;
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The raw content of a pack directory, read once. Keys are `/`-separated relative paths.
+#[derive(Debug, Clone)]
+pub struct PackFiles {
+    pub(crate) root: PathBuf,
+    pub(crate) files: BTreeMap<String, Vec<u8>>,
+    pub(crate) signature: Option<Vec<u8>>,
+}
+
+impl PackFiles {
+    /// Reads every regular file under `dir` (recursively). Symlinks and non-UTF-8 names are
+    /// refused, so the signed manifest describes exactly what is on disk.
+    pub fn read_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let mut files = BTreeMap::new();
+        let mut signature = None;
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let abs = dir.join(&rel);
+            let entries = std::fs::read_dir(&abs).map_err(|e| PolicyError::io(&abs, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| PolicyError::io(&abs, e))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    return Err(PolicyError::invalid(
+                        abs.display().to_string(),
+                        None,
+                        None,
+                        "file name is not valid UTF-8",
+                    ));
+                };
+                let rel_child = rel.join(name);
+                let abs_child = dir.join(&rel_child);
+                let meta = std::fs::symlink_metadata(&abs_child)
+                    .map_err(|e| PolicyError::io(&abs_child, e))?;
+                if meta.file_type().is_symlink() {
+                    return Err(PolicyError::invalid(
+                        abs_child.display().to_string(),
+                        None,
+                        None,
+                        "symlinks are not allowed in a pack",
+                    ));
+                }
+                if meta.is_dir() {
+                    stack.push(rel_child);
+                    continue;
+                }
+                if !meta.is_file() {
+                    continue;
+                }
+                if meta.len() > MAX_FILE_BYTES {
+                    return Err(PolicyError::invalid(
+                        abs_child.display().to_string(),
+                        None,
+                        None,
+                        format!("file is larger than {MAX_FILE_BYTES} bytes"),
+                    ));
+                }
+                let bytes =
+                    std::fs::read(&abs_child).map_err(|e| PolicyError::io(&abs_child, e))?;
+                let key = rel_key(&rel_child);
+                if key == SIGNATURE_FILE {
+                    signature = Some(bytes);
+                } else {
+                    files.insert(key, bytes);
+                }
+                if files.len() > MAX_FILES {
+                    return Err(PolicyError::invalid(
+                        dir.display().to_string(),
+                        None,
+                        None,
+                        format!("pack has more than {MAX_FILES} files"),
+                    ));
+                }
+            }
+        }
+        Ok(PackFiles {
+            root: dir.to_path_buf(),
+            files,
+            signature,
+        })
+    }
+
+    /// The directory the files were read from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn display(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    fn text(&self, rel: &str) -> Result<&str, PolicyError> {
+        let bytes = self.files.get(rel).ok_or_else(|| {
+            PolicyError::invalid(self.display(rel), None, None, "file is missing")
+        })?;
+        std::str::from_utf8(bytes)
+            .map_err(|_| PolicyError::invalid(self.display(rel), None, None, "not valid UTF-8"))
+    }
+}
+
+fn rel_key(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML documents (the user-facing contract). Unknown keys are refused everywhere.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PackDoc {
+    api_version: String,
+    kind: String,
+    metadata: MetadataDoc,
+    #[serde(default)]
+    spec: SpecDoc,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetadataDoc {
+    name: String,
+    version: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpecDoc {
+    #[serde(default)]
+    default_decision: Outcome,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    rules: Vec<RuleDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RulesFileDoc {
+    rules: Vec<RuleDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleDoc {
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default, rename = "match")]
+    matcher: Option<MatchDoc>,
+    #[serde(default)]
+    when: Option<OneOrMany>,
+    decision: Outcome,
+    #[serde(default)]
+    reason_code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    approval: Option<ApprovalDoc>,
+    #[serde(default)]
+    mode: Option<Mode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MatchDoc {
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    agents: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApprovalDoc {
+    timeout: String,
+    #[serde(default)]
+    on_timeout: OnTimeout,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated specs handed to the compiler.
+
+/// A validated rule, with where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleSpec {
+    pub id: String,
+    pub file: String,
+    pub line: Option<usize>,
+    /// Action globs; empty means every action.
+    pub actions: Vec<String>,
+    /// Agent globs over id or name; empty means every agent.
+    pub agents: Vec<String>,
+    /// Rego expressions that must all hold; empty means no condition.
+    pub when: Vec<String>,
+    pub decision: Outcome,
+    pub reason_code: String,
+    pub message: Option<String>,
+    pub approval: Option<ApprovalSpec>,
+    pub shadow: bool,
+}
+
+impl RuleSpec {
+    pub(crate) fn error(&self, reason: impl Into<String>) -> PolicyError {
+        PolicyError::invalid(self.file.clone(), self.line, Some(self.id.clone()), reason)
+    }
+}
+
+/// A validated pack: header, rules in file order (`pack.yaml` first, then `rules/` sorted), and
+/// the raw Rego modules.
+#[derive(Debug, Clone)]
+pub(crate) struct PackSpec {
+    pub name: String,
+    pub version: String,
+    pub default_decision: Outcome,
+    pub mode: Mode,
+    pub rules: Vec<RuleSpec>,
+    /// (display path, source) of every `*.rego` file.
+    pub rego_modules: Vec<(String, String)>,
+}
+
+/// Parses and validates a pack (no Rego compilation yet).
+pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
+    let pack_text = files.text(PACK_FILE)?;
+    let pack_path = files.display(PACK_FILE);
+    let doc: PackDoc = from_yaml(&pack_path, pack_text)?;
+    let header_err = |reason: String| PolicyError::invalid(pack_path.clone(), None, None, reason);
+    if doc.api_version != API_VERSION {
+        return Err(header_err(format!(
+            "apiVersion must be {API_VERSION:?}, found {:?}",
+            doc.api_version
+        )));
+    }
+    if doc.kind != "PolicyPack" {
+        return Err(header_err(format!(
+            "kind must be \"PolicyPack\", found {:?}",
+            doc.kind
+        )));
+    }
+    let name = doc.metadata.name;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(header_err(format!(
+            "metadata.name {name:?} must be non-empty and use only [A-Za-z0-9._-]"
+        )));
+    }
+    if doc.metadata.version.trim().is_empty() {
+        return Err(header_err("metadata.version must not be empty".into()));
+    }
+
+    let mut rules = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut push_rules = |file: &str, text: &str, docs: Vec<RuleDoc>| -> Result<(), PolicyError> {
+        for rule in docs {
+            let spec = validate_rule(file, text, rule)?;
+            if !seen.insert(spec.id.clone()) {
+                return Err(spec.error("duplicate rule id in this pack"));
+            }
+            rules.push(spec);
+        }
+        Ok(())
+    };
+    push_rules(&pack_path, pack_text, doc.spec.rules)?;
+
+    let mut rego_modules = Vec::new();
+    for rel in files.files.keys() {
+        if let Some(rest) = rel.strip_prefix("rules/") {
+            let display = files.display(rel);
+            if !(rest.ends_with(".yaml") || rest.ends_with(".yml")) || rest.contains('/') {
+                return Err(PolicyError::invalid(
+                    display,
+                    None,
+                    None,
+                    "only rules/*.yaml (or .yml) files may live under rules/",
+                ));
+            }
+            let text = files.text(rel)?;
+            let doc: RulesFileDoc = from_yaml(&display, text)?;
+            push_rules(&display, text, doc.rules)?;
+        } else if rel.ends_with(".rego") {
+            rego_modules.push((files.display(rel), files.text(rel)?.to_string()));
+        }
+    }
+
+    Ok(PackSpec {
+        name,
+        version: doc.metadata.version,
+        default_decision: doc.spec.default_decision,
+        mode: doc.spec.mode,
+        rules,
+        rego_modules,
+    })
+}
+
+/// Deserialises YAML, turning errors into `file:line: near rule 'x': message`.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, PolicyError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let rule = line.and_then(|l| rule_near_line(text, l));
+        PolicyError::invalid(file.to_string(), line, rule, e.to_string())
+    })
+}
+
+fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, PolicyError> {
+    let line = find_rule_line(text, &doc.id);
+    let fail =
+        |reason: String| PolicyError::invalid(file.to_string(), line, Some(doc.id.clone()), reason);
+    if doc.id.trim().is_empty() || doc.id.chars().any(char::is_whitespace) {
+        return Err(fail(format!(
+            "rule id {:?} must be non-empty without whitespace",
+            doc.id
+        )));
+    }
+    let matcher = doc.matcher.unwrap_or_default();
+    let actions = match matcher.actions {
+        None => Vec::new(),
+        Some(a) if a.is_empty() => {
+            return Err(fail(
+                "match.actions is empty and would never match; omit it to match every action"
+                    .into(),
+            ));
+        }
+        Some(a) => a,
+    };
+    let agents = match matcher.agents {
+        None => Vec::new(),
+        Some(a) if a.is_empty() => {
+            return Err(fail(
+                "match.agents is empty and would never match; omit it to match every agent".into(),
+            ));
+        }
+        Some(a) => a,
+    };
+    for glob in actions.iter().chain(agents.iter()) {
+        if let Err(e) = globset::Glob::new(glob) {
+            return Err(fail(format!("bad glob {glob:?}: {e}")));
+        }
+    }
+    let when = match doc.when {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if when.iter().any(|w| w.trim().is_empty()) {
+        return Err(fail("a `when` expression is empty".into()));
+    }
+    let reason_code = match doc.reason_code {
+        Some(code) => code,
+        None => doc.id.to_ascii_uppercase().replace(['-', '.'], "_"),
+    };
+    if reason_code.is_empty()
+        || !reason_code
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(fail(format!(
+            "reasonCode {reason_code:?} must match [A-Z0-9_]+"
+        )));
+    }
+    let approval = match doc.approval {
+        None => None,
+        Some(_) if doc.decision != Outcome::RequireApproval => {
+            return Err(fail(
+                "approval is only allowed on rules with decision: require_approval".into(),
+            ));
+        }
+        Some(a) => {
+            let dur = humantime::parse_duration(&a.timeout)
+                .map_err(|e| fail(format!("approval.timeout {:?}: {e}", a.timeout)))?;
+            if dur.as_secs() == 0 {
+                return Err(fail("approval.timeout must be at least one second".into()));
+            }
+            Some(ApprovalSpec {
+                timeout: a.timeout,
+                timeout_seconds: dur.as_secs(),
+                on_timeout: a.on_timeout,
+            })
+        }
+    };
+    Ok(RuleSpec {
+        id: doc.id,
+        file: file.to_string(),
+        line,
+        actions,
+        agents,
+        when,
+        decision: doc.decision,
+        reason_code,
+        message: doc.message,
+        approval,
+        shadow: doc.mode == Some(Mode::Shadow),
+    })
+}
+
+/// Parses `id: value` (optionally after `- ` or `{`) on one line.
+fn id_on_line(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    let t = t.strip_prefix('-').unwrap_or(t).trim_start();
+    let t = t.strip_prefix('{').unwrap_or(t).trim_start();
+    let rest = t.strip_prefix("id:")?;
+    let v = rest.split([',', '}', '#']).next().unwrap_or("").trim();
+    Some(v.trim_matches(|c| c == '"' || c == '\''))
+}
+
+/// 1-based line of `id: <id>` in `text`.
+pub(crate) fn find_rule_line(text: &str, id: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| id_on_line(l) == Some(id))
+        .map(|i| i + 1)
+}
+
+/// The id of the nearest rule declared at or above 1-based `line`.
+fn rule_near_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| id_on_line(l))
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}

@@ -1,0 +1,779 @@
+//! Unit tests of the policy module (packs are written to temp dirs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn pack_yaml(name: &str, default: &str, mode: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  defaultDecision: {default}\n  mode: {mode}\n  rules:\n{rules}"
+    )
+}
+
+const PAYMENTS: &str = r#"apiVersion: kla.dev/v1
+kind: PolicyPack
+metadata: {name: payments-guardrails, version: 1.0.0}
+spec:
+  defaultDecision: allow        # when no rule matches: allow | warn | require_approval | block
+  mode: enforce                 # or shadow: evaluate and record, but answer allow
+  rules:
+    - id: refund-over-threshold
+      description: Refunds above 1000 need a human
+      match: {actions: ["execute_refund"], agents: ["*"]}   # globs over action names and agent ids or names
+      when: "input.context.amount > 1000"                   # Rego expression(s); a list means all must hold
+      decision: require_approval
+      reasonCode: AMOUNT_OVER_THRESHOLD
+      message: Refunds over 1000 need approval
+      approval: {timeout: 15m, onTimeout: block}
+    - id: no-deletes
+      match: {actions: ["delete_*"]}
+      decision: block
+      reasonCode: DESTRUCTIVE_ACTION
+"#;
+
+/// A temp pack dir holding `pack.yaml` plus extra files.
+fn pack_dir(pack: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "pack.yaml", pack);
+    for (rel, text) in extra {
+        write(dir.path(), rel, text);
+    }
+    dir
+}
+
+fn unsigned(dir: &Path) -> Result<CompiledPack, PolicyError> {
+    CompiledPack::compile(&VerifiedPack::accept_unsigned(PackFiles::read_dir(dir)?))
+}
+
+fn set_of(dirs: &[&Path]) -> PolicySet {
+    let packs = dirs
+        .iter()
+        .map(|d| Arc::new(unsigned(d).unwrap()))
+        .collect();
+    PolicySet::new(packs, Duration::from_secs(1))
+}
+
+fn input(action: &str, agent: &str, context: serde_json::Value) -> EvalInput {
+    EvalInput {
+        agent: AgentRef {
+            id: agent.into(),
+            name: format!("{agent}-name"),
+            ..Default::default()
+        },
+        action: action.into(),
+        context,
+        now: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    }
+}
+
+fn act(action: &str) -> EvalInput {
+    input(action, "agent-1", serde_json::json!({}))
+}
+
+fn codes(d: &Decision) -> Vec<&str> {
+    d.reason_codes.iter().map(String::as_str).collect()
+}
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn brief_example_pack_works_as_written() {
+    let dir = pack_dir(PAYMENTS, &[]);
+    let set = set_of(&[dir.path()]);
+    let d = set.evaluate(&input(
+        "execute_refund",
+        "a",
+        serde_json::json!({"amount": 5000}),
+    ));
+    assert_eq!(d.outcome, Outcome::RequireApproval);
+    assert_eq!(codes(&d), ["AMOUNT_OVER_THRESHOLD"]);
+    let approval = d.matched_rules[0].approval.clone().unwrap();
+    assert_eq!(approval.timeout_seconds, 900);
+    assert_eq!(approval.on_timeout, OnTimeout::Block);
+    let d = set.evaluate(&input(
+        "execute_refund",
+        "a",
+        serde_json::json!({"amount": 10}),
+    ));
+    assert_eq!((d.outcome, d.reason_codes.len()), (Outcome::Allow, 0));
+    let d = set.evaluate(&act("delete_user"));
+    assert_eq!(d.outcome, Outcome::Block);
+    assert_eq!(codes(&d), ["DESTRUCTIVE_ACTION"]);
+    assert_eq!(d.policy[0].name, "payments-guardrails");
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["matchedRules"][0]["reasonCode"], "DESTRUCTIVE_ACTION");
+    assert_eq!(json["outcome"], "block");
+}
+
+#[test]
+fn each_outcome_and_message() {
+    let rules = "    - {id: r-allow, match: {actions: [a_allow]}, decision: allow, reasonCode: OK_RULE}\n    - {id: r-warn, match: {actions: [a_warn]}, decision: warn, message: careful}\n    - {id: r-appr, match: {actions: [a_appr]}, decision: require_approval, approval: {timeout: 1h 30m}}\n    - {id: r-block, match: {actions: [a_block]}, decision: block}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let set = set_of(&[dir.path()]);
+    let d = set.evaluate(&act("a_allow"));
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Allow, vec!["OK_RULE"]));
+    let d = set.evaluate(&act("a_warn"));
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Warn, vec!["R_WARN"]));
+    assert_eq!(d.matched_rules[0].message.as_deref(), Some("careful"));
+    let d = set.evaluate(&act("a_appr"));
+    assert_eq!(d.outcome, Outcome::RequireApproval);
+    let a = d.matched_rules[0].approval.clone().unwrap();
+    assert_eq!((a.timeout_seconds, a.on_timeout), (5400, OnTimeout::Block));
+    let d = set.evaluate(&act("a_block"));
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Block, vec!["R_BLOCK"]));
+    let d = set.evaluate(&act("other"));
+    assert_eq!((d.outcome, d.matched_rules.len()), (Outcome::Allow, 0));
+}
+
+#[test]
+fn most_restrictive_wins_across_two_packs_and_all_matches_reported() {
+    let a = pack_dir(
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: w, match: {actions: [pay]}, decision: warn}\n",
+        ),
+        &[],
+    );
+    let b = pack_dir(
+        &pack_yaml(
+            "b",
+            "allow",
+            "enforce",
+            "    - {id: x, match: {actions: [\"pa*\"]}, decision: require_approval}\n    - {id: y, decision: allow}\n",
+        ),
+        &[],
+    );
+    for order in [[a.path(), b.path()], [b.path(), a.path()]] {
+        let d = set_of(&order).evaluate(&act("pay"));
+        assert_eq!(d.outcome, Outcome::RequireApproval);
+        assert_eq!(codes(&d), ["X"]);
+        let mut ids: Vec<_> = d.matched_rules.iter().map(|m| m.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["w", "x", "y"]);
+        assert_eq!(d.policy.len(), 2);
+    }
+}
+
+#[test]
+fn shadow_rule_and_shadow_pack_never_change_the_answer() {
+    let enforce = pack_dir(
+        &pack_yaml(
+            "e",
+            "allow",
+            "enforce",
+            "    - {id: s, match: {actions: [go]}, decision: block, mode: shadow}\n    - {id: w, match: {actions: [go]}, decision: warn}\n",
+        ),
+        &[],
+    );
+    let shadow = pack_dir(
+        &pack_yaml(
+            "sp",
+            "block",
+            "shadow",
+            "    - {id: t, match: {actions: [go, stop]}, decision: require_approval}\n",
+        ),
+        &[],
+    );
+    let set = set_of(&[enforce.path(), shadow.path()]);
+    let d = set.evaluate(&act("go"));
+    assert_eq!(d.outcome, Outcome::Warn);
+    assert_eq!(codes(&d), ["W"]);
+    assert_eq!(d.would_decide, Outcome::Block);
+    let s = d.matched_rules.iter().find(|m| m.id == "s").unwrap();
+    assert!(s.shadow);
+    let t = d.matched_rules.iter().find(|m| m.id == "t").unwrap();
+    assert!(t.shadow && t.pack == "sp");
+    // A set of only shadow packs answers allow, even with a block default.
+    let only = set_of(&[shadow.path()]);
+    let d = only.evaluate(&act("anything"));
+    assert_eq!(
+        (d.outcome, d.would_decide),
+        (Outcome::Allow, Outcome::Block)
+    );
+}
+
+#[test]
+fn default_decision_per_pack_max_over_packs() {
+    let deny = pack_dir(
+        &pack_yaml(
+            "deny",
+            "block",
+            "enforce",
+            "    - {id: ok, match: {actions: [read]}, decision: allow, reasonCode: READ_OK}\n",
+        ),
+        &[],
+    );
+    let warn = pack_dir(&pack_yaml("warn", "warn", "enforce", "    []\n"), &[]);
+    let set = set_of(&[deny.path()]);
+    let d = set.evaluate(&act("write"));
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Block, vec![DEFAULT_DECISION])
+    );
+    let d = set.evaluate(&act("read"));
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Allow, vec!["READ_OK"]));
+    let both = set_of(&[deny.path(), warn.path()]);
+    let d = both.evaluate(&act("read"));
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Warn, vec![DEFAULT_DECISION])
+    );
+}
+
+#[test]
+fn globs_over_actions_and_agent_ids_or_names() {
+    let rules = "    - {id: g, match: {actions: [\"db.*.drop\", \"rm_?\", \"{get,put}_secret\"], agents: [\"ops-*\"]}, decision: block}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let set = set_of(&[dir.path()]);
+    let b = |action: &str, agent: &str| {
+        set.evaluate(&input(action, agent, serde_json::json!({})))
+            .outcome
+    };
+    assert_eq!(b("db.users.drop", "ops-1"), Outcome::Block);
+    assert_eq!(b("rm_x", "ops-2"), Outcome::Block);
+    assert_eq!(b("rm_xy", "ops-2"), Outcome::Allow);
+    assert_eq!(b("put_secret", "ops-2"), Outcome::Block);
+    assert_eq!(b("db.users.drop", "dev-1"), Outcome::Allow);
+    // Agent name matches too: input() names agents "<id>-name".
+    let by_name = pack_dir(
+        &pack_yaml(
+            "n",
+            "allow",
+            "enforce",
+            "    - {id: n, match: {agents: [\"bot-name\"]}, decision: warn}\n",
+        ),
+        &[],
+    );
+    let set = set_of(&[by_name.path()]);
+    assert_eq!(
+        set.evaluate(&input("x", "bot", serde_json::json!({})))
+            .outcome,
+        Outcome::Warn
+    );
+    assert_eq!(
+        set.evaluate(&input("x", "other", serde_json::json!({})))
+            .outcome,
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn when_list_means_all_must_hold_and_rego_modules_are_visible() {
+    let rules = "    - id: both\n      match: {actions: [pay]}\n      when:\n        - input.context.amount > 10\n        - data.lib.is_vip(input.principal)\n      decision: block\n";
+    let lib = "package lib\n\nis_vip(p) if p.tier == \"gold\"\n";
+    let dir = pack_dir(
+        &pack_yaml("p", "allow", "enforce", rules),
+        &[("lib.rego", lib)],
+    );
+    let set = set_of(&[dir.path()]);
+    let mut i = input("pay", "a", serde_json::json!({"amount": 50}));
+    i.principal = serde_json::json!({"tier": "gold"});
+    assert_eq!(set.evaluate(&i).outcome, Outcome::Block);
+    i.principal = serde_json::json!({"tier": "silver"});
+    assert_eq!(set.evaluate(&i).outcome, Outcome::Allow);
+    i.context = serde_json::json!({"amount": 5});
+    i.principal = serde_json::json!({"tier": "gold"});
+    assert_eq!(set.evaluate(&i).outcome, Outcome::Allow);
+}
+
+fn refusal(pack: &str, extra: &[(&str, &str)]) -> String {
+    let dir = pack_dir(pack, extra);
+    unsigned(dir.path()).unwrap_err().to_string()
+}
+
+#[test]
+fn invalid_packs_are_refused_naming_file_rule_and_line() {
+    // Unknown key on a rule (line 9 of the generated pack.yaml).
+    let e = refusal(
+        &pack_yaml(
+            "p",
+            "allow",
+            "enforce",
+            "    - id: r1\n      decison: block\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("pack.yaml:9") && e.contains("rule 'r1'") && e.contains("decison"),
+        "{e}"
+    );
+    // Bad glob.
+    let e = refusal(
+        &pack_yaml(
+            "p",
+            "allow",
+            "enforce",
+            "    - id: ok\n      decision: warn\n    - id: globby\n      match: {actions: [\"del_[\"]}\n      decision: block\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("pack.yaml:10") && e.contains("rule 'globby'") && e.contains("bad glob"),
+        "{e}"
+    );
+    // Rego that does not compile, in a rules/ file.
+    let e = refusal(
+        &pack_yaml("p", "allow", "enforce", "    []\n"),
+        &[(
+            "rules/x.yaml",
+            "rules:\n  - id: first\n    decision: warn\n  - id: bad-rego\n    when: \"input.x >>> 3\"\n    decision: block\n",
+        )],
+    );
+    assert!(
+        e.contains("rules/x.yaml:4") && e.contains("rule 'bad-rego'") && e.contains("Rego"),
+        "{e}"
+    );
+    // Duplicate id across pack.yaml and a rules file.
+    let e = refusal(
+        &pack_yaml("p", "allow", "enforce", "    - {id: dup, decision: warn}\n"),
+        &[(
+            "rules/y.yaml",
+            "rules:\n  - id: other\n    decision: warn\n  - id: dup\n    decision: block\n",
+        )],
+    );
+    assert!(
+        e.contains("rules/y.yaml:4") && e.contains("rule 'dup'") && e.contains("duplicate"),
+        "{e}"
+    );
+    // Unknown top-level key, bad pack-level Rego module, approval on a non-approval rule.
+    let e = refusal(
+        &format!(
+            "{}extra: 1\n",
+            pack_yaml("p", "allow", "enforce", "    []\n")
+        ),
+        &[],
+    );
+    assert!(e.contains("pack.yaml:") && e.contains("extra"), "{e}");
+    let e = refusal(
+        &pack_yaml("p", "allow", "enforce", "    []\n"),
+        &[("lib.rego", "package x\nthis is not rego\n")],
+    );
+    assert!(e.contains("lib.rego") && e.contains("Rego"), "{e}");
+    let e = refusal(
+        &pack_yaml(
+            "p",
+            "allow",
+            "enforce",
+            "    - {id: ap, decision: block, approval: {timeout: 5m}}\n",
+        ),
+        &[],
+    );
+    assert!(e.contains("rule 'ap'") && e.contains("approval"), "{e}");
+}
+
+// ----- signing -----------------------------------------------------------------------------
+
+fn signed_pack() -> (tempfile::TempDir, PackSigner) {
+    let dir = pack_dir(
+        PAYMENTS,
+        &[(
+            "rules/more.yaml",
+            "rules:\n  - {id: m, decision: warn, match: {actions: [m]}}\n",
+        )],
+    );
+    let signer = PackSigner::generate();
+    sign_pack_dir(dir.path(), &signer).unwrap();
+    (dir, signer)
+}
+
+fn verify(dir: &Path, key: &TrustedKey) -> Result<CompiledPack, PolicyError> {
+    load_pack(dir, std::slice::from_ref(key), false)
+}
+
+#[test]
+fn signed_pack_loads_and_reports_signer_and_digest() {
+    let (dir, signer) = signed_pack();
+    let pack = verify(dir.path(), &signer.public()).unwrap();
+    assert_eq!(
+        pack.pack_ref().signer_key_id.as_deref(),
+        Some(signer.public().id())
+    );
+    assert_eq!(pack.pack_ref().digest.len(), 64);
+    // The public key round-trips through its text form.
+    let parsed = TrustedKey::parse(&format!("# comment\n{}\n", signer.public().to_text())).unwrap();
+    assert_eq!(parsed, signer.public());
+}
+
+#[test]
+fn tampered_added_removed_unsigned_and_wrong_key_are_refused() {
+    let (dir, signer) = signed_pack();
+    let key = signer.public();
+    // Tampered.
+    let p = dir.path().join("rules/more.yaml");
+    let original = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, original.replace("warn", "allow")).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("rules/more.yaml was changed"), "{e}");
+    std::fs::write(&p, &original).unwrap();
+    verify(dir.path(), &key).unwrap();
+    // Added.
+    write(dir.path(), "rules/evil.yaml", "rules: []\n");
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("rules/evil.yaml was added"), "{e}");
+    std::fs::remove_file(dir.path().join("rules/evil.yaml")).unwrap();
+    // Removed.
+    std::fs::remove_file(&p).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("rules/more.yaml was removed"), "{e}");
+    std::fs::write(&p, &original).unwrap();
+    // Wrong key.
+    let other = PackSigner::generate().public();
+    let e = verify(dir.path(), &other).unwrap_err().to_string();
+    assert!(e.contains("not trusted"), "{e}");
+    // Signature bytes forged (valid base64, wrong signature).
+    let sig_path = dir.path().join(SIGNATURE_FILE);
+    let sig = std::fs::read_to_string(&sig_path).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&sig).unwrap();
+    let mut forged = doc.clone();
+    forged["manifest"]["version"] = "9.9.9".into();
+    std::fs::write(&sig_path, serde_json::to_string(&forged).unwrap()).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("does not verify"), "{e}");
+    // Unsigned.
+    std::fs::remove_file(&sig_path).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("unsigned"), "{e}");
+    // allow_unsigned accepts it (dev only).
+    let p = load_pack(dir.path(), &[key], true).unwrap();
+    assert_eq!(p.pack_ref().signer_key_id, None);
+}
+
+#[test]
+fn shipped_default_and_example_packs_verify_with_committed_keys() {
+    for (dir, key) in [
+        ("policies/default", "policies/kla-default.pub"),
+        ("examples/packs/payments", "examples/packs/example.pub"),
+    ] {
+        let key = TrustedKey::read(&repo_path(key)).unwrap();
+        let pack = load_pack(&repo_path(dir), &[key], false).unwrap();
+        assert!(pack.rule_count() > 0);
+    }
+}
+
+// ----- manager -----------------------------------------------------------------------------
+
+#[test]
+fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let a = root.path().join("a");
+    let b = root.path().join("b");
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: warn}\n",
+        ),
+    );
+    write(
+        &b,
+        "pack.yaml",
+        &pack_yaml(
+            "b",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [y]}, decision: warn}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    sign_pack_dir(&b, &signer).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let m = PolicyManager::new(
+        PolicyConfig::new(root.path(), vec![signer.public()]),
+        Some(tx),
+    );
+    assert_eq!(m.status().packs.len(), 2);
+    assert!(matches!(rx.try_recv().unwrap(), PolicyEvent::Activated { packs } if packs.len() == 2));
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+
+    // New version of `a`: valid and signed, makes x a block.
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: block}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    // `b` gets tampered after signing: refused, last good `b` stays.
+    write(
+        &b,
+        "pack.yaml",
+        &pack_yaml(
+            "b",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [y]}, decision: allow}\n",
+        ),
+    );
+    let st = m.reload();
+    assert_eq!(st.packs.len(), 2);
+    assert_eq!(st.refused.len(), 1);
+    assert!(
+        st.last_refusal
+            .unwrap()
+            .reason
+            .contains("pack.yaml was changed")
+    );
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Warn);
+    assert!(
+        matches!(rx.try_recv().unwrap(), PolicyEvent::Refused { reason, .. } if reason.contains("keeping last good"))
+    );
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        PolicyEvent::Activated { .. }
+    ));
+
+    // Everything refused: the whole last good set stays active.
+    write(&a, "pack.yaml", "garbage: [\n");
+    let st = m.reload();
+    assert_eq!(st.packs.len(), 2);
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+}
+
+#[test]
+fn fail_closed_with_no_pack() {
+    let d = PolicySet::empty().evaluate(&act("x"));
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Block, vec![POLICY_UNAVAILABLE])
+    );
+    let root = tempfile::tempdir().unwrap();
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![]), None);
+    assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
+    assert!(m.status().last_refusal.is_some());
+    // A present but unsigned pack without allow_unsigned: also unavailable.
+    write(root.path(), "pack.yaml", PAYMENTS);
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![]), None);
+    assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
+}
+
+const SLOW_WHEN: &str = "count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i + j > 0]) > 0";
+
+#[test]
+fn fail_closed_on_engine_error() {
+    // With a generous deadline the VM's instruction cap stops the rule: an engine error.
+    let rules = format!(
+        "    - {{id: spin, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n    - {{id: ok, match: {{actions: [y]}}, when: \"input.context.n > 1\", decision: warn}}\n"
+    );
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let set = PolicySet::new(
+        vec![Arc::new(unsigned(dir.path()).unwrap())],
+        Duration::from_secs(120),
+    );
+    let d = set.evaluate(&act("x"));
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Block, vec![POLICY_ERROR]),
+        "{d:?}"
+    );
+    let err = d.error.unwrap();
+    assert!(
+        err.contains("evaluation error in pack p rule spin"),
+        "{err}"
+    );
+    // The same thread's VM is fine afterwards.
+    let d = set.evaluate(&input("y", "a", serde_json::json!({"n": 2})));
+    assert_eq!(d.outcome, Outcome::Warn);
+}
+
+#[test]
+fn fail_closed_on_deadline_overrun() {
+    let rules = format!(
+        "    - {{id: slow, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n"
+    );
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let pack = Arc::new(unsigned(dir.path()).unwrap());
+    let set = PolicySet::new(vec![pack.clone()], Duration::from_millis(5));
+    let d = set.evaluate(&act("x"));
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Block, vec![POLICY_ERROR]),
+        "{d:?}"
+    );
+    assert!(d.error.as_deref().unwrap().contains("deadline"), "{d:?}");
+    assert!(d.evaluation_micros < 200_000, "{}", d.evaluation_micros);
+    // Deadline zero: every evaluation overruns it and fails closed.
+    let set = PolicySet::new(vec![pack], Duration::ZERO);
+    assert_eq!(set.evaluate(&act("x")).reason_codes, [POLICY_ERROR]);
+    assert_eq!(set.evaluate(&act("other")).reason_codes, [POLICY_ERROR]);
+}
+
+// ----- suites ------------------------------------------------------------------------------
+
+#[test]
+fn default_policy_suite_passes_and_failing_suite_fails() {
+    let dir = repo_path("policies/default");
+    let files = PackFiles::read_dir(&dir).unwrap();
+    let pack = CompiledPack::compile(&VerifiedPack::accept_unsigned(files.clone())).unwrap();
+    let set = PolicySet::new(vec![Arc::new(pack)], Duration::from_secs(1));
+    let report = run_suites(&files, &set).unwrap();
+    assert!(report.cases.len() >= 10);
+    assert_eq!(report.failed(), 0, "{report:#?}");
+
+    let bad = pack_dir(
+        PAYMENTS,
+        &[(
+            "tests/t.yaml",
+            "cases:\n  - name: wrong\n    input: {agent: {id: a}, action: delete_x}\n    expect: {decision: allow, reasonCodes: []}\n  - name: right\n    input: {agent: {id: a}, action: delete_x}\n    expect: {decision: block}\n",
+        )],
+    );
+    let files = PackFiles::read_dir(bad.path()).unwrap();
+    let set = set_of(&[bad.path()]);
+    let report = run_suites(&files, &set).unwrap();
+    assert_eq!(report.failed(), 1);
+    assert!(report.cases[0].detail.contains("expected allow, got block"));
+    assert!(report.cases[1].passed);
+}
+
+// ----- property: monotone precedence -------------------------------------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ACTIONS: [&str; 4] = ["read", "write", "delete_x", "pay"];
+    const PATTERNS: [&str; 5] = ["read", "write", "delete_*", "*", "p?y"];
+    const OUTCOMES: [&str; 4] = ["allow", "warn", "require_approval", "block"];
+
+    #[derive(Debug, Clone)]
+    struct R {
+        pattern: usize,
+        decision: usize,
+        shadow: bool,
+        when: bool,
+    }
+
+    fn rule_strategy() -> impl Strategy<Value = R> {
+        (
+            0..PATTERNS.len(),
+            0..OUTCOMES.len(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(pattern, decision, shadow, when)| R {
+                pattern,
+                decision,
+                shadow,
+                when,
+            })
+    }
+
+    fn render(rules: &[R]) -> String {
+        if rules.is_empty() {
+            return "    []\n".into();
+        }
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "    - {{id: r{i}, match: {{actions: [\"{}\"]}}, decision: {}{}{}}}\n",
+                    PATTERNS[r.pattern],
+                    OUTCOMES[r.decision],
+                    if r.shadow { ", mode: shadow" } else { "" },
+                    if r.when {
+                        ", when: \"input.context.n > 5\""
+                    } else {
+                        ""
+                    },
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Adding a rule (whose decision is at least the pack's default, so it cannot serve as
+        /// an allowlist exception) never makes any decision less restrictive; with the default
+        /// `allow` that is every rule. Checked for every action, two packs.
+        #[test]
+        fn adding_a_rule_never_lowers_the_outcome(
+            base in proptest::collection::vec(rule_strategy(), 0..6),
+            other in proptest::collection::vec(rule_strategy(), 0..4),
+            extra in rule_strategy(),
+            default in 0..OUTCOMES.len(),
+            n in 0..10i64,
+        ) {
+            prop_assume!(extra.decision >= default);
+            let other_dir = pack_dir(&pack_yaml("other", "allow", "enforce", &render(&other)), &[]);
+            let before = pack_dir(&pack_yaml("p", OUTCOMES[default], "enforce", &render(&base)), &[]);
+            let mut more = base.clone();
+            more.push(extra);
+            let after = pack_dir(&pack_yaml("p", OUTCOMES[default], "enforce", &render(&more)), &[]);
+            let s1 = set_of(&[before.path(), other_dir.path()]);
+            let s2 = set_of(&[after.path(), other_dir.path()]);
+            for a in ACTIONS {
+                let i = input(a, "agent", serde_json::json!({"n": n}));
+                let (d1, d2) = (s1.evaluate(&i), s2.evaluate(&i));
+                prop_assert!(d2.outcome >= d1.outcome, "{a}: {:?} -> {:?}", d1.outcome, d2.outcome);
+                prop_assert!(d2.would_decide >= d1.would_decide);
+            }
+        }
+    }
+}
+
+#[test]
+fn watcher_reloads_after_a_change() {
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let a = root.path().join("a");
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: warn}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    let m = Arc::new(PolicyManager::new(
+        PolicyConfig::new(root.path(), vec![signer.public()]),
+        None,
+    ));
+    let _watch = m.watch().unwrap();
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+    write(
+        &a,
+        "pack.yaml",
+        &pack_yaml(
+            "a",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: block}\n",
+        ),
+    );
+    sign_pack_dir(&a, &signer).unwrap();
+    let start = std::time::Instant::now();
+    while m.evaluate(&act("x")).outcome != Outcome::Block {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "watcher did not reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.status().generation >= 2);
+}
