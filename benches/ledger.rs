@@ -126,28 +126,20 @@ fn proofs_and_verify(c: &mut Criterion) {
     rt.block_on(ledger.checkpoint_now()).expect("checkpoint");
     let mut g = c.benchmark_group("read");
     g.measurement_time(Duration::from_secs(3));
-    g.bench_with_input(
-        BenchmarkId::new("inclusion_proof", size),
-        &size,
-        |b, &size| {
-            let mut rng = rand::thread_rng();
-            b.iter(|| {
-                let i = rng.gen_range(0..size);
-                std::hint::black_box(ledger.inclusion_proof(i, size).expect("proof"))
-            });
-        },
-    );
-    g.bench_with_input(
-        BenchmarkId::new("consistency_proof", size),
-        &size,
-        |b, &size| {
-            let mut rng = rand::thread_rng();
-            b.iter(|| {
-                let m = rng.gen_range(1..=size);
-                std::hint::black_box(ledger.consistency_proof(m, size).expect("proof"))
-            });
-        },
-    );
+    g.bench_with_input(BenchmarkId::new("inclusion_proof", size), &size, |b, &size| {
+        let mut rng = rand::thread_rng();
+        b.iter(|| {
+            let i = rng.gen_range(0..size);
+            std::hint::black_box(ledger.inclusion_proof(i, size).expect("proof"))
+        });
+    });
+    g.bench_with_input(BenchmarkId::new("consistency_proof", size), &size, |b, &size| {
+        let mut rng = rand::thread_rng();
+        b.iter(|| {
+            let m = rng.gen_range(1..=size);
+            std::hint::black_box(ledger.consistency_proof(m, size).expect("proof"))
+        });
+    });
     g.finish();
     drop(ledger);
     let mut g = c.benchmark_group("reopen");

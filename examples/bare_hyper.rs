@@ -21,10 +21,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
                 let mut r = Response::new(Full::new(Bytes::from_static(br#"{"status":"ok"}"#)));
-                r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
                 Ok::<_, Infallible>(r)
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

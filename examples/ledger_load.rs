@@ -147,14 +147,7 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
     // sanity: a proof verifies against the signed root
     let i = cp.size / 3;
     let p = ledger.inclusion_proof(i, cp.size).expect("proof");
-    verify_inclusion(
-        i,
-        cp.size,
-        &ledger.leaf_hash(i).expect("leaf"),
-        &p,
-        &cp.root,
-    )
-    .expect("verifies");
+    verify_inclusion(i, cp.size, &ledger.leaf_hash(i).expect("leaf"), &p, &cp.root).expect("verifies");
     drop(ledger);
 
     let t = Instant::now();

@@ -96,9 +96,7 @@ fn percentiles(name: &str, set: &PolicySet, input: &EvalInput, n: usize) {
         std::hint::black_box(d);
     }
     lat.sort();
-    let p = |q: f64| {
-        lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_nanos() as f64 / 1000.0
-    };
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_nanos() as f64 / 1000.0;
     println!(
         "{name:<44} n={n} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us max={:.1}us",
         p(0.50),
@@ -141,12 +139,7 @@ fn main() {
     assert_eq!(plain.evaluate(&input).matched_rules.len(), 3);
 
     percentiles("1000 rules, 3 match, 3 Rego `when`", &rego, &input, 100_000);
-    percentiles(
-        "1000 rules, 3 match, no Rego (baseline)",
-        &plain,
-        &input,
-        100_000,
-    );
+    percentiles("1000 rules, 3 match, no Rego (baseline)", &plain, &input, 100_000);
     let mut miss = input.clone();
     miss.action = "read_ticket".into();
     miss.agent.name = "support-bot".into();

@@ -5,6 +5,9 @@
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
 use crate::config::Config;
+use crate::ledger::{Ledger, LedgerConfig, RepairMode};
+use crate::policy::{PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
+use crate::recorder::Recorder;
 use crate::store::Store;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,6 +47,48 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let auth = Authenticator::new(token_key.public_pem.as_bytes(), external)?;
+    let shutdown = CancellationToken::new();
+
+    // The ledger first: nothing may be decided that cannot be recorded.
+    let mut lcfg = LedgerConfig::new(cfg.data_dir.join("ledger"));
+    lcfg.origin = cfg.ledger_origin.clone();
+    lcfg.repair = if cfg.ledger_repair_truncate {
+        RepairMode::Truncate
+    } else {
+        RepairMode::Refuse
+    };
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(lcfg))
+        .await?
+        .context("opening the ledger (run `kla ledger verify` for details)")?;
+    let recorder = Recorder::new(ledger.clone(), store.clone());
+    let reindexed = recorder.reindex().await.context("indexing the ledger")?;
+    if reindexed > 0 {
+        tracing::info!(entries = reindexed, "ledger index rebuilt");
+    }
+    ledger.spawn_checkpointer(shutdown.clone());
+
+    // Policies: events go to the ledger in the order they happen.
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let policy = {
+        let pcfg = policy_config(&cfg)?;
+        let tx = ev_tx.clone();
+        Arc::new(tokio::task::spawn_blocking(move || PolicyManager::new(pcfg, Some(tx))).await?)
+    };
+    tokio::spawn(record_policy_events(recorder.clone(), ev_rx));
+    let watch = match policy.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policies directory; use POST /v1/policies/reload");
+            None
+        }
+    };
+    if policy.status().packs.is_empty() {
+        tracing::error!(
+            dir = %cfg.policies.display(),
+            "no valid policy pack is loaded: every decision will be `block` (POLICY_UNAVAILABLE)"
+        );
+    }
+
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,
@@ -51,7 +96,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         body_limit: cfg.body_limit,
         registry_key,
         started: Instant::now(),
+        recorder: recorder.clone(),
+        policy: policy.clone(),
+        agents: api::AgentCache::default(),
     });
+    api::reconcile_registrations(&state).await?;
     let router = api::router(state);
 
     let tls = match &cfg.tls {
@@ -62,9 +111,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding API address {}", cfg.api_addr))?;
     let api_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
     tracing::info!(addr = %api_addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kla API listening");
 
+    let shutdown_serve = shutdown.clone();
     let purge_store = store.clone();
     let purge_stop = shutdown.clone();
     tokio::spawn(async move {
@@ -81,12 +130,64 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     });
 
-    let done = tokio::spawn(serve(listener, tls, router, shutdown.clone()));
+    let done = tokio::spawn(async move {
+        let r = serve(listener, tls, router, shutdown_serve).await;
+        drop(watch);
+        // Sign a final checkpoint so everything acknowledged is anchored before exit.
+        if let Err(e) = ledger.checkpoint_now().await {
+            tracing::warn!(error = %e, "final checkpoint failed");
+        }
+        r
+    });
     Ok(Running {
         api_addr,
         shutdown,
         done,
     })
+}
+
+/// The policy manager's config from kla's config: the embedded default key when none is given.
+fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
+    let trusted = if cfg.trusted_keys.is_empty() {
+        vec![TrustedKey::parse(DEFAULT_PACK_KEY).context("embedded default pack key")?]
+    } else {
+        cfg.trusted_keys
+            .iter()
+            .map(|p| TrustedKey::read(p).with_context(|| format!("trusted key {}", p.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if cfg.allow_unsigned {
+        tracing::warn!("--allow-unsigned: unsigned policy packs will be loaded (local development only)");
+    }
+    let mut pcfg = PolicyConfig::new(cfg.policies.clone(), trusted);
+    pcfg.allow_unsigned = cfg.allow_unsigned;
+    pcfg.deadline = cfg.policy_deadline;
+    Ok(pcfg)
+}
+
+/// The public key of kla's default pack (`policies/kla-default.pub`), trusted when no `--trusted-key` is given.
+pub const DEFAULT_PACK_KEY: &str = include_str!("../policies/kla-default.pub");
+
+async fn record_policy_events(recorder: Recorder, mut rx: tokio::sync::mpsc::UnboundedReceiver<PolicyEvent>) {
+    while let Some(ev) = rx.recv().await {
+        let kind = match &ev {
+            PolicyEvent::Activated { .. } => "policy.activated",
+            PolicyEvent::Refused { source, reason } => {
+                tracing::warn!(%source, %reason, "policy pack refused");
+                "policy.refused"
+            }
+        };
+        let body = match serde_json::to_value(&ev) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode policy event");
+                continue;
+            }
+        };
+        if let Err(e) = recorder.policy_event(kind, body).await {
+            tracing::error!(error = %e, kind, "could not record policy event in the ledger");
+        }
+    }
 }
 
 async fn serve(

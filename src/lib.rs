@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod ledger;
 pub mod policy;
+pub mod recorder;
 pub mod registry;
 pub mod store;
 pub mod telemetry;

@@ -4,14 +4,19 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
+use crate::policy::AgentRef;
 use crate::registry::{self, Manifest};
 use crate::store::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -28,6 +33,96 @@ struct Registered {
     version: i64,
     signature: String,
     signature_key_id: String,
+    lineage_id: String,
+}
+
+fn registration_entry(
+    agent_id: &str,
+    version: i64,
+    manifest: &impl Serialize,
+    manifest_hash: &str,
+    signature: &str,
+    key_id: &str,
+) -> Value {
+    serde_json::json!({
+        "agentId": agent_id,
+        "version": version,
+        "manifest": manifest,
+        "manifestHash": manifest_hash,
+        "signature": signature,
+        "signatureKeyId": key_id,
+    })
+}
+
+/// Records in the ledger every registered version that is not there yet (a crash between the store write and
+/// the ledger append). Runs at startup.
+pub async fn reconcile_registrations(s: &SharedState) -> anyhow::Result<()> {
+    for (tenant, agent_id, v) in s.store.agent_versions_without_lineage().await? {
+        let manifest: Value = serde_json::from_str(&v.manifest)?;
+        let body = registration_entry(
+            &agent_id,
+            v.version,
+            &manifest,
+            &v.manifest_hash,
+            &v.signature,
+            &v.key_id,
+        );
+        let rec = s.recorder.agent_registered(&tenant, body).await?;
+        s.store
+            .set_agent_version_lineage(&tenant, &agent_id, v.version, &rec.lineage_id)
+            .await?;
+        tracing::warn!(%tenant, %agent_id, version = v.version, "recorded a registration missing from the ledger");
+    }
+    Ok(())
+}
+
+/// How long a cached agent is trusted before it is read again (another replica may have registered a version).
+const AGENT_TTL: Duration = Duration::from_secs(5);
+
+/// Agents by (tenant, agent id) for the decision hot path, so a decision does not pay a store read.
+#[derive(Default)]
+pub struct AgentCache {
+    map: RwLock<HashMap<(Arc<str>, Box<str>), (Arc<AgentRef>, Instant)>>,
+}
+
+impl AgentCache {
+    /// The agent's latest version, from cache or store; `not_found` for an unknown id.
+    pub async fn get(&self, s: &SharedState, tenant: &Arc<str>, agent_id: &str) -> ApiResult<Arc<AgentRef>> {
+        let key = (tenant.clone(), Box::<str>::from(agent_id));
+        if let Some((a, at)) = self.map.read().get(&key)
+            && at.elapsed() < AGENT_TTL
+        {
+            return Ok(a.clone());
+        }
+        let rec = s
+            .store
+            .get_agent(tenant, agent_id)
+            .await
+            .map_err(ApiError::unavailable)?
+            .ok_or_else(|| ApiError::not_found(format!("unknown agentId '{agent_id}'")))?;
+        let latest = rec
+            .latest()
+            .ok_or_else(|| ApiError::internal("agent without versions"))?;
+        let a = Arc::new(AgentRef {
+            id: rec.agent_id.clone(),
+            name: rec.name.clone(),
+            version: Some(latest.version.to_string()),
+            manifest_hash: Some(latest.manifest_hash.clone()),
+        });
+        let mut map = self.map.write();
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(key, (a.clone(), Instant::now()));
+        Ok(a)
+    }
+
+    /// Drops a cached agent (after a new version is registered here).
+    pub fn forget(&self, tenant: &Arc<str>, agent_id: &str) {
+        self.map
+            .write()
+            .remove(&(tenant.clone(), Box::<str>::from(agent_id)));
+    }
 }
 
 async fn register(
@@ -66,6 +161,24 @@ async fn register(
         ))),
         RegisterOutcome::Created { agent_id, version } => {
             tracing::info!(tenant = %caller.tenant, agent_id, version, "agent registered");
+            s.agents.forget(&caller.tenant, &agent_id);
+            let body = registration_entry(
+                &agent_id,
+                version,
+                &manifest,
+                &manifest_hash,
+                &signature,
+                &s.registry_key.key_id(),
+            );
+            let rec = s
+                .recorder
+                .agent_registered(&caller.tenant, body)
+                .await
+                .map_err(ApiError::unavailable)?;
+            s.store
+                .set_agent_version_lineage(&caller.tenant, &agent_id, version, &rec.lineage_id)
+                .await
+                .map_err(ApiError::unavailable)?;
             Ok((
                 StatusCode::CREATED,
                 Json(Registered {
@@ -75,6 +188,7 @@ async fn register(
                     version,
                     signature,
                     signature_key_id: s.registry_key.key_id(),
+                    lineage_id: rec.lineage_id,
                 }),
             ))
         }

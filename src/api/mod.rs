@@ -4,17 +4,23 @@
 
 mod agents;
 pub mod auth;
+mod decisions;
 mod error;
 mod health;
 mod idempotency;
 mod json;
+mod ledger;
+mod policies;
 pub mod ratelimit;
 mod request_id;
 
+pub use agents::{AgentCache, reconcile_registrations};
 pub use error::{ApiError, ApiResult, Code};
 
 use crate::auth::Authenticator;
 use crate::auth::keys::KeyFile;
+use crate::policy::PolicyManager;
+use crate::recorder::Recorder;
 use crate::store::Store;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -36,6 +42,12 @@ pub struct AppState {
     pub registry_key: KeyFile,
     /// When the server started.
     pub started: Instant,
+    /// Writes the ledger and its index.
+    pub recorder: Recorder,
+    /// The active policy set.
+    pub policy: Arc<PolicyManager>,
+    /// Agents by (tenant, id), for the decision hot path.
+    pub agents: AgentCache,
 }
 
 /// Shared state handle.
@@ -45,6 +57,9 @@ pub type SharedState = Arc<AppState>;
 pub fn router(state: SharedState) -> Router {
     let v1 = Router::new()
         .merge(agents::routes())
+        .merge(decisions::routes())
+        .merge(ledger::routes())
+        .merge(policies::routes())
         .layer(from_fn_with_state(state.clone(), idempotency::layer))
         .layer(from_fn_with_state(state.clone(), ratelimit::layer))
         .layer(from_fn_with_state(state.clone(), auth::layer));

@@ -149,8 +149,8 @@ fn resolve_key(key: &str) -> anyhow::Result<String> {
 /// Runs `kla verify BUNDLE --key PUB`: prints each check; exit 1 naming the failing
 /// entry if anything does not verify.
 pub fn run_verify_bundle(args: VerifyBundleArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.bundle)
-        .with_context(|| format!("reading bundle {}", args.bundle.display()))?;
+    let bytes =
+        std::fs::read(&args.bundle).with_context(|| format!("reading bundle {}", args.bundle.display()))?;
     let vkey = resolve_key(&args.key)?;
     let mut out = std::io::stdout().lock();
     report_bundle(&mut out, &bytes, &vkey)
@@ -221,10 +221,7 @@ mod tests {
         assert_eq!(ledger::verifier_key_for_dir(&dir).expect("vkey"), vkey);
         let key_file = tmp.path().join("ledger.pub");
         std::fs::write(&key_file, format!("{vkey}\n")).expect("write");
-        assert_eq!(
-            resolve_key(key_file.to_str().expect("path")).expect("key"),
-            vkey
-        );
+        assert_eq!(resolve_key(key_file.to_str().expect("path")).expect("key"), vkey);
         assert_eq!(resolve_key(&vkey).expect("key"), vkey);
 
         let bytes = serde_json::to_vec(&bundle).expect("json");

@@ -23,6 +23,12 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print a signed API token for a tenant and role.
     Token(token::TokenArgs),
+    /// Policy packs: keygen, sign, verify, test, eval.
+    Pack(pack::PackArgs),
+    /// The local ledger: verify it whole, print its verifier key.
+    Ledger(ledger::LedgerArgs),
+    /// Check an evidence bundle offline against the ledger's verifier key.
+    Verify(ledger::VerifyBundleArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -30,5 +36,8 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(a) => serve::run(*a),
         Command::Token(a) => token::run(a),
+        Command::Pack(a) => pack::run(a),
+        Command::Ledger(a) => ledger::run_ledger(a),
+        Command::Verify(a) => ledger::run_verify_bundle(a),
     }
 }

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use crate::policy::{
-    CompiledPack, EvalInput, PackFiles, PackSigner, PolicySet, TrustedKey, VerifiedPack,
-    run_suites, sign_pack_dir, verify_pack,
+    CompiledPack, EvalInput, PackFiles, PackSigner, PolicySet, TrustedKey, VerifiedPack, run_suites,
+    sign_pack_dir, verify_pack,
 };
 
 /// `kla pack <subcommand>`.
@@ -119,8 +119,8 @@ pub fn run_keygen(args: &KeygenArgs, out: &mut dyn std::io::Write) -> anyhow::Re
 /// `kla pack sign`.
 pub fn run_sign(args: &SignArgs, out: &mut dyn std::io::Write) -> anyhow::Result<ExitCode> {
     let signer = PackSigner::read(&args.key)?;
-    let digest = sign_pack_dir(&args.dir, &signer)
-        .with_context(|| format!("signing {}", args.dir.display()))?;
+    let digest =
+        sign_pack_dir(&args.dir, &signer).with_context(|| format!("signing {}", args.dir.display()))?;
     writeln!(
         out,
         "signed {} with key {} (manifest sha256 {digest})",
@@ -192,11 +192,7 @@ pub fn run_test(args: &TestArgs, out: &mut dyn std::io::Write) -> anyhow::Result
         failed
     )?;
     if report.cases.is_empty() {
-        writeln!(
-            out,
-            "no test cases found under {}/tests/",
-            args.dir.display()
-        )?;
+        writeln!(out, "no test cases found under {}/tests/", args.dir.display())?;
         return Ok(ExitCode::FAILURE);
     }
     Ok(if failed == 0 {
@@ -212,8 +208,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut dyn std::io::Write) -> anyhow::Result
     let text = if args.input.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
-        std::fs::read_to_string(&args.input)
-            .with_context(|| format!("reading {}", args.input.display()))?
+        std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?
     };
     let input: EvalInput = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a valid input document", args.input.display()))?;
@@ -241,10 +236,7 @@ mod tests {
         };
         assert_eq!(run_test(&args, &mut out).unwrap(), ExitCode::SUCCESS);
         let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.contains(" 0 failed") && !text.contains("FAIL "),
-            "{text}"
-        );
+        assert!(text.contains(" 0 failed") && !text.contains("FAIL "), "{text}");
     }
 
     #[test]
@@ -330,10 +322,7 @@ mod tests {
         assert_eq!(run_eval(&eval, &mut json).unwrap(), ExitCode::SUCCESS);
         let decision: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(decision["outcome"], "require_approval");
-        assert_eq!(
-            decision["matchedRules"][0]["approval"]["timeoutSeconds"],
-            900
-        );
+        assert_eq!(decision["matchedRules"][0]["approval"]["timeoutSeconds"], 900);
         assert_eq!(run_verify(&verify, &mut out).unwrap(), ExitCode::FAILURE);
     }
 }

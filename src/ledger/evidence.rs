@@ -80,9 +80,7 @@ impl Ledger {
     pub async fn build_evidence(&self, indices: &[u64]) -> Result<EvidenceBundle, LedgerError> {
         let size = self.size();
         if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
-            return Err(LedgerError::NotFound(format!(
-                "no entry {bad} (log size {size})"
-            )));
+            return Err(LedgerError::NotFound(format!("no entry {bad} (log size {size})")));
         }
         let max = indices.iter().copied().max();
         let cp = match self.latest_checkpoint() {
@@ -128,8 +126,8 @@ fn fail(reason: impl Into<String>) -> LedgerError {
 /// the first failing entry (index and lineage id).
 pub fn verify_bundle(bundle_bytes: &[u8], vkey: &str) -> Result<VerifyReport, LedgerError> {
     let mut checks = Vec::new();
-    let b: EvidenceBundle = serde_json::from_slice(bundle_bytes)
-        .map_err(|e| fail(format!("not a kla evidence bundle: {e}")))?;
+    let b: EvidenceBundle =
+        serde_json::from_slice(bundle_bytes).map_err(|e| fail(format!("not a kla evidence bundle: {e}")))?;
     if b.format != BUNDLE_FORMAT {
         return Err(fail(format!("unsupported format {:?}", b.format)));
     }
@@ -185,8 +183,7 @@ pub fn verify_bundle(bundle_bytes: &[u8], vkey: &str) -> Result<VerifyReport, Le
             .ok_or_else(|| at("inclusion proof holds a malformed hash".to_owned()))?;
         tree::verify_inclusion(e.ledger_index, cp.size, &leaf, &proof, &cp.root)
             .map_err(|err| at(format!("inclusion proof: {err}")))?;
-        let decoded =
-            Entry::decode(e.entry.as_bytes()).map_err(|err| at(format!("entry: {err}")))?;
+        let decoded = Entry::decode(e.entry.as_bytes()).map_err(|err| at(format!("entry: {err}")))?;
         if decoded.lineage_id != e.lineage_id {
             return Err(at(format!(
                 "entry's lineageId is {}, bundle says {}",

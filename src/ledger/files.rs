@@ -171,9 +171,7 @@ impl Store {
         if size <= *synced {
             return Ok(());
         }
-        self.offsets
-            .sync_data()
-            .map_err(io_err("fdatasync offsets"))?;
+        self.offsets.sync_data().map_err(io_err("fdatasync offsets"))?;
         let levels: Vec<Arc<File>> = self.levels.read().clone();
         for f in levels {
             f.sync_data().map_err(io_err("fdatasync node level"))?;
@@ -185,9 +183,7 @@ impl Store {
 
     /// Sets the marker to exactly `size` (used by recovery after rebuilding).
     fn force_marker(&self, size: u64) -> Result<(), LedgerError> {
-        self.offsets
-            .sync_data()
-            .map_err(io_err("fdatasync offsets"))?;
+        self.offsets.sync_data().map_err(io_err("fdatasync offsets"))?;
         let levels: Vec<Arc<File>> = self.levels.read().clone();
         for f in levels {
             f.sync_data().map_err(io_err("fdatasync node level"))?;
@@ -217,9 +213,7 @@ impl NodeSource for StoreView<'_> {
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
         if level >= 64 || index >= self.size >> level {
-            return Err(LedgerError::NotFound(format!(
-                "node level {level} index {index}"
-            )));
+            return Err(LedgerError::NotFound(format!("node level {level} index {index}")));
         }
         self.store.node(level, index)
     }
@@ -282,11 +276,7 @@ impl Appender {
 
     /// Appends a batch durably: write records, fdatasync the entries file, then write
     /// derived data. Returns the index of the first entry.
-    pub(crate) fn append_batch(
-        &mut self,
-        store: &Store,
-        batch: &[Vec<u8>],
-    ) -> Result<u64, LedgerError> {
+    pub(crate) fn append_batch(&mut self, store: &Store, batch: &[Vec<u8>]) -> Result<u64, LedgerError> {
         let first = self.frontier.size();
         self.records.clear();
         for e in batch {
@@ -303,10 +293,7 @@ impl Appender {
                 .entries
                 .write_all_at(&self.records, self.end_offset)
                 .map_err(io_err("write entries"))?;
-            store
-                .entries
-                .sync_data()
-                .map_err(io_err("fdatasync entries"))?;
+            store.entries.sync_data().map_err(io_err("fdatasync entries"))?;
             self.flush_derived(store)
         })();
         self.end_offset += self.records.len() as u64;
@@ -547,9 +534,7 @@ pub(crate) fn open_store(
                 if repair != RepairMode::Truncate {
                     return Err(LedgerError::Corrupt {
                         index,
-                        detail: format!(
-                            "{detail} in the tail; open with repair mode truncate to cut it off"
-                        ),
+                        detail: format!("{detail} in the tail; open with repair mode truncate to cut it off"),
                     });
                 }
                 tracing::warn!(
@@ -568,17 +553,12 @@ pub(crate) fn open_store(
     if index < checkpoint_size {
         return Err(LedgerError::Corrupt {
             index,
-            detail: format!(
-                "log has {index} entries but the signed checkpoint covers {checkpoint_size}"
-            ),
+            detail: format!("log has {index} entries but the signed checkpoint covers {checkpoint_size}"),
         });
     }
     // Trim derived files to the recovered size and mark them durable.
     let size = index;
-    store
-        .offsets
-        .set_len(size * 8)
-        .map_err(io_err("trim offsets"))?;
+    store.offsets.set_len(size * 8).map_err(io_err("trim offsets"))?;
     for l in 0..MAX_LEVELS {
         if !dir.join(level_name(l)).exists() {
             break;
@@ -599,10 +579,7 @@ pub(crate) fn open_store(
 }
 
 fn cut(store: &Store, pos: u64) -> Result<(), LedgerError> {
-    store
-        .entries
-        .set_len(pos)
-        .map_err(io_err("truncate entries"))?;
+    store.entries.set_len(pos).map_err(io_err("truncate entries"))?;
     store.entries.sync_all().map_err(io_err("fsync entries"))
 }
 
@@ -639,8 +616,8 @@ pub(crate) fn verify_all(
             Err(e) => Err(LedgerError::io(format!("open {name}"))(e)),
         }
     };
-    let entries = open(ENTRIES)?
-        .ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
+    let entries =
+        open(ENTRIES)?.ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
     let total = entries.metadata().map_err(io_err("stat"))?.len();
     let mut r = BufReader::with_capacity(4 << 20, entries);
     let mut offsets = match open(OFFSETS)? {
@@ -675,8 +652,7 @@ pub(crate) fn verify_all(
             if frontier.root() != root {
                 return Err(LedgerError::Corrupt {
                     index: size.saturating_sub(1),
-                    detail: "root at the signed checkpoint size differs from the checkpoint"
-                        .to_owned(),
+                    detail: "root at the signed checkpoint size differs from the checkpoint".to_owned(),
                 });
             }
             cp_checked = Some(size);

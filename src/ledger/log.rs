@@ -127,8 +127,7 @@ fn load_or_create_key(dir: &Path) -> Result<SigningKey, LedgerError> {
 }
 
 fn read_origin(dir: &Path) -> Result<Option<String>, LedgerError> {
-    Ok(files::read_optional(dir, files::ORIGIN)?
-        .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned()))
+    Ok(files::read_optional(dir, files::ORIGIN)?.map(|b| String::from_utf8_lossy(&b).trim_end().to_owned()))
 }
 
 fn load_checkpoint(
@@ -143,11 +142,10 @@ fn load_checkpoint(
         index: 0,
         detail: "checkpoint file is not UTF-8".into(),
     })?;
-    let cp =
-        SignedCheckpoint::parse_verified(&text, verifier).map_err(|e| LedgerError::Corrupt {
-            index: 0,
-            detail: format!("stored checkpoint does not verify with the ledger key: {e}"),
-        })?;
+    let cp = SignedCheckpoint::parse_verified(&text, verifier).map_err(|e| LedgerError::Corrupt {
+        index: 0,
+        detail: format!("stored checkpoint does not verify with the ledger key: {e}"),
+    })?;
     if cp.origin != origin {
         return Err(LedgerError::Config(format!(
             "stored checkpoint origin {:?} differs from configured origin {origin:?}",
@@ -159,8 +157,8 @@ fn load_checkpoint(
 
 /// The verifier key string of the ledger in `dir` (no files are created).
 pub fn verifier_key_for_dir(dir: &Path) -> Result<String, LedgerError> {
-    let origin = read_origin(dir)?
-        .ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
+    let origin =
+        read_origin(dir)?.ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
     let pem = files::read_optional(dir, files::KEY)?
         .ok_or_else(|| LedgerError::Key(format!("no key in {}", dir.display())))?;
     let pem = String::from_utf8(pem).map_err(|_| LedgerError::Key("not UTF-8".into()))?;
@@ -181,11 +179,7 @@ pub fn verify_ledger_dir(
     files::verify_all(dir, cp.map(|c| (c.size, c.root)), progress)
 }
 
-fn writer_loop(
-    shared: Arc<Shared>,
-    mut appender: Appender,
-    mut rx: mpsc::Receiver<(Vec<u8>, Ack)>,
-) {
+fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut poisoned: Option<String> = None;
@@ -244,10 +238,8 @@ impl Ledger {
     /// Cost is O(entries after the latest checkpoint), not O(log size).
     pub fn open(cfg: LedgerConfig) -> Result<Ledger, LedgerError> {
         let dir = cfg.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(LedgerError::io(format!(
-            "create ledger dir {}",
-            dir.display()
-        )))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(LedgerError::io(format!("create ledger dir {}", dir.display())))?;
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -267,9 +259,7 @@ impl Ledger {
                 )));
             }
             Some(_) => {}
-            None => {
-                files::write_atomic(&dir, files::ORIGIN, format!("{}\n", cfg.origin).as_bytes())?
-            }
+            None => files::write_atomic(&dir, files::ORIGIN, format!("{}\n", cfg.origin).as_bytes())?,
         }
         let signer = NoteSigner::new(&cfg.origin, load_or_create_key(&dir)?)?;
         let checkpoint = load_checkpoint(&dir, signer.verifier(), &cfg.origin)?;
@@ -373,9 +363,7 @@ impl Ledger {
                 "at most {MAX_ENTRIES_PER_READ} entries per read"
             )));
         }
-        (start..end)
-            .map(|i| self.inner.shared.store.record(i))
-            .collect()
+        (start..end).map(|i| self.inner.shared.store.record(i)).collect()
     }
 
     /// The stored RFC 6962 leaf hash of entry `index`.

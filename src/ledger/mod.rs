@@ -18,9 +18,7 @@ pub mod tree;
 
 pub use entry::{Entry, new_lineage_id};
 pub use evidence::{EvidenceBundle, VerifyReport, verify_bundle};
-pub use log::{
-    Ledger, LedgerConfig, RepairMode, VerifySummary, verifier_key_for_dir, verify_ledger_dir,
-};
+pub use log::{Ledger, LedgerConfig, RepairMode, VerifySummary, verifier_key_for_dir, verify_ledger_dir};
 pub use note::SignedCheckpoint;
 pub use tree::Hash;
 

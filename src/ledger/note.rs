@@ -59,8 +59,7 @@ impl NoteVerifier {
     pub fn parse(vkey: &str) -> Result<Self, LedgerError> {
         let vkey = vkey.trim();
         let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("verifier key must be <name>+<hex id>+<base64 key>"));
         };
         if !valid_key_name(name) {
@@ -74,9 +73,7 @@ impl NoteVerifier {
         let raw = B64
             .decode(key_b64)
             .map_err(|_| bad("verifier key is not base64"))?;
-        let (alg, pk) = raw
-            .split_first()
-            .ok_or_else(|| bad("verifier key is empty"))?;
+        let (alg, pk) = raw.split_first().ok_or_else(|| bad("verifier key is empty"))?;
         if *alg != ALG_ED25519 {
             return Err(bad("verifier key is not an Ed25519 key"));
         }
@@ -138,8 +135,8 @@ impl NoteVerifier {
             if name != self.name || sig[..4] != self.id {
                 continue;
             }
-            let sig = Signature::from_slice(&sig[4..])
-                .map_err(|_| bad("note signature has the wrong length"))?;
+            let sig =
+                Signature::from_slice(&sig[4..]).map_err(|_| bad("note signature has the wrong length"))?;
             self.key
                 .verify(body.as_bytes(), &sig)
                 .map_err(|_| bad("note signature does not verify"))?;
@@ -177,11 +174,7 @@ impl NoteSigner {
         let sig = self.key.sign(body.as_bytes());
         let mut raw = self.verifier.id.to_vec();
         raw.extend_from_slice(&sig.to_bytes());
-        format!(
-            "{body}\n{SIG_PREFIX}{} {}\n",
-            self.verifier.name,
-            B64.encode(raw)
-        )
+        format!("{body}\n{SIG_PREFIX}{} {}\n", self.verifier.name, B64.encode(raw))
     }
 
     /// Signs a checkpoint for `(size, root)` under `origin`.
@@ -222,9 +215,7 @@ impl SignedCheckpoint {
             .next()
             .filter(|o| !o.is_empty())
             .ok_or_else(|| bad("checkpoint has no origin"))?;
-        let size_s = lines
-            .next()
-            .ok_or_else(|| bad("checkpoint has no tree size"))?;
+        let size_s = lines.next().ok_or_else(|| bad("checkpoint has no tree size"))?;
         if size_s.is_empty()
             || !size_s.bytes().all(|b| b.is_ascii_digit())
             || (size_s.len() > 1 && size_s.starts_with('0'))
@@ -283,8 +274,7 @@ mod tests {
         let raw = B64.decode(b64).expect("b64");
         assert_eq!(raw[..4], s.verifier().key_id());
         let pk = s.key.verifying_key().to_bytes();
-        let ring_key =
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk.as_slice());
+        let ring_key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk.as_slice());
         let signed = format!("{body}\n");
         ring_key
             .verify(signed.as_bytes(), &raw[4..])
@@ -316,8 +306,7 @@ mod tests {
         let other = NoteVerifier::new("other.example/log", s.key.verifying_key()).expect("v");
         assert!(SignedCheckpoint::parse_verified(cp.text(), &other).is_err());
         // a different key under the same name
-        let k2 = NoteSigner::new("kla.local/ledger", SigningKey::from_bytes(&[8u8; 32]))
-            .expect("signer");
+        let k2 = NoteSigner::new("kla.local/ledger", SigningKey::from_bytes(&[8u8; 32])).expect("signer");
         assert!(SignedCheckpoint::parse_verified(cp.text(), k2.verifier()).is_err());
         // a vkey whose id does not match
         let vkey = v.to_vkey();

@@ -173,12 +173,7 @@ pub fn verify_inclusion(
 }
 
 /// Recomputes the root implied by an inclusion proof (strict about its shape).
-fn root_from_inclusion(
-    index: u64,
-    size: u64,
-    leaf: &Hash,
-    proof: &[Hash],
-) -> Result<Hash, LedgerError> {
+fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash]) -> Result<Hash, LedgerError> {
     if index >= size {
         return Err(bad("leaf index is not below tree size"));
     }

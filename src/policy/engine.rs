@@ -28,8 +28,8 @@ use super::PolicyError;
 use super::pack::{PackSpec, RuleSpec, parse_pack};
 use super::signing::VerifiedPack;
 use super::types::{
-    DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, Outcome, POLICY_ERROR,
-    POLICY_UNAVAILABLE, PackRef,
+    DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, Outcome, POLICY_ERROR, POLICY_UNAVAILABLE,
+    PackRef,
 };
 
 /// Default evaluation deadline.
@@ -55,9 +55,7 @@ impl AgentMatcher {
     fn matches(&self, id: &str, name: &str) -> bool {
         match self {
             AgentMatcher::Any => true,
-            AgentMatcher::Globs(set) => {
-                set.is_match(id) || (!name.is_empty() && set.is_match(name))
-            }
+            AgentMatcher::Globs(set) => set.is_match(id) || (!name.is_empty() && set.is_match(name)),
         }
     }
 }
@@ -103,8 +101,7 @@ impl ActionIndex {
                 } else if is_literal(pat) {
                     index.exact.entry(pat.clone()).or_default().push(i);
                 } else {
-                    let glob =
-                        Glob::new(pat).map_err(|e| rule.error(format!("bad glob {pat:?}: {e}")))?;
+                    let glob = Glob::new(pat).map_err(|e| rule.error(format!("bad glob {pat:?}: {e}")))?;
                     builder.add(glob);
                     index.glob_rules.push(i);
                 }
@@ -130,11 +127,7 @@ impl ActionIndex {
         }
         if let Some(globs) = &self.globs {
             globs.matches_into(action, scratch);
-            out.extend(
-                scratch
-                    .iter()
-                    .filter_map(|&g| self.glob_rules.get(g).copied()),
-            );
+            out.extend(scratch.iter().filter_map(|&g| self.glob_rules.get(g).copied()));
         }
         out.sort_unstable();
         out.dedup();
@@ -277,9 +270,7 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
             rule.when.join(" ; ")
         ))
     };
-    engine
-        .add_policy(format!("{}#when", rule.id), src)
-        .map_err(bad)?;
+    engine.add_policy(format!("{}#when", rule.id), src).map_err(bad)?;
     let entry: regorus::Rc<str> = WHEN_ENTRY.into();
     let compiled = engine.compile_with_entrypoint(&entry).map_err(bad)?;
     Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
@@ -493,8 +484,7 @@ impl PolicySet {
                         match serde_json::to_value(input) {
                             Ok(v) => rego_input = Some(regorus::Value::from(v)),
                             Err(e) => {
-                                return self
-                                    .fail(POLICY_ERROR, format!("cannot encode input: {e}"));
+                                return self.fail(POLICY_ERROR, format!("cannot encode input: {e}"));
                             }
                         }
                     }
@@ -525,10 +515,7 @@ impl PolicySet {
                             };
                             return self.fail(
                                 POLICY_ERROR,
-                                format!(
-                                    "{what} in pack {} rule {}: {e}",
-                                    pack.pack_ref.name, rule.id
-                                ),
+                                format!("{what} in pack {} rule {}: {e}", pack.pack_ref.name, rule.id),
                             );
                         }
                     }

@@ -214,9 +214,7 @@ impl PolicyManager {
                         Ok(pack) => {
                             let prev = state.last_good.get(&dir);
                             let loaded_at = match prev {
-                                Some(p) if p.status.digest == pack.pack_ref().digest => {
-                                    p.status.loaded_at
-                                }
+                                Some(p) if p.status.digest == pack.pack_ref().digest => p.status.loaded_at,
                                 _ => now,
                             };
                             let status = status_of(&pack, &dir, loaded_at);
@@ -372,10 +370,7 @@ impl PolicyManager {
     }
 }
 
-fn poll_watcher<F: notify::EventHandler>(
-    dir: &Path,
-    handler: F,
-) -> Result<notify::PollWatcher, PolicyError> {
+fn poll_watcher<F: notify::EventHandler>(dir: &Path, handler: F) -> Result<notify::PollWatcher, PolicyError> {
     use notify::Watcher;
     let to_err = |e: notify::Error| PolicyError::Io {
         path: dir.display().to_string(),
@@ -386,8 +381,7 @@ fn poll_watcher<F: notify::EventHandler>(
         notify::Config::default().with_poll_interval(Duration::from_secs(2)),
     )
     .map_err(to_err)?;
-    w.watch(dir, notify::RecursiveMode::Recursive)
-        .map_err(to_err)?;
+    w.watch(dir, notify::RecursiveMode::Recursive).map_err(to_err)?;
     Ok(w)
 }
 

@@ -24,15 +24,13 @@ mod tests;
 use std::path::Path;
 
 pub use engine::{CompiledPack, DEFAULT_DEADLINE, MAX_DEADLINE, PolicySet};
-pub use manager::{
-    PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle,
-};
+pub use manager::{PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle};
 pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
 pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_pack_dir, verify_pack};
 pub use suite::{CaseResult, SuiteReport, run_suites};
 pub use types::{
-    AgentRef, ApprovalSpec, DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, OnTimeout,
-    Outcome, POLICY_ERROR, POLICY_UNAVAILABLE, PackRef,
+    AgentRef, ApprovalSpec, DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, OnTimeout, Outcome,
+    POLICY_ERROR, POLICY_UNAVAILABLE, PackRef,
 };
 
 /// Everything that can go wrong in the policy module. Each variant says who is at fault.

@@ -53,8 +53,8 @@ impl PackFiles {
                 };
                 let rel_child = rel.join(name);
                 let abs_child = dir.join(&rel_child);
-                let meta = std::fs::symlink_metadata(&abs_child)
-                    .map_err(|e| PolicyError::io(&abs_child, e))?;
+                let meta =
+                    std::fs::symlink_metadata(&abs_child).map_err(|e| PolicyError::io(&abs_child, e))?;
                 if meta.file_type().is_symlink() {
                     return Err(PolicyError::invalid(
                         abs_child.display().to_string(),
@@ -78,8 +78,7 @@ impl PackFiles {
                         format!("file is larger than {MAX_FILE_BYTES} bytes"),
                     ));
                 }
-                let bytes =
-                    std::fs::read(&abs_child).map_err(|e| PolicyError::io(&abs_child, e))?;
+                let bytes = std::fs::read(&abs_child).map_err(|e| PolicyError::io(&abs_child, e))?;
                 let key = rel_key(&rel_child);
                 if key == SIGNATURE_FILE {
                     signature = Some(bytes);
@@ -113,9 +112,10 @@ impl PackFiles {
     }
 
     fn text(&self, rel: &str) -> Result<&str, PolicyError> {
-        let bytes = self.files.get(rel).ok_or_else(|| {
-            PolicyError::invalid(self.display(rel), None, None, "file is missing")
-        })?;
+        let bytes = self
+            .files
+            .get(rel)
+            .ok_or_else(|| PolicyError::invalid(self.display(rel), None, None, "file is missing"))?;
         std::str::from_utf8(bytes)
             .map_err(|_| PolicyError::invalid(self.display(rel), None, None, "not valid UTF-8"))
     }
@@ -332,10 +332,7 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
 }
 
 /// Deserialises YAML, turning errors into `file:line: near rule 'x': message`.
-pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
-    file: &str,
-    text: &str,
-) -> Result<T, PolicyError> {
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, PolicyError> {
     serde_yaml::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let rule = line.and_then(|l| rule_near_line(text, l));
@@ -345,8 +342,7 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
 
 fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, PolicyError> {
     let line = find_rule_line(text, &doc.id);
-    let fail =
-        |reason: String| PolicyError::invalid(file.to_string(), line, Some(doc.id.clone()), reason);
+    let fail = |reason: String| PolicyError::invalid(file.to_string(), line, Some(doc.id.clone()), reason);
     if doc.id.trim().is_empty() || doc.id.chars().any(char::is_whitespace) {
         return Err(fail(format!(
             "rule id {:?} must be non-empty without whitespace",
@@ -358,8 +354,7 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
         None => Vec::new(),
         Some(a) if a.is_empty() => {
             return Err(fail(
-                "match.actions is empty and would never match; omit it to match every action"
-                    .into(),
+                "match.actions is empty and would never match; omit it to match every action".into(),
             ));
         }
         Some(a) => a,
@@ -395,9 +390,7 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
     {
-        return Err(fail(format!(
-            "reasonCode {reason_code:?} must match [A-Z0-9_]+"
-        )));
+        return Err(fail(format!("reasonCode {reason_code:?} must match [A-Z0-9_]+")));
     }
     let approval = match doc.approval {
         None => None,

@@ -132,9 +132,7 @@ impl PackSigner {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts
-            .open(private)
-            .map_err(|e| PolicyError::io(private, e))?;
+        let mut f = opts.open(private).map_err(|e| PolicyError::io(private, e))?;
         f.write_all(pem.as_bytes())
             .map_err(|e| PolicyError::io(private, e))?;
         let text = format!(
@@ -263,8 +261,8 @@ pub fn verify_pack(files: PackFiles, trusted: &[TrustedKey]) -> Result<VerifiedP
             "pack is unsigned (no {SIGNATURE_FILE}); sign it with `kla pack sign`"
         )));
     };
-    let doc: SignatureDoc = serde_json::from_slice(sig_bytes)
-        .map_err(|e| fail(format!("{SIGNATURE_FILE} is malformed: {e}")))?;
+    let doc: SignatureDoc =
+        serde_json::from_slice(sig_bytes).map_err(|e| fail(format!("{SIGNATURE_FILE} is malformed: {e}")))?;
     if doc.manifest.format != MANIFEST_FORMAT {
         return Err(fail(format!(
             "unsupported manifest format {:?}",
@@ -288,8 +286,7 @@ pub fn verify_pack(files: PackFiles, trusted: &[TrustedKey]) -> Result<VerifiedP
     let sig_raw = B64
         .decode(doc.signature.trim())
         .map_err(|_| fail("signature is not valid base64".into()))?;
-    let signature =
-        Signature::from_slice(&sig_raw).map_err(|_| fail("signature is not 64 bytes".into()))?;
+    let signature = Signature::from_slice(&sig_raw).map_err(|_| fail("signature is not 64 bytes".into()))?;
     let body = canonical(&doc.manifest)?;
     let mut msg = SIGNING_CONTEXT.to_vec();
     msg.extend_from_slice(&body);

@@ -115,13 +115,7 @@ pub fn run_suites(files: &PackFiles, set: &PolicySet) -> Result<SuiteReport, Pol
             }
             if let Some(ids) = case.expect.matched_rules {
                 let want = sorted(ids);
-                let got = sorted(
-                    decision
-                        .matched_rules
-                        .iter()
-                        .map(|m| m.id.clone())
-                        .collect(),
-                );
+                let got = sorted(decision.matched_rules.iter().map(|m| m.id.clone()).collect());
                 if want != got {
                     problems.push(format!("matchedRules: expected {want:?}, got {got:?}"));
                 }

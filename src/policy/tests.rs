@@ -55,10 +55,7 @@ fn unsigned(dir: &Path) -> Result<CompiledPack, PolicyError> {
 }
 
 fn set_of(dirs: &[&Path]) -> PolicySet {
-    let packs = dirs
-        .iter()
-        .map(|d| Arc::new(unsigned(d).unwrap()))
-        .collect();
+    let packs = dirs.iter().map(|d| Arc::new(unsigned(d).unwrap())).collect();
     PolicySet::new(packs, Duration::from_secs(1))
 }
 
@@ -92,21 +89,13 @@ fn repo_path(rel: &str) -> PathBuf {
 fn brief_example_pack_works_as_written() {
     let dir = pack_dir(PAYMENTS, &[]);
     let set = set_of(&[dir.path()]);
-    let d = set.evaluate(&input(
-        "execute_refund",
-        "a",
-        serde_json::json!({"amount": 5000}),
-    ));
+    let d = set.evaluate(&input("execute_refund", "a", serde_json::json!({"amount": 5000})));
     assert_eq!(d.outcome, Outcome::RequireApproval);
     assert_eq!(codes(&d), ["AMOUNT_OVER_THRESHOLD"]);
     let approval = d.matched_rules[0].approval.clone().unwrap();
     assert_eq!(approval.timeout_seconds, 900);
     assert_eq!(approval.on_timeout, OnTimeout::Block);
-    let d = set.evaluate(&input(
-        "execute_refund",
-        "a",
-        serde_json::json!({"amount": 10}),
-    ));
+    let d = set.evaluate(&input("execute_refund", "a", serde_json::json!({"amount": 10})));
     assert_eq!((d.outcome, d.reason_codes.len()), (Outcome::Allow, 0));
     let d = set.evaluate(&act("delete_user"));
     assert_eq!(d.outcome, Outcome::Block);
@@ -200,10 +189,7 @@ fn shadow_rule_and_shadow_pack_never_change_the_answer() {
     // A set of only shadow packs answers allow, even with a block default.
     let only = set_of(&[shadow.path()]);
     let d = only.evaluate(&act("anything"));
-    assert_eq!(
-        (d.outcome, d.would_decide),
-        (Outcome::Allow, Outcome::Block)
-    );
+    assert_eq!((d.outcome, d.would_decide), (Outcome::Allow, Outcome::Block));
 }
 
 #[test]
@@ -220,18 +206,12 @@ fn default_decision_per_pack_max_over_packs() {
     let warn = pack_dir(&pack_yaml("warn", "warn", "enforce", "    []\n"), &[]);
     let set = set_of(&[deny.path()]);
     let d = set.evaluate(&act("write"));
-    assert_eq!(
-        (d.outcome, codes(&d)),
-        (Outcome::Block, vec![DEFAULT_DECISION])
-    );
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Block, vec![DEFAULT_DECISION]));
     let d = set.evaluate(&act("read"));
     assert_eq!((d.outcome, codes(&d)), (Outcome::Allow, vec!["READ_OK"]));
     let both = set_of(&[deny.path(), warn.path()]);
     let d = both.evaluate(&act("read"));
-    assert_eq!(
-        (d.outcome, codes(&d)),
-        (Outcome::Warn, vec![DEFAULT_DECISION])
-    );
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Warn, vec![DEFAULT_DECISION]));
 }
 
 #[test]
@@ -239,10 +219,7 @@ fn globs_over_actions_and_agent_ids_or_names() {
     let rules = "    - {id: g, match: {actions: [\"db.*.drop\", \"rm_?\", \"{get,put}_secret\"], agents: [\"ops-*\"]}, decision: block}\n";
     let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
     let set = set_of(&[dir.path()]);
-    let b = |action: &str, agent: &str| {
-        set.evaluate(&input(action, agent, serde_json::json!({})))
-            .outcome
-    };
+    let b = |action: &str, agent: &str| set.evaluate(&input(action, agent, serde_json::json!({}))).outcome;
     assert_eq!(b("db.users.drop", "ops-1"), Outcome::Block);
     assert_eq!(b("rm_x", "ops-2"), Outcome::Block);
     assert_eq!(b("rm_xy", "ops-2"), Outcome::Allow);
@@ -260,13 +237,11 @@ fn globs_over_actions_and_agent_ids_or_names() {
     );
     let set = set_of(&[by_name.path()]);
     assert_eq!(
-        set.evaluate(&input("x", "bot", serde_json::json!({})))
-            .outcome,
+        set.evaluate(&input("x", "bot", serde_json::json!({}))).outcome,
         Outcome::Warn
     );
     assert_eq!(
-        set.evaluate(&input("x", "other", serde_json::json!({})))
-            .outcome,
+        set.evaluate(&input("x", "other", serde_json::json!({}))).outcome,
         Outcome::Allow
     );
 }
@@ -275,10 +250,7 @@ fn globs_over_actions_and_agent_ids_or_names() {
 fn when_list_means_all_must_hold_and_rego_modules_are_visible() {
     let rules = "    - id: both\n      match: {actions: [pay]}\n      when:\n        - input.context.amount > 10\n        - data.lib.is_vip(input.principal)\n      decision: block\n";
     let lib = "package lib\n\nis_vip(p) if p.tier == \"gold\"\n";
-    let dir = pack_dir(
-        &pack_yaml("p", "allow", "enforce", rules),
-        &[("lib.rego", lib)],
-    );
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[("lib.rego", lib)]);
     let set = set_of(&[dir.path()]);
     let mut i = input("pay", "a", serde_json::json!({"amount": 50}));
     i.principal = serde_json::json!({"tier": "gold"});
@@ -299,12 +271,7 @@ fn refusal(pack: &str, extra: &[(&str, &str)]) -> String {
 fn invalid_packs_are_refused_naming_file_rule_and_line() {
     // Unknown key on a rule (line 9 of the generated pack.yaml).
     let e = refusal(
-        &pack_yaml(
-            "p",
-            "allow",
-            "enforce",
-            "    - id: r1\n      decison: block\n",
-        ),
+        &pack_yaml("p", "allow", "enforce", "    - id: r1\n      decison: block\n"),
         &[],
     );
     assert!(
@@ -351,10 +318,7 @@ fn invalid_packs_are_refused_naming_file_rule_and_line() {
     );
     // Unknown top-level key, bad pack-level Rego module, approval on a non-approval rule.
     let e = refusal(
-        &format!(
-            "{}extra: 1\n",
-            pack_yaml("p", "allow", "enforce", "    []\n")
-        ),
+        &format!("{}extra: 1\n", pack_yaml("p", "allow", "enforce", "    []\n")),
         &[],
     );
     assert!(e.contains("pack.yaml:") && e.contains("extra"), "{e}");
@@ -495,10 +459,7 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
     sign_pack_dir(&a, &signer).unwrap();
     sign_pack_dir(&b, &signer).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let m = PolicyManager::new(
-        PolicyConfig::new(root.path(), vec![signer.public()]),
-        Some(tx),
-    );
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![signer.public()]), Some(tx));
     assert_eq!(m.status().packs.len(), 2);
     assert!(matches!(rx.try_recv().unwrap(), PolicyEvent::Activated { packs } if packs.len() == 2));
     assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
@@ -529,21 +490,13 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
     let st = m.reload();
     assert_eq!(st.packs.len(), 2);
     assert_eq!(st.refused.len(), 1);
-    assert!(
-        st.last_refusal
-            .unwrap()
-            .reason
-            .contains("pack.yaml was changed")
-    );
+    assert!(st.last_refusal.unwrap().reason.contains("pack.yaml was changed"));
     assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
     assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Warn);
     assert!(
         matches!(rx.try_recv().unwrap(), PolicyEvent::Refused { reason, .. } if reason.contains("keeping last good"))
     );
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        PolicyEvent::Activated { .. }
-    ));
+    assert!(matches!(rx.try_recv().unwrap(), PolicyEvent::Activated { .. }));
 
     // Everything refused: the whole last good set stays active.
     write(&a, "pack.yaml", "garbage: [\n");
@@ -555,10 +508,7 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
 #[test]
 fn fail_closed_with_no_pack() {
     let d = PolicySet::empty().evaluate(&act("x"));
-    assert_eq!(
-        (d.outcome, codes(&d)),
-        (Outcome::Block, vec![POLICY_UNAVAILABLE])
-    );
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Block, vec![POLICY_UNAVAILABLE]));
     let root = tempfile::tempdir().unwrap();
     let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![]), None);
     assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
@@ -569,7 +519,8 @@ fn fail_closed_with_no_pack() {
     assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
 }
 
-const SLOW_WHEN: &str = "count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i + j > 0]) > 0";
+const SLOW_WHEN: &str =
+    "count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i + j > 0]) > 0";
 
 #[test]
 fn fail_closed_on_engine_error() {
@@ -589,10 +540,7 @@ fn fail_closed_on_engine_error() {
         "{d:?}"
     );
     let err = d.error.unwrap();
-    assert!(
-        err.contains("evaluation error in pack p rule spin"),
-        "{err}"
-    );
+    assert!(err.contains("evaluation error in pack p rule spin"), "{err}");
     // The same thread's VM is fine afterwards.
     let d = set.evaluate(&input("y", "a", serde_json::json!({"n": 2})));
     assert_eq!(d.outcome, Outcome::Warn);
@@ -600,9 +548,8 @@ fn fail_closed_on_engine_error() {
 
 #[test]
 fn fail_closed_on_deadline_overrun() {
-    let rules = format!(
-        "    - {{id: slow, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n"
-    );
+    let rules =
+        format!("    - {{id: slow, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n");
     let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
     let pack = Arc::new(unsigned(dir.path()).unwrap());
     let set = PolicySet::new(vec![pack.clone()], Duration::from_millis(5));
@@ -666,18 +613,14 @@ mod prop {
     }
 
     fn rule_strategy() -> impl Strategy<Value = R> {
-        (
-            0..PATTERNS.len(),
-            0..OUTCOMES.len(),
-            any::<bool>(),
-            any::<bool>(),
-        )
-            .prop_map(|(pattern, decision, shadow, when)| R {
+        (0..PATTERNS.len(), 0..OUTCOMES.len(), any::<bool>(), any::<bool>()).prop_map(
+            |(pattern, decision, shadow, when)| R {
                 pattern,
                 decision,
                 shadow,
                 when,
-            })
+            },
+        )
     }
 
     fn render(rules: &[R]) -> String {

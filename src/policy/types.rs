@@ -4,9 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A decision outcome. Ordered by restrictiveness: `Allow < Warn < RequireApproval < Block`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The action may proceed.

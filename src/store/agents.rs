@@ -202,12 +202,17 @@ impl Store {
 
 fn load_agents(c: &rusqlite::Connection, tenant: &str, agent_id: Option<&str>) -> Result<Vec<AgentRecord>> {
     // Two statements rather than `(?2 IS NULL OR ...)`, which would stop SQLite from using the primary key.
-    const COLS: &str = "SELECT a.agent_id, a.name, a.created_at, v.version, v.manifest, v.manifest_hash, v.signature,
+    const COLS: &str =
+        "SELECT a.agent_id, a.name, a.created_at, v.version, v.manifest, v.manifest_hash, v.signature,
                 v.key_id, v.registered_at, v.lineage_id
          FROM agents a JOIN agent_versions v ON v.tenant = a.tenant AND v.agent_id = a.agent_id";
     let mut st = match agent_id {
-        Some(_) => c.prepare_cached(&format!("{COLS} WHERE a.tenant = ?1 AND a.agent_id = ?2 ORDER BY v.version"))?,
-        None => c.prepare_cached(&format!("{COLS} WHERE a.tenant = ?1 AND ?2 IS NULL ORDER BY a.name, v.version"))?,
+        Some(_) => c.prepare_cached(&format!(
+            "{COLS} WHERE a.tenant = ?1 AND a.agent_id = ?2 ORDER BY v.version"
+        ))?,
+        None => c.prepare_cached(&format!(
+            "{COLS} WHERE a.tenant = ?1 AND ?2 IS NULL ORDER BY a.name, v.version"
+        ))?,
     };
     let mut out: Vec<AgentRecord> = Vec::new();
     let mut rows = st.query(params![tenant, agent_id])?;

@@ -204,3 +204,17 @@ impl Store {
         .await
     }
 }
+
+impl Store {
+    /// Number of indexed ledger entries and the highest index (a contiguous index has count = max + 1).
+    pub async fn lineage_count_and_max(&self) -> Result<(u64, Option<u64>)> {
+        self.read(|c| {
+            let (n, m): (i64, Option<i64>) =
+                c.query_row("SELECT COUNT(*), MAX(ledger_index) FROM lineage", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            Ok((n as u64, m.map(|m| m as u64)))
+        })
+        .await
+    }
+}

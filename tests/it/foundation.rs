@@ -18,7 +18,10 @@ async fn health_endpoints_need_no_auth() {
     assert!(r.body["sqlite_version"].as_str().unwrap().starts_with("3."));
     assert!(r.body["uptime_sec"].is_u64());
     assert!(r.header("x-request-id").unwrap().starts_with("req_"));
-    assert_eq!(send(s.client.get(format!("{}/healthz", s.base))).await.status, 200);
+    assert_eq!(
+        send(s.client.get(format!("{}/healthz", s.base))).await.status,
+        200
+    );
     let ready = send(s.client.get(format!("{}/readyz", s.base))).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
@@ -26,9 +29,19 @@ async fn health_endpoints_need_no_auth() {
 #[tokio::test]
 async fn request_id_is_echoed_or_generated() {
     let s = Server::start().await;
-    let r = send(s.client.get(format!("{}/healthz", s.base)).header("x-request-id", "abc-123")).await;
+    let r = send(
+        s.client
+            .get(format!("{}/healthz", s.base))
+            .header("x-request-id", "abc-123"),
+    )
+    .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
-    let r = send(s.client.get(format!("{}/healthz", s.base)).header("x-request-id", "bad id!")).await;
+    let r = send(
+        s.client
+            .get(format!("{}/healthz", s.base))
+            .header("x-request-id", "bad id!"),
+    )
+    .await;
     assert_ne!(r.header("x-request-id"), Some("bad id!"));
 }
 
@@ -36,7 +49,12 @@ async fn request_id_is_echoed_or_generated() {
 async fn register_agent_as_in_the_seed() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Agent);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("claims-triage"))).await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&agent_body("claims-triage")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.body["agentId"].as_str().unwrap();
     assert!(id.starts_with("agt_"));
@@ -47,16 +65,27 @@ async fn register_agent_as_in_the_seed() {
     // The hash is SHA-256 over the RFC 8785 canonical manifest.
     let canonical = r#"{"description":"Triages inbound insurance claims","model":"gpt-4.1","name":"claims-triage","temperature":0.2,"tools":["lookup_policy","flag_for_review"]}"#;
     use sha2::Digest;
-    assert_eq!(hash, format!("sha256:{}", hex::encode(sha2::Sha256::digest(canonical))));
+    assert_eq!(
+        hash,
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(canonical)))
+    );
     // The signature verifies with kla's registry key.
     let key = keys::load(&keys::registry_key_path(&s.data_dir)).unwrap();
-    let sig_b64 = r.body["signature"].as_str().unwrap().trim_start_matches("ed25519:");
+    let sig_b64 = r.body["signature"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("ed25519:");
     let sig = base64::engine::general_purpose::STANDARD.decode(sig_b64).unwrap();
     let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
     use ed25519_dalek::Verifier;
-    key.signing.verifying_key().verify(hash.as_bytes(), &sig).expect("manifest signature verifies");
+    key.signing
+        .verifying_key()
+        .verify(hash.as_bytes(), &sig)
+        .expect("manifest signature verifies");
 
-    let one = s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &tok, T)).await;
+    let one = s
+        .send(s.req(Method::GET, &format!("/v1/agents/{id}"), &tok, T))
+        .await;
     assert_eq!(one.status, 200);
     assert_eq!(one.body["name"], "claims-triage");
     assert_eq!(one.body["versions"].as_array().unwrap().len(), 1);
@@ -67,23 +96,31 @@ async fn register_agent_as_in_the_seed() {
 async fn registry_versions_under_a_stable_id() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Admin);
-    let first = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("a1"))).await;
+    let first = s
+        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("a1")))
+        .await;
     assert_eq!(first.status, 201);
-    let again = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("a1"))).await;
+    let again = s
+        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("a1")))
+        .await;
     again.assert_error(409, "conflict");
 
     let mut changed = agent_body("a1");
     changed["model"] = json!("gpt-5");
     changed["endpoint"] = json!("http://127.0.0.1:9/run");
     changed["owner"] = json!("claims-team");
-    let second = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed)).await;
+    let second = s
+        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed))
+        .await;
     assert_eq!(second.status, 201, "{}", second.body);
     assert_eq!(second.body["agentId"], first.body["agentId"]);
     assert_eq!(second.body["version"], 2);
     assert_ne!(second.body["manifestHash"], first.body["manifestHash"]);
 
     let id = first.body["agentId"].as_str().unwrap();
-    let one = s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &tok, T)).await;
+    let one = s
+        .send(s.req(Method::GET, &format!("/v1/agents/{id}"), &tok, T))
+        .await;
     let versions = one.body["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[0]["manifestHash"], first.body["manifestHash"]);
@@ -99,21 +136,40 @@ async fn tenants_are_isolated() {
     let s = Server::start().await;
     let a = s.token("tenant-a", Role::Admin);
     let b = s.token("tenant-b", Role::Admin);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &a, "tenant-a").json(&agent_body("x"))).await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &a, "tenant-a")
+                .json(&agent_body("x")),
+        )
+        .await;
     let id = r.body["agentId"].as_str().unwrap().to_owned();
     // B cannot see A's agent, by id or in a list.
-    s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &b, "tenant-b")).await.assert_error(404, "not_found");
+    s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &b, "tenant-b"))
+        .await
+        .assert_error(404, "not_found");
     let list = s.send(s.req(Method::GET, "/v1/agents", &b, "tenant-b")).await;
     assert_eq!(list.body["agents"], json!([]));
     // B's token naming tenant A is refused.
-    s.send(s.req(Method::GET, "/v1/agents", &b, "tenant-a")).await.assert_error(403, "forbidden");
+    s.send(s.req(Method::GET, "/v1/agents", &b, "tenant-a"))
+        .await
+        .assert_error(403, "forbidden");
     // The same name in B is a different agent.
-    let rb = s.send(s.req(Method::POST, "/v1/agents", &b, "tenant-b").json(&agent_body("x"))).await;
+    let rb = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &b, "tenant-b")
+                .json(&agent_body("x")),
+        )
+        .await;
     assert_eq!(rb.status, 201);
     assert_ne!(rb.body["agentId"], r.body["agentId"]);
     // A token listing both tenants works in both.
     let both = token_for(&s.data_dir, &["tenant-a", "tenant-b"], Role::Auditor);
-    assert_eq!(s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &both, "tenant-a")).await.status, 200);
+    assert_eq!(
+        s.send(s.req(Method::GET, &format!("/v1/agents/{id}"), &both, "tenant-a"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -121,49 +177,135 @@ async fn every_error_code_has_the_seed_shape() {
     let s = Server::start_with(|c| c.body_limit = Some(2048)).await;
     let tok = s.token(T, Role::Admin);
     // 400: malformed JSON, wrong type (names the field), unknown field (names it), missing field, bad value.
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).header("content-type", "application/json").body("{")).await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .header("content-type", "application/json")
+                .body("{"),
+        )
+        .await;
     r.assert_error(400, "invalid_request");
-    assert!(r.body["message"].as_str().unwrap().contains("malformed JSON"), "{}", r.body);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&json!({"name":"a","temperature":"hot"}))).await;
+    assert!(
+        r.body["message"].as_str().unwrap().contains("malformed JSON"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&json!({"name":"a","temperature":"hot"})),
+        )
+        .await;
     r.assert_error(400, "invalid_request");
-    assert!(r.body["message"].as_str().unwrap().contains("'temperature'"), "{}", r.body);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&json!({"name":"a","colour":"red"}))).await;
+    assert!(
+        r.body["message"].as_str().unwrap().contains("'temperature'"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&json!({"name":"a","colour":"red"})),
+        )
+        .await;
     r.assert_error(400, "invalid_request");
-    assert!(r.body["message"].as_str().unwrap().contains("colour"), "{}", r.body);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&json!({"model":"m"}))).await;
+    assert!(
+        r.body["message"].as_str().unwrap().contains("colour"),
+        "{}",
+        r.body
+    );
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&json!({"model":"m"})),
+        )
+        .await;
     r.assert_error(400, "invalid_request");
     assert!(r.body["message"].as_str().unwrap().contains("name"), "{}", r.body);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&json!({"name":"a","tools":["x", 3]}))).await;
-    assert!(r.body["message"].as_str().unwrap().contains("tools[1]"), "{}", r.body);
-    s.send(s.req(Method::GET, "/v1/agents", &tok, "")).await.assert_error(400, "invalid_request");
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&json!({"name":"a","tools":["x", 3]})),
+        )
+        .await;
+    assert!(
+        r.body["message"].as_str().unwrap().contains("tools[1]"),
+        "{}",
+        r.body
+    );
+    s.send(s.req(Method::GET, "/v1/agents", &tok, ""))
+        .await
+        .assert_error(400, "invalid_request");
     // 401: no token, garbage token.
-    send(s.client.get(format!("{}/v1/agents", s.base)).header("x-tenant-id", T)).await.assert_error(401, "unauthorized");
-    s.send(s.req(Method::GET, "/v1/agents", "not.a.jwt", T)).await.assert_error(401, "unauthorized");
+    send(
+        s.client
+            .get(format!("{}/v1/agents", s.base))
+            .header("x-tenant-id", T),
+    )
+    .await
+    .assert_error(401, "unauthorized");
+    s.send(s.req(Method::GET, "/v1/agents", "not.a.jwt", T))
+        .await
+        .assert_error(401, "unauthorized");
     // 403: other tenant; role without permission.
-    s.send(s.req(Method::GET, "/v1/agents", &tok, "other")).await.assert_error(403, "forbidden");
+    s.send(s.req(Method::GET, "/v1/agents", &tok, "other"))
+        .await
+        .assert_error(403, "forbidden");
     let approver = s.token(T, Role::Approver);
-    s.send(s.req(Method::POST, "/v1/agents", &approver, T).json(&agent_body("z"))).await.assert_error(403, "forbidden");
+    s.send(
+        s.req(Method::POST, "/v1/agents", &approver, T)
+            .json(&agent_body("z")),
+    )
+    .await
+    .assert_error(403, "forbidden");
     // 404: unknown route (with and without auth), unknown agent.
-    send(s.client.get(format!("{}/nope", s.base))).await.assert_error(404, "not_found");
-    s.send(s.req(Method::GET, "/v1/nope", &tok, T)).await.assert_error(404, "not_found");
-    s.send(s.req(Method::GET, "/v1/agents/agt_000000000000", &tok, T)).await.assert_error(404, "not_found");
+    send(s.client.get(format!("{}/nope", s.base)))
+        .await
+        .assert_error(404, "not_found");
+    s.send(s.req(Method::GET, "/v1/nope", &tok, T))
+        .await
+        .assert_error(404, "not_found");
+    s.send(s.req(Method::GET, "/v1/agents/agt_000000000000", &tok, T))
+        .await
+        .assert_error(404, "not_found");
     // 405 for a known route with the wrong method.
     let r = s.send(s.req(Method::DELETE, "/v1/agents", &tok, T)).await;
     assert_eq!(r.status, 405);
     // 409: duplicate registration.
-    s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("dup"))).await;
-    s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("dup"))).await.assert_error(409, "conflict");
+    s.send(
+        s.req(Method::POST, "/v1/agents", &tok, T)
+            .json(&agent_body("dup")),
+    )
+    .await;
+    s.send(
+        s.req(Method::POST, "/v1/agents", &tok, T)
+            .json(&agent_body("dup")),
+    )
+    .await
+    .assert_error(409, "conflict");
     // 413: body over the limit (declared and streamed).
     let big = json!({"name":"big","description":"x".repeat(4096)});
-    s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&big)).await.assert_error(413, "payload_too_large");
+    s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&big))
+        .await
+        .assert_error(413, "payload_too_large");
     // 5xx internal_error: a real fault in the real store (a trigger that aborts inserts).
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
-    db.execute_batch("CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END;")
-        .unwrap();
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("faulty"))).await;
+    db.execute_batch(
+        "CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&agent_body("faulty")),
+        )
+        .await;
     assert!(r.status.is_server_error(), "{}", r.body);
     assert_eq!(r.body["code"], "internal_error");
-    assert!(!r.body["message"].as_str().unwrap().contains("injected"), "no internals leak");
+    assert!(
+        !r.body["message"].as_str().unwrap().contains("injected"),
+        "no internals leak"
+    );
     assert!(r.header("retry-after").is_some());
 }
 
@@ -171,7 +313,10 @@ async fn every_error_code_has_the_seed_shape() {
 async fn forged_tokens_are_refused() {
     let s = Server::start().await;
     let good = s.token(T, Role::Admin);
-    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &good, T)).await.status, 200);
+    assert_eq!(
+        s.send(s.req(Method::GET, "/v1/agents", &good, T)).await.status,
+        200
+    );
     let now = jsonwebtoken::get_current_timestamp();
     let claims = |exp: u64| Claims {
         iss: "kla".into(),
@@ -186,10 +331,15 @@ async fn forged_tokens_are_refused() {
     let other = tempfile::tempdir().unwrap();
     let k = keys::load_or_create(&other.path().join("k.pem")).unwrap();
     let enc = jsonwebtoken::EncodingKey::from_ed_pem(k.private_pem.as_bytes()).unwrap();
-    let wrong_key =
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), &claims(now + 600), &enc)
-            .unwrap();
-    s.send(s.req(Method::GET, "/v1/agents", &wrong_key, T)).await.assert_error(401, "unauthorized");
+    let wrong_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims(now + 600),
+        &enc,
+    )
+    .unwrap();
+    s.send(s.req(Method::GET, "/v1/agents", &wrong_key, T))
+        .await
+        .assert_error(401, "unauthorized");
     // alg: none with the right claims and an empty signature.
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let none = format!(
@@ -197,7 +347,9 @@ async fn forged_tokens_are_refused() {
         b64(&json!({"alg":"none","typ":"JWT"})),
         b64(&serde_json::to_value(claims(now + 600)).unwrap())
     );
-    s.send(s.req(Method::GET, "/v1/agents", &none, T)).await.assert_error(401, "unauthorized");
+    s.send(s.req(Method::GET, "/v1/agents", &none, T))
+        .await
+        .assert_error(401, "unauthorized");
     // HS256 keyed with the server's public key (algorithm confusion).
     let pubkey = keys::load(&keys::token_key_path(&s.data_dir)).unwrap().public_pem;
     let hs = jsonwebtoken::encode(
@@ -206,24 +358,33 @@ async fn forged_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(pubkey.as_bytes()),
     )
     .unwrap();
-    s.send(s.req(Method::GET, "/v1/agents", &hs, T)).await.assert_error(401, "unauthorized");
+    s.send(s.req(Method::GET, "/v1/agents", &hs, T))
+        .await
+        .assert_error(401, "unauthorized");
     // Expired, signed with the right key.
     let right = keys::load(&keys::token_key_path(&s.data_dir)).unwrap();
     let enc = jsonwebtoken::EncodingKey::from_ed_pem(right.private_pem.as_bytes()).unwrap();
-    let expired =
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), &claims(now - 3600), &enc)
-            .unwrap();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims(now - 3600),
+        &enc,
+    )
+    .unwrap();
     let r = s.send(s.req(Method::GET, "/v1/agents", &expired, T)).await;
     r.assert_error(401, "unauthorized");
     // A payload altered after signing (role escalation) fails the signature.
     let parts: Vec<&str> = good.split('.').collect();
     let mut payload: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
     )
     .unwrap();
     payload["tenants"] = json!([T, "victim"]);
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
-    s.send(s.req(Method::GET, "/v1/agents", &tampered, "victim")).await.assert_error(401, "unauthorized");
+    s.send(s.req(Method::GET, "/v1/agents", &tampered, "victim"))
+        .await
+        .assert_error(401, "unauthorized");
 }
 
 #[tokio::test]
@@ -245,20 +406,37 @@ async fn external_jwks_tokens_are_accepted() {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         h.kid = Some(kid.into());
         let c = json!({"iss":iss,"sub":"alice@example.com","aud":"kla-api","tenants":[T],"role":"auditor","exp":now+600,"iat":now});
-        jsonwebtoken::encode(&h, &c, &jsonwebtoken::EncodingKey::from_ed_pem(k.private_pem.as_bytes()).unwrap())
-            .unwrap()
+        jsonwebtoken::encode(
+            &h,
+            &c,
+            &jsonwebtoken::EncodingKey::from_ed_pem(k.private_pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
     };
-    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &mk("https://idp.example", "idp-1"), T)).await.status, 200);
+    assert_eq!(
+        s.send(s.req(Method::GET, "/v1/agents", &mk("https://idp.example", "idp-1"), T))
+            .await
+            .status,
+        200
+    );
     s.send(s.req(Method::GET, "/v1/agents", &mk("https://evil.example", "idp-1"), T))
         .await
         .assert_error(401, "unauthorized");
-    s.send(s.req(Method::GET, "/v1/agents", &mk("https://idp.example", "unknown"), T))
-        .await
-        .assert_error(401, "unauthorized");
+    s.send(s.req(
+        Method::GET,
+        "/v1/agents",
+        &mk("https://idp.example", "unknown"),
+        T,
+    ))
+    .await
+    .assert_error(401, "unauthorized");
     // The auditor role from the external token applies.
-    s.send(s.req(Method::POST, "/v1/agents", &mk("https://idp.example", "idp-1"), T).json(&agent_body("q")))
-        .await
-        .assert_error(403, "forbidden");
+    s.send(
+        s.req(Method::POST, "/v1/agents", &mk("https://idp.example", "idp-1"), T)
+            .json(&agent_body("q")),
+    )
+    .await
+    .assert_error(403, "forbidden");
 }
 
 #[tokio::test]
@@ -266,22 +444,36 @@ async fn idempotency_replays_and_conflicts() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Admin);
     let post = |key: &str, body: &Value| {
-        s.req(Method::POST, "/v1/agents", &tok, T).header("Idempotency-Key", key).json(body)
+        s.req(Method::POST, "/v1/agents", &tok, T)
+            .header("Idempotency-Key", key)
+            .json(body)
     };
     let first = s.send(post("k-1", &agent_body("idem"))).await;
     assert_eq!(first.status, 201);
     assert!(first.header("idempotent-replayed").is_none());
     let replay = s.send(post("k-1", &agent_body("idem"))).await;
-    assert_eq!(replay.status, 201, "a replay returns the original response, not a duplicate conflict");
+    assert_eq!(
+        replay.status, 201,
+        "a replay returns the original response, not a duplicate conflict"
+    );
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.body, first.body);
     let other = s.send(post("k-1", &agent_body("something-else"))).await;
     other.assert_error(409, "conflict");
-    assert!(other.body["message"].as_str().unwrap().contains("different request"));
+    assert!(
+        other.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("different request")
+    );
     // Keys are per tenant: the same key in another tenant is independent.
     let tok2 = s.token("t2", Role::Admin);
     let r = s
-        .send(s.req(Method::POST, "/v1/agents", &tok2, "t2").header("Idempotency-Key", "k-1").json(&agent_body("idem")))
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok2, "t2")
+                .header("Idempotency-Key", "k-1")
+                .json(&agent_body("idem")),
+        )
         .await;
     assert_eq!(r.status, 201);
     assert!(r.header("idempotent-replayed").is_none());
@@ -295,7 +487,10 @@ async fn concurrent_requests_with_one_key_create_one_agent() {
     let tok = s.token(T, Role::Admin);
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let rb = s.req(Method::POST, "/v1/agents", &tok, T).header("Idempotency-Key", "race").json(&agent_body("racer"));
+        let rb = s
+            .req(Method::POST, "/v1/agents", &tok, T)
+            .header("Idempotency-Key", "race")
+            .json(&agent_body("racer"));
         tasks.push(tokio::spawn(send(rb)));
     }
     let mut created = 0;
@@ -313,7 +508,10 @@ async fn concurrent_requests_with_one_key_create_one_agent() {
             other => panic!("unexpected {other:?} {}", r.body),
         }
     }
-    assert_eq!(created, 1, "exactly one request did the work ({replayed} replays, {in_flight} in flight)");
+    assert_eq!(
+        created, 1,
+        "exactly one request did the work ({replayed} replays, {in_flight} in flight)"
+    );
     let list = s.send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
     assert_eq!(list.body["agents"].as_array().unwrap().len(), 1);
 }
@@ -323,8 +521,13 @@ async fn a_failed_request_releases_its_idempotency_key() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Admin);
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
-    db.execute_batch("CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'x'); END;").unwrap();
-    let post = || s.req(Method::POST, "/v1/agents", &tok, T).header("Idempotency-Key", "retry-me").json(&agent_body("r"));
+    db.execute_batch("CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'x'); END;")
+        .unwrap();
+    let post = || {
+        s.req(Method::POST, "/v1/agents", &tok, T)
+            .header("Idempotency-Key", "retry-me")
+            .json(&agent_body("r"))
+    };
     assert!(s.send(post()).await.status.is_server_error());
     db.execute_batch("DROP TRIGGER fault;").unwrap();
     let r = s.send(post()).await;
@@ -341,15 +544,26 @@ async fn rate_limit_per_tenant() {
     let a = s.token("a", Role::Auditor);
     let b = s.token("b", Role::Auditor);
     for _ in 0..3 {
-        assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &a, "a")).await.status, 200);
+        assert_eq!(
+            s.send(s.req(Method::GET, "/v1/agents", &a, "a")).await.status,
+            200
+        );
     }
     let r = s.send(s.req(Method::GET, "/v1/agents", &a, "a")).await;
     r.assert_error(429, "rate_limited");
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&after));
-    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &b, "b")).await.status, 200, "tenant b has its own bucket");
+    assert_eq!(
+        s.send(s.req(Method::GET, "/v1/agents", &b, "b")).await.status,
+        200,
+        "tenant b has its own bucket"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &a, "a")).await.status, 200, "refilled");
+    assert_eq!(
+        s.send(s.req(Method::GET, "/v1/agents", &a, "a")).await.status,
+        200,
+        "refilled"
+    );
 }
 
 #[tokio::test]
@@ -372,10 +586,18 @@ async fn serves_https_with_rustls() {
     let r = send(s.client.get(format!("{}/admin/health", s.base))).await;
     assert_eq!(r.status, 200);
     let tok = s.token(T, Role::Admin);
-    let r = s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&agent_body("tls"))).await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&agent_body("tls")),
+        )
+        .await;
     assert_eq!(r.status, 201);
     // Plain HTTP to the TLS port fails.
-    let plain = reqwest::Client::new().get(s.base.replace("https://localhost", "http://127.0.0.1") + "/healthz").send().await;
+    let plain = reqwest::Client::new()
+        .get(s.base.replace("https://localhost", "http://127.0.0.1") + "/healthz")
+        .send()
+        .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
 
@@ -404,7 +626,10 @@ async fn the_binary_restarts_with_all_data_and_drains_on_sigterm() {
     let mut changed = agent_body("keep-me");
     changed["model"] = json!("v2");
     let r2 = send(
-        c.post(format!("{}/v1/agents", p.base)).bearer_auth(&tok).header("x-tenant-id", T).json(&changed),
+        c.post(format!("{}/v1/agents", p.base))
+            .bearer_auth(&tok)
+            .header("x-tenant-id", T)
+            .json(&changed),
     )
     .await;
     assert_eq!(r2.body["version"], 2);
@@ -413,8 +638,19 @@ async fn the_binary_restarts_with_all_data_and_drains_on_sigterm() {
 
     let p = Process::serve(tmp.path(), &[]).await;
     let base = p.base.clone();
-    let r = send(c.get(format!("{base}/v1/agents/{}", r1.body["agentId"].as_str().unwrap())).bearer_auth(&tok).header("x-tenant-id", T)).await;
-    assert_eq!(r.status, 200, "the token minted before the restart still verifies");
+    let r = send(
+        c.get(format!(
+            "{base}/v1/agents/{}",
+            r1.body["agentId"].as_str().unwrap()
+        ))
+        .bearer_auth(&tok)
+        .header("x-tenant-id", T),
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "the token minted before the restart still verifies"
+    );
     assert_eq!(r.body["versions"].as_array().unwrap().len(), 2);
     // The idempotency key survived too.
     let replay = send(

@@ -113,7 +113,11 @@ impl Resp {
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
         assert_eq!(self.body["code"], code, "body: {}", self.body);
-        assert!(self.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
         assert!(self.headers.contains_key("x-request-id"));
     }
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -127,7 +131,11 @@ pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
     let headers = r.headers().clone();
     let bytes = r.bytes().await.expect("body");
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Mints a token with the data dir's key (the same path `kla token` uses).
@@ -222,4 +230,3 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
-

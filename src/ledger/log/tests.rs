@@ -60,15 +60,9 @@ fn assert_matches_model(l: &Ledger, model: &[Vec<u8>]) {
         );
         for idx in (0..size).step_by(step as usize) {
             let p = l.inclusion_proof(idx, size).expect("proof");
-            assert_eq!(
-                p,
-                tree::inclusion_proof(&mem, idx, size).expect("mem proof")
-            );
+            assert_eq!(p, tree::inclusion_proof(&mem, idx, size).expect("mem proof"));
             let c = l.consistency_proof(idx + 1, size).expect("consistency");
-            assert_eq!(
-                c,
-                tree::consistency_proof(&mem, idx + 1, size).expect("mem c")
-            );
+            assert_eq!(c, tree::consistency_proof(&mem, idx + 1, size).expect("mem c"));
         }
     }
 }
@@ -134,14 +128,10 @@ async fn torn_tail_is_cut_off_on_open() {
     f.write_all(&0u32.to_le_bytes()).expect("w");
     f.write_all(&[7u8; 10]).expect("w");
     drop(f);
-    let len_before = std::fs::metadata(entries_path(tmp.path()))
-        .expect("m")
-        .len();
+    let len_before = std::fs::metadata(entries_path(tmp.path())).expect("m").len();
     let l = Ledger::open(cfg(tmp.path())).expect("reopen cuts torn tail");
     assert_eq!(
-        std::fs::metadata(entries_path(tmp.path()))
-            .expect("m")
-            .len(),
+        std::fs::metadata(entries_path(tmp.path())).expect("m").len(),
         len_before - 18
     );
     assert_matches_model(&l, &model);
@@ -389,10 +379,7 @@ async fn good_bundle_verifies_offline() {
     assert_eq!(report.tree_size, 11);
     assert_eq!(report.checks.len(), 5 + 3);
     // each entry string is the exact stored canonical entry
-    assert_eq!(
-        b.entries[1].entry.as_bytes(),
-        l.entry(6).expect("e").as_slice()
-    );
+    assert_eq!(b.entries[1].entry.as_bytes(), l.entry(6).expect("e").as_slice());
     let lineage = Entry::decode(b.entries[1].entry.as_bytes())
         .expect("entry")
         .lineage_id;

@@ -1,0 +1,146 @@
+//! `POST /v1/decisions.evaluate` (seed 001 "Evaluate a Policy Decision") and `GET /v1/decisions/{id}`.
+//!
+//! Phases: accept (auth, body) → classify (agent lookup, input document) → evaluate (pure, fail-closed policy
+//! set) → record (ledger append, durable, then index) → respond. A decision is answered only after it is in the
+//! ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
+
+use super::auth::Caller;
+use super::json::ApiJson;
+use super::{ApiError, ApiResult, SharedState};
+use crate::auth::Role;
+use crate::policy::{EvalInput, Outcome};
+use crate::recorder::DecisionToRecord;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub(super) fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/decisions.evaluate", post(evaluate))
+        .route("/decisions/{decision_id}", get(get_one))
+}
+
+/// The seed's request body plus optional `tool`, `executionId`, `traceId`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EvaluateRequest {
+    agent_id: String,
+    action: String,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    tool: Option<Value>,
+    #[serde(default)]
+    execution_id: Option<String>,
+    #[serde(default)]
+    trace_id: Option<String>,
+}
+
+fn check_id(field: &str, v: &str) -> ApiResult<()> {
+    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "field '{field}' must be 1-256 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn evaluate(
+    State(s): State<SharedState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<EvaluateRequest>,
+) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Agent, Role::Admin])?;
+    check_id("agentId", &req.agent_id)?;
+    check_id("action", &req.action)?;
+    if let Some(e) = &req.execution_id {
+        check_id("executionId", e)?;
+    }
+    if let Some(t) = &req.trace_id {
+        check_id("traceId", t)?;
+    }
+    let agent = s.agents.get(&s, &caller.tenant, &req.agent_id).await?;
+    let now = crate::time::now_rfc3339();
+    let principal = json!({"subject": &*caller.principal.subject, "role": caller.principal.role.as_str()});
+    let input = EvalInput {
+        agent: (*agent).clone(),
+        action: req.action,
+        context: Value::Object(req.context.unwrap_or_default()),
+        tool: req.tool,
+        execution: req.execution_id.as_ref().map(|id| json!({ "id": id })),
+        principal,
+        tenant: caller.tenant.to_string(),
+        now,
+    };
+    let d = s.policy.evaluate(&input);
+    if let Some(err) = &d.error {
+        tracing::warn!(error = %err, reason = ?d.reason_codes, action = %input.action, "policy failed closed");
+    }
+    let decision_id = format!("dec_{}", hex::encode(rand::random::<[u8; 8]>()));
+    let requires_desk = d.outcome == Outcome::RequireApproval;
+    let body = json!({
+        "decisionId": decision_id,
+        "agent": &input.agent,
+        "action": &input.action,
+        "context": &input.context,
+        "tool": &input.tool,
+        "executionId": &req.execution_id,
+        "traceId": &req.trace_id,
+        "principal": &input.principal,
+        "decision": d.outcome,
+        "reasonCodes": &d.reason_codes,
+        "requiresDeskApproval": requires_desk,
+        "wouldDecide": d.would_decide,
+        "matchedRules": &d.matched_rules,
+        "policy": &d.policy,
+        "evaluationMicros": d.evaluation_micros,
+    });
+    let rec = s
+        .recorder
+        .decision(DecisionToRecord {
+            tenant: caller.tenant.to_string(),
+            decision_id: decision_id.clone(),
+            agent_id: input.agent.id.clone(),
+            action: input.action.clone(),
+            decision: d.outcome.as_str().to_owned(),
+            trace_id: req.trace_id,
+            execution_id: req.execution_id,
+            body,
+        })
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!({
+        "decision": d.outcome,
+        "reasonCodes": d.reason_codes,
+        "requiresDeskApproval": requires_desk,
+        "decisionId": decision_id,
+        "lineageId": rec.lineage_id,
+        "ledgerIndex": rec.ledger_index,
+        "wouldDecide": d.would_decide,
+        "matchedRules": d.matched_rules,
+        "policy": d.policy,
+        "evaluationMicros": d.evaluation_micros,
+    })))
+}
+
+async fn get_one(
+    State(s): State<SharedState>,
+    caller: Caller,
+    Path(decision_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rec = s
+        .store
+        .get_decision(&caller.tenant, &decision_id)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
+    let mut body: Value = serde_json::from_str(&rec.body).map_err(ApiError::internal)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("lineageId".into(), rec.lineage_id.into());
+        o.insert("ledgerIndex".into(), rec.ledger_index.into());
+        o.insert("createdAt".into(), rec.created_at.into());
+    }
+    Ok(Json(body))
+}

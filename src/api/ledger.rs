@@ -1,0 +1,267 @@
+//! The ledger's HTTP face: lineage entries and their proofs (seed 001 "Retrieve an Audit Proof"), signed
+//! checkpoints, the verifier key, consistency proofs, the raw entry stream for monitors, and evidence bundles.
+
+use super::auth::Caller;
+use super::{ApiError, ApiResult, SharedState};
+use crate::auth::Role;
+use crate::ledger::{Entry, Hash, LedgerError};
+use crate::recorder::SYSTEM_TENANT;
+use crate::store::LineageRecord;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub(super) fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/lineage/{lineage_id}", get(lineage_entry))
+        .route("/lineage/{lineage_id}/verify", get(lineage_verify))
+        .route("/ledger/checkpoint", get(checkpoint))
+        .route("/ledger/key", get(key))
+        .route("/ledger/consistency", get(consistency))
+        .route("/ledger/entries", get(entries))
+        .route("/evidence", get(evidence))
+}
+
+fn h(x: &Hash) -> String {
+    format!("sha256:{}", hex::encode(x))
+}
+
+/// Maps ledger errors: bad ranges are the caller's (400), missing entries 404, the rest ours.
+fn ledger_err(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::InvalidRange(m) => ApiError::invalid(m),
+        LedgerError::NotFound(m) => ApiError::not_found(m),
+        other => ApiError::internal(other),
+    }
+}
+
+/// A lineage entry visible to the caller: the tenant's own, or a system entry (policy activations).
+async fn find(s: &SharedState, caller: &Caller, lineage_id: &str) -> ApiResult<LineageRecord> {
+    for tenant in [&*caller.tenant, SYSTEM_TENANT] {
+        if let Some(r) = s
+            .store
+            .get_lineage(tenant, lineage_id)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
+            return Ok(r);
+        }
+    }
+    Err(ApiError::not_found(format!("unknown lineageId '{lineage_id}'")))
+}
+
+async fn lineage_entry(
+    State(s): State<SharedState>,
+    caller: Caller,
+    Path(lineage_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rec = find(&s, &caller, &lineage_id).await?;
+    let ledger = s.recorder.ledger();
+    let bytes = ledger.entry(rec.ledger_index).map_err(ledger_err)?;
+    let entry = Entry::decode(&bytes).map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "lineageId": entry.lineage_id,
+        "ledgerIndex": rec.ledger_index,
+        "kind": entry.kind,
+        "tenant": entry.tenant,
+        "time": entry.time,
+        "v": entry.v,
+        "body": entry.body,
+        "leafHash": h(&ledger.leaf_hash(rec.ledger_index).map_err(ledger_err)?),
+        "canonical": String::from_utf8_lossy(&bytes),
+    })))
+}
+
+async fn lineage_verify(
+    State(s): State<SharedState>,
+    caller: Caller,
+    Path(lineage_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rec = find(&s, &caller, &lineage_id).await?;
+    let ledger = s.recorder.ledger();
+    let idx = rec.ledger_index;
+    let cp = ledger.latest_checkpoint().filter(|c| c.size > idx);
+    let (tree_size, root, checkpoint) = match &cp {
+        Some(c) => (c.size, c.root, Value::String(c.text().to_owned())),
+        None => {
+            let size = ledger.size();
+            (size, ledger.root(size).map_err(ledger_err)?, Value::Null)
+        }
+    };
+    let path = ledger.inclusion_proof(idx, tree_size).map_err(ledger_err)?;
+    Ok(Json(json!({
+        "lineageId": rec.lineage_id,
+        "anchored": cp.is_some(),
+        "ledgerIndex": idx,
+        "rootHash": h(&root),
+        "merklePath": path.iter().map(h).collect::<Vec<_>>(),
+        "leafHash": h(&ledger.leaf_hash(idx).map_err(ledger_err)?),
+        "treeSize": tree_size,
+        "checkpoint": checkpoint,
+    })))
+}
+
+fn text(body: String) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The latest signed checkpoint (C2SP signed note), signing one now if none exists yet.
+async fn checkpoint(State(s): State<SharedState>, _caller: Caller) -> ApiResult<Response> {
+    let ledger = s.recorder.ledger();
+    let cp = match ledger.latest_checkpoint() {
+        Some(c) if c.size == ledger.size() => c,
+        _ => ledger.checkpoint_now().await.map_err(ledger_err)?,
+    };
+    Ok(text(cp.text().to_owned()))
+}
+
+/// The verifier key (`<name>+<hex id>+<base64 key>`), exactly what `kla verify --key` takes.
+async fn key(State(s): State<SharedState>, _caller: Caller) -> Response {
+    text(format!("{}\n", s.recorder.ledger().verifier_key()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn consistency(
+    State(s): State<SharedState>,
+    _caller: Caller,
+    q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let ledger = s.recorder.ledger();
+    let size = ledger.size();
+    if q.from == 0 || q.from > q.to || q.to > size {
+        return Err(ApiError::invalid(format!(
+            "need 1 <= from <= to <= tree size ({size}); got from={} to={}",
+            q.from, q.to
+        )));
+    }
+    let proof = ledger.consistency_proof(q.from, q.to).map_err(ledger_err)?;
+    Ok(Json(json!({
+        "from": q.from,
+        "to": q.to,
+        "fromRoot": h(&ledger.root(q.from).map_err(ledger_err)?),
+        "toRoot": h(&ledger.root(q.to).map_err(ledger_err)?),
+        "proof": proof.iter().map(h).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    start: u64,
+    end: Option<u64>,
+}
+
+/// Raw entries `[start, end)` as NDJSON: each line is exactly one entry's canonical bytes (hash it with the
+/// 0x00 prefix to get its leaf). At most 10,000 per request; `x-kla-next` gives the next start.
+async fn entries(
+    State(s): State<SharedState>,
+    caller: Caller,
+    q: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor, Role::Admin])?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let ledger = s.recorder.ledger().clone();
+    let size = ledger.size();
+    let max = crate::ledger::log::MAX_ENTRIES_PER_READ;
+    let end = q.end.unwrap_or(size).min(q.start.saturating_add(max));
+    if q.start > end || end > size {
+        return Err(ApiError::invalid(format!(
+            "need start <= end <= tree size ({size}); got start={} end={end}",
+            q.start
+        )));
+    }
+    let start = q.start;
+    let rows = tokio::task::spawn_blocking(move || ledger.entries(start, end))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ledger_err)?;
+    let mut body = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum());
+    for r in rows {
+        body.extend_from_slice(&r);
+        body.push(b'\n');
+    }
+    let mut resp = body.into_response();
+    let hd = resp.headers_mut();
+    hd.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    hd.insert("x-kla-start", HeaderValue::from(start));
+    hd.insert("x-kla-next", HeaderValue::from(end));
+    hd.insert("x-kla-tree-size", HeaderValue::from(size));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct EvidenceQuery {
+    lineage_id: Option<String>,
+    decision_id: Option<String>,
+    trace_id: Option<String>,
+    execution_id: Option<String>,
+}
+
+/// A sealed evidence bundle for the entries selected by exactly one of the query parameters.
+async fn evidence(
+    State(s): State<SharedState>,
+    caller: Caller,
+    q: Result<Query<EvidenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor, Role::Admin, Role::Agent])?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let given = [&q.lineage_id, &q.decision_id, &q.trace_id, &q.execution_id]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    if given != 1 {
+        return Err(ApiError::invalid(
+            "give exactly one of lineageId, decisionId, traceId, executionId",
+        ));
+    }
+    let records = match &q.lineage_id {
+        Some(l) => vec![find(&s, &caller, l).await?],
+        None => s
+            .store
+            .find_lineage(
+                &caller.tenant,
+                q.decision_id.as_deref(),
+                q.trace_id.as_deref(),
+                q.execution_id.as_deref(),
+                10_000,
+            )
+            .await
+            .map_err(ApiError::unavailable)?,
+    };
+    if records.is_empty() {
+        return Err(ApiError::not_found("no ledger entries match"));
+    }
+    let indices: Vec<u64> = records.iter().map(|r| r.ledger_index).collect();
+    let bundle = s
+        .recorder
+        .ledger()
+        .build_evidence(&indices)
+        .await
+        .map_err(ledger_err)?;
+    let name = format!("evidence-{}.json", records[0].lineage_id);
+    let mut resp = Json(bundle).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}

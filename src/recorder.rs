@@ -1,0 +1,274 @@
+//! The one path by which kla writes its tamper-evident record.
+//!
+//! The recorder turns what happened (a decision, an agent registration, a policy activation or refusal) into a
+//! versioned ledger [`Entry`], appends it durably (the ledger acknowledges only after fsync), and then indexes it
+//! in the store so it can be found by lineage, decision, trace or execution id. The ledger is the source of
+//! truth; the store's index is derived from it: index writes are group-committed by one task, and on startup
+//! [`Recorder::reindex`] replays whatever part of the ledger the index has not seen (a crash between the two
+//! writes loses nothing). The recorder knows no HTTP; the API calls it.
+
+use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
+use crate::store::{DecisionRecord, LineageRecord, Store, StoreError};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
+pub const SYSTEM_TENANT: &str = "_system";
+const INDEX_QUEUE: usize = 8192;
+const INDEX_BATCH: usize = 1024;
+
+/// Errors of recording: the ledger or the store failed (kla's side; a retry may help).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The ledger refused or failed the append.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The store failed to index the entry (it is in the ledger and will be re-indexed on restart).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The index writer has stopped.
+    #[error("index writer stopped")]
+    Closed,
+}
+
+/// Where an entry landed.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `lr_...`.
+    pub lineage_id: String,
+    /// Position in the ledger.
+    pub ledger_index: u64,
+}
+
+/// A decision to record, with its full API response body.
+pub struct DecisionToRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// `dec_...`.
+    pub decision_id: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// Action evaluated.
+    pub action: String,
+    /// Outcome string.
+    pub decision: String,
+    /// Optional trace id.
+    pub trace_id: Option<String>,
+    /// Optional execution id.
+    pub execution_id: Option<String>,
+    /// The ledger body: input, matched rules, pack digests, outcome.
+    pub body: Value,
+}
+
+struct IndexJob {
+    lineage: LineageRecord,
+    decision: Option<DecisionRecord>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Records entries. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    ledger: Ledger,
+    store: Store,
+    index_tx: mpsc::Sender<IndexJob>,
+}
+
+impl Recorder {
+    /// A recorder over `ledger` and `store`; spawns the index writer on the current runtime.
+    pub fn new(ledger: Ledger, store: Store) -> Recorder {
+        let (index_tx, rx) = mpsc::channel(INDEX_QUEUE);
+        tokio::spawn(index_writer(store.clone(), rx));
+        Recorder {
+            ledger,
+            store,
+            index_tx,
+        }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Appends one entry and indexes it; returns once both are durable.
+    async fn record(
+        &self,
+        kind: &str,
+        tenant: &str,
+        body: Value,
+        decision: Option<DecisionToRecord>,
+    ) -> Result<(Recorded, String), RecordError> {
+        let lineage_id = new_lineage_id();
+        let time = crate::time::now_rfc3339();
+        let entry = Entry {
+            v: 1,
+            kind: kind.to_owned(),
+            lineage_id: lineage_id.clone(),
+            tenant: tenant.to_owned(),
+            time: time.clone(),
+            body,
+        };
+        let ledger_index = self.ledger.append(entry.encode()?).await?;
+        let (lineage, decision) = index_records(&entry, ledger_index, decision);
+        let (done, wait) = oneshot::channel();
+        self.index_tx
+            .send(IndexJob {
+                lineage,
+                decision,
+                done,
+            })
+            .await
+            .map_err(|_| RecordError::Closed)?;
+        match wait.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, ledger_index, "indexing failed; the entry is in the ledger and will be re-indexed on restart");
+                return Err(RecordError::Closed);
+            }
+            Err(_) => return Err(RecordError::Closed),
+        }
+        Ok((
+            Recorded {
+                lineage_id,
+                ledger_index,
+            },
+            time,
+        ))
+    }
+
+    /// Records a decision.
+    pub async fn decision(&self, d: DecisionToRecord) -> Result<Recorded, RecordError> {
+        let tenant = d.tenant.clone();
+        let body = d.body.clone();
+        Ok(self.record("decision", &tenant, body, Some(d)).await?.0)
+    }
+
+    /// Records an agent registration (a new agent or a new version).
+    pub async fn agent_registered(&self, tenant: &str, body: Value) -> Result<Recorded, RecordError> {
+        Ok(self.record("agent.registered", tenant, body, None).await?.0)
+    }
+
+    /// Records a policy activation or refusal (`kind` is `policy.activated` or `policy.refused`).
+    pub async fn policy_event(&self, kind: &str, body: Value) -> Result<Recorded, RecordError> {
+        Ok(self.record(kind, SYSTEM_TENANT, body, None).await?.0)
+    }
+
+    /// Indexes every ledger entry the store has not seen (after a crash between append and index).
+    /// Returns how many entries were indexed.
+    pub async fn reindex(&self) -> Result<u64, RecordError> {
+        let size = self.ledger.size();
+        let (count, max) = self.store.lineage_count_and_max().await?;
+        // Contiguous index: resume after it. A gap (only after a crash) means one full, idempotent pass.
+        let start = match max {
+            Some(m) if count == m + 1 => m + 1,
+            None => 0,
+            Some(_) => 0,
+        };
+        let mut done = 0u64;
+        let mut i = start;
+        while i < size {
+            let end = (i + crate::ledger::log::MAX_ENTRIES_PER_READ).min(size);
+            let entries = self.ledger.entries(i, end)?;
+            let mut lineage = Vec::with_capacity(entries.len());
+            let mut decisions = Vec::new();
+            for (k, bytes) in entries.iter().enumerate() {
+                let entry = Entry::decode(bytes)?;
+                let (l, d) = index_records(&entry, i + k as u64, decision_from_entry(&entry));
+                lineage.push(l);
+                decisions.extend(d);
+            }
+            done += lineage.len() as u64;
+            self.store.index_entries(lineage, decisions).await?;
+            i = end;
+        }
+        if done > 0 && start > 0 {
+            tracing::warn!(
+                from = start,
+                count = done,
+                "re-indexed ledger entries missing from the store"
+            );
+        }
+        Ok(done)
+    }
+}
+
+fn str_field(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Rebuilds the decision row from a decision entry (used by re-indexing).
+fn decision_from_entry(e: &Entry) -> Option<DecisionToRecord> {
+    if e.kind != "decision" {
+        return None;
+    }
+    let b = &e.body;
+    Some(DecisionToRecord {
+        tenant: e.tenant.clone(),
+        decision_id: str_field(b, "decisionId")?,
+        agent_id: b
+            .get("agent")
+            .and_then(|a| str_field(a, "id"))
+            .unwrap_or_default(),
+        action: str_field(b, "action").unwrap_or_default(),
+        decision: str_field(b, "decision").unwrap_or_default(),
+        trace_id: str_field(b, "traceId"),
+        execution_id: str_field(b, "executionId"),
+        body: b.clone(),
+    })
+}
+
+fn index_records(
+    e: &Entry,
+    ledger_index: u64,
+    d: Option<DecisionToRecord>,
+) -> (LineageRecord, Option<DecisionRecord>) {
+    let lineage = LineageRecord {
+        lineage_id: e.lineage_id.clone(),
+        tenant: e.tenant.clone(),
+        ledger_index,
+        kind: e.kind.clone(),
+        decision_id: d.as_ref().map(|d| d.decision_id.clone()),
+        trace_id: d.as_ref().and_then(|d| d.trace_id.clone()),
+        execution_id: d.as_ref().and_then(|d| d.execution_id.clone()),
+        created_at: e.time.clone(),
+    };
+    let decision = d.map(|d| DecisionRecord {
+        decision_id: d.decision_id,
+        tenant: d.tenant,
+        agent_id: d.agent_id,
+        action: d.action,
+        decision: d.decision,
+        lineage_id: e.lineage_id.clone(),
+        ledger_index,
+        trace_id: d.trace_id,
+        execution_id: d.execution_id,
+        body: d.body.to_string(),
+        created_at: e.time.clone(),
+    });
+    (lineage, decision)
+}
+
+/// Group-commits index writes: takes everything queued (up to a batch), writes one transaction, acks all.
+async fn index_writer(store: Store, mut rx: mpsc::Receiver<IndexJob>) {
+    let mut batch: Vec<IndexJob> = Vec::with_capacity(INDEX_BATCH);
+    while rx.recv_many(&mut batch, INDEX_BATCH).await > 0 {
+        let mut lineage = Vec::with_capacity(batch.len());
+        let mut decisions = Vec::new();
+        for j in &batch {
+            lineage.push(j.lineage.clone());
+            decisions.extend(j.decision.clone());
+        }
+        let result = store
+            .index_entries(lineage, decisions)
+            .await
+            .map_err(|e| e.to_string());
+        for j in batch.drain(..) {
+            let _ = j.done.send(result.clone());
+        }
+    }
+}
+
+/// Shared recorder handle type.
+pub type SharedRecorder = Arc<Recorder>;
