@@ -79,10 +79,13 @@ pub async fn reconcile_registrations(s: &SharedState) -> anyhow::Result<()> {
 /// How long a cached agent is trusted before it is read again (another replica may have registered a version).
 const AGENT_TTL: Duration = Duration::from_secs(5);
 
+/// (tenant, agent id).
+type AgentKey = (Arc<str>, Box<str>);
+
 /// Agents by (tenant, agent id) for the decision hot path, so a decision does not pay a store read.
 #[derive(Default)]
 pub struct AgentCache {
-    map: RwLock<HashMap<(Arc<str>, Box<str>), (Arc<AgentRef>, Instant)>>,
+    map: RwLock<HashMap<AgentKey, (Arc<AgentRef>, Instant)>>,
 }
 
 impl AgentCache {
