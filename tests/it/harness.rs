@@ -188,17 +188,20 @@ impl Process {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn kla");
-        let base = format!("http://127.0.0.1:{port}");
+        let p = Process {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+        for _ in 0..400 {
+            if let Ok(r) = client.get(format!("{}/healthz", p.base)).send().await
                 && r.status().is_success()
             {
-                return Process { child, base };
+                return p;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("kla serve did not become healthy");
+        panic!("kla serve did not become healthy"); // `p` is killed and reaped on drop
     }
 
     /// Sends SIGTERM and waits for a clean exit.
