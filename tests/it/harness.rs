@@ -24,8 +24,30 @@ pub fn raw(data_dir: &Path) -> RawConfig {
     RawConfig {
         data_dir: Some(data_dir.to_owned()),
         api_addr: Some("127.0.0.1:0".into()),
+        policies: Some(repo_path("policies")),
         ..Default::default()
     }
+}
+
+/// A path inside the repository (tests never depend on the working directory).
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Registers an agent and returns its id.
+pub async fn register(s: &Server, token: &str, tenant: &str, name: &str) -> String {
+    let r = s.send(s.req(Method::POST, "/v1/agents", token, tenant).json(&agent_body(name))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["agentId"].as_str().expect("agentId").to_owned()
+}
+
+/// POST /v1/decisions.evaluate with the seed's body.
+pub async fn evaluate(s: &Server, token: &str, tenant: &str, agent: &str, action: &str, context: Value) -> Resp {
+    s.send(
+        s.req(Method::POST, "/v1/decisions.evaluate", token, tenant)
+            .json(&serde_json::json!({"agentId": agent, "action": action, "context": context})),
+    )
+    .await
 }
 
 impl Server {
@@ -183,6 +205,8 @@ impl Process {
             .arg(data_dir)
             .arg("--api-addr")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--policies")
+            .arg(repo_path("policies"))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,3 +4,5 @@
 
 mod foundation;
 mod harness;
+mod ledger;
+mod policy;

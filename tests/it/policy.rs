@@ -1,0 +1,1 @@
+//! Issue 3 through the real server: outcomes, precedence, shadow, signatures, reload, fail-closed.
