@@ -26,7 +26,7 @@ use std::path::Path;
 pub use engine::{CompiledPack, DEFAULT_DEADLINE, MAX_DEADLINE, PolicySet};
 pub use manager::{PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle};
 pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
-pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_pack_dir, verify_pack};
+pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_files, sign_pack_dir, verify_pack};
 pub use suite::{CaseResult, SuiteReport, run_suites};
 pub use types::{
     AgentRef, ApprovalSpec, DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, OnTimeout, Outcome,
