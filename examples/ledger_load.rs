@@ -61,7 +61,11 @@ async fn build(dir: &PathBuf, n: u64, writers: u64, size: usize) {
     let _ = std::fs::remove_dir_all(dir);
     let ledger = Ledger::open(LedgerConfig::new(dir)).expect("open");
     let stop = tokio_util::sync::CancellationToken::new();
-    let cp_task = ledger.spawn_checkpointer(stop.clone());
+    let cp_task = if std::env::var("KLA_LOAD_NO_CHECKPOINTER").is_ok() {
+        tokio::spawn(async {})
+    } else {
+        ledger.spawn_checkpointer(stop.clone())
+    };
     let per = n / writers;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -95,7 +99,7 @@ async fn build(dir: &PathBuf, n: u64, writers: u64, size: usize) {
     );
     stop.cancel();
     cp_task.await.expect("checkpointer");
-    let cp = ledger.latest_checkpoint().expect("checkpoint");
+    let cp = ledger.checkpoint_now().await.expect("checkpoint");
     println!("final checkpoint: size {}", cp.size);
 }
 
@@ -187,6 +191,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let n = env_u64("KLA_LOAD_N", 10_000_000);
     let writers = env_u64("KLA_LOAD_WRITERS", 64);
     let size = env_u64("KLA_LOAD_ENTRY_BYTES", 512) as usize;
