@@ -270,7 +270,8 @@ fn writer_loop(
 
 impl Ledger {
     /// Opens (creating if needed) the ledger in `cfg.dir`, recovering from a crash.
-    /// Cost is O(entries after the latest checkpoint), not O(log size).
+    /// Cost is O(entries after the latest checkpoint), not O(log size). Blocking: call it
+    /// before serving or from `spawn_blocking`.
     pub fn open(cfg: LedgerConfig) -> Result<Ledger, LedgerError> {
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(LedgerError::io(format!(
