@@ -49,6 +49,16 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) consumed so far by this process, from /proc (10 ms ticks).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -131,6 +141,7 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
     let mut rng = rand::thread_rng();
     let samples = 100_000u64;
     let mut lat = Vec::with_capacity(samples as usize);
+    let cpu0 = cpu_secs();
     let started = Instant::now();
     for _ in 0..samples {
         let i = rng.gen_range(0..cp.size);
@@ -140,10 +151,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
         std::hint::black_box(p);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     lat.sort_unstable();
     println!(
-        "inclusion proof at size {}: {samples} random indices, mean {:.1} us, p50 {:.1} us, p99 {:.1} us",
+        "inclusion proof at size {}: {samples} random indices, CPU {:.1} us/proof, wall mean {:.1} us, p50 {:.1} us, p99 {:.1} us",
         cp.size,
+        cpu * 1e6 / samples as f64,
         secs * 1e6 / samples as f64,
         pct(&lat, 0.5),
         pct(&lat, 0.99)
@@ -162,10 +175,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
     drop(ledger);
 
     let t = Instant::now();
+    let cpu0 = cpu_secs();
     let s = verify_ledger_dir(dir, &mut |_, _| {}).expect("full verify");
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     println!(
-        "full verify: {} entries in {secs:.1}s => {:.0} entries/s (checkpoint {:?})",
+        "full verify: {} entries in {secs:.1}s wall, {cpu:.1}s CPU (2 threads) => {:.0} entries/s (checkpoint {:?})",
         s.entries,
         s.entries as f64 / secs,
         s.checkpoint_size
