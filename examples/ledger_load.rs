@@ -67,8 +67,35 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// In-run disk baseline: append one batch-sized write (64 entries) + fdatasync, 300 times.
+fn fsync_baseline(dir: &std::path::Path, writers: u64, size: usize) {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(dir);
+    let path = dir.join("fsync-baseline.tmp");
+    let mut f = std::fs::File::create(&path).expect("baseline file");
+    let buf = vec![7u8; writers as usize * (size + 8)];
+    let mut lat = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        f.write_all(&buf).expect("write");
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed().as_nanos() as u32);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    let p50 = pct(&lat, 0.5) / 1000.0;
+    println!(
+        "baseline: {} B append + fdatasync p50 {p50:.3} ms, p99 {:.3} ms => ceiling with {writers} waiting writers ~{:.0} appends/s",
+        buf.len(),
+        pct(&lat, 0.99) / 1000.0,
+        writers as f64 / (p50 / 1000.0)
+    );
+}
+
 async fn build(dir: &PathBuf, n: u64, writers: u64, size: usize) {
     let _ = std::fs::remove_dir_all(dir);
+    fsync_baseline(dir.parent().unwrap_or(dir), writers, size);
     let ledger = Ledger::open(LedgerConfig::new(dir)).expect("open");
     let stop = tokio_util::sync::CancellationToken::new();
     let cp_task = if std::env::var("KLA_LOAD_NO_CHECKPOINTER").is_ok() {
