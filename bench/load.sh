@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${2:-32}
+EVAL_CONNS=${EVAL_CONNS:-256}
 cargo build --release --bin kla --example bare_hyper >&2
 KLA=target/release/kla
 BARE=target/release/examples/bare_hyper
@@ -14,7 +15,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 BARE_PORT=18799; KLA_PORT=18700
 $BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
-$KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
+$KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT --policies policies ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$KLA_PORT/healthz >/dev/null && break; sleep 0.1; done
 export TENANT=bench RUN=$RANDOM
 export TOKEN=$($KLA token --data-dir "$WORK/data" --tenant bench --role admin --ttl 1h)
@@ -39,4 +40,7 @@ emit "$base"
 emit "$(run "kla GET /admin/health" http://127.0.0.1:$KLA_PORT/admin/health)"
 emit "$(run "kla POST /v1/agents (new agent each)" -s bench/register.lua http://127.0.0.1:$KLA_PORT)"
 emit "$(run "kla GET /v1/agents/{id} (auth + SQLite read)" -s bench/get.lua "http://127.0.0.1:$KLA_PORT/v1/agents/$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"probe"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')")"
+export AGENT=$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"evaluator"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')
+emit "$(run "kla POST /v1/decisions.evaluate, $CONNS conns (decide + ledger fsync + index)" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)"
+emit "$(CONNS=$EVAL_CONNS run "kla POST /v1/decisions.evaluate, $EVAL_CONNS conns" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)"
 if [ -n "${EXTRA_RUNS:-}" ]; then source "$EXTRA_RUNS"; fi

@@ -49,6 +49,16 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) consumed so far by this process, from /proc (10 ms ticks).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -57,11 +67,42 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// In-run disk baseline: append one batch-sized write (64 entries) + fdatasync, 300 times.
+fn fsync_baseline(dir: &std::path::Path, writers: u64, size: usize) {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(dir);
+    let path = dir.join("fsync-baseline.tmp");
+    let mut f = std::fs::File::create(&path).expect("baseline file");
+    let buf = vec![7u8; writers as usize * (size + 8)];
+    let mut lat = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        f.write_all(&buf).expect("write");
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed().as_nanos() as u32);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    let p50 = pct(&lat, 0.5) / 1000.0;
+    println!(
+        "baseline: {} B append + fdatasync p50 {p50:.3} ms, p99 {:.3} ms => ceiling with {writers} waiting writers ~{:.0} appends/s",
+        buf.len(),
+        pct(&lat, 0.99) / 1000.0,
+        writers as f64 / (p50 / 1000.0)
+    );
+}
+
 async fn build(dir: &PathBuf, n: u64, writers: u64, size: usize) {
     let _ = std::fs::remove_dir_all(dir);
+    fsync_baseline(dir.parent().unwrap_or(dir), writers, size);
     let ledger = Ledger::open(LedgerConfig::new(dir)).expect("open");
     let stop = tokio_util::sync::CancellationToken::new();
-    let cp_task = ledger.spawn_checkpointer(stop.clone());
+    let cp_task = if std::env::var("KLA_LOAD_NO_CHECKPOINTER").is_ok() {
+        tokio::spawn(async {})
+    } else {
+        ledger.spawn_checkpointer(stop.clone())
+    };
     let per = n / writers;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -95,7 +136,7 @@ async fn build(dir: &PathBuf, n: u64, writers: u64, size: usize) {
     );
     stop.cancel();
     cp_task.await.expect("checkpointer");
-    let cp = ledger.latest_checkpoint().expect("checkpoint");
+    let cp = ledger.checkpoint_now().await.expect("checkpoint");
     println!("final checkpoint: size {}", cp.size);
 }
 
@@ -127,6 +168,7 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
     let mut rng = rand::thread_rng();
     let samples = 100_000u64;
     let mut lat = Vec::with_capacity(samples as usize);
+    let cpu0 = cpu_secs();
     let started = Instant::now();
     for _ in 0..samples {
         let i = rng.gen_range(0..cp.size);
@@ -136,10 +178,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
         std::hint::black_box(p);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     lat.sort_unstable();
     println!(
-        "inclusion proof at size {}: {samples} random indices, mean {:.1} us, p50 {:.1} us, p99 {:.1} us",
+        "inclusion proof at size {}: {samples} random indices, CPU {:.1} us/proof, wall mean {:.1} us, p50 {:.1} us, p99 {:.1} us",
         cp.size,
+        cpu * 1e6 / samples as f64,
         secs * 1e6 / samples as f64,
         pct(&lat, 0.5),
         pct(&lat, 0.99)
@@ -151,10 +195,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
     drop(ledger);
 
     let t = Instant::now();
+    let cpu0 = cpu_secs();
     let s = verify_ledger_dir(dir, &mut |_, _| {}).expect("full verify");
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     println!(
-        "full verify: {} entries in {secs:.1}s => {:.0} entries/s (checkpoint {:?})",
+        "full verify: {} entries in {secs:.1}s wall, {cpu:.1}s CPU (2 threads) => {:.0} entries/s (checkpoint {:?})",
         s.entries,
         s.entries as f64 / secs,
         s.checkpoint_size
@@ -180,6 +226,12 @@ fn reopen_and_measure(dir: &PathBuf, size: usize) {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let n = env_u64("KLA_LOAD_N", 10_000_000);
     let writers = env_u64("KLA_LOAD_WRITERS", 64);
     let size = env_u64("KLA_LOAD_ENTRY_BYTES", 512) as usize;

@@ -13,3 +13,8 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// glibc's allocator spent a quarter of the decision hot path in malloc/free under load (perf, BENCHMARKS.md);
+// mimalloc's thread-local free lists avoid that contention.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

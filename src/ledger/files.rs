@@ -101,6 +101,56 @@ pub(crate) struct Store {
     offsets: File,
     levels: RwLock<Vec<Arc<File>>>,
     synced: Mutex<u64>,
+    upper: RwLock<UpperCache>,
+}
+
+/// Most nodes per level kept in the in-memory cache of the upper levels. The cache holds
+/// only levels with at most this many nodes, so it is bounded (< 2 x 2^16 x 32 B = 4 MiB)
+/// whatever the log size; it saves the positional reads of the top of every proof.
+#[cfg(not(test))]
+const CACHE_MAX_NODES: usize = 1 << 16;
+/// Tiny in tests so that proofs exercise both the cache and the file reads.
+#[cfg(test)]
+const CACHE_MAX_NODES: usize = 4;
+
+/// Complete copies of the levels `from..` (each level's nodes in index order).
+struct UpperCache {
+    from: u32,
+    levels: Vec<Vec<Hash>>,
+}
+
+impl UpperCache {
+    fn empty() -> Self {
+        Self {
+            from: 64,
+            levels: Vec::new(),
+        }
+    }
+
+    fn get(&self, level: u32, index: u64) -> Option<Hash> {
+        let l = level.checked_sub(self.from)? as usize;
+        self.levels.get(l)?.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// Appends nodes of `level` (the next ones in index order) if that level is cached.
+    fn extend(&mut self, level: u32, hashes: &[u8]) {
+        let Some(l) = level.checked_sub(self.from) else {
+            return;
+        };
+        let l = l as usize;
+        while self.levels.len() <= l {
+            self.levels.push(Vec::new());
+        }
+        self.levels[l].extend(hashes.chunks_exact(32).filter_map(|c| <Hash>::try_from(c).ok()));
+    }
+
+    /// Drops the lowest cached levels once they exceed the bound.
+    fn trim(&mut self) {
+        while self.levels.first().is_some_and(|l| l.len() > CACHE_MAX_NODES) {
+            self.levels.remove(0);
+            self.from += 1;
+        }
+    }
 }
 
 impl Store {
@@ -129,6 +179,9 @@ impl Store {
 
     /// Stored hash of node `(level, index)`; caller checks bounds.
     pub(crate) fn node(&self, level: u32, index: u64) -> Result<Hash, LedgerError> {
+        if let Some(h) = self.upper.read().get(level, index) {
+            return Ok(h);
+        }
         let f = self.level_file(level as usize)?;
         let mut h = [0u8; 32];
         self.read_at(&f, &mut h, index * 32, "read node")?;
@@ -268,7 +321,18 @@ impl Appender {
             let f = store.level_file(l)?;
             f.write_all_at(&self.levels[l], (start >> l) * 32)
                 .map_err(io_err("write node level"))?;
-            self.levels[l].clear();
+        }
+        {
+            let mut upper = store.upper.write();
+            for (l, buf) in self.levels.iter().enumerate() {
+                if !buf.is_empty() {
+                    upper.extend(l as u32, buf);
+                }
+            }
+            upper.trim();
+        }
+        for buf in &mut self.levels {
+            buf.clear();
         }
         self.batch_start = self.frontier.size();
         Ok(())
@@ -310,6 +374,21 @@ pub enum RepairMode {
     /// Also cut off damaged records at the tail, if none of them is covered by the
     /// latest signed checkpoint.
     Truncate,
+}
+
+impl std::str::FromStr for RepairMode {
+    type Err = LedgerError;
+
+    /// Parses `refuse` or `truncate` (the values of `kla serve --ledger-repair`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "refuse" => Ok(RepairMode::Refuse),
+            "truncate" => Ok(RepairMode::Truncate),
+            other => Err(LedgerError::Config(format!(
+                "ledger repair mode must be refuse or truncate, got {other:?}"
+            ))),
+        }
+    }
 }
 
 /// Result of recovery: the open store and the writer state.
@@ -394,6 +473,7 @@ pub(crate) fn open_store(
         offsets,
         levels: RwLock::new(Vec::new()),
         synced: Mutex::new(0),
+        upper: RwLock::new(UpperCache::empty()),
     };
     // Open every existing level file.
     for l in 0..MAX_LEVELS {
@@ -575,7 +655,32 @@ pub(crate) fn open_store(
     }
     trusted = size;
     debug_assert_eq!(appender.size(), trusted);
+    load_upper_cache(&store, size)?;
     Ok(Opened { store, appender })
+}
+
+/// Loads the bounded cache of upper levels for a tree of `size` leaves.
+fn load_upper_cache(store: &Store, size: u64) -> Result<(), LedgerError> {
+    let mut from = 0u32;
+    while from < 63 && (size >> from) > CACHE_MAX_NODES as u64 {
+        from += 1;
+    }
+    let mut cache = UpperCache {
+        from,
+        levels: Vec::new(),
+    };
+    for l in from..64 {
+        let count = size >> l;
+        if count == 0 {
+            break;
+        }
+        let f = store.level_file(l as usize)?;
+        let mut buf = vec![0u8; count as usize * 32];
+        f.read_exact_at(&mut buf, 0).map_err(io_err("load node level"))?;
+        cache.extend(l, &buf);
+    }
+    *store.upper.write() = cache;
+    Ok(())
 }
 
 fn cut(store: &Store, pos: u64) -> Result<(), LedgerError> {
@@ -602,8 +707,84 @@ struct LevelReader {
     read: u64,
 }
 
+/// One record as checked by the reader thread of [`verify_all`].
+struct Checked {
+    pos: u64,
+    leaf: Hash,
+}
+
+enum Chunk {
+    Records(Vec<Checked>),
+    Failed(LedgerError),
+    /// End of complete records at this byte position.
+    End(u64),
+}
+
+/// Reader half of [`verify_all`]: frames records, checks CRCs and computes leaf hashes.
+fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>) {
+    let mut r = BufReader::with_capacity(4 << 20, file);
+    let mut pos = 0u64;
+    let mut index = 0u64;
+    let mut body = Vec::new();
+    let mut batch = Vec::with_capacity(8192);
+    let fail = |e: LedgerError, batch: Vec<Checked>| {
+        let _ = tx.send(Chunk::Records(batch));
+        let _ = tx.send(Chunk::Failed(e));
+    };
+    loop {
+        if total - pos < HEADER {
+            break;
+        }
+        let mut h = [0u8; HEADER as usize];
+        if let Err(e) = r.read_exact(&mut h) {
+            return fail(LedgerError::io("read entries")(e), batch);
+        }
+        let (len, sum) = split_header(&h);
+        if len == 0 || len as usize > MAX_ENTRY {
+            return fail(
+                LedgerError::Corrupt {
+                    index,
+                    detail: format!("implausible record length {len}"),
+                },
+                batch,
+            );
+        }
+        if pos + HEADER + u64::from(len) > total {
+            break;
+        }
+        body.resize(len as usize, 0);
+        if let Err(e) = r.read_exact(&mut body) {
+            return fail(LedgerError::io("read entries")(e), batch);
+        }
+        if crc(&body) != sum {
+            return fail(
+                LedgerError::Corrupt {
+                    index,
+                    detail: "record checksum mismatch".to_owned(),
+                },
+                batch,
+            );
+        }
+        batch.push(Checked {
+            pos,
+            leaf: tree::leaf_hash(&body),
+        });
+        pos += HEADER + u64::from(len);
+        index += 1;
+        if batch.len() == 8192 {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(8192));
+            if tx.send(Chunk::Records(full)).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Chunk::Records(batch));
+    let _ = tx.send(Chunk::End(pos));
+}
+
 /// Recomputes and checks the whole log in `dir`: every record's checksum, every leaf
-/// hash and stored node, and the root at `checkpoint` (if given).
+/// hash and stored node, and the root at `checkpoint` (if given). Two threads: one
+/// reads, checksums and leaf-hashes records; the other builds and compares the tree.
 pub(crate) fn verify_all(
     dir: &Path,
     checkpoint: Option<(u64, Hash)>,
@@ -619,7 +800,6 @@ pub(crate) fn verify_all(
     let entries =
         open(ENTRIES)?.ok_or_else(|| LedgerError::NotFound(format!("no ledger at {}", dir.display())))?;
     let total = entries.metadata().map_err(io_err("stat"))?.len();
-    let mut r = BufReader::with_capacity(4 << 20, entries);
     let mut offsets = match open(OFFSETS)? {
         Some(f) => {
             let have = f.metadata().map_err(io_err("stat"))?.len() / 8;
@@ -639,116 +819,108 @@ pub(crate) fn verify_all(
             read: 0,
         });
     }
-    let mut frontier = Frontier::new();
-    let mut pos = 0u64;
-    let mut body = Vec::new();
-    let mut cp_checked = None;
-    let mut level_err: Option<LedgerError> = None;
-    loop {
-        let index = frontier.size();
-        if let Some((size, root)) = checkpoint
-            && size == index
-        {
-            if frontier.root() != root {
-                return Err(LedgerError::Corrupt {
-                    index: size.saturating_sub(1),
-                    detail: "root at the signed checkpoint size differs from the checkpoint".to_owned(),
-                });
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_and_hash(entries, total, &tx));
+        // Owned here so an early return drops it and unblocks the reader thread.
+        let rx = rx;
+        let mut frontier = Frontier::new();
+        let mut cp_checked = None;
+        let mut level_err: Option<LedgerError> = None;
+        let mut end = 0u64;
+        let check_cp = |frontier: &Frontier, cp_checked: &mut Option<u64>| {
+            if let Some((size, root)) = checkpoint
+                && size == frontier.size()
+            {
+                if frontier.root() != root {
+                    return Err(LedgerError::Corrupt {
+                        index: size.saturating_sub(1),
+                        detail: "root at the signed checkpoint size differs from the checkpoint".to_owned(),
+                    });
+                }
+                *cp_checked = Some(size);
             }
-            cp_checked = Some(size);
-        }
-        if pos == total {
-            break;
-        }
-        if index.is_multiple_of(65536) {
-            progress(pos, total);
-        }
-        if total - pos < HEADER {
-            break;
-        }
-        let mut h = [0u8; HEADER as usize];
-        r.read_exact(&mut h).map_err(io_err("read entries"))?;
-        let (len, sum) = split_header(&h);
-        if len == 0 || len as usize > MAX_ENTRY {
-            return Err(LedgerError::Corrupt {
-                index,
-                detail: format!("implausible record length {len}"),
-            });
-        }
-        if pos + HEADER + u64::from(len) > total {
-            break;
-        }
-        body.resize(len as usize, 0);
-        r.read_exact(&mut body).map_err(io_err("read entries"))?;
-        if crc(&body) != sum {
-            return Err(LedgerError::Corrupt {
-                index,
-                detail: "record checksum mismatch".to_owned(),
-            });
-        }
-        if let Some((o, have)) = offsets.as_mut()
-            && index < *have
-        {
-            let mut b = [0u8; 8];
-            o.read_exact(&mut b).map_err(io_err("read offsets"))?;
-            if u64::from_le_bytes(b) != pos {
-                return Err(LedgerError::Corrupt {
-                    index,
-                    detail: "offset index does not match the entries file".to_owned(),
-                });
-            }
-        }
-        pos += HEADER + u64::from(len);
-        let leaf = tree::leaf_hash(&body);
-        frontier.push(leaf, |l, idx, hsh| {
-            if level_err.is_some() {
-                return;
-            }
-            let Some(lr) = levels.get_mut(l as usize) else {
-                return;
+            Ok(())
+        };
+        check_cp(&frontier, &mut cp_checked)?;
+        for chunk in rx.iter() {
+            let recs = match chunk {
+                Chunk::Records(r) => r,
+                Chunk::Failed(e) => return Err(e),
+                Chunk::End(pos) => {
+                    end = pos;
+                    break;
+                }
             };
-            if idx >= lr.have || idx != lr.read {
-                return;
-            }
-            let mut stored = [0u8; 32];
-            if let Err(e) = lr.r.read_exact(&mut stored) {
-                level_err = Some(LedgerError::io("read node level")(e));
-                return;
-            }
-            lr.read += 1;
-            if &stored != hsh {
-                let detail = if l == 0 {
-                    "entry does not match its stored leaf hash".to_owned()
-                } else {
-                    format!("stored node at level {l} index {idx} is wrong")
-                };
-                level_err = Some(LedgerError::Corrupt {
-                    index: idx << l,
-                    detail,
+            for rec in recs {
+                let index = frontier.size();
+                if let Some((o, have)) = offsets.as_mut()
+                    && index < *have
+                {
+                    let mut b = [0u8; 8];
+                    o.read_exact(&mut b).map_err(io_err("read offsets"))?;
+                    if u64::from_le_bytes(b) != rec.pos {
+                        return Err(LedgerError::Corrupt {
+                            index,
+                            detail: "offset index does not match the entries file".to_owned(),
+                        });
+                    }
+                }
+                frontier.push(rec.leaf, |l, idx, hsh| {
+                    if level_err.is_some() {
+                        return;
+                    }
+                    let Some(lr) = levels.get_mut(l as usize) else {
+                        return;
+                    };
+                    if idx >= lr.have || idx != lr.read {
+                        return;
+                    }
+                    let mut stored = [0u8; 32];
+                    if let Err(e) = lr.r.read_exact(&mut stored) {
+                        level_err = Some(LedgerError::io("read node level")(e));
+                        return;
+                    }
+                    lr.read += 1;
+                    if &stored != hsh {
+                        let detail = if l == 0 {
+                            "entry does not match its stored leaf hash".to_owned()
+                        } else {
+                            format!("stored node at level {l} index {idx} is wrong")
+                        };
+                        level_err = Some(LedgerError::Corrupt {
+                            index: idx << l,
+                            detail,
+                        });
+                    }
                 });
+                if let Some(e) = level_err.take() {
+                    return Err(e);
+                }
+                check_cp(&frontier, &mut cp_checked)?;
+                if frontier.size().is_multiple_of(1 << 16) {
+                    progress(rec.pos, total);
+                }
             }
-        });
-        if let Some(e) = level_err.take() {
-            return Err(e);
         }
-    }
-    progress(pos, total);
-    if let Some((size, _)) = checkpoint
-        && cp_checked.is_none()
-    {
-        return Err(LedgerError::Corrupt {
-            index: frontier.size(),
-            detail: format!(
-                "signed checkpoint covers {size} entries but the log has only {}",
-                frontier.size()
-            ),
-        });
-    }
-    Ok(VerifySummary {
-        entries: frontier.size(),
-        root: frontier.root(),
-        checkpoint_size: cp_checked,
-        torn_tail_bytes: total - pos,
+        progress(end, total);
+        if let Some((size, _)) = checkpoint
+            && cp_checked.is_none()
+        {
+            return Err(LedgerError::Corrupt {
+                index: frontier.size(),
+                detail: format!(
+                    "signed checkpoint covers {size} entries but the log has only {}",
+                    frontier.size()
+                ),
+            });
+        }
+        Ok(VerifySummary {
+            entries: frontier.size(),
+            root: frontier.root(),
+            checkpoint_size: cp_checked,
+            torn_tail_bytes: total - end,
+        })
     })
 }
 

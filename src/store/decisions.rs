@@ -77,48 +77,12 @@ impl Store {
         decisions: Vec<DecisionRecord>,
     ) -> Result<()> {
         self.write(move |c| {
-            let tx = c.transaction()?;
-            {
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO lineage(lineage_id, tenant, ledger_index, kind, decision_id, trace_id,
-                                                   execution_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                for l in &lineage {
-                    ins.execute(params![
-                        l.lineage_id,
-                        l.tenant,
-                        l.ledger_index as i64,
-                        l.kind,
-                        l.decision_id,
-                        l.trace_id,
-                        l.execution_id,
-                        l.created_at
-                    ])?;
-                }
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
-                                                     ledger_index, trace_id, execution_id, body, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?;
-                for d in &decisions {
-                    ins.execute(params![
-                        d.decision_id,
-                        d.tenant,
-                        d.agent_id,
-                        d.action,
-                        d.decision,
-                        d.lineage_id,
-                        d.ledger_index as i64,
-                        d.trace_id,
-                        d.execution_id,
-                        d.body,
-                        d.created_at
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
+            // The index is derived from the ledger (already fsynced) and rebuilt from it on startup, so its
+            // commits need not wait for their own fsync. Scoped to this transaction; everything else is FULL.
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let r = index_tx(c, &lineage, &decisions);
+            c.pragma_update(None, "synchronous", "FULL")?;
+            r
         })
         .await
     }
@@ -217,4 +181,53 @@ impl Store {
         })
         .await
     }
+}
+
+fn index_tx(
+    c: &mut rusqlite::Connection,
+    lineage: &[LineageRecord],
+    decisions: &[DecisionRecord],
+) -> Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO lineage(lineage_id, tenant, ledger_index, kind, decision_id, trace_id,
+                                           execution_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for l in lineage {
+            ins.execute(params![
+                l.lineage_id,
+                l.tenant,
+                l.ledger_index as i64,
+                l.kind,
+                l.decision_id,
+                l.trace_id,
+                l.execution_id,
+                l.created_at
+            ])?;
+        }
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
+                                             ledger_index, trace_id, execution_id, body, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for d in decisions {
+            ins.execute(params![
+                d.decision_id,
+                d.tenant,
+                d.agent_id,
+                d.action,
+                d.decision,
+                d.lineage_id,
+                d.ledger_index as i64,
+                d.trace_id,
+                d.execution_id,
+                d.body,
+                d.created_at
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }

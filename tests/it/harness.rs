@@ -36,13 +36,25 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 /// Registers an agent and returns its id.
 pub async fn register(s: &Server, token: &str, tenant: &str, name: &str) -> String {
-    let r = s.send(s.req(Method::POST, "/v1/agents", token, tenant).json(&agent_body(name))).await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", token, tenant)
+                .json(&agent_body(name)),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     r.body["agentId"].as_str().expect("agentId").to_owned()
 }
 
 /// POST /v1/decisions.evaluate with the seed's body.
-pub async fn evaluate(s: &Server, token: &str, tenant: &str, agent: &str, action: &str, context: Value) -> Resp {
+pub async fn evaluate(
+    s: &Server,
+    token: &str,
+    tenant: &str,
+    agent: &str,
+    action: &str,
+    context: Value,
+) -> Resp {
     s.send(
         s.req(Method::POST, "/v1/decisions.evaluate", token, tenant)
             .json(&serde_json::json!({"agentId": agent, "action": action, "context": context})),
