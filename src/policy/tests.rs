@@ -777,3 +777,26 @@ fn watcher_reloads_after_a_change() {
     }
     assert!(m.status().generation >= 2);
 }
+
+#[test]
+fn direct_rego_input_equals_the_serde_form() {
+    let mut i = input(
+        "pay",
+        "a",
+        serde_json::json!({"amount": 5000, "n": [1, 2.5, -3], "s": {"x": null}}),
+    );
+    assert_eq!(
+        engine::rego_input_of(&i).unwrap(),
+        regorus::Value::from(serde_json::to_value(&i).unwrap())
+    );
+    i.agent.version = Some("1".into());
+    i.agent.manifest_hash = Some("sha256:00".into());
+    i.tool = Some(serde_json::json!({"name": "t"}));
+    i.execution = Some(serde_json::json!({"id": "e", "steps": 3, "cost": 0.5}));
+    i.principal = serde_json::json!({"id": "u"});
+    i.tenant = "acme".into();
+    assert_eq!(
+        engine::rego_input_of(&i).unwrap(),
+        regorus::Value::from(serde_json::to_value(&i).unwrap())
+    );
+}
