@@ -89,10 +89,12 @@ fn percentiles(name: &str, set: &PolicySet, input: &EvalInput, n: usize) {
         std::hint::black_box(set.evaluate(input));
     }
     let mut lat = Vec::with_capacity(n);
+    let mut failed_closed = 0;
     for _ in 0..n {
         let t = Instant::now();
         let d = set.evaluate(std::hint::black_box(input));
         lat.push(t.elapsed());
+        failed_closed += usize::from(d.error.is_some());
         std::hint::black_box(d);
     }
     lat.sort();
@@ -100,12 +102,12 @@ fn percentiles(name: &str, set: &PolicySet, input: &EvalInput, n: usize) {
         lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_nanos() as f64 / 1000.0
     };
     println!(
-        "{name:<44} n={n} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us max={:.1}us",
+        "{name:<40} n={n} p50={:.1}us p90={:.1}us p99={:.1}us p99.9={:.1}us max={:.1}us failed_closed={failed_closed}",
         p(0.50),
         p(0.90),
         p(0.99),
         p(0.999),
-        p(1.0)
+        p(1.0),
     );
 }
 

@@ -603,7 +603,9 @@ impl PolicySet {
             }
             would = would.max(any_max.unwrap_or(pack.default_decision));
         }
-        if Instant::now() > deadline {
+        // A builtin call cannot be interrupted by the VM timer: re-check after Rego ran. Pure
+        // index decisions are bounded work and are not failed for scheduler preemption.
+        if rego_input.is_some() && Instant::now() > deadline {
             return self.fail(
                 POLICY_ERROR,
                 format!("evaluation deadline of {:?} exceeded", self.deadline),
