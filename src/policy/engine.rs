@@ -276,6 +276,39 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
     Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
 }
 
+/// Builds the Rego `input` document directly (same shape as `EvalInput`'s serde form, checked
+/// by a unit test), deserialising the JSON parts by reference instead of cloning them.
+pub(crate) fn rego_input_of(input: &EvalInput) -> Result<regorus::Value, String> {
+    use regorus::Value as V;
+    use serde::Deserialize as _;
+    use std::collections::BTreeMap;
+    let json = |v: &serde_json::Value| V::deserialize(v).map_err(|e| e.to_string());
+    let s = |v: &str| V::from(v);
+    let mut agent = BTreeMap::new();
+    agent.insert(s("id"), s(&input.agent.id));
+    agent.insert(s("name"), s(&input.agent.name));
+    if let Some(v) = &input.agent.version {
+        agent.insert(s("version"), s(v));
+    }
+    if let Some(h) = &input.agent.manifest_hash {
+        agent.insert(s("manifestHash"), s(h));
+    }
+    let mut root = BTreeMap::new();
+    root.insert(s("agent"), V::from(agent));
+    root.insert(s("action"), s(&input.action));
+    root.insert(s("context"), json(&input.context)?);
+    if let Some(t) = &input.tool {
+        root.insert(s("tool"), json(t)?);
+    }
+    if let Some(e) = &input.execution {
+        root.insert(s("execution"), json(e)?);
+    }
+    root.insert(s("principal"), json(&input.principal)?);
+    root.insert(s("tenant"), s(&input.tenant));
+    root.insert(s("now"), s(&input.now));
+    Ok(V::from(root))
+}
+
 /// Per-thread VMs, one per rule of the set last evaluated on this thread, each with its
 /// rule's program already loaded. Keyed by the set's unique id: evaluating another set
 /// drops them (and with them the old programs).
@@ -287,6 +320,8 @@ struct VmCache {
 thread_local! {
     static VMS: RefCell<VmCache> = const { RefCell::new(VmCache { set_id: 0, vms: Vec::new() }) };
 }
+
+const PANICKED: &str = "the Rego VM panicked";
 
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -312,12 +347,17 @@ fn run_when(
         limit: remaining,
         check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
     };
+    // A panic inside the VM must not escape `evaluate`: it becomes an error (fail closed) and
+    // the VM, whose state is unknown, is discarded.
     let run = |vm: &mut RegoVM| {
-        vm.set_input(input.clone());
-        vm.set_execution_timer_config(Some(timer));
-        vm.execute_entry_point_by_index(0)
-            .map(|v| v == regorus::Value::Bool(true))
-            .map_err(|e| e.to_string())
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vm.set_input(input.clone());
+            vm.set_execution_timer_config(Some(timer));
+            vm.execute_entry_point_by_index(0)
+                .map(|v| v == regorus::Value::Bool(true))
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err(PANICKED.to_string()))
     };
     VMS.with(|cell| {
         let Ok(mut cache) = cell.try_borrow_mut() else {
@@ -329,7 +369,13 @@ fn run_when(
             cache.set_id = set.id;
         }
         match cache.vms.get_mut(slot) {
-            Some(entry) => run(entry.get_or_insert_with(|| Box::new(new_vm(program)))),
+            Some(entry) => {
+                let result = run(entry.get_or_insert_with(|| Box::new(new_vm(program))));
+                if matches!(&result, Err(e) if e == PANICKED) {
+                    *entry = None;
+                }
+                result
+            }
             None => run(&mut new_vm(program)),
         }
     })
@@ -481,8 +527,8 @@ impl PolicySet {
                         );
                     }
                     if rego_input.is_none() {
-                        match serde_json::to_value(input) {
-                            Ok(v) => rego_input = Some(regorus::Value::from(v)),
+                        match rego_input_of(input) {
+                            Ok(v) => rego_input = Some(v),
                             Err(e) => {
                                 return self.fail(POLICY_ERROR, format!("cannot encode input: {e}"));
                             }
@@ -544,7 +590,9 @@ impl PolicySet {
             }
             would = would.max(any_max.unwrap_or(pack.default_decision));
         }
-        if Instant::now() > deadline {
+        // A builtin call cannot be interrupted by the VM timer: re-check after Rego ran. Pure
+        // index decisions are bounded work and are not failed for scheduler preemption.
+        if rego_input.is_some() && Instant::now() > deadline {
             return self.fail(
                 POLICY_ERROR,
                 format!("evaluation deadline of {:?} exceeded", self.deadline),

@@ -290,9 +290,14 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
     let mut rules = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut push_rules = |file: &str, text: &str, docs: Vec<RuleDoc>| -> Result<(), PolicyError> {
+        let mut in_file: std::collections::HashMap<String, usize> = Default::default();
         for rule in docs {
-            let spec = validate_rule(file, text, rule)?;
+            let nth = in_file.entry(rule.id.clone()).or_default();
+            *nth += 1;
+            let mut spec = validate_rule(file, text, rule)?;
             if !seen.insert(spec.id.clone()) {
+                // Point at this occurrence, not the first one in the file.
+                spec.line = find_rule_line_nth(text, &spec.id, *nth).or(spec.line);
                 return Err(spec.error("duplicate rule id in this pack"));
             }
             rules.push(spec);
@@ -437,11 +442,18 @@ fn id_on_line(line: &str) -> Option<&str> {
     Some(v.trim_matches(|c| c == '"' || c == '\''))
 }
 
-/// 1-based line of `id: <id>` in `text`.
+/// 1-based line of the first `id: <id>` in `text`.
 pub(crate) fn find_rule_line(text: &str, id: &str) -> Option<usize> {
+    find_rule_line_nth(text, id, 1)
+}
+
+/// 1-based line of the `nth` (1-based) `id: <id>` in `text`.
+fn find_rule_line_nth(text: &str, id: &str, nth: usize) -> Option<usize> {
     text.lines()
-        .position(|l| id_on_line(l) == Some(id))
-        .map(|i| i + 1)
+        .enumerate()
+        .filter(|(_, l)| id_on_line(l) == Some(id))
+        .nth(nth.saturating_sub(1))
+        .map(|(i, _)| i + 1)
 }
 
 /// The id of the nearest rule declared at or above 1-based `line`.

@@ -316,6 +316,20 @@ fn invalid_packs_are_refused_naming_file_rule_and_line() {
         e.contains("rules/y.yaml:4") && e.contains("rule 'dup'") && e.contains("duplicate"),
         "{e}"
     );
+    // Duplicate id within one file: the second occurrence's line.
+    let e = refusal(
+        &pack_yaml(
+            "p",
+            "allow",
+            "enforce",
+            "    - {id: twice, decision: warn}\n    - {id: twice, decision: block}\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("pack.yaml:9") && e.contains("rule 'twice'") && e.contains("duplicate"),
+        "{e}"
+    );
     // Unknown top-level key, bad pack-level Rego module, approval on a non-approval rule.
     let e = refusal(
         &format!("{}extra: 1\n", pack_yaml("p", "allow", "enforce", "    []\n")),
@@ -561,10 +575,10 @@ fn fail_closed_on_deadline_overrun() {
     );
     assert!(d.error.as_deref().unwrap().contains("deadline"), "{d:?}");
     assert!(d.evaluation_micros < 200_000, "{}", d.evaluation_micros);
-    // Deadline zero: every evaluation overruns it and fails closed.
+    // Deadline zero: any Rego rule fails closed; decisions that need no Rego still decide.
     let set = PolicySet::new(vec![pack], Duration::ZERO);
     assert_eq!(set.evaluate(&act("x")).reason_codes, [POLICY_ERROR]);
-    assert_eq!(set.evaluate(&act("other")).reason_codes, [POLICY_ERROR]);
+    assert_eq!(set.evaluate(&act("other")).outcome, Outcome::Allow);
 }
 
 // ----- suites ------------------------------------------------------------------------------
@@ -719,4 +733,27 @@ fn watcher_reloads_after_a_change() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(m.status().generation >= 2);
+}
+
+#[test]
+fn direct_rego_input_equals_the_serde_form() {
+    let mut i = input(
+        "pay",
+        "a",
+        serde_json::json!({"amount": 5000, "n": [1, 2.5, -3], "s": {"x": null}}),
+    );
+    assert_eq!(
+        engine::rego_input_of(&i).unwrap(),
+        regorus::Value::from(serde_json::to_value(&i).unwrap())
+    );
+    i.agent.version = Some("1".into());
+    i.agent.manifest_hash = Some("sha256:00".into());
+    i.tool = Some(serde_json::json!({"name": "t"}));
+    i.execution = Some(serde_json::json!({"id": "e", "steps": 3, "cost": 0.5}));
+    i.principal = serde_json::json!({"id": "u"});
+    i.tenant = "acme".into();
+    assert_eq!(
+        engine::rego_input_of(&i).unwrap(),
+        regorus::Value::from(serde_json::to_value(&i).unwrap())
+    );
 }
