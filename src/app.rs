@@ -57,9 +57,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     } else {
         RepairMode::Refuse
     };
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(lcfg))
+    let fast = cfg.ledger_fast_start;
+    let ledger = tokio::task::spawn_blocking(move || open_ledger(lcfg, fast))
         .await?
-        .context("opening the ledger (run `kla ledger verify` for details)")?;
+        .context("opening the ledger (run `kla ledger verify --data-dir DIR` for details)")?;
     let recorder = Recorder::new(ledger.clone(), store.clone());
     let reindexed = recorder.reindex().await.context("indexing the ledger")?;
     if reindexed > 0 {
@@ -144,6 +145,52 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown,
         done,
     })
+}
+
+/// Checks the whole log (checksums, leaf and node hashes, checkpoint root and signature) and then opens it.
+///
+/// `Ledger::open` alone checks only what follows the last signed checkpoint, which keeps restarts of huge logs
+/// fast; the full check here makes a byte changed anywhere refuse startup. With `--ledger-repair=truncate`, damage
+/// is cut only when it is a tail after the last checkpoint: if the damaged index survives the open, the damage is
+/// inside published state and kla refuses rather than roll it back.
+fn open_ledger(cfg: LedgerConfig, fast_start: bool) -> anyhow::Result<Ledger> {
+    let has_log = cfg.dir.join(crate::ledger::log::ENTRIES_FILE).exists();
+    let damaged = if has_log && !fast_start {
+        let started = Instant::now();
+        match crate::ledger::verify_ledger_dir(&cfg.dir, &mut |_, _| {}) {
+            Ok(summary) => {
+                tracing::info!(
+                    entries = summary.entries,
+                    ms = started.elapsed().as_millis() as u64,
+                    "ledger verified"
+                );
+                None
+            }
+            Err(crate::ledger::LedgerError::Corrupt { index, detail }) => Some((index, detail)),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let truncate = cfg.repair == RepairMode::Truncate;
+    match damaged {
+        None => Ok(Ledger::open(cfg)?),
+        Some((index, detail)) if !truncate => anyhow::bail!(
+            "ledger damaged at index {index}: {detail}; refusing to start (see `kla ledger verify`; \
+             --ledger-repair=truncate cuts a damaged tail that no signed checkpoint covers)"
+        ),
+        Some((index, detail)) => {
+            let ledger = Ledger::open(cfg)?;
+            if ledger.size() > index {
+                anyhow::bail!(
+                    "ledger damaged at index {index}: {detail}; the damage is inside the signed checkpoint or \
+                     followed by good entries, so truncating would roll back published state; refusing to start"
+                );
+            }
+            tracing::warn!(index, %detail, size = ledger.size(), "ledger tail truncated by --ledger-repair=truncate");
+            Ok(ledger)
+        }
+    }
 }
 
 /// The policy manager's config from kla's config: the embedded default key when none is given.

@@ -93,13 +93,21 @@ async fn lineage_verify(
         }
     };
     let path = ledger.inclusion_proof(idx, tree_size).map_err(ledger_err)?;
+    // Prove the entry as stored now, not only its stored leaf hash: a damaged entry must not look anchored.
+    let bytes = ledger.entry(idx).map_err(ledger_err)?;
+    let leaf = ledger.leaf_hash(idx).map_err(ledger_err)?;
+    if crate::ledger::tree::leaf_hash(&bytes) != leaf {
+        return Err(ApiError::internal(format!(
+            "ledger entry {idx} does not match its leaf hash"
+        )));
+    }
     Ok(Json(json!({
         "lineageId": rec.lineage_id,
         "anchored": cp.is_some(),
         "ledgerIndex": idx,
         "rootHash": h(&root),
         "merklePath": path.iter().map(h).collect::<Vec<_>>(),
-        "leafHash": h(&ledger.leaf_hash(idx).map_err(ledger_err)?),
+        "leafHash": h(&leaf),
         "treeSize": tree_size,
         "checkpoint": checkpoint,
     })))
@@ -179,13 +187,14 @@ async fn entries(
     let ledger = s.recorder.ledger().clone();
     let size = ledger.size();
     let max = crate::ledger::log::MAX_ENTRIES_PER_READ;
-    let end = q.end.unwrap_or(size).min(q.start.saturating_add(max));
-    if q.start > end || end > size {
+    let asked_end = q.end.unwrap_or(size);
+    if q.start > asked_end || asked_end > size {
         return Err(ApiError::invalid(format!(
-            "need start <= end <= tree size ({size}); got start={} end={end}",
+            "need start <= end <= tree size ({size}); got start={} end={asked_end}",
             q.start
         )));
     }
+    let end = asked_end.min(q.start.saturating_add(max));
     let start = q.start;
     let rows = tokio::task::spawn_blocking(move || ledger.entries(start, end))
         .await

@@ -86,6 +86,11 @@ pub struct RawConfig {
     /// `truncate`: cut a damaged ledger tail (never below the last signed checkpoint) instead of refusing to start.
     #[arg(long)]
     pub ledger_repair: Option<String>,
+    /// Skip the full ledger check at startup: only what follows the last signed checkpoint is checked (run
+    /// `kla ledger verify` separately). For very large logs; by default damage anywhere refuses startup.
+    #[arg(long)]
+    #[serde(default)]
+    pub ledger_fast_start: bool,
     /// Log format: `text` or `json`. Default `text`.
     #[arg(long)]
     pub log_format: Option<String>,
@@ -127,6 +132,7 @@ impl RawConfig {
             policy_deadline: self.policy_deadline.or(base.policy_deadline),
             ledger_origin: self.ledger_origin.or(base.ledger_origin),
             ledger_repair: self.ledger_repair.or(base.ledger_repair),
+            ledger_fast_start: self.ledger_fast_start || base.ledger_fast_start,
             log_format: self.log_format.or(base.log_format),
         }
     }
@@ -207,6 +213,7 @@ impl RawConfig {
             policy_deadline,
             ledger_origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
             ledger_repair_truncate,
+            ledger_fast_start: self.ledger_fast_start,
             log_json,
         })
     }
@@ -268,6 +275,8 @@ pub struct Config {
     pub ledger_origin: String,
     /// `--ledger-repair=truncate`.
     pub ledger_repair_truncate: bool,
+    /// `--ledger-fast-start`.
+    pub ledger_fast_start: bool,
     /// JSON logs.
     pub log_json: bool,
 }

@@ -28,6 +28,8 @@ const GATHER_WAIT: Duration = Duration::from_micros(250);
 const QUEUE: usize = 8192;
 /// Most entries returned by one [`Ledger::entries`] call.
 pub const MAX_ENTRIES_PER_READ: u64 = 10_000;
+/// Name of the entries file (the source of truth) inside the ledger directory.
+pub const ENTRIES_FILE: &str = files::ENTRIES;
 
 /// Where and how the ledger runs.
 #[derive(Clone, Debug)]

@@ -25,6 +25,8 @@ pub fn raw(data_dir: &Path) -> RawConfig {
         data_dir: Some(data_dir.to_owned()),
         api_addr: Some("127.0.0.1:0".into()),
         policies: Some(repo_path("policies")),
+        // Tests run many servers on two cores; a 5 ms wall-clock deadline would fail closed under that load.
+        policy_deadline: Some("2s".into()),
         ..Default::default()
     }
 }
@@ -210,34 +212,38 @@ pub struct Process {
 impl Process {
     /// Starts `kla serve --data-dir DIR --api-addr 127.0.0.1:PORT` plus `extra` and waits until healthy.
     pub async fn serve(data_dir: &Path, extra: &[&str]) -> Process {
-        let port = free_port();
-        let child = Command::new(kla_bin())
+        use std::io::BufRead;
+        // Port 0 and the address the server prints: no window in which another test can take the port.
+        let mut child = Command::new(kla_bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .arg("--api-addr")
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["--api-addr", "127.0.0.1:0", "--policy-deadline", "2s"])
             .arg("--policies")
             .arg(repo_path("policies"))
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn kla");
-        let p = Process {
+        let stdout = child.stdout.take().expect("stdout");
+        let mut p = Process {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
         };
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(r) = client.get(format!("{}/healthz", p.base)).send().await
-                && r.status().is_success()
-            {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("kla serve did not become healthy"); // `p` is killed and reaped on drop
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await
+        .expect("join")
+        .expect("read stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("kla listening on ")
+            .unwrap_or_else(|| panic!("kla serve failed to start: {line:?}"));
+        p.base = format!("http://{addr}");
+        p
     }
 
     /// Sends SIGTERM and waits for a clean exit.
