@@ -27,6 +27,9 @@ pub enum RecordError {
     /// The store failed to index the entry (it is in the ledger and will be re-indexed on restart).
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The index writer failed this batch (the entry is in the ledger and is re-indexed on restart).
+    #[error("index: {0}")]
+    Index(String),
     /// The index writer has stopped.
     #[error("index writer stopped")]
     Closed,
@@ -57,7 +60,7 @@ pub struct DecisionToRecord {
     pub trace_id: Option<String>,
     /// Optional execution id.
     pub execution_id: Option<String>,
-    /// The ledger body: input, matched rules, pack digests, outcome.
+    /// The ledger body: input, matched rules, pack digests, outcome (moved into the entry).
     pub body: Value,
 }
 
@@ -92,7 +95,8 @@ impl Recorder {
         &self.ledger
     }
 
-    /// Appends one entry and indexes it; returns once both are durable.
+    /// Appends one entry (durable: fsynced before the ledger acknowledges) and indexes it (committed; the index is
+    /// rebuilt from the ledger if a crash loses it).
     async fn record(
         &self,
         kind: &str,
@@ -110,8 +114,10 @@ impl Recorder {
             time: time.clone(),
             body,
         };
-        let ledger_index = self.ledger.append(entry.encode()?).await?;
-        let (lineage, decision) = index_records(&entry, ledger_index, decision);
+        let bytes = entry.encode()?;
+        let canonical = String::from_utf8_lossy(&bytes).into_owned();
+        let ledger_index = self.ledger.append(bytes).await?;
+        let (lineage, decision) = index_records(&entry, ledger_index, decision, canonical);
         let (done, wait) = oneshot::channel();
         self.index_tx
             .send(IndexJob {
@@ -125,7 +131,7 @@ impl Recorder {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, ledger_index, "indexing failed; the entry is in the ledger and will be re-indexed on restart");
-                return Err(RecordError::Closed);
+                return Err(RecordError::Index(e));
             }
             Err(_) => return Err(RecordError::Closed),
         }
@@ -139,9 +145,9 @@ impl Recorder {
     }
 
     /// Records a decision.
-    pub async fn decision(&self, d: DecisionToRecord) -> Result<Recorded, RecordError> {
+    pub async fn decision(&self, mut d: DecisionToRecord) -> Result<Recorded, RecordError> {
         let tenant = d.tenant.clone();
-        let body = d.body.clone();
+        let body = std::mem::take(&mut d.body);
         Ok(self.record("decision", &tenant, body, Some(d)).await?.0)
     }
 
@@ -175,7 +181,8 @@ impl Recorder {
             let mut decisions = Vec::new();
             for (k, bytes) in entries.iter().enumerate() {
                 let entry = Entry::decode(bytes)?;
-                let (l, d) = index_records(&entry, i + k as u64, decision_from_entry(&entry));
+                let canonical = String::from_utf8_lossy(bytes).into_owned();
+                let (l, d) = index_records(&entry, i + k as u64, decision_from_entry(&entry), canonical);
                 lineage.push(l);
                 decisions.extend(d);
             }
@@ -215,14 +222,16 @@ fn decision_from_entry(e: &Entry) -> Option<DecisionToRecord> {
         decision: str_field(b, "decision").unwrap_or_default(),
         trace_id: str_field(b, "traceId"),
         execution_id: str_field(b, "executionId"),
-        body: b.clone(),
+        body: Value::Null,
     })
 }
 
+/// The index rows of one entry; a decision row keeps the entry's canonical text as its body.
 fn index_records(
     e: &Entry,
     ledger_index: u64,
     d: Option<DecisionToRecord>,
+    canonical: String,
 ) -> (LineageRecord, Option<DecisionRecord>) {
     let lineage = LineageRecord {
         lineage_id: e.lineage_id.clone(),
@@ -244,7 +253,7 @@ fn index_records(
         ledger_index,
         trace_id: d.trace_id,
         execution_id: d.execution_id,
-        body: d.body.to_string(),
+        body: canonical,
         created_at: e.time.clone(),
     });
     (lineage, decision)

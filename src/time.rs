@@ -1,4 +1,4 @@
-//! Wall-clock helpers: one RFC 3339 format (UTC, seconds precision with `Z`) used on every wire and in the ledger.
+//! Wall-clock helpers: one RFC 3339 format (UTC, millisecond precision, `Z`) used on every wire and in the ledger.
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -8,7 +8,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
-use crate::policy::{EvalInput, Outcome};
+use crate::policy::{AgentRef, EvalInput, Outcome};
 use crate::recorder::DecisionToRecord;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
@@ -65,7 +65,7 @@ async fn evaluate(
     let now = crate::time::now_rfc3339();
     let principal = json!({"subject": &*caller.principal.subject, "role": caller.principal.role.as_str()});
     let input = EvalInput {
-        agent: (*agent).clone(),
+        agent: AgentRef::clone(&agent),
         action: req.action,
         context: Value::Object(req.context.unwrap_or_default()),
         tool: req.tool,
@@ -80,49 +80,58 @@ async fn evaluate(
     }
     let decision_id = format!("dec_{}", hex::encode(rand::random::<[u8; 8]>()));
     let requires_desk = d.outcome == Outcome::RequireApproval;
-    let body = json!({
-        "decisionId": decision_id,
-        "agent": &input.agent,
-        "action": &input.action,
-        "context": &input.context,
-        "tool": &input.tool,
-        "executionId": &req.execution_id,
-        "traceId": &req.trace_id,
-        "principal": &input.principal,
+    let response = json!({
         "decision": d.outcome,
         "reasonCodes": &d.reason_codes,
         "requiresDeskApproval": requires_desk,
+        "decisionId": &decision_id,
         "wouldDecide": d.would_decide,
         "matchedRules": &d.matched_rules,
         "policy": &d.policy,
         "evaluationMicros": d.evaluation_micros,
     });
-    let rec = s
-        .recorder
-        .decision(DecisionToRecord {
-            tenant: caller.tenant.to_string(),
-            decision_id: decision_id.clone(),
-            agent_id: input.agent.id.clone(),
-            action: input.action.clone(),
-            decision: d.outcome.as_str().to_owned(),
-            trace_id: req.trace_id,
-            execution_id: req.execution_id,
-            body,
-        })
-        .await
-        .map_err(ApiError::unavailable)?;
-    Ok(Json(json!({
-        "decision": d.outcome,
-        "reasonCodes": d.reason_codes,
-        "requiresDeskApproval": requires_desk,
-        "decisionId": decision_id,
-        "lineageId": rec.lineage_id,
-        "ledgerIndex": rec.ledger_index,
-        "wouldDecide": d.would_decide,
-        "matchedRules": d.matched_rules,
-        "policy": d.policy,
-        "evaluationMicros": d.evaluation_micros,
-    })))
+    let EvalInput {
+        agent,
+        action,
+        context,
+        tool,
+        principal,
+        ..
+    } = input;
+    let record = DecisionToRecord {
+        tenant: caller.tenant.to_string(),
+        decision_id: decision_id.clone(),
+        agent_id: agent.id.clone(),
+        action: action.clone(),
+        decision: d.outcome.as_str().to_owned(),
+        trace_id: req.trace_id.clone(),
+        execution_id: req.execution_id.clone(),
+        body: json!({
+            "decisionId": decision_id,
+            "agent": agent,
+            "action": action,
+            "context": context,
+            "tool": tool,
+            "executionId": req.execution_id,
+            "traceId": req.trace_id,
+            "principal": principal,
+            "decision": d.outcome,
+            "reasonCodes": d.reason_codes,
+            "requiresDeskApproval": requires_desk,
+            "wouldDecide": d.would_decide,
+            "matchedRules": d.matched_rules,
+            "policy": d.policy,
+            "evaluationMicros": d.evaluation_micros,
+            "error": d.error,
+        }),
+    };
+    let rec = s.recorder.decision(record).await.map_err(ApiError::unavailable)?;
+    let mut response = response;
+    if let Some(o) = response.as_object_mut() {
+        o.insert("lineageId".into(), rec.lineage_id.into());
+        o.insert("ledgerIndex".into(), rec.ledger_index.into());
+    }
+    Ok(Json(response))
 }
 
 async fn get_one(
@@ -136,7 +145,8 @@ async fn get_one(
         .await
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
-    let mut body: Value = serde_json::from_str(&rec.body).map_err(ApiError::internal)?;
+    let entry = crate::ledger::Entry::decode(rec.body.as_bytes()).map_err(ApiError::internal)?;
+    let mut body = entry.body;
     if let Some(o) = body.as_object_mut() {
         o.insert("lineageId".into(), rec.lineage_id.into());
         o.insert("ledgerIndex".into(), rec.ledger_index.into());

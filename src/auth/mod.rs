@@ -67,16 +67,27 @@ pub struct Claims {
     pub iss: String,
     /// Subject (who).
     pub sub: String,
-    /// Audience.
-    pub aud: String,
+    /// Audience: one string (kla's tokens) or a list (RFC 7519 allows both; the validator checks it).
+    pub aud: Audience,
     /// Tenants the token may act in.
     pub tenants: Vec<String>,
     /// Role.
     pub role: Role,
     /// Expiry (unix seconds).
     pub exp: u64,
-    /// Issued at (unix seconds).
+    /// Issued at (unix seconds); optional in external tokens.
+    #[serde(default)]
     pub iat: u64,
+}
+
+/// The `aud` claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
 }
 
 /// A verified caller identity.
@@ -224,7 +235,7 @@ pub fn mint(
     let claims = Claims {
         iss: LOCAL_ISSUER.into(),
         sub: subject,
-        aud: LOCAL_AUDIENCE.into(),
+        aud: Audience::One(LOCAL_AUDIENCE.into()),
         tenants,
         role,
         exp: now + ttl.as_secs(),

@@ -114,7 +114,7 @@ pub struct EvalInput {
     /// Tenant id.
     #[serde(default)]
     pub tenant: String,
-    /// Evaluation time (RFC 3339), supplied by the caller so decisions are reproducible.
+    /// Evaluation time (RFC 3339): the server clock for API decisions, a fixed value in pack test suites.
     #[serde(default)]
     pub now: String,
 }

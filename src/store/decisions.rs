@@ -25,7 +25,7 @@ pub struct DecisionRecord {
     pub trace_id: Option<String>,
     /// Optional execution id.
     pub execution_id: Option<String>,
-    /// The full API response JSON.
+    /// The canonical text of the decision's ledger entry.
     pub body: String,
     /// RFC 3339.
     pub created_at: String,

@@ -321,7 +321,7 @@ async fn forged_tokens_are_refused() {
     let claims = |exp: u64| Claims {
         iss: "kla".into(),
         sub: "mallory".into(),
-        aud: "kla".into(),
+        aud: kla::auth::Audience::One("kla".into()),
         tenants: vec![T.into()],
         role: Role::Admin,
         exp,
@@ -405,7 +405,7 @@ async fn external_jwks_tokens_are_accepted() {
     let mk = |iss: &str, kid: &str| {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         h.kid = Some(kid.into());
-        let c = json!({"iss":iss,"sub":"alice@example.com","aud":"kla-api","tenants":[T],"role":"auditor","exp":now+600,"iat":now});
+        let c = json!({"iss":iss,"sub":"alice@example.com","aud":["other-api","kla-api"],"tenants":[T],"role":"auditor","exp":now+600});
         jsonwebtoken::encode(
             &h,
             &c,
