@@ -114,10 +114,8 @@ impl Recorder {
             time: time.clone(),
             body,
         };
-        let bytes = entry.encode()?;
-        let canonical = String::from_utf8_lossy(&bytes).into_owned();
-        let ledger_index = self.ledger.append(bytes).await?;
-        let (lineage, decision) = index_records(&entry, ledger_index, decision, canonical);
+        let ledger_index = self.ledger.append(entry.encode()?).await?;
+        let (lineage, decision) = index_records(&entry, ledger_index, decision);
         let (done, wait) = oneshot::channel();
         self.index_tx
             .send(IndexJob {
@@ -181,8 +179,7 @@ impl Recorder {
             let mut decisions = Vec::new();
             for (k, bytes) in entries.iter().enumerate() {
                 let entry = Entry::decode(bytes)?;
-                let canonical = String::from_utf8_lossy(bytes).into_owned();
-                let (l, d) = index_records(&entry, i + k as u64, decision_from_entry(&entry), canonical);
+                let (l, d) = index_records(&entry, i + k as u64, decision_from_entry(&entry));
                 lineage.push(l);
                 decisions.extend(d);
             }
@@ -226,12 +223,11 @@ fn decision_from_entry(e: &Entry) -> Option<DecisionToRecord> {
     })
 }
 
-/// The index rows of one entry; a decision row keeps the entry's canonical text as its body.
+/// The index rows of one entry (the entry itself stays in the ledger).
 fn index_records(
     e: &Entry,
     ledger_index: u64,
     d: Option<DecisionToRecord>,
-    canonical: String,
 ) -> (LineageRecord, Option<DecisionRecord>) {
     let lineage = LineageRecord {
         lineage_id: e.lineage_id.clone(),
@@ -251,9 +247,6 @@ fn index_records(
         decision: d.decision,
         lineage_id: e.lineage_id.clone(),
         ledger_index,
-        trace_id: d.trace_id,
-        execution_id: d.execution_id,
-        body: canonical,
         created_at: e.time.clone(),
     });
     (lineage, decision)

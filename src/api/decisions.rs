@@ -145,7 +145,12 @@ async fn get_one(
         .await
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
-    let entry = crate::ledger::Entry::decode(rec.body.as_bytes()).map_err(ApiError::internal)?;
+    let bytes = s
+        .recorder
+        .ledger()
+        .entry(rec.ledger_index)
+        .map_err(ApiError::internal)?;
+    let entry = crate::ledger::Entry::decode(&bytes).map_err(ApiError::internal)?;
     let mut body = entry.body;
     if let Some(o) = body.as_object_mut() {
         o.insert("lineageId".into(), rec.lineage_id.into());

@@ -19,14 +19,8 @@ pub struct DecisionRecord {
     pub decision: String,
     /// Lineage id of its ledger entry.
     pub lineage_id: String,
-    /// Ledger index of its entry.
+    /// Ledger index of its entry (which holds the full decision).
     pub ledger_index: u64,
-    /// Optional trace id.
-    pub trace_id: Option<String>,
-    /// Optional execution id.
-    pub execution_id: Option<String>,
-    /// The canonical text of the decision's ledger entry.
-    pub body: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -76,15 +70,8 @@ impl Store {
         lineage: Vec<LineageRecord>,
         decisions: Vec<DecisionRecord>,
     ) -> Result<()> {
-        self.write(move |c| {
-            // The index is derived from the ledger (already fsynced) and rebuilt from it on startup, so its
-            // commits need not wait for their own fsync. Scoped to this transaction; everything else is FULL.
-            c.pragma_update(None, "synchronous", "NORMAL")?;
-            let r = index_tx(c, &lineage, &decisions);
-            c.pragma_update(None, "synchronous", "FULL")?;
-            r
-        })
-        .await
+        // The index connection does not fsync its commits (see `Store`); the ledger is the durable record.
+        self.write_index(move |c| index_tx(c, &lineage, &decisions)).await
     }
 
     /// Highest ledger index present in the lineage index, if any.
@@ -101,8 +88,7 @@ impl Store {
         let (t, d) = (tenant.to_owned(), decision_id.to_owned());
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT decision_id, tenant, agent_id, action, decision, lineage_id, ledger_index, trace_id,
-                        execution_id, body, created_at
+                "SELECT decision_id, tenant, agent_id, action, decision, lineage_id, ledger_index, created_at
                  FROM decisions WHERE tenant = ?1 AND decision_id = ?2",
                 params![t, d],
                 |r| {
@@ -114,10 +100,7 @@ impl Store {
                         decision: r.get(4)?,
                         lineage_id: r.get(5)?,
                         ledger_index: r.get::<_, i64>(6)? as u64,
-                        trace_id: r.get(7)?,
-                        execution_id: r.get(8)?,
-                        body: r.get(9)?,
-                        created_at: r.get(10)?,
+                        created_at: r.get(7)?,
                     })
                 },
             )
@@ -156,13 +139,35 @@ impl Store {
             execution_id.map(str::to_owned),
         );
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1
-                 AND (?2 IS NULL OR decision_id = ?2) AND (?3 IS NULL OR trace_id = ?3)
-                 AND (?4 IS NULL OR execution_id = ?4)
-                 ORDER BY ledger_index LIMIT ?5"
-            ))?;
-            let rows = st.query_map(params![t, d, tr, e, limit as i64], lineage_from_row)?;
+            // One indexed lookup per selector (decision via its primary key, trace and execution via partial
+            // indexes); `(?2 IS NULL OR ...)` forms would scan the table.
+            let (sql, key) = match (d, tr, e) {
+                (Some(d), _, _) => (
+                    "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id,
+                            l.execution_id, l.created_at
+                     FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
+                     WHERE d.tenant = ?1 AND d.decision_id = ?2 LIMIT ?3"
+                        .to_owned(),
+                    d,
+                ),
+                (None, Some(t), _) => (
+                    format!(
+                        "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND trace_id = ?2
+                         ORDER BY ledger_index LIMIT ?3"
+                    ),
+                    t,
+                ),
+                (None, None, Some(e)) => (
+                    format!(
+                        "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND execution_id = ?2
+                         ORDER BY ledger_index LIMIT ?3"
+                    ),
+                    e,
+                ),
+                (None, None, None) => return Ok(Vec::new()),
+            };
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(params![t, key, limit as i64], lineage_from_row)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
         .await
@@ -209,8 +214,8 @@ fn index_tx(
         }
         let mut ins = tx.prepare_cached(
             "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
-                                             ledger_index, trace_id, execution_id, body, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                             ledger_index, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for d in decisions {
             ins.execute(params![
@@ -221,9 +226,6 @@ fn index_tx(
                 d.decision,
                 d.lineage_id,
                 d.ledger_index as i64,
-                d.trace_id,
-                d.execution_id,
-                d.body,
                 d.created_at
             ])?;
         }

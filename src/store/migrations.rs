@@ -42,7 +42,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_created ON idempotency(created_at);
     "#,
-    // 2: decisions and the lineage index (both derived from the ledger, which is the source of truth).
+    // 2: decisions and the lineage index, both derived from the ledger (the source of truth; bodies live there).
     r#"
     CREATE TABLE decisions (
         decision_id   TEXT PRIMARY KEY,
@@ -52,13 +52,8 @@ const MIGRATIONS: &[&str] = &[
         decision      TEXT NOT NULL,
         lineage_id    TEXT NOT NULL,
         ledger_index  INTEGER NOT NULL,
-        trace_id      TEXT,
-        execution_id  TEXT,
-        body          TEXT NOT NULL,
         created_at    TEXT NOT NULL
     );
-    CREATE INDEX decisions_trace ON decisions(tenant, trace_id);
-    CREATE INDEX decisions_execution ON decisions(tenant, execution_id);
     CREATE TABLE lineage (
         lineage_id    TEXT PRIMARY KEY,
         tenant        TEXT NOT NULL,
@@ -69,9 +64,8 @@ const MIGRATIONS: &[&str] = &[
         execution_id  TEXT,
         created_at    TEXT NOT NULL
     );
-    CREATE INDEX lineage_trace ON lineage(tenant, trace_id);
-    CREATE INDEX lineage_execution ON lineage(tenant, execution_id);
-    CREATE INDEX lineage_decision ON lineage(tenant, decision_id);
+    CREATE INDEX lineage_trace ON lineage(tenant, trace_id) WHERE trace_id IS NOT NULL;
+    CREATE INDEX lineage_execution ON lineage(tenant, execution_id) WHERE execution_id IS NOT NULL;
     "#,
 ];
 

@@ -58,6 +58,9 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// A second write connection for the ledger index only: `synchronous=NORMAL`, because the index is derived
+    /// from the (already fsynced) ledger and rebuilt from it after a crash. SQLite serialises it with `writer`.
+    index_writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -74,6 +77,9 @@ impl Store {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::apply(&mut writer)?;
         idempotency::clear_in_flight(&writer)?;
+        let index_writer = Connection::open(&path)?;
+        index_writer.pragma_update(None, "synchronous", "NORMAL")?;
+        index_writer.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let c = Connection::open_with_flags(
@@ -87,6 +93,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
+                index_writer: Mutex::new(index_writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
@@ -107,6 +114,21 @@ impl Store {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock();
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the index write connection on the blocking pool.
+    async fn write_index<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.index_writer.lock();
             f(&mut conn)
         })
         .await
