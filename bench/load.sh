@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load runs against the release binary, each beside a bare hyper baseline measured in the same run.
 # Usage: bench/load.sh [seconds-per-run] [connections]
+# Core scaling: KLA_TASKSET='taskset -c 0' WRK_TASKSET='taskset -c 1' pins servers and load generator.
 # Needs wrk (apt-get install wrk). Prints a markdown table for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +15,15 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 BARE_PORT=18799; KLA_PORT=18700
-$BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
-$KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT --policies policies ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
+${KLA_TASKSET:-} $BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
+${KLA_TASKSET:-} $KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT --policies policies ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$KLA_PORT/healthz >/dev/null && break; sleep 0.1; done
 export TENANT=bench RUN=$RANDOM
 export TOKEN=$($KLA token --data-dir "$WORK/data" --tenant bench --role admin --ttl 1h)
 
 run() { # name, then wrk args; prints "name req/s p50 p99"
   local name=$1; shift
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" 2>&1)
+  local out; out=$(${WRK_TASKSET:-} wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" 2>&1)
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")

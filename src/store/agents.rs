@@ -87,7 +87,7 @@ impl Store {
     /// same name, same manifest as the latest version → `Duplicate`. Atomic.
     pub async fn register_agent(&self, v: NewAgentVersion) -> Result<RegisterOutcome> {
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing: Option<String> = tx
                 .query_row(
                     "SELECT agent_id FROM agents WHERE tenant = ?1 AND name = ?2",

@@ -193,7 +193,7 @@ fn index_tx(
     lineage: &[LineageRecord],
     decisions: &[DecisionRecord],
 ) -> Result<()> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut ins = tx.prepare_cached(
             "INSERT OR IGNORE INTO lineage(lineage_id, tenant, ledger_index, kind, decision_id, trace_id,

@@ -49,7 +49,7 @@ impl Store {
     ) -> Result<IdempotencyBegin> {
         let (t, k, h) = (tenant.to_owned(), key.to_owned(), request_hash.to_owned());
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_secs();
             tx.execute(
                 "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at < ?3",

@@ -665,3 +665,27 @@ async fn the_binary_restarts_with_all_data_and_drains_on_sigterm() {
     assert_eq!(replay.body, r1.body);
     assert!(p.terminate().success());
 }
+
+/// Regression: registrations (main write connection) racing decisions (index write connection) got
+/// SQLITE_BUSY from deferred transactions that upgraded to writes; every write transaction is now IMMEDIATE.
+#[tokio::test]
+async fn concurrent_registrations_and_decisions_all_succeed() {
+    let s = Server::start().await;
+    let tok = s.token(T, Role::Admin);
+    let agent = register(&s, &tok, T, "base").await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let rb = if i % 2 == 0 {
+            s.req(Method::POST, "/v1/agents", &tok, T)
+                .json(&agent_body(&format!("racer-{i}")))
+        } else {
+            s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
+                .json(&json!({"agentId": agent, "action": "lookup_policy", "context": {}}))
+        };
+        tasks.push(tokio::spawn(send(rb)));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.status.is_success(), "{} {}", r.status, r.body);
+    }
+}
