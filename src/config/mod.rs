@@ -313,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kla.yaml");
+        let c = RawConfig::from_file(&path)
+            .expect("example parses")
+            .validate()
+            .expect("example validates");
+        assert_eq!(c.rate_limit.map(|r| (r.rps, r.burst)), Some((200.0, 400)));
+        assert_eq!(c.policy_deadline, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        for (yaml, key) in [
+            ("api-addr: nope\n", "api-addr"),
+            ("rate-limit-rps: -1\n", "rate-limit-rps"),
+            ("policy-deadline: soon\n", "policy-deadline"),
+            ("ledger-repair: maybe\n", "ledger-repair"),
+            ("log-format: xml\n", "log-format"),
+            ("jwks: f.json\n", "jwks"),
+        ] {
+            let raw: RawConfig = serde_yaml::from_str(yaml).expect("yaml");
+            let e = raw.validate().expect_err(yaml).to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn half_tls_is_refused() {
         let raw = RawConfig {
             tls_cert: Some("c.pem".into()),

@@ -666,3 +666,58 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
     );
     check(&s, &tok, &agent, "fast", json!({}), "warn", &["FAST"]).await;
 }
+
+/// The pack CLI through the real binary: keygen, sign, verify, test, eval, and a server that trusts the new key.
+#[tokio::test]
+async fn pack_cli_round_trip_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(kla_bin())
+            .args(args)
+            .output()
+            .expect("run kla");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (key, public) = (tmp.path().join("ops.key"), tmp.path().join("ops.pub"));
+    let (k, p) = (key.to_str().unwrap(), public.to_str().unwrap());
+    assert!(run(&["pack", "keygen", "--private", k, "--public", p]).0);
+    // Copy the payments example and sign it with the new key.
+    let pack = tmp.path().join("packs/payments");
+    std::fs::create_dir_all(pack.join("tests")).unwrap();
+    for f in ["pack.yaml", "tests/payments.yaml"] {
+        std::fs::copy(repo_path("examples/packs/payments").join(f), pack.join(f)).unwrap();
+    }
+    let d = pack.to_str().unwrap();
+    let (ok, out) = run(&["pack", "test", d]);
+    assert!(ok, "the example's suite passes: {out}");
+    assert!(run(&["pack", "sign", d, "--key", k]).0);
+    let (ok, out) = run(&["pack", "verify", d, "--key", p]);
+    assert!(ok, "{out}");
+    let input = tmp.path().join("input.json");
+    std::fs::copy(repo_path("examples/packs/payments/input.json"), &input).unwrap();
+    let (ok, out) = run(&["pack", "eval", d, "--input", input.to_str().unwrap()]);
+    assert!(ok && out.contains("require_approval"), "{out}");
+    // Tampering is caught by verify, and by the default key which never signed it.
+    std::fs::write(
+        pack.join("pack.yaml"),
+        std::fs::read_to_string(pack.join("pack.yaml")).unwrap() + "\n# edited\n",
+    )
+    .unwrap();
+    assert!(!run(&["pack", "verify", d, "--key", p]).0);
+    assert!(
+        !run(&[
+            "pack",
+            "verify",
+            repo_path("examples/packs/payments").to_str().unwrap(),
+            "--key",
+            p
+        ])
+        .0
+    );
+    // A failing suite exits non-zero.
+    std::fs::write(pack.join("tests/payments.yaml"), "cases:\n  - name: wrong on purpose\n    input: {agent: {id: a}, action: delete_x}\n    expect: {decision: allow}\n").unwrap();
+    assert!(!run(&["pack", "test", d]).0);
+}
