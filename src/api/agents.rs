@@ -1,7 +1,7 @@
 //! `/v1/agents`: the agent registry (seed 001 "Register an Agent").
 
 use super::auth::Caller;
-use super::json::ApiJson;
+use super::json::RawJson;
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::policy::AgentRef;
@@ -131,9 +131,10 @@ impl AgentCache {
 async fn register(
     State(s): State<SharedState>,
     caller: Caller,
-    ApiJson(manifest): ApiJson<Manifest>,
+    body: RawJson,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     caller.require(&[Role::Admin, Role::Agent])?;
+    let manifest: Manifest = body.parse()?;
     manifest
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;

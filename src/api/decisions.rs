@@ -5,7 +5,7 @@
 //! ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
 
 use super::auth::Caller;
-use super::json::ApiJson;
+use super::json::RawJson;
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::policy::{AgentRef, EvalInput, Outcome};
@@ -47,12 +47,9 @@ fn check_id(field: &str, v: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn evaluate(
-    State(s): State<SharedState>,
-    caller: Caller,
-    ApiJson(req): ApiJson<EvaluateRequest>,
-) -> ApiResult<Json<Value>> {
+async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Agent, Role::Admin])?;
+    let req: EvaluateRequest = body.parse()?;
     check_id("agentId", &req.agent_id)?;
     check_id("action", &req.action)?;
     if let Some(e) = &req.execution_id {

@@ -1,13 +1,10 @@
-//! A JSON body extractor whose errors are `invalid_request` messages that name the field, and
+//! The JSON body extractor ([`RawJson`]: read now, parse after the role check) whose errors are `invalid_request` messages that name the field, and
 //! `payload_too_large` for bodies over the limit.
 
 use super::{ApiError, Code, SharedState};
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
-
-/// A JSON request body of type `T`.
-pub struct ApiJson<T>(pub T);
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
@@ -45,23 +42,39 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-impl<T: DeserializeOwned> FromRequest<SharedState> for ApiJson<T> {
+/// A JSON body read but not yet parsed, for handlers that check the caller's role first (so a caller without
+/// permission gets 403 whatever the body, and no work is spent parsing it).
+pub struct RawJson(pub bytes::Bytes);
+
+impl RawJson {
+    /// Parses the body into `T` (errors name the field).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse(&self.0)
+    }
+}
+
+impl FromRequest<SharedState> for RawJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            if !essence.eq_ignore_ascii_case("application/json") && !essence.ends_with("+json") {
-                return Err(ApiError::invalid(format!(
-                    "Content-Type must be application/json, got {ct:?}"
-                )));
-            }
-        }
-        let bytes = read_body(req.into_body(), state.body_limit).await?;
-        if bytes.is_empty() {
-            return Err(ApiError::invalid("request body is empty; expected a JSON object"));
-        }
-        parse(&bytes).map(ApiJson)
+        read_json_body(req, state).await.map(RawJson)
     }
+}
+
+/// Checks the content type and reads the body within the limit.
+async fn read_json_body(req: Request, state: &SharedState) -> Result<bytes::Bytes, ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") && !essence.ends_with("+json") {
+            return Err(ApiError::invalid(format!(
+                "Content-Type must be application/json, got {ct:?}"
+            )));
+        }
+    }
+    let bytes = read_body(req.into_body(), state.body_limit).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::invalid("request body is empty; expected a JSON object"));
+    }
+    Ok(bytes)
 }

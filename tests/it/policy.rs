@@ -721,3 +721,20 @@ async fn pack_cli_round_trip_through_the_binary() {
     std::fs::write(pack.join("tests/payments.yaml"), "cases:\n  - name: wrong on purpose\n    input: {agent: {id: a}, action: delete_x}\n    expect: {decision: allow}\n").unwrap();
     assert!(!run(&["pack", "test", d]).0);
 }
+
+/// Regression: the role check comes before the body is parsed, so a caller without permission gets 403 whatever
+/// it sends (it used to get 400 for a malformed body).
+#[tokio::test]
+async fn role_is_checked_before_the_body() {
+    let s = Server::start().await;
+    let auditor = s.token(T, Role::Auditor);
+    for path in ["/v1/decisions.evaluate", "/v1/agents"] {
+        let r = s
+            .send(
+                s.req(Method::POST, path, &auditor, T)
+                    .json(&json!({"bogus": true})),
+            )
+            .await;
+        r.assert_error(403, "forbidden");
+    }
+}
