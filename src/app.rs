@@ -35,6 +35,9 @@ pub struct Running {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // One kla per data dir: taken before anything else touches the dir (the store clears in-flight idempotency
+    // reservations on open, which would break a running server's guarantees).
+    let dir_lock = lock_data_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir).context("opening the store")?;
     let token_key = keys::load_or_create(&keys::token_key_path(&cfg.data_dir))?;
     let registry_key = keys::load_or_create(&keys::registry_key_path(&cfg.data_dir))?;
@@ -134,6 +137,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let done = tokio::spawn(async move {
         let r = serve(listener, tls, router, shutdown_serve).await;
         drop(watch);
+        let _dir_lock = dir_lock;
         // Sign a final checkpoint so everything acknowledged is anchored before exit.
         if let Err(e) = ledger.checkpoint_now().await {
             tracing::warn!(error = %e, "final checkpoint failed");
@@ -145,6 +149,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown,
         done,
     })
+}
+
+/// Takes an exclusive lock on `<data-dir>/kla.lock` for the life of the server.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("kla.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.try_lock()
+        .map_err(|_| anyhow::anyhow!("data dir {} is in use by another kla process", dir.display()))?;
+    Ok(f)
 }
 
 /// Checks the whole log (checksums, leaf and node hashes, checkpoint root and signature) and then opens it.
@@ -244,7 +262,15 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // Connection tasks, so the ones still open after the drain timeout can be closed for real.
+    let mut conns = tokio::task::JoinSet::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper ignores its header-read timeout: slow-header clients could hold connections forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -258,6 +284,7 @@ async fn serve(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
         match &tls {
@@ -266,7 +293,7 @@ async fn serve(
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with error");
                     }
@@ -276,7 +303,7 @@ async fn serve(
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let tls_stream =
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,

@@ -116,6 +116,7 @@ impl Recorder {
         };
         let ledger_index = self.ledger.append(entry.encode()?).await?;
         let (lineage, decision) = index_records(&entry, ledger_index, decision);
+        let (lineage_retry, decision_retry) = (lineage.clone(), decision.clone());
         let (done, wait) = oneshot::channel();
         self.index_tx
             .send(IndexJob {
@@ -125,13 +126,18 @@ impl Recorder {
             })
             .await
             .map_err(|_| RecordError::Closed)?;
+        // The entry is durable: from here on the answer is success, or a retry would record it twice. An index
+        // failure is retried in the background (and replayed from the ledger at the next start anyway).
         match wait.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %e, ledger_index, "indexing failed; the entry is in the ledger and will be re-indexed on restart");
-                return Err(RecordError::Index(e));
+                tracing::error!(error = %e, ledger_index, "indexing failed; retrying in the background");
+                self.retry_index(lineage_retry, decision_retry);
             }
-            Err(_) => return Err(RecordError::Closed),
+            Err(_) => tracing::error!(
+                ledger_index,
+                "index writer stopped; the entry is re-indexed at the next start"
+            ),
         }
         Ok((
             Recorded {
@@ -140,6 +146,23 @@ impl Recorder {
             },
             time,
         ))
+    }
+
+    fn retry_index(&self, lineage: LineageRecord, decision: Option<DecisionRecord>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=8u32 {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
+                match store
+                    .index_entries(vec![lineage.clone()], decision.clone().into_iter().collect())
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, attempt, "index retry failed"),
+                }
+            }
+            tracing::error!(lineage_id = %lineage.lineage_id, "giving up indexing; the next start re-indexes it");
+        });
     }
 
     /// Records a decision.
@@ -163,6 +186,14 @@ impl Recorder {
     /// Returns how many entries were indexed.
     pub async fn reindex(&self) -> Result<u64, RecordError> {
         let size = self.ledger.size();
+        let stale = self.store.truncate_index(size).await?;
+        if stale > 0 {
+            tracing::warn!(
+                rows = stale,
+                size,
+                "dropped index rows for ledger entries that no longer exist"
+            );
+        }
         let (count, max) = self.store.lineage_count_and_max().await?;
         // Contiguous index: resume after it. A gap (only after a crash) means one full, idempotent pass.
         let start = match max {
@@ -238,6 +269,9 @@ fn index_records(
         trace_id: d.as_ref().and_then(|d| d.trace_id.clone()),
         execution_id: d.as_ref().and_then(|d| d.execution_id.clone()),
         created_at: e.time.clone(),
+        agent_version: (e.kind == "agent.registered")
+            .then(|| Some((str_field(&e.body, "agentId")?, e.body.get("version")?.as_i64()?)))
+            .flatten(),
     };
     let decision = d.map(|d| DecisionRecord {
         decision_id: d.decision_id,

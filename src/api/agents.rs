@@ -1,13 +1,13 @@
 //! `/v1/agents`: the agent registry (seed 001 "Register an Agent").
 
 use super::auth::Caller;
-use super::json::RawJson;
+use super::json::{ApiPath, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::policy::AgentRef;
 use crate::registry::{self, Manifest};
 use crate::store::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -67,10 +67,7 @@ pub async fn reconcile_registrations(s: &SharedState) -> anyhow::Result<()> {
             &v.signature,
             &v.key_id,
         );
-        let rec = s.recorder.agent_registered(&tenant, body).await?;
-        s.store
-            .set_agent_version_lineage(&tenant, &agent_id, v.version, &rec.lineage_id)
-            .await?;
+        s.recorder.agent_registered(&tenant, body).await?;
         tracing::warn!(%tenant, %agent_id, version = v.version, "recorded a registration missing from the ledger");
     }
     Ok(())
@@ -174,13 +171,10 @@ async fn register(
                 &signature,
                 &s.registry_key.key_id(),
             );
+            // The entry links itself to this version when it is indexed (see `Store::index_entries`).
             let rec = s
                 .recorder
                 .agent_registered(&caller.tenant, body)
-                .await
-                .map_err(ApiError::unavailable)?;
-            s.store
-                .set_agent_version_lineage(&caller.tenant, &agent_id, version, &rec.lineage_id)
                 .await
                 .map_err(ApiError::unavailable)?;
             Ok((
@@ -274,7 +268,7 @@ async fn list(State(s): State<SharedState>, caller: Caller) -> ApiResult<Json<Va
 async fn get_one(
     State(s): State<SharedState>,
     caller: Caller,
-    Path(agent_id): Path<String>,
+    ApiPath(agent_id): ApiPath<String>,
 ) -> ApiResult<Json<AgentView>> {
     let agent = s
         .store

@@ -72,6 +72,11 @@ fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> 
         .ok()
         .filter(|t| !t.is_empty() && t.len() <= 128)
         .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
+    if tenant.starts_with('_') {
+        return Err(ApiError::forbidden(format!(
+            "tenant '{tenant}' is reserved for kla's own entries"
+        )));
+    }
     if !principal.allows_tenant(tenant) {
         return Err(ApiError::forbidden(format!(
             "token is not valid for tenant '{tenant}'"

@@ -5,12 +5,12 @@
 //! ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
 
 use super::auth::Caller;
-use super::json::RawJson;
+use super::json::{ApiPath, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::policy::{AgentRef, EvalInput, Outcome};
 use crate::recorder::DecisionToRecord;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -134,7 +134,7 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
 async fn get_one(
     State(s): State<SharedState>,
     caller: Caller,
-    Path(decision_id): Path<String>,
+    ApiPath(decision_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let rec = s
         .store

@@ -22,9 +22,20 @@ pub const REPLAYED: &str = "idempotent-replayed";
 const MAX_STORED: usize = 4 * 1024 * 1024;
 
 pub(super) async fn layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    match run(state, req, next).await {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    // A POST changes state (a ledger append, a registration, an idempotency record). It runs in its own task so a
+    // client that hangs up cannot cancel it halfway: the work and its bookkeeping always finish together.
+    let task = tokio::spawn(async move {
+        match run(state, req, next).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    });
+    match task.await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::internal(format!("request task failed: {e}")).into_response(),
     }
 }
 
@@ -48,7 +59,13 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, state.body_limit).await?;
+    // The fingerprint binds the key to who asked and what: another caller (or role) reusing the key and body
+    // gets a conflict, never someone else's stored response.
     let mut h = Sha256::new();
+    h.update(caller.principal.subject.as_bytes());
+    h.update([0]);
+    h.update(caller.principal.role.as_str());
+    h.update([0]);
     h.update(parts.method.as_str());
     h.update([0]);
     h.update(parts.uri.path());

@@ -78,3 +78,17 @@ async fn read_json_body(req: Request, state: &SharedState) -> Result<bytes::Byte
     }
     Ok(bytes)
 }
+
+/// A path parameter whose rejection (bad percent-encoding, bad UTF-8) is a seed-shaped 400, not axum's text.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::invalid(format!("path: {}", e.body_text())))
+    }
+}

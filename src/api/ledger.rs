@@ -2,12 +2,13 @@
 //! checkpoints, the verifier key, consistency proofs, the raw entry stream for monitors, and evidence bundles.
 
 use super::auth::Caller;
+use super::json::ApiPath;
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::ledger::{Entry, Hash, LedgerError};
 use crate::recorder::SYSTEM_TENANT;
 use crate::store::LineageRecord;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,7 +58,7 @@ async fn find(s: &SharedState, caller: &Caller, lineage_id: &str) -> ApiResult<L
 async fn lineage_entry(
     State(s): State<SharedState>,
     caller: Caller,
-    Path(lineage_id): Path<String>,
+    ApiPath(lineage_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let rec = find(&s, &caller, &lineage_id).await?;
     let ledger = s.recorder.ledger();
@@ -79,7 +80,7 @@ async fn lineage_entry(
 async fn lineage_verify(
     State(s): State<SharedState>,
     caller: Caller,
-    Path(lineage_id): Path<String>,
+    ApiPath(lineage_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let rec = find(&s, &caller, &lineage_id).await?;
     let ledger = s.recorder.ledger();

@@ -26,6 +26,11 @@ pub struct TokenArgs {
 
 /// Prints the token on stdout.
 pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    if let Some(t) = a.tenant.iter().find(|t| t.is_empty() || t.starts_with('_')) {
+        anyhow::bail!(
+            "tenant {t:?} is not allowed (empty, or reserved: names starting with '_' are kla's own)"
+        );
+    }
     std::fs::create_dir_all(&a.data_dir)?;
     let key = keys::load_or_create(&keys::token_key_path(&a.data_dir))?;
     let subject = a.subject.unwrap_or_else(|| a.role.as_str().to_owned());

@@ -32,6 +32,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Largest accepted `body-limit`: well under the ledger's 16 MiB entry limit, so any accepted body can be recorded.
+pub const MAX_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Every setting as written by a user. Field names are the YAML keys; flags use the same names in kebab case.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -197,8 +200,10 @@ impl RawConfig {
             }
         };
         let body_limit = self.body_limit.unwrap_or(1024 * 1024);
-        if body_limit == 0 {
-            return Err(ConfigError::Invalid("body-limit must be > 0".into()));
+        if body_limit == 0 || body_limit > MAX_BODY_LIMIT {
+            return Err(ConfigError::Invalid(format!(
+                "body-limit must be 1..={MAX_BODY_LIMIT} bytes (a decision's context must fit in one ledger entry)"
+            )));
         }
         Ok(Config {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("kla-data")),

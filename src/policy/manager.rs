@@ -209,6 +209,31 @@ impl PolicyManager {
                 }
             }
             Ok(dirs) => {
+                let seen: std::collections::HashSet<PathBuf> = dirs.iter().cloned().collect();
+                // A pack directory that vanished keeps its last good version: a deploy that replaces a pack
+                // with `rm -rf` + copy must not open a window in which its block rules are gone (fail closed).
+                // Removing a pack for good takes a restart.
+                for (dir, k) in &state.last_good {
+                    if !seen.contains(dir) {
+                        let reason = format!(
+                            "pack directory is missing (keeping last good version {}@{}; restart kla to remove a pack)",
+                            k.status.name, k.status.version
+                        );
+                        tracing::error!(pack = %dir.display(), %reason, "policy pack refused");
+                        refused.push(Refusal {
+                            source: dir.display().to_string(),
+                            reason,
+                            at: now,
+                        });
+                        next.insert(
+                            dir.clone(),
+                            Loaded {
+                                pack: k.pack.clone(),
+                                status: k.status.clone(),
+                            },
+                        );
+                    }
+                }
                 for dir in dirs {
                     match load_pack(&dir, &self.config.trusted_keys, self.config.allow_unsigned) {
                         Ok(pack) => {

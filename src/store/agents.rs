@@ -140,25 +140,6 @@ impl Store {
         .await
     }
 
-    /// Records the ledger lineage id of a registered version.
-    pub async fn set_agent_version_lineage(
-        &self,
-        tenant: &str,
-        agent_id: &str,
-        version: i64,
-        lineage_id: &str,
-    ) -> Result<()> {
-        let (t, a, l) = (tenant.to_owned(), agent_id.to_owned(), lineage_id.to_owned());
-        self.write(move |c| {
-            c.execute(
-                "UPDATE agent_versions SET lineage_id = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND version = ?3",
-                params![t, a, version, l],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Versions registered but not yet recorded in the ledger (after a crash between the two writes).
     pub async fn agent_versions_without_lineage(&self) -> Result<Vec<(String, String, AgentVersionRecord)>> {
         self.read(|c| {

@@ -44,6 +44,8 @@ pub struct LineageRecord {
     pub execution_id: Option<String>,
     /// RFC 3339.
     pub created_at: String,
+    /// For `agent.registered` entries: the (agent id, version) the entry records.
+    pub agent_version: Option<(String, i64)>,
 }
 
 fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
@@ -56,6 +58,7 @@ fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
         trace_id: r.get(5)?,
         execution_id: r.get(6)?,
         created_at: r.get(7)?,
+        agent_version: None,
     })
 }
 
@@ -72,15 +75,6 @@ impl Store {
     ) -> Result<()> {
         // The index connection does not fsync its commits (see `Store`); the ledger is the durable record.
         self.write_index(move |c| index_tx(c, &lineage, &decisions)).await
-    }
-
-    /// Highest ledger index present in the lineage index, if any.
-    pub async fn max_indexed_ledger_index(&self) -> Result<Option<u64>> {
-        self.read(|c| {
-            let v: Option<i64> = c.query_row("SELECT MAX(ledger_index) FROM lineage", [], |r| r.get(0))?;
-            Ok(v.map(|v| v as u64))
-        })
-        .await
     }
 
     /// A decision of a tenant.
@@ -175,6 +169,24 @@ impl Store {
 }
 
 impl Store {
+    /// Drops index rows for ledger entries at `size` and beyond (after `--ledger-repair=truncate` cut them), and
+    /// unlinks registrations whose ledger entry is gone so they are recorded again.
+    pub async fn truncate_index(&self, size: u64) -> Result<usize> {
+        self.write_index(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut n = tx.execute("DELETE FROM lineage WHERE ledger_index >= ?1", [size as i64])?;
+            n += tx.execute("DELETE FROM decisions WHERE ledger_index >= ?1", [size as i64])?;
+            tx.execute(
+                "UPDATE agent_versions SET lineage_id = NULL
+                 WHERE lineage_id IS NOT NULL AND lineage_id NOT IN (SELECT lineage_id FROM lineage)",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// Number of indexed ledger entries and the highest index (a contiguous index has count = max + 1).
     pub async fn lineage_count_and_max(&self) -> Result<(u64, Option<u64>)> {
         self.read(|c| {
@@ -200,7 +212,14 @@ fn index_tx(
                                            execution_id, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let mut link = tx.prepare_cached(
+            "UPDATE agent_versions SET lineage_id = ?1
+             WHERE tenant = ?2 AND agent_id = ?3 AND version = ?4 AND lineage_id IS NULL",
+        )?;
         for l in lineage {
+            if let Some((agent_id, version)) = &l.agent_version {
+                link.execute(params![l.lineage_id, l.tenant, agent_id, version])?;
+            }
             ins.execute(params![
                 l.lineage_id,
                 l.tenant,

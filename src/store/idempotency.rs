@@ -5,6 +5,9 @@ use rusqlite::{OptionalExtension, params};
 
 /// How long a key is remembered.
 pub const TTL_SECS: i64 = 24 * 3600;
+/// How long an in-flight reservation holds its key. Requests run to completion in their own task, so a longer
+/// reservation means its request died with a crashed process or a replica that went away.
+pub const IN_FLIGHT_LEASE_SECS: i64 = 60;
 
 /// A response recorded for replay.
 #[derive(Debug, Clone)]
@@ -52,8 +55,9 @@ impl Store {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_secs();
             tx.execute(
-                "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at < ?3",
-                params![t, k, now - TTL_SECS],
+                "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2
+                 AND (created_at < ?3 OR (state = 'in_flight' AND created_at < ?4))",
+                params![t, k, now - TTL_SECS, now - IN_FLIGHT_LEASE_SECS],
             )?;
             let row: Option<Row> = tx
                 .query_row(

@@ -1592,6 +1592,32 @@ async fn damage_after_the_checkpoint_is_refused_mid_log_and_truncated_only_at_th
     }
     let all = api.entries(&aud, T, cp.size).await;
     assert_eq!(mth(&all.iter().map(|l| leaf(l)).collect::<Vec<_>>()), cp.root);
+    // Regression: the cut entry's index rows are gone too. They used to survive and point at whatever entry
+    // took its index after the restart (here a policy activation), i.e. at someone else's record.
+    let (off, len) = clean_recs[n - 1];
+    let cut: Value = serde_json::from_slice(&clean[off + 8..off + 8 + len]).unwrap();
+    let r = send(
+        reqwest::Client::new()
+            .get(format!(
+                "{}/v1/lineage/{}",
+                p.base,
+                cut["lineageId"].as_str().unwrap()
+            ))
+            .bearer_auth(&aud)
+            .header("x-tenant-id", T),
+    )
+    .await;
+    r.assert_error(404, "not_found");
+    if let Some(d) = cut["body"]["decisionId"].as_str() {
+        let r = send(
+            reqwest::Client::new()
+                .get(format!("{}/v1/decisions/{d}", p.base))
+                .bearer_auth(&aud)
+                .header("x-tenant-id", T),
+        )
+        .await;
+        r.assert_error(404, "not_found");
+    }
     assert!(p.terminate().success());
     let out = ledger_verify(dir);
     assert!(out.status.success(), "{}", output_text(&out));

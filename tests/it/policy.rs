@@ -738,3 +738,79 @@ async fn role_is_checked_before_the_body() {
         r.assert_error(403, "forbidden");
     }
 }
+
+/// Regression: a client that hangs up right after sending a POST used to cancel the handler halfway, leaving the
+/// idempotency key stuck "in flight" and decisions in the ledger but not in the index. POSTs now run to completion
+/// in their own task.
+#[tokio::test]
+async fn a_client_hanging_up_does_not_cancel_the_work() {
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start().await;
+    let tok = s.token(T, Role::Agent);
+    let agent = register(&s, &tok, T, "a").await;
+    let body = json!({"agentId": agent, "action": "delete_x", "context": {}}).to_string();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    for i in 0..5 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /v1/decisions.evaluate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tok}\r\nx-tenant-id: {T}\r\n\
+             content-type: application/json\r\nidempotency-key: hangup-{i}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        drop(c); // hang up without reading the answer
+    }
+    for i in 0..5 {
+        let mut last = None;
+        for _ in 0..50 {
+            let r = s
+                .send(
+                    s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
+                        .header("Idempotency-Key", format!("hangup-{i}"))
+                        .body(body.clone())
+                        .header("content-type", "application/json"),
+                )
+                .await;
+            if r.status == 200 {
+                last = Some(r);
+                break;
+            }
+            assert_eq!(
+                r.status, 409,
+                "only 'still in flight' may precede the replay: {}",
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Either the hung-up request ran to completion (its answer is replayed) or it never got its body and did
+        // nothing (the retry does the work): never a key stuck in flight, never half-recorded work.
+        let r = last.expect("the retry is answered, not stuck behind a dead reservation");
+        let id = r.body["decisionId"].as_str().unwrap();
+        let stored = s
+            .send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T))
+            .await;
+        assert_eq!(stored.status, 200, "the decision was indexed: {}", stored.body);
+    }
+}
+
+/// Tenants starting with `_` are kla's own (system ledger entries): no token may act in them.
+#[tokio::test]
+async fn reserved_tenants_are_refused() {
+    let s = Server::start().await;
+    let tok = token_for(&s.data_dir, &["_system"], Role::Admin);
+    s.send(s.req(Method::GET, "/v1/agents", &tok, "_system"))
+        .await
+        .assert_error(403, "forbidden");
+    let out = std::process::Command::new(kla_bin())
+        .args(["token", "--data-dir"])
+        .arg(&s.data_dir)
+        .args(["--tenant", "_system", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A bad path parameter is a seed-shaped 400 too.
+    let adm = s.token(T, Role::Admin);
+    s.send(s.req(Method::GET, "/v1/agents/%FF", &adm, T))
+        .await
+        .assert_error(400, "invalid_request");
+}
