@@ -71,14 +71,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     ledger.spawn_checkpointer(shutdown.clone());
 
-    // Policies: events go to the ledger in the order they happen.
-    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Policies: every activation and refusal is recorded in the ledger before it takes effect.
     let policy = {
         let pcfg = policy_config(&cfg)?;
-        let tx = ev_tx.clone();
-        Arc::new(tokio::task::spawn_blocking(move || PolicyManager::new(pcfg, Some(tx))).await?)
+        let hook = policy_audit_hook(recorder.clone());
+        Arc::new(tokio::task::spawn_blocking(move || PolicyManager::with_audit(pcfg, hook)).await?)
     };
-    tokio::spawn(record_policy_events(recorder.clone(), ev_rx));
     let watch = match policy.watch() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -233,26 +231,24 @@ fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
 /// The public key of kla's default pack (`policies/kla-default.pub`), trusted when no `--trusted-key` is given.
 pub const DEFAULT_PACK_KEY: &str = include_str!("../policies/kla-default.pub");
 
-async fn record_policy_events(recorder: Recorder, mut rx: tokio::sync::mpsc::UnboundedReceiver<PolicyEvent>) {
-    while let Some(ev) = rx.recv().await {
-        let kind = match &ev {
+/// The policy manager's audit hook: records each event in the ledger and waits until it is durable. Reloads run on
+/// blocking threads (startup, `spawn_blocking`, the file watcher), where waiting on the runtime is allowed.
+fn policy_audit_hook(recorder: Recorder) -> crate::policy::AuditHook {
+    let handle = tokio::runtime::Handle::current();
+    Box::new(move |ev: &PolicyEvent| {
+        let kind = match ev {
             PolicyEvent::Activated { .. } => "policy.activated",
             PolicyEvent::Refused { source, reason } => {
                 tracing::warn!(%source, %reason, "policy pack refused");
                 "policy.refused"
             }
         };
-        let body = match serde_json::to_value(&ev) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode policy event");
-                continue;
-            }
-        };
-        if let Err(e) = recorder.policy_event(kind, body).await {
-            tracing::error!(error = %e, kind, "could not record policy event in the ledger");
-        }
-    }
+        let body = serde_json::to_value(ev).map_err(|e| e.to_string())?;
+        handle
+            .block_on(recorder.policy_event(kind, body))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
 }
 
 async fn serve(

@@ -136,7 +136,12 @@ pub struct PolicyManager {
     active: ArcSwap<PolicySet>,
     state: Mutex<State>,
     events: Option<UnboundedSender<PolicyEvent>>,
+    audit: Option<AuditHook>,
 }
+
+/// Records a policy event durably before it takes effect (kla's ledger). An error vetoes an activation: a set
+/// that could not be recorded is not activated, so every decision names a pack state the ledger already holds.
+pub type AuditHook = Box<dyn Fn(&PolicyEvent) -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for PolicyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +156,20 @@ impl PolicyManager {
     /// Never fails: refused packs are reported through [`status`](Self::status) and events,
     /// and with no valid pack every decision fails closed (`block` / `POLICY_UNAVAILABLE`).
     pub fn new(config: PolicyConfig, events: Option<UnboundedSender<PolicyEvent>>) -> Self {
+        Self::build(config, events, None)
+    }
+
+    /// Like [`new`](Self::new), but every event goes through `audit` first, synchronously, and an activation
+    /// happens only once `audit` has recorded it. Reloads block on the hook: call from blocking threads.
+    pub fn with_audit(config: PolicyConfig, audit: AuditHook) -> Self {
+        Self::build(config, None, Some(audit))
+    }
+
+    fn build(
+        config: PolicyConfig,
+        events: Option<UnboundedSender<PolicyEvent>>,
+        audit: Option<AuditHook>,
+    ) -> Self {
         let manager = PolicyManager {
             active: ArcSwap::from_pointee(PolicySet::new(Vec::new(), config.deadline)),
             config,
@@ -161,6 +180,7 @@ impl PolicyManager {
                 last_refusal: None,
             }),
             events,
+            audit,
         };
         manager.reload();
         manager
@@ -312,10 +332,32 @@ impl PolicyManager {
         };
         let changed = state.generation == 0 || fingerprint(&state.last_good) != fingerprint(&next);
         for r in &refused {
-            self.send(PolicyEvent::Refused {
+            let ev = PolicyEvent::Refused {
                 source: r.source.clone(),
                 reason: r.reason.clone(),
+            };
+            if let Err(e) = self.audit(&ev) {
+                tracing::error!(error = %e, "could not record a policy refusal");
+            }
+            self.send(ev);
+        }
+        if changed
+            && let Err(e) = self.audit(&PolicyEvent::Activated {
+                packs: statuses.clone(),
+            })
+        {
+            tracing::error!(error = %e, "policy activation could not be recorded; keeping the previous set");
+            refused.push(Refusal {
+                source: self.config.policies_dir.display().to_string(),
+                reason: format!(
+                    "activation could not be recorded in the ledger ({e}); keeping the previous set"
+                ),
+                at: now,
             });
+            state.last_refusal = refused.last().cloned();
+            state.refused = refused;
+            let previous = state.last_good.values().map(|l| l.status.clone()).collect();
+            return status_from(&state, previous);
         }
         if changed {
             self.active
@@ -343,6 +385,13 @@ impl PolicyManager {
         let state = self.state.lock();
         let statuses = state.last_good.values().map(|l| l.status.clone()).collect();
         status_from(&state, statuses)
+    }
+
+    fn audit(&self, event: &PolicyEvent) -> Result<(), String> {
+        match &self.audit {
+            Some(hook) => hook(event),
+            None => Ok(()),
+        }
     }
 
     fn send(&self, event: PolicyEvent) {

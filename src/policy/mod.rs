@@ -24,7 +24,9 @@ mod tests;
 use std::path::Path;
 
 pub use engine::{CompiledPack, DEFAULT_DEADLINE, MAX_DEADLINE, PolicySet};
-pub use manager::{PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle};
+pub use manager::{
+    AuditHook, PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal, WatchHandle,
+};
 pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
 pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_files, sign_pack_dir, verify_pack};
 pub use suite::{CaseResult, SuiteReport, run_suites};

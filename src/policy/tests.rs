@@ -757,3 +757,44 @@ fn direct_rego_input_equals_the_serde_form() {
         regorus::Value::from(serde_json::to_value(&i).unwrap())
     );
 }
+
+#[test]
+fn an_activation_the_audit_hook_cannot_record_does_not_happen() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("p");
+    write(
+        &dir,
+        "pack.yaml",
+        &pack_yaml(
+            "p",
+            "allow",
+            "enforce",
+            "    - {id: r, match: {actions: [x]}, decision: warn, reasonCode: V1}\n",
+        ),
+    );
+    let mut cfg = PolicyConfig::new(root.path(), vec![]);
+    cfg.allow_unsigned = true;
+    let fail = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (f, s2) = (fail.clone(), seen.clone());
+    let hook: AuditHook = Box::new(move |ev: &PolicyEvent| {
+        if f.load(Ordering::SeqCst) {
+            return Err("ledger unavailable".into());
+        }
+        s2.lock().push(ev.clone());
+        Ok(())
+    });
+    // The first activation cannot be recorded: nothing is active, decisions fail closed.
+    let m = PolicyManager::with_audit(cfg, hook);
+    assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
+    let st = m.status();
+    assert!(st.packs.is_empty());
+    assert!(st.last_refusal.unwrap().reason.contains("could not be recorded"));
+    // Once the ledger takes it, the same reload activates the set, and the event was recorded first.
+    fail.store(false, Ordering::SeqCst);
+    let st = m.reload();
+    assert_eq!(st.packs.len(), 1);
+    assert_eq!(m.evaluate(&act("x")).reason_codes, ["V1"]);
+    assert!(matches!(seen.lock().last(), Some(PolicyEvent::Activated { packs }) if packs.len() == 1));
+}
