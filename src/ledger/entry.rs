@@ -31,8 +31,32 @@ pub struct Entry {
 impl Entry {
     /// The canonical (JCS) bytes of this entry: what the ledger stores and hashes.
     pub fn encode(&self) -> Result<Vec<u8>, LedgerError> {
+        if let Some(bytes) = self.encode_fast() {
+            return Ok(bytes);
+        }
         serde_json_canonicalizer::to_vec(self)
             .map_err(|e| LedgerError::InvalidEntry(format!("cannot canonicalize entry: {e}")))
+    }
+
+    /// The direct encoder (`super::jcs`); `None` when it cannot vouch for the canonical form.
+    fn encode_fast(&self) -> Option<Vec<u8>> {
+        use super::jcs::{write_str, write_value};
+        let mut out = Vec::with_capacity(512);
+        // Keys in RFC 8785 order: body, kind, lineageId, tenant, time, v.
+        out.extend_from_slice(b"{\"body\":");
+        write_value(&self.body, &mut out)?;
+        out.extend_from_slice(b",\"kind\":");
+        write_str(&self.kind, &mut out);
+        out.extend_from_slice(b",\"lineageId\":");
+        write_str(&self.lineage_id, &mut out);
+        out.extend_from_slice(b",\"tenant\":");
+        write_str(&self.tenant, &mut out);
+        out.extend_from_slice(b",\"time\":");
+        write_str(&self.time, &mut out);
+        out.extend_from_slice(b",\"v\":");
+        out.extend_from_slice(self.v.to_string().as_bytes());
+        out.push(b'}');
+        Some(out)
     }
 
     /// Parses canonical entry bytes; rejects unknown versions, unknown fields and

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idempotency_created ON idempotency(created_at);
     "#,
     // 2: decisions and the lineage index, both derived from the ledger (the source of truth; bodies live there).
+    //    Lineage rows are keyed by ledger index (appends in key order); decisions are one B-tree (WITHOUT ROWID).
     r#"
     CREATE TABLE decisions (
         decision_id   TEXT PRIMARY KEY,
@@ -53,11 +54,11 @@ const MIGRATIONS: &[&str] = &[
         lineage_id    TEXT NOT NULL,
         ledger_index  INTEGER NOT NULL,
         created_at    TEXT NOT NULL
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE lineage (
-        lineage_id    TEXT PRIMARY KEY,
+        ledger_index  INTEGER PRIMARY KEY,
+        lineage_id    TEXT NOT NULL UNIQUE,
         tenant        TEXT NOT NULL,
-        ledger_index  INTEGER NOT NULL UNIQUE,
         kind          TEXT NOT NULL,
         decision_id   TEXT,
         trace_id      TEXT,
