@@ -75,7 +75,7 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
     if let Some(err) = &d.error {
         tracing::warn!(error = %err, reason = ?d.reason_codes, action = %input.action, "policy failed closed");
     }
-    let decision_id = format!("dec_{}", hex::encode(rand::random::<[u8; 8]>()));
+    let decision_id = crate::time::sortable_id("dec_");
     let requires_desk = d.outcome == Outcome::RequireApproval;
     let response = json!({
         "decision": d.outcome,

@@ -2,7 +2,6 @@
 //! The encoded bytes are what the log stores and hashes; an entry's index is its
 //! position in the log, not part of the bytes.
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::LedgerError;
@@ -81,9 +80,7 @@ impl Entry {
 
 /// A fresh random lineage id: `lr_` followed by 24 lowercase hex digits.
 pub fn new_lineage_id() -> String {
-    let mut b = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    format!("lr_{}", hex::encode(b))
+    crate::time::sortable_id("lr_")
 }
 
 #[cfg(test)]
