@@ -116,7 +116,6 @@ impl Recorder {
         };
         let ledger_index = self.ledger.append(entry.encode()?).await?;
         let (lineage, decision) = index_records(&entry, ledger_index, decision);
-        let (lineage_retry, decision_retry) = (lineage.clone(), decision.clone());
         let (done, wait) = oneshot::channel();
         self.index_tx
             .send(IndexJob {
@@ -132,7 +131,7 @@ impl Recorder {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, ledger_index, "indexing failed; retrying in the background");
-                self.retry_index(lineage_retry, decision_retry);
+                self.retry_index(ledger_index);
             }
             Err(_) => tracing::error!(
                 ledger_index,
@@ -148,20 +147,33 @@ impl Recorder {
         ))
     }
 
-    fn retry_index(&self, lineage: LineageRecord, decision: Option<DecisionRecord>) {
-        let store = self.store.clone();
+    /// Re-indexes one entry in the background, rebuilding its rows from the ledger (the same path as
+    /// [`Recorder::reindex`]), so the hot path keeps no copy of them for this rare case.
+    fn retry_index(&self, ledger_index: u64) {
+        let (ledger, store) = (self.ledger.clone(), self.store.clone());
         tokio::spawn(async move {
             for attempt in 1..=8u32 {
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
-                match store
-                    .index_entries(vec![lineage.clone()], decision.clone().into_iter().collect())
-                    .await
-                {
+                let rows = ledger
+                    .entry(ledger_index)
+                    .map_err(RecordError::from)
+                    .and_then(|bytes| {
+                        let entry = Entry::decode(&bytes)?;
+                        Ok(index_records(&entry, ledger_index, decision_from_entry(&entry)))
+                    });
+                let result = match rows {
+                    Ok((l, d)) => store
+                        .index_entries(vec![l], d.into_iter().collect())
+                        .await
+                        .map_err(RecordError::from),
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, attempt, "index retry failed"),
+                    Err(e) => tracing::warn!(error = %e, attempt, ledger_index, "index retry failed"),
                 }
             }
-            tracing::error!(lineage_id = %lineage.lineage_id, "giving up indexing; the next start re-indexes it");
+            tracing::error!(ledger_index, "giving up indexing; the next start re-indexes it");
         });
     }
 

@@ -2,13 +2,13 @@
 //! checkpoints, the verifier key, consistency proofs, the raw entry stream for monitors, and evidence bundles.
 
 use super::auth::Caller;
-use super::json::ApiPath;
+use super::json::{ApiPath, ApiQuery};
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
 use crate::ledger::{Entry, Hash, LedgerError};
 use crate::recorder::SYSTEM_TENANT;
 use crate::store::LineageRecord;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -148,9 +148,8 @@ struct ConsistencyQuery {
 async fn consistency(
     State(s): State<SharedState>,
     _caller: Caller,
-    q: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let ledger = s.recorder.ledger();
     let size = ledger.size();
     if q.from == 0 || q.from > q.to || q.to > size {
@@ -181,10 +180,9 @@ struct EntriesQuery {
 async fn entries(
     State(s): State<SharedState>,
     caller: Caller,
-    q: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> ApiResult<Response> {
     caller.require(&[Role::Auditor, Role::Admin])?;
-    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let ledger = s.recorder.ledger().clone();
     let size = ledger.size();
     let max = crate::ledger::log::MAX_ENTRIES_PER_READ;
@@ -231,10 +229,9 @@ struct EvidenceQuery {
 async fn evidence(
     State(s): State<SharedState>,
     caller: Caller,
-    q: Result<Query<EvidenceQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<EvidenceQuery>,
 ) -> ApiResult<Response> {
     caller.require(&[Role::Auditor, Role::Admin, Role::Agent])?;
-    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let given = [&q.lineage_id, &q.decision_id, &q.trace_id, &q.execution_id]
         .iter()
         .filter(|x| x.is_some())

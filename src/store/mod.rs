@@ -105,50 +105,47 @@ impl Store {
         &self.inner.path
     }
 
-    /// Runs `f` with the write connection on the blocking pool.
+    /// Runs `f` on the blocking pool with the connection `pick` selects, holding its lock for the call.
+    async fn on<R, F>(&self, pick: fn(&Inner) -> &Mutex<Connection>, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut pick(&inner).lock()))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the write connection (`synchronous=FULL`).
     async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock();
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        self.on(|i| &i.writer, f).await
     }
 
-    /// Runs `f` with the index write connection on the blocking pool.
+    /// Runs `f` with the index write connection (`synchronous=NORMAL`).
     async fn write_index<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.index_writer.lock();
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        self.on(|i| &i.index_writer, f).await
     }
 
-    /// Runs `f` with a read connection on the blocking pool.
+    /// Runs `f` with one of the read connections (round robin).
     async fn read<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            let conn = inner.readers[i].lock();
-            f(&conn)
-        })
+        self.on(
+            |i| &i.readers[i.next_reader.fetch_add(1, Ordering::Relaxed) % i.readers.len()],
+            move |c| f(c),
+        )
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// The SQLite library version, e.g. `3.50.2`.
