@@ -137,8 +137,8 @@ async fn get_one(
     ApiPath(decision_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let rec = s
-        .store
-        .get_decision(&caller.tenant, &decision_id)
+        .recorder
+        .decision_record(&caller.tenant, &decision_id)
         .await
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;

@@ -44,8 +44,8 @@ fn ledger_err(e: LedgerError) -> ApiError {
 async fn find(s: &SharedState, caller: &Caller, lineage_id: &str) -> ApiResult<LineageRecord> {
     for tenant in [&*caller.tenant, SYSTEM_TENANT] {
         if let Some(r) = s
-            .store
-            .get_lineage(tenant, lineage_id)
+            .recorder
+            .lineage(tenant, lineage_id)
             .await
             .map_err(ApiError::unavailable)?
         {
@@ -244,7 +244,7 @@ async fn evidence(
     let records = match &q.lineage_id {
         Some(l) => vec![find(&s, &caller, l).await?],
         None => s
-            .store
+            .recorder
             .find_lineage(
                 &caller.tenant,
                 q.decision_id.as_deref(),

@@ -1151,6 +1151,50 @@ async fn evidence_by_execution_and_trace_id_holds_exactly_those_decisions() {
     r.assert_error(400, "invalid_request");
 }
 
+/// A decision is answered once its entry is durable, before its index rows are committed; every index read
+/// waits for the index to cover what was answered before it. So reading a decision right after its answer,
+/// by every route, finds it, even with many decisions in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_answered_decision_is_readable_at_once_by_every_route() {
+    let (_s, api, tok, agent) = fixture().await;
+    let aud = api.tok(T, Role::Auditor);
+    let api = Arc::new(api);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (api, tok, aud, agent) = (api.clone(), tok.clone(), aud.clone(), agent.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let trace = format!("trace-ryw-{w}-{i}");
+                let d = api
+                    .decide(
+                        &tok,
+                        T,
+                        json!({"agentId": agent, "action": "lookup_policy", "traceId": trace}),
+                    )
+                    .await;
+                let id = d["decisionId"].as_str().unwrap();
+                let lineage = d["lineageId"].as_str().unwrap();
+                let got = api.get(&format!("/v1/decisions/{id}"), &tok, T).await;
+                assert_eq!(
+                    got.status, 200,
+                    "decision {id} right after its answer: {}",
+                    got.body
+                );
+                assert_eq!(got.body["ledgerIndex"], d["ledgerIndex"]);
+                let l = api.get(&format!("/v1/lineage/{lineage}"), &tok, T).await;
+                assert_eq!(l.status, 200, "lineage {lineage}: {}", l.body);
+                let e = api.get(&format!("/v1/evidence?traceId={trace}"), &aud, T).await;
+                assert_eq!(e.status, 200, "evidence by trace {trace}: {}", e.body);
+                let e = api.get(&format!("/v1/evidence?decisionId={id}"), &aud, T).await;
+                assert_eq!(e.status, 200, "evidence by decision {id}: {}", e.body);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 8. Crash.
 
