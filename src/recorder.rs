@@ -161,13 +161,13 @@ impl Recorder {
                 );
             }
         }
-        if let Some(wait) = wait {
-            if wait.await.is_err() {
-                tracing::error!(
-                    ledger_index,
-                    "index writer stopped; the entry is re-indexed at the next start"
-                );
-            }
+        if let Some(wait) = wait
+            && wait.await.is_err()
+        {
+            tracing::error!(
+                ledger_index,
+                "index writer stopped; the entry is re-indexed at the next start"
+            );
         }
         Ok((
             Recorded {
