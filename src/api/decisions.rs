@@ -8,12 +8,13 @@ use super::auth::Caller;
 use super::json::{ApiPath, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
-use crate::policy::{AgentRef, EvalInput, Outcome};
-use crate::recorder::DecisionToRecord;
+use crate::policy::{AgentRef, EvalInput, MatchedRule, Outcome, PackRef};
+use crate::recorder::{DecisionBody, DecisionToRecord};
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 pub(super) fn routes() -> Router<SharedState> {
@@ -47,7 +48,23 @@ fn check_id(field: &str, v: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Json<Value>> {
+/// The seed's answer plus kla's additions; serialized straight from the decision's parts.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EvaluateResponse<'a> {
+    decision: Outcome,
+    reason_codes: &'a [String],
+    requires_desk_approval: bool,
+    decision_id: &'a str,
+    would_decide: Outcome,
+    matched_rules: &'a [MatchedRule],
+    policy: &'a [PackRef],
+    evaluation_micros: u64,
+    lineage_id: &'a str,
+    ledger_index: u64,
+}
+
+async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Response> {
     caller.require(&[Role::Agent, Role::Admin])?;
     let req: EvaluateRequest = body.parse()?;
     check_id("agentId", &req.agent_id)?;
@@ -60,7 +77,8 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
     }
     let agent = s.agents.get(&s, &caller.tenant, &req.agent_id).await?;
     let now = crate::time::now_rfc3339();
-    let principal = json!({"subject": &*caller.principal.subject, "role": caller.principal.role.as_str()});
+    let role = caller.principal.role.as_str();
+    let principal = json!({"subject": &*caller.principal.subject, "role": role});
     let input = EvalInput {
         agent: AgentRef::clone(&agent),
         action: req.action,
@@ -76,59 +94,44 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
         tracing::warn!(error = %err, reason = ?d.reason_codes, action = %input.action, "policy failed closed");
     }
     let decision_id = crate::time::sortable_id("dec_");
-    let requires_desk = d.outcome == Outcome::RequireApproval;
-    let response = json!({
-        "decision": d.outcome,
-        "reasonCodes": &d.reason_codes,
-        "requiresDeskApproval": requires_desk,
-        "decisionId": &decision_id,
-        "wouldDecide": d.would_decide,
-        "matchedRules": &d.matched_rules,
-        "policy": &d.policy,
-        "evaluationMicros": d.evaluation_micros,
-    });
-    let EvalInput {
-        agent,
-        action,
-        context,
-        tool,
-        principal,
-        ..
-    } = input;
+    let body = DecisionBody {
+        decision_id: &decision_id,
+        agent: &input.agent,
+        action: &input.action,
+        context: &input.context,
+        tool: input.tool.as_ref(),
+        execution_id: req.execution_id.as_deref(),
+        trace_id: req.trace_id.as_deref(),
+        subject: &caller.principal.subject,
+        role,
+        decision: &d,
+    }
+    .encode()
+    .map_err(ApiError::internal)?;
     let record = DecisionToRecord {
         tenant: caller.tenant.to_string(),
         decision_id: decision_id.clone(),
         agent_id: agent.id.clone(),
-        action: action.clone(),
+        action: input.action,
         decision: d.outcome.as_str().to_owned(),
-        trace_id: req.trace_id.clone(),
-        execution_id: req.execution_id.clone(),
-        body: json!({
-            "decisionId": decision_id,
-            "agent": agent,
-            "action": action,
-            "context": context,
-            "tool": tool,
-            "executionId": req.execution_id,
-            "traceId": req.trace_id,
-            "principal": principal,
-            "decision": d.outcome,
-            "reasonCodes": d.reason_codes,
-            "requiresDeskApproval": requires_desk,
-            "wouldDecide": d.would_decide,
-            "matchedRules": d.matched_rules,
-            "policy": d.policy,
-            "evaluationMicros": d.evaluation_micros,
-            "error": d.error,
-        }),
+        trace_id: req.trace_id,
+        execution_id: req.execution_id,
+        body,
     };
     let rec = s.recorder.decision(record).await.map_err(ApiError::unavailable)?;
-    let mut response = response;
-    if let Some(o) = response.as_object_mut() {
-        o.insert("lineageId".into(), rec.lineage_id.into());
-        o.insert("ledgerIndex".into(), rec.ledger_index.into());
-    }
-    Ok(Json(response))
+    Ok(Json(EvaluateResponse {
+        decision: d.outcome,
+        reason_codes: &d.reason_codes,
+        requires_desk_approval: d.outcome == Outcome::RequireApproval,
+        decision_id: &decision_id,
+        would_decide: d.would_decide,
+        matched_rules: &d.matched_rules,
+        policy: &d.policy,
+        evaluation_micros: d.evaluation_micros,
+        lineage_id: &rec.lineage_id,
+        ledger_index: rec.ledger_index,
+    })
+    .into_response())
 }
 
 async fn get_one(

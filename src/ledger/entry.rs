@@ -39,23 +39,40 @@ impl Entry {
 
     /// The direct encoder (`super::jcs`); `None` when it cannot vouch for the canonical form.
     fn encode_fast(&self) -> Option<Vec<u8>> {
-        use super::jcs::{write_str, write_value};
-        let mut out = Vec::with_capacity(512);
+        let mut body = Vec::with_capacity(512);
+        super::jcs::write_value(&self.body, &mut body)?;
+        Some(Self::encode_with_body(
+            self.v,
+            &self.kind,
+            &self.lineage_id,
+            &self.tenant,
+            &self.time,
+            &body,
+        ))
+    }
+
+    /// The canonical bytes of an entry whose body is already canonical JSON (written with [`super::jcs::Obj`]),
+    /// so a hot path can skip building a `serde_json::Value`. Readers check the form: [`Entry::decode`] refuses
+    /// bytes that are not canonical.
+    pub fn encode_with_body(
+        v: u32,
+        kind: &str,
+        lineage_id: &str,
+        tenant: &str,
+        time: &str,
+        canonical_body: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(canonical_body.len() + 160);
         // Keys in RFC 8785 order: body, kind, lineageId, tenant, time, v.
-        out.extend_from_slice(b"{\"body\":");
-        write_value(&self.body, &mut out)?;
-        out.extend_from_slice(b",\"kind\":");
-        write_str(&self.kind, &mut out);
-        out.extend_from_slice(b",\"lineageId\":");
-        write_str(&self.lineage_id, &mut out);
-        out.extend_from_slice(b",\"tenant\":");
-        write_str(&self.tenant, &mut out);
-        out.extend_from_slice(b",\"time\":");
-        write_str(&self.time, &mut out);
-        out.extend_from_slice(b",\"v\":");
-        out.extend_from_slice(self.v.to_string().as_bytes());
-        out.push(b'}');
-        Some(out)
+        let mut o = super::jcs::Obj::begin(&mut out);
+        o.raw("body").extend_from_slice(canonical_body);
+        o.str("kind", kind);
+        o.str("lineageId", lineage_id);
+        o.str("tenant", tenant);
+        o.str("time", time);
+        o.raw("v").extend_from_slice(v.to_string().as_bytes());
+        o.end();
+        out
     }
 
     /// Parses canonical entry bytes; rejects unknown versions, unknown fields and

@@ -58,6 +58,101 @@ pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Writes one JSON object in canonical form from typed parts, without building a `serde_json::Value`: the caller
+/// adds members in RFC 8785 key order (ASCII keys, so byte order; checked in debug builds) and nests objects and
+/// arrays by writing into [`Obj::raw`].
+pub struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    members: usize,
+    #[cfg(debug_assertions)]
+    last: Option<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    /// Starts an object.
+    pub fn begin(out: &'a mut Vec<u8>) -> Obj<'a> {
+        out.push(b'{');
+        Obj {
+            out,
+            members: 0,
+            #[cfg(debug_assertions)]
+            last: None,
+        }
+    }
+
+    /// Writes `"key":` and hands out the buffer for the value.
+    pub fn raw(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(key.is_ascii(), "key {key} must be ASCII");
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                self.last.is_none_or(|l| l < key),
+                "key {key} after {:?}: not in RFC 8785 order",
+                self.last
+            );
+            self.last = Some(key);
+        }
+        if self.members > 0 {
+            self.out.push(b',');
+        }
+        self.members += 1;
+        write_str(key, self.out);
+        self.out.push(b':');
+        self.out
+    }
+
+    /// A string member.
+    pub fn str(&mut self, key: &'static str, v: &str) {
+        write_str(v, self.raw(key));
+    }
+
+    /// A string member, or `null`.
+    pub fn opt_str(&mut self, key: &'static str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(key, v),
+            None => self.raw(key).extend_from_slice(b"null"),
+        }
+    }
+
+    /// A boolean member.
+    pub fn bool(&mut self, key: &'static str, v: bool) {
+        self.raw(key)
+            .extend_from_slice(if v { b"true" } else { b"false" });
+    }
+
+    /// An integer member; `None` beyond 2^53 (where ECMAScript would round it).
+    pub fn uint(&mut self, key: &'static str, v: u64) -> Option<()> {
+        if v > MAX_SAFE {
+            return None;
+        }
+        self.raw(key).extend_from_slice(v.to_string().as_bytes());
+        Some(())
+    }
+
+    /// A member holding any JSON value (written canonically); `None` where [`write_value`] declines.
+    pub fn value(&mut self, key: &'static str, v: &Value) -> Option<()> {
+        write_value(v, self.raw(key))
+    }
+
+    /// An array of strings.
+    pub fn strs(&mut self, key: &'static str, v: &[String]) {
+        let out = self.raw(key);
+        out.push(b'[');
+        for (i, s) in v.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(s, out);
+        }
+        out.push(b']');
+    }
+
+    /// Ends the object.
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
 fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) -> Option<()> {
     if let Some(u) = n.as_u64() {
         if u > MAX_SAFE {

@@ -12,7 +12,7 @@
 pub mod entry;
 pub mod evidence;
 mod files;
-mod jcs;
+pub(crate) mod jcs;
 pub mod log;
 pub mod note;
 pub mod tree;

@@ -59,6 +59,16 @@ pub enum OnTimeout {
     Block,
 }
 
+impl OnTimeout {
+    /// The wire name (`allow`, `block`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Allow => "allow",
+            OnTimeout::Block => "block",
+        }
+    }
+}
+
 /// Approval parameters carried by a `require_approval` rule into the decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
