@@ -2,7 +2,9 @@
 # Load runs against the release binary, each beside a bare hyper baseline measured in the same run.
 # Usage: bench/load.sh [seconds-per-run] [connections]
 # Core scaling: KLA_TASKSET='taskset -c 0' WRK_TASKSET='taskset -c 1' pins servers and load generator.
-# Needs wrk (apt-get install wrk). Prints a markdown table for BENCHMARKS.md.
+# Needs wrk (apt-get install wrk); the half-load latency run needs oha (cargo install oha) and is skipped without it.
+# KLA_DATA_BASE=/dev/shm puts kla's data dir on tmpfs (fsync becomes free: shows kla's own cost without the disk).
+# Prints markdown tables for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -11,7 +13,7 @@ EVAL_CONNS=${EVAL_CONNS:-256}
 cargo build --release --bin kla --example bare_hyper >&2
 KLA=target/release/kla
 BARE=target/release/examples/bare_hyper
-WORK=$(mktemp -d)
+WORK=$(mktemp -d -p "${KLA_DATA_BASE:-${TMPDIR:-/tmp}}")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 BARE_PORT=18799; KLA_PORT=18700
@@ -42,6 +44,34 @@ emit "$(run "kla GET /admin/health" http://127.0.0.1:$KLA_PORT/admin/health)"
 emit "$(run "kla POST /v1/agents (new agent each)" -s bench/register.lua http://127.0.0.1:$KLA_PORT)"
 emit "$(run "kla GET /v1/agents/{id} (auth + SQLite read)" -s bench/get.lua "http://127.0.0.1:$KLA_PORT/v1/agents/$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"probe"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')")"
 export AGENT=$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"evaluator"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')
-emit "$(run "kla POST /v1/decisions.evaluate, $CONNS conns (decide + ledger fsync + index)" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)"
+eval_line=$(run "kla POST /v1/decisions.evaluate, $CONNS conns (decide + ledger fsync + index)" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)
+emit "$eval_line"
 emit "$(CONNS=$EVAL_CONNS run "kla POST /v1/decisions.evaluate, $EVAL_CONNS conns" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)"
 if [ -n "${EXTRA_RUNS:-}" ]; then source "$EXTRA_RUNS"; fi
+
+# p99 at half load: oha sends a fixed rate (half of what evaluate reached above, closed loop) with latency
+# correction, so a stall shows up in the percentiles instead of slowing the sender down.
+if command -v oha >/dev/null; then
+  eval_rps=$(cut -d'|' -f2 <<<"$eval_line")
+  half=$(python3 -c "print(int($eval_rps/2))")
+  echo
+  echo "| open-loop run | rate | p50 | p99 | p99.9 | success |"
+  echo "|---|---|---|---|---|---|"
+  body=$(printf '{"agentId":"%s","action":"execute_refund","context":{"amount":1250.00,"user_id":"usr_22"}}' "$AGENT")
+  ${WRK_TASKSET:-} oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" -q "$half" --latency-correction \
+      -m POST -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -T application/json -d "$body" \
+      "http://127.0.0.1:$KLA_PORT/v1/decisions.evaluate" >"$WORK/oha.json"
+  python3 - "$WORK/oha.json" "$half" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["latencyPercentiles"]
+ms = lambda k: f"{p[k] * 1e3:.2f} ms"
+print(f"| kla POST /v1/decisions.evaluate at half load | {int(sys.argv[2]):,}/s target, {r['summary']['requestsPerSec']:,.0f}/s done | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | {r['summary']['successRate']:.4f} |")
+PY
+fi
+
+# The disk's floor for a durable answer, on the file system of kla's data dir, measured after the load runs.
+echo
+echo "| disk baseline (same file system as the data dir) | syncs/s | p50 | p99 | p99.9 |"
+echo "|---|---|---|---|---|"
+python3 bench/fsync_baseline.py "$WORK" 3
