@@ -27,6 +27,24 @@ pub(crate) const HEADER: u64 = 8;
 pub(crate) const MAX_ENTRY: usize = 16 << 20;
 const MAX_LEVELS: usize = 64;
 
+/// Size of the zero-filled region the writer keeps ahead of the logical end of
+/// `entries.log` (see "Preallocation" in `docs/ledger-format.md`). When less than half of
+/// it remains, the writer zero-fills up to `end + PREALLOC_CHUNK`, one [`ZERO_SLICE`] per
+/// idle moment.
+#[cfg(not(test))]
+pub(crate) const PREALLOC_CHUNK: u64 = 64 << 20;
+/// Tiny in tests so that appends cross many chunk boundaries.
+#[cfg(test)]
+pub(crate) const PREALLOC_CHUNK: u64 = 4096;
+/// Zero bytes written (and fdatasynced) per step of the extension; one step delays a
+/// request that arrives during it by at most one such write + sync.
+#[cfg(not(test))]
+const ZERO_SLICE: u64 = 1 << 20;
+#[cfg(test)]
+const ZERO_SLICE: u64 = 1024;
+/// Buffer size for scanning a zero tail.
+const ZERO_SCAN: usize = 1 << 20;
+
 fn level_name(level: usize) -> String {
     format!("level-{level:02}.hash")
 }
@@ -275,7 +293,15 @@ impl NodeSource for StoreView<'_> {
 /// The single writer's state: the frontier plus staging buffers for one batch.
 pub(crate) struct Appender {
     frontier: Frontier,
+    /// Logical end of the log: where the next record goes.
     end_offset: u64,
+    /// Physical length of `entries.log` as far as the writer knows; everything in
+    /// `end_offset..file_len` is zero.
+    file_len: u64,
+    /// Zero-fill the file up to here (set when less than half a chunk remains).
+    zero_target: u64,
+    /// Cleared after a failed zero-fill: the writer then only grows the file.
+    prealloc: bool,
     batch_start: u64,
     records: Vec<u8>,
     offsets: Vec<u8>,
@@ -361,7 +387,71 @@ impl Appender {
             self.flush_derived(store)
         })();
         self.end_offset += self.records.len() as u64;
+        self.file_len = self.file_len.max(self.end_offset);
         res.map(|()| first)
+    }
+
+    /// The next zero-fill step `(offset, length)`, if the preallocated region needs one.
+    fn zero_step(&mut self) -> Option<(u64, u64)> {
+        if !self.prealloc {
+            return None;
+        }
+        if self.file_len.saturating_sub(self.end_offset) < PREALLOC_CHUNK / 2
+            && self.zero_target <= self.file_len
+        {
+            self.zero_target = self.end_offset + PREALLOC_CHUNK;
+        }
+        (self.zero_target > self.file_len)
+            .then(|| (self.file_len, (self.zero_target - self.file_len).min(ZERO_SLICE)))
+    }
+
+    /// Whether [`Appender::extend_zeros`] has work to do.
+    pub(crate) fn wants_zeros(&mut self) -> bool {
+        self.zero_step().is_some()
+    }
+
+    /// Extends the zero-filled region after the logical end by one slice: `pwrite` of zeros
+    /// at the physical end, then `fdatasync`, so that later batches written into it do not
+    /// change the file size. Called by the writer only when no request is waiting. Returns
+    /// whether a slice was written. A failure only disables preallocation (the bytes
+    /// involved are beyond the logical end, so the log is unaffected; batches then grow
+    /// the file as before).
+    pub(crate) fn extend_zeros(&mut self, store: &Store) -> bool {
+        let Some((at, len)) = self.zero_step() else {
+            return false;
+        };
+        let zeros = vec![0u8; len as usize];
+        let res = store
+            .entries
+            .write_all_at(&zeros, at)
+            .and_then(|()| store.entries.sync_data());
+        match res {
+            Ok(()) => {
+                self.file_len = at + len;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, offset = at, "ledger: zero-filling ahead of the log failed; appends grow the file from now on");
+                self.prealloc = false;
+                false
+            }
+        }
+    }
+
+    /// Cuts the preallocated zero tail off (clean shutdown), so that a cleanly closed
+    /// `entries.log` is exactly the log, as written by versions without preallocation.
+    pub(crate) fn release_tail(&mut self, store: &Store) -> Result<(), LedgerError> {
+        if self.file_len <= self.end_offset {
+            return Ok(());
+        }
+        store
+            .entries
+            .set_len(self.end_offset)
+            .map_err(io_err("truncate preallocated tail"))?;
+        store.entries.sync_data().map_err(io_err("fdatasync entries"))?;
+        self.file_len = self.end_offset;
+        self.prealloc = false;
+        Ok(())
     }
 }
 
@@ -406,9 +496,33 @@ enum Rec {
     Good(Vec<u8>, u64),
     /// Fewer bytes than the header announces: an unacknowledged torn write.
     Torn,
-    /// A complete record whose length or checksum is wrong.
-    Bad(String, u64),
+    /// A complete record whose length or checksum is wrong; `checksum` says it is the
+    /// checksum (the length is plausible and the next record starts at `next`).
+    Bad {
+        detail: String,
+        next: u64,
+        checksum: bool,
+    },
+    /// An all-zero record header: the end of the log if only zeros follow.
+    Zero,
     End,
+}
+
+/// Offset of the first non-zero byte of `file` in `from..len`, if any (read in chunks).
+fn first_nonzero(file: &File, from: u64, len: u64) -> Result<Option<u64>, LedgerError> {
+    let mut buf = vec![0u8; ZERO_SCAN];
+    let mut pos = from;
+    while pos < len {
+        let n = (len - pos).min(ZERO_SCAN as u64) as usize;
+        let chunk = &mut buf[..n];
+        file.read_exact_at(chunk, pos)
+            .map_err(io_err("read preallocated tail"))?;
+        if let Some(i) = chunk.iter().position(|&b| b != 0) {
+            return Ok(Some(pos + i as u64));
+        }
+        pos += n as u64;
+    }
+    Ok(None)
 }
 
 impl Scan<'_> {
@@ -417,15 +531,25 @@ impl Scan<'_> {
             return Ok(Rec::End);
         }
         if self.len - pos < HEADER {
-            return Ok(Rec::Torn);
+            return Ok(match first_nonzero(self.file, pos, self.len)? {
+                None => Rec::Zero,
+                Some(_) => Rec::Torn,
+            });
         }
         let mut h = [0u8; HEADER as usize];
         self.file
             .read_exact_at(&mut h, pos)
             .map_err(io_err("read record header"))?;
+        if h == [0u8; HEADER as usize] {
+            return Ok(Rec::Zero);
+        }
         let (len, sum) = split_header(&h);
         if len == 0 || len as usize > MAX_ENTRY {
-            return Ok(Rec::Bad(format!("implausible record length {len}"), pos));
+            return Ok(Rec::Bad {
+                detail: format!("implausible record length {len}"),
+                next: pos,
+                checksum: false,
+            });
         }
         let next = pos + HEADER + u64::from(len);
         if next > self.len {
@@ -436,7 +560,11 @@ impl Scan<'_> {
             .read_exact_at(&mut body, pos + HEADER)
             .map_err(io_err("read record"))?;
         if crc(&body) != sum {
-            return Ok(Rec::Bad("record checksum mismatch".to_owned(), next));
+            return Ok(Rec::Bad {
+                detail: "record checksum mismatch".to_owned(),
+                next,
+                checksum: true,
+            });
         }
         Ok(Rec::Good(body, next))
     }
@@ -446,10 +574,15 @@ impl Scan<'_> {
         loop {
             match self.read(pos)? {
                 Rec::Good(..) => return Ok(true),
-                Rec::Bad(_, next) if next > pos + HEADER => pos = next,
+                Rec::Bad { next, .. } if next > pos + HEADER => pos = next,
                 _ => return Ok(false),
             }
         }
+    }
+
+    /// Whether every byte from `pos` to the end of the file is zero.
+    fn zeros_from(&self, pos: u64) -> Result<bool, LedgerError> {
+        Ok(first_nonzero(self.file, pos, self.len)?.is_none())
     }
 }
 
@@ -509,7 +642,7 @@ pub(crate) fn open_store(
                 }
                 pos = next;
             }
-            Rec::Bad(d, _) => {
+            Rec::Bad { detail: d, .. } => {
                 return Err(LedgerError::Corrupt {
                     index: i,
                     detail: format!(
@@ -518,7 +651,7 @@ pub(crate) fn open_store(
                     ),
                 });
             }
-            Rec::Torn | Rec::End => {
+            Rec::Torn | Rec::End | Rec::Zero => {
                 return Err(LedgerError::Corrupt {
                     index: i,
                     detail: "entries file is shorter than its index".to_owned(),
@@ -553,6 +686,9 @@ pub(crate) fn open_store(
     let mut appender = Appender {
         frontier: Frontier::from_nodes(trusted, nodes)?,
         end_offset: pos,
+        file_len: entries_len,
+        zero_target: 0,
+        prealloc: true,
         batch_start: trusted,
         records: Vec::new(),
         offsets: Vec::new(),
@@ -589,46 +725,59 @@ pub(crate) fn open_store(
                 cut(&store, pos)?;
                 break;
             }
-            Rec::Bad(detail, next) => {
-                let indexed_later = n_off > index + 1
-                    && store
-                        .offset(n_off - 1)
-                        .ok()
-                        .filter(|&o| o > pos)
-                        .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
-                        .unwrap_or(false);
-                if indexed_later || scan.intact_after(next)? {
-                    return Err(LedgerError::Corrupt {
-                        index,
-                        detail: format!("{detail}; intact records follow (damage mid-log)"),
-                    });
+            Rec::Zero => {
+                // The logical end, if only (preallocated) zeros follow.
+                if scan.zeros_from(pos)? {
+                    break;
                 }
-                if index < checkpoint_size {
-                    return Err(LedgerError::Corrupt {
-                        index,
-                        detail: format!(
-                            "{detail}; damaged tail is covered by the signed checkpoint of size {checkpoint_size}, refusing to roll back"
-                        ),
-                    });
-                }
-                if repair != RepairMode::Truncate {
-                    return Err(LedgerError::Corrupt {
-                        index,
-                        detail: format!("{detail} in the tail; open with repair mode truncate to cut it off"),
-                    });
-                }
-                tracing::warn!(
+                let detail = "non-zero bytes after a zero record header (the end of the log)";
+                refuse_unless_tail(&store, &scan, checkpoint_size, n_off, index, pos, detail, false)?;
+                repair_tail(&store, repair, index, pos, entries_len, detail)?;
+                break;
+            }
+            Rec::Bad {
+                detail,
+                next,
+                checksum,
+            } => {
+                let follows = scan.intact_after(next)?;
+                refuse_unless_tail(
+                    &store,
+                    &scan,
+                    checkpoint_size,
+                    n_off,
                     index,
-                    offset = pos,
-                    dropped_bytes = entries_len - pos,
-                    "ledger: repair=truncate cutting off a damaged tail"
-                );
-                cut(&store, pos)?;
+                    pos,
+                    &detail,
+                    follows,
+                )?;
+                // A full-length final record with a bad checksum followed only by
+                // preallocated zeros is what a torn write into the zero-filled region
+                // looks like: never acknowledged (its offset is not in `offsets.idx`,
+                // which is written only after the batch's fdatasync), cut like an
+                // incomplete record.
+                if checksum && n_off <= index && next < scan.len && scan.zeros_from(next)? {
+                    tracing::warn!(
+                        index,
+                        offset = pos,
+                        dropped_bytes = next - pos,
+                        "ledger: cutting off a torn final record in preallocated space (never acknowledged)"
+                    );
+                    cut(&store, pos)?;
+                } else {
+                    repair_tail(&store, repair, index, pos, entries_len, &detail)?;
+                }
                 break;
             }
         }
     }
     appender.end_offset = pos;
+    appender.file_len = file_len(&store.entries)?;
+    if appender.file_len > pos {
+        // A zero tail left by a process that died: make sure it is durable before
+        // records are written into it (one fdatasync; normally a no-op).
+        store.entries.sync_data().map_err(io_err("fdatasync entries"))?;
+    }
     appender.flush_derived(&store)?;
     if index < checkpoint_size {
         return Err(LedgerError::Corrupt {
@@ -659,6 +808,68 @@ pub(crate) fn open_store(
     Ok(Opened { store, appender })
 }
 
+/// Refuses damage found at record `index` (offset `pos`) on open unless it is a tail
+/// after the checkpoint: no intact record follows it (`follows`, by framing, or at the last
+/// offset in `offsets.idx`) and `index >= checkpoint_size`.
+#[allow(clippy::too_many_arguments)]
+fn refuse_unless_tail(
+    store: &Store,
+    scan: &Scan<'_>,
+    checkpoint_size: u64,
+    n_off: u64,
+    index: u64,
+    pos: u64,
+    detail: &str,
+    follows: bool,
+) -> Result<(), LedgerError> {
+    let indexed_later = n_off > index + 1
+        && store
+            .offset(n_off - 1)
+            .ok()
+            .filter(|&o| o > pos)
+            .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
+            .unwrap_or(false);
+    if indexed_later || follows {
+        return Err(LedgerError::Corrupt {
+            index,
+            detail: format!("{detail}; intact records follow (damage mid-log)"),
+        });
+    }
+    if index < checkpoint_size {
+        return Err(LedgerError::Corrupt {
+            index,
+            detail: format!(
+                "{detail}; damaged tail is covered by the signed checkpoint of size {checkpoint_size}, refusing to roll back"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Cuts a damaged tail at `pos` with `RepairMode::Truncate`; refuses otherwise.
+fn repair_tail(
+    store: &Store,
+    repair: RepairMode,
+    index: u64,
+    pos: u64,
+    entries_len: u64,
+    detail: &str,
+) -> Result<(), LedgerError> {
+    if repair != RepairMode::Truncate {
+        return Err(LedgerError::Corrupt {
+            index,
+            detail: format!("{detail} in the tail; open with repair mode truncate to cut it off"),
+        });
+    }
+    tracing::warn!(
+        index,
+        offset = pos,
+        dropped_bytes = entries_len - pos,
+        "ledger: repair=truncate cutting off a damaged tail"
+    );
+    cut(store, pos)
+}
+
 /// Loads the bounded cache of upper levels for a tree of `size` leaves.
 fn load_upper_cache(store: &Store, size: u64) -> Result<(), LedgerError> {
     let mut from = 0u32;
@@ -683,6 +894,8 @@ fn load_upper_cache(store: &Store, size: u64) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// Cuts `entries.log` at `pos`: truncates (which also drops any preallocated zero tail, so
+/// only zeros, i.e. nothing, follow the logical end; the writer re-extends it) and syncs.
 fn cut(store: &Store, pos: u64) -> Result<(), LedgerError> {
     store.entries.set_len(pos).map_err(io_err("truncate entries"))?;
     store.entries.sync_all().map_err(io_err("fsync entries"))
@@ -697,8 +910,11 @@ pub struct VerifySummary {
     pub root: Hash,
     /// Size of the checkpoint whose root and signature were checked, if any.
     pub checkpoint_size: Option<u64>,
-    /// Bytes of an incomplete final record (open would cut them off), if any.
+    /// Bytes of a torn (never acknowledged) final record that open would cut off: an
+    /// incomplete record, or a full-length one with a bad checksum followed only by zeros.
     pub torn_tail_bytes: u64,
+    /// Bytes of the zero-filled (preallocated) region after the logical end.
+    pub preallocated_bytes: u64,
 }
 
 struct LevelReader {
@@ -716,12 +932,37 @@ struct Checked {
 enum Chunk {
     Records(Vec<Checked>),
     Failed(LedgerError),
-    /// End of complete records at this byte position.
-    End(u64),
+    /// End of the log at byte `end`, followed by `torn` bytes of a torn final record and
+    /// then `zeros` bytes of preallocated zeros.
+    End {
+        end: u64,
+        torn: u64,
+        zeros: u64,
+    },
+}
+
+/// Offset of the first non-zero byte in the next `total - from` bytes of `r`, if any.
+fn first_nonzero_in(r: &mut impl Read, from: u64, total: u64) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; ZERO_SCAN];
+    let mut pos = from;
+    while pos < total {
+        let n = (total - pos).min(ZERO_SCAN as u64) as usize;
+        r.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+            return Ok(Some(pos + i as u64));
+        }
+        pos += n as u64;
+    }
+    Ok(None)
 }
 
 /// Reader half of [`verify_all`]: frames records, checks CRCs and computes leaf hashes.
-fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>) {
+/// The log ends at the end of the file, at a partial final record, or at an all-zero
+/// record header followed only by zeros (the preallocated tail). A full-length final record
+/// with a bad checksum followed only by zeros, at an index neither the checkpoint nor
+/// `offsets.idx` (`indexed` records) covers, is a torn write (reported like a partial
+/// record); any other non-zero byte after the logical end is damage.
+fn read_and_hash(file: File, total: u64, covered: u64, tx: &std::sync::mpsc::SyncSender<Chunk>) {
     let mut r = BufReader::with_capacity(4 << 20, file);
     let mut pos = 0u64;
     let mut index = 0u64;
@@ -731,13 +972,34 @@ fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>
         let _ = tx.send(Chunk::Records(batch));
         let _ = tx.send(Chunk::Failed(e));
     };
+    let tail_damage = |index: u64, at: u64| LedgerError::Corrupt {
+        index,
+        detail: format!("non-zero byte at offset {at} after the end of the log"),
+    };
+    let (mut torn, mut zeros) = (0u64, 0u64);
     loop {
+        if pos >= total {
+            break;
+        }
         if total - pos < HEADER {
+            match first_nonzero_in(&mut r, pos, total) {
+                Err(e) => return fail(LedgerError::io("read entries")(e), batch),
+                Ok(None) => zeros = total - pos,
+                Ok(Some(_)) => torn = total - pos,
+            }
             break;
         }
         let mut h = [0u8; HEADER as usize];
         if let Err(e) = r.read_exact(&mut h) {
             return fail(LedgerError::io("read entries")(e), batch);
+        }
+        if h == [0u8; HEADER as usize] {
+            match first_nonzero_in(&mut r, pos + HEADER, total) {
+                Err(e) => return fail(LedgerError::io("read entries")(e), batch),
+                Ok(Some(at)) => return fail(tail_damage(index, at), batch),
+                Ok(None) => zeros = total - pos,
+            }
+            break;
         }
         let (len, sum) = split_header(&h);
         if len == 0 || len as usize > MAX_ENTRY {
@@ -749,7 +1011,9 @@ fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>
                 batch,
             );
         }
-        if pos + HEADER + u64::from(len) > total {
+        let next = pos + HEADER + u64::from(len);
+        if next > total {
+            torn = total - pos;
             break;
         }
         body.resize(len as usize, 0);
@@ -757,19 +1021,28 @@ fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>
             return fail(LedgerError::io("read entries")(e), batch);
         }
         if crc(&body) != sum {
-            return fail(
-                LedgerError::Corrupt {
-                    index,
-                    detail: "record checksum mismatch".to_owned(),
-                },
-                batch,
-            );
+            let mismatch = LedgerError::Corrupt {
+                index,
+                detail: "record checksum mismatch".to_owned(),
+            };
+            if index < covered || next >= total {
+                return fail(mismatch, batch);
+            }
+            match first_nonzero_in(&mut r, next, total) {
+                Err(e) => return fail(LedgerError::io("read entries")(e), batch),
+                Ok(Some(_)) => return fail(mismatch, batch),
+                Ok(None) => {
+                    torn = next - pos;
+                    zeros = total - next;
+                }
+            }
+            break;
         }
         batch.push(Checked {
             pos,
             leaf: tree::leaf_hash(&body),
         });
-        pos += HEADER + u64::from(len);
+        pos = next;
         index += 1;
         if batch.len() == 8192 {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(8192));
@@ -779,7 +1052,11 @@ fn read_and_hash(file: File, total: u64, tx: &std::sync::mpsc::SyncSender<Chunk>
         }
     }
     let _ = tx.send(Chunk::Records(batch));
-    let _ = tx.send(Chunk::End(pos));
+    let _ = tx.send(Chunk::End {
+        end: pos,
+        torn,
+        zeros,
+    });
 }
 
 /// Recomputes and checks the whole log in `dir`: every record's checksum, every leaf
@@ -821,13 +1098,17 @@ pub(crate) fn verify_all(
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
     std::thread::scope(|scope| {
-        scope.spawn(move || read_and_hash(entries, total, &tx));
+        // Records at indices below this were acknowledged: never treated as torn writes.
+        let covered = checkpoint
+            .map_or(0, |(size, _)| size)
+            .max(offsets.as_ref().map_or(0, |(_, have)| *have));
+        scope.spawn(move || read_and_hash(entries, total, covered, &tx));
         // Owned here so an early return drops it and unblocks the reader thread.
         let rx = rx;
         let mut frontier = Frontier::new();
         let mut cp_checked = None;
         let mut level_err: Option<LedgerError> = None;
-        let mut end = 0u64;
+        let (mut end, mut torn, mut zeros) = (0u64, 0u64, 0u64);
         let check_cp = |frontier: &Frontier, cp_checked: &mut Option<u64>| {
             if let Some((size, root)) = checkpoint
                 && size == frontier.size()
@@ -847,8 +1128,12 @@ pub(crate) fn verify_all(
             let recs = match chunk {
                 Chunk::Records(r) => r,
                 Chunk::Failed(e) => return Err(e),
-                Chunk::End(pos) => {
-                    end = pos;
+                Chunk::End {
+                    end: e,
+                    torn: t,
+                    zeros: z,
+                } => {
+                    (end, torn, zeros) = (e, t, z);
                     break;
                 }
             };
@@ -903,7 +1188,7 @@ pub(crate) fn verify_all(
                 }
             }
         }
-        progress(end, total);
+        progress(end + torn + zeros, total);
         if let Some((size, _)) = checkpoint
             && cp_checked.is_none()
         {
@@ -919,7 +1204,8 @@ pub(crate) fn verify_all(
             entries: frontier.size(),
             root: frontier.root(),
             checkpoint_size: cp_checked,
-            torn_tail_bytes: total - end,
+            torn_tail_bytes: torn,
+            preallocated_bytes: zeros,
         })
     })
 }

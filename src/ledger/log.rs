@@ -188,8 +188,30 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut poisoned: Option<String> = None;
     let (mut batches, mut entries, mut sync_time) = (0u64, 0u64, Duration::ZERO);
+    let (mut zero_slices, mut zero_time) = (0u64, Duration::ZERO);
     let mut last_batch = 0usize;
-    while let Some((e, a)) = rx.blocking_recv() {
+    loop {
+        // Idle (nothing queued): extend the zero-filled region ahead of the log by one
+        // slice, then look at the queue again. Never while a request is waiting, so the
+        // ack path's fdatasync never carries zero-fill writes.
+        let (e, a) = match rx.try_recv() {
+            Ok(req) => req,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if poisoned.is_none() && appender.wants_zeros() {
+                    let started = std::time::Instant::now();
+                    if appender.extend_zeros(&shared.store) {
+                        zero_slices += 1;
+                        zero_time += started.elapsed();
+                    }
+                    continue;
+                }
+                match rx.blocking_recv() {
+                    Some(req) => req,
+                    None => break,
+                }
+            }
+        };
         batch.push(e);
         acks.push(a);
         // Gather: take what is queued; if fewer arrived than in the previous batch (the
@@ -255,12 +277,19 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         entries,
         mean_batch = entries as f64 / batches.max(1) as f64,
         mean_commit_us = sync_time.as_micros() as f64 / batches.max(1) as f64,
+        zero_slices,
+        mean_zero_slice_us = zero_time.as_micros() as f64 / zero_slices.max(1) as f64,
         "ledger writer stopped"
     );
-    if poisoned.is_none()
-        && let Err(e) = shared.store.sync_derived(appender.size())
-    {
-        tracing::error!(error = %e, "ledger: syncing derived files at shutdown failed");
+    if poisoned.is_none() {
+        if let Err(e) = shared.store.sync_derived(appender.size()) {
+            tracing::error!(error = %e, "ledger: syncing derived files at shutdown failed");
+        }
+        // A cleanly closed entries.log has no preallocated tail (readable by versions
+        // without preallocation; the next open re-extends it).
+        if let Err(e) = appender.release_tail(&shared.store) {
+            tracing::error!(error = %e, "ledger: cutting the preallocated tail at shutdown failed");
+        }
     }
 }
 

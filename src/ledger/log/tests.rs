@@ -549,3 +549,236 @@ proptest! {
         });
     }
 }
+
+// ---------- preallocated (zero-filled) tail of entries.log ----------
+
+fn file_len(dir: &Path) -> u64 {
+    std::fs::metadata(entries_path(dir)).expect("entries").len()
+}
+
+/// Logical end of a log holding `model`.
+fn logical_end(model: &[Vec<u8>]) -> u64 {
+    model.iter().map(|b| 8 + b.len() as u64).sum()
+}
+
+/// Waits until the writer has zero-filled at least half a chunk past `end` and stopped.
+async fn wait_prealloc(dir: &Path, end: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = 0;
+    loop {
+        let len = file_len(dir);
+        if len >= end + files::PREALLOC_CHUNK / 2 && len == last {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no preallocation: len {len}, end {end}"
+        );
+        last = len;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+fn assert_zeros_after(dir: &Path, end: u64) {
+    let data = std::fs::read(entries_path(dir)).expect("entries");
+    assert!(data.len() as u64 >= end);
+    assert!(
+        data[end as usize..].iter().all(|&b| b == 0),
+        "only zeros after the logical end"
+    );
+}
+
+/// What a crash (SIGKILL) of the open ledger in `src` leaves on disk, copied to `dst`.
+fn crash_image(src: &Path, dst: &Path) {
+    let (from, to) = (src.join("ledger"), dst.join("ledger"));
+    std::fs::create_dir_all(&to).expect("mkdir");
+    for e in std::fs::read_dir(&from).expect("ls") {
+        let e = e.expect("entry");
+        if e.file_name() != files::LOCK {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+fn write_at(dir: &Path, pos: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(entries_path(dir))
+        .expect("entries");
+    f.write_all_at(bytes, pos).expect("write");
+}
+
+fn big_entry(n: usize) -> Vec<u8> {
+    let mut e = entry_bytes(7);
+    e.extend(std::iter::repeat_n(b' ', n));
+    e
+}
+
+#[tokio::test]
+async fn appends_land_in_the_zeroed_region_and_a_crash_image_reopens() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut model = Vec::new();
+    // Cross several chunk boundaries with the extension ready each time.
+    while logical_end(&model) < 3 * files::PREALLOC_CHUNK {
+        wait_prealloc(tmp.path(), logical_end(&model)).await;
+        let before = file_len(tmp.path());
+        model.extend(append_n(&l, 1).await);
+        assert!(
+            logical_end(&model) <= before,
+            "the append went into the zero-filled region: end {} > file {before}",
+            logical_end(&model)
+        );
+    }
+    wait_prealloc(tmp.path(), logical_end(&model)).await;
+    assert_zeros_after(tmp.path(), logical_end(&model));
+
+    let img = tempfile::tempdir().expect("tmp");
+    crash_image(tmp.path(), img.path());
+    let s = verify_ledger_dir(&img.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+    assert_eq!(s.entries, model.len() as u64);
+    assert_eq!(s.torn_tail_bytes, 0);
+    assert_eq!(s.preallocated_bytes, file_len(img.path()) - logical_end(&model));
+    let l2 = Ledger::open(cfg(img.path())).expect("reopen with a preallocated tail");
+    assert_matches_model(&l2, &model);
+    let mut model2 = model.clone();
+    model2.extend(append_n(&l2, 3).await);
+    assert_matches_model(&l2, &model2);
+    drop(l2);
+    // A clean close leaves exactly the log (as versions without preallocation wrote it).
+    assert_eq!(file_len(img.path()), logical_end(&model2));
+
+    drop(l);
+    assert_eq!(file_len(tmp.path()), logical_end(&model));
+    let l = Ledger::open(cfg(tmp.path())).expect("reopen of a non-preallocated log");
+    assert_matches_model(&l, &model);
+}
+
+#[tokio::test]
+async fn a_batch_beyond_the_zeroed_region_grows_the_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut model = append_n(&l, 5).await;
+    wait_prealloc(tmp.path(), logical_end(&model)).await;
+    let before = file_len(tmp.path());
+    // One record larger than the whole chunk: it starts in the zeroed region and grows the file.
+    let big = big_entry(2 * files::PREALLOC_CHUNK as usize);
+    assert_eq!(l.append(big.clone()).await.expect("append"), 5);
+    model.push(big);
+    assert!(logical_end(&model) > before, "grew past the zeroed region");
+    model.extend(append_n(&l, 2).await);
+    wait_prealloc(tmp.path(), logical_end(&model)).await;
+    assert_zeros_after(tmp.path(), logical_end(&model));
+    let img = tempfile::tempdir().expect("tmp");
+    crash_image(tmp.path(), img.path());
+    let l2 = Ledger::open(cfg(img.path())).expect("reopen");
+    assert_matches_model(&l2, &model);
+    drop(l2);
+    let s = verify_ledger_dir(&img.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+    assert_eq!(s.entries, 8);
+    assert_matches_model(&l, &model);
+}
+
+/// A crashed ledger: 8 checkpointed + 4 more entries, zero-filled tail. Returns the image
+/// dir, the model and the logical end.
+async fn crashed_with_tail() -> (tempfile::TempDir, tempfile::TempDir, Vec<Vec<u8>>, u64) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut model = append_n(&l, 8).await;
+    l.checkpoint_now().await.expect("checkpoint");
+    model.extend(append_n(&l, 4).await);
+    let end = logical_end(&model);
+    wait_prealloc(tmp.path(), end).await;
+    let img = tempfile::tempdir().expect("tmp");
+    crash_image(tmp.path(), img.path());
+    (tmp, img, model, end)
+}
+
+#[tokio::test]
+async fn a_torn_final_record_in_preallocated_space_is_cut() {
+    let (_tmp, img, model, end) = crashed_with_tail().await;
+    let dir = img.path();
+    // A torn 200-byte record: header and the first 50 bytes reached the disk, the rest is zeros.
+    let mut rec = 200u32.to_le_bytes().to_vec();
+    rec.extend_from_slice(&0x1234_5678u32.to_le_bytes());
+    rec.extend(std::iter::repeat_n(b'x', 50));
+    write_at(dir, end, &rec);
+    let s = verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("a torn write is not damage");
+    assert_eq!((s.entries, s.torn_tail_bytes), (12, 208));
+    let l = Ledger::open(cfg(dir)).expect("open cuts the torn record");
+    assert_matches_model(&l, &model);
+    assert_zeros_after(dir, end);
+    assert_eq!(l.append(entry_bytes(1)).await.expect("append"), 12);
+}
+
+#[tokio::test]
+async fn a_bad_acknowledged_final_record_before_zeros_is_not_taken_for_a_torn_write() {
+    let (_tmp, img, _model, end) = crashed_with_tail().await;
+    let dir = img.path();
+    // The last record's offset is in offsets.idx (written after its fdatasync): damage.
+    write_at(dir, end - 3, b"#");
+    match verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}) {
+        Err(LedgerError::Corrupt { index, .. }) => assert_eq!(index, 11),
+        other => panic!("expected corruption at 11, got {other:?}"),
+    }
+    match Ledger::open(cfg(dir)) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 11);
+            assert!(detail.contains("truncate"), "{detail}");
+        }
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+    // Covered by the checkpoint: refused even when nothing else says it was acknowledged.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let model = append_n(&l, 6).await;
+    l.checkpoint_now().await.expect("checkpoint");
+    wait_prealloc(tmp.path(), logical_end(&model)).await;
+    let img = tempfile::tempdir().expect("tmp");
+    crash_image(tmp.path(), img.path());
+    let ldir = img.path().join("ledger");
+    flip_byte_of_entry(img.path(), 5);
+    let offsets = std::fs::read(ldir.join(files::OFFSETS)).expect("offsets");
+    std::fs::write(ldir.join(files::OFFSETS), &offsets[..5 * 8]).expect("w");
+    std::fs::remove_file(ldir.join(files::SYNCED)).expect("rm");
+    match verify_ledger_dir(&ldir, &mut |_, _| {}) {
+        Err(LedgerError::Corrupt { index, .. }) => assert_eq!(index, 5),
+        other => panic!("expected corruption at 5, got {other:?}"),
+    }
+    match Ledger::open(cfg(img.path())) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 5);
+            assert!(detail.contains("checkpoint"), "{detail}");
+        }
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn non_zero_bytes_after_the_logical_end_are_refused() {
+    let (_tmp, img, model, end) = crashed_with_tail().await;
+    let dir = img.path();
+    write_at(dir, end + 100, &[1]);
+    match verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 12, "{detail}");
+            assert!(detail.contains("after the end"), "{detail}");
+        }
+        other => panic!("expected tail damage, got {other:?}"),
+    }
+    match Ledger::open(cfg(dir)) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, 12, "{detail}");
+            assert!(detail.contains("truncate"), "{detail}");
+        }
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+    let mut c = cfg(dir);
+    c.repair = RepairMode::Truncate;
+    let l = Ledger::open(c).expect("truncate cuts the garbage");
+    assert_matches_model(&l, &model);
+    assert_zeros_after(dir, end);
+    drop(l);
+    verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies after the cut");
+}
