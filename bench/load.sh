@@ -58,16 +58,20 @@ if command -v oha >/dev/null; then
   echo "| open-loop run | rate | p50 | p99 | p99.9 | success |"
   echo "|---|---|---|---|---|---|"
   body=$(printf '{"agentId":"%s","action":"execute_refund","context":{"amount":1250.00,"user_id":"usr_22"}}' "$AGENT")
-  ${WRK_TASKSET:-} oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" -q "$half" --latency-correction \
-      -m POST -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -T application/json -d "$body" \
-      "http://127.0.0.1:$KLA_PORT/v1/decisions.evaluate" >"$WORK/oha.json"
-  python3 - "$WORK/oha.json" "$half" <<'PY'
+  open_loop() { # name, then oha target args
+    local name=$1; shift
+    ${WRK_TASKSET:-} oha --no-tui --output-format json -z "${DUR}s" -c "$CONNS" -q "$half" --latency-correction "$@" >"$WORK/oha.json"
+    python3 - "$WORK/oha.json" "$half" "$name" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 p = r["latencyPercentiles"]
 ms = lambda k: f"{p[k] * 1e3:.2f} ms"
-print(f"| kla POST /v1/decisions.evaluate at half load | {int(sys.argv[2]):,}/s target, {r['summary']['requestsPerSec']:,.0f}/s done | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | {r['summary']['successRate']:.4f} |")
+print(f"| {sys.argv[3]} | {int(sys.argv[2]):,}/s target, {r['summary']['requestsPerSec']:,.0f}/s done | {ms('p50')} | {ms('p99')} | {ms('p99.9')} | {r['summary']['successRate']:.4f} |")
 PY
+  }
+  open_loop "bare hyper GET / at the same rate (baseline)" "http://127.0.0.1:$BARE_PORT/"
+  open_loop "kla POST /v1/decisions.evaluate at half load" -m POST -H "Authorization: Bearer $TOKEN" \
+    -H "x-tenant-id: bench" -T application/json -d "$body" "http://127.0.0.1:$KLA_PORT/v1/decisions.evaluate"
 fi
 
 # The disk's floor for a durable answer, on the file system of kla's data dir, measured after the load runs.
