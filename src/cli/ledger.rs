@@ -111,8 +111,16 @@ fn report_verify(
             if s.torn_tail_bytes > 0 {
                 writeln!(
                     out,
-                    "note: {} bytes of an incomplete final record (never acknowledged) will be cut off on next open",
+                    "note: {} bytes of a torn final record (incomplete, or a bad checksum before the zero-filled \
+                     tail; never acknowledged) will be cut off on next open",
                     s.torn_tail_bytes
+                )?;
+            }
+            if s.preallocated_bytes > 0 {
+                writeln!(
+                    out,
+                    "preallocated: {} zero bytes after the last entry (checked)",
+                    s.preallocated_bytes
                 )?;
             }
             Ok(ExitCode::SUCCESS)
