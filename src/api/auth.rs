@@ -3,11 +3,9 @@
 
 use super::{ApiError, SharedState};
 use crate::auth::{Principal, Role};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 /// Tenant header of seed 001.
@@ -48,7 +46,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
+/// Checks the bearer token and the tenant header (the first step of the `/v1` pipeline in `api::v1_pipeline`).
+pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
@@ -86,14 +85,4 @@ fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> 
         tenant: tenant.into(),
         principal,
     })
-}
-
-pub(super) async fn layer(State(state): State<SharedState>, mut req: Request, next: Next) -> Response {
-    match authenticate(&state, &req) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
 }

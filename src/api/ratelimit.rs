@@ -3,9 +3,6 @@
 use super::auth::Caller;
 use super::{ApiError, Code, SharedState};
 use crate::config::RateLimitConfig;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -63,19 +60,18 @@ impl RateLimiter {
     }
 }
 
-pub(super) async fn layer(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    if let (Some(limiter), Some(caller)) = (&state.limiter, req.extensions().get::<Caller>())
+/// `Err` with a 429 (and `Retry-After`) when the caller's tenant has no token left.
+pub(super) fn check(state: &SharedState, caller: &Caller) -> Result<(), ApiError> {
+    if let Some(limiter) = &state.limiter
         && let Err(secs) = limiter.check(&caller.tenant)
     {
         let msg = format!(
             "rate limit for tenant '{}' exceeded; retry after {secs}s",
             caller.tenant
         );
-        return ApiError::new(Code::RateLimited, msg)
-            .with_retry_after(secs)
-            .into_response();
+        return Err(ApiError::new(Code::RateLimited, msg).with_retry_after(secs));
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]
