@@ -255,7 +255,14 @@ impl Recorder {
             queued: Arc::new(AtomicU64::new(0)),
             finished,
         };
-        tokio::spawn(index_writer(recorder.clone(), rx, finished_tx));
+        // The writer holds the ledger and the store, not a recorder: when the last recorder is dropped the queue
+        // closes, and the writer commits what is left and ends.
+        tokio::spawn(index_writer(
+            recorder.ledger.clone(),
+            recorder.store.clone(),
+            rx,
+            finished_tx,
+        ));
         recorder
     }
 
@@ -340,36 +347,6 @@ impl Recorder {
             },
             time,
         ))
-    }
-
-    /// Re-indexes one entry in the background, rebuilding its rows from the ledger (the same path as
-    /// [`Recorder::reindex`]), so the hot path keeps no copy of them for this rare case.
-    fn retry_index(&self, ledger_index: u64) {
-        let (ledger, store) = (self.ledger.clone(), self.store.clone());
-        tokio::spawn(async move {
-            for attempt in 1..=8u32 {
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
-                let rows = ledger
-                    .entry(ledger_index)
-                    .map_err(RecordError::from)
-                    .and_then(|bytes| {
-                        let entry = Entry::decode(&bytes)?;
-                        Ok(index_records(&entry, ledger_index, decision_from_entry(&entry)))
-                    });
-                let result = match rows {
-                    Ok((l, d)) => store
-                        .index_entries(vec![l], d.into_iter().collect())
-                        .await
-                        .map_err(RecordError::from),
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, attempt, ledger_index, "index retry failed"),
-                }
-            }
-            tracing::error!(ledger_index, "giving up indexing; the next start re-indexes it");
-        });
     }
 
     /// Records a decision.
@@ -499,10 +476,45 @@ fn index_records(
     (lineage, decision)
 }
 
+/// Re-indexes one entry in the background, rebuilding its rows from the ledger (the same path as
+/// [`Recorder::reindex`]), so the hot path keeps no copy of them for this rare case.
+fn retry_index(ledger: &Ledger, store: &Store, ledger_index: u64) {
+    let (ledger, store) = (ledger.clone(), store.clone());
+    tokio::spawn(async move {
+        for attempt in 1..=8u32 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
+            let rows = ledger
+                .entry(ledger_index)
+                .map_err(RecordError::from)
+                .and_then(|bytes| {
+                    let entry = Entry::decode(&bytes)?;
+                    Ok(index_records(&entry, ledger_index, decision_from_entry(&entry)))
+                });
+            let result = match rows {
+                Ok((l, d)) => store
+                    .index_entries(vec![l], d.into_iter().collect())
+                    .await
+                    .map_err(RecordError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, attempt, ledger_index, "index retry failed"),
+            }
+        }
+        tracing::error!(ledger_index, "giving up indexing; the next start re-indexes it");
+    });
+}
+
 /// Group-commits index writes: takes everything queued (up to a batch), writes one transaction, then publishes
 /// how many jobs are finished (for the read barrier) and tells the jobs that wait. A failed batch is retried
 /// entry by entry in the background, rebuilt from the ledger.
-async fn index_writer(rec: Recorder, mut rx: mpsc::Receiver<IndexJob>, finished: watch::Sender<u64>) {
+async fn index_writer(
+    ledger: Ledger,
+    store: Store,
+    mut rx: mpsc::Receiver<IndexJob>,
+    finished: watch::Sender<u64>,
+) {
     let mut batch: Vec<IndexJob> = Vec::with_capacity(INDEX_BATCH);
     let mut done = 0u64;
     while rx.recv_many(&mut batch, INDEX_BATCH).await > 0 {
@@ -525,15 +537,14 @@ async fn index_writer(rec: Recorder, mut rx: mpsc::Receiver<IndexJob>, finished:
             waiting.extend(j.done);
         }
         let indices: Vec<u64> = lineage.iter().map(|l| l.ledger_index).collect();
-        let result = rec
-            .store
+        let result = store
             .index_entries(lineage, decisions)
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, entries = indices.len(), "indexing failed; retrying in the background");
             for i in indices {
-                rec.retry_index(i);
+                retry_index(&ledger, &store, i);
             }
         }
         done += n;
@@ -744,6 +755,41 @@ mod tests {
             let back = Entry::decode(&entry).expect("canonical entry decodes");
             prop_assert_eq!(back.body["decisionId"].as_str(), Some(ids.0.as_str()));
         }
+    }
+
+    /// The index writer holds no recorder, so dropping the last recorder ends it and releases the ledger (whose
+    /// directory lock a restart in the same process needs), after committing what was queued.
+    #[tokio::test]
+    async fn dropping_the_last_recorder_ends_the_index_writer_and_releases_the_ledger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger_dir = dir.path().join("ledger");
+        let open = || Ledger::open(crate::ledger::LedgerConfig::new(ledger_dir.clone()));
+        let store = Store::open(dir.path()).expect("store");
+        let rec = Recorder::new(open().expect("ledger"), store.clone());
+        let r = rec
+            .policy_event("policy.activated", json!({"packs": []}))
+            .await
+            .expect("recorded");
+        drop(rec);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let reopened = loop {
+            match open() {
+                Ok(l) => break l,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the ledger is still held after the recorder was dropped: {e}"),
+            }
+        };
+        assert_eq!(reopened.size(), r.ledger_index + 1);
+        let rows = store
+            .get_lineage(SYSTEM_TENANT, &r.lineage_id)
+            .await
+            .expect("store read");
+        assert!(
+            rows.is_some(),
+            "the queued index row was committed before the writer ended"
+        );
     }
 
     #[test]
