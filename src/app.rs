@@ -132,10 +132,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     });
 
+    let final_recorder = recorder.clone();
     let done = tokio::spawn(async move {
         let r = serve(listener, tls, router, shutdown_serve).await;
         drop(watch);
         let _dir_lock = dir_lock;
+        // Commit the index rows of the last requests before exit (otherwise the next start re-indexes them).
+        final_recorder.flush_index().await;
         // Sign a final checkpoint so everything acknowledged is anchored before exit.
         if let Err(e) = ledger.checkpoint_now().await {
             tracing::warn!(error = %e, "final checkpoint failed");

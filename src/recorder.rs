@@ -241,6 +241,9 @@ pub struct Recorder {
     queued: Arc<AtomicU64>,
     /// Index jobs the writer has finished (committed, or failed and handed to a retry), in queue order.
     finished: watch::Receiver<u64>,
+    /// Background per-entry retries still running after a failed index transaction; the barrier waits for them
+    /// too, so a read racing an index failure does not miss entries answered before it.
+    retrying: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -254,6 +257,7 @@ impl Recorder {
             index_tx,
             queued: Arc::new(AtomicU64::new(0)),
             finished,
+            retrying: Arc::new(AtomicU64::new(0)),
         };
         // The writer holds the ledger and the store, not a recorder: when the last recorder is dropped the queue
         // closes, and the writer commits what is left and ends.
@@ -261,7 +265,8 @@ impl Recorder {
             recorder.ledger.clone(),
             recorder.store.clone(),
             rx,
-            finished_tx,
+            Arc::new(finished_tx),
+            recorder.retrying.clone(),
         ));
         recorder
     }
@@ -315,7 +320,10 @@ impl Recorder {
         };
         // The entry is durable: from here on the answer is success, or a retry would record it twice. An index
         // failure is retried in the background by the writer (and replayed from the ledger at the next start).
-        // The sequence number is taken with the queue's permit in hand, so queue order = sequence order.
+        // Why the barrier holds: the count is raised with the permit in hand and the job sent with no await in
+        // between, so a reader that loads N has seen the count of every job sent before its load; queue
+        // positions are given at send, so each of those jobs sits at a position <= N, and `finished >= N` covers
+        // it. (Counts and positions may differ in order between two concurrent senders; that does not matter.)
         match self.index_tx.reserve().await {
             Ok(permit) => {
                 self.queued.fetch_add(1, Ordering::SeqCst);
@@ -478,9 +486,13 @@ fn index_records(
 
 /// Re-indexes one entry in the background, rebuilding its rows from the ledger (the same path as
 /// [`Recorder::reindex`]), so the hot path keeps no copy of them for this rare case.
-fn retry_index(ledger: &Ledger, store: &Store, ledger_index: u64) {
+fn retry_index(ledger: &Ledger, store: &Store, ledger_index: u64, barrier: &Barrier) {
     let (ledger, store) = (ledger.clone(), store.clone());
+    let barrier = barrier.clone();
+    barrier.retrying.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
+        // Counted down however the task ends (success, giving up, or the runtime dropping it).
+        let _done = RetryDone(barrier);
         for attempt in 1..=8u32 {
             tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(6))).await;
             let rows = ledger
@@ -506,6 +518,23 @@ fn retry_index(ledger: &Ledger, store: &Store, ledger_index: u64) {
     });
 }
 
+/// What the index writer publishes for the read barrier.
+#[derive(Clone)]
+struct Barrier {
+    finished: Arc<watch::Sender<u64>>,
+    retrying: Arc<AtomicU64>,
+}
+
+/// Ends one background retry: counts it down and wakes barrier waiters.
+struct RetryDone(Barrier);
+
+impl Drop for RetryDone {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::SeqCst);
+        self.0.finished.send_modify(|_| {});
+    }
+}
+
 /// Group-commits index writes: takes everything queued (up to a batch), writes one transaction, then publishes
 /// how many jobs are finished (for the read barrier) and tells the jobs that wait. A failed batch is retried
 /// entry by entry in the background, rebuilt from the ledger.
@@ -513,8 +542,10 @@ async fn index_writer(
     ledger: Ledger,
     store: Store,
     mut rx: mpsc::Receiver<IndexJob>,
-    finished: watch::Sender<u64>,
+    finished: Arc<watch::Sender<u64>>,
+    retrying: Arc<AtomicU64>,
 ) {
+    let barrier = Barrier { finished, retrying };
     let mut batch: Vec<IndexJob> = Vec::with_capacity(INDEX_BATCH);
     let mut done = 0u64;
     while rx.recv_many(&mut batch, INDEX_BATCH).await > 0 {
@@ -544,11 +575,11 @@ async fn index_writer(
         if let Err(e) = &result {
             tracing::error!(error = %e, entries = indices.len(), "indexing failed; retrying in the background");
             for i in indices {
-                retry_index(&ledger, &store, i);
+                retry_index(&ledger, &store, i, &barrier);
             }
         }
         done += n;
-        finished.send_replace(done);
+        barrier.finished.send_replace(done);
         for tx in waiting {
             let _ = tx.send(result.clone());
         }
@@ -560,14 +591,22 @@ impl Recorder {
     /// recording completed before it (read-your-writes). Bounded by [`BARRIER_WAIT`].
     async fn index_barrier(&self) {
         let target = self.queued.load(Ordering::SeqCst);
+        let retrying = &self.retrying;
+        let ready = |n: &u64| *n >= target && retrying.load(Ordering::SeqCst) == 0;
         let mut finished = self.finished.clone();
-        if *finished.borrow() >= target {
+        if ready(&finished.borrow()) {
             return;
         }
-        let wait = finished.wait_for(|&n| n >= target);
+        let wait = finished.wait_for(ready);
         if tokio::time::timeout(BARRIER_WAIT, wait).await.is_err() {
             tracing::warn!(target, "index writer is behind; reading the committed index");
         }
+    }
+
+    /// Waits (bounded like a read) until every queued index job is committed. Shutdown calls it after the last
+    /// request, so the process does not exit with index rows still queued (the next start would re-index them).
+    pub async fn flush_index(&self) {
+        self.index_barrier().await;
     }
 
     /// A lineage entry of a tenant (read-your-writes, see the module docs).
@@ -789,6 +828,45 @@ mod tests {
         assert!(
             rows.is_some(),
             "the queued index row was committed before the writer ended"
+        );
+    }
+
+    /// A failed index transaction (a trigger aborts inserts into `decisions`) hands its entries to background
+    /// retries; the barrier waits for those too, so a read that starts after the answer (with the store healthy
+    /// again) finds the decision. Found by the second review: the barrier used to release at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_after_a_failed_index_transaction_wait_for_its_retry() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ledger =
+            Ledger::open(crate::ledger::LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
+        let store = Store::open(tmp.path()).expect("store");
+        let rec = Recorder::new(ledger, store);
+        let c = rusqlite::Connection::open(tmp.path().join("kla.db")).expect("db");
+        c.execute_batch(
+            "CREATE TRIGGER injected_fault BEFORE INSERT ON decisions BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .expect("trigger");
+        let r = rec
+            .decision(DecisionToRecord {
+                tenant: "acme".into(),
+                decision_id: "dec_retry".into(),
+                agent_id: "a".into(),
+                action: "x".into(),
+                decision: "allow".into(),
+                trace_id: None,
+                execution_id: None,
+                body: br#"{"decisionId":"dec_retry"}"#.to_vec(),
+            })
+            .await
+            .expect("answered once durable");
+        // Let the transaction fail, then heal the store before reading.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.execute_batch("DROP TRIGGER injected_fault;").expect("drop");
+        let got = rec.decision_record("acme", "dec_retry").await.expect("read");
+        assert_eq!(
+            got.map(|d| d.ledger_index),
+            Some(r.ledger_index),
+            "read-your-writes on the index failure path"
         );
     }
 

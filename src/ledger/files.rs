@@ -416,29 +416,26 @@ impl Appender {
     /// Extends the zero-filled region after the logical end by one slice: `pwrite` of zeros
     /// at the physical end, then `fdatasync`, so that later batches written into it do not
     /// change the file size. Called by the writer only when no request is waiting. Returns
-    /// whether a slice was written. A failure only disables preallocation (the bytes
-    /// involved are beyond the logical end, so the log is unaffected; batches then grow
-    /// the file as before).
-    pub(crate) fn extend_zeros(&mut self, store: &Store) -> bool {
+    /// whether a slice was written. A failure is an error the writer treats like a failed
+    /// batch.
+    pub(crate) fn extend_zeros(&mut self, store: &Store) -> Result<bool, LedgerError> {
         let Some((at, len)) = self.zero_step() else {
-            return false;
+            return Ok(false);
         };
         let zeros = vec![0u8; len as usize];
-        let res = store
+        // A failure here is treated like a failed batch (the writer refuses appends until restart): the first
+        // slice after a growing append starts inside the page that holds the last acknowledged record, so after
+        // a failed write or sync the state of acknowledged bytes is unknown.
+        store
             .entries
             .write_all_at(&zeros, at)
-            .and_then(|()| store.entries.sync_data());
-        match res {
-            Ok(()) => {
-                self.file_len = at + len;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, offset = at, "ledger: zero-filling ahead of the log failed; appends grow the file from now on");
-                self.prealloc = false;
-                false
-            }
-        }
+            .map_err(io_err("zero-fill entries"))?;
+        store
+            .entries
+            .sync_data()
+            .map_err(io_err("fdatasync zero-filled entries"))?;
+        self.file_len = at + len;
+        Ok(true)
     }
 
     /// Cuts the preallocated zero tail off (clean shutdown), so that a cleanly closed
@@ -698,11 +695,38 @@ pub(crate) fn open_store(
         levels: Vec::new(),
     };
 
+    // Entries known to have been acknowledged: indexed in `offsets.idx` (written only after their
+    // batch's fdatasync) or covered by the `synced` marker. Wherever the log ends, it must still hold
+    // them all: a log that ends early lost acknowledged entries, which is refused unless the operator
+    // accepts the loss with `RepairMode::Truncate` (never below the checkpoint).
+    let acked = n_off.max(marker);
+    let lost_acked = |index: u64| -> Result<(), LedgerError> {
+        if index >= acked {
+            return Ok(());
+        }
+        let detail = format!(
+            "the log ends after {index} entries but {acked} were acknowledged (offsets.idx, \
+             synced marker): acknowledged entries are missing"
+        );
+        if repair == RepairMode::Truncate && index >= checkpoint_size {
+            tracing::warn!(
+                index,
+                acked,
+                "ledger: {detail}; accepting the loss (repair mode truncate)"
+            );
+            Ok(())
+        } else {
+            Err(LedgerError::Corrupt { index, detail })
+        }
+    };
     // Re-verify and re-index everything after the trusted prefix.
     let mut index = trusted;
     loop {
         match scan.read(pos)? {
-            Rec::End => break,
+            Rec::End => {
+                lost_acked(index)?;
+                break;
+            }
             Rec::Good(body, next) => {
                 let leaf = tree::leaf_hash(&body);
                 if index < verify_until && store.node(0, index)? != leaf {
@@ -719,6 +743,7 @@ pub(crate) fn open_store(
                 pos = next;
             }
             Rec::Torn => {
+                lost_acked(index)?;
                 tracing::warn!(
                     index,
                     offset = pos,
@@ -731,10 +756,21 @@ pub(crate) fn open_store(
             Rec::Zero => {
                 // The logical end, if only (preallocated) zeros follow.
                 if scan.zeros_from(pos)? {
+                    lost_acked(index)?;
                     break;
                 }
                 let detail = "non-zero bytes after a zero record header (the end of the log)";
-                refuse_unless_tail(&store, &scan, checkpoint_size, n_off, index, pos, detail, false)?;
+                refuse_unless_tail(
+                    &store,
+                    &scan,
+                    checkpoint_size,
+                    n_off,
+                    (repair, acked),
+                    index,
+                    pos,
+                    detail,
+                    false,
+                )?;
                 repair_tail(&store, repair, index, pos, entries_len, detail)?;
                 break;
             }
@@ -749,6 +785,7 @@ pub(crate) fn open_store(
                     &scan,
                     checkpoint_size,
                     n_off,
+                    (repair, acked),
                     index,
                     pos,
                     &detail,
@@ -759,7 +796,7 @@ pub(crate) fn open_store(
                 // looks like: never acknowledged (its offset is not in `offsets.idx`,
                 // which is written only after the batch's fdatasync), cut like an
                 // incomplete record.
-                if checksum && n_off <= index && next < scan.len && scan.zeros_from(next)? {
+                if checksum && acked <= index && next < scan.len && scan.zeros_from(next)? {
                     tracing::warn!(
                         index,
                         offset = pos,
@@ -820,6 +857,7 @@ fn refuse_unless_tail(
     scan: &Scan<'_>,
     checkpoint_size: u64,
     n_off: u64,
+    (repair, acked): (RepairMode, u64),
     index: u64,
     pos: u64,
     detail: &str,
@@ -832,10 +870,22 @@ fn refuse_unless_tail(
             .filter(|&o| o > pos)
             .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
             .unwrap_or(false);
-    if indexed_later || follows {
+    // Intact records after the damage are mid-log damage, except when the damage and everything after it
+    // were never acknowledged (at or past every acknowledged index, nothing after it indexed): a power loss
+    // during one batch's fdatasync can persist that batch's blocks in any order. Only an operator's
+    // `RepairMode::Truncate` cuts there; the default refuses and names it.
+    let unacknowledged_batch = repair == RepairMode::Truncate && index >= acked && !indexed_later;
+    if indexed_later || (follows && !unacknowledged_batch) {
         return Err(LedgerError::Corrupt {
             index,
-            detail: format!("{detail}; intact records follow (damage mid-log)"),
+            detail: format!(
+                "{detail}; intact records follow (damage mid-log{})",
+                if indexed_later || index < acked {
+                    ""
+                } else {
+                    "; if no entry from here on was acknowledged, a torn final batch: repair mode truncate cuts it"
+                }
+            ),
         });
     }
     if index < checkpoint_size {
@@ -1199,6 +1249,21 @@ pub(crate) fn verify_all(
                 index: frontier.size(),
                 detail: format!(
                     "signed checkpoint covers {size} entries but the log has only {}",
+                    frontier.size()
+                ),
+            });
+        }
+        // `offsets.idx` and `level-00.hash` are written only after their entries' batch was
+        // fdatasynced: entries they index but the log no longer holds were acknowledged and lost.
+        let indexed = offsets
+            .as_ref()
+            .map_or(0, |(_, have)| *have)
+            .max(levels.first().map_or(0, |l| l.have));
+        if indexed > frontier.size() {
+            return Err(LedgerError::Corrupt {
+                index: frontier.size(),
+                detail: format!(
+                    "the log ends after {} entries but its index files hold {indexed}: acknowledged entries are missing",
                     frontier.size()
                 ),
             });

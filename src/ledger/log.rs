@@ -200,9 +200,16 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
             Err(mpsc::error::TryRecvError::Empty) => {
                 if poisoned.is_none() && appender.wants_zeros() {
                     let started = std::time::Instant::now();
-                    if appender.extend_zeros(&shared.store) {
-                        zero_slices += 1;
-                        zero_time += started.elapsed();
+                    match appender.extend_zeros(&shared.store) {
+                        Ok(true) => {
+                            zero_slices += 1;
+                            zero_time += started.elapsed();
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "ledger zero-fill failed; refusing further appends until restart");
+                            poisoned = Some(e.to_string());
+                        }
                     }
                     continue;
                 }

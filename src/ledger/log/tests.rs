@@ -782,3 +782,89 @@ async fn non_zero_bytes_after_the_logical_end_are_refused() {
     drop(l);
     verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies after the cut");
 }
+
+// Found by the second review of preallocation: each failed before its fix.
+
+/// Framed record bytes as the writer writes them.
+fn framed(e: &[u8]) -> Vec<u8> {
+    let mut r = (e.len() as u32).to_le_bytes().to_vec();
+    r.extend_from_slice(&files::crc(e).to_le_bytes());
+    r.extend_from_slice(e);
+    r
+}
+
+/// A batch of 3 records whose fdatasync never completed (power loss): the device kept the first
+/// and last parts of the write but not a block inside the first record, so intact records follow
+/// the damage. None of them was acknowledged (all past `offsets.idx`). The default open refuses and
+/// says why; `RepairMode::Truncate` cuts the whole batch.
+#[tokio::test]
+async fn a_torn_batch_with_a_lost_middle_block_is_cut_by_truncate_only() {
+    let (_tmp, img, model, end) = crashed_with_tail().await;
+    let dir = img.path();
+    let mut batch = Vec::new();
+    let a = framed(&big_entry(300));
+    let hole = (a.len() / 2) as u64;
+    batch.extend(a);
+    batch.extend(framed(&entry_bytes(100)));
+    batch.extend(framed(&entry_bytes(101)));
+    assert!(end + (batch.len() as u64) < file_len(dir), "fits the zero tail");
+    write_at(dir, end, &batch);
+    write_at(dir, end + hole, &[0u8; 64]); // the block that did not reach the disk
+    match Ledger::open(cfg(dir)) {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, model.len() as u64);
+            assert!(detail.contains("repair mode truncate"), "{detail}");
+        }
+        other => panic!("default open must refuse: {:?}", other.map(|l| l.size())),
+    }
+    let mut c = cfg(dir);
+    c.repair = RepairMode::Truncate;
+    let l = Ledger::open(c).expect("truncate cuts an unacknowledged torn batch");
+    assert_matches_model(&l, &model);
+    drop(l);
+    verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies after the cut");
+}
+
+/// The last records are acknowledged (in `offsets.idx`; after a clean close also under the
+/// `synced` marker) but their bytes read back as zeros (a lost write or a media fault). A zero
+/// header is the end of a preallocated log, so this looked like a shorter log: open and verify
+/// must refuse instead of dropping acknowledged entries; truncate accepts the loss above the
+/// checkpoint.
+#[tokio::test]
+async fn acknowledged_entries_read_back_as_zeros_are_refused() {
+    for clean in [true, false] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let l = Ledger::open(cfg(tmp.path())).expect("open");
+        let model = append_n(&l, 8).await;
+        l.checkpoint_now().await.expect("checkpoint");
+        let model2 = append_n(&l, 4).await;
+        let end = logical_end(&model) + logical_end(&model2);
+        let img = tempfile::tempdir().expect("tmp");
+        let dir = if clean {
+            drop(l);
+            tmp.path().to_owned()
+        } else {
+            wait_prealloc(tmp.path(), end).await;
+            crash_image(tmp.path(), img.path());
+            img.path().to_owned()
+        };
+        let from = logical_end(&model) + logical_end(&model2[..2]);
+        write_at(&dir, from, &vec![0u8; (end - from) as usize]);
+        match verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}) {
+            Err(LedgerError::Corrupt { index: 10, detail }) => {
+                assert!(detail.contains("acknowledged"), "{detail}")
+            }
+            other => panic!("clean={clean}: verify must refuse: {other:?}"),
+        }
+        match Ledger::open(cfg(&dir)) {
+            Err(LedgerError::Corrupt { index: 10, detail }) => {
+                assert!(detail.contains("acknowledged"), "{detail}")
+            }
+            other => panic!("clean={clean}: open must refuse: {:?}", other.map(|l| l.size())),
+        }
+        let mut c = cfg(&dir);
+        c.repair = RepairMode::Truncate;
+        let l = Ledger::open(c).expect("truncate accepts the loss above the checkpoint");
+        assert_eq!(l.size(), 10, "clean={clean}");
+    }
+}
