@@ -581,6 +581,35 @@ fn fail_closed_on_deadline_overrun() {
     assert_eq!(set.evaluate(&act("other")).outcome, Outcome::Allow);
 }
 
+#[test]
+fn a_preempted_evaluation_is_not_failed_for_the_deadline_but_a_second_overrun_is() {
+    // The thread sleeps (as when the OS preempts it) past the deadline while using no CPU: the
+    // evaluation runs again and decides. If it overruns again, it fails closed.
+    let rules = "    - {id: big, match: {actions: [x]}, when: \"input.context.n > 1\", decision: warn, reasonCode: BIG}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let set = PolicySet::new(
+        vec![Arc::new(unsigned(dir.path()).unwrap())],
+        Duration::from_millis(20),
+    );
+    let x = input("x", "a", serde_json::json!({"n": 2}));
+    crate::policy::engine::test_stall::set(1, Duration::from_millis(60));
+    let d = set.evaluate(&x);
+    assert_eq!((d.outcome, codes(&d)), (Outcome::Warn, vec!["BIG"]), "{d:?}");
+    assert!(
+        d.evaluation_micros >= 60_000,
+        "the stall is in the reported time: {d:?}"
+    );
+    crate::policy::engine::test_stall::set(2, Duration::from_millis(60));
+    let d = set.evaluate(&x);
+    assert_eq!(
+        (d.outcome, codes(&d)),
+        (Outcome::Block, vec![POLICY_ERROR]),
+        "{d:?}"
+    );
+    assert!(d.error.as_deref().unwrap().contains("deadline"), "{d:?}");
+    crate::policy::engine::test_stall::set(0, Duration::ZERO);
+}
+
 // ----- suites ------------------------------------------------------------------------------
 
 #[test]
