@@ -12,7 +12,7 @@
 //! [`Recorder::lineage`], [`Recorder::find_lineage`] or [`Recorder::decision_record`], which first wait until
 //! every index job queued before the read began is committed (an index barrier). The recorder knows no HTTP.
 
-use crate::ledger::jcs::Obj;
+use crate::ledger::jcs::{Obj, write_array};
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
 use crate::policy::{AgentRef, Decision, Outcome};
 use crate::store::{DecisionRecord, LineageRecord, Store, StoreError};
@@ -139,12 +139,7 @@ impl DecisionBody<'_> {
         o.opt_str("error", d.error.as_deref());
         o.uint("evaluationMicros", d.evaluation_micros)?;
         o.opt_str("executionId", self.execution_id);
-        let buf = o.raw("matchedRules");
-        buf.push(b'[');
-        for (i, m) in d.matched_rules.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
+        write_array(o.raw("matchedRules"), &d.matched_rules, |m, buf| {
             let mut r = Obj::begin(buf);
             if let Some(ap) = &m.approval {
                 let mut x = Obj::begin(r.raw("approval"));
@@ -162,22 +157,17 @@ impl DecisionBody<'_> {
             r.str("reasonCode", &m.reason_code);
             r.bool("shadow", m.shadow);
             r.end();
-        }
-        buf.push(b']');
-        let buf = o.raw("policy");
-        buf.push(b'[');
-        for (i, p) in d.policy.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
+            Some(())
+        })?;
+        write_array(o.raw("policy"), &d.policy, |p, buf| {
             let mut x = Obj::begin(buf);
             x.str("digest", &p.digest);
             x.str("name", &p.name);
             x.opt_str("signerKeyId", p.signer_key_id.as_deref());
             x.str("version", &p.version);
             x.end();
-        }
-        buf.push(b']');
+            Some(())
+        })?;
         let mut p = Obj::begin(o.raw("principal"));
         p.str("role", self.role);
         p.str("subject", self.subject);

@@ -719,6 +719,14 @@ pub(crate) fn open_store(
             Err(LedgerError::Corrupt { index, detail })
         }
     };
+    let rules = TailRules {
+        store: &store,
+        scan: &scan,
+        checkpoint_size,
+        n_off,
+        repair,
+        acked,
+    };
     // Re-verify and re-index everything after the trusted prefix.
     let mut index = trusted;
     loop {
@@ -760,17 +768,7 @@ pub(crate) fn open_store(
                     break;
                 }
                 let detail = "non-zero bytes after a zero record header (the end of the log)";
-                refuse_unless_tail(
-                    &store,
-                    &scan,
-                    checkpoint_size,
-                    n_off,
-                    (repair, acked),
-                    index,
-                    pos,
-                    detail,
-                    false,
-                )?;
+                rules.refuse_unless_tail(index, pos, detail, false)?;
                 repair_tail(&store, repair, index, pos, entries_len, detail)?;
                 break;
             }
@@ -780,17 +778,7 @@ pub(crate) fn open_store(
                 checksum,
             } => {
                 let follows = scan.intact_after(next)?;
-                refuse_unless_tail(
-                    &store,
-                    &scan,
-                    checkpoint_size,
-                    n_off,
-                    (repair, acked),
-                    index,
-                    pos,
-                    &detail,
-                    follows,
-                )?;
+                rules.refuse_unless_tail(index, pos, &detail, follows)?;
                 // A full-length final record with a bad checksum followed only by
                 // preallocated zeros is what a torn write into the zero-filled region
                 // looks like: never acknowledged (its offset is not in `offsets.idx`,
@@ -848,55 +836,72 @@ pub(crate) fn open_store(
     Ok(Opened { store, appender })
 }
 
-/// Refuses damage found at record `index` (offset `pos`) on open unless it is a tail
-/// after the checkpoint: no intact record follows it (`follows`, by framing, or at the last
-/// offset in `offsets.idx`) and `index >= checkpoint_size`.
-#[allow(clippy::too_many_arguments)]
-fn refuse_unless_tail(
-    store: &Store,
-    scan: &Scan<'_>,
+/// What recovery knows about the log while it scans the tail after the trusted prefix.
+struct TailRules<'a> {
+    store: &'a Store,
+    scan: &'a Scan<'a>,
     checkpoint_size: u64,
+    /// Records in `offsets.idx`.
     n_off: u64,
-    (repair, acked): (RepairMode, u64),
-    index: u64,
-    pos: u64,
-    detail: &str,
-    follows: bool,
-) -> Result<(), LedgerError> {
-    let indexed_later = n_off > index + 1
-        && store
-            .offset(n_off - 1)
-            .ok()
-            .filter(|&o| o > pos)
-            .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
-            .unwrap_or(false);
-    // Intact records after the damage are mid-log damage, except when the damage and everything after it
-    // were never acknowledged (at or past every acknowledged index, nothing after it indexed): a power loss
-    // during one batch's fdatasync can persist that batch's blocks in any order. Only an operator's
-    // `RepairMode::Truncate` cuts there; the default refuses and names it.
-    let unacknowledged_batch = repair == RepairMode::Truncate && index >= acked && !indexed_later;
-    if indexed_later || (follows && !unacknowledged_batch) {
-        return Err(LedgerError::Corrupt {
-            index,
-            detail: format!(
-                "{detail}; intact records follow (damage mid-log{})",
-                if indexed_later || index < acked {
-                    ""
-                } else {
-                    "; if no entry from here on was acknowledged, a torn final batch: repair mode truncate cuts it"
-                }
-            ),
-        });
+    repair: RepairMode,
+    /// Entries known to have been acknowledged: max(`offsets.idx`, `synced`).
+    acked: u64,
+}
+
+impl TailRules<'_> {
+    /// Refuses damage found at record `index` (offset `pos`) on open unless it is a tail
+    /// after the checkpoint: no intact record follows it (`follows`, by framing, or at the last
+    /// offset in `offsets.idx`) and `index >= checkpoint_size`.
+    fn refuse_unless_tail(
+        &self,
+        index: u64,
+        pos: u64,
+        detail: &str,
+        follows: bool,
+    ) -> Result<(), LedgerError> {
+        let TailRules {
+            store,
+            scan,
+            checkpoint_size,
+            n_off,
+            repair,
+            acked,
+        } = *self;
+        let indexed_later = n_off > index + 1
+            && store
+                .offset(n_off - 1)
+                .ok()
+                .filter(|&o| o > pos)
+                .map(|o| matches!(scan.read(o), Ok(Rec::Good(..))))
+                .unwrap_or(false);
+        // Intact records after the damage are mid-log damage, except when the damage and everything after it
+        // were never acknowledged (at or past every acknowledged index, nothing after it indexed): a power loss
+        // during one batch's fdatasync can persist that batch's blocks in any order. Only an operator's
+        // `RepairMode::Truncate` cuts there; the default refuses and names it.
+        let unacknowledged_batch = repair == RepairMode::Truncate && index >= acked && !indexed_later;
+        if indexed_later || (follows && !unacknowledged_batch) {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: format!(
+                    "{detail}; intact records follow (damage mid-log{})",
+                    if indexed_later || index < acked {
+                        ""
+                    } else {
+                        "; if no entry from here on was acknowledged, a torn final batch: repair mode truncate cuts it"
+                    }
+                ),
+            });
+        }
+        if index < checkpoint_size {
+            return Err(LedgerError::Corrupt {
+                index,
+                detail: format!(
+                    "{detail}; damaged tail is covered by the signed checkpoint of size {checkpoint_size}, refusing to roll back"
+                ),
+            });
+        }
+        Ok(())
     }
-    if index < checkpoint_size {
-        return Err(LedgerError::Corrupt {
-            index,
-            detail: format!(
-                "{detail}; damaged tail is covered by the signed checkpoint of size {checkpoint_size}, refusing to roll back"
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Cuts a damaged tail at `pos` with `RepairMode::Truncate`; refuses otherwise.

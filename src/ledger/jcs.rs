@@ -19,16 +19,7 @@ pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Number(n) => write_number(n, out)?,
         Value::String(s) => write_str(s, out),
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(x, out)?;
-            }
-            out.push(b']');
-        }
+        Value::Array(a) => write_array(out, a, write_value)?,
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             if keys.iter().all(|k| k.is_ascii()) {
@@ -48,6 +39,23 @@ pub(crate) fn write_value(v: &Value, out: &mut Vec<u8>) -> Option<()> {
             out.push(b'}');
         }
     }
+    Some(())
+}
+
+/// Writes a JSON array, each item with `item`; `None` as soon as an item declines.
+pub(crate) fn write_array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut item: impl FnMut(T, &mut Vec<u8>) -> Option<()>,
+) -> Option<()> {
+    out.push(b'[');
+    for (i, x) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item(x, out)?;
+    }
+    out.push(b']');
     Some(())
 }
 
@@ -136,15 +144,10 @@ impl<'a> Obj<'a> {
 
     /// An array of strings.
     pub fn strs(&mut self, key: &'static str, v: &[String]) {
-        let out = self.raw(key);
-        out.push(b'[');
-        for (i, s) in v.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        let _ = write_array(self.raw(key), v, |s, out| {
             write_str(s, out);
-        }
-        out.push(b']');
+            Some(())
+        });
     }
 
     /// Ends the object.
