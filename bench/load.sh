@@ -16,10 +16,14 @@ BARE=target/release/examples/bare_hyper
 WORK=$(mktemp -d -p "${KLA_DATA_BASE:-${TMPDIR:-/tmp}}")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-BARE_PORT=18799; KLA_PORT=18700
+BARE_PORT=18799; DURABLE_PORT=18798; KLA_PORT=18700
 ${KLA_TASKSET:-} $BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
+# The second baseline: bare hyper whose every answer waits for a group-committed fdatasync on the data dir's disk.
+mkdir -p "$WORK/durable"
+${KLA_TASKSET:-} $BARE 127.0.0.1:$DURABLE_PORT --durable "$WORK/durable" 2>/dev/null &
 ${KLA_TASKSET:-} $KLA serve --data-dir "$WORK/data" --api-addr 127.0.0.1:$KLA_PORT --policies policies ${KLA_FLAGS:-} >"$WORK/kla.log" 2>&1 &
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$KLA_PORT/healthz >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$DURABLE_PORT/ >/dev/null && break; sleep 0.1; done
 export TENANT=bench RUN=$RANDOM
 export TOKEN=$($KLA token --data-dir "$WORK/data" --tenant bench --role admin --ttl 1h)
 
@@ -34,12 +38,15 @@ run() { # name, then wrk args; prints "name req/s p50 p99"
   echo "$name|$rps|$p50|$p99|${non2xx:-0}"
 }
 
-echo "| run | req/s | p50 | p99 | non-2xx | ratio to bare hyper |"
-echo "|---|---|---|---|---|---|"
+echo "| run | req/s | p50 | p99 | non-2xx | ratio to bare hyper | ratio to durable bare hyper |"
+echo "|---|---|---|---|---|---|---|"
 base=$(run "bare hyper GET /" http://127.0.0.1:$BARE_PORT/)
 base_rps=$(cut -d'|' -f2 <<<"$base")
-emit() { local line=$1; local rps; rps=$(cut -d'|' -f2 <<<"$line"); echo "| ${line} | $(python3 -c "print(f'{$rps/$base_rps:.2f}')") |"; }
+durable=$(run "bare hyper GET /, answer after a group-committed fdatasync" http://127.0.0.1:$DURABLE_PORT/)
+durable_rps=$(cut -d'|' -f2 <<<"$durable")
+emit() { local line=$1; local rps; rps=$(cut -d'|' -f2 <<<"$line"); echo "| ${line} | $(python3 -c "print(f'{$rps/$base_rps:.2f} | {$rps/$durable_rps:.2f}')") |"; }
 emit "$base"
+emit "$durable"
 emit "$(run "kla GET /admin/health" http://127.0.0.1:$KLA_PORT/admin/health)"
 emit "$(run "kla POST /v1/agents (new agent each)" -s bench/register.lua http://127.0.0.1:$KLA_PORT)"
 emit "$(run "kla GET /v1/agents/{id} (auth + SQLite read)" -s bench/get.lua "http://127.0.0.1:$KLA_PORT/v1/agents/$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"probe"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')")"
@@ -70,6 +77,7 @@ print(f"| {sys.argv[3]} | {int(sys.argv[2]):,}/s target, {r['summary']['requests
 PY
   }
   open_loop "bare hyper GET / at the same rate (baseline)" "http://127.0.0.1:$BARE_PORT/"
+  open_loop "durable bare hyper GET / at the same rate (second baseline)" "http://127.0.0.1:$DURABLE_PORT/"
   open_loop "kla POST /v1/decisions.evaluate at half load" -m POST -H "Authorization: Bearer $TOKEN" \
     -H "x-tenant-id: bench" -T application/json -d "$body" "http://127.0.0.1:$KLA_PORT/v1/decisions.evaluate"
 fi
