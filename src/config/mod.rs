@@ -76,10 +76,10 @@ pub struct RawConfig {
     #[arg(long = "trusted-key")]
     #[serde(default)]
     pub trusted_key: Vec<PathBuf>,
-    /// Load unsigned packs (local development only; logs a warning).
-    #[arg(long)]
-    #[serde(default)]
-    pub allow_unsigned: bool,
+    /// Load unsigned packs (local development only; logs a warning). `--allow-unsigned=false` turns off a `true`
+    /// from the config file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub allow_unsigned: Option<bool>,
     /// Policy evaluation deadline, e.g. `5ms`. Default 5ms.
     #[arg(long)]
     pub policy_deadline: Option<String>,
@@ -91,9 +91,9 @@ pub struct RawConfig {
     pub ledger_repair: Option<String>,
     /// Skip the full ledger check at startup: only what follows the last signed checkpoint is checked (run
     /// `kla ledger verify` separately). For very large logs; by default damage anywhere refuses startup.
-    #[arg(long)]
-    #[serde(default)]
-    pub ledger_fast_start: bool,
+    /// `--ledger-fast-start=false` turns off a `true` from the config file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub ledger_fast_start: Option<bool>,
     /// Log format: `text` or `json`. Default `text`.
     #[arg(long)]
     pub log_format: Option<String>,
@@ -131,11 +131,11 @@ impl RawConfig {
             } else {
                 self.trusted_key
             },
-            allow_unsigned: self.allow_unsigned || base.allow_unsigned,
+            allow_unsigned: self.allow_unsigned.or(base.allow_unsigned),
             policy_deadline: self.policy_deadline.or(base.policy_deadline),
             ledger_origin: self.ledger_origin.or(base.ledger_origin),
             ledger_repair: self.ledger_repair.or(base.ledger_repair),
-            ledger_fast_start: self.ledger_fast_start || base.ledger_fast_start,
+            ledger_fast_start: self.ledger_fast_start.or(base.ledger_fast_start),
             log_format: self.log_format.or(base.log_format),
         }
     }
@@ -214,11 +214,11 @@ impl RawConfig {
             external_issuer,
             policies: self.policies.unwrap_or_else(|| PathBuf::from("policies")),
             trusted_keys: self.trusted_key,
-            allow_unsigned: self.allow_unsigned,
+            allow_unsigned: self.allow_unsigned.unwrap_or(false),
             policy_deadline,
             ledger_origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
             ledger_repair_truncate,
-            ledger_fast_start: self.ledger_fast_start,
+            ledger_fast_start: self.ledger_fast_start.unwrap_or(false),
             log_json,
         })
     }
@@ -315,6 +315,43 @@ mod tests {
         let c = flags.over(file).validate().expect("valid");
         assert_eq!(c.api_addr.port(), 2);
         assert_eq!(c.rate_limit.map(|r| r.burst), Some(5));
+    }
+
+    /// Boolean flags are tri-state: absent keeps the file's value, `--flag` and `--flag=true` turn it on,
+    /// `--flag=false` turns a file's `true` off.
+    #[test]
+    fn boolean_flags_override_the_file_both_ways() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            raw: RawConfig,
+        }
+        use clap::Parser as _;
+        let file = || -> RawConfig {
+            serde_yaml::from_str("allow-unsigned: true\nledger-fast-start: true\n").expect("yaml")
+        };
+        let parse = |args: &[&str]| {
+            let flags =
+                Flags::try_parse_from(std::iter::once("kla").chain(args.iter().copied())).expect("flags");
+            let c = flags.raw.over(file()).validate().expect("valid");
+            (c.allow_unsigned, c.ledger_fast_start)
+        };
+        assert_eq!(parse(&[]), (true, true));
+        assert_eq!(parse(&["--allow-unsigned=false"]), (false, true));
+        assert_eq!(
+            parse(&["--ledger-fast-start=false", "--allow-unsigned"]),
+            (true, false)
+        );
+        let off = Flags::try_parse_from(["kla"])
+            .expect("flags")
+            .raw
+            .validate()
+            .expect("valid");
+        assert!(
+            !off.allow_unsigned && !off.ledger_fast_start,
+            "both default to off"
+        );
+        assert!(Flags::try_parse_from(["kla", "--allow-unsigned=maybe"]).is_err());
     }
 
     #[test]
