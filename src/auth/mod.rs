@@ -78,6 +78,9 @@ pub struct Claims {
     /// Issued at (unix seconds); optional in external tokens.
     #[serde(default)]
     pub iat: u64,
+    /// The one agent (its name or id) an `agent` token acts for; absent: any agent of its tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// The `aud` claim.
@@ -101,12 +104,22 @@ pub struct Principal {
     pub tenants: Arc<[String]>,
     /// Expiry (unix seconds).
     pub exp: u64,
+    /// The agent (name or id) this token is bound to, if any (the `agent` claim).
+    pub agent: Option<Arc<str>>,
 }
 
 impl Principal {
     /// Whether the token lists `tenant`.
     pub fn allows_tenant(&self, tenant: &str) -> bool {
         self.tenants.iter().any(|t| t == tenant)
+    }
+
+    /// Whether the token may act as the agent with this id and name: tokens without an `agent` claim may act
+    /// as any agent of their tenants, bound tokens only as theirs (matched by name or id).
+    pub fn may_act_as(&self, agent_id: &str, agent_name: &str) -> bool {
+        self.agent
+            .as_deref()
+            .is_none_or(|a| a == agent_id || a == agent_name)
     }
 }
 
@@ -218,6 +231,7 @@ impl Authenticator {
             role: claims.role,
             tenants: claims.tenants.into(),
             exp: claims.exp,
+            agent: claims.agent.map(Into::into),
         })
     }
 }
@@ -228,6 +242,7 @@ pub fn mint(
     tenants: Vec<String>,
     role: Role,
     subject: String,
+    agent: Option<String>,
     ttl: std::time::Duration,
 ) -> Result<String, AuthError> {
     let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
@@ -240,6 +255,7 @@ pub fn mint(
         role,
         exp: now + ttl.as_secs(),
         iat: now,
+        agent,
     };
     encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
 }

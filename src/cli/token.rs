@@ -19,6 +19,9 @@ pub struct TokenArgs {
     /// Subject (who); defaults to the role name.
     #[arg(long)]
     pub subject: Option<String>,
+    /// Bind the token to one agent (its name or id): it may then register and ask decisions only as that agent.
+    #[arg(long)]
+    pub agent: Option<String>,
     /// Lifetime, e.g. `1h`, `30m`, `7d`.
     #[arg(long, default_value = "1h")]
     pub ttl: humantime::Duration,
@@ -39,6 +42,7 @@ pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
         a.tenant,
         a.role,
         subject,
+        a.agent,
         a.ttl.into(),
     )?;
     println!("{token}");

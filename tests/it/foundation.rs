@@ -326,6 +326,7 @@ async fn forged_tokens_are_refused() {
         role: Role::Admin,
         exp,
         iat: now,
+        agent: None,
     };
     // Signed with another Ed25519 key.
     let other = tempfile::tempdir().unwrap();
@@ -688,4 +689,58 @@ async fn concurrent_registrations_and_decisions_all_succeed() {
         let r = t.await.unwrap();
         assert!(r.status.is_success(), "{} {}", r.status, r.body);
     }
+}
+
+/// A token minted with `kla token --agent NAME` acts only as that agent: it registers only that name and asks
+/// decisions only for that agent (by id); every other agent of the tenant is 403 `forbidden`. Unbound tokens keep
+/// acting for any agent of their tenants.
+#[tokio::test]
+async fn a_token_bound_to_an_agent_acts_only_as_that_agent() {
+    let s = Server::start().await;
+    let admin = s.token(T, Role::Admin);
+    let other = register(&s, &admin, T, "other-bot").await;
+    let out = std::process::Command::new(kla_bin())
+        .args(["token", "--data-dir"])
+        .arg(&s.data_dir)
+        .args(["--tenant", T, "--role", "agent", "--agent", "billing-bot"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bound = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let me = register(&s, &bound, T, "billing-bot").await;
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/agents", &bound, T)
+                .json(&agent_body("someone-else")),
+        )
+        .await;
+    r.assert_error(403, "forbidden");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("billing-bot"),
+        "{}",
+        r.body
+    );
+
+    let ok = evaluate(&s, &bound, T, &me, "send_email", json!({})).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let r = evaluate(&s, &bound, T, &other, "send_email", json!({})).await;
+    r.assert_error(403, "forbidden");
+    // The refused request was not decided: nothing was recorded for it.
+    let next = evaluate(&s, &bound, T, &me, "send_email", json!({})).await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_eq!(
+        next.body["ledgerIndex"].as_u64(),
+        ok.body["ledgerIndex"].as_u64().map(|i| i + 1),
+        "no ledger entry between the two allowed decisions"
+    );
+
+    let unbound = s.token(T, Role::Agent);
+    let r = evaluate(&s, &unbound, T, &other, "send_email", json!({})).await;
+    assert_eq!(
+        r.status, 200,
+        "unbound agent tokens act for any agent of the tenant: {}",
+        r.body
+    );
+    s.stop().await;
 }

@@ -182,6 +182,7 @@ pub fn token_for(data_dir: &Path, tenants: &[&str], role: Role) -> String {
         tenants.iter().map(|t| t.to_string()).collect(),
         role,
         format!("test-{}", role.as_str()),
+        None,
         Duration::from_secs(3600),
     )
     .expect("mint")
