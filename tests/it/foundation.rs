@@ -287,7 +287,7 @@ async fn every_error_code_has_the_seed_shape() {
     let big = json!({"name":"big","description":"x".repeat(4096)});
     s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&big))
         .await
-        .assert_error(413, "payload_too_large");
+        .assert_error(413, "invalid_request");
     // 5xx internal_error: a real fault in the real store (a trigger that aborts inserts).
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
     db.execute_batch(
@@ -687,5 +687,32 @@ async fn concurrent_registrations_and_decisions_all_succeed() {
     for t in tasks {
         let r = t.await.unwrap();
         assert!(r.status.is_success(), "{} {}", r.status, r.body);
+    }
+}
+
+/// Seed 001's error table is the whole code vocabulary (`invalid_request`, `unauthorized`, `forbidden`, `not_found`,
+/// `conflict`, `rate_limited`, `internal_error`). Regression: a body over the limit answered with a code of kla's own,
+/// `payload_too_large`, which a client written against the seed does not know. The status stays 413.
+#[tokio::test]
+async fn an_oversized_body_answers_with_a_seed_code() {
+    let s = Server::start_with(|c| c.body_limit = Some(1024)).await;
+    let tok = s.token(T, Role::Admin);
+    let agent = register(&s, &tok, T, "big").await;
+    let big = "x".repeat(2048);
+    let bodies = [
+        ("/v1/agents", json!({"name": "big2", "description": big})),
+        (
+            "/v1/decisions.evaluate",
+            json!({"agentId": agent, "action": "lookup", "context": {"note": big}}),
+        ),
+    ];
+    for (path, body) in &bodies {
+        for key in [None, Some("big-1")] {
+            let mut rb = s.req(Method::POST, path, &tok, T).json(body);
+            if let Some(k) = key {
+                rb = rb.header("Idempotency-Key", k);
+            }
+            s.send(rb).await.assert_error(413, "invalid_request");
+        }
     }
 }
