@@ -4,7 +4,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// The error codes of seed 001 (plus `payload_too_large`). The string is the wire `code`.
+/// The error kinds kla answers with. The wire `code` is always one of seed 001's seven codes, so a client written
+/// against the seed knows every code it can get; statuses the seed's table does not list (405, 413, 503) carry the
+/// seed code closest in meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     /// 400: malformed JSON or a failed schema validation.
@@ -46,15 +48,14 @@ impl Code {
         }
     }
 
-    /// The wire string. Every 5xx is `internal_error`, as in seed 001.
+    /// The wire string. Every 5xx is `internal_error`, as in seed 001; 405 and 413 are `invalid_request`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Code::InvalidRequest | Code::MethodNotAllowed => "invalid_request",
+            Code::InvalidRequest | Code::MethodNotAllowed | Code::PayloadTooLarge => "invalid_request",
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
-            Code::PayloadTooLarge => "payload_too_large",
             Code::RateLimited => "rate_limited",
             Code::Internal | Code::Unavailable => "internal_error",
         }

@@ -1,5 +1,5 @@
-//! `Idempotency-Key` on every POST: same key and same request → the stored response with
-//! `Idempotent-Replayed: true`; same key, different request → 409; a retry while the first is running → 409 with
+//! `Idempotency-Key` on every POST: same key and same request (same caller, route and JSON payload, however it is
+//! formatted) → the stored response with `Idempotent-Replayed: true`; same key, different request → 409; a retry while the first is running → 409 with
 //! `Retry-After: 1`. Keys are durable per tenant for 24 h (in the store). A 5xx answer releases the key so a retry
 //! can succeed; any other answer is recorded.
 
@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// Request header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -60,7 +61,8 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, state.body_limit).await?;
     // The fingerprint binds the key to who asked and what: another caller (or role) reusing the key and body
-    // gets a conflict, never someone else's stored response.
+    // gets a conflict, never someone else's stored response. The body counts as the payload kla reads, not its
+    // bytes (see `payload_form`).
     let mut h = Sha256::new();
     h.update(caller.principal.subject.as_bytes());
     h.update([0]);
@@ -70,7 +72,7 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     h.update([0]);
     h.update(parts.uri.path());
     h.update([0]);
-    h.update(&bytes);
+    h.update(payload_form(&bytes));
     let fingerprint = hex::encode(h.finalize());
 
     let begin = state
@@ -124,6 +126,22 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
         tracing::error!(error = %e, "could not record idempotency key");
     }
     Ok(Response::from_parts(rparts, Body::from(rbytes)))
+}
+
+/// The payload as kla reads it, for the fingerprint. Seed 001 conflicts on "a different payload" and otherwise
+/// replays, so a retry that re-serialises the same JSON (whitespace, key order, `1250.00` for `1250`) must be the
+/// same request. A JSON body is taken in its RFC 8785 canonical form, the form the ledger records it in. Where that
+/// form would merge two payloads kla keeps apart (an integer beyond 2^53, which RFC 8785 rounds), and for anything
+/// that is not JSON (the handler refuses it anyway), the bytes are taken as they are.
+fn payload_form(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Cow::Borrowed(bytes);
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    match crate::ledger::jcs::write_value(&v, &mut out) {
+        Some(()) => Cow::Owned(out),
+        None => Cow::Borrowed(bytes),
+    }
 }
 
 async fn release(state: &SharedState, caller: &Caller, key: &str) {

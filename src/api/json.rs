@@ -1,5 +1,5 @@
 //! The JSON body extractor ([`RawJson`]: read now, parse after the role check) whose errors are `invalid_request` messages that name the field, and
-//! `payload_too_large` for bodies over the limit.
+//! 413 (code `invalid_request`) for bodies over the limit.
 
 use super::{ApiError, Code, SharedState};
 use axum::extract::{FromRequest, Request};

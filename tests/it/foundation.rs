@@ -287,7 +287,7 @@ async fn every_error_code_has_the_seed_shape() {
     let big = json!({"name":"big","description":"x".repeat(4096)});
     s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&big))
         .await
-        .assert_error(413, "payload_too_large");
+        .assert_error(413, "invalid_request");
     // 5xx internal_error: a real fault in the real store (a trigger that aborts inserts).
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
     db.execute_batch(
@@ -743,4 +743,114 @@ async fn a_token_bound_to_an_agent_acts_only_as_that_agent() {
         r.body
     );
     s.stop().await;
+}
+
+/// Seed 001's error table is the whole code vocabulary (`invalid_request`, `unauthorized`, `forbidden`, `not_found`,
+/// `conflict`, `rate_limited`, `internal_error`). Regression: a body over the limit answered with a code of kla's own,
+/// `payload_too_large`, which a client written against the seed does not know. The status stays 413.
+#[tokio::test]
+async fn an_oversized_body_answers_with_a_seed_code() {
+    let s = Server::start_with(|c| c.body_limit = Some(1024)).await;
+    let tok = s.token(T, Role::Admin);
+    let agent = register(&s, &tok, T, "big").await;
+    let big = "x".repeat(2048);
+    let bodies = [
+        ("/v1/agents", json!({"name": "big2", "description": big})),
+        (
+            "/v1/decisions.evaluate",
+            json!({"agentId": agent, "action": "lookup", "context": {"note": big}}),
+        ),
+    ];
+    for (path, body) in &bodies {
+        for key in [None, Some("big-1")] {
+            let mut rb = s.req(Method::POST, path, &tok, T).json(body);
+            if let Some(k) = key {
+                rb = rb.header("Idempotency-Key", k);
+            }
+            s.send(rb).await.assert_error(413, "invalid_request");
+        }
+    }
+}
+
+/// Seed 001: "Replaying the same key returns the original result"; 409 is for "a different payload". Regression: the
+/// fingerprint was over the body's bytes, so a retry whose client re-serialised the same JSON (other whitespace,
+/// other key order, `0.20` for `0.2`) got 409 instead of the original answer.
+#[tokio::test]
+async fn an_idempotent_retry_of_the_same_json_reformatted_is_replayed() {
+    let s = Server::start().await;
+    let tok = s.token(T, Role::Admin);
+    let post = |path: &str, key: &str, body: String| {
+        s.req(Method::POST, path, &tok, T)
+            .header("Idempotency-Key", key)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let first = s
+        .send(post(
+            "/v1/agents",
+            "reg-1",
+            r#"{"name":"fmt","model":"gpt-4.1","temperature":0.2,"tools":["a","b"]}"#.into(),
+        ))
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let retry = s
+        .send(post(
+            "/v1/agents",
+            "reg-1",
+            "{\n  \"tools\": [\"a\", \"b\"],\n  \"temperature\": 0.20,\n  \"model\": \"gpt-4.1\",\n  \"name\": \"fmt\"\n}\n"
+                .into(),
+        ))
+        .await;
+    assert_eq!(retry.status, 201, "{}", retry.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, first.body);
+    // A different payload is still a conflict: another value, another array order.
+    s.send(post(
+        "/v1/agents",
+        "reg-1",
+        r#"{"name":"fmt","model":"gpt-4.1","temperature":0.3,"tools":["a","b"]}"#.into(),
+    ))
+    .await
+    .assert_error(409, "conflict");
+    s.send(post(
+        "/v1/agents",
+        "reg-1",
+        r#"{"name":"fmt","model":"gpt-4.1","temperature":0.2,"tools":["b","a"]}"#.into(),
+    ))
+    .await
+    .assert_error(409, "conflict");
+
+    let agent = first.body["agentId"].as_str().unwrap();
+    let d1 = s
+        .send(post(
+            "/v1/decisions.evaluate",
+            "ev-1",
+            format!(r#"{{"agentId":"{agent}","action":"execute_refund","context":{{"amount":1250.00,"user_id":"usr_22"}}}}"#),
+        ))
+        .await;
+    assert_eq!(d1.status, 200, "{}", d1.body);
+    let d2 = s
+        .send(post(
+            "/v1/decisions.evaluate",
+            "ev-1",
+            format!(r#"{{ "context": {{ "user_id": "usr_22", "amount": 1250 }}, "action": "execute_refund", "agentId": "{agent}" }}"#),
+        ))
+        .await;
+    assert_eq!(d2.status, 200, "{}", d2.body);
+    assert_eq!(d2.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        d2.body["decisionId"], d1.body["decisionId"],
+        "one decision, not two"
+    );
+    // Integers beyond 2^53 are kept exactly: two that a double would confuse are different payloads.
+    let big = |n: &str| format!(r#"{{"agentId":"{agent}","action":"lookup","context":{{"n":{n}}}}}"#);
+    assert_eq!(
+        s.send(post("/v1/decisions.evaluate", "ev-2", big("9007199254740993")))
+            .await
+            .status,
+        200
+    );
+    s.send(post("/v1/decisions.evaluate", "ev-2", big("9007199254740992")))
+        .await
+        .assert_error(409, "conflict");
 }
