@@ -47,6 +47,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 /// Checks the bearer token and the tenant header (the first step of the `/v1` pipeline in `api::v1_pipeline`).
+/// The token of a `Bearer` credential; the scheme name is case-insensitive (RFC 9110 section 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
     let header = req
         .headers()
@@ -55,8 +61,7 @@ pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller,
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
     let principal = state.auth.verify(token).map_err(|e| {

@@ -149,6 +149,11 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
+        if self.code == Code::Unauthorized {
+            // RFC 6750 section 3: a 401 names the scheme the client must use.
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -854,3 +854,39 @@ async fn an_idempotent_retry_of_the_same_json_reformatted_is_replayed() {
         .await
         .assert_error(409, "conflict");
 }
+
+/// The `Bearer` scheme name is case-insensitive (RFC 9110 11.1), and every 401 says which scheme to use
+/// (`WWW-Authenticate: Bearer`, RFC 6750 3).
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_401_names_it() {
+    let s = Server::start().await;
+    let tok = s.token(T, Role::Admin);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = send(
+            s.client
+                .get(format!("{}/v1/agents", s.base))
+                .header("Authorization", format!("{scheme} {tok}"))
+                .header("x-tenant-id", T),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    for auth in [
+        None,
+        Some(format!("Basic {tok}")),
+        Some("Bearer not-a-jwt".to_owned()),
+        Some("Bearer".into()),
+    ] {
+        let mut rb = s
+            .client
+            .get(format!("{}/v1/agents", s.base))
+            .header("x-tenant-id", T);
+        if let Some(a) = &auth {
+            rb = rb.header("Authorization", a);
+        }
+        let r = send(rb).await;
+        r.assert_error(401, "unauthorized");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{auth:?}");
+    }
+    s.stop().await;
+}
