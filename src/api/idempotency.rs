@@ -14,6 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Request header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -121,12 +123,46 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     };
-    if let Err(e) = state.store.idempotency_finish(&caller.tenant, &key, stored).await {
-        // The action happened; failing the response now would invite a retry that repeats it. Log and answer.
-        tracing::error!(error = %e, "could not record idempotency key");
+    if let Err(e) = state
+        .store
+        .idempotency_finish(&caller.tenant, &key, stored.clone())
+        .await
+    {
+        // The action happened; failing the response now would invite a retry that repeats it. Answer, and keep
+        // trying to record the key in the background: until then a retry gets 409 + Retry-After (the key stays
+        // reserved), and after the reservation's expiry it would run the action again.
+        tracing::error!(error = %e, "could not record idempotency key; retrying in the background");
+        tokio::spawn(finish_later(state.clone(), caller.tenant.clone(), key, stored));
     }
     Ok(Response::from_parts(rparts, Body::from(rbytes)))
 }
+
+/// Retries recording a finished key: 50 ms, doubling to 2 s, for at most [`FINISH_RETRY_FOR`], which stays well
+/// inside the store's expiry of a reservation, so that a late success cannot mark a later request's fresh
+/// reservation as done.
+async fn finish_later(state: SharedState, tenant: Arc<str>, key: String, stored: StoredResponse) {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    while started.elapsed() + delay < FINISH_RETRY_FOR {
+        tokio::time::sleep(delay).await;
+        match state
+            .store
+            .idempotency_finish(&tenant, &key, stored.clone())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(tenant = %tenant, "idempotency key recorded after a retry");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "idempotency key still not recorded"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    tracing::error!(tenant = %tenant, "gave up recording an idempotency key: a retry after its reservation expires repeats the action");
+}
+
+/// How long [`finish_later`] keeps trying: half the reservation lease.
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(crate::store::IN_FLIGHT_LEASE_SECS.unsigned_abs() / 2);
 
 /// The payload as kla reads it, for the fingerprint. Seed 001 conflicts on "a different payload" and otherwise
 /// replays, so a retry that re-serialises the same JSON (whitespace, key order, `1250.00` for `1250`) must be the

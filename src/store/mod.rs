@@ -15,7 +15,7 @@ mod migrations;
 
 pub use agents::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
 pub use decisions::{DecisionRecord, LineageRecord};
-pub use idempotency::{IdempotencyBegin, StoredResponse};
+pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};

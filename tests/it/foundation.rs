@@ -890,3 +890,47 @@ async fn the_bearer_scheme_is_case_insensitive_and_401_names_it() {
     }
     s.stop().await;
 }
+
+/// If recording a finished key fails (a real store fault: a trigger that aborts the update), the answer still goes
+/// out, a retry meanwhile gets 409 + `Retry-After` (the key stays reserved), and the key is recorded in the
+/// background once the store recovers: the retry then replays the original decision instead of deciding again.
+#[tokio::test]
+async fn a_key_that_could_not_be_recorded_is_recorded_once_the_store_recovers() {
+    let s = Server::start().await;
+    let tok = s.token(T, Role::Admin);
+    let agent = register(&s, &tok, T, "finisher").await;
+    let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER fault BEFORE UPDATE ON idempotency WHEN NEW.state = 'done'
+         BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+    )
+    .unwrap();
+    let post = || {
+        s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
+            .header("Idempotency-Key", "finish-later")
+            .json(&json!({"agentId": agent, "action": "send_email", "context": {}}))
+    };
+    let first = s.send(post()).await;
+    assert_eq!(first.status, 200, "the decision is answered: {}", first.body);
+    let during = s.send(post()).await;
+    during.assert_error(409, "conflict");
+    assert_eq!(during.header("retry-after"), Some("1"));
+    db.execute_batch("DROP TRIGGER fault;").unwrap();
+    let mut replayed = None;
+    for _ in 0..100 {
+        let r = s.send(post()).await;
+        if r.status == 200 {
+            replayed = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 409, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = replayed.expect("the key was recorded in the background within 5 s");
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        r.body["decisionId"], first.body["decisionId"],
+        "the original decision, not a new one"
+    );
+    s.stop().await;
+}
