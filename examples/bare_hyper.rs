@@ -73,7 +73,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let addr = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:8799".into());
     let durable = match args.iter().position(|a| a == "--durable") {
-        Some(i) => Some(open_durable(args.get(i + 1).ok_or("--durable needs a directory")?)?),
+        Some(i) => Some(open_durable(
+            args.get(i + 1).ok_or("--durable needs a directory")?,
+        )?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
