@@ -43,7 +43,6 @@ pub const MAX_INSTRUCTIONS: usize = 1_000_000;
 /// Package of the generated module holding a rule's `when`; reserved.
 const WHEN_PACKAGE: &str = "kla_when";
 const WHEN_ENTRY: &str = "data.kla_when.holds";
-
 /// Matches agents by id or name.
 #[derive(Debug, Clone)]
 enum AgentMatcher {
@@ -240,18 +239,27 @@ impl CompiledPack {
     }
 }
 
-/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`.
+/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`. A module
+/// may not use the reserved package of the generated `when` modules (or a package under it): it
+/// would add to, or set a default for, every rule's `holds`.
 fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
     let mut engine = regorus::Engine::new();
     for (path, text) in &spec.rego_modules {
-        engine
+        let fail = |reason: String| PolicyError::Invalid {
+            file: path.clone(),
+            line: None,
+            rule: None,
+            reason,
+        };
+        let package = engine
             .add_policy(path.clone(), text.clone())
-            .map_err(|e| PolicyError::Invalid {
-                file: path.clone(),
-                line: None,
-                rule: None,
-                reason: format!("Rego does not compile: {e}"),
-            })?;
+            .map_err(|e| fail(format!("Rego does not compile: {e}")))?;
+        let reserved = format!("data.{WHEN_PACKAGE}");
+        if package == reserved || package.starts_with(&format!("{reserved}.")) {
+            return Err(fail(format!(
+                "package {WHEN_PACKAGE} is reserved for the rules' `when` expressions"
+            )));
+        }
     }
     Ok(engine)
 }

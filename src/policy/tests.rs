@@ -353,6 +353,33 @@ fn invalid_packs_are_refused_naming_file_rule_and_line() {
     assert!(e.contains("rule 'ap'") && e.contains("approval"), "{e}");
 }
 
+#[test]
+fn a_rego_module_may_not_declare_the_reserved_when_package() {
+    // Every rule's `when` is compiled as `data.kla_when.holds` next to the pack's own modules: a
+    // module in that package made a rule whose `when` is false match anyway.
+    let rules = "    - {id: r, match: {actions: [x]}, when: \"input.context.n > 1000\", decision: block}\n";
+    for lib in [
+        "package kla_when\n\ndefault holds := true\n",
+        "package kla_when\n\nholds if true\n",
+        "package kla_when.holds\n\nx := 1\n",
+    ] {
+        let e = refusal(
+            &pack_yaml("p", "allow", "enforce", rules),
+            &[("lib/helpers.rego", lib)],
+        );
+        assert!(
+            e.contains("lib/helpers.rego") && e.contains("kla_when") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+    // A package that merely starts with the same letters is fine.
+    let dir = pack_dir(
+        &pack_yaml("p", "allow", "enforce", rules),
+        &[("lib.rego", "package kla_whenever\n\nx := 1\n")],
+    );
+    assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
+}
+
 // ----- signing -----------------------------------------------------------------------------
 
 fn signed_pack() -> (tempfile::TempDir, PackSigner) {
