@@ -43,6 +43,10 @@ pub const MAX_INSTRUCTIONS: usize = 1_000_000;
 /// Package of the generated module holding a rule's `when`; reserved.
 const WHEN_PACKAGE: &str = "kla_when";
 const WHEN_ENTRY: &str = "data.kla_when.holds";
+/// Builtins whose result does not follow from the input (regorus' `must_cache` list, as far as
+/// kla's feature set compiles them in): refused, so the same input and pack always decide alike.
+const NON_DETERMINISTIC_BUILTINS: [&str; 3] = ["rand.intn", "time.now_ns", "uuid.rfc4122"];
+
 /// Matches agents by id or name.
 #[derive(Debug, Clone)]
 enum AgentMatcher {
@@ -281,7 +285,20 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
     engine.add_policy(format!("{}#when", rule.id), src).map_err(bad)?;
     let entry: regorus::Rc<str> = WHEN_ENTRY.into();
     let compiled = engine.compile_with_entrypoint(&entry).map_err(bad)?;
-    Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
+    let program = Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))?;
+    // The program lists every builtin the rule can reach, also through the pack's modules.
+    if let Some(b) = program
+        .builtin_info_table
+        .iter()
+        .find(|b| NON_DETERMINISTIC_BUILTINS.contains(&b.name.as_str()))
+    {
+        return Err(rule.error(format!(
+            "`when` uses the non-deterministic builtin {} (directly or through the pack's Rego): a \
+             decision must follow from its input alone; use input.now for time",
+            b.name
+        )));
+    }
+    Ok(program)
 }
 
 /// Builds the Rego `input` document directly (same shape as `EvalInput`'s serde form, checked

@@ -380,6 +380,35 @@ fn a_rego_module_may_not_declare_the_reserved_when_package() {
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
 }
 
+#[test]
+fn non_deterministic_builtins_are_refused() {
+    // `rand.intn` made the same input against the same pack a coin toss (a pack test suite passed
+    // or failed by chance); `time.now_ns` made decisions depend on the server's clock instead of
+    // `input.now`, so a recorded decision could not be reproduced from its input.
+    for (when, lib) in [
+        ("rand.intn(\\\"k\\\", 2) == 0", None),
+        ("time.now_ns() > 0", None),
+        (
+            "data.lib.late",
+            Some("package lib\n\nlate if time.now_ns() > 0\n"),
+        ),
+    ] {
+        let rules = format!(
+            "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: chancy\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
+        );
+        let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
+        let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
+        assert!(
+            e.contains("pack.yaml:11") && e.contains("rule 'chancy'") && e.contains("non-deterministic"),
+            "{e}"
+        );
+    }
+    // Time from the input is the deterministic way.
+    let rules = "    - {id: late, when: \"time.parse_rfc3339_ns(input.now) > 0\", decision: warn}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Warn);
+}
+
 // ----- signing -----------------------------------------------------------------------------
 
 fn signed_pack() -> (tempfile::TempDir, PackSigner) {
