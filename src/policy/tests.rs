@@ -409,6 +409,22 @@ fn non_deterministic_builtins_are_refused() {
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Warn);
 }
 
+#[test]
+fn a_pack_too_large_in_total_is_refused_before_it_is_read() {
+    // Every file is under the per-file limit, but anyone able to write into a pack directory (who
+    // cannot sign) could make the next reload read 10,000 x 8 MiB into memory before the signature
+    // is checked. Sparse files: the test itself writes nothing to disk.
+    let dir = pack_dir(PAYMENTS, &[]);
+    for i in 0..9 {
+        let f = std::fs::File::create(dir.path().join(format!("blob{i}.bin"))).unwrap();
+        f.set_len(8 * 1024 * 1024).unwrap();
+    }
+    let Err(e) = PackFiles::read_dir(dir.path()) else {
+        panic!("72 MiB of pack files were read into memory");
+    };
+    assert!(e.to_string().contains("pack is larger than"), "{e}");
+}
+
 // ----- signing -----------------------------------------------------------------------------
 
 fn signed_pack() -> (tempfile::TempDir, PackSigner) {
