@@ -2,8 +2,9 @@
 //!
 //! Reload policy: every pack directory is loaded independently. A pack that is refused keeps
 //! its last good version active (if there was one) and a [`PolicyEvent::Refused`] is sent; the
-//! other packs still update. A pack directory that disappears is dropped from the set. The new
-//! set is swapped in atomically (`ArcSwap`); in-flight decisions finish on the old set.
+//! other packs still update. A pack directory that disappears keeps its last good version too
+//! (removing a pack takes a restart). The new set is swapped in atomically (`ArcSwap`); in-flight
+//! decisions finish on the old set.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -300,19 +301,53 @@ impl PolicyManager {
                 }
             }
         }
-        // Two directories declaring the same pack name: keep the first (sorted) one.
-        let mut names = std::collections::HashSet::new();
-        let mut dup = Vec::new();
+        // Two directories declaring the same pack name: the directory that already serves that name keeps
+        // it (otherwise the first in sorted order). The other is refused and, like any refused pack, keeps
+        // its own last good version if that does not clash too: a new or renamed directory never displaces
+        // an active pack, nor takes its own last good version's rules away.
+        let mut owners: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
         for (dir, l) in &next {
-            if !names.insert(l.status.name.clone()) {
-                dup.push(dir.clone());
+            if state
+                .last_good
+                .get(dir)
+                .is_some_and(|k| k.status.name == l.status.name)
+            {
+                owners.insert(l.status.name.clone(), dir.clone());
             }
         }
-        for dir in dup {
+        let mut clashes = Vec::new();
+        for (dir, l) in &next {
+            match owners.get(&l.status.name) {
+                Some(owner) if owner != dir => clashes.push(dir.clone()),
+                Some(_) => {}
+                None => {
+                    owners.insert(l.status.name.clone(), dir.clone());
+                }
+            }
+        }
+        for dir in clashes {
             let name = next.remove(&dir).map(|l| l.status.name).unwrap_or_default();
+            let mut reason = format!("another pack directory already provides pack {name:?}");
+            if let Some(k) = state.last_good.get(&dir)
+                && !owners.contains_key(&k.status.name)
+            {
+                reason.push_str(&format!(
+                    " (keeping last good version {}@{})",
+                    k.status.name, k.status.version
+                ));
+                owners.insert(k.status.name.clone(), dir.clone());
+                next.insert(
+                    dir.clone(),
+                    Loaded {
+                        pack: k.pack.clone(),
+                        status: k.status.clone(),
+                    },
+                );
+            }
+            tracing::error!(pack = %dir.display(), %reason, "policy pack refused");
             refused.push(Refusal {
                 source: dir.display().to_string(),
-                reason: format!("another pack directory already provides pack {name:?}"),
+                reason,
                 at: now,
             });
         }

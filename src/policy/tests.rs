@@ -592,6 +592,50 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
 }
 
 #[test]
+fn a_pack_name_clash_keeps_the_active_packs() {
+    // Two directories declaring the same pack name: the second is refused, and like any refused
+    // pack it keeps its own last good version; a new directory never displaces an active pack.
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let pack = |dir: &str, name: &str, action: &str| {
+        let d = root.path().join(dir);
+        write(
+            &d,
+            "pack.yaml",
+            &pack_yaml(
+                name,
+                "allow",
+                "enforce",
+                &format!("    - {{id: r, match: {{actions: [{action}]}}, decision: block}}\n"),
+            ),
+        );
+        sign_pack_dir(&d, &signer).unwrap();
+    };
+    pack("b", "bee", "x");
+    pack("c", "sea", "y");
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![signer.public()]), None);
+    assert_eq!(m.status().packs.len(), 2);
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block);
+
+    // `c` is re-signed under the name `bee`: refused, and `sea` (its last good) stays.
+    pack("c", "bee", "z");
+    let st = m.reload();
+    assert_eq!(st.refused.len(), 1, "{st:?}");
+    assert!(st.refused[0].source.ends_with("c"), "{st:?}");
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block, "{st:?}");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+    assert_eq!(m.evaluate(&act("z")).outcome, Outcome::Allow);
+
+    // A new directory `a` (sorting first) with another signed `bee`: refused, `b` stays.
+    pack("a", "bee", "w");
+    let st = m.reload();
+    assert!(st.refused.iter().any(|r| r.source.ends_with("a")), "{st:?}");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block, "{st:?}");
+    assert_eq!(m.evaluate(&act("w")).outcome, Outcome::Allow);
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block);
+}
+
+#[test]
 fn fail_closed_with_no_pack() {
     let d = PolicySet::empty().evaluate(&act("x"));
     assert_eq!((d.outcome, codes(&d)), (Outcome::Block, vec![POLICY_UNAVAILABLE]));
