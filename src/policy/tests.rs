@@ -410,6 +410,15 @@ fn non_deterministic_builtins_are_refused() {
 }
 
 #[test]
+fn a_when_that_could_suspend_the_vm_is_refused() {
+    // Rules that may recurse run in the VM's suspendable mode; a host await there would end the
+    // run suspended, not with an answer.
+    let rules = "    - {id: waits, when: \"__builtin_host_await(1, 2) == 1\", decision: block}\n";
+    let e = refusal(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    assert!(e.contains("rule 'waits'") && e.contains("without a host"), "{e}");
+}
+
+#[test]
 fn a_pack_too_large_in_total_is_refused_before_it_is_read() {
     // Every file is under the per-file limit, but anyone able to write into a pack directory (who
     // cannot sign) could make the next reload read 10,000 x 8 MiB into memory before the signature
