@@ -952,3 +952,55 @@ fn an_activation_the_audit_hook_cannot_record_does_not_happen() {
     assert_eq!(m.evaluate(&act("x")).reason_codes, ["V1"]);
     assert!(matches!(seen.lock().last(), Some(PolicyEvent::Activated { packs }) if packs.len() == 1));
 }
+
+#[test]
+fn the_watcher_follows_a_policies_directory_that_is_replaced() {
+    // A deploy that replaces the whole policies directory (here a single pack: rm -rf, then a
+    // fresh copy) takes the directory's own watch with it: before, the first replacement was
+    // picked up and every later edit was silently ignored until a restart or a manual reload.
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let a = root.path().join("a");
+    let mk = |dir: &Path, d: &str| {
+        write(
+            dir,
+            "pack.yaml",
+            &pack_yaml(
+                "a",
+                "allow",
+                "enforce",
+                &format!("    - {{id: r, match: {{actions: [x]}}, decision: {d}}}\n"),
+            ),
+        );
+        sign_pack_dir(dir, &signer).unwrap();
+    };
+    mk(&a, "warn");
+    let m = Arc::new(PolicyManager::new(
+        PolicyConfig::new(&a, vec![signer.public()]),
+        None,
+    ));
+    let _watch = m.watch().unwrap();
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+    let staging = tempfile::tempdir().unwrap();
+    let s = staging.path().join("a");
+    for (d, want) in [
+        ("block", Outcome::Block),
+        ("require_approval", Outcome::RequireApproval),
+        ("allow", Outcome::Allow),
+    ] {
+        mk(&s, d);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&a).unwrap();
+        for f in [PACK_FILE, SIGNATURE_FILE] {
+            std::fs::copy(s.join(f), a.join(f)).unwrap();
+        }
+        let start = std::time::Instant::now();
+        while m.evaluate(&act("x")).outcome != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "the watcher did not reload {d}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
