@@ -511,6 +511,46 @@ fn tampered_added_removed_unsigned_and_wrong_key_are_refused() {
     assert_eq!(p.pack_ref().signer_key_id, None);
 }
 
+#[cfg(unix)]
+#[test]
+fn manifest_and_path_tricks_are_refused() {
+    let (dir, signer) = signed_pack();
+    let key = signer.public();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "x.yaml", "rules: []\n");
+    // A symlink to a file outside the pack, and a symlinked rules/ directory.
+    let link = dir.path().join("rules/link.yaml");
+    std::os::unix::fs::symlink(outside.path().join("x.yaml"), &link).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("symlinks are not allowed"), "{e}");
+    std::fs::remove_file(&link).unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::rename(&rules, outside.path().join("rules")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("rules"), &rules).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("symlinks are not allowed"), "{e}");
+    std::fs::remove_file(&rules).unwrap();
+    std::fs::rename(outside.path().join("rules"), &rules).unwrap();
+    verify(dir.path(), &key).unwrap();
+    // Hidden and nested files are covered by the manifest like any other.
+    write(dir.path(), "docs/.hidden/notes.txt", "x");
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("docs/.hidden/notes.txt was added"), "{e}");
+    std::fs::remove_dir_all(dir.path().join("docs")).unwrap();
+    // Validly signed manifests that do not describe this pack: another name, a path outside it.
+    let files = PackFiles::read_dir(dir.path()).unwrap();
+    let sig = sign_files(&files, "other-pack", "1.0.0", &signer).unwrap();
+    std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("manifest names other-pack@1.0.0"), "{e}");
+    let mut escaped = files.clone();
+    escaped.files.insert("../x.yaml".into(), b"rules: []\n".to_vec());
+    let sig = sign_files(&escaped, "payments-guardrails", "1.0.0", &signer).unwrap();
+    std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("file ../x.yaml was removed"), "{e}");
+}
+
 #[test]
 fn shipped_default_and_example_packs_verify_with_committed_keys() {
     for (dir, key) in [
