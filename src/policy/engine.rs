@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::RegoVM;
 use regorus::rvm::program::Program;
+use regorus::rvm::vm::ExecutionMode;
+use regorus::rvm::{Instruction, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::PolicyError;
@@ -43,6 +44,9 @@ pub const MAX_INSTRUCTIONS: usize = 1_000_000;
 /// Package of the generated module holding a rule's `when`; reserved.
 const WHEN_PACKAGE: &str = "kla_when";
 const WHEN_ENTRY: &str = "data.kla_when.holds";
+/// Builtins whose result does not follow from the input (regorus' `must_cache` list, as far as
+/// kla's feature set compiles them in): refused, so the same input and pack always decide alike.
+const NON_DETERMINISTIC_BUILTINS: [&str; 3] = ["rand.intn", "time.now_ns", "uuid.rfc4122"];
 
 /// Matches agents by id or name.
 #[derive(Debug, Clone)]
@@ -240,18 +244,27 @@ impl CompiledPack {
     }
 }
 
-/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`.
+/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`. A module
+/// may not use the reserved package of the generated `when` modules (or a package under it): it
+/// would add to, or set a default for, every rule's `holds`.
 fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
     let mut engine = regorus::Engine::new();
     for (path, text) in &spec.rego_modules {
-        engine
+        let fail = |reason: String| PolicyError::Invalid {
+            file: path.clone(),
+            line: None,
+            rule: None,
+            reason,
+        };
+        let package = engine
             .add_policy(path.clone(), text.clone())
-            .map_err(|e| PolicyError::Invalid {
-                file: path.clone(),
-                line: None,
-                rule: None,
-                reason: format!("Rego does not compile: {e}"),
-            })?;
+            .map_err(|e| fail(format!("Rego does not compile: {e}")))?;
+        let reserved = format!("data.{WHEN_PACKAGE}");
+        if package == reserved || package.starts_with(&format!("{reserved}.")) {
+            return Err(fail(format!(
+                "package {WHEN_PACKAGE} is reserved for the rules' `when` expressions"
+            )));
+        }
     }
     Ok(engine)
 }
@@ -273,7 +286,23 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
     engine.add_policy(format!("{}#when", rule.id), src).map_err(bad)?;
     let entry: regorus::Rc<str> = WHEN_ENTRY.into();
     let compiled = engine.compile_with_entrypoint(&entry).map_err(bad)?;
-    Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))
+    let program = Compiler::compile_from_policy(&compiled, &[WHEN_ENTRY]).map_err(|e| bad(e.into()))?;
+    if program.has_host_await {
+        return Err(rule.error("`when` uses __builtin_host_await: kla evaluates without a host to answer it"));
+    }
+    // The program lists every builtin the rule can reach, also through the pack's modules.
+    if let Some(b) = program
+        .builtin_info_table
+        .iter()
+        .find(|b| NON_DETERMINISTIC_BUILTINS.contains(&b.name.as_str()))
+    {
+        return Err(rule.error(format!(
+            "`when` uses the non-deterministic builtin {} (directly or through the pack's Rego): a \
+             decision must follow from its input alone; use input.now for time",
+            b.name
+        )));
+    }
+    Ok(program)
 }
 
 /// Builds the Rego `input` document directly (same shape as `EvalInput`'s serde form, checked
@@ -330,8 +359,35 @@ fn new_vm(program: &Arc<Program>) -> RegoVM {
     // OPA semantics: a failing builtin makes its expression undefined (the rule does not
     // match). Resource limits (time, instructions) are errors and fail closed.
     vm.set_max_instructions(MAX_INSTRUCTIONS);
+    if may_recurse(program) {
+        vm.set_execution_mode(ExecutionMode::Suspendable);
+    }
     vm.load_program(program.clone());
     vm
+}
+
+/// Whether a rule's program calls a rule or function besides its entry (or looks `data` up
+/// dynamically, which can evaluate rules), and so could recurse: regorus compiles some recursive
+/// Rego (`f(x) := data.lib.f(x)`, `g if data.lib.g`), and in its default run-to-completion mode
+/// every call is a native call, so runaway recursion overflowed the thread's stack and aborted
+/// the process. Such programs run in suspendable mode, whose calls live on the VM's heap stack:
+/// recursion stops at the instruction cap and fails closed (`compile_when` refuses programs that
+/// could suspend, so a run always completes). Mere expressions keep the faster mode (suspendable
+/// costs about 0.8 us per rule).
+fn may_recurse(program: &Program) -> bool {
+    let calls = program
+        .instructions
+        .iter()
+        .filter(|i| {
+            matches!(
+                i,
+                Instruction::CallRule { .. }
+                    | Instruction::FunctionCall { .. }
+                    | Instruction::VirtualDataDocumentLookup { .. }
+            )
+        })
+        .count();
+    calls > 1 || program.rule_infos.len() > 1 || program.needs_runtime_recursion_check
 }
 
 /// Runs one rule's program on this thread's VM for that rule. `Ok(true)` only when the body

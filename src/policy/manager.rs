@@ -2,8 +2,9 @@
 //!
 //! Reload policy: every pack directory is loaded independently. A pack that is refused keeps
 //! its last good version active (if there was one) and a [`PolicyEvent::Refused`] is sent; the
-//! other packs still update. A pack directory that disappears is dropped from the set. The new
-//! set is swapped in atomically (`ArcSwap`); in-flight decisions finish on the old set.
+//! other packs still update. A pack directory that disappears keeps its last good version too
+//! (removing a pack takes a restart). The new set is swapped in atomically (`ArcSwap`); in-flight
+//! decisions finish on the old set.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -300,19 +301,53 @@ impl PolicyManager {
                 }
             }
         }
-        // Two directories declaring the same pack name: keep the first (sorted) one.
-        let mut names = std::collections::HashSet::new();
-        let mut dup = Vec::new();
+        // Two directories declaring the same pack name: the directory that already serves that name keeps
+        // it (otherwise the first in sorted order). The other is refused and, like any refused pack, keeps
+        // its own last good version if that does not clash too: a new or renamed directory never displaces
+        // an active pack, nor takes its own last good version's rules away.
+        let mut owners: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
         for (dir, l) in &next {
-            if !names.insert(l.status.name.clone()) {
-                dup.push(dir.clone());
+            if state
+                .last_good
+                .get(dir)
+                .is_some_and(|k| k.status.name == l.status.name)
+            {
+                owners.insert(l.status.name.clone(), dir.clone());
             }
         }
-        for dir in dup {
+        let mut clashes = Vec::new();
+        for (dir, l) in &next {
+            match owners.get(&l.status.name) {
+                Some(owner) if owner != dir => clashes.push(dir.clone()),
+                Some(_) => {}
+                None => {
+                    owners.insert(l.status.name.clone(), dir.clone());
+                }
+            }
+        }
+        for dir in clashes {
             let name = next.remove(&dir).map(|l| l.status.name).unwrap_or_default();
+            let mut reason = format!("another pack directory already provides pack {name:?}");
+            if let Some(k) = state.last_good.get(&dir)
+                && !owners.contains_key(&k.status.name)
+            {
+                reason.push_str(&format!(
+                    " (keeping last good version {}@{})",
+                    k.status.name, k.status.version
+                ));
+                owners.insert(k.status.name.clone(), dir.clone());
+                next.insert(
+                    dir.clone(),
+                    Loaded {
+                        pack: k.pack.clone(),
+                        status: k.status.clone(),
+                    },
+                );
+            }
+            tracing::error!(pack = %dir.display(), %reason, "policy pack refused");
             refused.push(Refusal {
                 source: dir.display().to_string(),
-                reason: format!("another pack directory already provides pack {name:?}"),
+                reason,
                 at: now,
             });
         }
@@ -405,15 +440,21 @@ impl PolicyManager {
     /// Watches the policies directory and reloads after ~200 ms of quiet following a change.
     /// Uses the OS notifier when available, otherwise polling every 2 s. The watch stops when
     /// the returned handle is dropped.
+    ///
+    /// The directory's entry in its parent is watched too: a policies directory that is deleted
+    /// and created again (a deploy that replaces it whole) takes its own watch with it, and the
+    /// parent's event is what re-arms the watch on the new directory before the reload.
     pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, PolicyError> {
         use notify::Watcher;
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // `true`: the policies directory itself appeared or went: watch it again.
+        let (tx, rx) = std::sync::mpsc::channel::<bool>();
         let dir = self.config.policies_dir.clone();
+        let tx_parent = tx.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && !matches!(ev.kind, notify::EventKind::Access(_))
             {
-                let _ = tx.send(());
+                let _ = tx.send(false);
             }
         };
         let watcher: Box<dyn notify::Watcher + Send> =
@@ -424,14 +465,47 @@ impl PolicyManager {
                 },
                 Err(_) => Box::new(poll_watcher(&dir, handler)?),
             };
+        let parent_watcher = dir.file_name().map(|name| name.to_owned()).and_then(|name| {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            let parent = parent.unwrap_or_else(|| Path::new("."));
+            let handler = move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res
+                    && !matches!(ev.kind, notify::EventKind::Access(_))
+                    && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+                {
+                    let _ = tx_parent.send(true);
+                }
+            };
+            let watched = notify::RecommendedWatcher::new(handler, notify::Config::default())
+                .and_then(|mut w| w.watch(parent, notify::RecursiveMode::NonRecursive).map(|()| w));
+            match watched {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %parent.display(), error = %e,
+                        "cannot watch the policies directory's parent: a replaced policies directory needs a reload");
+                    None
+                }
+            }
+        });
+        let watcher = Arc::new(Mutex::new(watcher));
+        let weak_watcher = Arc::downgrade(&watcher);
         let weak = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("kla-policy-watch".into())
             .spawn(move || {
-                while rx.recv().is_ok() {
+                while let Ok(mut rearm) = rx.recv() {
                     // Debounce: wait until 200 ms pass without another event.
-                    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+                    while let Ok(r) = rx.recv_timeout(Duration::from_millis(200)) {
+                        rearm |= r;
+                    }
                     let Some(manager) = weak.upgrade() else { break };
+                    if rearm && let Some(w) = weak_watcher.upgrade() {
+                        let mut w = w.lock();
+                        let _ = w.unwatch(&dir);
+                        if let Err(e) = w.watch(&dir, notify::RecursiveMode::Recursive) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policies directory");
+                        }
+                    }
                     tracing::info!("policy files changed; reloading");
                     manager.reload();
                 }
@@ -439,6 +513,7 @@ impl PolicyManager {
             .map_err(|e| PolicyError::io(&self.config.policies_dir, e))?;
         Ok(WatchHandle {
             _watcher: watcher,
+            _parent_watcher: parent_watcher,
             _thread: thread,
         })
     }
@@ -461,7 +536,8 @@ fn poll_watcher<F: notify::EventHandler>(dir: &Path, handler: F) -> Result<notif
 
 /// Keeps a file watch alive; dropping it stops watching.
 pub struct WatchHandle {
-    _watcher: Box<dyn notify::Watcher + Send>,
+    _watcher: Arc<Mutex<Box<dyn notify::Watcher + Send>>>,
+    _parent_watcher: Option<notify::RecommendedWatcher>,
     _thread: std::thread::JoinHandle<()>,
 }
 

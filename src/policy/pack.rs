@@ -21,6 +21,9 @@ pub const API_VERSION: &str = "kla.dev/v1";
 
 const MAX_FILES: usize = 10_000;
 const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// All files of a pack together: everything is read into memory before the signature is checked,
+/// so this bounds what anyone able to write into a pack directory can make kla allocate.
+const MAX_PACK_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The raw content of a pack directory, read once. Keys are `/`-separated relative paths.
 #[derive(Debug, Clone)]
@@ -32,10 +35,12 @@ pub struct PackFiles {
 
 impl PackFiles {
     /// Reads every regular file under `dir` (recursively). Symlinks and non-UTF-8 names are
-    /// refused, so the signed manifest describes exactly what is on disk.
+    /// refused, so the signed manifest describes exactly what is on disk. At most
+    /// 8 MiB per file and 64 MiB in all are read.
     pub fn read_dir(dir: &Path) -> Result<Self, PolicyError> {
         let mut files = BTreeMap::new();
         let mut signature = None;
+        let mut total: u64 = 0;
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
             let abs = dir.join(&rel);
@@ -78,7 +83,16 @@ impl PackFiles {
                         format!("file is larger than {MAX_FILE_BYTES} bytes"),
                     ));
                 }
-                let bytes = std::fs::read(&abs_child).map_err(|e| PolicyError::io(&abs_child, e))?;
+                total = total.saturating_add(meta.len());
+                if total > MAX_PACK_BYTES {
+                    return Err(PolicyError::invalid(
+                        dir.display().to_string(),
+                        None,
+                        None,
+                        format!("pack is larger than {MAX_PACK_BYTES} bytes in total"),
+                    ));
+                }
+                let bytes = read_at_most(&abs_child, meta.len())?;
                 let key = rel_key(&rel_child);
                 if key == SIGNATURE_FILE {
                     signature = Some(bytes);
@@ -119,6 +133,26 @@ impl PackFiles {
         std::str::from_utf8(bytes)
             .map_err(|_| PolicyError::invalid(self.display(rel), None, None, "not valid UTF-8"))
     }
+}
+
+/// Reads a file that had `len` bytes when listed, refusing one that has grown since (so a file
+/// replaced or appended to between the listing and the read cannot make kla read more).
+fn read_at_most(path: &Path, len: u64) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| PolicyError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(len.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| PolicyError::io(path, e))?;
+    if bytes.len() as u64 > len {
+        return Err(PolicyError::invalid(
+            path.display().to_string(),
+            None,
+            None,
+            "file changed while the pack was read",
+        ));
+    }
+    Ok(bytes)
 }
 
 fn rel_key(rel: &Path) -> String {

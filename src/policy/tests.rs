@@ -353,6 +353,87 @@ fn invalid_packs_are_refused_naming_file_rule_and_line() {
     assert!(e.contains("rule 'ap'") && e.contains("approval"), "{e}");
 }
 
+#[test]
+fn a_rego_module_may_not_declare_the_reserved_when_package() {
+    // Every rule's `when` is compiled as `data.kla_when.holds` next to the pack's own modules: a
+    // module in that package made a rule whose `when` is false match anyway.
+    let rules = "    - {id: r, match: {actions: [x]}, when: \"input.context.n > 1000\", decision: block}\n";
+    for lib in [
+        "package kla_when\n\ndefault holds := true\n",
+        "package kla_when\n\nholds if true\n",
+        "package kla_when.holds\n\nx := 1\n",
+    ] {
+        let e = refusal(
+            &pack_yaml("p", "allow", "enforce", rules),
+            &[("lib/helpers.rego", lib)],
+        );
+        assert!(
+            e.contains("lib/helpers.rego") && e.contains("kla_when") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+    // A package that merely starts with the same letters is fine.
+    let dir = pack_dir(
+        &pack_yaml("p", "allow", "enforce", rules),
+        &[("lib.rego", "package kla_whenever\n\nx := 1\n")],
+    );
+    assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
+}
+
+#[test]
+fn non_deterministic_builtins_are_refused() {
+    // `rand.intn` made the same input against the same pack a coin toss (a pack test suite passed
+    // or failed by chance); `time.now_ns` made decisions depend on the server's clock instead of
+    // `input.now`, so a recorded decision could not be reproduced from its input.
+    for (when, lib) in [
+        ("rand.intn(\\\"k\\\", 2) == 0", None),
+        ("time.now_ns() > 0", None),
+        (
+            "data.lib.late",
+            Some("package lib\n\nlate if time.now_ns() > 0\n"),
+        ),
+    ] {
+        let rules = format!(
+            "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: chancy\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
+        );
+        let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
+        let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
+        assert!(
+            e.contains("pack.yaml:11") && e.contains("rule 'chancy'") && e.contains("non-deterministic"),
+            "{e}"
+        );
+    }
+    // Time from the input is the deterministic way.
+    let rules = "    - {id: late, when: \"time.parse_rfc3339_ns(input.now) > 0\", decision: warn}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Warn);
+}
+
+#[test]
+fn a_when_that_could_suspend_the_vm_is_refused() {
+    // Rules that may recurse run in the VM's suspendable mode; a host await there would end the
+    // run suspended, not with an answer.
+    let rules = "    - {id: waits, when: \"__builtin_host_await(1, 2) == 1\", decision: block}\n";
+    let e = refusal(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    assert!(e.contains("rule 'waits'") && e.contains("without a host"), "{e}");
+}
+
+#[test]
+fn a_pack_too_large_in_total_is_refused_before_it_is_read() {
+    // Every file is under the per-file limit, but anyone able to write into a pack directory (who
+    // cannot sign) could make the next reload read 10,000 x 8 MiB into memory before the signature
+    // is checked. Sparse files: the test itself writes nothing to disk.
+    let dir = pack_dir(PAYMENTS, &[]);
+    for i in 0..9 {
+        let f = std::fs::File::create(dir.path().join(format!("blob{i}.bin"))).unwrap();
+        f.set_len(8 * 1024 * 1024).unwrap();
+    }
+    let Err(e) = PackFiles::read_dir(dir.path()) else {
+        panic!("72 MiB of pack files were read into memory");
+    };
+    assert!(e.to_string().contains("pack is larger than"), "{e}");
+}
+
 // ----- signing -----------------------------------------------------------------------------
 
 fn signed_pack() -> (tempfile::TempDir, PackSigner) {
@@ -428,6 +509,46 @@ fn tampered_added_removed_unsigned_and_wrong_key_are_refused() {
     // allow_unsigned accepts it (dev only).
     let p = load_pack(dir.path(), &[key], true).unwrap();
     assert_eq!(p.pack_ref().signer_key_id, None);
+}
+
+#[cfg(unix)]
+#[test]
+fn manifest_and_path_tricks_are_refused() {
+    let (dir, signer) = signed_pack();
+    let key = signer.public();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "x.yaml", "rules: []\n");
+    // A symlink to a file outside the pack, and a symlinked rules/ directory.
+    let link = dir.path().join("rules/link.yaml");
+    std::os::unix::fs::symlink(outside.path().join("x.yaml"), &link).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("symlinks are not allowed"), "{e}");
+    std::fs::remove_file(&link).unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::rename(&rules, outside.path().join("rules")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("rules"), &rules).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("symlinks are not allowed"), "{e}");
+    std::fs::remove_file(&rules).unwrap();
+    std::fs::rename(outside.path().join("rules"), &rules).unwrap();
+    verify(dir.path(), &key).unwrap();
+    // Hidden and nested files are covered by the manifest like any other.
+    write(dir.path(), "docs/.hidden/notes.txt", "x");
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("docs/.hidden/notes.txt was added"), "{e}");
+    std::fs::remove_dir_all(dir.path().join("docs")).unwrap();
+    // Validly signed manifests that do not describe this pack: another name, a path outside it.
+    let files = PackFiles::read_dir(dir.path()).unwrap();
+    let sig = sign_files(&files, "other-pack", "1.0.0", &signer).unwrap();
+    std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("manifest names other-pack@1.0.0"), "{e}");
+    let mut escaped = files.clone();
+    escaped.files.insert("../x.yaml".into(), b"rules: []\n".to_vec());
+    let sig = sign_files(&escaped, "payments-guardrails", "1.0.0", &signer).unwrap();
+    std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
+    let e = verify(dir.path(), &key).unwrap_err().to_string();
+    assert!(e.contains("file ../x.yaml was removed"), "{e}");
 }
 
 #[test]
@@ -517,6 +638,50 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
     let st = m.reload();
     assert_eq!(st.packs.len(), 2);
     assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+}
+
+#[test]
+fn a_pack_name_clash_keeps_the_active_packs() {
+    // Two directories declaring the same pack name: the second is refused, and like any refused
+    // pack it keeps its own last good version; a new directory never displaces an active pack.
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let pack = |dir: &str, name: &str, action: &str| {
+        let d = root.path().join(dir);
+        write(
+            &d,
+            "pack.yaml",
+            &pack_yaml(
+                name,
+                "allow",
+                "enforce",
+                &format!("    - {{id: r, match: {{actions: [{action}]}}, decision: block}}\n"),
+            ),
+        );
+        sign_pack_dir(&d, &signer).unwrap();
+    };
+    pack("b", "bee", "x");
+    pack("c", "sea", "y");
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![signer.public()]), None);
+    assert_eq!(m.status().packs.len(), 2);
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block);
+
+    // `c` is re-signed under the name `bee`: refused, and `sea` (its last good) stays.
+    pack("c", "bee", "z");
+    let st = m.reload();
+    assert_eq!(st.refused.len(), 1, "{st:?}");
+    assert!(st.refused[0].source.ends_with("c"), "{st:?}");
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block, "{st:?}");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+    assert_eq!(m.evaluate(&act("z")).outcome, Outcome::Allow);
+
+    // A new directory `a` (sorting first) with another signed `bee`: refused, `b` stays.
+    pack("a", "bee", "w");
+    let st = m.reload();
+    assert!(st.refused.iter().any(|r| r.source.ends_with("a")), "{st:?}");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block, "{st:?}");
+    assert_eq!(m.evaluate(&act("w")).outcome, Outcome::Allow);
+    assert_eq!(m.evaluate(&act("y")).outcome, Outcome::Block);
 }
 
 #[test]
@@ -826,4 +991,56 @@ fn an_activation_the_audit_hook_cannot_record_does_not_happen() {
     assert_eq!(st.packs.len(), 1);
     assert_eq!(m.evaluate(&act("x")).reason_codes, ["V1"]);
     assert!(matches!(seen.lock().last(), Some(PolicyEvent::Activated { packs }) if packs.len() == 1));
+}
+
+#[test]
+fn the_watcher_follows_a_policies_directory_that_is_replaced() {
+    // A deploy that replaces the whole policies directory (here a single pack: rm -rf, then a
+    // fresh copy) takes the directory's own watch with it: before, the first replacement was
+    // picked up and every later edit was silently ignored until a restart or a manual reload.
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let a = root.path().join("a");
+    let mk = |dir: &Path, d: &str| {
+        write(
+            dir,
+            "pack.yaml",
+            &pack_yaml(
+                "a",
+                "allow",
+                "enforce",
+                &format!("    - {{id: r, match: {{actions: [x]}}, decision: {d}}}\n"),
+            ),
+        );
+        sign_pack_dir(dir, &signer).unwrap();
+    };
+    mk(&a, "warn");
+    let m = Arc::new(PolicyManager::new(
+        PolicyConfig::new(&a, vec![signer.public()]),
+        None,
+    ));
+    let _watch = m.watch().unwrap();
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+    let staging = tempfile::tempdir().unwrap();
+    let s = staging.path().join("a");
+    for (d, want) in [
+        ("block", Outcome::Block),
+        ("require_approval", Outcome::RequireApproval),
+        ("allow", Outcome::Allow),
+    ] {
+        mk(&s, d);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&a).unwrap();
+        for f in [PACK_FILE, SIGNATURE_FILE] {
+            std::fs::copy(s.join(f), a.join(f)).unwrap();
+        }
+        let start = std::time::Instant::now();
+        while m.evaluate(&act("x")).outcome != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "the watcher did not reload {d}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

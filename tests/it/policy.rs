@@ -814,3 +814,45 @@ async fn reserved_tenants_are_refused() {
         .await
         .assert_error(400, "invalid_request");
 }
+
+/// Recursive Rego (a rule or function of the pack's own modules that calls itself) compiles, so it must
+/// fail closed when evaluated, like any runaway rule, rather than take the server down; here an agent's input
+/// decides whether the recursion runs.
+#[tokio::test]
+async fn recursive_rego_fails_closed_and_the_server_keeps_serving() {
+    let packs = Packs::new();
+    std::fs::create_dir_all(packs.dir("rec")).unwrap();
+    std::fs::write(
+        packs.dir("rec").join("lib.rego"),
+        "package lib\n\ndeep if {\n  input.context.deep\n  data.lib.deep\n}\n\nf(x) := data.lib.f(x)\n",
+    )
+    .unwrap();
+    packs.write(
+        "rec",
+        "1.0.0",
+        "allow",
+        "enforce",
+        "    - {id: loop, match: {actions: [pay]}, when: data.lib.deep, decision: allow}\n    - {id: fn, match: {actions: [call]}, when: data.lib.f(1) == 1, decision: allow}\n    - {id: shadow-loop, mode: shadow, match: {actions: [read]}, when: data.lib.deep, decision: block}\n    - {id: fast, match: {actions: [read]}, decision: warn, reasonCode: FAST}\n    - {id: itself, match: {actions: [me]}, when: data.kla_when.holds, decision: allow}\n",
+    );
+    // A deadline far above what the instruction cap takes, so the cap is what stops the recursion.
+    let s = packs.server(Some("30s")).await;
+    let tok = s.token(T, Role::Agent);
+    let agent = register(&s, &tok, T, "a").await;
+    check(&s, &tok, &agent, "pay", json!({"deep": false}), "allow", &[]).await;
+    let d = check(
+        &s,
+        &tok,
+        &agent,
+        "pay",
+        json!({"deep": true}),
+        "block",
+        &["POLICY_ERROR"],
+    )
+    .await;
+    assert!(d["error"].as_str().is_none_or(|e| !e.contains("deadline")), "{d}");
+    check(&s, &tok, &agent, "call", json!({}), "block", &["POLICY_ERROR"]).await;
+    check(&s, &tok, &agent, "me", json!({}), "block", &["POLICY_ERROR"]).await;
+    // A runaway shadow rule is ignored (it ran out of instructions, not of time).
+    check(&s, &tok, &agent, "read", json!({"deep": true}), "warn", &["FAST"]).await;
+    check(&s, &tok, &agent, "pay", json!({"deep": false}), "allow", &[]).await;
+}
