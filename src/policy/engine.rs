@@ -47,6 +47,10 @@ const WHEN_ENTRY: &str = "data.kla_when.holds";
 /// Builtins whose result does not follow from the input (regorus' `must_cache` list, as far as
 /// kla's feature set compiles them in): refused, so the same input and pack always decide alike.
 const NON_DETERMINISTIC_BUILTINS: [&str; 3] = ["rand.intn", "time.now_ns", "uuid.rfc4122"];
+/// Builtins whose cost is set by an argument's *value*, not by the size of the input: one call such as
+/// `numbers.range(1, input.context.n)` can run for minutes and allocate without bound, and neither the VM's
+/// instruction cap nor the deadline can stop a builtin that is running. Refused.
+const UNBOUNDED_BUILTINS: [&str; 2] = ["numbers.range", "numbers.range_step"];
 
 /// Matches agents by id or name.
 #[derive(Debug, Clone)]
@@ -299,6 +303,17 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
         return Err(rule.error(format!(
             "`when` uses the non-deterministic builtin {} (directly or through the pack's Rego): a \
              decision must follow from its input alone; use input.now for time",
+            b.name
+        )));
+    }
+    if let Some(b) = program
+        .builtin_info_table
+        .iter()
+        .find(|b| UNBOUNDED_BUILTINS.contains(&b.name.as_str()))
+    {
+        return Err(rule.error(format!(
+            "`when` uses the builtin {} (directly or through the pack's Rego), whose cost is set by an argument's \
+             value and cannot be stopped by the evaluation deadline",
             b.name
         )));
     }

@@ -410,6 +410,30 @@ fn non_deterministic_builtins_are_refused() {
 }
 
 #[test]
+fn builtins_whose_cost_an_argument_sets_are_refused() {
+    // `numbers.range(1, 1e11)` ran for over a minute with growing memory (second reviewer): a
+    // running builtin is past the deadline's and the instruction cap's reach.
+    for (when, lib) in [
+        ("count(numbers.range(1, input.context.n)) > 3", None),
+        ("count(numbers.range_step(1, input.context.n, 1)) > 3", None),
+        (
+            "data.lib.many",
+            Some("package lib\n\nmany if count(numbers.range(1, input.context.n)) > 3\n"),
+        ),
+    ] {
+        let rules = format!(
+            "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: costly\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
+        );
+        let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
+        let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
+        assert!(
+            e.contains("pack.yaml:11") && e.contains("rule 'costly'") && e.contains("numbers.range"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn a_when_that_could_suspend_the_vm_is_refused() {
     // Rules that may recurse run in the VM's suspendable mode; a host await there would end the
     // run suspended, not with an answer.
@@ -698,14 +722,21 @@ fn fail_closed_with_no_pack() {
     assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
 }
 
-const SLOW_WHEN: &str =
-    "count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i + j > 0]) > 0";
+/// About 2.6 million iterations of a comprehension: past both the 5 ms deadline and the VM's instruction cap.
+/// (Built from an array literal, under Rego's 1,024-column line limit: `numbers.range` is refused in packs.)
+fn slow_when() -> String {
+    let a = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    format!(
+        "count([1 | some i in [{a}]; some j in [{a}]; some k in [{a}]; some l in [{a}]; i + j + k + l > 0]) > 0"
+    )
+}
 
 #[test]
 fn fail_closed_on_engine_error() {
     // With a generous deadline the VM's instruction cap stops the rule: an engine error.
+    let slow = slow_when();
     let rules = format!(
-        "    - {{id: spin, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n    - {{id: ok, match: {{actions: [y]}}, when: \"input.context.n > 1\", decision: warn}}\n"
+        "    - {{id: spin, match: {{actions: [x]}}, when: \"{slow}\", decision: allow}}\n    - {{id: ok, match: {{actions: [y]}}, when: \"input.context.n > 1\", decision: warn}}\n"
     );
     let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
     let set = PolicySet::new(
@@ -727,8 +758,8 @@ fn fail_closed_on_engine_error() {
 
 #[test]
 fn fail_closed_on_deadline_overrun() {
-    let rules =
-        format!("    - {{id: slow, match: {{actions: [x]}}, when: \"{SLOW_WHEN}\", decision: allow}}\n");
+    let slow = slow_when();
+    let rules = format!("    - {{id: slow, match: {{actions: [x]}}, when: \"{slow}\", decision: allow}}\n");
     let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
     let pack = Arc::new(unsigned(dir.path()).unwrap());
     let set = PolicySet::new(vec![pack.clone()], Duration::from_millis(5));

@@ -653,8 +653,11 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
     drop(s);
     // A rule that runs past the deadline: block with POLICY_ERROR, promptly.
     let slow = Packs::new();
-    let when =
-        "count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000); i + j > 0]) > 0";
+    // (An array literal: `numbers.range` is refused in packs. 40^4 iterations, under the 1,024-column limit.)
+    let a = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let when = format!(
+        "count([1 | some i in [{a}]; some j in [{a}]; some k in [{a}]; some l in [{a}]; i + j + k + l > 0]) > 0"
+    );
     slow.write("slow", "1.0.0", "allow", "enforce", &format!("    - {{id: spin, match: {{actions: [spin]}}, when: \"{when}\", decision: allow}}\n    - {{id: fast, match: {{actions: [fast]}}, decision: warn, reasonCode: FAST}}\n"));
     let s = slow.server(Some("5ms")).await;
     let tok = s.token(T, Role::Agent);
