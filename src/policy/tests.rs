@@ -380,29 +380,29 @@ fn a_rego_module_may_not_declare_the_reserved_when_package() {
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
 }
 
+/// Refusal of a pack whose second rule (`bad`, at pack.yaml line 11) has `when`, with an optional
+/// `lib.rego`: the message must name file, line and rule, and contain `why`.
+fn assert_when_refused(when: &str, lib: Option<&str>, why: &str) {
+    let rules = format!(
+        "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: bad\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
+    );
+    let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
+    let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
+    assert!(
+        e.contains("pack.yaml:11") && e.contains("rule 'bad'") && e.contains(why),
+        "{when}: {e}"
+    );
+}
+
 #[test]
 fn non_deterministic_builtins_are_refused() {
     // `rand.intn` made the same input against the same pack a coin toss (a pack test suite passed
     // or failed by chance); `time.now_ns` made decisions depend on the server's clock instead of
     // `input.now`, so a recorded decision could not be reproduced from its input.
-    for (when, lib) in [
-        ("rand.intn(\\\"k\\\", 2) == 0", None),
-        ("time.now_ns() > 0", None),
-        (
-            "data.lib.late",
-            Some("package lib\n\nlate if time.now_ns() > 0\n"),
-        ),
-    ] {
-        let rules = format!(
-            "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: chancy\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
-        );
-        let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
-        let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
-        assert!(
-            e.contains("pack.yaml:11") && e.contains("rule 'chancy'") && e.contains("non-deterministic"),
-            "{e}"
-        );
-    }
+    assert_when_refused("rand.intn(\\\"k\\\", 2) == 0", None, "non-deterministic");
+    assert_when_refused("time.now_ns() > 0", None, "non-deterministic");
+    let lib = "package lib\n\nlate if time.now_ns() > 0\n";
+    assert_when_refused("data.lib.late", Some(lib), "non-deterministic");
     // Time from the input is the deterministic way.
     let rules = "    - {id: late, when: \"time.parse_rfc3339_ns(input.now) > 0\", decision: warn}\n";
     let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
@@ -413,24 +413,18 @@ fn non_deterministic_builtins_are_refused() {
 fn builtins_whose_cost_an_argument_sets_are_refused() {
     // `numbers.range(1, 1e11)` ran for over a minute with growing memory (second reviewer): a
     // running builtin is past the deadline's and the instruction cap's reach.
-    for (when, lib) in [
-        ("count(numbers.range(1, input.context.n)) > 3", None),
-        ("count(numbers.range_step(1, input.context.n, 1)) > 3", None),
-        (
-            "data.lib.many",
-            Some("package lib\n\nmany if count(numbers.range(1, input.context.n)) > 3\n"),
-        ),
-    ] {
-        let rules = format!(
-            "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: costly\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
-        );
-        let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
-        let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
-        assert!(
-            e.contains("pack.yaml:11") && e.contains("rule 'costly'") && e.contains("numbers.range"),
-            "{e}"
-        );
-    }
+    assert_when_refused(
+        "count(numbers.range(1, input.context.n)) > 3",
+        None,
+        "numbers.range",
+    );
+    assert_when_refused(
+        "count(numbers.range_step(1, input.context.n, 1)) > 3",
+        None,
+        "numbers.range_step",
+    );
+    let lib = "package lib\n\nmany if count(numbers.range(1, input.context.n)) > 3\n";
+    assert_when_refused("data.lib.many", Some(lib), "numbers.range");
 }
 
 #[test]
