@@ -136,10 +136,27 @@ impl PackFiles {
 }
 
 /// Reads a file that had `len` bytes when listed, refusing one that has grown since (so a file
-/// replaced or appended to between the listing and the read cannot make kla read more).
-fn read_at_most(path: &Path, len: u64) -> Result<Vec<u8>, PolicyError> {
+/// replaced or appended to between the listing and the read cannot make kla read more), and one
+/// that is no longer a regular file: opened without following a symlink and without blocking (a
+/// FIFO swapped in would otherwise hold the reload thread until someone writes to it), then
+/// checked on the open handle.
+pub(crate) fn read_at_most(path: &Path, len: u64) -> Result<Vec<u8>, PolicyError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| PolicyError::io(path, e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| PolicyError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| PolicyError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(PolicyError::invalid(
+            path.display().to_string(),
+            None,
+            None,
+            "not a regular file (replaced while the pack was read)",
+        ));
+    }
     let mut bytes = Vec::new();
     file.take(len.saturating_add(1))
         .read_to_end(&mut bytes)

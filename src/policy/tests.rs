@@ -1069,3 +1069,32 @@ fn the_watcher_follows_a_policies_directory_that_is_replaced() {
         }
     }
 }
+
+#[test]
+fn a_file_swapped_for_a_fifo_or_symlink_after_listing_is_refused_without_blocking() {
+    // The listing refuses both; this is the read that follows it, racing a swap (second reviewer).
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rules.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(pack::read_at_most(&path, 10).map_err(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the read returns at once instead of waiting for a writer");
+    let e = got.expect_err("a FIFO is refused");
+    assert!(e.contains("not a regular file"), "{e}");
+
+    let target = dir.path().join("real.yaml");
+    std::fs::write(&target, "x: 1\n").unwrap();
+    let link = dir.path().join("link.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(
+        pack::read_at_most(&link, 10).is_err(),
+        "a symlink is not followed"
+    );
+    assert_eq!(pack::read_at_most(&target, 10).unwrap(), b"x: 1\n");
+}
