@@ -934,3 +934,49 @@ async fn a_key_that_could_not_be_recorded_is_recorded_once_the_store_recovers() 
     );
     s.stop().await;
 }
+
+/// Review (auth): the idempotency fingerprint must bind the token's `agent` claim. `kla token` gives every token of
+/// a role the same default subject (the role's name), so two agent tokens bound to different agents share subject
+/// and role. Regression: the token bound to `beta-bot` sent the body and key that `alpha-bot`'s token had used and
+/// got alpha's stored decision replayed (200), past the binding check that refuses it a fresh request (403).
+#[tokio::test]
+async fn an_idempotent_replay_does_not_cross_an_agent_binding() {
+    let s = Server::start().await;
+    let key = keys::load(&keys::token_key_path(&s.data_dir)).unwrap();
+    let bound = |agent: &str| {
+        kla::auth::mint(
+            key.private_pem.as_bytes(),
+            vec![T.into()],
+            Role::Agent,
+            "agent".into(),
+            Some(agent.into()),
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let (alpha, beta) = (bound("alpha-bot"), bound("beta-bot"));
+    let alpha_id = register(&s, &alpha, T, "alpha-bot").await;
+    let body = json!({"agentId": alpha_id, "action": "send_email", "context": {}});
+    let first = s
+        .send(
+            s.req(Method::POST, "/v1/decisions.evaluate", &alpha, T)
+                .header("Idempotency-Key", "shared-key")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/decisions.evaluate", &beta, T)
+                .header("Idempotency-Key", "shared-key")
+                .json(&body),
+        )
+        .await;
+    assert_ne!(
+        r.status, 200,
+        "beta's token got alpha's decision replayed: {}",
+        r.body
+    );
+    r.assert_error(409, "conflict");
+    s.stop().await;
+}
