@@ -980,3 +980,32 @@ async fn an_idempotent_replay_does_not_cross_an_agent_binding() {
     r.assert_error(409, "conflict");
     s.stop().await;
 }
+
+/// Review (auth): a token whose `nbf` (not before) lies in the future is not valid yet (RFC 7519 section 4.1.5).
+/// Regression: jsonwebtoken does not check `nbf` unless asked, and kla accepted such a token.
+#[tokio::test]
+async fn a_token_not_valid_before_a_future_time_is_refused() {
+    let s = Server::start().await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let right = keys::load(&keys::token_key_path(&s.data_dir)).unwrap();
+    let enc = jsonwebtoken::EncodingKey::from_ed_pem(right.private_pem.as_bytes()).unwrap();
+    let claims = |nbf: u64| {
+        json!({"iss": "kla", "sub": "early", "aud": "kla", "tenants": [T], "role": "admin",
+               "exp": now + 7200, "iat": now, "nbf": nbf})
+    };
+    let sign = |c: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &c,
+            &enc,
+        )
+        .unwrap()
+    };
+    let early = sign(claims(now + 3600));
+    s.send(s.req(Method::GET, "/v1/agents", &early, T))
+        .await
+        .assert_error(401, "unauthorized");
+    let ok = sign(claims(now - 10));
+    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &ok, T)).await.status, 200);
+    s.stop().await;
+}
