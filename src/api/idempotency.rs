@@ -70,6 +70,16 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     h.update([0]);
     h.update(caller.principal.role.as_str());
     h.update([0]);
+    // The agent binding too: `kla token` gives every token of a role the same default subject, so two tokens
+    // bound to different agents would otherwise share a fingerprint and replay each other's answers.
+    match caller.principal.agent.as_deref() {
+        Some(a) => {
+            h.update([1]);
+            h.update(a.as_bytes());
+        }
+        None => h.update([2]),
+    }
+    h.update([0]);
     h.update(parts.method.as_str());
     h.update([0]);
     h.update(parts.uri.path());

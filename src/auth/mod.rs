@@ -3,7 +3,7 @@
 //! kla's own tokens are EdDSA (Ed25519) JWTs signed with a key created in the data dir on first start
 //! (`keys/token-signing.pem`); `kla token` mints them with the same key. Tokens from an external OAuth issuer are
 //! verified against a JWKS file (RS256, ES256, EdDSA) with the configured issuer and audience. `alg: none`, HMAC,
-//! expired tokens and wrong signatures are refused. Verified tokens are cached until they expire, because an
+//! expired tokens, tokens not valid yet (`nbf` in the future) and wrong signatures are refused. Verified tokens are cached until they expire, because an
 //! Ed25519 verification costs more than the rest of a policy decision.
 //! This module knows nothing of HTTP routing or storage; `api::auth` adapts it to requests.
 
@@ -201,6 +201,7 @@ impl Authenticator {
                 v.set_issuer(&[LOCAL_ISSUER]);
                 v.set_audience(&[LOCAL_AUDIENCE]);
                 v.leeway = 5;
+                v.validate_nbf = true;
                 v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
                 decode::<Claims>(token, &self.local, &v).map_err(bad)?.claims
             }
@@ -214,6 +215,7 @@ impl Authenticator {
                 v.set_issuer(&[ext.issuer.as_str()]);
                 v.set_audience(&[ext.audience.as_str()]);
                 v.leeway = 5;
+                v.validate_nbf = true;
                 v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
                 decode::<Claims>(token, &key, &v).map_err(bad)?.claims
             }

@@ -934,3 +934,78 @@ async fn a_key_that_could_not_be_recorded_is_recorded_once_the_store_recovers() 
     );
     s.stop().await;
 }
+
+/// Review (auth): the idempotency fingerprint must bind the token's `agent` claim. `kla token` gives every token of
+/// a role the same default subject (the role's name), so two agent tokens bound to different agents share subject
+/// and role. Regression: the token bound to `beta-bot` sent the body and key that `alpha-bot`'s token had used and
+/// got alpha's stored decision replayed (200), past the binding check that refuses it a fresh request (403).
+#[tokio::test]
+async fn an_idempotent_replay_does_not_cross_an_agent_binding() {
+    let s = Server::start().await;
+    let key = keys::load(&keys::token_key_path(&s.data_dir)).unwrap();
+    let bound = |agent: &str| {
+        kla::auth::mint(
+            key.private_pem.as_bytes(),
+            vec![T.into()],
+            Role::Agent,
+            "agent".into(),
+            Some(agent.into()),
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let (alpha, beta) = (bound("alpha-bot"), bound("beta-bot"));
+    let alpha_id = register(&s, &alpha, T, "alpha-bot").await;
+    let body = json!({"agentId": alpha_id, "action": "send_email", "context": {}});
+    let first = s
+        .send(
+            s.req(Method::POST, "/v1/decisions.evaluate", &alpha, T)
+                .header("Idempotency-Key", "shared-key")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let r = s
+        .send(
+            s.req(Method::POST, "/v1/decisions.evaluate", &beta, T)
+                .header("Idempotency-Key", "shared-key")
+                .json(&body),
+        )
+        .await;
+    assert_ne!(
+        r.status, 200,
+        "beta's token got alpha's decision replayed: {}",
+        r.body
+    );
+    r.assert_error(409, "conflict");
+    s.stop().await;
+}
+
+/// Review (auth): a token whose `nbf` (not before) lies in the future is not valid yet (RFC 7519 section 4.1.5).
+/// Regression: jsonwebtoken does not check `nbf` unless asked, and kla accepted such a token.
+#[tokio::test]
+async fn a_token_not_valid_before_a_future_time_is_refused() {
+    let s = Server::start().await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let right = keys::load(&keys::token_key_path(&s.data_dir)).unwrap();
+    let enc = jsonwebtoken::EncodingKey::from_ed_pem(right.private_pem.as_bytes()).unwrap();
+    let claims = |nbf: u64| {
+        json!({"iss": "kla", "sub": "early", "aud": "kla", "tenants": [T], "role": "admin",
+               "exp": now + 7200, "iat": now, "nbf": nbf})
+    };
+    let sign = |c: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &c,
+            &enc,
+        )
+        .unwrap()
+    };
+    let early = sign(claims(now + 3600));
+    s.send(s.req(Method::GET, "/v1/agents", &early, T))
+        .await
+        .assert_error(401, "unauthorized");
+    let ok = sign(claims(now - 10));
+    assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &ok, T)).await.status, 200);
+    s.stop().await;
+}
