@@ -65,26 +65,29 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     // The fingerprint binds the key to who asked and what: another caller (or role) reusing the key and body
     // gets a conflict, never someone else's stored response. The body counts as the payload kla reads, not its
     // bytes (see `payload_form`).
+    // Every field is length-prefixed, so no two different field lists hash alike. The issuer and the agent
+    // binding count too: an external token and a kla token may share a subject, and `kla token` gives every
+    // token of a role the same default subject, so tokens bound to different agents would otherwise replay each
+    // other's answers.
     let mut h = Sha256::new();
-    h.update(caller.principal.subject.as_bytes());
-    h.update([0]);
-    h.update(caller.principal.role.as_str());
-    h.update([0]);
-    // The agent binding too: `kla token` gives every token of a role the same default subject, so two tokens
-    // bound to different agents would otherwise share a fingerprint and replay each other's answers.
-    match caller.principal.agent.as_deref() {
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    let p = &caller.principal;
+    field(p.issuer.as_bytes());
+    field(p.subject.as_bytes());
+    field(p.role.as_str().as_bytes());
+    match p.agent.as_deref() {
         Some(a) => {
-            h.update([1]);
-            h.update(a.as_bytes());
+            field(b"bound");
+            field(a.as_bytes());
         }
-        None => h.update([2]),
+        None => field(b"unbound"),
     }
-    h.update([0]);
-    h.update(parts.method.as_str());
-    h.update([0]);
-    h.update(parts.uri.path());
-    h.update([0]);
-    h.update(payload_form(&bytes));
+    field(parts.method.as_str().as_bytes());
+    field(parts.uri.path().as_bytes());
+    field(&payload_form(&bytes));
     let fingerprint = hex::encode(h.finalize());
 
     let begin = state

@@ -96,6 +96,8 @@ pub enum Audience {
 /// A verified caller identity.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// Issuer of the token (`iss`): kla itself or the external issuer.
+    pub issuer: Arc<str>,
     /// Subject of the token.
     pub subject: Arc<str>,
     /// Role of the token.
@@ -229,6 +231,7 @@ impl Authenticator {
             return Err(AuthError::InvalidToken("token lists no tenants".into()));
         }
         Ok(Principal {
+            issuer: claims.iss.into(),
             subject: claims.sub.into(),
             role: claims.role,
             tenants: claims.tenants.into(),

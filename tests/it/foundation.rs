@@ -438,6 +438,25 @@ async fn external_jwks_tokens_are_accepted() {
     )
     .await
     .assert_error(403, "forbidden");
+    // An external token with the same subject and role as a kla token is another caller: it does not replay
+    // the kla token's stored answer (the issuer is part of the idempotency fingerprint).
+    let local = s.token(T, Role::Admin);
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    h.kid = Some("idp-1".into());
+    let c = json!({"iss":"https://idp.example","sub":"test-admin","aud":"kla-api","tenants":[T],"role":"admin","exp":now+600});
+    let external = jsonwebtoken::encode(
+        &h,
+        &c,
+        &jsonwebtoken::EncodingKey::from_ed_pem(k.private_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let post = |tok: &str| {
+        s.req(Method::POST, "/v1/agents", tok, T)
+            .header("Idempotency-Key", "same-subject")
+            .json(&agent_body("issuer-bound"))
+    };
+    assert_eq!(s.send(post(&local)).await.status, 201);
+    s.send(post(&external)).await.assert_error(409, "conflict");
 }
 
 #[tokio::test]
