@@ -74,7 +74,7 @@ pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller,
         .ok_or_else(|| ApiError::invalid("missing x-tenant-id header"))?
         .to_str()
         .ok()
-        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .filter(|t| !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
     if tenant.starts_with('_') {
         return Err(ApiError::forbidden(format!(

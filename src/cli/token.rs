@@ -29,9 +29,12 @@ pub struct TokenArgs {
 
 /// Prints the token on stdout.
 pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
-    if let Some(t) = a.tenant.iter().find(|t| t.is_empty() || t.starts_with('_')) {
+    if let Some(t) = a.tenant.iter().find(|t| {
+        t.is_empty() || t.len() > 128 || t.starts_with('_') || !t.bytes().all(|b| b.is_ascii_graphic())
+    }) {
         anyhow::bail!(
-            "tenant {t:?} is not allowed (empty, or reserved: names starting with '_' are kla's own)"
+            "tenant {t:?} is not allowed (a tenant is 1-128 visible ASCII characters; names starting with '_' are \
+             reserved for kla's own entries)"
         );
     }
     std::fs::create_dir_all(&a.data_dir)?;

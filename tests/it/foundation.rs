@@ -1028,3 +1028,18 @@ async fn a_token_not_valid_before_a_future_time_is_refused() {
     assert_eq!(s.send(s.req(Method::GET, "/v1/agents", &ok, T)).await.status, 200);
     s.stop().await;
 }
+
+/// `x-tenant-id` is 1-128 visible ASCII characters, as its error message says: a space inside is refused.
+#[tokio::test]
+async fn a_tenant_header_with_a_space_is_refused() {
+    let s = Server::start().await;
+    let tok = token_for(&s.data_dir, &["acme prod", T], Role::Admin);
+    s.send(s.req(Method::GET, "/v1/agents", &tok, "acme prod"))
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(
+        s.send(s.req(Method::GET, "/v1/agents", &tok, T)).await.status,
+        200
+    );
+    s.stop().await;
+}
