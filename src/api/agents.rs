@@ -135,14 +135,7 @@ async fn register(
     manifest
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    if let Some(bound) = caller.principal.agent.as_deref()
-        && bound != manifest.name
-    {
-        return Err(ApiError::forbidden(format!(
-            "this token acts only for agent '{bound}', not '{}'",
-            manifest.name
-        )));
-    }
+    caller.require_agent(None, &manifest.name)?;
     let canonical = manifest
         .canonical()
         .map_err(|e| ApiError::invalid(e.to_string()))?;

@@ -33,6 +33,17 @@ impl Caller {
             )))
         }
     }
+
+    /// 403 unless the token may act as this agent (`id` is `None` for an agent not registered yet): a token bound
+    /// to one agent (`agent` claim) acts only as that agent.
+    pub fn require_agent(&self, id: Option<&str>, name: &str) -> Result<(), ApiError> {
+        match self.principal.agent.as_deref() {
+            Some(bound) if !self.principal.may_act_as(id, name) => Err(ApiError::forbidden(format!(
+                "this token acts only for agent '{bound}', not '{name}'"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -46,13 +57,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Checks the bearer token and the tenant header (the first step of the `/v1` pipeline in `api::v1_pipeline`).
 /// The token of a `Bearer` credential; the scheme name is case-insensitive (RFC 9110 section 11.1).
 fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Checks the bearer token and the tenant header (the first step of the `/v1` pipeline in `api::v1_pipeline`).
 pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
     let header = req
         .headers()
@@ -74,7 +85,7 @@ pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller,
         .ok_or_else(|| ApiError::invalid("missing x-tenant-id header"))?
         .to_str()
         .ok()
-        .filter(|t| !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|t| crate::auth::tenant_name_ok(t))
         .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
     if tenant.starts_with('_') {
         return Err(ApiError::forbidden(format!(

@@ -76,13 +76,7 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
         check_id("traceId", t)?;
     }
     let agent = s.agents.get(&s, &caller.tenant, &req.agent_id).await?;
-    if !caller.principal.may_act_as(&agent.id, &agent.name) {
-        return Err(ApiError::forbidden(format!(
-            "this token acts only for agent '{}', not '{}'",
-            caller.principal.agent.as_deref().unwrap_or_default(),
-            agent.name
-        )));
-    }
+    caller.require_agent(Some(&agent.id), &agent.name)?;
     let now = crate::time::now_rfc3339();
     let role = caller.principal.role.as_str();
     let principal = json!({"subject": &*caller.principal.subject, "role": role});

@@ -116,13 +116,20 @@ impl Principal {
         self.tenants.iter().any(|t| t == tenant)
     }
 
-    /// Whether the token may act as the agent with this id and name: tokens without an `agent` claim may act
-    /// as any agent of their tenants, bound tokens only as theirs (matched by name or id).
-    pub fn may_act_as(&self, agent_id: &str, agent_name: &str) -> bool {
+    /// Whether the token may act as the agent with this id (`None` before it is registered) and name: tokens
+    /// without an `agent` claim may act as any agent of their tenants, bound tokens only as theirs (matched by
+    /// name or id).
+    pub fn may_act_as(&self, agent_id: Option<&str>, agent_name: &str) -> bool {
         self.agent
             .as_deref()
-            .is_none_or(|a| a == agent_id || a == agent_name)
+            .is_none_or(|a| Some(a) == agent_id || a == agent_name)
     }
+}
+
+/// Whether `t` is a well-formed tenant name: 1-128 visible ASCII characters. (Names starting with `_` are
+/// well-formed but reserved for kla's own entries; callers refuse them separately.)
+pub fn tenant_name_ok(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// External OAuth issuer settings.

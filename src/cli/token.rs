@@ -29,9 +29,11 @@ pub struct TokenArgs {
 
 /// Prints the token on stdout.
 pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
-    if let Some(t) = a.tenant.iter().find(|t| {
-        t.is_empty() || t.len() > 128 || t.starts_with('_') || !t.bytes().all(|b| b.is_ascii_graphic())
-    }) {
+    if let Some(t) = a
+        .tenant
+        .iter()
+        .find(|t| !auth::tenant_name_ok(t) || t.starts_with('_'))
+    {
         anyhow::bail!(
             "tenant {t:?} is not allowed (a tenant is 1-128 visible ASCII characters; names starting with '_' are \
              reserved for kla's own entries)"

@@ -44,13 +44,22 @@ pub const MAX_INSTRUCTIONS: usize = 1_000_000;
 /// Package of the generated module holding a rule's `when`; reserved.
 const WHEN_PACKAGE: &str = "kla_when";
 const WHEN_ENTRY: &str = "data.kla_when.holds";
-/// Builtins whose result does not follow from the input (regorus' `must_cache` list, as far as
-/// kla's feature set compiles them in): refused, so the same input and pack always decide alike.
-const NON_DETERMINISTIC_BUILTINS: [&str; 3] = ["rand.intn", "time.now_ns", "uuid.rfc4122"];
-/// Builtins whose cost is set by an argument's *value*, not by the size of the input: one call such as
-/// `numbers.range(1, input.context.n)` can run for minutes and allocate without bound, and neither the VM's
-/// instruction cap nor the deadline can stop a builtin that is running. Refused.
-const UNBOUNDED_BUILTINS: [&str; 2] = ["numbers.range", "numbers.range_step"];
+/// Builtins a `when` may not reach (directly or through the pack's Rego), with why:
+/// - results that do not follow from the input (regorus' `must_cache` list, as far as kla's feature set
+///   compiles them in), so the same input and pack always decide alike;
+/// - a cost set by an argument's *value*, not by the size of the input: one call such as
+///   `numbers.range(1, input.context.n)` can run for minutes and allocate without bound, and neither the VM's
+///   instruction cap nor the deadline can stop a builtin that is running.
+const REFUSED_BUILTINS: [(&str, &str); 5] = [
+    ("rand.intn", NON_DETERMINISTIC),
+    ("time.now_ns", NON_DETERMINISTIC),
+    ("uuid.rfc4122", NON_DETERMINISTIC),
+    ("numbers.range", UNBOUNDED),
+    ("numbers.range_step", UNBOUNDED),
+];
+const NON_DETERMINISTIC: &str =
+    "is non-deterministic: a decision must follow from its input alone; use input.now for time";
+const UNBOUNDED: &str = "has a cost set by an argument's value, which the evaluation deadline cannot stop";
 
 /// Matches agents by id or name.
 #[derive(Debug, Clone)]
@@ -295,27 +304,12 @@ fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>,
         return Err(rule.error("`when` uses __builtin_host_await: kla evaluates without a host to answer it"));
     }
     // The program lists every builtin the rule can reach, also through the pack's modules.
-    if let Some(b) = program
-        .builtin_info_table
-        .iter()
-        .find(|b| NON_DETERMINISTIC_BUILTINS.contains(&b.name.as_str()))
-    {
-        return Err(rule.error(format!(
-            "`when` uses the non-deterministic builtin {} (directly or through the pack's Rego): a \
-             decision must follow from its input alone; use input.now for time",
-            b.name
-        )));
-    }
-    if let Some(b) = program
-        .builtin_info_table
-        .iter()
-        .find(|b| UNBOUNDED_BUILTINS.contains(&b.name.as_str()))
-    {
-        return Err(rule.error(format!(
-            "`when` uses the builtin {} (directly or through the pack's Rego), whose cost is set by an argument's \
-             value and cannot be stopped by the evaluation deadline",
-            b.name
-        )));
+    for b in &program.builtin_info_table {
+        if let Some((name, why)) = REFUSED_BUILTINS.iter().find(|(n, _)| *n == b.name.as_str()) {
+            return Err(rule.error(format!(
+                "`when` uses the builtin {name} (directly or through the pack's Rego), which {why}"
+            )));
+        }
     }
     Ok(program)
 }
