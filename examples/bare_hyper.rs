@@ -3,7 +3,7 @@
 //!
 //! With `--durable DIR` it is the second baseline: every answer waits until a 64-byte record for the request is
 //! durable in a preallocated file, written by one thread with group commit (gather what is queued, one `pwrite`,
-//! one `fdatasync`, wake the waiters), the same shape as kla's ledger writer without anything else kla does. The
+//! one `fdatasync`, wake the waiters; the thread under `SCHED_BATCH`), the same shape as kla's ledger writer without anything else kla does. The
 //! gap between the two baselines is what a durable answer costs on this machine; the gap between this one and kla
 //! is kla's own work.
 //!
@@ -26,6 +26,10 @@ const RECORD: usize = 64;
 type Ack = oneshot::Sender<()>;
 
 fn writer(file: std::fs::File, rx: mpsc::Receiver<Ack>) {
+    // The same scheduling as kla's ledger writer, so the baseline differs from kla only in kla's work.
+    if let Err(e) = kla::ledger::log::batch_scheduling() {
+        eprintln!("durable baseline: default scheduling ({e})");
+    }
     let mut offset = 0u64;
     let mut acks: Vec<Ack> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();

@@ -868,3 +868,42 @@ async fn acknowledged_entries_read_back_as_zeros_are_refused() {
         assert_eq!(l.size(), 10, "clean={clean}");
     }
 }
+
+/// Scheduling policies (field 41 of `/proc/self/task/<tid>/stat`) of this process's
+/// threads named `name`.
+fn thread_policies(name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").expect("proc").flatten() {
+        let dir = t.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        // Fields after the parenthesised command name start at field 3; the policy is field 41.
+        let (_, rest) = stat.rsplit_once(')').expect("stat");
+        out.push(
+            rest.split_whitespace()
+                .nth(38)
+                .expect("policy")
+                .parse()
+                .expect("number"),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_writer_thread_runs_under_sched_batch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    append_n(&l, 1).await;
+    // The writer sets its policy before it takes the first entry, so it has by now. Other
+    // tests' writers share the (15-byte cut) name; one that is just starting may not have
+    // switched yet, so the check is that ours, at least, has.
+    assert!(thread_policies("kla-ledger-writ").contains(&(libc::SCHED_BATCH as u32)));
+}
