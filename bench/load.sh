@@ -16,7 +16,7 @@ BARE=target/release/examples/bare_hyper
 WORK=$(mktemp -d -p "${KLA_DATA_BASE:-${TMPDIR:-/tmp}}")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-BARE_PORT=18799; DURABLE_PORT=18798; KLA_PORT=18700
+BARE_PORT=18799; DURABLE_PORT=18798; SHAPED_PORT=18797; KLA_PORT=18700
 ${KLA_TASKSET:-} $BARE 127.0.0.1:$BARE_PORT 2>/dev/null &
 # The second baseline: bare hyper whose every answer waits for a group-committed fdatasync on the data dir's disk.
 mkdir -p "$WORK/durable"
@@ -50,7 +50,15 @@ emit "$durable"
 emit "$(run "kla GET /admin/health" http://127.0.0.1:$KLA_PORT/admin/health)"
 emit "$(run "kla POST /v1/agents (new agent each)" -s bench/register.lua http://127.0.0.1:$KLA_PORT)"
 emit "$(run "kla GET /v1/agents/{id} (auth + SQLite read)" -s bench/get.lua "http://127.0.0.1:$KLA_PORT/v1/agents/$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"probe"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')")"
+# The third baseline: bare hyper that reads a request shaped like kla's evaluate request (same script: headers,
+# token, body) and answers with a body as long as kla's evaluate answer. It prices the HTTP and TCP work for kla's
+# message sizes, which the 15-byte GET baseline does not carry.
 export AGENT=$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/agents -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" -H 'content-type: application/json' -d '{"name":"evaluator"}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["agentId"])')
+answer_len=$(curl -s -X POST http://127.0.0.1:$KLA_PORT/v1/decisions.evaluate -H "Authorization: Bearer $TOKEN" -H "x-tenant-id: bench" \
+  -H 'content-type: application/json' -d "{\"agentId\":\"$AGENT\",\"action\":\"execute_refund\",\"context\":{\"amount\":1250.00,\"user_id\":\"usr_22\"}}" | wc -c)
+${KLA_TASKSET:-} $BARE 127.0.0.1:$SHAPED_PORT --body-bytes "$answer_len" 2>/dev/null &
+for _ in $(seq 100); do curl -sf -X POST -d '{}' http://127.0.0.1:$SHAPED_PORT/ >/dev/null && break; sleep 0.1; done
+emit "$(run "bare hyper POST, evaluate's request and a $answer_len-byte answer (third baseline)" -s bench/evaluate.lua http://127.0.0.1:$SHAPED_PORT)"
 eval_line=$(run "kla POST /v1/decisions.evaluate, $CONNS conns (decide + ledger fsync + index)" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)
 emit "$eval_line"
 emit "$(CONNS=$EVAL_CONNS run "kla POST /v1/decisions.evaluate, $EVAL_CONNS conns" -s bench/evaluate.lua http://127.0.0.1:$KLA_PORT)"

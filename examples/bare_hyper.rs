@@ -7,7 +7,11 @@
 //! gap between the two baselines is what a durable answer costs on this machine; the gap between this one and kla
 //! is kla's own work.
 //!
-//! Usage: `cargo run --release --example bare_hyper -- 127.0.0.1:8799 [--durable DIR]`
+//! With `--body-bytes N` it reads each request's whole body and answers with an N-byte JSON body: the HTTP baseline
+//! for messages the size of kla's evaluate request and answer (the default answer is 15 bytes and the body is not
+//! read).
+//!
+//! Usage: `cargo run --release --example bare_hyper -- 127.0.0.1:8799 [--durable DIR] [--body-bytes N]`
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -82,23 +86,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?),
         None => None,
     };
+    let shaped: Option<usize> = match args.iter().position(|a| a == "--body-bytes") {
+        Some(i) => Some(args.get(i + 1).ok_or("--body-bytes needs a number")?.parse()?),
+        None => None,
+    };
+    // A JSON string of the asked size: {"pad":"xxx…"}.
+    let answer = match shaped {
+        Some(n) => Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(n.saturating_sub(10)))),
+        None => Bytes::from_static(br#"{"status":"ok"}"#),
+    };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("bare hyper on {addr} (durable: {})", durable.is_some());
+    eprintln!(
+        "bare hyper on {addr} (durable: {}, answer: {} bytes)",
+        durable.is_some(),
+        answer.len()
+    );
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let durable = durable.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let durable = durable.clone();
+                let answer = answer.clone();
                 async move {
+                    if shaped.is_some() {
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                    }
                     if let Some(tx) = durable {
                         let (ack, done) = oneshot::channel();
                         if tx.send(ack).is_ok() {
                             let _ = done.await;
                         }
                     }
-                    let mut r = Response::new(Full::new(Bytes::from_static(br#"{"status":"ok"}"#)));
+                    let mut r = Response::new(Full::new(answer));
                     r.headers_mut().insert(
                         "content-type",
                         hyper::header::HeaderValue::from_static("application/json"),

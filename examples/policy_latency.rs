@@ -92,6 +92,27 @@ fn main() {
     miss.agent.name = "support-bot".into();
     percentiles("1000 rules, 0 match", &rego, &miss, 100_000);
 
+    // The shipped default pack and the request `bench/load.sh` sends to evaluate: the policy
+    // share of one HTTP decision in the load runs.
+    let files = PackFiles::read_dir(std::path::Path::new("policies/default")).unwrap();
+    let default = PolicySet::new(
+        vec![Arc::new(
+            CompiledPack::compile(&VerifiedPack::accept_unsigned(files)).unwrap(),
+        )],
+        Duration::from_millis(5),
+    );
+    let mut load_request = input.clone();
+    load_request.context = serde_json::json!({"amount": 1250.00, "user_id": "usr_22"});
+    load_request.execution = None;
+    let d = default.evaluate(&load_request);
+    assert_eq!(d.matched_rules.len(), 1, "{d:?}");
+    percentiles(
+        "default pack, bench/load.sh's evaluate request",
+        &default,
+        &load_request,
+        100_000,
+    );
+
     let rego = Arc::new(rego);
     println!("with Rego (3 matching rules, each with `when`):");
     throughput(&rego, &input, 1, 200_000);
