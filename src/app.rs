@@ -6,7 +6,7 @@ use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
-use crate::policy::{PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
+use crate::policy::{PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::Recorder;
 use crate::store::Store;
 use anyhow::Context;
@@ -75,7 +75,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let policy = {
         let pcfg = policy_config(&cfg)?;
         let hook = policy_audit_hook(recorder.clone());
-        Arc::new(tokio::task::spawn_blocking(move || PolicyManager::with_audit(pcfg, hook)).await?)
+        let floors: Box<dyn PackFloors> = Box::new(StoreFloors {
+            store: store.clone(),
+            handle: tokio::runtime::Handle::current(),
+        });
+        Arc::new(
+            tokio::task::spawn_blocking(move || PolicyManager::with_audit(pcfg, hook, Some(floors))).await?,
+        )
     };
     let watch = match policy.watch() {
         Ok(w) => Some(w),
@@ -227,12 +233,38 @@ fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
     }
     let mut pcfg = PolicyConfig::new(cfg.policies.clone(), trusted);
     pcfg.allow_unsigned = cfg.allow_unsigned;
+    if cfg.allow_pack_rollback {
+        tracing::warn!("--allow-pack-rollback: a signed pack older than one activated before will be loaded");
+    }
+    pcfg.allow_rollback = cfg.allow_pack_rollback;
     pcfg.deadline = cfg.policy_deadline;
     Ok(pcfg)
 }
 
 /// The public key of kla's default pack (`policies/kla-default.pub`), trusted when no `--trusted-key` is given.
 pub const DEFAULT_PACK_KEY: &str = include_str!("../policies/kla-default.pub");
+
+/// The policy packs' rollback floors, kept in the store. Called from reload threads (blocking), like the audit hook.
+struct StoreFloors {
+    store: Store,
+    handle: tokio::runtime::Handle,
+}
+
+impl PackFloors for StoreFloors {
+    fn floor(&self, name: &str) -> Result<Option<String>, String> {
+        self.handle
+            .block_on(self.store.pack_floor(name))
+            .map(|f| f.map(|(version, _digest)| version))
+            .map_err(|e| e.to_string())
+    }
+
+    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), String> {
+        let at = crate::time::now_rfc3339();
+        self.handle
+            .block_on(self.store.set_pack_floor(name, version, digest, &at))
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// The policy manager's audit hook: records each event in the ledger and waits until it is durable. Reloads run on
 /// blocking threads (startup, `spawn_blocking`, the file watcher), where waiting on the runtime is allowed.

@@ -80,6 +80,10 @@ pub struct RawConfig {
     /// from the config file.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_unsigned: Option<bool>,
+    /// Load a signed pack older than the newest version of its name kla has activated (a rollback; logs a
+    /// warning). `--allow-pack-rollback=false` turns off a `true` from the config file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub allow_pack_rollback: Option<bool>,
     /// Policy evaluation deadline, e.g. `5ms`. Default 5ms.
     #[arg(long)]
     pub policy_deadline: Option<String>,
@@ -132,6 +136,7 @@ impl RawConfig {
                 self.trusted_key
             },
             allow_unsigned: self.allow_unsigned.or(base.allow_unsigned),
+            allow_pack_rollback: self.allow_pack_rollback.or(base.allow_pack_rollback),
             policy_deadline: self.policy_deadline.or(base.policy_deadline),
             ledger_origin: self.ledger_origin.or(base.ledger_origin),
             ledger_repair: self.ledger_repair.or(base.ledger_repair),
@@ -215,6 +220,7 @@ impl RawConfig {
             policies: self.policies.unwrap_or_else(|| PathBuf::from("policies")),
             trusted_keys: self.trusted_key,
             allow_unsigned: self.allow_unsigned.unwrap_or(false),
+            allow_pack_rollback: self.allow_pack_rollback.unwrap_or(false),
             policy_deadline,
             ledger_origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
             ledger_repair_truncate,
@@ -274,6 +280,8 @@ pub struct Config {
     pub trusted_keys: Vec<PathBuf>,
     /// Load unsigned packs.
     pub allow_unsigned: bool,
+    /// Load a signed pack older than its name's rollback floor.
+    pub allow_pack_rollback: bool,
     /// Evaluation deadline.
     pub policy_deadline: Duration,
     /// Ledger checkpoint origin.
@@ -328,7 +336,8 @@ mod tests {
         }
         use clap::Parser as _;
         let file = || -> RawConfig {
-            serde_yaml::from_str("allow-unsigned: true\nledger-fast-start: true\n").expect("yaml")
+            serde_yaml::from_str("allow-unsigned: true\nledger-fast-start: true\nallow-pack-rollback: true\n")
+                .expect("yaml")
         };
         let parse = |args: &[&str]| {
             let flags =
@@ -337,6 +346,17 @@ mod tests {
             (c.allow_unsigned, c.ledger_fast_start)
         };
         assert_eq!(parse(&[]), (true, true));
+        let rollback = |args: &[&str]| {
+            let flags =
+                Flags::try_parse_from(std::iter::once("kla").chain(args.iter().copied())).expect("flags");
+            flags
+                .raw
+                .over(file())
+                .validate()
+                .expect("valid")
+                .allow_pack_rollback
+        };
+        assert!(rollback(&[]) && !rollback(&["--allow-pack-rollback=false"]));
         assert_eq!(parse(&["--allow-unsigned=false"]), (false, true));
         assert_eq!(
             parse(&["--ledger-fast-start=false", "--allow-unsigned"]),
@@ -348,7 +368,7 @@ mod tests {
             .validate()
             .expect("valid");
         assert!(
-            !off.allow_unsigned && !off.ledger_fast_start,
+            !off.allow_unsigned && !off.ledger_fast_start && !off.allow_pack_rollback,
             "both default to off"
         );
         assert!(Flags::try_parse_from(["kla", "--allow-unsigned=maybe"]).is_err());

@@ -5,6 +5,10 @@
 //! other packs still update. A pack directory that disappears keeps its last good version too
 //! (removing a pack takes a restart). The new set is swapped in atomically (`ArcSwap`); in-flight
 //! decisions finish on the old set.
+//!
+//! Rollback protection: a signed pack older (SemVer) than the newest version of its name this kla
+//! has activated is refused, unless `allow_rollback`. The newest versions ("floors") are kept in
+//! memory and, through [`PackFloors`], across restarts in kla's store. Unsigned packs are exempt.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,9 @@ pub struct PolicyConfig {
     pub allow_unsigned: bool,
     /// Per-decision evaluation deadline (default 5 ms).
     pub deadline: Duration,
+    /// Accept a signed pack older than the newest version of its name activated before (logs a warning and
+    /// lowers the floor to it).
+    pub allow_rollback: bool,
 }
 
 impl PolicyConfig {
@@ -46,6 +53,7 @@ impl PolicyConfig {
             trusted_keys,
             allow_unsigned: false,
             deadline: DEFAULT_DEADLINE,
+            allow_rollback: false,
         }
     }
 }
@@ -129,6 +137,8 @@ struct State {
     generation: u64,
     refused: Vec<Refusal>,
     last_refusal: Option<Refusal>,
+    /// Newest activated version of each signed pack name (this process; the store has the durable copy).
+    floors: std::collections::HashMap<String, semver::Version>,
 }
 
 /// Holds the active policy set; cheap to share (`Arc<PolicyManager>`).
@@ -138,6 +148,16 @@ pub struct PolicyManager {
     state: Mutex<State>,
     events: Option<UnboundedSender<PolicyEvent>>,
     audit: Option<AuditHook>,
+    floors: Option<Box<dyn PackFloors>>,
+}
+
+/// Keeps the newest activated version of each signed pack across restarts (kla's store). Called from the
+/// reloading thread (blocking).
+pub trait PackFloors: Send + Sync {
+    /// The recorded floor of pack `name`.
+    fn floor(&self, name: &str) -> Result<Option<String>, String>;
+    /// Records `version` (with the pack's digest) as the floor of `name`; durable on return.
+    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), String>;
 }
 
 /// Records a policy event durably before it takes effect (kla's ledger). An error vetoes an activation: a set
@@ -157,19 +177,21 @@ impl PolicyManager {
     /// Never fails: refused packs are reported through [`status`](Self::status) and events,
     /// and with no valid pack every decision fails closed (`block` / `POLICY_UNAVAILABLE`).
     pub fn new(config: PolicyConfig, events: Option<UnboundedSender<PolicyEvent>>) -> Self {
-        Self::build(config, events, None)
+        Self::build(config, events, None, None)
     }
 
     /// Like [`new`](Self::new), but every event goes through `audit` first, synchronously, and an activation
     /// happens only once `audit` has recorded it. Reloads block on the hook: call from blocking threads.
-    pub fn with_audit(config: PolicyConfig, audit: AuditHook) -> Self {
-        Self::build(config, None, Some(audit))
+    /// `floors`, when given, keeps the rollback floors across restarts.
+    pub fn with_audit(config: PolicyConfig, audit: AuditHook, floors: Option<Box<dyn PackFloors>>) -> Self {
+        Self::build(config, None, Some(audit), floors)
     }
 
     fn build(
         config: PolicyConfig,
         events: Option<UnboundedSender<PolicyEvent>>,
         audit: Option<AuditHook>,
+        floors: Option<Box<dyn PackFloors>>,
     ) -> Self {
         let manager = PolicyManager {
             active: ArcSwap::from_pointee(PolicySet::new(Vec::new(), config.deadline)),
@@ -179,9 +201,11 @@ impl PolicyManager {
                 generation: 0,
                 refused: Vec::new(),
                 last_refusal: None,
+                floors: Default::default(),
             }),
             events,
             audit,
+            floors,
         };
         manager.reload();
         manager
@@ -256,7 +280,10 @@ impl PolicyManager {
                     }
                 }
                 for dir in dirs {
-                    match load_pack(&dir, &self.config.trusted_keys, self.config.allow_unsigned) {
+                    let loaded = load_pack(&dir, &self.config.trusted_keys, self.config.allow_unsigned)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pack| self.check_floor(&state, &pack).map(|()| pack));
+                    match loaded {
                         Ok(pack) => {
                             let prev = state.last_good.get(&dir);
                             let loaded_at = match prev {
@@ -395,6 +422,7 @@ impl PolicyManager {
             return status_from(&state, previous);
         }
         if changed {
+            self.raise_floors(&mut state, &next);
             self.active
                 .store(Arc::new(PolicySet::new(packs, self.config.deadline)));
             state.generation += 1;
@@ -413,6 +441,73 @@ impl PolicyManager {
         }
         state.refused = refused;
         status_from(&state, statuses)
+    }
+
+    /// Refuses a signed pack older than the newest activated version of its name (unless `allow_rollback`).
+    /// A floor that cannot be read refuses the pack too (fail closed).
+    fn check_floor(&self, state: &State, pack: &CompiledPack) -> Result<(), String> {
+        let r = pack.pack_ref();
+        if r.signer_key_id.is_none() {
+            return Ok(());
+        }
+        let version =
+            semver::Version::parse(&r.version).map_err(|e| format!("pack version {:?}: {e}", r.version))?;
+        let mut floor = state.floors.get(&r.name).cloned();
+        if let Some(store) = &self.floors {
+            let stored = store.floor(&r.name).map_err(|e| {
+                format!(
+                    "the rollback floor of pack {} could not be read ({e}); refusing it",
+                    r.name
+                )
+            })?;
+            if let Some(v) = stored.and_then(|v| semver::Version::parse(&v).ok()) {
+                floor = floor.max(Some(v));
+            }
+        }
+        match floor {
+            Some(f) if version < f => {
+                if self.config.allow_rollback {
+                    tracing::warn!(pack = %r.name, from = %f, to = %version,
+                        "--allow-pack-rollback: loading a signed pack older than one activated before");
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "rollback refused: {} {version} is older than {f}, the newest version this kla has \
+                         activated (start with --allow-pack-rollback to accept it)",
+                        r.name
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After an activation: every active signed pack's version becomes its name's floor if newer (or, with
+    /// `allow_rollback`, whatever was activated). A floor that cannot be stored is logged; the in-memory floor
+    /// still protects this process.
+    fn raise_floors(&self, state: &mut State, active: &BTreeMap<PathBuf, Loaded>) {
+        for l in active.values() {
+            let st = &l.status;
+            if st.signer_key_id.is_none() {
+                continue;
+            }
+            let Ok(v) = semver::Version::parse(&st.version) else {
+                continue;
+            };
+            let raise = match state.floors.get(&st.name) {
+                None => true,
+                Some(f) => v > *f || (self.config.allow_rollback && v != *f),
+            };
+            if !raise {
+                continue;
+            }
+            if let Some(store) = &self.floors
+                && let Err(e) = store.set_floor(&st.name, &st.version, &st.digest)
+            {
+                tracing::error!(pack = %st.name, error = %e, "could not record the pack's rollback floor");
+            }
+            state.floors.insert(st.name.clone(), v);
+        }
     }
 
     /// Active packs and refusals.

@@ -337,6 +337,13 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
     if doc.metadata.version.trim().is_empty() {
         return Err(header_err("metadata.version must not be empty".into()));
     }
+    // Versions are ordered (a signed pack older than one kla has activated is refused), so they must be SemVer.
+    if let Err(e) = semver::Version::parse(&doc.metadata.version) {
+        return Err(header_err(format!(
+            "metadata.version {:?} is not a semantic version such as 1.2.0 ({e})",
+            doc.metadata.version
+        )));
+    }
 
     let mut rules = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();

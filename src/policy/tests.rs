@@ -1005,7 +1005,7 @@ fn an_activation_the_audit_hook_cannot_record_does_not_happen() {
         Ok(())
     });
     // The first activation cannot be recorded: nothing is active, decisions fail closed.
-    let m = PolicyManager::with_audit(cfg, hook);
+    let m = PolicyManager::with_audit(cfg, hook, None);
     assert_eq!(m.evaluate(&act("x")).reason_codes, [POLICY_UNAVAILABLE]);
     let st = m.status();
     assert!(st.packs.is_empty());
@@ -1097,4 +1097,137 @@ fn a_file_swapped_for_a_fifo_or_symlink_after_listing_is_refused_without_blockin
         "a symlink is not followed"
     );
     assert_eq!(pack::read_at_most(&target, 10).unwrap(), b"x: 1\n");
+}
+
+fn versioned_pack(dir: &Path, version: &str, decision: &str) {
+    let yaml = pack_yaml(
+        "p",
+        "allow",
+        "enforce",
+        &format!("    - {{id: r, match: {{actions: [x]}}, decision: {decision}}}\n"),
+    )
+    .replace("version: 1.0.0", &format!("version: {version}"));
+    write(dir, "pack.yaml", &yaml);
+}
+
+#[test]
+fn a_pack_version_must_be_semver() {
+    let root = tempfile::tempdir().unwrap();
+    versioned_pack(root.path(), "v1", "block");
+    let files = PackFiles::read_dir(root.path()).unwrap();
+    let err = CompiledPack::compile(&VerifiedPack::accept_unsigned(files))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pack.yaml") && err.contains("\"v1\" is not a semantic version"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_older_signed_version_is_refused_and_an_equal_one_loads() {
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    let dir = root.path().join("p");
+    let put = |version: &str, decision: &str| {
+        versioned_pack(&dir, version, decision);
+        sign_pack_dir(&dir, &signer).unwrap();
+    };
+    put("1.1.0", "block");
+    let m = PolicyManager::new(PolicyConfig::new(root.path(), vec![signer.public()]), None);
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+
+    // The older version, validly signed by the same key: a rollback, refused; 1.1.0 keeps serving.
+    put("1.0.0", "allow");
+    let st = m.reload();
+    let reason = &st.refused.first().expect("refused").reason;
+    assert!(
+        reason.contains("rollback refused: p 1.0.0 is older than 1.1.0"),
+        "{reason}"
+    );
+    assert_eq!(st.packs[0].version, "1.1.0");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+
+    // The same version re-signed with other rules (development): loads.
+    put("1.1.0", "warn");
+    let st = m.reload();
+    assert!(st.refused.is_empty(), "{st:?}");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
+
+    // With allow_rollback the older version loads.
+    put("1.0.0", "allow");
+    let mut cfg = PolicyConfig::new(root.path(), vec![signer.public()]);
+    cfg.allow_rollback = true;
+    let floors = MemFloors::default();
+    floors.0.lock().insert("p".into(), "1.1.0".into());
+    let m = PolicyManager::with_audit(
+        cfg,
+        Box::new(|_: &PolicyEvent| Ok(())),
+        Some(Box::new(floors.clone())),
+    );
+    assert_eq!(m.status().packs[0].version, "1.0.0");
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Allow);
+    // ... and the floor follows it down, so a restart without the flag keeps loading it.
+    assert_eq!(floors.0.lock().get("p").map(String::as_str), Some("1.0.0"));
+}
+
+#[test]
+fn the_stored_floor_refuses_an_older_pack_at_startup_and_a_failing_store_fails_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let signer = PackSigner::generate();
+    versioned_pack(root.path(), "2.0.0", "block");
+    sign_pack_dir(root.path(), &signer).unwrap();
+    let audit = || Box::new(|_: &PolicyEvent| Ok(())) as crate::policy::AuditHook;
+    let cfg = || PolicyConfig::new(root.path(), vec![signer.public()]);
+
+    // A fresh manager (a restart) whose store remembers 2.1.0: nothing loads, every decision blocks.
+    let floors = MemFloors::default();
+    floors.0.lock().insert("p".into(), "2.1.0".into());
+    let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(floors.clone())));
+    assert!(m.status().packs.is_empty());
+    assert!(m.status().refused[0].reason.contains("older than 2.1.0"));
+    assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Block);
+    assert_eq!(
+        m.evaluate(&act("x")).reason_codes,
+        vec![POLICY_UNAVAILABLE.to_string()]
+    );
+
+    // Activation records the floor.
+    let floors = MemFloors::default();
+    let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(floors.clone())));
+    assert_eq!(m.status().packs.len(), 1);
+    assert_eq!(floors.0.lock().get("p").map(String::as_str), Some("2.0.0"));
+
+    // A store that cannot be read: the pack is refused, not loaded unchecked.
+    let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(BrokenFloors)));
+    assert!(m.status().packs.is_empty());
+    assert!(
+        m.status().refused[0].reason.contains("could not be read"),
+        "{:?}",
+        m.status()
+    );
+}
+
+#[derive(Clone, Default)]
+struct MemFloors(Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>);
+
+impl crate::policy::PackFloors for MemFloors {
+    fn floor(&self, name: &str) -> Result<Option<String>, String> {
+        Ok(self.0.lock().get(name).cloned())
+    }
+    fn set_floor(&self, name: &str, version: &str, _digest: &str) -> Result<(), String> {
+        self.0.lock().insert(name.to_owned(), version.to_owned());
+        Ok(())
+    }
+}
+
+struct BrokenFloors;
+
+impl crate::policy::PackFloors for BrokenFloors {
+    fn floor(&self, _: &str) -> Result<Option<String>, String> {
+        Err("disk on fire".into())
+    }
+    fn set_floor(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
+        Err("disk on fire".into())
+    }
 }

@@ -68,6 +68,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX lineage_trace ON lineage(tenant, trace_id) WHERE trace_id IS NOT NULL;
     CREATE INDEX lineage_execution ON lineage(tenant, execution_id) WHERE execution_id IS NOT NULL;
     "#,
+    // 3: the highest version of each signed policy pack ever activated (rollback protection).
+    r#"
+    CREATE TABLE pack_floors (
+        name        TEXT PRIMARY KEY,
+        version     TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        raised_at   TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -12,6 +12,7 @@ mod agents;
 mod decisions;
 mod idempotency;
 mod migrations;
+mod packs;
 
 pub use agents::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
 pub use decisions::{DecisionRecord, LineageRecord};

@@ -570,7 +570,7 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
                 // The decision must be exactly what the pack version it names says.
                 let version = r.body["policy"][0]["version"].as_str().unwrap().to_owned();
                 let expected = match version.as_str() {
-                    "1.0.0" => ("warn", "V1"),
+                    "1.0.0" | "3.1.0" => ("warn", "V1"),
                     "2.0.0" => ("block", "V2"),
                     "3.0.0" => ("require_approval", "V3"),
                     other => panic!("unexpected version {other}"),
@@ -592,7 +592,7 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
     for (version, decision, code) in [
         ("2.0.0", "block", "V2"),
         ("3.0.0", "require_approval", "V3"),
-        ("1.0.0", "warn", "V1"),
+        ("3.1.0", "warn", "V1"),
     ] {
         tokio::time::sleep(Duration::from_millis(300)).await;
         v(version, decision, code);
@@ -613,7 +613,7 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
     assert!(total > 50, "load was applied ({total} requests)");
     assert_eq!(
         versions.len(),
-        3,
+        4,
         "every version served some requests: {versions:?}"
     );
 }
@@ -858,4 +858,68 @@ async fn recursive_rego_fails_closed_and_the_server_keeps_serving() {
     // A runaway shadow rule is ignored (it ran out of instructions, not of time).
     check(&s, &tok, &agent, "read", json!({"deep": true}), "warn", &["FAST"]).await;
     check(&s, &tok, &agent, "pay", json!({"deep": false}), "allow", &[]).await;
+}
+
+#[tokio::test]
+async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
+    let p = Packs::new();
+    let rules =
+        |d: &str| format!("    - {{id: r, match: {{actions: [act]}}, decision: {d}, reasonCode: R}}\n");
+    p.write("guard", "1.1.0", "allow", "enforce", &rules("block"));
+    let data = tempfile::tempdir().unwrap();
+    let start = |allow_rollback: bool| {
+        let mut c = raw(data.path());
+        c.policies = Some(p.root.path().to_owned());
+        c.trusted_key = vec![p.pub_key.clone()];
+        c.allow_pack_rollback = allow_rollback.then_some(true);
+        Server::start_cfg(c, None)
+    };
+    let s = start(false).await;
+    let (tok, admin) = (s.token(T, Role::Agent), s.token(T, Role::Admin));
+    let agent = register(&s, &tok, T, "a").await;
+    check(&s, &tok, &agent, "act", json!({}), "block", &["R"]).await;
+
+    // The older version, validly signed by the trusted key, put back: refused, 1.1.0 keeps serving.
+    p.write("guard", "1.0.0", "allow", "enforce", &rules("allow"));
+    let st = s
+        .send(s.req(Method::POST, "/v1/policies/reload", &admin, T))
+        .await;
+    let reason = st.body["lastRefusal"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("rollback refused: guard 1.0.0 is older than 1.1.0"),
+        "{}",
+        st.body
+    );
+    assert_eq!(st.body["packs"][0]["version"], "1.1.0", "{}", st.body);
+    check(&s, &tok, &agent, "act", json!({}), "block", &["R"]).await;
+    s.stop().await;
+
+    // A restart with only 1.0.0 on disk: the floor is in the store, so nothing loads and kla fails closed.
+    let s = start(false).await;
+    let st = s.send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    assert_eq!(st.body["packs"], json!([]), "{}", st.body);
+    check(
+        &s,
+        &tok,
+        &agent,
+        "act",
+        json!({}),
+        "block",
+        &["POLICY_UNAVAILABLE"],
+    )
+    .await;
+    s.stop().await;
+
+    // The operator means it: --allow-pack-rollback loads 1.0.0 and lowers the floor, so a later restart
+    // without the flag keeps it.
+    for allow in [true, false] {
+        let s = start(allow).await;
+        let st = s.send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+        assert_eq!(st.body["packs"][0]["version"], "1.0.0", "{}", st.body);
+        check(&s, &tok, &agent, "act", json!({}), "allow", &["R"]).await;
+        s.stop().await;
+    }
 }
