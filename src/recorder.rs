@@ -20,17 +20,21 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
 pub const SYSTEM_TENANT: &str = "_system";
 const INDEX_QUEUE: usize = 8192;
 const INDEX_BATCH: usize = 1024;
-/// How long the index writer gathers jobs after the first one before committing: the index is off the
-/// decisions' answer path, so a few milliseconds buy transactions of hundreds of rows (each commit writes every
-/// B-tree page it dirtied to the WAL; small transactions wrote ~0.5 pages per decision). Reads wait for it through
-/// the barrier, so this is also the extra latency of a read racing fresh writes.
-const INDEX_LINGER: Duration = Duration::from_millis(5);
+/// How long the index writer gathers jobs after the first one before committing, when nobody waits for them: the
+/// index is off the decisions' answer path, so waiting buys transactions of hundreds of rows (each commit rewrites
+/// the B-tree pages it dirtied into the WAL, the partly filled last leaf of each tree included). A read at the
+/// barrier, or a job whose caller waits for its commit, ends the gathering at once, so this is not read latency.
+#[cfg(not(test))]
+const INDEX_LINGER: Duration = Duration::from_millis(50);
+/// Longer than [`BARRIER_WAIT`] in unit tests: a read that the barrier's nudge did not hurry would miss its rows.
+#[cfg(test)]
+const INDEX_LINGER: Duration = Duration::from_secs(60);
 /// How long an index read waits for queued index writes before reading what is committed (the writer is stuck or
 /// failing; the read may then miss the newest entries, which are in the ledger and re-indexed at restart).
 const BARRIER_WAIT: Duration = Duration::from_secs(2);
@@ -234,6 +238,10 @@ pub struct Recorder {
     /// Background per-entry retries still running after a failed index transaction; the barrier waits for them
     /// too, so a read racing an index failure does not miss entries answered before it.
     retrying: Arc<AtomicU64>,
+    /// The highest job sequence number a reader is waiting for at the barrier, and the nudge that makes the index
+    /// writer commit now instead of gathering more.
+    wanted: Arc<AtomicU64>,
+    flush: Arc<Notify>,
 }
 
 impl Recorder {
@@ -248,6 +256,8 @@ impl Recorder {
             queued: Arc::new(AtomicU64::new(0)),
             finished,
             retrying: Arc::new(AtomicU64::new(0)),
+            wanted: Arc::new(AtomicU64::new(0)),
+            flush: Arc::new(Notify::new()),
         };
         // The writer holds the ledger and the store, not a recorder: when the last recorder is dropped the queue
         // closes, and the writer commits what is left and ends.
@@ -257,6 +267,10 @@ impl Recorder {
             rx,
             Arc::new(finished_tx),
             recorder.retrying.clone(),
+            Flush {
+                wanted: recorder.wanted.clone(),
+                nudge: recorder.flush.clone(),
+            },
         ));
         recorder
     }
@@ -528,12 +542,19 @@ impl Drop for RetryDone {
 /// Group-commits index writes: takes everything queued (up to a batch), writes one transaction, then publishes
 /// how many jobs are finished (for the read barrier) and tells the jobs that wait. A failed batch is retried
 /// entry by entry in the background, rebuilt from the ledger.
+/// How readers hurry the index writer (see [`Recorder::index_barrier`]).
+struct Flush {
+    wanted: Arc<AtomicU64>,
+    nudge: Arc<Notify>,
+}
+
 async fn index_writer(
     ledger: Ledger,
     store: Store,
     mut rx: mpsc::Receiver<IndexJob>,
     finished: Arc<watch::Sender<u64>>,
     retrying: Arc<AtomicU64>,
+    flush: Flush,
 ) {
     let barrier = Barrier { finished, retrying };
     let mut batch: Vec<IndexJob> = Vec::with_capacity(INDEX_BATCH);
@@ -541,11 +562,24 @@ async fn index_writer(
     while rx.recv_many(&mut batch, INDEX_BATCH).await > 0 {
         let linger = tokio::time::sleep(INDEX_LINGER);
         tokio::pin!(linger);
-        while batch.len() < INDEX_BATCH {
-            let room = INDEX_BATCH - batch.len();
+        // Someone waits for these rows: a caller for its job's commit, or a reader at the barrier for every job
+        // up to `wanted` (jobs are numbered in queue order, so the batch covers them once it is long enough).
+        let mut urgent = batch.iter().any(|j| j.done.is_some());
+        while batch.len() < INDEX_BATCH && !urgent {
+            let wanted = flush.wanted.load(Ordering::SeqCst);
+            if wanted > done && done + batch.len() as u64 >= wanted {
+                break;
+            }
+            let (room, before) = (INDEX_BATCH - batch.len(), batch.len());
             tokio::select! {
                 _ = &mut linger => break,
-                got = rx.recv_many(&mut batch, room) => if got == 0 { break },
+                () = flush.nudge.notified() => {}
+                got = rx.recv_many(&mut batch, room) => {
+                    if got == 0 {
+                        break;
+                    }
+                    urgent = batch[before..].iter().any(|j| j.done.is_some());
+                }
             }
         }
         let n = batch.len() as u64;
@@ -587,10 +621,18 @@ impl Recorder {
         if ready(&finished.borrow()) {
             return;
         }
+        self.hurry_index(target);
         let wait = finished.wait_for(ready);
         if tokio::time::timeout(BARRIER_WAIT, wait).await.is_err() {
             tracing::warn!(target, "index writer is behind; reading the committed index");
         }
+    }
+
+    /// Makes the index writer commit what it is gathering now, up to job `target`, rather than at the end of its
+    /// linger.
+    fn hurry_index(&self, target: u64) {
+        self.wanted.fetch_max(target, Ordering::SeqCst);
+        self.flush.notify_one();
     }
 
     /// Waits (bounded like a read) until every queued index job is committed. Shutdown calls it after the last
@@ -849,7 +891,8 @@ mod tests {
             })
             .await
             .expect("answered once durable");
-        // Let the transaction fail, then heal the store before reading.
+        // Let the transaction fail (commit it now instead of after the linger), then heal the store before reading.
+        rec.hurry_index(rec.queued.load(Ordering::SeqCst));
         tokio::time::sleep(Duration::from_millis(50)).await;
         c.execute_batch("DROP TRIGGER injected_fault;").expect("drop");
         let got = rec.decision_record("acme", "dec_retry").await.expect("read");
@@ -857,6 +900,44 @@ mod tests {
             got.map(|d| d.ledger_index),
             Some(r.ledger_index),
             "read-your-writes on the index failure path"
+        );
+    }
+
+    /// The index writer gathers rows for [`INDEX_LINGER`] (60 s in unit tests, beyond the barrier's 2 s): a read
+    /// finds a fresh decision only because the barrier hurries the writer, and a caller that waits for its rows'
+    /// commit (agent registrations, policy events) gets it at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_waiting_callers_do_not_wait_for_the_index_linger() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ledger =
+            Ledger::open(crate::ledger::LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
+        let rec = Recorder::new(ledger, Store::open(tmp.path()).expect("store"));
+        for i in 0..3 {
+            let id = format!("dec_{i}");
+            let r = rec
+                .decision(DecisionToRecord {
+                    tenant: "acme".into(),
+                    decision_id: id.clone(),
+                    agent_id: "a".into(),
+                    action: "x".into(),
+                    decision: "allow".into(),
+                    trace_id: None,
+                    execution_id: None,
+                    body: format!(r#"{{"decisionId":"{id}"}}"#).into_bytes(),
+                })
+                .await
+                .expect("answered once durable");
+            let got = rec.decision_record("acme", &id).await.expect("read");
+            assert_eq!(got.map(|d| d.ledger_index), Some(r.ledger_index), "read {i}");
+        }
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            rec.policy_event("policy.activated", json!({"packs": []})),
+        )
+        .await;
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "a waiting caller's rows are committed at once"
         );
     }
 
