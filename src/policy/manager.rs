@@ -460,7 +460,14 @@ impl PolicyManager {
                     r.name
                 )
             })?;
-            if let Some(v) = stored.and_then(|v| semver::Version::parse(&v).ok()) {
+            if let Some(v) = stored {
+                // kla writes only versions it parsed: anything else is damage, and damage fails closed.
+                let v = semver::Version::parse(&v).map_err(|e| {
+                    format!(
+                        "the stored rollback floor of pack {} ({v:?}) is not a version ({e}); refusing it",
+                        r.name
+                    )
+                })?;
                 floor = floor.max(Some(v));
             }
         }

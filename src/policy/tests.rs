@@ -1122,6 +1122,12 @@ fn a_pack_version_must_be_semver() {
         err.contains("pack.yaml") && err.contains("\"v1\" is not a semantic version"),
         "{err}"
     );
+    // `kla pack sign` validates before signing, so it refuses the same pack.
+    let err = sign_pack_dir(root.path(), &PackSigner::generate())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a semantic version"), "{err}");
+    assert!(!root.path().join(SIGNATURE_FILE).exists());
 }
 
 #[test]
@@ -1197,6 +1203,17 @@ fn the_stored_floor_refuses_an_older_pack_at_startup_and_a_failing_store_fails_c
     let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(floors.clone())));
     assert_eq!(m.status().packs.len(), 1);
     assert_eq!(floors.0.lock().get("p").map(String::as_str), Some("2.0.0"));
+
+    // A damaged stored floor: refused too.
+    let floors = MemFloors::default();
+    floors.0.lock().insert("p".into(), "not-a-version".into());
+    let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(floors)));
+    assert!(m.status().packs.is_empty());
+    assert!(
+        m.status().refused[0].reason.contains("is not a version"),
+        "{:?}",
+        m.status()
+    );
 
     // A store that cannot be read: the pack is refused, not loaded unchecked.
     let m = PolicyManager::with_audit(cfg(), audit(), Some(Box::new(BrokenFloors)));
