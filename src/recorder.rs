@@ -240,10 +240,8 @@ pub struct Recorder {
     /// Background per-entry retries still running after a failed index transaction; the barrier waits for them
     /// too, so a read racing an index failure does not miss entries answered before it.
     retrying: Arc<AtomicU64>,
-    /// The highest job sequence number a reader is waiting for at the barrier, and the nudge that makes the index
-    /// writer commit now instead of gathering more.
-    wanted: Arc<AtomicU64>,
-    flush: Arc<Notify>,
+    /// How the barrier hurries the index writer (shared with it).
+    flush: Arc<Flush>,
 }
 
 impl Recorder {
@@ -258,8 +256,10 @@ impl Recorder {
             queued: Arc::new(AtomicU64::new(0)),
             finished,
             retrying: Arc::new(AtomicU64::new(0)),
-            wanted: Arc::new(AtomicU64::new(0)),
-            flush: Arc::new(Notify::new()),
+            flush: Arc::new(Flush {
+                wanted: AtomicU64::new(0),
+                nudge: Notify::new(),
+            }),
         };
         // The writer holds the ledger and the store, not a recorder: when the last recorder is dropped the queue
         // closes, and the writer commits what is left and ends.
@@ -269,10 +269,7 @@ impl Recorder {
             rx,
             Arc::new(finished_tx),
             recorder.retrying.clone(),
-            Flush {
-                wanted: recorder.wanted.clone(),
-                nudge: recorder.flush.clone(),
-            },
+            recorder.flush.clone(),
         ));
         recorder
     }
@@ -544,10 +541,11 @@ impl Drop for RetryDone {
 /// Group-commits index writes: takes everything queued (up to a batch), writes one transaction, then publishes
 /// how many jobs are finished (for the read barrier) and tells the jobs that wait. A failed batch is retried
 /// entry by entry in the background, rebuilt from the ledger.
-/// How readers hurry the index writer (see [`Recorder::index_barrier`]).
+/// How readers hurry the index writer (see [`Recorder::index_barrier`]): the highest job sequence number a reader
+/// waits for, and the nudge that makes the writer commit now instead of gathering more.
 struct Flush {
-    wanted: Arc<AtomicU64>,
-    nudge: Arc<Notify>,
+    wanted: AtomicU64,
+    nudge: Notify,
 }
 
 async fn index_writer(
@@ -556,7 +554,7 @@ async fn index_writer(
     mut rx: mpsc::Receiver<IndexJob>,
     finished: Arc<watch::Sender<u64>>,
     retrying: Arc<AtomicU64>,
-    flush: Flush,
+    flush: Arc<Flush>,
 ) {
     let barrier = Barrier { finished, retrying };
     let mut batch: Vec<IndexJob> = Vec::with_capacity(INDEX_BATCH);
@@ -633,8 +631,8 @@ impl Recorder {
     /// Makes the index writer commit what it is gathering now, up to job `target`, rather than at the end of its
     /// linger.
     fn hurry_index(&self, target: u64) {
-        self.wanted.fetch_max(target, Ordering::SeqCst);
-        self.flush.notify_one();
+        self.flush.wanted.fetch_max(target, Ordering::SeqCst);
+        self.flush.nudge.notify_one();
     }
 
     /// Waits (bounded like a read) until every queued index job is committed. Shutdown calls it after the last
