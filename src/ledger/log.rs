@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use parking_lot::RwLock;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::LedgerError;
@@ -67,6 +67,8 @@ struct Head {
 struct Shared {
     store: Store,
     head: RwLock<Head>,
+    /// The durable size, published after each batch so followers of the log wake without polling.
+    size_tx: watch::Sender<u64>,
 }
 
 struct Inner {
@@ -263,6 +265,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                     size: appender.size(),
                     root: appender.root(),
                 };
+                shared.size_tx.send_replace(appender.size());
                 for (i, a) in acks.drain(..).enumerate() {
                     let _ = a.send(Ok(first + i as u64));
                 }
@@ -381,6 +384,7 @@ impl Ledger {
         let shared = Arc::new(Shared {
             store: opened.store,
             head: RwLock::new(head),
+            size_tx: watch::Sender::new(head.size),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let w_shared = shared.clone();
@@ -434,6 +438,12 @@ impl Ledger {
     /// Number of durable entries.
     pub fn size(&self) -> u64 {
         self.head().size
+    }
+
+    /// Follows the durable size: the receiver sees every size the log reaches after its batch is fsynced (sizes
+    /// of several batches may coalesce into the newest).
+    pub fn watch_size(&self) -> watch::Receiver<u64> {
+        self.inner.shared.size_tx.subscribe()
     }
 
     /// The canonical bytes of entry `index`.
