@@ -5,9 +5,12 @@
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
 use crate::config::Config;
+use crate::decide::Decider;
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
-use crate::policy::{PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
-use crate::recorder::Recorder;
+use crate::policy::{HookError, PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
+use crate::recorder::{Record, Recorder};
+use crate::redact::Redactor;
+use crate::registry::Agents;
 use crate::store::Store;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -97,18 +100,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
 
+    let agents = Arc::new(Agents::new(store.clone(), recorder.clone(), registry_key));
+    let decider = Decider::new(policy.clone(), recorder.clone(), agents.clone(), Redactor::none());
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,
         limiter: cfg.rate_limit.map(api::ratelimit::RateLimiter::new),
         body_limit: cfg.body_limit,
-        registry_key,
         started: Instant::now(),
         recorder: recorder.clone(),
         policy: policy.clone(),
-        agents: api::AgentCache::default(),
+        agents,
+        decider,
     });
-    api::reconcile_registrations(&state).await?;
     let router = api::router(state);
 
     let tls = match &cfg.tls {
@@ -251,18 +255,18 @@ struct StoreFloors {
 }
 
 impl PackFloors for StoreFloors {
-    fn floor(&self, name: &str) -> Result<Option<String>, String> {
+    fn floor(&self, name: &str) -> Result<Option<String>, HookError> {
         self.handle
             .block_on(self.store.pack_floor(name))
             .map(|f| f.map(|(version, _digest)| version))
-            .map_err(|e| e.to_string())
+            .map_err(HookError::new)
     }
 
-    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), String> {
+    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), HookError> {
         let at = crate::time::now_rfc3339();
         self.handle
             .block_on(self.store.set_pack_floor(name, version, digest, &at))
-            .map_err(|e| e.to_string())
+            .map_err(HookError::new)
     }
 }
 
@@ -271,18 +275,13 @@ impl PackFloors for StoreFloors {
 fn policy_audit_hook(recorder: Recorder) -> crate::policy::AuditHook {
     let handle = tokio::runtime::Handle::current();
     Box::new(move |ev: &PolicyEvent| {
-        let kind = match ev {
-            PolicyEvent::Activated { .. } => "policy.activated",
-            PolicyEvent::Refused { source, reason } => {
-                tracing::warn!(%source, %reason, "policy pack refused");
-                "policy.refused"
-            }
-        };
-        let body = serde_json::to_value(ev).map_err(|e| e.to_string())?;
+        if let PolicyEvent::Refused { source, reason } = ev {
+            tracing::warn!(%source, %reason, "policy pack refused");
+        }
         handle
-            .block_on(recorder.policy_event(kind, body))
+            .block_on(recorder.record(Record::Policy(ev.clone())))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(HookError::new)
     })
 }
 

@@ -1,12 +1,22 @@
 //! kla: a governance sidecar for AI agents.
+//!
+//! Modules in reading order: `config` (what the operator set) and `app` (builds every part and owns shutdown);
+//! the entry points: `api` (REST); the governed action: `decide` (phases of one decision), `auth` (who calls),
+//! `registry` (agents), `policy` (signed packs, pure evaluation), `redact` (what may be recorded); the record:
+//! `recorder` (typed records, the ledger-first write order, the index, following what was recorded), `ledger`
+//! (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error is
+//! classified), `telemetry`, `time`, `cli`.
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod decide;
+pub mod error;
 pub mod ledger;
 pub mod policy;
 pub mod recorder;
+pub mod redact;
 pub mod registry;
 pub mod store;
 pub mod telemetry;

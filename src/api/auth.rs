@@ -2,49 +2,13 @@
 //! before anything else runs. Handlers receive a [`Caller`] and ask it for the roles they need.
 
 use super::{ApiError, SharedState};
-use crate::auth::{Principal, Role};
+pub use crate::auth::Caller;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use std::sync::Arc;
 
-/// Tenant header of seed 001.
+/// Tenant header of the KLA Control Plane API.
 pub const X_TENANT_ID: &str = "x-tenant-id";
-
-/// An authenticated caller acting in one tenant.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Who the token names.
-    pub principal: Principal,
-    /// The tenant of this request (listed in the token).
-    pub tenant: Arc<str>,
-}
-
-impl Caller {
-    /// 403 unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
-        if roles.contains(&self.principal.role) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "role '{}' may not do this (needs one of: {})",
-                self.principal.role.as_str(),
-                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-            )))
-        }
-    }
-
-    /// 403 unless the token may act as this agent (`id` is `None` for an agent not registered yet): a token bound
-    /// to one agent (`agent` claim) acts only as that agent.
-    pub fn require_agent(&self, id: Option<&str>, name: &str) -> Result<(), ApiError> {
-        match self.principal.agent.as_deref() {
-            Some(bound) if !self.principal.may_act_as(id, name) => Err(ApiError::forbidden(format!(
-                "this token acts only for agent '{bound}', not '{name}'"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;

@@ -1,21 +1,20 @@
-//! `POST /v1/decisions.evaluate` (seed 001 "Evaluate a Policy Decision") and `GET /v1/decisions/{id}`.
+//! `POST /v1/decisions.evaluate` (the KLA Control Plane API's "Evaluate a Policy Decision") and `GET /v1/decisions/{id}`.
 //!
-//! Phases: accept (auth, body) → classify (agent lookup, input document) → evaluate (pure, fail-closed policy
-//! set) → record (ledger append, durable, then index) → respond. A decision is answered only after it is in the
-//! ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
+//! Parse, call, render: the body becomes an [`ActionRequest`], `decide` runs the governed action's phases (see
+//! `crate::decide`), and the answer is rendered from what it returns. A decision is answered only after it is in
+//! the ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
 
 use super::auth::Caller;
 use super::json::{ApiPath, RawJson};
 use super::{ApiError, ApiResult, SharedState};
-use crate::auth::Role;
-use crate::policy::{AgentRef, EvalInput, MatchedRule, Outcome, PackRef};
-use crate::recorder::{DecisionBody, DecisionToRecord};
+use crate::decide::ActionRequest;
+use crate::policy::{MatchedRule, Outcome, PackRef};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -23,7 +22,7 @@ pub(super) fn routes() -> Router<SharedState> {
         .route("/decisions/{decision_id}", get(get_one))
 }
 
-/// The seed's request body plus optional `tool`, `executionId`, `traceId`.
+/// The KLA Control Plane API's request body plus optional `tool`, `executionId`, `traceId`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct EvaluateRequest {
@@ -39,16 +38,7 @@ struct EvaluateRequest {
     trace_id: Option<String>,
 }
 
-fn check_id(field: &str, v: &str) -> ApiResult<()> {
-    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "field '{field}' must be 1-256 printable characters"
-        )));
-    }
-    Ok(())
-}
-
-/// The seed's answer plus kla's additions; serialized straight from the decision's parts.
+/// The KLA Control Plane API's answer plus kla's additions; serialized straight from the decision's parts.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EvaluateResponse<'a> {
@@ -65,72 +55,34 @@ struct EvaluateResponse<'a> {
 }
 
 async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Response> {
-    caller.require(&[Role::Agent, Role::Admin])?;
+    let accepted = s.decider.accept(&caller)?;
     let req: EvaluateRequest = body.parse()?;
-    check_id("agentId", &req.agent_id)?;
-    check_id("action", &req.action)?;
-    if let Some(e) = &req.execution_id {
-        check_id("executionId", e)?;
-    }
-    if let Some(t) = &req.trace_id {
-        check_id("traceId", t)?;
-    }
-    let agent = s.agents.get(&s, &caller.tenant, &req.agent_id).await?;
-    caller.require_agent(Some(&agent.id), &agent.name)?;
-    let now = crate::time::now_rfc3339();
-    let role = caller.principal.role.as_str();
-    let principal = json!({"subject": &*caller.principal.subject, "role": role});
-    let input = EvalInput {
-        agent: AgentRef::clone(&agent),
-        action: req.action,
-        context: Value::Object(req.context.unwrap_or_default()),
-        tool: req.tool,
-        execution: req.execution_id.as_ref().map(|id| json!({ "id": id })),
-        principal,
-        tenant: caller.tenant.to_string(),
-        now,
-    };
-    let d = s.policy.evaluate(&input);
-    if let Some(err) = &d.error {
-        tracing::warn!(error = %err, reason = ?d.reason_codes, action = %input.action, "policy failed closed");
-    }
-    let decision_id = crate::time::sortable_id("dec_");
-    let body = DecisionBody {
-        decision_id: &decision_id,
-        agent: &input.agent,
-        action: &input.action,
-        context: &input.context,
-        tool: input.tool.as_ref(),
-        execution_id: req.execution_id.as_deref(),
-        trace_id: req.trace_id.as_deref(),
-        subject: &caller.principal.subject,
-        role,
-        decision: &d,
-    }
-    .encode()
-    .map_err(ApiError::internal)?;
-    let record = DecisionToRecord {
-        tenant: caller.tenant.to_string(),
-        decision_id: decision_id.clone(),
-        agent_id: agent.id.clone(),
-        action: input.action,
-        decision: d.outcome.as_str().to_owned(),
-        trace_id: req.trace_id,
-        execution_id: req.execution_id,
-        body,
-    };
-    let rec = s.recorder.decision(record).await.map_err(ApiError::unavailable)?;
+    let d = s
+        .decider
+        .decide(
+            accepted,
+            ActionRequest {
+                agent_id: req.agent_id,
+                action: req.action,
+                context: req.context.unwrap_or_default(),
+                tool: req.tool,
+                execution_id: req.execution_id,
+                trace_id: req.trace_id,
+            },
+        )
+        .await?;
+    let dec = &d.decision;
     Ok(Json(EvaluateResponse {
-        decision: d.outcome,
-        reason_codes: &d.reason_codes,
-        requires_desk_approval: d.outcome == Outcome::RequireApproval,
-        decision_id: &decision_id,
-        would_decide: d.would_decide,
-        matched_rules: &d.matched_rules,
-        policy: &d.policy,
-        evaluation_micros: d.evaluation_micros,
-        lineage_id: &rec.lineage_id,
-        ledger_index: rec.ledger_index,
+        decision: dec.outcome,
+        reason_codes: &dec.reason_codes,
+        requires_desk_approval: dec.outcome == Outcome::RequireApproval,
+        decision_id: &d.decision_id,
+        would_decide: dec.would_decide,
+        matched_rules: &dec.matched_rules,
+        policy: &dec.policy,
+        evaluation_micros: dec.evaluation_micros,
+        lineage_id: &d.lineage_id,
+        ledger_index: d.ledger_index,
     })
     .into_response())
 }
@@ -140,18 +92,11 @@ async fn get_one(
     caller: Caller,
     ApiPath(decision_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let rec = s
+    let (rec, entry) = s
         .recorder
-        .decision_record(&caller.tenant, &decision_id)
-        .await
-        .map_err(ApiError::unavailable)?
+        .decision_entry(&caller.tenant, &decision_id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
-    let bytes = s
-        .recorder
-        .ledger()
-        .entry(rec.ledger_index)
-        .map_err(ApiError::internal)?;
-    let entry = crate::ledger::Entry::decode(&bytes).map_err(ApiError::internal)?;
     let mut body = entry.body;
     if let Some(o) = body.as_object_mut() {
         o.insert("lineageId".into(), rec.lineage_id.into());

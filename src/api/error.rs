@@ -1,12 +1,14 @@
-//! The one place where errors become HTTP responses: `{"code","message"}` with the seed's codes.
+//! The one place where errors become HTTP responses: `{"code","message"}` with the KLA Control Plane API's codes.
+//! Domain errors arrive already classified ([`crate::error::Classify`]); this module only renders the class.
 
+use crate::error::{Class, Classify};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// The error kinds kla answers with. The wire `code` is always one of seed 001's seven codes, so a client written
-/// against the seed knows every code it can get; statuses the seed's table does not list (405, 413, 503) carry the
-/// seed code closest in meaning.
+/// The error kinds kla answers with. The wire `code` is always one of the KLA Control Plane API's seven codes, so a
+/// client written against that API knows every code it can get; statuses its table does not list (405, 413, 502,
+/// 503) carry the code closest in meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     /// 400: malformed JSON or a failed schema validation.
@@ -27,6 +29,8 @@ pub enum Code {
     RateLimited,
     /// 500: our fault; retry with backoff.
     Internal,
+    /// 502: a service kla relies on failed.
+    BadGateway,
     /// 503: a dependency (store, ledger) is unavailable; retry with backoff.
     Unavailable,
 }
@@ -44,11 +48,13 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::BadGateway => StatusCode::BAD_GATEWAY,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The wire string. Every 5xx is `internal_error`, as in seed 001; 405 and 413 are `invalid_request`.
+    /// The wire string. Every 5xx is `internal_error`, as in the KLA Control Plane API; 405 and 413 are
+    /// `invalid_request`.
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidRequest | Code::MethodNotAllowed | Code::PayloadTooLarge => "invalid_request",
@@ -57,7 +63,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::Conflict => "conflict",
             Code::RateLimited => "rate_limited",
-            Code::Internal | Code::Unavailable => "internal_error",
+            Code::Internal | Code::BadGateway | Code::Unavailable => "internal_error",
         }
     }
 }
@@ -161,6 +167,48 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+impl ApiError {
+    /// The answer for a classified domain error: the caller's faults carry the error's own message; kla's and
+    /// upstreams' faults are logged and answered with a generic one (their text may name files or internals).
+    pub fn classified(e: &(impl Classify + ?Sized)) -> Self {
+        match e.class() {
+            Class::Invalid => Self::invalid(e.to_string()),
+            Class::TooLarge => Self::new(Code::PayloadTooLarge, e.to_string()),
+            Class::Unauthenticated => Self::unauthorized(e.to_string()),
+            Class::Forbidden => Self::forbidden(e.to_string()),
+            Class::NotFound => Self::not_found(e.to_string()),
+            Class::Conflict => Self::conflict(e.to_string()),
+            Class::RateLimited => Self::new(Code::RateLimited, e.to_string()).with_retry_after(1),
+            Class::UpstreamFailed => {
+                tracing::warn!(error = %e, "upstream failed");
+                Self::new(Code::BadGateway, "an upstream service failed; retry with backoff")
+            }
+            Class::Unavailable => Self::unavailable(e),
+            Class::Internal => Self::internal(e),
+        }
+    }
+}
+
+/// `From` for every domain error an API handler meets, so handlers use `?` and the mapping lives in one place.
+macro_rules! from_classified {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError::classified(&e)
+            }
+        })*
+    };
+}
+
+from_classified!(
+    crate::auth::AuthError,
+    crate::ledger::LedgerError,
+    crate::recorder::RecordError,
+    crate::registry::RegistryError,
+    crate::store::StoreError,
+    crate::decide::DecideError,
+);
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -79,7 +79,7 @@ async fn read_json_body(req: Request, state: &SharedState) -> Result<bytes::Byte
     Ok(bytes)
 }
 
-/// A path parameter whose rejection (bad percent-encoding, bad UTF-8) is a seed-shaped 400, not axum's text.
+/// A path parameter whose rejection (bad percent-encoding, bad UTF-8) is a `{"code","message"}` 400, not axum's text.
 pub struct ApiPath<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
@@ -93,7 +93,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts
     }
 }
 
-/// Query parameters whose rejection (missing, unknown or mistyped) is a seed-shaped 400 naming the problem.
+/// Query parameters whose rejection (missing, unknown or mistyped) is a `{"code","message"}` 400 naming the problem.
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiQuery<T> {

@@ -1,13 +1,13 @@
-//! The ledger's HTTP face: lineage entries and their proofs (seed 001 "Retrieve an Audit Proof"), signed
+//! The ledger's HTTP face: lineage entries and their proofs (the KLA Control Plane API's "Retrieve an Audit Proof"), signed
 //! checkpoints, the verifier key, consistency proofs, the raw entry stream for monitors, and evidence bundles.
 
 use super::auth::Caller;
 use super::json::{ApiPath, ApiQuery};
 use super::{ApiError, ApiResult, SharedState};
 use crate::auth::Role;
-use crate::ledger::{Entry, Hash, LedgerError};
+use crate::ledger::{Entry, Hash};
 use crate::recorder::SYSTEM_TENANT;
-use crate::store::LineageRecord;
+use crate::store::{LineageKey, LineageRecord};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -31,24 +31,10 @@ fn h(x: &Hash) -> String {
     format!("sha256:{}", hex::encode(x))
 }
 
-/// Maps ledger errors: bad ranges are the caller's (400), missing entries 404, the rest ours.
-fn ledger_err(e: LedgerError) -> ApiError {
-    match e {
-        LedgerError::InvalidRange(m) => ApiError::invalid(m),
-        LedgerError::NotFound(m) => ApiError::not_found(m),
-        other => ApiError::internal(other),
-    }
-}
-
 /// A lineage entry visible to the caller: the tenant's own, or a system entry (policy activations).
 async fn find(s: &SharedState, caller: &Caller, lineage_id: &str) -> ApiResult<LineageRecord> {
     for tenant in [&*caller.tenant, SYSTEM_TENANT] {
-        if let Some(r) = s
-            .recorder
-            .lineage(tenant, lineage_id)
-            .await
-            .map_err(ApiError::unavailable)?
-        {
+        if let Some(r) = s.recorder.lineage(tenant, lineage_id).await? {
             return Ok(r);
         }
     }
@@ -62,7 +48,8 @@ async fn lineage_entry(
 ) -> ApiResult<Json<Value>> {
     let rec = find(&s, &caller, &lineage_id).await?;
     let ledger = s.recorder.ledger();
-    let bytes = ledger.entry(rec.ledger_index).map_err(ledger_err)?;
+    let bytes = ledger.entry(rec.ledger_index)?;
+    // A stored entry that does not decode is damage (kla's fault), not the caller's invalid entry.
     let entry = Entry::decode(&bytes).map_err(ApiError::internal)?;
     Ok(Json(json!({
         "lineageId": entry.lineage_id,
@@ -72,7 +59,7 @@ async fn lineage_entry(
         "time": entry.time,
         "v": entry.v,
         "body": entry.body,
-        "leafHash": h(&ledger.leaf_hash(rec.ledger_index).map_err(ledger_err)?),
+        "leafHash": h(&ledger.leaf_hash(rec.ledger_index)?),
         "canonical": String::from_utf8_lossy(&bytes),
     })))
 }
@@ -90,13 +77,13 @@ async fn lineage_verify(
         Some(c) => (c.size, c.root, Value::String(c.text().to_owned())),
         None => {
             let size = ledger.size();
-            (size, ledger.root(size).map_err(ledger_err)?, Value::Null)
+            (size, ledger.root(size)?, Value::Null)
         }
     };
-    let path = ledger.inclusion_proof(idx, tree_size).map_err(ledger_err)?;
+    let path = ledger.inclusion_proof(idx, tree_size)?;
     // Prove the entry as stored now, not only its stored leaf hash: a damaged entry must not look anchored.
-    let bytes = ledger.entry(idx).map_err(ledger_err)?;
-    let leaf = ledger.leaf_hash(idx).map_err(ledger_err)?;
+    let bytes = ledger.entry(idx)?;
+    let leaf = ledger.leaf_hash(idx)?;
     if crate::ledger::tree::leaf_hash(&bytes) != leaf {
         return Err(ApiError::internal(format!(
             "ledger entry {idx} does not match its leaf hash"
@@ -128,7 +115,7 @@ async fn checkpoint(State(s): State<SharedState>, _caller: Caller) -> ApiResult<
     let ledger = s.recorder.ledger();
     let cp = match ledger.latest_checkpoint() {
         Some(c) if c.size == ledger.size() => c,
-        _ => ledger.checkpoint_now().await.map_err(ledger_err)?,
+        _ => ledger.checkpoint_now().await?,
     };
     Ok(text(cp.text().to_owned()))
 }
@@ -158,12 +145,12 @@ async fn consistency(
             q.from, q.to
         )));
     }
-    let proof = ledger.consistency_proof(q.from, q.to).map_err(ledger_err)?;
+    let proof = ledger.consistency_proof(q.from, q.to)?;
     Ok(Json(json!({
         "from": q.from,
         "to": q.to,
-        "fromRoot": h(&ledger.root(q.from).map_err(ledger_err)?),
-        "toRoot": h(&ledger.root(q.to).map_err(ledger_err)?),
+        "fromRoot": h(&ledger.root(q.from)?),
+        "toRoot": h(&ledger.root(q.to)?),
         "proof": proof.iter().map(h).collect::<Vec<_>>(),
     })))
 }
@@ -197,8 +184,7 @@ async fn entries(
     let start = q.start;
     let rows = tokio::task::spawn_blocking(move || ledger.entries(start, end))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ledger_err)?;
+        .map_err(ApiError::internal)??;
     let mut body = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum());
     for r in rows {
         body.extend_from_slice(&r);
@@ -243,28 +229,21 @@ async fn evidence(
     }
     let records = match &q.lineage_id {
         Some(l) => vec![find(&s, &caller, l).await?],
-        None => s
-            .recorder
-            .find_lineage(
-                &caller.tenant,
-                q.decision_id.as_deref(),
-                q.trace_id.as_deref(),
-                q.execution_id.as_deref(),
-                10_000,
-            )
-            .await
-            .map_err(ApiError::unavailable)?,
+        None => {
+            let key = match (q.decision_id, q.trace_id, q.execution_id) {
+                (Some(d), _, _) => LineageKey::Decision(d),
+                (_, Some(t), _) => LineageKey::Trace(t),
+                (_, _, Some(e)) => LineageKey::Execution(e),
+                (None, None, None) => return Err(ApiError::invalid("no selector given")),
+            };
+            s.recorder.find_lineage(&caller.tenant, &key, 10_000).await?
+        }
     };
     if records.is_empty() {
         return Err(ApiError::not_found("no ledger entries match"));
     }
     let indices: Vec<u64> = records.iter().map(|r| r.ledger_index).collect();
-    let bundle = s
-        .recorder
-        .ledger()
-        .build_evidence(&indices)
-        .await
-        .map_err(ledger_err)?;
+    let bundle = s.recorder.ledger().build_evidence(&indices).await?;
     let name = format!("evidence-{}.json", records[0].lineage_id);
     let mut resp = Json(bundle).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {

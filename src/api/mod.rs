@@ -14,13 +14,13 @@ mod policies;
 pub mod ratelimit;
 mod request_id;
 
-pub use agents::{AgentCache, reconcile_registrations};
 pub use error::{ApiError, ApiResult, Code};
 
 use crate::auth::Authenticator;
-use crate::auth::keys::KeyFile;
+use crate::decide::Decider;
 use crate::policy::PolicyManager;
 use crate::recorder::Recorder;
+use crate::registry::Agents;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -40,16 +40,16 @@ pub struct AppState {
     pub limiter: Option<ratelimit::RateLimiter>,
     /// Largest accepted body.
     pub body_limit: usize,
-    /// Key that signs agent manifests.
-    pub registry_key: KeyFile,
     /// When the server started.
     pub started: Instant,
     /// Writes the ledger and its index.
     pub recorder: Recorder,
     /// The active policy set.
     pub policy: Arc<PolicyManager>,
-    /// Agents by (tenant, id), for the decision hot path.
-    pub agents: AgentCache,
+    /// Registers and looks up agents.
+    pub agents: Arc<Agents>,
+    /// Decides actions (the governed action's phases).
+    pub decider: Decider,
 }
 
 /// Shared state handle.

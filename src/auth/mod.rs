@@ -7,7 +7,10 @@
 //! Ed25519 verification costs more than the rest of a policy decision.
 //! This module knows nothing of HTTP routing or storage; `api::auth` adapts it to requests.
 
+mod caller;
 pub mod keys;
+
+pub use caller::Caller;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
@@ -29,9 +32,23 @@ pub enum AuthError {
     /// The token is malformed, expired, wrongly signed or uses a refused algorithm.
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// A valid token without the permission for this tenant, role or agent.
+    #[error("{0}")]
+    Forbidden(String),
     /// A key file could not be read, parsed or written.
     #[error("key error: {0}")]
     Key(String),
+}
+
+impl crate::error::Classify for AuthError {
+    fn class(&self) -> crate::error::Class {
+        use crate::error::Class;
+        match self {
+            AuthError::InvalidToken(_) => Class::Unauthenticated,
+            AuthError::Forbidden(_) => Class::Forbidden,
+            AuthError::Key(_) => Class::Internal,
+        }
+    }
 }
 
 /// What a token lets its holder do. Ordered by nothing: check with the `can_*` helpers.

@@ -94,3 +94,19 @@ impl LedgerError {
         move |source| LedgerError::Io { context, source }
     }
 }
+
+impl crate::error::Classify for LedgerError {
+    fn class(&self) -> crate::error::Class {
+        use crate::error::Class;
+        match self {
+            LedgerError::InvalidRange(_) | LedgerError::InvalidEntry(_) => Class::Invalid,
+            LedgerError::NotFound(_) => Class::NotFound,
+            LedgerError::InvalidProof(_) | LedgerError::BadBundle { .. } => Class::Invalid,
+            LedgerError::Closed | LedgerError::Io { .. } => Class::Unavailable,
+            LedgerError::Corrupt { .. }
+            | LedgerError::Config(_)
+            | LedgerError::Key(_)
+            | LedgerError::Locked(_) => Class::Internal,
+        }
+    }
+}

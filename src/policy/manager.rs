@@ -151,18 +151,43 @@ pub struct PolicyManager {
     floors: Option<Box<dyn PackFloors>>,
 }
 
+/// Why a hook failed (the ledger or store behind it). The manager refuses what the hook guarded and reports the
+/// error; the source error is kept for the log.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HookError(Box<dyn std::error::Error + Send + Sync>);
+
+impl HookError {
+    /// Wraps the error of whatever the hook writes to.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> HookError {
+        HookError(Box::new(e))
+    }
+}
+
+impl From<&str> for HookError {
+    fn from(m: &str) -> HookError {
+        HookError(m.into())
+    }
+}
+
+impl crate::error::Classify for HookError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Unavailable
+    }
+}
+
 /// Keeps the newest activated version of each signed pack across restarts (kla's store). Called from the
 /// reloading thread (blocking).
 pub trait PackFloors: Send + Sync {
     /// The recorded floor of pack `name`.
-    fn floor(&self, name: &str) -> Result<Option<String>, String>;
+    fn floor(&self, name: &str) -> Result<Option<String>, HookError>;
     /// Records `version` (with the pack's digest) as the floor of `name`; durable on return.
-    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), String>;
+    fn set_floor(&self, name: &str, version: &str, digest: &str) -> Result<(), HookError>;
 }
 
 /// Records a policy event durably before it takes effect (kla's ledger). An error vetoes an activation: a set
 /// that could not be recorded is not activated, so every decision names a pack state the ledger already holds.
-pub type AuditHook = Box<dyn Fn(&PolicyEvent) -> Result<(), String> + Send + Sync>;
+pub type AuditHook = Box<dyn Fn(&PolicyEvent) -> Result<(), HookError> + Send + Sync>;
 
 impl std::fmt::Debug for PolicyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -524,7 +549,7 @@ impl PolicyManager {
         status_from(&state, statuses)
     }
 
-    fn audit(&self, event: &PolicyEvent) -> Result<(), String> {
+    fn audit(&self, event: &PolicyEvent) -> Result<(), HookError> {
         match &self.audit {
             Some(hook) => hook(event),
             None => Ok(()),

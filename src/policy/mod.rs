@@ -25,8 +25,8 @@ use std::path::Path;
 
 pub use engine::{CompiledPack, DEFAULT_DEADLINE, MAX_DEADLINE, PolicySet};
 pub use manager::{
-    AuditHook, PackFloors, PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus, Refusal,
-    WatchHandle,
+    AuditHook, HookError, PackFloors, PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus,
+    Refusal, WatchHandle,
 };
 pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
 pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_files, sign_pack_dir, verify_pack};

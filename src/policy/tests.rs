@@ -1229,10 +1229,10 @@ fn the_stored_floor_refuses_an_older_pack_at_startup_and_a_failing_store_fails_c
 struct MemFloors(Arc<parking_lot::Mutex<std::collections::HashMap<String, String>>>);
 
 impl crate::policy::PackFloors for MemFloors {
-    fn floor(&self, name: &str) -> Result<Option<String>, String> {
+    fn floor(&self, name: &str) -> Result<Option<String>, crate::policy::HookError> {
         Ok(self.0.lock().get(name).cloned())
     }
-    fn set_floor(&self, name: &str, version: &str, _digest: &str) -> Result<(), String> {
+    fn set_floor(&self, name: &str, version: &str, _digest: &str) -> Result<(), crate::policy::HookError> {
         self.0.lock().insert(name.to_owned(), version.to_owned());
         Ok(())
     }
@@ -1241,10 +1241,10 @@ impl crate::policy::PackFloors for MemFloors {
 struct BrokenFloors;
 
 impl crate::policy::PackFloors for BrokenFloors {
-    fn floor(&self, _: &str) -> Result<Option<String>, String> {
+    fn floor(&self, _: &str) -> Result<Option<String>, crate::policy::HookError> {
         Err("disk on fire".into())
     }
-    fn set_floor(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
+    fn set_floor(&self, _: &str, _: &str, _: &str) -> Result<(), crate::policy::HookError> {
         Err("disk on fire".into())
     }
 }

@@ -1,20 +1,59 @@
-//! The agent registry's pure core: what a manifest is, how it is validated, canonicalised (RFC 8785 JCS),
-//! hashed (`sha256:<hex>`) and signed with kla's registry key. Storage lives in `store`, HTTP in `api::agents`;
-//! this module does no IO.
+//! The agent registry: what a manifest is, how it is validated, canonicalised (RFC 8785 JCS), hashed
+//! (`sha256:<hex>`) and signed with kla's registry key (pure, this file), and the directory that registers agents
+//! through the recorder and looks them up (`directory.rs`). Rows live in `store`, HTTP in `api::agents`.
+
+mod directory;
+
+pub use directory::{Agents, Registered};
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Errors in a manifest: always the caller's fault.
+/// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// A field is missing or out of range; the message names it.
+    /// A manifest field is missing or out of range; the message names it.
     #[error("{0}")]
     Invalid(String),
+    /// The tenant has no agent with this id.
+    #[error("unknown agentId '{0}'")]
+    UnknownAgent(String),
+    /// The latest version of this name already has this exact manifest.
+    #[error("agent '{name}' is already registered with this manifest ({agent_id} version {version})")]
+    Duplicate {
+        name: String,
+        agent_id: String,
+        version: i64,
+    },
+    /// The caller may not register or use this agent.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// Stored agent rows contradict each other.
+    #[error("corrupt agent record: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Record(#[from] crate::recorder::RecordError),
 }
 
-/// An agent manifest as registered (seed 001 body plus `endpoint` and `owner`).
+impl crate::error::Classify for RegistryError {
+    fn class(&self) -> crate::error::Class {
+        use crate::error::Class;
+        match self {
+            RegistryError::Invalid(_) => Class::Invalid,
+            RegistryError::UnknownAgent(_) => Class::NotFound,
+            RegistryError::Duplicate { .. } => Class::Conflict,
+            RegistryError::Auth(e) => e.class(),
+            RegistryError::Corrupt(_) => Class::Internal,
+            RegistryError::Store(e) => e.class(),
+            RegistryError::Record(e) => e.class(),
+        }
+    }
+}
+
+/// An agent manifest as registered (the KLA Control Plane API's body plus `endpoint` and `owner`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Manifest {
@@ -115,7 +154,7 @@ mod tests {
             r#"{"name":"claims-triage","description":"Triages inbound insurance claims","model":"gpt-4.1",
                 "temperature":0.2,"tools":["lookup_policy","flag_for_review"]}"#,
         )
-        .expect("seed body parses")
+        .expect("the API's example body parses")
     }
 
     #[test]

@@ -1,26 +1,29 @@
 //! Agent registry rows: one `agents` row per (tenant, name) with a stable id, one `agent_versions` row per manifest.
+//! Both are part of the index derived from the ledger (written by `index_entries`, rebuilt by re-indexing).
 
 use super::{Result, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
-/// A version to register. The caller computes the hash and signature; the store decides version numbers.
-#[derive(Debug, Clone)]
-pub struct NewAgentVersion {
-    /// Tenant the agent belongs to.
+/// One registered agent version as the index stores it, rebuilt from its `agent.registered` ledger entry: the ledger
+/// is written first, so the store holds no registration the ledger does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentVersionRow {
     pub tenant: String,
-    /// Id to use if this name is new in the tenant.
-    pub candidate_id: String,
-    /// Agent name (unique per tenant).
+    /// Stable id (`agt_...`), the same for every version of one name in a tenant.
+    pub agent_id: String,
+    /// Unique per tenant.
     pub name: String,
-    /// Canonical JSON of the manifest.
+    /// 1-based.
+    pub version: i64,
+    /// The manifest in canonical (RFC 8785) form.
     pub manifest: String,
-    /// `sha256:<hex>` over the canonical manifest.
+    /// `sha256:<hex>` over `manifest`.
     pub manifest_hash: String,
-    /// kla's signature over the manifest hash.
+    /// kla's registry-key signature over the manifest hash.
     pub signature: String,
     /// Id of the key that made `signature`.
     pub key_id: String,
-    /// RFC 3339 registration time.
+    /// RFC 3339; the time of the ledger entry.
     pub registered_at: String,
 }
 
@@ -63,106 +66,23 @@ impl AgentRecord {
     }
 }
 
-/// What a registration did.
-#[derive(Debug, Clone)]
-pub enum RegisterOutcome {
-    /// A new agent or a new version was stored.
-    Created {
-        /// Stable agent id.
-        agent_id: String,
-        /// The version number stored.
-        version: i64,
-    },
-    /// The latest version already has this exact manifest.
-    Duplicate {
-        /// Stable agent id.
-        agent_id: String,
-        /// The existing version with the same manifest.
-        version: i64,
-    },
-}
-
 impl Store {
-    /// Registers a manifest: new name → new agent (v1); same name, new manifest → next version under the same id;
-    /// same name, same manifest as the latest version → `Duplicate`. Atomic.
-    pub async fn register_agent(&self, v: NewAgentVersion) -> Result<RegisterOutcome> {
-        self.write(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT agent_id FROM agents WHERE tenant = ?1 AND name = ?2",
-                    params![v.tenant, v.name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let (agent_id, version) = match existing {
-                None => {
-                    tx.execute(
-                        "INSERT INTO agents(tenant, agent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![v.tenant, v.candidate_id, v.name, v.registered_at],
-                    )?;
-                    (v.candidate_id.clone(), 1)
-                }
-                Some(agent_id) => {
-                    let (latest, hash): (i64, String) = tx.query_row(
-                        "SELECT version, manifest_hash FROM agent_versions
-                         WHERE tenant = ?1 AND agent_id = ?2 ORDER BY version DESC LIMIT 1",
-                        params![v.tenant, agent_id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?;
-                    if hash == v.manifest_hash {
-                        return Ok(RegisterOutcome::Duplicate {
-                            agent_id,
-                            version: latest,
-                        });
-                    }
-                    (agent_id, latest + 1)
-                }
-            };
-            tx.execute(
-                "INSERT INTO agent_versions(tenant, agent_id, version, manifest, manifest_hash, signature, key_id,
-                                            registered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    v.tenant,
-                    agent_id,
-                    version,
-                    v.manifest,
-                    v.manifest_hash,
-                    v.signature,
-                    v.key_id,
-                    v.registered_at
-                ],
-            )?;
-            tx.commit()?;
-            Ok(RegisterOutcome::Created { agent_id, version })
-        })
-        .await
-    }
-
-    /// Versions registered but not yet recorded in the ledger (after a crash between the two writes).
-    pub async fn agent_versions_without_lineage(&self) -> Result<Vec<(String, String, AgentVersionRecord)>> {
-        self.read(|c| {
-            let mut st = c.prepare(
-                "SELECT tenant, agent_id, version, manifest, manifest_hash, signature, key_id, registered_at
-                 FROM agent_versions WHERE lineage_id IS NULL ORDER BY registered_at",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    AgentVersionRecord {
-                        version: r.get(2)?,
-                        manifest: r.get(3)?,
-                        manifest_hash: r.get(4)?,
-                        signature: r.get(5)?,
-                        key_id: r.get(6)?,
-                        registered_at: r.get(7)?,
-                        lineage_id: None,
-                    },
-                ))
-            })?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    /// The newest version of the agent called `name` in a tenant: `(agent id, version, manifest hash)`.
+    pub async fn latest_agent_version(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<(String, i64, String)>> {
+        let (t, n) = (tenant.to_owned(), name.to_owned());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT a.agent_id, v.version, v.manifest_hash
+                 FROM agents a JOIN agent_versions v ON v.tenant = a.tenant AND v.agent_id = a.agent_id
+                 WHERE a.tenant = ?1 AND a.name = ?2 ORDER BY v.version DESC LIMIT 1",
+                params![t, n],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
         })
         .await
     }

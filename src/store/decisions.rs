@@ -1,6 +1,7 @@
 //! Decisions and the lineage index. Both are derived from the ledger (the source of truth) and can be rebuilt
-//! from it: `max_indexed_ledger_index` tells startup where to resume.
+//! from it: `lineage_count_and_max` tells startup where to resume.
 
+use super::agents::AgentVersionRow;
 use super::{Result, Store};
 use rusqlite::{OptionalExtension, params};
 
@@ -44,8 +45,27 @@ pub struct LineageRecord {
     pub execution_id: Option<String>,
     /// RFC 3339.
     pub created_at: String,
-    /// For `agent.registered` entries: the (agent id, version) the entry records.
-    pub agent_version: Option<(String, i64)>,
+}
+
+/// The index rows of one ledger entry, written in one transaction with the rest of its batch.
+#[derive(Debug, Clone)]
+pub struct IndexRows {
+    pub lineage: LineageRecord,
+    /// For decision entries.
+    pub decision: Option<DecisionRecord>,
+    /// For `agent.registered` entries: the version the entry registers.
+    pub agent: Option<AgentVersionRow>,
+}
+
+/// What selects a tenant's lineage entries besides their own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineageKey {
+    /// The one entry of a decision (`dec_...`).
+    Decision(String),
+    /// Every entry of a trace, in ledger order.
+    Trace(String),
+    /// Every entry of an execution, in ledger order.
+    Execution(String),
 }
 
 fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
@@ -58,7 +78,6 @@ fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
         trace_id: r.get(5)?,
         execution_id: r.get(6)?,
         created_at: r.get(7)?,
-        agent_version: None,
     })
 }
 
@@ -66,15 +85,11 @@ const LINEAGE_COLS: &str =
     "lineage_id, tenant, ledger_index, kind, decision_id, trace_id, execution_id, created_at";
 
 impl Store {
-    /// Indexes ledger entries (and the decisions among them) in one transaction. Idempotent: re-indexing an
-    /// entry already present is a no-op, so startup can replay the ledger tail safely.
-    pub async fn index_entries(
-        &self,
-        lineage: Vec<LineageRecord>,
-        decisions: Vec<DecisionRecord>,
-    ) -> Result<()> {
+    /// Indexes ledger entries (with the decisions and agent versions among them) in one transaction.
+    /// Idempotent: re-indexing an entry already present is a no-op, so startup can replay the ledger tail safely.
+    pub async fn index_entries(&self, rows: Vec<IndexRows>) -> Result<()> {
         // The index connection does not fsync its commits (see `Store`); the ledger is the durable record.
-        self.write_index(move |c| index_tx(c, &lineage, &decisions)).await
+        self.write_index(move |c| index_tx(c, &rows)).await
     }
 
     /// A decision of a tenant.
@@ -117,26 +132,20 @@ impl Store {
         .await
     }
 
-    /// Lineage entries of a tenant selected by decision, trace or execution id (at most `limit`).
+    /// Lineage entries of a tenant selected by `key` (at most `limit`).
     pub async fn find_lineage(
         &self,
         tenant: &str,
-        decision_id: Option<&str>,
-        trace_id: Option<&str>,
-        execution_id: Option<&str>,
+        key: &LineageKey,
         limit: usize,
     ) -> Result<Vec<LineageRecord>> {
-        let (t, d, tr, e) = (
-            tenant.to_owned(),
-            decision_id.map(str::to_owned),
-            trace_id.map(str::to_owned),
-            execution_id.map(str::to_owned),
-        );
+        let t = tenant.to_owned();
+        let key = key.clone();
         self.read(move |c| {
-            // One indexed lookup per selector (decision via its primary key, trace and execution via partial
-            // indexes); `(?2 IS NULL OR ...)` forms would scan the table.
-            let (sql, key) = match (d, tr, e) {
-                (Some(d), _, _) => (
+            // One indexed lookup per key (decision via its primary key, trace and execution via partial indexes);
+            // `(?2 IS NULL OR ...)` forms would scan the table.
+            let (sql, k) = match key {
+                LineageKey::Decision(d) => (
                     "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id,
                             l.execution_id, l.created_at
                      FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
@@ -144,24 +153,23 @@ impl Store {
                         .to_owned(),
                     d,
                 ),
-                (None, Some(t), _) => (
+                LineageKey::Trace(t) => (
                     format!(
                         "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND trace_id = ?2
                          ORDER BY ledger_index LIMIT ?3"
                     ),
                     t,
                 ),
-                (None, None, Some(e)) => (
+                LineageKey::Execution(e) => (
                     format!(
                         "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND execution_id = ?2
                          ORDER BY ledger_index LIMIT ?3"
                     ),
                     e,
                 ),
-                (None, None, None) => return Ok(Vec::new()),
             };
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(params![t, key, limit as i64], lineage_from_row)?;
+            let rows = st.query_map(params![t, k, limit as i64], lineage_from_row)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
         .await
@@ -169,16 +177,20 @@ impl Store {
 }
 
 impl Store {
-    /// Drops index rows for ledger entries at `size` and beyond (after `--ledger-repair=truncate` cut them), and
-    /// unlinks registrations whose ledger entry is gone so they are recorded again.
+    /// Drops index rows for ledger entries at `size` and beyond (after `--ledger-repair=truncate` cut them),
+    /// agent versions among them included.
     pub async fn truncate_index(&self, size: u64) -> Result<usize> {
         self.write_index(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut n = tx.execute("DELETE FROM lineage WHERE ledger_index >= ?1", [size as i64])?;
             n += tx.execute("DELETE FROM decisions WHERE ledger_index >= ?1", [size as i64])?;
+            n += tx.execute(
+                "DELETE FROM agent_versions WHERE lineage_id IS NULL OR lineage_id NOT IN (SELECT lineage_id FROM lineage)",
+                [],
+            )?;
             tx.execute(
-                "UPDATE agent_versions SET lineage_id = NULL
-                 WHERE lineage_id IS NOT NULL AND lineage_id NOT IN (SELECT lineage_id FROM lineage)",
+                "DELETE FROM agents WHERE NOT EXISTS
+                 (SELECT 1 FROM agent_versions v WHERE v.tenant = agents.tenant AND v.agent_id = agents.agent_id)",
                 [],
             )?;
             tx.commit()?;
@@ -200,27 +212,30 @@ impl Store {
     }
 }
 
-fn index_tx(
-    c: &mut rusqlite::Connection,
-    lineage: &[LineageRecord],
-    decisions: &[DecisionRecord],
-) -> Result<()> {
+fn index_tx(c: &mut rusqlite::Connection, rows: &[IndexRows]) -> Result<()> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut ins = tx.prepare_cached(
+        let mut lineage = tx.prepare_cached(
             "INSERT OR IGNORE INTO lineage(lineage_id, tenant, ledger_index, kind, decision_id, trace_id,
                                            execution_id, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let mut link = tx.prepare_cached(
-            "UPDATE agent_versions SET lineage_id = ?1
-             WHERE tenant = ?2 AND agent_id = ?3 AND version = ?4 AND lineage_id IS NULL",
+        let mut decision = tx.prepare_cached(
+            "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
+                                             ledger_index, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for l in lineage {
-            if let Some((agent_id, version)) = &l.agent_version {
-                link.execute(params![l.lineage_id, l.tenant, agent_id, version])?;
-            }
-            ins.execute(params![
+        let mut agent = tx.prepare_cached(
+            "INSERT OR IGNORE INTO agents(tenant, agent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut version = tx.prepare_cached(
+            "INSERT OR IGNORE INTO agent_versions(tenant, agent_id, version, manifest, manifest_hash, signature,
+                                                  key_id, registered_at, lineage_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for r in rows {
+            let l = &r.lineage;
+            lineage.execute(params![
                 l.lineage_id,
                 l.tenant,
                 l.ledger_index as i64,
@@ -230,23 +245,32 @@ fn index_tx(
                 l.execution_id,
                 l.created_at
             ])?;
-        }
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO decisions(decision_id, tenant, agent_id, action, decision, lineage_id,
-                                             ledger_index, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for d in decisions {
-            ins.execute(params![
-                d.decision_id,
-                d.tenant,
-                d.agent_id,
-                d.action,
-                d.decision,
-                d.lineage_id,
-                d.ledger_index as i64,
-                d.created_at
-            ])?;
+            if let Some(d) = &r.decision {
+                decision.execute(params![
+                    d.decision_id,
+                    d.tenant,
+                    d.agent_id,
+                    d.action,
+                    d.decision,
+                    d.lineage_id,
+                    d.ledger_index as i64,
+                    d.created_at
+                ])?;
+            }
+            if let Some(a) = &r.agent {
+                agent.execute(params![a.tenant, a.agent_id, a.name, a.registered_at])?;
+                version.execute(params![
+                    a.tenant,
+                    a.agent_id,
+                    a.version,
+                    a.manifest,
+                    a.manifest_hash,
+                    a.signature,
+                    a.key_id,
+                    a.registered_at,
+                    l.lineage_id
+                ])?;
+            }
         }
     }
     tx.commit()?;

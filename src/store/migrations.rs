@@ -77,6 +77,14 @@ const MIGRATIONS: &[&str] = &[
         raised_at   TEXT NOT NULL
     );
     "#,
+    // 4: agent registrations are written to the ledger first and indexed from it, like every other entry. A
+    //    version stored before its ledger entry (a crash between the two writes of the older order) was never
+    //    acknowledged to its caller: drop it, so every stored registration is one the ledger holds.
+    r#"
+    DELETE FROM agent_versions WHERE lineage_id IS NULL;
+    DELETE FROM agents WHERE NOT EXISTS
+        (SELECT 1 FROM agent_versions v WHERE v.tenant = agents.tenant AND v.agent_id = agents.agent_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -14,8 +14,8 @@ mod idempotency;
 mod migrations;
 mod packs;
 
-pub use agents::{AgentRecord, AgentVersionRecord, NewAgentVersion, RegisterOutcome};
-pub use decisions::{DecisionRecord, LineageRecord};
+pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
+pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineageRecord};
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 
 use parking_lot::Mutex;
@@ -44,6 +44,15 @@ pub enum StoreError {
         /// Highest version this binary knows.
         supported: i64,
     },
+}
+
+impl crate::error::Classify for StoreError {
+    fn class(&self) -> crate::error::Class {
+        match self {
+            StoreError::Sqlite(_) | StoreError::Task(_) => crate::error::Class::Unavailable,
+            StoreError::Corrupt(_) | StoreError::TooNew { .. } => crate::error::Class::Internal,
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -161,19 +170,6 @@ impl Store {
         self.write(|c| {
             c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
             Ok(())
-        })
-        .await
-    }
-
-    /// Reads a value from the key/value meta table.
-    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
-        let key = key.to_owned();
-        self.read(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(
-                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                    .optional()?,
-            )
         })
         .await
     }

@@ -288,12 +288,10 @@ async fn every_error_code_has_the_seed_shape() {
     s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&big))
         .await
         .assert_error(413, "invalid_request");
-    // 5xx internal_error: a real fault in the real store (a trigger that aborts inserts).
+    // 5xx internal_error: a real fault in the real store (the agents table a registration reads is gone).
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
-    )
-    .unwrap();
+    db.execute_batch("ALTER TABLE agents RENAME TO injected_fault;")
+        .unwrap();
     let r = s
         .send(
             s.req(Method::POST, "/v1/agents", &tok, T)
@@ -541,7 +539,7 @@ async fn a_failed_request_releases_its_idempotency_key() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Admin);
     let db = rusqlite::Connection::open(s.data_dir.join("kla.db")).unwrap();
-    db.execute_batch("CREATE TRIGGER fault BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'x'); END;")
+    db.execute_batch("ALTER TABLE agents RENAME TO injected_fault;")
         .unwrap();
     let post = || {
         s.req(Method::POST, "/v1/agents", &tok, T)
@@ -549,7 +547,8 @@ async fn a_failed_request_releases_its_idempotency_key() {
             .json(&agent_body("r"))
     };
     assert!(s.send(post()).await.status.is_server_error());
-    db.execute_batch("DROP TRIGGER fault;").unwrap();
+    db.execute_batch("ALTER TABLE injected_fault RENAME TO agents;")
+        .unwrap();
     let r = s.send(post()).await;
     assert_eq!(r.status, 201, "a retry after a 5xx does the work: {}", r.body);
 }

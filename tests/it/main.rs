@@ -6,3 +6,4 @@ mod foundation;
 mod harness;
 mod ledger;
 mod policy;
+mod reindex;

@@ -1,0 +1,248 @@
+//! The governed action: one function that every entry point calls to decide an agent's action (the REST API's
+//! `decisions.evaluate` now; the tool-call proxy and executions next), so the rules of deciding live in one place.
+//!
+//! A call runs through named phases over one per-call context ([`Call`]):
+//!
+//! 1. **accept**: the caller may ask for decisions (role) and the request is well formed ([`Decider::accept`],
+//!    before the body is read, so a caller without permission learns nothing from its body);
+//! 2. **classify**: the agent is looked up in the caller's tenant, a token bound to an agent acts only as that
+//!    agent, and the policy input document is built;
+//! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
+//! 4. **redact**: what will be recorded passes the [`Redactor`] (the policy saw the values as given);
+//! 5. **record**: the decision entry is appended to the ledger and is durable before anyone is answered;
+//! 6. **hold**: the point where a `require_approval` decision becomes a pending approval on the Decision Desk.
+//!
+//! This module knows no HTTP: entry points parse their own wire format into an [`ActionRequest`] and render
+//! [`Decided`] or a classified [`DecideError`] in their own.
+
+use crate::auth::{AuthError, Caller, Role};
+use crate::error::{Class, Classify};
+use crate::policy::{AgentRef, Decision, EvalInput, PolicyManager};
+use crate::recorder::{DecisionBody, DecisionEntry, Record, RecordError, Recorder};
+use crate::redact::Redactor;
+use crate::registry::{Agents, RegistryError};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// Why a decision could not be made. Whatever the class, the caller must treat it as `block`.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// A request field is malformed; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The decision could not be made durable, so it was not made.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+impl Classify for DecideError {
+    fn class(&self) -> Class {
+        match self {
+            DecideError::Invalid(_) => Class::Invalid,
+            DecideError::Auth(e) => e.class(),
+            DecideError::Registry(e) => e.class(),
+            DecideError::Record(e) => match e.class() {
+                // Whatever failed, no decision exists: the client may retry (an idempotency key makes that safe).
+                Class::Internal => Class::Unavailable,
+                c => c,
+            },
+        }
+    }
+}
+
+/// An action an agent asks to perform, as every entry point hands it in.
+#[derive(Debug, Clone)]
+pub struct ActionRequest {
+    pub agent_id: String,
+    pub action: String,
+    pub context: Map<String, Value>,
+    /// The tool description, when the action is a tool call.
+    pub tool: Option<Value>,
+    pub execution_id: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// Proof that the accept phase passed for this caller.
+pub struct Accepted<'a> {
+    caller: &'a Caller,
+}
+
+/// A decision made and recorded.
+#[derive(Debug)]
+pub struct Decided {
+    /// `dec_...`.
+    pub decision_id: String,
+    pub decision: Decision,
+    /// The agent as the policy saw it.
+    pub agent: Arc<AgentRef>,
+    /// Of the decision's ledger entry.
+    pub lineage_id: String,
+    pub ledger_index: u64,
+}
+
+/// The per-call context, built by classify and read by every later phase.
+struct Call<'a> {
+    caller: &'a Caller,
+    agent: Arc<AgentRef>,
+    input: EvalInput,
+    execution_id: Option<String>,
+    trace_id: Option<String>,
+}
+
+/// Decides actions. Built once by `app`, shared by every entry point.
+pub struct Decider {
+    policy: Arc<PolicyManager>,
+    recorder: Recorder,
+    agents: Arc<Agents>,
+    redactor: Redactor,
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), DecideError> {
+    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+        return Err(DecideError::Invalid(format!(
+            "field '{field}' must be 1-256 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Decider {
+    /// A decider over the active policy, the recorder and the agent directory.
+    pub fn new(
+        policy: Arc<PolicyManager>,
+        recorder: Recorder,
+        agents: Arc<Agents>,
+        redactor: Redactor,
+    ) -> Self {
+        Decider {
+            policy,
+            recorder,
+            agents,
+            redactor,
+        }
+    }
+
+    /// Phase **accept**, part one: whether this caller may ask for decisions at all.
+    pub fn accept<'a>(&self, caller: &'a Caller) -> Result<Accepted<'a>, DecideError> {
+        caller.require(&[Role::Agent, Role::Admin])?;
+        Ok(Accepted { caller })
+    }
+
+    /// Decides and records one action for an accepted caller.
+    pub async fn decide(&self, accepted: Accepted<'_>, req: ActionRequest) -> Result<Decided, DecideError> {
+        validate(&req)?;
+        let call = self.classify(accepted.caller, req).await?;
+        let decision = self.evaluate(&call);
+        let recorded = self.record(&call, &decision).await?;
+        Ok(Self::hold(call, decision, recorded))
+    }
+
+    /// Phase **classify**: the agent in the caller's tenant, the caller's binding to it, and the policy input.
+    async fn classify<'a>(&self, caller: &'a Caller, r: ActionRequest) -> Result<Call<'a>, DecideError> {
+        let agent = self.agents.get(&caller.tenant, &r.agent_id).await?;
+        caller.require_agent(Some(&agent.id), &agent.name)?;
+        let input = EvalInput {
+            agent: AgentRef::clone(&agent),
+            action: r.action,
+            context: Value::Object(r.context),
+            tool: r.tool,
+            execution: r.execution_id.as_ref().map(|id| json!({ "id": id })),
+            principal: json!({"subject": &*caller.principal.subject, "role": caller.principal.role.as_str()}),
+            tenant: caller.tenant.to_string(),
+            now: crate::time::now_rfc3339(),
+        };
+        Ok(Call {
+            caller,
+            agent,
+            input,
+            execution_id: r.execution_id,
+            trace_id: r.trace_id,
+        })
+    }
+
+    /// Phase **evaluate**: pure, never fails (failures are a fail-closed `block` with the reason in `error`).
+    fn evaluate(&self, call: &Call<'_>) -> Decision {
+        let d = self.policy.evaluate(&call.input);
+        if let Some(err) = &d.error {
+            tracing::warn!(error = %err, reason = ?d.reason_codes, action = %call.input.action, "policy failed closed");
+        }
+        d
+    }
+
+    /// Phases **redact** and **record**: the entry holds the redacted context and tool, and is durable on return.
+    async fn record(&self, call: &Call<'_>, d: &Decision) -> Result<Recorded, DecideError> {
+        let input = &call.input;
+        let context = self.redactor.value(&input.context);
+        let tool = input.tool.as_ref().map(|t| self.redactor.value(t));
+        let decision_id = crate::time::sortable_id("dec_");
+        let caller = call.caller;
+        let body = DecisionBody {
+            decision_id: &decision_id,
+            agent: &input.agent,
+            action: &input.action,
+            context: &context,
+            tool: tool.as_deref(),
+            execution_id: call.execution_id.as_deref(),
+            trace_id: call.trace_id.as_deref(),
+            subject: &caller.principal.subject,
+            role: caller.principal.role.as_str(),
+            decision: d,
+        }
+        .encode()?;
+        let rec = self
+            .recorder
+            .record(Record::Decision(DecisionEntry {
+                tenant: caller.tenant.to_string(),
+                decision_id: decision_id.clone(),
+                agent_id: call.agent.id.clone(),
+                action: input.action.clone(),
+                outcome: d.outcome,
+                trace_id: call.trace_id.clone(),
+                execution_id: call.execution_id.clone(),
+                body,
+            }))
+            .await?;
+        Ok(Recorded {
+            decision_id,
+            lineage_id: rec.lineage_id,
+            ledger_index: rec.ledger_index,
+        })
+    }
+
+    /// Phase **hold**: a recorded `require_approval` decision is where the Decision Desk takes over (an approval
+    /// bound to this exact action); until it exists the decision is answered as recorded, with
+    /// `requiresDeskApproval: true`, and the caller must not act.
+    fn hold(call: Call<'_>, decision: Decision, recorded: Recorded) -> Decided {
+        Decided {
+            decision_id: recorded.decision_id,
+            decision,
+            agent: call.agent,
+            lineage_id: recorded.lineage_id,
+            ledger_index: recorded.ledger_index,
+        }
+    }
+}
+
+/// Phase **accept**, part two: the request's fields are well formed.
+fn validate(r: &ActionRequest) -> Result<(), DecideError> {
+    check_id("agentId", &r.agent_id)?;
+    check_id("action", &r.action)?;
+    if let Some(e) = &r.execution_id {
+        check_id("executionId", e)?;
+    }
+    if let Some(t) = &r.trace_id {
+        check_id("traceId", t)?;
+    }
+    Ok(())
+}
+
+/// What the record phase hands to the hold phase.
+struct Recorded {
+    decision_id: String,
+    lineage_id: String,
+    ledger_index: u64,
+}

@@ -1,0 +1,397 @@
+//! What kla records: one [`Record`] variant per entry kind, each knowing its kind string, its tenant, its canonical
+//! body, the index rows it produces and whether its caller waits for them. Kind strings live here and nowhere else.
+//!
+//! Index rows come from two places that must agree: the typed record on the live path (no decoding on a
+//! decision's hot path) and the decoded ledger entry when re-indexing ([`keys_of_entry`]). A test checks that
+//! both give the same rows for every kind.
+
+use super::RecordError;
+use crate::ledger::{Entry, LedgerError};
+use crate::policy::{Outcome, PolicyEvent};
+use crate::store::{AgentVersionRow, DecisionRecord, IndexRows, LineageRecord};
+use serde_json::{Value, json};
+
+/// Entry kind strings, as they appear in the ledger.
+pub mod kind {
+    /// A policy decision.
+    pub const DECISION: &str = "decision";
+    /// A new agent or a new version of one.
+    pub const AGENT_REGISTERED: &str = "agent.registered";
+    /// A policy set became active.
+    pub const POLICY_ACTIVATED: &str = "policy.activated";
+    /// A pack was refused (the previous set stays active).
+    pub const POLICY_REFUSED: &str = "policy.refused";
+}
+
+/// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
+pub const SYSTEM_TENANT: &str = "_system";
+
+/// A decision to record: its index keys and its canonical ledger body ([`super::DecisionBody::encode`]).
+pub struct DecisionEntry {
+    pub tenant: String,
+    /// `dec_...`.
+    pub decision_id: String,
+    pub agent_id: String,
+    pub action: String,
+    pub outcome: Outcome,
+    pub trace_id: Option<String>,
+    pub execution_id: Option<String>,
+    /// The canonical ledger body: input, matched rules, pack digests, outcome (moved into the entry).
+    pub body: Vec<u8>,
+}
+
+/// An agent version to record. The registrar assigns the id and version number before the entry is written.
+pub struct Registration {
+    pub tenant: String,
+    pub agent_id: String,
+    pub name: String,
+    pub version: i64,
+    /// The manifest in canonical (RFC 8785) form.
+    pub manifest: String,
+    pub manifest_hash: String,
+    pub signature: String,
+    pub signature_key_id: String,
+}
+
+/// One thing to record.
+pub enum Record {
+    /// A decision; answered once durable, without waiting for its index rows.
+    Decision(DecisionEntry),
+    /// An agent registration; its caller waits for the index, so the next registration sees it.
+    AgentRegistered(Registration),
+    /// A policy activation or refusal (the manager's audit hook); a system entry.
+    Policy(PolicyEvent),
+}
+
+/// An entry body: bytes already in canonical form, or a JSON value the ledger encodes.
+pub(super) enum Body {
+    Canonical(Vec<u8>),
+    Value(Value),
+}
+
+/// What an entry's index rows need beyond its header (lineage id, tenant, kind, time, position).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Keys {
+    None,
+    Decision {
+        decision_id: String,
+        agent_id: String,
+        action: String,
+        outcome: String,
+        trace_id: Option<String>,
+        execution_id: Option<String>,
+    },
+    Agent {
+        agent_id: String,
+        name: String,
+        version: i64,
+        manifest: String,
+        manifest_hash: String,
+        signature: String,
+        key_id: String,
+    },
+}
+
+impl Record {
+    /// The entry kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Decision(_) => kind::DECISION,
+            Record::AgentRegistered(_) => kind::AGENT_REGISTERED,
+            Record::Policy(PolicyEvent::Activated { .. }) => kind::POLICY_ACTIVATED,
+            Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
+        }
+    }
+
+    /// The tenant the entry belongs to ([`SYSTEM_TENANT`] for policy events).
+    pub fn tenant(&self) -> &str {
+        match self {
+            Record::Decision(d) => &d.tenant,
+            Record::AgentRegistered(r) => &r.tenant,
+            Record::Policy(_) => SYSTEM_TENANT,
+        }
+    }
+
+    /// Whether recording waits until the entry's index rows are committed. Decisions do not (the index is off
+    /// their answer path; reads pass the index barrier instead); registrations do, because the next
+    /// registration of the same name reads the newest version from the index.
+    pub fn waits_for_index(&self) -> bool {
+        !matches!(self, Record::Decision(_))
+    }
+
+    /// The body and index keys.
+    pub(super) fn into_parts(self) -> Result<(Body, Keys), RecordError> {
+        Ok(match self {
+            Record::Decision(d) => (
+                Body::Canonical(d.body),
+                Keys::Decision {
+                    decision_id: d.decision_id,
+                    agent_id: d.agent_id,
+                    action: d.action,
+                    outcome: d.outcome.as_str().to_owned(),
+                    trace_id: d.trace_id,
+                    execution_id: d.execution_id,
+                },
+            ),
+            Record::AgentRegistered(r) => {
+                let manifest: Value = serde_json::from_str(&r.manifest)
+                    .map_err(|e| LedgerError::InvalidEntry(format!("manifest: {e}")))?;
+                let body = json!({
+                    "agentId": r.agent_id,
+                    "version": r.version,
+                    "manifest": manifest,
+                    "manifestHash": r.manifest_hash,
+                    "signature": r.signature,
+                    "signatureKeyId": r.signature_key_id,
+                });
+                (
+                    Body::Value(body),
+                    Keys::Agent {
+                        agent_id: r.agent_id,
+                        name: r.name,
+                        version: r.version,
+                        manifest: r.manifest,
+                        manifest_hash: r.manifest_hash,
+                        signature: r.signature,
+                        key_id: r.signature_key_id,
+                    },
+                )
+            }
+            Record::Policy(ev) => (
+                Body::Value(serde_json::to_value(&ev).map_err(|e| LedgerError::InvalidEntry(e.to_string()))?),
+                Keys::None,
+            ),
+        })
+    }
+}
+
+fn str_field(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The index keys of a decoded entry (re-indexing and index retries): the same as its record gave when it was
+/// written. An entry whose body lacks what its kind needs is indexed by its lineage row only.
+pub(super) fn keys_of_entry(e: &Entry) -> Keys {
+    let b = &e.body;
+    let keys = match e.kind.as_str() {
+        kind::DECISION => (|| {
+            Some(Keys::Decision {
+                decision_id: str_field(b, "decisionId")?,
+                agent_id: b
+                    .get("agent")
+                    .and_then(|a| str_field(a, "id"))
+                    .unwrap_or_default(),
+                action: str_field(b, "action").unwrap_or_default(),
+                outcome: str_field(b, "decision").unwrap_or_default(),
+                trace_id: str_field(b, "traceId"),
+                execution_id: str_field(b, "executionId"),
+            })
+        })(),
+        kind::AGENT_REGISTERED => (|| {
+            let manifest = b.get("manifest")?;
+            Some(Keys::Agent {
+                agent_id: str_field(b, "agentId")?,
+                name: str_field(manifest, "name")?,
+                version: b.get("version")?.as_i64()?,
+                manifest: serde_json_canonicalizer::to_string(manifest).ok()?,
+                manifest_hash: str_field(b, "manifestHash")?,
+                signature: str_field(b, "signature")?,
+                key_id: str_field(b, "signatureKeyId")?,
+            })
+        })(),
+        _ => None,
+    };
+    keys.unwrap_or(Keys::None)
+}
+
+/// The header fields of an entry that its index rows repeat.
+pub(super) struct Header<'a> {
+    pub lineage_id: &'a str,
+    pub tenant: &'a str,
+    pub kind: &'a str,
+    pub time: &'a str,
+}
+
+/// The index rows of one entry at `ledger_index`.
+pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> IndexRows {
+    let mut lineage = LineageRecord {
+        lineage_id: h.lineage_id.to_owned(),
+        tenant: h.tenant.to_owned(),
+        ledger_index,
+        kind: h.kind.to_owned(),
+        decision_id: None,
+        trace_id: None,
+        execution_id: None,
+        created_at: h.time.to_owned(),
+    };
+    let (mut decision, mut agent) = (None, None);
+    match keys {
+        Keys::None => {}
+        Keys::Decision {
+            decision_id,
+            agent_id,
+            action,
+            outcome,
+            trace_id,
+            execution_id,
+        } => {
+            lineage.decision_id = Some(decision_id.clone());
+            lineage.trace_id = trace_id;
+            lineage.execution_id = execution_id;
+            decision = Some(DecisionRecord {
+                decision_id,
+                tenant: h.tenant.to_owned(),
+                agent_id,
+                action,
+                decision: outcome,
+                lineage_id: h.lineage_id.to_owned(),
+                ledger_index,
+                created_at: h.time.to_owned(),
+            });
+        }
+        Keys::Agent {
+            agent_id,
+            name,
+            version,
+            manifest,
+            manifest_hash,
+            signature,
+            key_id,
+        } => {
+            agent = Some(AgentVersionRow {
+                tenant: h.tenant.to_owned(),
+                agent_id,
+                name,
+                version,
+                manifest,
+                manifest_hash,
+                signature,
+                key_id,
+                registered_at: h.time.to_owned(),
+            });
+        }
+    }
+    IndexRows {
+        lineage,
+        decision,
+        agent,
+    }
+}
+
+/// The index rows of a stored entry (re-indexing and retries).
+pub(super) fn rows_of_entry(bytes: &[u8], ledger_index: u64) -> Result<IndexRows, RecordError> {
+    let e = Entry::decode(bytes)?;
+    let header = Header {
+        lineage_id: &e.lineage_id,
+        tenant: &e.tenant,
+        kind: &e.kind,
+        time: &e.time,
+    };
+    Ok(index_rows(&header, ledger_index, keys_of_entry(&e)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::ledger::entry::ENTRY_VERSION;
+    use crate::policy::{Outcome, PolicyEvent};
+    use crate::recorder::DecisionBody;
+
+    /// Encodes a record as the recorder does and decodes it as re-indexing does.
+    fn round_trip(r: Record) -> (Keys, Keys, &'static str) {
+        let kind = r.kind();
+        let tenant = r.tenant().to_owned();
+        let (body, keys) = r.into_parts().expect("parts");
+        let bytes = match body {
+            Body::Canonical(b) => Entry::encode_with_body(
+                ENTRY_VERSION,
+                kind,
+                "lr_1",
+                &tenant,
+                "2026-12-01T00:00:00.000Z",
+                &b,
+            ),
+            Body::Value(body) => Entry {
+                v: ENTRY_VERSION,
+                kind: kind.to_owned(),
+                lineage_id: "lr_1".into(),
+                tenant,
+                time: "2026-12-01T00:00:00.000Z".into(),
+                body,
+            }
+            .encode()
+            .expect("encode"),
+        };
+        let back = keys_of_entry(&Entry::decode(&bytes).expect("decode"));
+        (keys, back, kind)
+    }
+
+    #[test]
+    fn every_kind_indexes_the_same_from_its_record_and_from_its_ledger_entry() {
+        let agent = crate::policy::AgentRef {
+            id: "agt_1".into(),
+            name: "claims".into(),
+            version: Some("2".into()),
+            manifest_hash: Some("sha256:00".into()),
+        };
+        let decision = crate::policy::Decision::fail_closed("POLICY_ERROR", None, Vec::new());
+        let context = json!({"amount": 5});
+        let body = DecisionBody {
+            decision_id: "dec_1",
+            agent: &agent,
+            action: "pay",
+            context: &context,
+            tool: None,
+            execution_id: Some("exec_1"),
+            trace_id: Some("trace_1"),
+            subject: "s",
+            role: "agent",
+            decision: &decision,
+        }
+        .encode()
+        .expect("body");
+        let records = [
+            Record::Decision(DecisionEntry {
+                tenant: "acme".into(),
+                decision_id: "dec_1".into(),
+                agent_id: "agt_1".into(),
+                action: "pay".into(),
+                outcome: Outcome::Block,
+                trace_id: Some("trace_1".into()),
+                execution_id: Some("exec_1".into()),
+                body,
+            }),
+            Record::AgentRegistered(Registration {
+                tenant: "acme".into(),
+                agent_id: "agt_1".into(),
+                name: "claims".into(),
+                version: 2,
+                manifest: r#"{"name":"claims","tools":["a","b"]}"#.into(),
+                manifest_hash: "sha256:00".into(),
+                signature: "ed25519:x".into(),
+                signature_key_id: "ed25519:k".into(),
+            }),
+            Record::Policy(PolicyEvent::Activated { packs: Vec::new() }),
+            Record::Policy(PolicyEvent::Refused {
+                source: "p".into(),
+                reason: "r".into(),
+            }),
+        ];
+        let mut kinds = Vec::new();
+        for r in records {
+            let (live, replayed, kind) = round_trip(r);
+            assert_eq!(live, replayed, "{kind}");
+            kinds.push(kind);
+        }
+        assert_eq!(
+            kinds,
+            [
+                kind::DECISION,
+                kind::AGENT_REGISTERED,
+                kind::POLICY_ACTIVATED,
+                kind::POLICY_REFUSED
+            ]
+        );
+    }
+}

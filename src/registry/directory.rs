@@ -1,0 +1,210 @@
+//! The agent directory: registering agents (ledger first, like every record) and looking them up, for every entry
+//! point that names an agent (decisions now; the proxy and executions next).
+//!
+//! A registration assigns the agent id and version number, records an `agent.registered` entry, and waits for its
+//! index rows, all under a lock on the (tenant, name), so two registrations of one name cannot take the same
+//! version. The store's agent tables are derived from those entries (`recorder::record`), and lookups on the
+//! decision path go through a short-lived cache. Knows no HTTP and no SQL.
+
+use super::{Manifest, RegistryError, manifest_hash, new_agent_id, sign_hash};
+use crate::auth::Caller;
+use crate::auth::keys::KeyFile;
+use crate::policy::AgentRef;
+use crate::recorder::{Record, Recorder, Registration};
+use crate::store::{AgentRecord, Store};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a cached agent is trusted before it is read again (another replica may have registered a version).
+const AGENT_TTL: Duration = Duration::from_secs(5);
+/// Most agents cached; the cache is cleared when full (it refills from the store).
+const CACHE_MAX: usize = 100_000;
+/// Registration locks, striped by (tenant, name).
+const STRIPES: usize = 64;
+
+/// (tenant, agent id).
+type AgentKey = (Arc<str>, Box<str>);
+
+/// A new registration as answered to its caller.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub agent_id: String,
+    pub version: i64,
+    pub manifest_hash: String,
+    pub signature: String,
+    pub signature_key_id: String,
+    /// The time of the ledger entry.
+    pub registered_at: String,
+    pub lineage_id: String,
+}
+
+/// The newest version of one name, as this process last registered it.
+#[derive(Clone)]
+struct Latest {
+    agent_id: String,
+    version: i64,
+    manifest_hash: String,
+}
+
+/// Registers and looks up agents. Cheap to share behind an `Arc`.
+pub struct Agents {
+    store: Store,
+    recorder: Recorder,
+    key: KeyFile,
+    cache: RwLock<HashMap<AgentKey, (Arc<AgentRef>, Instant)>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: RandomState,
+    /// What this process registered, per (tenant, name): a registration takes the newer of this and the index,
+    /// so a version is never reused even while an index commit is being retried.
+    latest: Mutex<HashMap<(String, String), Latest>>,
+}
+
+impl Agents {
+    /// A directory over `store`, recording through `recorder`, signing manifests with `key`.
+    pub fn new(store: Store, recorder: Recorder, key: KeyFile) -> Agents {
+        Agents {
+            store,
+            recorder,
+            key,
+            cache: RwLock::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            latest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agent's latest version, from cache or store; [`RegistryError::UnknownAgent`] for an id the tenant does
+    /// not have.
+    pub async fn get(&self, tenant: &Arc<str>, agent_id: &str) -> Result<Arc<AgentRef>, RegistryError> {
+        let key = (tenant.clone(), Box::<str>::from(agent_id));
+        if let Some((a, at)) = self.cache.read().get(&key)
+            && at.elapsed() < AGENT_TTL
+        {
+            return Ok(a.clone());
+        }
+        let rec = self
+            .store
+            .get_agent(tenant, agent_id)
+            .await?
+            .ok_or_else(|| RegistryError::UnknownAgent(agent_id.to_owned()))?;
+        let latest = rec
+            .latest()
+            .ok_or_else(|| RegistryError::Corrupt(format!("agent {agent_id} has no versions")))?;
+        let a = Arc::new(AgentRef {
+            id: rec.agent_id.clone(),
+            name: rec.name.clone(),
+            version: Some(latest.version.to_string()),
+            manifest_hash: Some(latest.manifest_hash.clone()),
+        });
+        let mut cache = self.cache.write();
+        if cache.len() > CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (a.clone(), Instant::now()));
+        Ok(a)
+    }
+
+    /// One agent of a tenant with every version.
+    pub async fn record(&self, tenant: &str, agent_id: &str) -> Result<AgentRecord, RegistryError> {
+        self.store
+            .get_agent(tenant, agent_id)
+            .await?
+            .ok_or_else(|| RegistryError::UnknownAgent(agent_id.to_owned()))
+    }
+
+    /// Every agent of a tenant, by name.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<AgentRecord>, RegistryError> {
+        Ok(self.store.list_agents(tenant).await?)
+    }
+
+    /// Registers `manifest` for the caller's tenant: a new name is a new agent (version 1); a known name with a
+    /// changed manifest is the next version under the same id; the latest manifest again is
+    /// [`RegistryError::Duplicate`]. Answers once the entry is durable and indexed.
+    pub async fn register(&self, caller: &Caller, manifest: Manifest) -> Result<Registered, RegistryError> {
+        manifest.validate()?;
+        caller.require_agent(None, &manifest.name)?;
+        let canonical = manifest.canonical()?;
+        let hash = manifest_hash(&canonical);
+        let tenant = caller.tenant.to_string();
+        let name = manifest.name.clone();
+        let _lock = self.stripe(&tenant, &name).lock().await;
+        let stored = {
+            self.recorder.index_barrier().await;
+            self.store.latest_agent_version(&tenant, &name).await?
+        };
+        let remembered = self.latest.lock().get(&(tenant.clone(), name.clone())).cloned();
+        let newest = match (stored, remembered) {
+            (Some((agent_id, version, manifest_hash)), Some(r)) if r.version <= version => Some(Latest {
+                agent_id,
+                version,
+                manifest_hash,
+            }),
+            (_, Some(r)) => Some(r),
+            (Some((agent_id, version, manifest_hash)), None) => Some(Latest {
+                agent_id,
+                version,
+                manifest_hash,
+            }),
+            (None, None) => None,
+        };
+        let (agent_id, version) = match newest {
+            Some(l) if l.manifest_hash == hash => {
+                return Err(RegistryError::Duplicate {
+                    name,
+                    agent_id: l.agent_id,
+                    version: l.version,
+                });
+            }
+            Some(l) => (l.agent_id, l.version + 1),
+            None => (new_agent_id(), 1),
+        };
+        let signature = sign_hash(&self.key.signing, &hash);
+        let key_id = self.key.key_id();
+        let rec = self
+            .recorder
+            .record(Record::AgentRegistered(Registration {
+                tenant: tenant.clone(),
+                agent_id: agent_id.clone(),
+                name: name.clone(),
+                version,
+                manifest: canonical,
+                manifest_hash: hash.clone(),
+                signature: signature.clone(),
+                signature_key_id: key_id.clone(),
+            }))
+            .await?;
+        self.latest.lock().insert(
+            (tenant, name),
+            Latest {
+                agent_id: agent_id.clone(),
+                version,
+                manifest_hash: hash.clone(),
+            },
+        );
+        self.forget(&caller.tenant, &agent_id);
+        tracing::info!(tenant = %caller.tenant, agent_id, version, "agent registered");
+        Ok(Registered {
+            agent_id,
+            version,
+            manifest_hash: hash,
+            signature,
+            signature_key_id: key_id,
+            registered_at: rec.time,
+            lineage_id: rec.lineage_id,
+        })
+    }
+
+    /// Drops a cached agent (after a new version is registered here).
+    fn forget(&self, tenant: &Arc<str>, agent_id: &str) {
+        self.cache
+            .write()
+            .remove(&(tenant.clone(), Box::<str>::from(agent_id)));
+    }
+
+    fn stripe(&self, tenant: &str, name: &str) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(self.hasher.hash_one((tenant, name)) as usize) % STRIPES]
+    }
+}
