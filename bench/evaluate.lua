@@ -1,4 +1,4 @@
--- wrk script: POST /v1/decisions.evaluate (the seed's body) with TOKEN, TENANT and AGENT from the environment.
+-- wrk script: POST /v1/decisions.evaluate (the KLA Control Plane API's example body) with TOKEN, TENANT and AGENT from the environment.
 function init(args)
   wrk.method = "POST"
   wrk.path = "/v1/decisions.evaluate"
