@@ -13,19 +13,16 @@ pub struct DecisionBody<'a> {
     pub decision_id: &'a str,
     /// The agent as the policy saw it.
     pub agent: &'a AgentRef,
-    /// Action evaluated.
     pub action: &'a str,
     /// The caller's context object.
     pub context: &'a Value,
     /// The caller's tool description, if any.
     pub tool: Option<&'a Value>,
-    /// Optional execution id.
     pub execution_id: Option<&'a str>,
-    /// Optional trace id.
     pub trace_id: Option<&'a str>,
     /// Token subject of the caller.
     pub subject: &'a str,
-    /// Role of the caller.
+    /// The caller's role.
     pub role: &'a str,
     /// What the policy decided.
     pub decision: &'a Decision,

@@ -10,13 +10,11 @@ use rusqlite::{OptionalExtension, params};
 pub struct DecisionRecord {
     /// `dec_...`.
     pub decision_id: String,
-    /// Tenant.
     pub tenant: String,
     /// Agent the decision was for.
     pub agent_id: String,
-    /// Action evaluated.
     pub action: String,
-    /// Outcome string.
+    /// `allow`, `warn`, `require_approval` or `block`.
     pub decision: String,
     /// Lineage id of its ledger entry.
     pub lineage_id: String,
@@ -33,15 +31,12 @@ pub struct LineageRecord {
     pub lineage_id: String,
     /// Tenant that owns the entry.
     pub tenant: String,
-    /// Position in the ledger.
     pub ledger_index: u64,
-    /// Entry kind.
+    /// See `recorder::kind`.
     pub kind: String,
-    /// Decision id, for decision entries.
+    /// For decision entries.
     pub decision_id: Option<String>,
-    /// Trace id, when known.
     pub trace_id: Option<String>,
-    /// Execution id, when known.
     pub execution_id: Option<String>,
     /// RFC 3339.
     pub created_at: String,
