@@ -19,12 +19,14 @@ async fn tenants_are_isolated() {
             .json(&agent_body("x")),
     )
     .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let id = r.body["agentId"].as_str().unwrap().to_owned();
     // B cannot see A's agent, by id or in a list.
     send(s.req(Method::GET, &format!("/v1/agents/{id}"), &b, "tenant-b"))
         .await
         .assert_error(404, "not_found");
     let list = send(s.req(Method::GET, "/v1/agents", &b, "tenant-b")).await;
+    assert_eq!(list.status, 200, "{}", list.body);
     assert_eq!(list.body["agents"], json!([]));
     // B's token naming tenant A is refused.
     send(s.req(Method::GET, "/v1/agents", &b, "tenant-a"))
@@ -38,14 +40,18 @@ async fn tenants_are_isolated() {
     .await;
     assert_eq!(rb.status, 201);
     assert_ne!(rb.body["agentId"], r.body["agentId"]);
-    // A token listing both tenants works in both.
+    // A token listing both tenants works in both, and sees in each only that tenant's agent.
     let both = token_for(&s.data_dir, &["tenant-a", "tenant-b"], Role::Auditor);
-    assert_eq!(
-        send(s.req(Method::GET, &format!("/v1/agents/{id}"), &both, "tenant-a"))
-            .await
-            .status,
-        200
-    );
+    let one = send(s.req(Method::GET, &format!("/v1/agents/{id}"), &both, "tenant-a")).await;
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(one.body["agentId"], id.as_str());
+    for (tenant, agent) in [("tenant-a", &r), ("tenant-b", &rb)] {
+        let list = send(s.req(Method::GET, "/v1/agents", &both, tenant)).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        let agents = list.body["agents"].as_array().unwrap();
+        assert_eq!(agents.len(), 1, "{tenant}: {}", list.body);
+        assert_eq!(agents[0]["agentId"], agent.body["agentId"], "{tenant}");
+    }
 }
 
 #[tokio::test]

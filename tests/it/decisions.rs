@@ -21,20 +21,48 @@ async fn decisions_are_stored_idempotent_and_validated() {
             .json(&body)
     };
     let first = send(post("e-1")).await;
-    assert_eq!(first.status, 200);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["decision"], "block");
+    assert_eq!(first.body["reasonCodes"], json!(["DESTRUCTIVE_ACTION"]));
     let again = send(post("e-1")).await;
+    assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(
         again.body["decisionId"], first.body["decisionId"],
         "one decision, not two"
     );
+    assert_eq!(again.body, first.body, "the replay is the original answer");
     let id = first.body["decisionId"].as_str().unwrap();
     let stored = send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T)).await;
-    assert_eq!(stored.status, 200);
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.body["decisionId"], id);
     assert_eq!(stored.body["decision"], "block");
     assert_eq!(stored.body["lineageId"], first.body["lineageId"]);
+    assert_eq!(stored.body["ledgerIndex"], first.body["ledgerIndex"]);
+    assert!(stored.body["createdAt"].is_string(), "{}", stored.body);
+    assert_eq!(stored.body["action"], "delete_customer");
     assert_eq!(stored.body["context"], json!({"id": 1}));
     assert_eq!(stored.body["traceId"], "t-1");
+    assert_eq!(stored.body["agent"]["id"], agent.as_str());
+    assert_eq!(stored.body["agent"]["name"], "x");
+    assert!(
+        stored.body["agent"]["manifestHash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{}",
+        stored.body
+    );
+    assert_eq!(stored.body["principal"]["role"], "agent");
+    // Recorded as answered.
+    for field in [
+        "reasonCodes",
+        "requiresDeskApproval",
+        "wouldDecide",
+        "matchedRules",
+        "policy",
+    ] {
+        assert_eq!(stored.body[field], first.body[field], "{field}: {}", stored.body);
+    }
     // Other tenants cannot read it.
     let other = s.token("other", Role::Admin);
     send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &other, "other"))
@@ -60,6 +88,7 @@ async fn decisions_are_stored_idempotent_and_validated() {
             .json(&json!({"agentId": agent, "action": "x", "context": [1]})),
     )
     .await;
+    r.assert_error(400, "invalid_request");
     assert!(
         r.body["message"].as_str().unwrap().contains("context"),
         "{}",
@@ -70,6 +99,7 @@ async fn decisions_are_stored_idempotent_and_validated() {
             .json(&json!({"agentId": agent, "action": "x", "extra": 1})),
     )
     .await;
+    r.assert_error(400, "invalid_request");
     assert!(
         r.body["message"].as_str().unwrap().contains("extra"),
         "{}",
@@ -112,12 +142,19 @@ async fn every_answered_decision_is_readable_at_once_by_every_route() {
                     got.body
                 );
                 assert_eq!(got.body["ledgerIndex"], d["ledgerIndex"]);
+                assert_eq!(got.body["lineageId"], lineage);
                 let l = api.get(&format!("/v1/lineage/{lineage}"), &tok, T).await;
                 assert_eq!(l.status, 200, "lineage {lineage}: {}", l.body);
-                let e = api.get(&format!("/v1/evidence?traceId={trace}"), &aud, T).await;
-                assert_eq!(e.status, 200, "evidence by trace {trace}: {}", e.body);
-                let e = api.get(&format!("/v1/evidence?decisionId={id}"), &aud, T).await;
-                assert_eq!(e.status, 200, "evidence by decision {id}: {}", e.body);
+                assert_eq!(l.body["ledgerIndex"], d["ledgerIndex"]);
+                assert_eq!(l.body["body"]["decisionId"], id);
+                for q in [format!("traceId={trace}"), format!("decisionId={id}")] {
+                    let e = api.get(&format!("/v1/evidence?{q}"), &aud, T).await;
+                    assert_eq!(e.status, 200, "evidence by {q}: {}", e.body);
+                    let entries = e.body["entries"].as_array().unwrap();
+                    assert_eq!(entries.len(), 1, "evidence by {q}: {}", e.body);
+                    assert_eq!(entries[0]["lineageId"], lineage, "evidence by {q}");
+                    assert_eq!(entries[0]["ledgerIndex"], d["ledgerIndex"], "evidence by {q}");
+                }
             }
         }));
     }

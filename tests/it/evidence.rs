@@ -74,6 +74,19 @@ async fn evidence_bundles_verify_offline_and_tampering_is_named() {
         )
         .await;
     assert_eq!(by_lin.status, 200, "{}", by_lin.body);
+    // Served as a download named after the entry.
+    for r in [&by_dec, &by_lin] {
+        assert_eq!(
+            r.header("content-disposition"),
+            Some(
+                format!(
+                    "attachment; filename=\"evidence-{}.json\"",
+                    d0["lineageId"].as_str().unwrap()
+                )
+                .as_str()
+            )
+        );
+    }
     for b in [&by_dec.body, &by_lin.body] {
         let entries = b["entries"].as_array().unwrap();
         assert_eq!(entries.len(), 1, "{b}");

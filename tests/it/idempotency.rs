@@ -19,7 +19,8 @@ async fn idempotency_replays_and_conflicts() {
             .json(body)
     };
     let first = send(post("k-1", &agent_body("idem"))).await;
-    assert_eq!(first.status, 201);
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert!(first.body["agentId"].as_str().unwrap().starts_with("agt_"));
     assert!(first.header("idempotent-replayed").is_none());
     let replay = send(post("k-1", &agent_body("idem"))).await;
     assert_eq!(
@@ -44,8 +45,9 @@ async fn idempotency_replays_and_conflicts() {
             .json(&agent_body("idem")),
     )
     .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(r.status, 201, "{}", r.body);
     assert!(r.header("idempotent-replayed").is_none());
+    assert_ne!(r.body["agentId"], first.body["agentId"], "t2's own agent");
     let list = send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
     assert_eq!(list.body["agents"].as_array().unwrap().len(), 1);
 }
@@ -62,15 +64,16 @@ async fn concurrent_requests_with_one_key_create_one_agent() {
             .json(&agent_body("racer"));
         tasks.push(tokio::spawn(send(rb)));
     }
-    let mut created = 0;
-    let mut replayed = 0;
+    let mut created = Vec::new();
+    let mut replayed = Vec::new();
     let mut in_flight = 0;
     for t in tasks {
         let r = t.await.unwrap();
         match (r.status.as_u16(), r.header("idempotent-replayed")) {
-            (201, None) => created += 1,
-            (201, Some("true")) => replayed += 1,
+            (201, None) => created.push(r.body),
+            (201, Some("true")) => replayed.push(r.body),
             (409, _) => {
+                r.assert_error(409, "conflict");
                 assert_eq!(r.header("retry-after"), Some("1"), "{}", r.body);
                 in_flight += 1;
             }
@@ -78,11 +81,18 @@ async fn concurrent_requests_with_one_key_create_one_agent() {
         }
     }
     assert_eq!(
-        created, 1,
-        "exactly one request did the work ({replayed} replays, {in_flight} in flight)"
+        created.len(),
+        1,
+        "exactly one request did the work ({} replays, {in_flight} in flight)",
+        replayed.len()
     );
+    for r in &replayed {
+        assert_eq!(r, &created[0], "a replay is the original answer");
+    }
     let list = send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
-    assert_eq!(list.body["agents"].as_array().unwrap().len(), 1);
+    let agents = list.body["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0]["agentId"], created[0]["agentId"]);
 }
 
 #[tokio::test]
@@ -97,10 +107,16 @@ async fn a_failed_request_releases_its_idempotency_key() {
             .header("Idempotency-Key", "retry-me")
             .json(&agent_body("r"))
     };
-    assert!(send(post()).await.status.is_server_error());
+    send(post()).await.assert_error(503, "internal_error");
     db.execute_batch("DROP TRIGGER fault;").unwrap();
     let r = send(post()).await;
     assert_eq!(r.status, 201, "a retry after a 5xx does the work: {}", r.body);
+    assert!(
+        r.header("idempotent-replayed").is_none(),
+        "not a replay of the 5xx"
+    );
+    let list = send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
+    assert_eq!(list.body["agents"].as_array().unwrap().len(), 1);
 }
 
 /// The KLA Control Plane API: "Replaying the same key returns the original result"; 409 is for "a different
@@ -215,7 +231,8 @@ async fn a_key_that_could_not_be_recorded_is_recorded_once_the_store_recovers() 
             replayed = Some(r);
             break;
         }
-        assert_eq!(r.status, 409, "{}", r.body);
+        r.assert_error(409, "conflict");
+        assert_eq!(r.header("retry-after"), Some("1"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = replayed.expect("the key was recorded in the background within 5 s");
@@ -296,18 +313,20 @@ async fn a_client_hanging_up_does_not_cancel_the_work() {
                 last = Some(r);
                 break;
             }
-            assert_eq!(
-                r.status, 409,
-                "only 'still in flight' may precede the replay: {}",
-                r.body
-            );
+            // Only "still in flight" may precede the replay.
+            r.assert_error(409, "conflict");
+            assert_eq!(r.header("retry-after"), Some("1"));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Either the hung-up request ran to completion (its answer is replayed) or it never got its body and did
         // nothing (the retry does the work): never a key stuck in flight, never half-recorded work.
         let r = last.expect("the retry is answered, not stuck behind a dead reservation");
         let id = r.body["decisionId"].as_str().unwrap();
+        assert_eq!(r.body["decision"], "block", "{}", r.body);
         let stored = send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T)).await;
         assert_eq!(stored.status, 200, "the decision was indexed: {}", stored.body);
+        assert_eq!(stored.body["decisionId"], id);
+        assert_eq!(stored.body["ledgerIndex"], r.body["ledgerIndex"]);
+        assert_eq!(stored.body["decision"], "block");
     }
 }

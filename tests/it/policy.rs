@@ -288,8 +288,13 @@ async fn the_default_pack_is_enforced_with_no_flags() {
     check(&s, &tok, &agent, "lookup_policy", json!({"id": 7}), "allow", &[]).await;
     let admin = s.token(T, Role::Admin);
     let st = send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
+    assert!(st.body["generation"].is_u64(), "{}", st.body);
+    assert_eq!(st.body["packs"].as_array().unwrap().len(), 1, "{}", st.body);
     assert_eq!(st.body["packs"][0]["name"], "kla-default");
+    assert_eq!(st.body["packs"][0]["mode"], "enforce");
     assert!(st.body["packs"][0]["signerKeyId"].is_string());
+    assert_eq!(st.body["refused"], json!([]), "{}", st.body);
 }
 
 fn tamper(dir: &Path) {
@@ -318,7 +323,12 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     )
     .await;
 
-    let reload = || async { send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await };
+    // A refusal is reported in the answer, not as an HTTP error.
+    let reload = || async {
+        let r = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
     let assert_refused = |st: &Value, needle: &str| {
         let reason = st["lastRefusal"]["reason"]
             .as_str()
@@ -333,7 +343,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
 
     // 1. A file changed after signing.
     tamper(&dir);
-    assert_refused(&reload().await.body, "pack.yaml");
+    assert_refused(&reload().await, "pack.yaml");
     check(
         &s,
         &tok,
@@ -347,7 +357,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     // 2. A file added after signing.
     p.write("guard", "1.0.0", "allow", "enforce", rules);
     std::fs::write(dir.join("extra.rego"), "package extra\nx := 1\n").unwrap();
-    assert_refused(&reload().await.body, "extra.rego");
+    assert_refused(&reload().await, "extra.rego");
     std::fs::remove_file(dir.join("extra.rego")).unwrap();
     // 3. Signed by a key the server does not trust.
     let stranger = PackSigner::generate();
@@ -359,7 +369,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     )
     .unwrap();
     sign_pack_dir(&dir, &stranger).unwrap();
-    let st = reload().await.body;
+    let st = reload().await;
     assert_refused(&st, "");
     assert!(
         st["lastRefusal"]["reason"]
@@ -371,7 +381,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     );
     // 4. Unsigned (signature file removed).
     std::fs::remove_file(dir.join("pack.sig.json")).unwrap();
-    assert_refused(&reload().await.body, "");
+    assert_refused(&reload().await, "");
     // 5. Invalid content, correctly signed (`kla pack sign` refuses to sign it, so sign the files directly):
     //    refused with file, rule and line.
     std::fs::write(
@@ -382,7 +392,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     let files = kla::policy::PackFiles::read_dir(&dir).unwrap();
     let sig = kla::policy::sign_files(&files, "guard", "1.0.1", &p.signer).unwrap();
     std::fs::write(dir.join("pack.sig.json"), sig).unwrap();
-    let st = reload().await.body;
+    let st = reload().await;
     assert_refused(&st, "pack.yaml");
     assert!(
         st["lastRefusal"]["reason"].as_str().unwrap().contains("bad"),
@@ -401,7 +411,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     .await;
     // A valid new version is swapped in.
     p.write("guard", "2.0.0", "allow", "enforce", "    - {id: warn-deletes, match: {actions: [\"delete_*\"]}, decision: warn, reasonCode: DELETE_WARN}\n");
-    let st = reload().await.body;
+    let st = reload().await;
     assert_eq!(st["packs"][0]["version"], "2.0.0", "{st}");
     check(&s, &tok, &agent, "delete_x", json!({}), "warn", &["DELETE_WARN"]).await;
     // Reload is for admins only.
@@ -517,6 +527,7 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         v(version, decision, code);
         let st = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+        assert_eq!(st.status, 200, "{}", st.body);
         assert_eq!(st.body["packs"][0]["version"], version);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -701,6 +712,7 @@ async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
     // The older version, validly signed by the trusted key, put back: refused, 1.1.0 keeps serving.
     p.write("guard", "1.0.0", "allow", "enforce", &rules("allow"));
     let st = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
     let reason = st.body["lastRefusal"]["reason"]
         .as_str()
         .unwrap_or_default()
@@ -717,7 +729,15 @@ async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
     // A restart with only 1.0.0 on disk: the floor is in the store, so nothing loads and kla fails closed.
     let s = start(false).await;
     let st = send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
     assert_eq!(st.body["packs"], json!([]), "{}", st.body);
+    assert!(
+        st.body["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rollback refused")),
+        "the refusal is reported: {}",
+        st.body
+    );
     check(
         &s,
         &tok,

@@ -19,6 +19,11 @@ async fn rate_limit_per_tenant() {
     }
     let r = send(s.req(Method::GET, "/v1/agents", &a, "a")).await;
     r.assert_error(429, "rate_limited");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("tenant 'a'"),
+        "names the tenant: {}",
+        r.body
+    );
     let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&after));
     assert_eq!(
