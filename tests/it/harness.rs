@@ -1,67 +1,325 @@
 #![allow(dead_code)] // Helpers used by some test modules only.
 
-//! Starting servers, minting tokens and making requests, shared by every test module.
+//! The one set of helpers every test module uses: starting kla (in process with [`Server`], or the real binary
+//! with [`Process`]), minting tokens, and sending requests through an [`Api`] that reads each answer whole into a
+//! [`Resp`].
 
+use crate::verifier::{Cp, VKey, parse_vkey, verify_checkpoint};
 use kla::auth::{self, Role, keys};
 use kla::config::RawConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
-/// A server running in this process on 127.0.0.1:0.
-pub struct Server {
+/// A running kla as a test sees it: where it listens, its data dir (whose key mints tokens) and a client.
+/// [`Server`] and [`Process`] both dereference to one.
+#[derive(Clone)]
+pub struct Api {
     pub base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
+}
+
+/// A client that gives up on a hung request, so a hang fails its test instead of the whole run.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+impl Api {
+    /// A token for `tenant` with `role`, minted with this kla's key.
+    pub fn token(&self, tenant: &str, role: Role) -> String {
+        token_for(&self.data_dir, &[tenant], role)
+    }
+
+    /// A request without auth headers.
+    pub fn anon(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// A request with the bearer token and `x-tenant-id`.
+    pub fn req(&self, method: Method, path: &str, token: &str, tenant: &str) -> reqwest::RequestBuilder {
+        self.anon(method, path)
+            .bearer_auth(token)
+            .header("x-tenant-id", tenant)
+    }
+
+    /// An authenticated GET, read whole.
+    pub async fn get(&self, path: &str, token: &str, tenant: &str) -> Resp {
+        send(self.req(Method::GET, path, token, tenant)).await
+    }
+
+    /// An authenticated GET that must answer 200 with `text/plain`; returns the text.
+    pub async fn text(&self, path: &str, token: &str, tenant: &str) -> String {
+        let r = self.get(path, token, tenant).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let ct = r.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("text/plain"), "{path}: {ct}");
+        r.text()
+    }
+
+    /// Registers an agent (`agent_body(name)`), asserts 201 and returns its id.
+    pub async fn register(&self, token: &str, tenant: &str, name: &str) -> String {
+        let r = send(
+            self.req(Method::POST, "/v1/agents", token, tenant)
+                .json(&agent_body(name)),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["agentId"].as_str().expect("agentId");
+        assert!(id.starts_with("agt_"), "{}", r.body);
+        id.to_owned()
+    }
+
+    /// `POST /v1/decisions.evaluate` for `agent`, `action` and `context`, whatever the answer.
+    pub async fn evaluate(
+        &self,
+        token: &str,
+        tenant: &str,
+        agent: &str,
+        action: &str,
+        context: Value,
+    ) -> Resp {
+        send(
+            self.req(Method::POST, "/v1/decisions.evaluate", token, tenant)
+                .json(&serde_json::json!({"agentId": agent, "action": action, "context": context})),
+        )
+        .await
+    }
+
+    /// `POST /v1/decisions.evaluate` with `body`; asserts 200 with a decision, lineage and ledger index, and
+    /// returns the answer's body.
+    pub async fn decide(&self, token: &str, tenant: &str, body: Value) -> Value {
+        let r = send(
+            self.req(Method::POST, "/v1/decisions.evaluate", token, tenant)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            r.body["decisionId"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("dec_")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["lineageId"].as_str().is_some_and(|l| l.starts_with("lr_")),
+            "{}",
+            r.body
+        );
+        assert!(r.body["ledgerIndex"].is_u64(), "{}", r.body);
+        r.body
+    }
+
+    /// `GET /v1/ledger/key`: the key line (without its newline) and the key parsed.
+    pub async fn ledger_key(&self, token: &str, tenant: &str) -> (String, VKey) {
+        let text = self.text("/v1/ledger/key", token, tenant).await;
+        let k = parse_vkey(&text);
+        (text.trim_end().to_owned(), k)
+    }
+
+    /// `GET /v1/ledger/checkpoint`, its signature checked with `key`.
+    pub async fn checkpoint(&self, token: &str, tenant: &str, key: &VKey) -> Cp {
+        let text = self.text("/v1/ledger/checkpoint", token, tenant).await;
+        verify_checkpoint(&text, key)
+    }
+
+    /// Entries `[0, end)` from `GET /v1/ledger/entries`, one line each (without its newline).
+    pub async fn entries(&self, token: &str, tenant: &str, end: u64) -> Vec<Vec<u8>> {
+        let r = self
+            .get(&format!("/v1/ledger/entries?start=0&end={end}"), token, tenant)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+        assert_eq!(r.header("x-kla-next"), Some(end.to_string().as_str()));
+        assert!(r.bytes.is_empty() || r.bytes.ends_with(b"\n"));
+        let mut lines: Vec<Vec<u8>> = r.bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        lines.pop();
+        assert_eq!(lines.len() as u64, end);
+        lines
+    }
+}
+
+/// Sends and reads the whole answer. Every answer of kla carries `x-request-id` (docs/api.md, "Request id"),
+/// so every test checks that on every answer it reads.
+pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
+    let r = rb.send().await.expect("request sent");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.expect("body").to_vec();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let resp = Resp {
+        status,
+        headers,
+        body,
+        bytes,
+    };
+    assert!(
+        resp.header("x-request-id").is_some_and(|id| !id.is_empty()),
+        "an answer without x-request-id: {resp:?}"
+    );
+    resp
+}
+
+/// An answer, read whole.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as JSON; `Null` when it is empty or not JSON.
+    pub body: Value,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resp")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.text())
+            .finish()
+    }
+}
+
+impl Resp {
+    /// Asserts the KLA Control Plane API's error answer: `status`, a JSON `{"code","message"}` body with `code`
+    /// and a message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
+        assert_eq!(
+            self.body.as_object().map(|o| o.len()),
+            Some(2),
+            "only code and message: {}",
+            self.body
+        );
+        assert!(
+            self.header("content-type")
+                .is_some_and(|ct| ct.starts_with("application/json")),
+            "{:?}",
+            self.headers
+        );
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tokens.
+
+/// A kla token for `tenants` with `role`, minted with the data dir's key (the same path `kla token` uses).
+pub fn token_for(data_dir: &Path, tenants: &[&str], role: Role) -> String {
+    mint(data_dir, tenants, role, None)
+}
+
+/// An agent token for `tenant` bound to the agent named `agent` (what `kla token --agent` mints).
+pub fn agent_token(data_dir: &Path, tenant: &str, agent: &str) -> String {
+    mint(data_dir, &[tenant], Role::Agent, Some(agent))
+}
+
+fn mint(data_dir: &Path, tenants: &[&str], role: Role, agent: Option<&str>) -> String {
+    let key = keys::load(&keys::token_key_path(data_dir)).expect("token key exists");
+    auth::mint(
+        key.private_pem.as_bytes(),
+        tenants.iter().map(|t| t.to_string()).collect(),
+        role,
+        format!("test-{}", role.as_str()),
+        agent.map(str::to_owned),
+        Duration::from_secs(3600),
+    )
+    .expect("mint")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Request bodies.
+
+/// The agent manifest of the API reference's example, with a given name.
+pub fn agent_body(name: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "description": "Triages inbound insurance claims",
+        "model": "gpt-4.1",
+        "temperature": 0.2,
+        "tools": ["lookup_policy", "flag_for_review"]
+    })
+}
+
+/// Three evaluate bodies for `agent` with three different outcomes under the default pack.
+pub fn cases(agent: &str) -> Vec<(Value, &'static str)> {
+    vec![
+        (
+            serde_json::json!({"agentId": agent, "action": "lookup_policy", "context": {"claimId": "c-1"}}),
+            "allow",
+        ),
+        (
+            serde_json::json!({"agentId": agent, "action": "delete_claim", "context": {"claimId": "c-2"}}),
+            "block",
+        ),
+        (
+            serde_json::json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000}}),
+            "require_approval",
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// In process.
+
+/// A server running in this process on 127.0.0.1:0; cancelled on drop.
+pub struct Server {
+    pub api: Api,
     running: Option<kla::app::Running>,
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Raw config with a fresh data dir and an ephemeral port; tests adjust fields before `start`.
+impl Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Raw config with `data_dir`, an ephemeral port and the repository's policies; tests adjust fields before
+/// starting.
 pub fn raw(data_dir: &Path) -> RawConfig {
     RawConfig {
         data_dir: Some(data_dir.to_owned()),
         api_addr: Some("127.0.0.1:0".into()),
         policies: Some(repo_path("policies")),
         // Tests run many servers on two cores; a 5 ms wall-clock deadline would fail closed under that load.
-        policy_deadline: Some("2s".into()),
+        policy_deadline: Some(POLICY_DEADLINE.into()),
         ..Default::default()
     }
 }
 
+/// The policy deadline of every server the tests start.
+const POLICY_DEADLINE: &str = "2s";
+
 /// A path inside the repository (tests never depend on the working directory).
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// Registers an agent and returns its id.
-pub async fn register(s: &Server, token: &str, tenant: &str, name: &str) -> String {
-    let r = s
-        .send(
-            s.req(Method::POST, "/v1/agents", token, tenant)
-                .json(&agent_body(name)),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.body["agentId"].as_str().expect("agentId").to_owned()
-}
-
-/// POST /v1/decisions.evaluate with the seed's body.
-pub async fn evaluate(
-    s: &Server,
-    token: &str,
-    tenant: &str,
-    agent: &str,
-    action: &str,
-    context: Value,
-) -> Resp {
-    s.send(
-        s.req(Method::POST, "/v1/decisions.evaluate", token, tenant)
-            .json(&serde_json::json!({"agentId": agent, "action": action, "context": context})),
-    )
-    .await
 }
 
 impl Server {
@@ -80,7 +338,7 @@ impl Server {
         s
     }
 
-    /// Starts with a full config and an optional HTTPS client.
+    /// Starts with a full config and an optional HTTPS client with the host name it must use.
     pub async fn start_cfg(cfg: RawConfig, client: Option<(reqwest::Client, &str)>) -> Server {
         let data_dir = cfg.data_dir.clone().expect("data dir");
         let cfg = cfg.validate().expect("valid config");
@@ -88,34 +346,27 @@ impl Server {
         let running = kla::app::start(cfg).await.expect("server starts");
         let (client, host) = match client {
             Some((c, host)) => (c, host.to_owned()),
-            None => (reqwest::Client::new(), "127.0.0.1".to_owned()),
+            None => (self::client(), "127.0.0.1".to_owned()),
         };
         let scheme = if https { "https" } else { "http" };
         Server {
-            base: format!("{scheme}://{host}:{}", running.api_addr.port()),
-            data_dir,
-            client,
+            api: Api {
+                base: format!("{scheme}://{host}:{}", running.api_addr.port()),
+                data_dir,
+                client,
+            },
             running: Some(running),
             _tmp: None,
         }
     }
 
-    /// A token for `tenant` with `role`, minted with the server's key.
-    pub fn token(&self, tenant: &str, role: Role) -> String {
-        token_for(&self.data_dir, &[tenant], role)
-    }
-
-    /// A request builder with auth headers.
-    pub fn req(&self, method: Method, path: &str, token: &str, tenant: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(token)
-            .header("x-tenant-id", tenant)
-    }
-
-    /// Sends and returns status, headers and JSON body (Null when empty or not JSON).
-    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
-        send(rb).await
+    /// Starts with defaults and registers one agent; returns the server, the agent token that registered it and
+    /// the agent's id.
+    pub async fn with_agent(tenant: &str, name: &str) -> (Server, String, String) {
+        let s = Server::start().await;
+        let tok = s.token(tenant, Role::Agent);
+        let agent = s.register(&tok, tenant, name).await;
+        (s, tok, agent)
     }
 
     /// Stops the server and waits for it to drain.
@@ -135,123 +386,160 @@ impl Drop for Server {
     }
 }
 
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-}
-
-impl Resp {
-    /// Asserts the seed's error shape with `code`.
-    #[track_caller]
-    pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_eq!(self.body["code"], code, "body: {}", self.body);
-        assert!(
-            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{}",
-            self.body
-        );
-        assert!(self.headers.contains_key("x-request-id"));
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-pub async fn send(rb: reqwest::RequestBuilder) -> Resp {
-    let r = rb.send().await.expect("request sent");
-    let status = r.status();
-    let headers = r.headers().clone();
-    let bytes = r.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Mints a token with the data dir's key (the same path `kla token` uses).
-pub fn token_for(data_dir: &Path, tenants: &[&str], role: Role) -> String {
-    let key = keys::load(&keys::token_key_path(data_dir)).expect("token key exists");
-    auth::mint(
-        key.private_pem.as_bytes(),
-        tenants.iter().map(|t| t.to_string()).collect(),
-        role,
-        format!("test-{}", role.as_str()),
-        None,
-        Duration::from_secs(3600),
-    )
-    .expect("mint")
-}
-
-/// The seed 001 agent body with a given name.
-pub fn agent_body(name: &str) -> Value {
-    serde_json::json!({
-        "name": name,
-        "description": "Triages inbound insurance claims",
-        "model": "gpt-4.1",
-        "temperature": 0.2,
-        "tools": ["lookup_policy", "flag_for_review"]
-    })
-}
+// ---------------------------------------------------------------------------------------------------------
+// The real binary.
 
 /// The `kla` binary built for these tests.
 pub fn kla_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kla"))
 }
 
-/// The real binary running `kla serve` on a free port; killed on drop.
+/// Runs `kla ARGS` to completion.
+pub fn kla(args: &[&str]) -> Output {
+    Command::new(kla_bin()).args(args).output().expect("run kla")
+}
+
+/// A finished command's stdout and stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `kla token --data-dir DIR ARGS`: asserts success and returns the token.
+pub fn kla_token(data_dir: &Path, args: &[&str]) -> String {
+    let dir = data_dir.to_str().expect("UTF-8 data dir");
+    let out = kla(&[&["token", "--data-dir", dir][..], args].concat());
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 token")
+        .trim()
+        .to_owned()
+}
+
+/// How long `kla serve` may take to bind its API listener.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The real binary running `kla serve`; killed on drop. Its stdout and stderr are drained to a log file for as
+/// long as it runs (so it never blocks on a full pipe), readable with [`Process::log`].
 pub struct Process {
-    pub child: Child,
-    pub base: String,
+    pub api: Api,
+    child: Child,
+    log: Log,
+}
+
+impl Deref for Process {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// How a [`Process`] ended, with everything it wrote.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub log: String,
+}
+
+impl Exited {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
 }
 
 impl Process {
-    /// Starts `kla serve --data-dir DIR --api-addr 127.0.0.1:PORT` plus `extra` and waits until healthy.
+    /// Starts `kla serve` on `data_dir` (see [`Process::start`]); panics with its log if it exits instead.
     pub async fn serve(data_dir: &Path, extra: &[&str]) -> Process {
-        use std::io::BufRead;
-        // Port 0 and the address the server prints: no window in which another test can take the port.
-        let mut child = Command::new(kla_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--api-addr", "127.0.0.1:0", "--policy-deadline", "2s"])
-            .arg("--policies")
-            .arg(repo_path("policies"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn kla");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut p = Process {
-            child,
-            base: String::new(),
-        };
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        })
-        .await
-        .expect("join")
-        .expect("read stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("kla listening on ")
-            .unwrap_or_else(|| panic!("kla serve failed to start: {line:?}"));
-        p.base = format!("http://{addr}");
-        p
+        match Process::start(data_dir, extra).await {
+            Ok(p) => p,
+            Err(e) => panic!("kla serve exited ({}):\n{}", e.status, e.log),
+        }
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Runs `kla serve --data-dir DIR --api-addr 127.0.0.1:0` with the repository's policies, plus `extra`, and
+    /// waits for it to log `kla API listening` with the address it bound: no port is chosen before kla binds
+    /// it, so no other test can take it in between. `Err` if kla exits first (it refused to start).
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Result<Process, Exited> {
+        let mut cmd = Command::new(kla_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api-addr", "127.0.0.1:0", "--policy-deadline", POLICY_DEADLINE])
+            .arg("--policies")
+            .arg(repo_path("policies"));
+        if !extra.contains(&"--log-format") {
+            cmd.args(["--log-format", "json"]);
+        }
+        // The listening line is logged at info: keep it whatever RUST_LOG the tests run with.
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            cmd.env("RUST_LOG", format!("{filter},kla::app=info"));
+        }
+        let mut child = cmd
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kla");
+        let (mut log, mut lines) = Log::drain(&mut child);
+        let listening = tokio::time::timeout(STARTUP, async {
+            while let Some(line) = lines.recv().await {
+                if let Some(l) = listening(&line) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match listening {
+            Ok(Some((addr, tls))) => {
+                let scheme = if tls { "https" } else { "http" };
+                Ok(Process {
+                    api: Api {
+                        base: format!("{scheme}://{addr}"),
+                        data_dir: data_dir.to_owned(),
+                        client: client(),
+                    },
+                    child,
+                    log,
+                })
+            }
+            // Both pipes closed before the line: kla has exited.
+            Ok(None) => {
+                let status = child.wait().expect("wait");
+                Err(Exited {
+                    status,
+                    log: log.finish(),
+                })
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "kla serve logged no `kla API listening` within {STARTUP:?}:\n{}",
+                    log.finish()
+                );
+            }
+        }
+    }
+
+    /// Everything kla has written so far.
+    pub fn log(&self) -> String {
+        self.log.read()
+    }
+
+    /// Sends SIGTERM and waits for it to exit.
+    pub fn terminate(mut self) -> Exited {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        self.child.wait().expect("wait")
+        let status = self.child.wait().expect("wait");
+        Exited {
+            status,
+            log: self.log.finish(),
+        }
     }
 
     /// SIGKILL, no chance to clean up.
@@ -265,14 +553,98 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log.finish();
+            eprintln!("log of kla serve at {}:\n{log}", self.base);
+        }
     }
 }
 
-/// A port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A child's stdout and stderr, appended line by line to one file by a thread per pipe until the pipe closes.
+struct Log {
+    file: Arc<Mutex<tempfile::NamedTempFile>>,
+    drains: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Log {
+    /// Starts draining `child`'s pipes; every line also goes to the receiver while it is open.
+    fn drain(child: &mut Child) -> (Log, mpsc::UnboundedReceiver<String>) {
+        let file = Arc::new(Mutex::new(tempfile::NamedTempFile::new().expect("log file")));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        let mut drains = Vec::new();
+        for pipe in [out, err] {
+            let (file, tx) = (file.clone(), tx.clone());
+            drains.push(std::thread::spawn(move || {
+                let mut pipe = BufReader::new(pipe);
+                let mut line = Vec::new();
+                while pipe.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let _ = file.lock().expect("log lock").write_all(&line);
+                    let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                    line.clear();
+                }
+            }));
+        }
+        (Log { file, drains }, rx)
+    }
+
+    /// Once the child has exited: waits for the last of its output, then reads it all.
+    fn finish(&mut self) -> String {
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        self.read()
+    }
+
+    fn read(&self) -> String {
+        let path = self.file.lock().expect("log lock").path().to_owned();
+        String::from_utf8_lossy(&std::fs::read(path).expect("read log")).into_owned()
+    }
+}
+
+/// The address (and whether it is TLS) from kla's `kla API listening` log line, in the JSON or the text format.
+fn listening(line: &str) -> Option<(SocketAddr, bool)> {
+    const MESSAGE: &str = "kla API listening";
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        let f = &v["fields"];
+        if f["message"] != MESSAGE {
+            return None;
+        }
+        return Some((f["addr"].as_str()?.parse().ok()?, f["tls"] == true));
+    }
+    let plain = strip_ansi(line);
+    let (_, fields) = plain.split_once(MESSAGE)?;
+    let mut fields = fields.split_whitespace();
+    let addr = fields.clone().find_map(|f| f.strip_prefix("addr="))?;
+    Some((addr.parse().ok()?, fields.any(|f| f == "tls=true")))
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`), which the text log format colours fields with.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_listening_line_is_found_in_either_log_format() {
+    let json = r#"{"timestamp":"2026-06-01T10:48:00.1Z","level":"INFO","fields":{"message":"kla API listening","addr":"127.0.0.1:41234","tls":false,"data_dir":"/tmp/x"},"target":"kla::app"}"#;
+    assert_eq!(listening(json), Some(("127.0.0.1:41234".parse().unwrap(), false)));
+    let text = "\x1b[2m2026-06-01T10:48:00.1Z\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2mkla::app\x1b[0m\x1b[2m:\x1b[0m kla API listening \x1b[3maddr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:41234 \x1b[3mtls\x1b[0m\x1b[2m=\x1b[0mtrue\n";
+    assert_eq!(listening(text), Some(("127.0.0.1:41234".parse().unwrap(), true)));
+    let other = r#"{"fields":{"message":"policy set activated","addr":"127.0.0.1:1"}}"#;
+    assert_eq!(listening(other), None);
+    assert_eq!(listening("kla listening on 127.0.0.1:41234\n"), None);
 }

@@ -1,9 +1,20 @@
 //! kla's one integration test binary: every test drives the real server over loopback (in process through
-//! `kla::app::start`, or the real `kla` binary where a restart or a kill is part of the test).
+//! `kla::app::start`, or the real `kla` binary where a restart or a kill is part of the test). One module per
+//! feature; `harness` holds the helpers they share and `verifier` the proof checks written independently of kla.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod foundation;
+mod agents;
+mod auth;
+mod decisions;
+mod errors;
+mod evidence;
 mod harness;
+mod health;
+mod idempotency;
 mod ledger;
 mod policy;
+mod rate_limit;
 mod reindex;
+mod restart;
+mod tls;
+mod verifier;

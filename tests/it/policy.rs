@@ -1,4 +1,5 @@
-//! Issue 3 through the real server: outcomes, precedence, shadow, signatures, reload, fail-closed.
+//! Policy packs through the real server: outcomes, precedence, shadow, signatures, reload, rollback, fail-closed,
+//! and the pack CLI.
 
 use crate::harness::*;
 use kla::auth::Role;
@@ -102,7 +103,7 @@ async fn check(
     want: &str,
     codes: &[&str],
 ) -> Value {
-    let r = evaluate(s, tok, T, agent, action, ctx.clone()).await;
+    let r = s.evaluate(tok, T, agent, action, ctx.clone()).await;
     assert_eq!(r.status, 200, "{action} {ctx}: {}", r.body);
     assert_eq!(r.body["decision"], want, "{action} {ctx}: {}", r.body);
     assert_eq!(r.body["reasonCodes"], json!(codes), "{action} {ctx}: {}", r.body);
@@ -119,7 +120,7 @@ async fn each_outcome_and_precedence_across_two_packs() {
     p.write("beta", "2.1.0", "allow", "enforce", BETA);
     let s = p.server(None).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "claims-triage").await;
+    let agent = s.register(&tok, T, "claims-triage").await;
 
     check(&s, &tok, &agent, "lookup_policy", json!({}), "allow", &[]).await;
     let warn = check(
@@ -153,7 +154,7 @@ async fn each_outcome_and_precedence_across_two_packs() {
         &["REFUND_SEEN"],
     )
     .await;
-    // The seed's example: both packs match; require_approval beats warn.
+    // The KLA Control Plane API's example: both packs match; require_approval beats warn.
     let ra = check(
         &s,
         &tok,
@@ -251,7 +252,7 @@ async fn a_shadow_pack_reports_but_never_decides() {
     );
     let s = p.server(None).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     let d = check(&s, &tok, &agent, "anything", json!({}), "allow", &[]).await;
     assert_eq!(d["wouldDecide"], "block");
     assert_eq!(d["matchedRules"][0]["shadow"], true);
@@ -263,7 +264,7 @@ async fn a_shadow_pack_reports_but_never_decides() {
 async fn the_default_pack_is_enforced_with_no_flags() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "claims-triage").await;
+    let agent = s.register(&tok, T, "claims-triage").await;
     check(
         &s,
         &tok,
@@ -286,87 +287,14 @@ async fn the_default_pack_is_enforced_with_no_flags() {
     .await;
     check(&s, &tok, &agent, "lookup_policy", json!({"id": 7}), "allow", &[]).await;
     let admin = s.token(T, Role::Admin);
-    let st = s.send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    let st = send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
+    assert!(st.body["generation"].is_u64(), "{}", st.body);
+    assert_eq!(st.body["packs"].as_array().unwrap().len(), 1, "{}", st.body);
     assert_eq!(st.body["packs"][0]["name"], "kla-default");
+    assert_eq!(st.body["packs"][0]["mode"], "enforce");
     assert!(st.body["packs"][0]["signerKeyId"].is_string());
-}
-
-#[tokio::test]
-async fn decisions_are_stored_idempotent_and_validated() {
-    let s = Server::start().await;
-    let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "x").await;
-    let body = json!({"agentId": agent, "action": "delete_customer", "context": {"id": 1}, "traceId": "t-1"});
-    let post = |key: &str| {
-        s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
-            .header("Idempotency-Key", key)
-            .json(&body)
-    };
-    let first = s.send(post("e-1")).await;
-    assert_eq!(first.status, 200);
-    let again = s.send(post("e-1")).await;
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
-    assert_eq!(
-        again.body["decisionId"], first.body["decisionId"],
-        "one decision, not two"
-    );
-    let id = first.body["decisionId"].as_str().unwrap();
-    let stored = s
-        .send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T))
-        .await;
-    assert_eq!(stored.status, 200);
-    assert_eq!(stored.body["decision"], "block");
-    assert_eq!(stored.body["lineageId"], first.body["lineageId"]);
-    assert_eq!(stored.body["context"], json!({"id": 1}));
-    assert_eq!(stored.body["traceId"], "t-1");
-    // Other tenants cannot read it.
-    let other = s.token("other", Role::Admin);
-    s.send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &other, "other"))
-        .await
-        .assert_error(404, "not_found");
-    // Unknown agent: 404. Bad bodies: 400 naming the field.
-    evaluate(&s, &tok, T, "agt_unknown", "x", json!({}))
-        .await
-        .assert_error(404, "not_found");
-    let r = s
-        .send(
-            s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
-                .json(&json!({"agentId": agent})),
-        )
-        .await;
-    r.assert_error(400, "invalid_request");
-    assert!(
-        r.body["message"].as_str().unwrap().contains("action"),
-        "{}",
-        r.body
-    );
-    let r = s
-        .send(
-            s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
-                .json(&json!({"agentId": agent, "action": "x", "context": [1]})),
-        )
-        .await;
-    assert!(
-        r.body["message"].as_str().unwrap().contains("context"),
-        "{}",
-        r.body
-    );
-    let r = s
-        .send(
-            s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
-                .json(&json!({"agentId": agent, "action": "x", "extra": 1})),
-        )
-        .await;
-    assert!(
-        r.body["message"].as_str().unwrap().contains("extra"),
-        "{}",
-        r.body
-    );
-    // Approvers and auditors do not ask for decisions.
-    let auditor = s.token(T, Role::Auditor);
-    evaluate(&s, &auditor, T, &agent, "x", json!({}))
-        .await
-        .assert_error(403, "forbidden");
+    assert_eq!(st.body["refused"], json!([]), "{}", st.body);
 }
 
 fn tamper(dir: &Path) {
@@ -383,7 +311,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     let s = p.server(None).await;
     let tok = s.token(T, Role::Agent);
     let admin = s.token(T, Role::Admin);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(
         &s,
         &tok,
@@ -395,9 +323,11 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     )
     .await;
 
+    // A refusal is reported in the answer, not as an HTTP error.
     let reload = || async {
-        s.send(s.req(Method::POST, "/v1/policies/reload", &admin, T))
-            .await
+        let r = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
     };
     let assert_refused = |st: &Value, needle: &str| {
         let reason = st["lastRefusal"]["reason"]
@@ -413,7 +343,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
 
     // 1. A file changed after signing.
     tamper(&dir);
-    assert_refused(&reload().await.body, "pack.yaml");
+    assert_refused(&reload().await, "pack.yaml");
     check(
         &s,
         &tok,
@@ -427,7 +357,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     // 2. A file added after signing.
     p.write("guard", "1.0.0", "allow", "enforce", rules);
     std::fs::write(dir.join("extra.rego"), "package extra\nx := 1\n").unwrap();
-    assert_refused(&reload().await.body, "extra.rego");
+    assert_refused(&reload().await, "extra.rego");
     std::fs::remove_file(dir.join("extra.rego")).unwrap();
     // 3. Signed by a key the server does not trust.
     let stranger = PackSigner::generate();
@@ -439,7 +369,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     )
     .unwrap();
     sign_pack_dir(&dir, &stranger).unwrap();
-    let st = reload().await.body;
+    let st = reload().await;
     assert_refused(&st, "");
     assert!(
         st["lastRefusal"]["reason"]
@@ -451,7 +381,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     );
     // 4. Unsigned (signature file removed).
     std::fs::remove_file(dir.join("pack.sig.json")).unwrap();
-    assert_refused(&reload().await.body, "");
+    assert_refused(&reload().await, "");
     // 5. Invalid content, correctly signed (`kla pack sign` refuses to sign it, so sign the files directly):
     //    refused with file, rule and line.
     std::fs::write(
@@ -462,7 +392,7 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     let files = kla::policy::PackFiles::read_dir(&dir).unwrap();
     let sig = kla::policy::sign_files(&files, "guard", "1.0.1", &p.signer).unwrap();
     std::fs::write(dir.join("pack.sig.json"), sig).unwrap();
-    let st = reload().await.body;
+    let st = reload().await;
     assert_refused(&st, "pack.yaml");
     assert!(
         st["lastRefusal"]["reason"].as_str().unwrap().contains("bad"),
@@ -481,11 +411,11 @@ async fn refused_packs_leave_the_last_good_one_serving() {
     .await;
     // A valid new version is swapped in.
     p.write("guard", "2.0.0", "allow", "enforce", "    - {id: warn-deletes, match: {actions: [\"delete_*\"]}, decision: warn, reasonCode: DELETE_WARN}\n");
-    let st = reload().await.body;
+    let st = reload().await;
     assert_eq!(st["packs"][0]["version"], "2.0.0", "{st}");
     check(&s, &tok, &agent, "delete_x", json!({}), "warn", &["DELETE_WARN"]).await;
     // Reload is for admins only.
-    s.send(s.req(Method::POST, "/v1/policies/reload", &tok, T))
+    send(s.req(Method::POST, "/v1/policies/reload", &tok, T))
         .await
         .assert_error(403, "forbidden");
 }
@@ -502,7 +432,7 @@ async fn the_watcher_reloads_on_file_change() {
     );
     let s = p.server(None).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(&s, &tok, &agent, "act", json!({}), "warn", &["V1"]).await;
     p.write(
         "w",
@@ -513,7 +443,7 @@ async fn the_watcher_reloads_on_file_change() {
     );
     let mut last = Value::Null;
     for _ in 0..100 {
-        last = evaluate(&s, &tok, T, &agent, "act", json!({})).await.body;
+        last = s.evaluate(&tok, T, &agent, "act", json!({})).await.body;
         if last["decision"] == "block" {
             break;
         }
@@ -544,7 +474,7 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
     let s = p.server(None).await;
     let tok = s.token(T, Role::Agent);
     let admin = s.token(T, Role::Admin);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..8 {
@@ -596,9 +526,8 @@ async fn hot_reload_under_load_never_fails_or_misdecides() {
     ] {
         tokio::time::sleep(Duration::from_millis(300)).await;
         v(version, decision, code);
-        let st = s
-            .send(s.req(Method::POST, "/v1/policies/reload", &admin, T))
-            .await;
+        let st = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+        assert_eq!(st.status, 200, "{}", st.body);
         assert_eq!(st.body["packs"][0]["version"], version);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -624,7 +553,7 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
     let empty = Packs::new();
     let s = empty.server(None).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(
         &s,
         &tok,
@@ -648,7 +577,7 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
     std::fs::remove_file(dir.join("pack.sig.json")).unwrap();
     let s = unsigned.server(None).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(&s, &tok, &agent, "x", json!({}), "block", &["POLICY_UNAVAILABLE"]).await;
     drop(s);
     // A rule that runs past the deadline: block with POLICY_ERROR, promptly.
@@ -661,7 +590,7 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
     slow.write("slow", "1.0.0", "allow", "enforce", &format!("    - {{id: spin, match: {{actions: [spin]}}, when: \"{when}\", decision: allow}}\n    - {{id: fast, match: {{actions: [fast]}}, decision: warn, reasonCode: FAST}}\n"));
     let s = slow.server(Some("5ms")).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     let d = check(&s, &tok, &agent, "spin", json!({}), "block", &["POLICY_ERROR"]).await;
     assert!(
         d["evaluationMicros"].as_u64().unwrap() < 100_000,
@@ -675,14 +604,8 @@ async fn fail_closed_without_policy_and_on_engine_trouble() {
 async fn pack_cli_round_trip_through_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(kla_bin())
-            .args(args)
-            .output()
-            .expect("run kla");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        let out = kla(args);
+        (out.status.success(), output_text(&out))
     };
     let (key, public) = (tmp.path().join("ops.key"), tmp.path().join("ops.pub"));
     let (k, p) = (key.to_str().unwrap(), public.to_str().unwrap());
@@ -725,99 +648,6 @@ async fn pack_cli_round_trip_through_the_binary() {
     assert!(!run(&["pack", "test", d]).0);
 }
 
-/// Regression: the role check comes before the body is parsed, so a caller without permission gets 403 whatever
-/// it sends (it used to get 400 for a malformed body).
-#[tokio::test]
-async fn role_is_checked_before_the_body() {
-    let s = Server::start().await;
-    let auditor = s.token(T, Role::Auditor);
-    for path in ["/v1/decisions.evaluate", "/v1/agents"] {
-        let r = s
-            .send(
-                s.req(Method::POST, path, &auditor, T)
-                    .json(&json!({"bogus": true})),
-            )
-            .await;
-        r.assert_error(403, "forbidden");
-    }
-}
-
-/// Regression: a client that hangs up right after sending a POST used to cancel the handler halfway, leaving the
-/// idempotency key stuck "in flight" and decisions in the ledger but not in the index. POSTs now run to completion
-/// in their own task.
-#[tokio::test]
-async fn a_client_hanging_up_does_not_cancel_the_work() {
-    use tokio::io::AsyncWriteExt;
-    let s = Server::start().await;
-    let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
-    let body = json!({"agentId": agent, "action": "delete_x", "context": {}}).to_string();
-    let addr = s.base.trim_start_matches("http://").to_owned();
-    for i in 0..5 {
-        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let req = format!(
-            "POST /v1/decisions.evaluate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tok}\r\nx-tenant-id: {T}\r\n\
-             content-type: application/json\r\nidempotency-key: hangup-{i}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        c.write_all(req.as_bytes()).await.unwrap();
-        drop(c); // hang up without reading the answer
-    }
-    for i in 0..5 {
-        let mut last = None;
-        for _ in 0..50 {
-            let r = s
-                .send(
-                    s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
-                        .header("Idempotency-Key", format!("hangup-{i}"))
-                        .body(body.clone())
-                        .header("content-type", "application/json"),
-                )
-                .await;
-            if r.status == 200 {
-                last = Some(r);
-                break;
-            }
-            assert_eq!(
-                r.status, 409,
-                "only 'still in flight' may precede the replay: {}",
-                r.body
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Either the hung-up request ran to completion (its answer is replayed) or it never got its body and did
-        // nothing (the retry does the work): never a key stuck in flight, never half-recorded work.
-        let r = last.expect("the retry is answered, not stuck behind a dead reservation");
-        let id = r.body["decisionId"].as_str().unwrap();
-        let stored = s
-            .send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T))
-            .await;
-        assert_eq!(stored.status, 200, "the decision was indexed: {}", stored.body);
-    }
-}
-
-/// Tenants starting with `_` are kla's own (system ledger entries): no token may act in them.
-#[tokio::test]
-async fn reserved_tenants_are_refused() {
-    let s = Server::start().await;
-    let tok = token_for(&s.data_dir, &["_system"], Role::Admin);
-    s.send(s.req(Method::GET, "/v1/agents", &tok, "_system"))
-        .await
-        .assert_error(403, "forbidden");
-    let out = std::process::Command::new(kla_bin())
-        .args(["token", "--data-dir"])
-        .arg(&s.data_dir)
-        .args(["--tenant", "_system", "--role", "admin"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    // A bad path parameter is a seed-shaped 400 too.
-    let adm = s.token(T, Role::Admin);
-    s.send(s.req(Method::GET, "/v1/agents/%FF", &adm, T))
-        .await
-        .assert_error(400, "invalid_request");
-}
-
 /// Recursive Rego (a rule or function of the pack's own modules that calls itself) compiles, so it must
 /// fail closed when evaluated, like any runaway rule, rather than take the server down; here an agent's input
 /// decides whether the recursion runs.
@@ -840,7 +670,7 @@ async fn recursive_rego_fails_closed_and_the_server_keeps_serving() {
     // A deadline far above what the instruction cap takes, so the cap is what stops the recursion.
     let s = packs.server(Some("30s")).await;
     let tok = s.token(T, Role::Agent);
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(&s, &tok, &agent, "pay", json!({"deep": false}), "allow", &[]).await;
     let d = check(
         &s,
@@ -876,14 +706,13 @@ async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
     };
     let s = start(false).await;
     let (tok, admin) = (s.token(T, Role::Agent), s.token(T, Role::Admin));
-    let agent = register(&s, &tok, T, "a").await;
+    let agent = s.register(&tok, T, "a").await;
     check(&s, &tok, &agent, "act", json!({}), "block", &["R"]).await;
 
     // The older version, validly signed by the trusted key, put back: refused, 1.1.0 keeps serving.
     p.write("guard", "1.0.0", "allow", "enforce", &rules("allow"));
-    let st = s
-        .send(s.req(Method::POST, "/v1/policies/reload", &admin, T))
-        .await;
+    let st = send(s.req(Method::POST, "/v1/policies/reload", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
     let reason = st.body["lastRefusal"]["reason"]
         .as_str()
         .unwrap_or_default()
@@ -899,8 +728,16 @@ async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
 
     // A restart with only 1.0.0 on disk: the floor is in the store, so nothing loads and kla fails closed.
     let s = start(false).await;
-    let st = s.send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    let st = send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+    assert_eq!(st.status, 200, "{}", st.body);
     assert_eq!(st.body["packs"], json!([]), "{}", st.body);
+    assert!(
+        st.body["refused"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rollback refused")),
+        "the refusal is reported: {}",
+        st.body
+    );
     check(
         &s,
         &tok,
@@ -917,7 +754,7 @@ async fn an_older_signed_pack_is_a_rollback_refused_across_restarts() {
     // without the flag keeps it.
     for allow in [true, false] {
         let s = start(allow).await;
-        let st = s.send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
+        let st = send(s.req(Method::GET, "/v1/policies", &admin, T)).await;
         assert_eq!(st.body["packs"][0]["version"], "1.0.0", "{}", st.body);
         check(&s, &tok, &agent, "act", json!({}), "allow", &["R"]).await;
         s.stop().await;

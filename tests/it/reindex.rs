@@ -12,22 +12,18 @@ async fn losing_the_store_loses_no_agent_and_no_decision() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = Server::start_cfg(raw(tmp.path()), None).await;
     let tok = s.token(T, Role::Admin);
-    let first = register(&s, &tok, T, "claims-triage").await;
+    let first = s.register(&tok, T, "claims-triage").await;
     let mut changed = agent_body("claims-triage");
     changed["model"] = json!("gpt-5");
-    let r = s
-        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed))
-        .await;
+    let r = send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed)).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["agentId"], first.as_str(), "a new version keeps the id");
     assert_eq!(r.body["version"], 2);
-    let other = register(&s, &tok, T, "mailer").await;
-    let d = evaluate(&s, &tok, T, &first, "lookup_policy", json!({})).await;
+    let other = s.register(&tok, T, "mailer").await;
+    let d = s.evaluate(&tok, T, &first, "lookup_policy", json!({})).await;
     assert_eq!(d.status, 200, "{}", d.body);
-    let before = s.send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
-    let detail_before = s
-        .send(s.req(Method::GET, &format!("/v1/agents/{first}"), &tok, T))
-        .await;
+    let before = send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
+    let detail_before = send(s.req(Method::GET, &format!("/v1/agents/{first}"), &tok, T)).await;
     s.stop().await;
 
     for f in ["kla.db", "kla.db-wal", "kla.db-shm"] {
@@ -35,15 +31,13 @@ async fn losing_the_store_loses_no_agent_and_no_decision() {
     }
     let s = Server::start_cfg(raw(tmp.path()), None).await;
     let tok = s.token(T, Role::Admin);
-    let after = s.send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
+    let after = send(s.req(Method::GET, "/v1/agents", &tok, T)).await;
     assert_eq!(after.status, 200);
     assert_eq!(
         after.body, before.body,
         "every agent and its latest version are rebuilt from the ledger"
     );
-    let detail_after = s
-        .send(s.req(Method::GET, &format!("/v1/agents/{first}"), &tok, T))
-        .await;
+    let detail_after = send(s.req(Method::GET, &format!("/v1/agents/{first}"), &tok, T)).await;
     assert_eq!(
         detail_after.body, detail_before.body,
         "every version, with its signature and lineage id"
@@ -59,22 +53,16 @@ async fn losing_the_store_loses_no_agent_and_no_decision() {
 
     // The decision is found again, and the rebuilt agents are usable.
     let id = d.body["decisionId"].as_str().expect("decisionId");
-    let got = s
-        .send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T))
-        .await;
+    let got = send(s.req(Method::GET, &format!("/v1/decisions/{id}"), &tok, T)).await;
     assert_eq!(got.status, 200, "{}", got.body);
-    let again = evaluate(&s, &tok, T, &first, "lookup_policy", json!({})).await;
+    let again = s.evaluate(&tok, T, &first, "lookup_policy", json!({})).await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["decision"], d.body["decision"]);
     // Registration continues from the rebuilt versions: the same manifest is a duplicate, a new one is version 3.
-    let dup = s
-        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed))
-        .await;
+    let dup = send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed)).await;
     dup.assert_error(409, "conflict");
     changed["model"] = json!("gpt-5.1");
-    let v3 = s
-        .send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed))
-        .await;
+    let v3 = send(s.req(Method::POST, "/v1/agents", &tok, T).json(&changed)).await;
     assert_eq!(v3.status, 201, "{}", v3.body);
     assert_eq!(
         (v3.body["agentId"].as_str(), v3.body["version"].as_i64()),
@@ -91,7 +79,7 @@ async fn concurrent_registrations_of_one_name_take_distinct_versions() {
     for i in 0..12 {
         let mut body = agent_body("racer");
         body["description"] = json!(format!("variant {i}"));
-        tasks.push(s.send(s.req(Method::POST, "/v1/agents", &tok, T).json(&body)));
+        tasks.push(send(s.req(Method::POST, "/v1/agents", &tok, T).json(&body)));
     }
     let answers = futures_util::future::join_all(tasks).await;
     let mut versions: Vec<i64> = answers
