@@ -8,13 +8,16 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(OffsetDateTime::now_utc())
 }
 
+/// The one timestamp format: RFC 3339 UTC with exactly three fraction digits (`time`'s RFC 3339 formatter drops
+/// trailing zeros, so `.940` would be `.94` and a whole second would have no fraction).
+const MILLIS: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
 /// Formats a time as RFC 3339 UTC with millisecond precision.
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339)
+    t.format(MILLIS)
+        .or_else(|_| t.format(&Rfc3339))
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
@@ -26,4 +29,21 @@ pub fn sortable_id(prefix: &str) -> String {
     let ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64 & 0xffff_ffff_ffff;
     let r: [u8; 6] = rand::random();
     format!("{prefix}{ms:012x}{}", hex::encode(r))
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_always_carry_three_fraction_digits() {
+        let at = |unix: i64, ms: u32| {
+            let t = OffsetDateTime::from_unix_timestamp(unix).expect("time");
+            format_rfc3339(t.replace_millisecond(ms as u16).expect("ms"))
+        };
+        assert_eq!(at(1_780_000_000, 0), "2026-05-28T20:26:40.000Z");
+        assert_eq!(at(1_780_000_000, 940), "2026-05-28T20:26:40.940Z");
+        assert_eq!(at(1_780_000_000, 7), "2026-05-28T20:26:40.007Z");
+        assert!(OffsetDateTime::parse(&at(1_780_000_000, 940), &Rfc3339).is_ok());
+    }
 }
