@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::LedgerError;
-use super::files::{self, Appender, MAX_ENTRY, Store, StoreView};
+use super::files::{self, Appender, LogFiles, LogView, MAX_ENTRY};
 pub use super::files::{RepairMode, VerifySummary};
 use super::note::{NoteSigner, NoteVerifier, SignedCheckpoint};
 use super::tree::{self, Hash};
@@ -65,7 +65,7 @@ struct Head {
 }
 
 struct Shared {
-    store: Store,
+    files: LogFiles,
     head: RwLock<Head>,
     /// The durable size, published after each batch so followers of the log wake without polling.
     size_tx: watch::Sender<u64>,
@@ -205,7 +205,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
             Err(mpsc::error::TryRecvError::Empty) => {
                 if poisoned.is_none() && appender.wants_zeros() {
                     let started = std::time::Instant::now();
-                    match appender.extend_zeros(&shared.store) {
+                    match appender.extend_zeros(&shared.files) {
                         Ok(true) => {
                             zero_slices += 1;
                             zero_time += started.elapsed();
@@ -253,7 +253,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         let res = match &poisoned {
             Some(msg) => Err(msg.clone()),
             None => appender
-                .append_batch(&shared.store, &batch)
+                .append_batch(&shared.files, &batch)
                 .map_err(|e| e.to_string()),
         };
         sync_time += started.elapsed();
@@ -295,12 +295,12 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         "ledger writer stopped"
     );
     if poisoned.is_none() {
-        if let Err(e) = shared.store.sync_derived(appender.size()) {
+        if let Err(e) = shared.files.sync_derived(appender.size()) {
             tracing::error!(error = %e, "ledger: syncing derived files at shutdown failed");
         }
         // A cleanly closed entries.log has no preallocated tail (readable by versions
         // without preallocation; the next open re-extends it).
-        if let Err(e) = appender.release_tail(&shared.store) {
+        if let Err(e) = appender.release_tail(&shared.files) {
             tracing::error!(error = %e, "ledger: cutting the preallocated tail at shutdown failed");
         }
     }
@@ -364,9 +364,9 @@ impl Ledger {
         let signer = NoteSigner::new(&cfg.origin, load_or_create_key(&dir)?)?;
         let checkpoint = load_checkpoint(&dir, signer.verifier(), &cfg.origin)?;
         let cp_size = checkpoint.as_ref().map_or(0, |c| c.size);
-        let opened = files::open_store(&dir, cfg.repair, cp_size)?;
-        let view = StoreView {
-            store: &opened.store,
+        let opened = files::open_log_files(&dir, cfg.repair, cp_size)?;
+        let view = LogView {
+            files: &opened.files,
             size: opened.appender.size(),
         };
         if let Some(cp) = &checkpoint
@@ -382,7 +382,7 @@ impl Ledger {
             root: opened.appender.root(),
         };
         let shared = Arc::new(Shared {
-            store: opened.store,
+            files: opened.files,
             head: RwLock::new(head),
             size_tx: watch::Sender::new(head.size),
         });
@@ -428,9 +428,9 @@ impl Ledger {
         *self.inner.shared.head.read()
     }
 
-    fn view(&self) -> StoreView<'_> {
-        StoreView {
-            store: &self.inner.shared.store,
+    fn view(&self) -> LogView<'_> {
+        LogView {
+            files: &self.inner.shared.files,
             size: self.head().size,
         }
     }
@@ -454,7 +454,7 @@ impl Ledger {
                 "no entry {index} (log size {size})"
             )));
         }
-        self.inner.shared.store.record(index)
+        self.inner.shared.files.record(index)
     }
 
     /// Entries `[start, end)`, at most [`MAX_ENTRIES_PER_READ`] of them.
@@ -470,7 +470,7 @@ impl Ledger {
                 "at most {MAX_ENTRIES_PER_READ} entries per read"
             )));
         }
-        (start..end).map(|i| self.inner.shared.store.record(i)).collect()
+        (start..end).map(|i| self.inner.shared.files.record(i)).collect()
     }
 
     /// The stored RFC 6962 leaf hash of entry `index`.
@@ -481,7 +481,7 @@ impl Ledger {
                 "no entry {index} (log size {size})"
             )));
         }
-        self.inner.shared.store.node(0, index)
+        self.inner.shared.files.node(0, index)
     }
 
     /// Root hash of the tree of the first `size` entries.
@@ -534,9 +534,9 @@ impl Ledger {
         let me = self.clone();
         let text = cp.text().to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), LedgerError> {
-            let store = &me.inner.shared.store;
-            store.sync_derived(head.size)?;
-            files::write_atomic(store.dir(), files::CHECKPOINT, text.as_bytes())
+            let log_files = &me.inner.shared.files;
+            log_files.sync_derived(head.size)?;
+            files::write_atomic(log_files.dir(), files::CHECKPOINT, text.as_bytes())
         })
         .await
         .map_err(|e| LedgerError::Io {

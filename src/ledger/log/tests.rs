@@ -783,8 +783,6 @@ async fn non_zero_bytes_after_the_logical_end_are_refused() {
     verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies after the cut");
 }
 
-// Found by the second review of preallocation: each failed before its fix.
-
 /// Framed record bytes as the writer writes them.
 fn framed(e: &[u8]) -> Vec<u8> {
     let mut r = (e.len() as u32).to_le_bytes().to_vec();
