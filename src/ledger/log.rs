@@ -192,10 +192,18 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut poisoned: Option<String> = None;
+    // Why the node level files could not be opened ahead, while that lasts.
+    let mut levels_behind: Option<String> = None;
     let (mut batches, mut entries, mut sync_time) = (0u64, 0u64, Duration::ZERO);
     let (mut zero_slices, mut zero_time) = (0u64, Duration::ZERO);
     let mut last_batch = 0usize;
     loop {
+        // Between batches: open the level files the next batch may need, so that no append
+        // opens a file. A failure (say, out of file descriptors) is retried here before every
+        // batch; only a batch that reaches a level still not open is refused.
+        if poisoned.is_none() {
+            open_levels_ahead(&shared, &appender, &mut levels_behind);
+        }
         // Idle (nothing queued): extend the zero-filled region ahead of the log by one
         // slice, then look at the queue again. Never while a request is waiting, so the
         // ack path's fdatasync never carries zero-fill writes.
@@ -250,11 +258,26 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         }
         last_batch = batch.len();
         let started = std::time::Instant::now();
-        let res = match &poisoned {
-            Some(msg) => Err(msg.clone()),
-            None => appender
-                .append_batch(&shared.files, &batch)
-                .map_err(|e| e.to_string()),
+        let res = if let Some(msg) = &poisoned {
+            Err(msg.clone())
+        } else {
+            if levels_behind.is_some() {
+                open_levels_ahead(&shared, &appender, &mut levels_behind);
+            }
+            match appender.check_levels(&shared.files, batch.len()) {
+                // Nothing was written: the writer stays usable once the file opens.
+                Err(e) => {
+                    let msg = format!("{e}: {}", levels_behind.as_deref().unwrap_or("not opened"));
+                    tracing::error!(error = %msg, "ledger batch refused: a node level file is not open");
+                    Err(msg)
+                }
+                Ok(()) => appender.append_batch(&shared.files, &batch).map_err(|e| {
+                    let msg = e.to_string();
+                    tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
+                    poisoned = Some(msg.clone());
+                    msg
+                }),
+            }
         };
         sync_time += started.elapsed();
         batches += 1;
@@ -271,10 +294,6 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                 }
             }
             Err(msg) => {
-                if poisoned.is_none() {
-                    tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
-                    poisoned = Some(msg.clone());
-                }
                 for a in acks.drain(..) {
                     let _ = a.send(Err(LedgerError::Io {
                         context: "append".into(),
@@ -302,6 +321,24 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         // without preallocation; the next open re-extends it).
         if let Err(e) = appender.release_tail(&shared.files) {
             tracing::error!(error = %e, "ledger: cutting the preallocated tail at shutdown failed");
+        }
+    }
+}
+
+/// Opens the node level files the next batch may write to (see [`Appender::open_levels_ahead`]);
+/// `behind` holds the error while that fails, so it is logged once and retried.
+fn open_levels_ahead(shared: &Shared, appender: &Appender, behind: &mut Option<String>) {
+    match appender.open_levels_ahead(&shared.files, MAX_BATCH as u64) {
+        Ok(()) => {
+            if behind.take().is_some() {
+                tracing::info!("ledger: node level files opened ahead again");
+            }
+        }
+        Err(e) => {
+            if behind.is_none() {
+                tracing::warn!(error = %e, "ledger: cannot open node level files ahead; retrying before each batch");
+            }
+            *behind = Some(e.to_string());
         }
     }
 }
@@ -365,6 +402,9 @@ impl Ledger {
         let checkpoint = load_checkpoint(&dir, signer.verifier(), &cfg.origin)?;
         let cp_size = checkpoint.as_ref().map_or(0, |c| c.size);
         let opened = files::open_log_files(&dir, cfg.repair, cp_size)?;
+        opened
+            .appender
+            .open_levels_ahead(&opened.files, MAX_BATCH as u64)?;
         let view = LogView {
             files: &opened.files,
             size: opened.appender.size(),

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::layout::{SYNCED, crc, encode_marker, io_err, write_atomic};
+use super::layout::{MAX_LEVELS, crc, io_err};
 use super::read::LogFiles;
 use crate::ledger::LedgerError;
 use crate::ledger::tree::{self, Frontier, Hash};
@@ -31,6 +31,12 @@ pub(crate) const PREALLOC_CHUNK: u64 = 4096;
 const ZERO_SLICE: u64 = 256 << 10;
 #[cfg(test)]
 const ZERO_SLICE: u64 = 1024;
+
+/// How many node levels a tree of `size` leaves has: level `L` holds `floor(size / 2^L)`
+/// nodes, so levels `0..levels_for(size)` are non-empty.
+pub(super) fn levels_for(size: u64) -> usize {
+    (u64::BITS - size.leading_zeros()) as usize
+}
 
 /// The single writer's state: the frontier plus staging buffers for one batch.
 pub(crate) struct Appender {
@@ -57,6 +63,32 @@ impl Appender {
 
     pub(crate) fn root(&self) -> Hash {
         self.frontier.root()
+    }
+
+    /// Opens the node level files that the next batch (at most `max_batch` entries) can write
+    /// to, and always the level above the current top one, before any append needs them, so
+    /// that no append opens a file: out of file descriptors (`open` fails with EMFILE), appends
+    /// still find their files open. Creates empty files for levels that have no node yet.
+    pub(crate) fn open_levels_ahead(&self, files: &LogFiles, max_batch: u64) -> Result<(), LedgerError> {
+        let size = self.size();
+        let ahead = size.saturating_mul(2).max(size.saturating_add(max_batch));
+        files.open_levels(levels_for(ahead).min(MAX_LEVELS))
+    }
+
+    /// Refuses (before anything is written) a batch of `n` entries that would write to a node
+    /// level whose file is not open, which happens only when opening it ahead failed.
+    pub(crate) fn check_levels(&self, files: &LogFiles, n: usize) -> Result<(), LedgerError> {
+        let need = levels_for(self.size().saturating_add(n as u64));
+        let open = files.levels_open();
+        if open >= need {
+            return Ok(());
+        }
+        Err(LedgerError::Io {
+            context: "append".to_owned(),
+            source: std::io::Error::other(format!(
+                "the file of node level {open} could not be opened ahead of this batch"
+            )),
+        })
     }
 
     /// Stages one record's derived data (the record is at `offset`).
@@ -86,7 +118,7 @@ impl Appender {
             if self.levels[l].is_empty() {
                 continue;
             }
-            let f = files.level_file(l)?;
+            let f = files.open_level(l)?;
             f.write_all_at(&self.levels[l], (start >> l) * 32)
                 .map_err(io_err("write node level"))?;
         }
@@ -198,29 +230,27 @@ impl LogFiles {
     /// fdatasync the derived files and record that the first `size` entries' derived
     /// data is durable (never moves the marker backwards).
     pub(crate) fn sync_derived(&self, size: u64) -> Result<(), LedgerError> {
-        let mut synced = self.synced.lock();
-        if size <= *synced {
+        let mut marker = self.marker.lock();
+        if size <= marker.size() {
             return Ok(());
         }
-        self.offsets.sync_data().map_err(io_err("fdatasync offsets"))?;
-        let levels: Vec<Arc<File>> = self.levels.read().clone();
-        for f in levels {
-            f.sync_data().map_err(io_err("fdatasync node level"))?;
-        }
-        write_atomic(&self.dir, SYNCED, &encode_marker(size))?;
-        *synced = size;
-        Ok(())
+        self.sync_levels_and_offsets()?;
+        marker.set(size)
     }
 
     /// Sets the marker to exactly `size` (used by recovery after rebuilding).
     pub(super) fn force_marker(&self, size: u64) -> Result<(), LedgerError> {
+        let mut marker = self.marker.lock();
+        self.sync_levels_and_offsets()?;
+        marker.set(size)
+    }
+
+    fn sync_levels_and_offsets(&self) -> Result<(), LedgerError> {
         self.offsets.sync_data().map_err(io_err("fdatasync offsets"))?;
         let levels: Vec<Arc<File>> = self.levels.read().clone();
         for f in levels {
             f.sync_data().map_err(io_err("fdatasync node level"))?;
         }
-        write_atomic(&self.dir, SYNCED, &encode_marker(size))?;
-        *self.synced.lock() = size;
         Ok(())
     }
 }

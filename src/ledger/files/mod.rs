@@ -18,7 +18,7 @@ pub(crate) use layout::{
     CHECKPOINT, ENTRIES, KEY, LOCK, MAX_ENTRY, ORIGIN, read_optional, sync_dir, write_atomic,
 };
 #[cfg(test)]
-pub(crate) use layout::{OFFSETS, SYNCED, crc};
+pub(crate) use layout::{OFFSETS, SYNCED, crc, marker_size};
 pub(crate) use read::{LogFiles, LogView};
 pub use recover::RepairMode;
 pub(crate) use recover::open_log_files;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::layout::{HEADER, MAX_ENTRY, MAX_LEVELS, crc, io_err, level_name, open_rw, split_header};
+use super::layout::{HEADER, MAX_ENTRY, MAX_LEVELS, Marker, crc, io_err, level_name, open_rw, split_header};
 use crate::ledger::LedgerError;
 use crate::ledger::tree::{Hash, NodeSource};
 
@@ -22,8 +22,7 @@ pub(crate) struct LogFiles {
     pub(super) offsets: File,
     /// One file per node level, index = level.
     pub(super) levels: RwLock<Vec<Arc<File>>>,
-    /// The size the `synced` marker on disk records.
-    pub(super) synced: Mutex<u64>,
+    pub(super) marker: Mutex<Marker>,
     pub(super) upper: RwLock<UpperCache>,
 }
 
@@ -81,6 +80,9 @@ impl LogFiles {
         &self.dir
     }
 
+    /// The file of node level `level`, opening it (and every level below) if needed. Only for
+    /// open time: the writer opens levels ahead with [`LogFiles::open_levels`], and reads and
+    /// appends use [`LogFiles::open_level`], which never opens a file.
     pub(super) fn level_file(&self, level: usize) -> Result<Arc<File>, LedgerError> {
         if let Some(f) = self.levels.read().get(level) {
             return Ok(f.clone());
@@ -96,6 +98,31 @@ impl LogFiles {
         Ok(w[level].clone())
     }
 
+    /// Makes sure the files of levels `0..count` are open (creating empty ones as needed).
+    pub(super) fn open_levels(&self, count: usize) -> Result<(), LedgerError> {
+        if count == 0 || self.levels.read().len() >= count {
+            return Ok(());
+        }
+        self.level_file(count - 1).map(|_| ())
+    }
+
+    /// How many node level files are open (levels `0..n`).
+    pub(super) fn levels_open(&self) -> usize {
+        self.levels.read().len()
+    }
+
+    /// The file of node level `level` if it is open; never opens one.
+    pub(super) fn open_level(&self, level: usize) -> Result<Arc<File>, LedgerError> {
+        self.levels
+            .read()
+            .get(level)
+            .cloned()
+            .ok_or_else(|| LedgerError::Io {
+                context: format!("node level {level}"),
+                source: std::io::Error::other("the level file is not open"),
+            })
+    }
+
     fn read_at(&self, f: &File, buf: &mut [u8], pos: u64, what: &str) -> Result<(), LedgerError> {
         f.read_exact_at(buf, pos).map_err(io_err(what.to_owned()))
     }
@@ -105,7 +132,7 @@ impl LogFiles {
         if let Some(h) = self.upper.read().get(level, index) {
             return Ok(h);
         }
-        let f = self.level_file(level as usize)?;
+        let f = self.open_level(level as usize)?;
         let mut h = [0u8; 32];
         self.read_at(&f, &mut h, index * 32, "read node")?;
         Ok(h)

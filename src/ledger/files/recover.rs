@@ -10,10 +10,10 @@ use std::path::Path;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::append::Appender;
+use super::append::{Appender, levels_for};
 use super::layout::{
-    ENTRIES, HEADER, MAX_ENTRY, MAX_LEVELS, OFFSETS, SYNCED, ZERO_SCAN, crc, decode_marker, io_err,
-    level_name, open_rw, split_header,
+    ENTRIES, HEADER, MAX_ENTRY, MAX_LEVELS, Marker, OFFSETS, ZERO_SCAN, crc, io_err, level_name, open_rw,
+    split_header,
 };
 use super::read::{LogFiles, UpperCache, load_upper_cache};
 use crate::ledger::LedgerError;
@@ -160,16 +160,14 @@ pub(crate) fn open_log_files(
     let entries = open_rw(&dir.join(ENTRIES))?;
     let offsets = open_rw(&dir.join(OFFSETS))?;
     let entries_len = entries.metadata().map_err(io_err("stat entries"))?.len();
-    let marker = std::fs::read(dir.join(SYNCED))
-        .ok()
-        .and_then(|b| decode_marker(&b))
-        .unwrap_or(0);
+    let synced = Marker::open(dir)?;
+    let marker = synced.size();
     let files = LogFiles {
         dir: dir.to_owned(),
         entries,
         offsets,
         levels: RwLock::new(Vec::new()),
-        synced: Mutex::new(0),
+        marker: Mutex::new(synced),
         upper: RwLock::new(UpperCache::empty()),
     };
     for l in 0..MAX_LEVELS {
@@ -308,6 +306,7 @@ pub(crate) fn open_log_files(
                 }
                 appender.stage(leaf, pos);
                 if appender.offsets.len() >= 1 << 20 {
+                    files.open_levels(levels_for(appender.size()))?;
                     appender.flush_derived(&files)?;
                 }
                 index += 1;
@@ -369,6 +368,7 @@ pub(crate) fn open_log_files(
         // records are written into it (one fdatasync; normally a no-op).
         files.entries.sync_data().map_err(io_err("fdatasync entries"))?;
     }
+    files.open_levels(levels_for(appender.size()))?;
     appender.flush_derived(&files)?;
     if index < checkpoint_size {
         return Err(LedgerError::Corrupt {
@@ -390,8 +390,6 @@ pub(crate) fn open_log_files(
     }
     if size != marker || trusted != size {
         files.force_marker(size)?;
-    } else {
-        *files.synced.lock() = size;
     }
     trusted = size;
     debug_assert_eq!(appender.size(), trusted);
