@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -24,6 +24,8 @@ use super::tree::{self, Hash};
 const MAX_BATCH: usize = 4096;
 /// Longest the writer waits for more requests to join a batch.
 const GATHER_WAIT: Duration = Duration::from_micros(250);
+/// How often an idle writer retries opening a node level file it could not open ahead.
+const LEVEL_RETRY: Duration = Duration::from_millis(100);
 /// Bound of the append queue (backpressure beyond it).
 const QUEUE: usize = 8192;
 /// Most entries returned by one [`Ledger::entries`] call.
@@ -58,6 +60,21 @@ impl LedgerConfig {
 
 type Ack = oneshot::Sender<Result<u64, LedgerError>>;
 
+/// Whether the ledger takes appends, as its writer last found out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerHealth {
+    /// Appends are taken.
+    Healthy,
+    /// Appends are refused (every one is answered with an IO error) since `since`. `reason`
+    /// says why and whether it lasts until restart; it names no file path.
+    Refusing {
+        /// When the first append was refused.
+        since: SystemTime,
+        /// What failed.
+        reason: String,
+    },
+}
+
 #[derive(Clone, Copy)]
 struct Head {
     size: u64,
@@ -69,6 +86,35 @@ struct Shared {
     head: RwLock<Head>,
     /// The durable size, published after each batch so followers of the log wake without polling.
     size_tx: watch::Sender<u64>,
+    /// Written by the writer thread when it starts or stops refusing appends.
+    health: RwLock<LedgerHealth>,
+}
+
+impl Shared {
+    /// Records that appends are refused for `reason` (keeping the time of the first refusal).
+    fn refuse(&self, reason: String) {
+        let mut h = self.health.write();
+        let since = match &*h {
+            LedgerHealth::Refusing { since, .. } => *since,
+            LedgerHealth::Healthy => SystemTime::now(),
+        };
+        *h = LedgerHealth::Refusing { since, reason };
+    }
+
+    fn healthy(&self) {
+        *self.health.write() = LedgerHealth::Healthy;
+    }
+}
+
+/// Marks the ledger as refusing appends when the writer thread ends, normally (no handle is
+/// left to see it) or by a panic (every handle's appends now fail with `Closed`).
+struct WriterGone(Arc<Shared>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0
+            .refuse("the ledger writer thread has stopped; restart kla".to_owned());
+    }
 }
 
 struct Inner {
@@ -186,6 +232,7 @@ pub fn verify_ledger_dir(
 }
 
 fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
+    let _gone = WriterGone(shared.clone());
     if let Err(e) = batch_scheduling() {
         tracing::debug!(error = %e, "ledger writer keeps the default scheduling policy");
     }
@@ -194,6 +241,8 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
     let mut poisoned: Option<String> = None;
     // Why the node level files could not be opened ahead, while that lasts.
     let mut levels_behind: Option<String> = None;
+    // Whether the last batch was refused (health says so until one succeeds).
+    let mut refused = false;
     let (mut batches, mut entries, mut sync_time) = (0u64, 0u64, Duration::ZERO);
     let (mut zero_slices, mut zero_time) = (0u64, Duration::ZERO);
     let mut last_batch = 0usize;
@@ -221,9 +270,16 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                         Ok(false) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "ledger zero-fill failed; refusing further appends until restart");
+                            shared.refuse(until_restart(&e));
                             poisoned = Some(e.to_string());
                         }
                     }
+                    continue;
+                }
+                if levels_behind.is_some() {
+                    // Retry the open while idle too: a ledger that refuses appends gets no traffic
+                    // (readiness fails), so waiting for the next batch could wait forever.
+                    std::thread::sleep(LEVEL_RETRY);
                     continue;
                 }
                 match rx.blocking_recv() {
@@ -269,11 +325,13 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                 Err(e) => {
                     let msg = format!("{e}: {}", levels_behind.as_deref().unwrap_or("not opened"));
                     tracing::error!(error = %msg, "ledger batch refused: a node level file is not open");
+                    shared.refuse(format!("{msg}; retried before every batch"));
                     Err(msg)
                 }
                 Ok(()) => appender.append_batch(&shared.files, &batch).map_err(|e| {
                     let msg = e.to_string();
                     tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
+                    shared.refuse(until_restart(&e));
                     poisoned = Some(msg.clone());
                     msg
                 }),
@@ -284,6 +342,10 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         entries += batch.len() as u64;
         match res {
             Ok(first) => {
+                if refused {
+                    shared.healthy();
+                    refused = false;
+                }
                 *shared.head.write() = Head {
                     size: appender.size(),
                     root: appender.root(),
@@ -294,6 +356,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                 }
             }
             Err(msg) => {
+                refused = true;
                 for a in acks.drain(..) {
                     let _ = a.send(Err(LedgerError::Io {
                         context: "append".into(),
@@ -325,6 +388,19 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
     }
 }
 
+/// The operating system's part of `e` (no file path), or all of it.
+fn os_error(e: &LedgerError) -> String {
+    match e {
+        LedgerError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The health reason for a write failure that stops the writer.
+fn until_restart(e: &LedgerError) -> String {
+    format!("{e}; appends are refused until restart")
+}
+
 /// Opens the node level files the next batch may write to (see [`Appender::open_levels_ahead`]);
 /// `behind` holds the error while that fails, so it is logged once and retried.
 fn open_levels_ahead(shared: &Shared, appender: &Appender, behind: &mut Option<String>) {
@@ -332,13 +408,14 @@ fn open_levels_ahead(shared: &Shared, appender: &Appender, behind: &mut Option<S
         Ok(()) => {
             if behind.take().is_some() {
                 tracing::info!("ledger: node level files opened ahead again");
+                shared.healthy();
             }
         }
         Err(e) => {
             if behind.is_none() {
                 tracing::warn!(error = %e, "ledger: cannot open node level files ahead; retrying before each batch");
             }
-            *behind = Some(e.to_string());
+            *behind = Some(os_error(&e));
         }
     }
 }
@@ -425,6 +502,7 @@ impl Ledger {
             files: opened.files,
             head: RwLock::new(head),
             size_tx: watch::Sender::new(head.size),
+            health: RwLock::new(LedgerHealth::Healthy),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let w_shared = shared.clone();
@@ -484,6 +562,13 @@ impl Ledger {
     /// of several batches may coalesce into the newest).
     pub fn watch_size(&self) -> watch::Receiver<u64> {
         self.inner.shared.size_tx.subscribe()
+    }
+
+    /// Whether appends are taken. A write or sync failure makes the writer refuse every later
+    /// append until restart (the state of the files is unknown; open recovers them); a node
+    /// level file that could not be opened ahead refuses batches only until it opens.
+    pub fn health(&self) -> LedgerHealth {
+        self.inner.shared.health.read().clone()
     }
 
     /// The canonical bytes of entry `index`.

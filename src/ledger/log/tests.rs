@@ -1005,6 +1005,7 @@ fn appends_across_level_boundaries_open_no_file() {
         // Then batches of many entries, crossing 128 and 256 inside one batch.
         model.extend(append_concurrently(&l, 230).await);
         assert_matches_model(&l, &model);
+        assert_eq!(l.health(), LedgerHealth::Healthy);
         // The derived files and the `synced` marker become durable without a new descriptor too.
         l.inner
             .shared
@@ -1044,8 +1045,23 @@ fn a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it
             assert!(e.to_string().contains("node level 13"), "{e}");
         }
         assert_eq!(l.size(), 8191);
-        // Descriptors are back: the writer opens the level before the next batch and takes it.
+        match l.health() {
+            LedgerHealth::Refusing { reason, .. } => {
+                assert!(reason.contains("node level 13"), "{reason}");
+                assert!(
+                    !reason.contains(dir.to_str().expect("utf-8")),
+                    "no path: {reason}"
+                );
+            }
+            LedgerHealth::Healthy => panic!("a ledger refusing appends reports healthy"),
+        }
+        // Descriptors are back: the idle writer opens the level (no append needed to notice) and takes batches.
         drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while l.health() != LedgerHealth::Healthy {
+            assert!(std::time::Instant::now() < deadline, "still {:?}", l.health());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         model.extend(append_n(&l, 2).await);
         assert_matches_model(&l, &model);
     });
