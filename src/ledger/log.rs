@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::LedgerError;
-use super::files::{self, Appender, MAX_ENTRY, Store, StoreView};
+use super::files::{self, Appender, LogFiles, LogView, MAX_ENTRY};
 pub use super::files::{RepairMode, VerifySummary};
 use super::note::{NoteSigner, NoteVerifier, SignedCheckpoint};
 use super::tree::{self, Hash};
@@ -24,6 +24,8 @@ use super::tree::{self, Hash};
 const MAX_BATCH: usize = 4096;
 /// Longest the writer waits for more requests to join a batch.
 const GATHER_WAIT: Duration = Duration::from_micros(250);
+/// How often an idle writer retries opening a node level file it could not open ahead.
+const LEVEL_RETRY: Duration = Duration::from_millis(100);
 /// Bound of the append queue (backpressure beyond it).
 const QUEUE: usize = 8192;
 /// Most entries returned by one [`Ledger::entries`] call.
@@ -58,6 +60,21 @@ impl LedgerConfig {
 
 type Ack = oneshot::Sender<Result<u64, LedgerError>>;
 
+/// Whether the ledger takes appends, as its writer last found out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerHealth {
+    /// Appends are taken.
+    Healthy,
+    /// Appends are refused (every one is answered with an IO error) since `since`. `reason`
+    /// says why and whether it lasts until restart; it names no file path.
+    Refusing {
+        /// When the first append was refused.
+        since: SystemTime,
+        /// What failed.
+        reason: String,
+    },
+}
+
 #[derive(Clone, Copy)]
 struct Head {
     size: u64,
@@ -65,10 +82,39 @@ struct Head {
 }
 
 struct Shared {
-    store: Store,
+    files: LogFiles,
     head: RwLock<Head>,
     /// The durable size, published after each batch so followers of the log wake without polling.
     size_tx: watch::Sender<u64>,
+    /// Written by the writer thread when it starts or stops refusing appends.
+    health: RwLock<LedgerHealth>,
+}
+
+impl Shared {
+    /// Records that appends are refused for `reason` (keeping the time of the first refusal).
+    fn refuse(&self, reason: String) {
+        let mut h = self.health.write();
+        let since = match &*h {
+            LedgerHealth::Refusing { since, .. } => *since,
+            LedgerHealth::Healthy => SystemTime::now(),
+        };
+        *h = LedgerHealth::Refusing { since, reason };
+    }
+
+    fn healthy(&self) {
+        *self.health.write() = LedgerHealth::Healthy;
+    }
+}
+
+/// Marks the ledger as refusing appends when the writer thread ends, normally (no handle is
+/// left to see it) or by a panic (every handle's appends now fail with `Closed`).
+struct WriterGone(Arc<Shared>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0
+            .refuse("the ledger writer thread has stopped; restart kla".to_owned());
+    }
 }
 
 struct Inner {
@@ -186,16 +232,27 @@ pub fn verify_ledger_dir(
 }
 
 fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
+    let _gone = WriterGone(shared.clone());
     if let Err(e) = batch_scheduling() {
         tracing::debug!(error = %e, "ledger writer keeps the default scheduling policy");
     }
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut poisoned: Option<String> = None;
+    // Why the node level files could not be opened ahead, while that lasts.
+    let mut levels_behind: Option<String> = None;
+    // Whether the last batch was refused (health says so until one succeeds).
+    let mut refused = false;
     let (mut batches, mut entries, mut sync_time) = (0u64, 0u64, Duration::ZERO);
     let (mut zero_slices, mut zero_time) = (0u64, Duration::ZERO);
     let mut last_batch = 0usize;
     loop {
+        // Between batches: open the level files the next batch may need, so that no append
+        // opens a file. A failure (say, out of file descriptors) is retried here before every
+        // batch; only a batch that reaches a level still not open is refused.
+        if poisoned.is_none() {
+            open_levels_ahead(&shared, &appender, &mut levels_behind);
+        }
         // Idle (nothing queued): extend the zero-filled region ahead of the log by one
         // slice, then look at the queue again. Never while a request is waiting, so the
         // ack path's fdatasync never carries zero-fill writes.
@@ -205,7 +262,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
             Err(mpsc::error::TryRecvError::Empty) => {
                 if poisoned.is_none() && appender.wants_zeros() {
                     let started = std::time::Instant::now();
-                    match appender.extend_zeros(&shared.store) {
+                    match appender.extend_zeros(&shared.files) {
                         Ok(true) => {
                             zero_slices += 1;
                             zero_time += started.elapsed();
@@ -213,9 +270,16 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                         Ok(false) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "ledger zero-fill failed; refusing further appends until restart");
+                            shared.refuse(until_restart(&e));
                             poisoned = Some(e.to_string());
                         }
                     }
+                    continue;
+                }
+                if levels_behind.is_some() {
+                    // Retry the open while idle too: a ledger that refuses appends gets no traffic
+                    // (readiness fails), so waiting for the next batch could wait forever.
+                    std::thread::sleep(LEVEL_RETRY);
                     continue;
                 }
                 match rx.blocking_recv() {
@@ -250,17 +314,38 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         }
         last_batch = batch.len();
         let started = std::time::Instant::now();
-        let res = match &poisoned {
-            Some(msg) => Err(msg.clone()),
-            None => appender
-                .append_batch(&shared.store, &batch)
-                .map_err(|e| e.to_string()),
+        let res = if let Some(msg) = &poisoned {
+            Err(msg.clone())
+        } else {
+            if levels_behind.is_some() {
+                open_levels_ahead(&shared, &appender, &mut levels_behind);
+            }
+            match appender.check_levels(&shared.files, batch.len()) {
+                // Nothing was written: the writer stays usable once the file opens.
+                Err(e) => {
+                    let msg = format!("{e}: {}", levels_behind.as_deref().unwrap_or("not opened"));
+                    tracing::error!(error = %msg, "ledger batch refused: a node level file is not open");
+                    shared.refuse(format!("{msg}; retried before every batch"));
+                    Err(msg)
+                }
+                Ok(()) => appender.append_batch(&shared.files, &batch).map_err(|e| {
+                    let msg = e.to_string();
+                    tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
+                    shared.refuse(until_restart(&e));
+                    poisoned = Some(msg.clone());
+                    msg
+                }),
+            }
         };
         sync_time += started.elapsed();
         batches += 1;
         entries += batch.len() as u64;
         match res {
             Ok(first) => {
+                if refused {
+                    shared.healthy();
+                    refused = false;
+                }
                 *shared.head.write() = Head {
                     size: appender.size(),
                     root: appender.root(),
@@ -271,10 +356,7 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
                 }
             }
             Err(msg) => {
-                if poisoned.is_none() {
-                    tracing::error!(error = %msg, "ledger write failed; refusing further appends until restart");
-                    poisoned = Some(msg.clone());
-                }
+                refused = true;
                 for a in acks.drain(..) {
                     let _ = a.send(Err(LedgerError::Io {
                         context: "append".into(),
@@ -295,13 +377,45 @@ fn writer_loop(shared: Arc<Shared>, mut appender: Appender, mut rx: mpsc::Receiv
         "ledger writer stopped"
     );
     if poisoned.is_none() {
-        if let Err(e) = shared.store.sync_derived(appender.size()) {
+        if let Err(e) = shared.files.sync_derived(appender.size()) {
             tracing::error!(error = %e, "ledger: syncing derived files at shutdown failed");
         }
         // A cleanly closed entries.log has no preallocated tail (readable by versions
         // without preallocation; the next open re-extends it).
-        if let Err(e) = appender.release_tail(&shared.store) {
+        if let Err(e) = appender.release_tail(&shared.files) {
             tracing::error!(error = %e, "ledger: cutting the preallocated tail at shutdown failed");
+        }
+    }
+}
+
+/// The operating system's part of `e` (no file path), or all of it.
+fn os_error(e: &LedgerError) -> String {
+    match e {
+        LedgerError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The health reason for a write failure that stops the writer.
+fn until_restart(e: &LedgerError) -> String {
+    format!("{e}; appends are refused until restart")
+}
+
+/// Opens the node level files the next batch may write to (see [`Appender::open_levels_ahead`]);
+/// `behind` holds the error while that fails, so it is logged once and retried.
+fn open_levels_ahead(shared: &Shared, appender: &Appender, behind: &mut Option<String>) {
+    match appender.open_levels_ahead(&shared.files, MAX_BATCH as u64) {
+        Ok(()) => {
+            if behind.take().is_some() {
+                tracing::info!("ledger: node level files opened ahead again");
+                shared.healthy();
+            }
+        }
+        Err(e) => {
+            if behind.is_none() {
+                tracing::warn!(error = %e, "ledger: cannot open node level files ahead; retrying before each batch");
+            }
+            *behind = Some(os_error(&e));
         }
     }
 }
@@ -364,9 +478,12 @@ impl Ledger {
         let signer = NoteSigner::new(&cfg.origin, load_or_create_key(&dir)?)?;
         let checkpoint = load_checkpoint(&dir, signer.verifier(), &cfg.origin)?;
         let cp_size = checkpoint.as_ref().map_or(0, |c| c.size);
-        let opened = files::open_store(&dir, cfg.repair, cp_size)?;
-        let view = StoreView {
-            store: &opened.store,
+        let opened = files::open_log_files(&dir, cfg.repair, cp_size)?;
+        opened
+            .appender
+            .open_levels_ahead(&opened.files, MAX_BATCH as u64)?;
+        let view = LogView {
+            files: &opened.files,
             size: opened.appender.size(),
         };
         if let Some(cp) = &checkpoint
@@ -382,9 +499,10 @@ impl Ledger {
             root: opened.appender.root(),
         };
         let shared = Arc::new(Shared {
-            store: opened.store,
+            files: opened.files,
             head: RwLock::new(head),
             size_tx: watch::Sender::new(head.size),
+            health: RwLock::new(LedgerHealth::Healthy),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let w_shared = shared.clone();
@@ -428,9 +546,9 @@ impl Ledger {
         *self.inner.shared.head.read()
     }
 
-    fn view(&self) -> StoreView<'_> {
-        StoreView {
-            store: &self.inner.shared.store,
+    fn view(&self) -> LogView<'_> {
+        LogView {
+            files: &self.inner.shared.files,
             size: self.head().size,
         }
     }
@@ -446,6 +564,13 @@ impl Ledger {
         self.inner.shared.size_tx.subscribe()
     }
 
+    /// Whether appends are taken. A write or sync failure makes the writer refuse every later
+    /// append until restart (the state of the files is unknown; open recovers them); a node
+    /// level file that could not be opened ahead refuses batches only until it opens.
+    pub fn health(&self) -> LedgerHealth {
+        self.inner.shared.health.read().clone()
+    }
+
     /// The canonical bytes of entry `index`.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
         let size = self.size();
@@ -454,7 +579,7 @@ impl Ledger {
                 "no entry {index} (log size {size})"
             )));
         }
-        self.inner.shared.store.record(index)
+        self.inner.shared.files.record(index)
     }
 
     /// Entries `[start, end)`, at most [`MAX_ENTRIES_PER_READ`] of them.
@@ -470,7 +595,7 @@ impl Ledger {
                 "at most {MAX_ENTRIES_PER_READ} entries per read"
             )));
         }
-        (start..end).map(|i| self.inner.shared.store.record(i)).collect()
+        (start..end).map(|i| self.inner.shared.files.record(i)).collect()
     }
 
     /// The stored RFC 6962 leaf hash of entry `index`.
@@ -481,7 +606,7 @@ impl Ledger {
                 "no entry {index} (log size {size})"
             )));
         }
-        self.inner.shared.store.node(0, index)
+        self.inner.shared.files.node(0, index)
     }
 
     /// Root hash of the tree of the first `size` entries.
@@ -534,9 +659,9 @@ impl Ledger {
         let me = self.clone();
         let text = cp.text().to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), LedgerError> {
-            let store = &me.inner.shared.store;
-            store.sync_derived(head.size)?;
-            files::write_atomic(store.dir(), files::CHECKPOINT, text.as_bytes())
+            let log_files = &me.inner.shared.files;
+            log_files.sync_derived(head.size)?;
+            files::write_atomic(log_files.dir(), files::CHECKPOINT, text.as_bytes())
         })
         .await
         .map_err(|e| LedgerError::Io {

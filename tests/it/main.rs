@@ -12,6 +12,7 @@ mod harness;
 mod health;
 mod idempotency;
 mod ledger;
+mod ledger_health;
 mod policy;
 mod rate_limit;
 mod reindex;

@@ -783,8 +783,6 @@ async fn non_zero_bytes_after_the_logical_end_are_refused() {
     verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies after the cut");
 }
 
-// Found by the second review of preallocation: each failed before its fix.
-
 /// Framed record bytes as the writer writes them.
 fn framed(e: &[u8]) -> Vec<u8> {
     let mut r = (e.len() as u32).to_le_bytes().to_vec();
@@ -906,4 +904,185 @@ async fn the_writer_thread_runs_under_sched_batch() {
     // tests' writers share the (15-byte cut) name; one that is just starting may not have
     // switched yet, so the check is that ours, at least, has.
     assert!(thread_policies("kla-ledger-writ").contains(&(libc::SCHED_BATCH as u32)));
+}
+
+// Running out of file descriptors (a peer holding many connections) must not stop appends: the writer opens
+// every file it needs ahead of time. The tests below run in a child process (this test binary again, with
+// `FD_CHILD` naming the test's directory) whose descriptor limit is small, so it can take every free descriptor
+// for real; `open` then fails with EMFILE, as it would in the server.
+
+const FD_CHILD: &str = "KLA_LEDGER_TEST_FD_CHILD";
+
+/// Runs the unit test `name` (a path below `ledger::log::tests`) in a child process with at most 256 file
+/// descriptors and `FD_CHILD` set to `dir`, and asserts that it passed.
+fn run_with_few_descriptors(name: &str, dir: &Path) {
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
+        .arg(exe)
+        .args(["--exact", &format!("ledger::log::tests::{name}")])
+        .args(["--nocapture", "--test-threads=1"])
+        .env(FD_CHILD, dir)
+        .output()
+        .expect("spawn the test binary");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+}
+
+/// Takes every free file descriptor of the process (until `open` fails with EMFILE) and returns them.
+fn take_every_descriptor() -> Vec<std::fs::File> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                break;
+            }
+        }
+        assert!(held.len() < 4096, "the descriptor limit did not apply");
+    }
+    let e =
+        std::fs::File::create(std::env::temp_dir().join("kla-fd-probe")).expect_err("no descriptor is left");
+    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+    held
+}
+
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Appends `n` entries concurrently (so they share batches) and returns them in log order.
+async fn append_concurrently(l: &Ledger, n: u64) -> Vec<Vec<u8>> {
+    let start = l.size();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let l = l.clone();
+        set.spawn(async move {
+            let b = entry_bytes(start + i);
+            (l.append(b.clone()).await.expect("append"), b)
+        });
+    }
+    let mut got: Vec<(u64, Vec<u8>)> = set.join_all().await;
+    got.sort();
+    for (k, (index, _)) in got.iter().enumerate() {
+        assert_eq!(*index, start + k as u64);
+    }
+    got.into_iter().map(|(_, b)| b).collect()
+}
+
+#[test]
+fn appends_across_level_boundaries_open_no_file() {
+    let Some(dir) = std::env::var_os(FD_CHILD) else {
+        let tmp = tempfile::tempdir().expect("tmp");
+        run_with_few_descriptors("appends_across_level_boundaries_open_no_file", tmp.path());
+        // The child's log reopens whole, with the marker it advanced while it had no descriptor to spare.
+        let marker = std::fs::read(tmp.path().join("ledger").join(files::SYNCED)).expect("marker");
+        assert_eq!(files::marker_size(&marker), 300);
+        let l = Ledger::open(cfg(tmp.path())).expect("reopen");
+        assert_eq!(l.size(), 300);
+        drop(l);
+        verify_ledger_dir(&tmp.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+        return;
+    };
+    let dir = Path::new(&dir);
+    child_runtime().block_on(async {
+        let l = Ledger::open(cfg(dir)).expect("open");
+        let held = take_every_descriptor();
+        // One entry per batch from 1 to 70 crosses the boundaries 2, 4, ..., 64 one by one.
+        let mut model = append_n(&l, 70).await;
+        // Then batches of many entries, crossing 128 and 256 inside one batch.
+        model.extend(append_concurrently(&l, 230).await);
+        assert_matches_model(&l, &model);
+        assert_eq!(l.health(), LedgerHealth::Healthy);
+        // The derived files and the `synced` marker become durable without a new descriptor too.
+        l.inner
+            .shared
+            .files
+            .sync_derived(l.size())
+            .expect("sync derived files");
+        drop(l);
+        drop(held);
+    });
+}
+
+#[test]
+fn a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it() {
+    let Some(dir) = std::env::var_os(FD_CHILD) else {
+        let tmp = tempfile::tempdir().expect("tmp");
+        run_with_few_descriptors(
+            "a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it",
+            tmp.path(),
+        );
+        let l = Ledger::open(cfg(tmp.path())).expect("reopen");
+        assert_eq!(l.size(), 8193);
+        drop(l);
+        verify_ledger_dir(&tmp.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+        return;
+    };
+    let dir = Path::new(&dir);
+    child_runtime().block_on(async {
+        let l = Ledger::open(cfg(dir)).expect("open");
+        let mut model = append_concurrently(&l, 4000).await;
+        let held = take_every_descriptor();
+        // Past 4096 the writer wants the file of level 13 open (the first node of level 13 is entry 8191) and
+        // cannot open it; entries up to there still go in.
+        model.extend(append_concurrently(&l, 8191 - 4000).await);
+        assert_eq!(l.size(), 8191);
+        for _ in 0..2 {
+            let e = l.append(entry_bytes(1)).await.expect_err("level 13 is not open");
+            assert!(e.to_string().contains("node level 13"), "{e}");
+        }
+        assert_eq!(l.size(), 8191);
+        match l.health() {
+            LedgerHealth::Refusing { reason, .. } => {
+                assert!(reason.contains("node level 13"), "{reason}");
+                assert!(
+                    !reason.contains(dir.to_str().expect("utf-8")),
+                    "no path: {reason}"
+                );
+            }
+            LedgerHealth::Healthy => panic!("a ledger refusing appends reports healthy"),
+        }
+        // Descriptors are back: the idle writer opens the level (no append needed to notice) and takes batches.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while l.health() != LedgerHealth::Healthy {
+            assert!(std::time::Instant::now() < deadline, "still {:?}", l.health());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        model.extend(append_n(&l, 2).await);
+        assert_matches_model(&l, &model);
+    });
+}
+
+#[tokio::test]
+async fn a_torn_synced_marker_falls_back_to_the_previous_size_on_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let mut model = append_n(&l, 10).await;
+    l.checkpoint_now().await.expect("checkpoint"); // marker 10
+    model.extend(append_n(&l, 10).await);
+    drop(l); // marker 20, in the other slot
+    let path = tmp.path().join("ledger").join(files::SYNCED);
+    let mut b = std::fs::read(&path).expect("marker");
+    assert_eq!(files::marker_size(&b), 20);
+    let newest = if files::marker_size(&b[..16]) == 20 { 0 } else { 16 };
+    b[newest + 3] ^= 0x40; // as if the write of 20 had torn
+    std::fs::write(&path, &b).expect("write");
+    assert_eq!(files::marker_size(&b), 10);
+    let l = Ledger::open(cfg(tmp.path())).expect("reopens from the older marker");
+    assert_matches_model(&l, &model);
+    assert_eq!(files::marker_size(&std::fs::read(&path).expect("marker")), 20);
 }
