@@ -2,6 +2,7 @@
 //! `kla::app::start`, or the real `kla` binary where a restart or a kill is part of the test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod default_pack;
 mod foundation;
 mod harness;
 mod ledger;
