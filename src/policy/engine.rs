@@ -44,6 +44,11 @@ pub const MAX_INSTRUCTIONS: usize = 1_000_000;
 /// Package of the generated module holding a rule's `when`; reserved.
 const WHEN_PACKAGE: &str = "kla_when";
 const WHEN_ENTRY: &str = "data.kla_when.holds";
+/// Package of kla's Rego library, compiled into every pack (typed, fail-closed helpers); reserved.
+const LIB_PACKAGE: &str = "kla_lib";
+/// Name the library's module is registered under (appears in Rego error messages).
+const LIB_PATH: &str = "kla_lib.rego (built in)";
+const LIB_SOURCE: &str = include_str!("kla_lib.rego");
 /// Builtins a `when` may not reach (directly or through the pack's Rego), with why:
 /// - results that do not follow from the input (regorus' `must_cache` list, as far as kla's feature set
 ///   compiles them in), so the same input and pack always decide alike;
@@ -257,11 +262,20 @@ impl CompiledPack {
     }
 }
 
-/// An engine holding the pack's own `*.rego` modules, cloned for every rule's `when`. A module
-/// may not use the reserved package of the generated `when` modules (or a package under it): it
-/// would add to, or set a default for, every rule's `holds`.
+/// An engine holding kla's library and the pack's own `*.rego` modules, cloned for every rule's
+/// `when`. A module may not use the reserved package of the generated `when` modules (it would
+/// add to, or set a default for, every rule's `holds`) or of the library (it would redefine a
+/// helper every pack relies on), nor a package under either.
 fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
     let mut engine = regorus::Engine::new();
+    engine
+        .add_policy(LIB_PATH.to_string(), LIB_SOURCE.to_string())
+        .map_err(|e| PolicyError::Invalid {
+            file: LIB_PATH.to_string(),
+            line: None,
+            rule: None,
+            reason: format!("kla's Rego library does not compile: {e}"),
+        })?;
     for (path, text) in &spec.rego_modules {
         let fail = |reason: String| PolicyError::Invalid {
             file: path.clone(),
@@ -272,11 +286,14 @@ fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
         let package = engine
             .add_policy(path.clone(), text.clone())
             .map_err(|e| fail(format!("Rego does not compile: {e}")))?;
-        let reserved = format!("data.{WHEN_PACKAGE}");
-        if package == reserved || package.starts_with(&format!("{reserved}.")) {
-            return Err(fail(format!(
-                "package {WHEN_PACKAGE} is reserved for the rules' `when` expressions"
-            )));
+        for (name, what) in [
+            (WHEN_PACKAGE, "the rules' `when` expressions"),
+            (LIB_PACKAGE, "kla's Rego library"),
+        ] {
+            let reserved = format!("data.{name}");
+            if package == reserved || package.starts_with(&format!("{reserved}.")) {
+                return Err(fail(format!("package {name} is reserved for {what}")));
+            }
         }
     }
     Ok(engine)
@@ -284,7 +301,7 @@ fn base_engine(spec: &PackSpec) -> Result<regorus::Engine, PolicyError> {
 
 fn compile_when(base: &regorus::Engine, rule: &RuleSpec) -> Result<Arc<Program>, PolicyError> {
     let mut engine = base.clone();
-    let mut src = format!("package {WHEN_PACKAGE}\n\nholds if {{\n");
+    let mut src = format!("package {WHEN_PACKAGE}\n\nimport data.{LIB_PACKAGE}\n\nholds if {{\n");
     for expr in &rule.when {
         src.push_str(expr);
         src.push('\n');

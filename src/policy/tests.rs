@@ -380,6 +380,189 @@ fn a_rego_module_may_not_declare_the_reserved_when_package() {
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
 }
 
+#[test]
+fn a_rego_module_may_not_declare_the_reserved_library_package() {
+    // kla's library is compiled into every pack: a module of the pack in its package would add
+    // cases to a helper (say, make `number` defined for strings) that every rule relies on.
+    let rules = "    - {id: r, match: {actions: [x]}, when: \"not kla_lib.number(input.context.n)\", decision: block}\n";
+    for lib in [
+        "package kla_lib\n\nnumber(x) := x if is_string(x)\n",
+        "package kla_lib.extra\n\nx := 1\n",
+    ] {
+        let e = refusal(
+            &pack_yaml("p", "allow", "enforce", rules),
+            &[("lib/helpers.rego", lib)],
+        );
+        assert!(
+            e.contains("lib/helpers.rego") && e.contains("kla_lib") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+}
+
+/// One rule per probe; `input.context.v` is the value under test. A probe holds when the
+/// helper is defined on `v` (or, for the value probes, returns `input.context.want`).
+const LIB_PROBES: &str = r#"    - {id: has, match: {actions: [has]}, when: 'kla_lib.has(input.context, "v")', decision: block}
+    - {id: string, match: {actions: [string]}, when: '_ = kla_lib.string(input.context.v)', decision: block}
+    - {id: number, match: {actions: [number]}, when: '_ = kla_lib.number(input.context.v)', decision: block}
+    - {id: nonneg, match: {actions: [nonneg]}, when: '_ = kla_lib.nonneg_number(input.context.v)', decision: block}
+    - {id: list, match: {actions: [list]}, when: '_ = kla_lib.string_list(input.context.v)', decision: block}
+    - {id: domain, match: {actions: [domain]}, when: 'kla_lib.email_domain(input.context.v) == input.context.want', decision: block}
+    - {id: rcpt, match: {actions: [rcpt]}, when: 'kla_lib.email_recipients(input.context.v) == {x | some x in input.context.want}', decision: block}
+    - {id: guard, match: {actions: [guard]}, when: 'not kla_lib.nonneg_number(input.context.v)', decision: block}
+"#;
+
+#[test]
+fn kla_lib_helpers_are_defined_only_on_well_typed_values() {
+    use serde_json::json;
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", LIB_PROBES), &[]);
+    let set = set_of(&[dir.path()]);
+    let holds = |probe: &str, context: serde_json::Value| {
+        let d = set.evaluate(&input(probe, "a", context.clone()));
+        assert!(d.error.is_none(), "{probe} {context}: {d:?}");
+        d.outcome == Outcome::Block
+    };
+    let absent = json!({});
+    // (probe, v, holds); `None` for v means the field is absent.
+    let cases: &[(&str, Option<serde_json::Value>, bool)] = &[
+        ("has", Some(json!(null)), true),
+        ("has", Some(json!(false)), true),
+        ("has", None, false),
+        ("string", Some(json!("")), true),
+        ("string", Some(json!(5)), false),
+        ("string", Some(json!(["a"])), false),
+        ("string", Some(json!(null)), false),
+        ("string", None, false),
+        ("number", Some(json!(-2.5)), true),
+        ("number", Some(json!(0)), true),
+        ("number", Some(json!(u64::MAX)), true),
+        ("number", Some(json!(1e308)), true),
+        ("number", Some(json!("5")), false),
+        ("number", Some(json!(true)), false),
+        ("number", Some(json!(null)), false),
+        ("number", Some(json!({"v": 1})), false),
+        ("number", Some(json!([1])), false),
+        ("number", None, false),
+        ("nonneg", Some(json!(0)), true),
+        ("nonneg", Some(json!(0.5)), true),
+        ("nonneg", Some(json!(-0.0001)), false),
+        ("nonneg", Some(json!(i64::MIN)), false),
+        ("nonneg", Some(json!("1")), false),
+        ("list", Some(json!([])), true),
+        ("list", Some(json!(["a", "b"])), true),
+        ("list", Some(json!("a")), false),
+        ("list", Some(json!(["a", 1])), false),
+        ("list", Some(json!([["a"]])), false),
+        ("list", Some(json!({"0": "a"})), false),
+        ("list", Some(json!(null)), false),
+        ("list", None, false),
+        // The guard is what a pack pairs with a typed comparison: it holds on every bad value.
+        ("guard", Some(json!(3)), false),
+        ("guard", Some(json!("3")), true),
+        ("guard", Some(json!(-3)), true),
+        ("guard", Some(json!(null)), true),
+        ("guard", None, true),
+    ];
+    for (probe, v, want) in cases {
+        let context = match v {
+            Some(v) => json!({ "v": v }),
+            None => absent.clone(),
+        };
+        assert_eq!(holds(probe, context.clone()), *want, "{probe} on {context}");
+    }
+    // The probe also holds when the context is not an object at all.
+    assert!(!holds("has", json!("v")));
+    assert!(holds("guard", json!(5)));
+
+    let domain = |v: serde_json::Value, want: &str| holds("domain", json!({"v": v, "want": want}));
+    assert!(domain(json!("a@acme.com"), "acme.com"));
+    assert!(domain(json!("A.B+tag@Mail.ACME-corp.com"), "mail.acme-corp.com"));
+    assert!(domain(json!("a@xn--bcher-kva.example"), "xn--bcher-kva.example"));
+    for bad in [
+        json!("acme.com"),
+        json!("a@"),
+        json!("@acme.com"),
+        json!("a@b@acme.com"),
+        json!("Alice <a@acme.com>"),
+        json!("a@acme.com, b@evil.com"),
+        json!("a b@acme.com"),
+        json!("a\u{0}@acme.com"),
+        json!("a@acme.com."),
+        json!("a@acme..com"),
+        json!("a@bücher.example"),
+        json!(["a@acme.com"]),
+        json!(5),
+    ] {
+        assert!(!domain(bad.clone(), "acme.com"), "{bad}");
+        assert!(!holds("domain", json!({"v": bad, "want": null})));
+    }
+
+    let rcpt = |v: serde_json::Value, want: serde_json::Value| holds("rcpt", json!({"v": v, "want": want}));
+    assert!(rcpt(
+        json!({"to": ["a@x.com"], "cc": ["b@y.com", "a@x.com"], "bcc": ["c@z.com"], "from": 5}),
+        json!(["a@x.com", "b@y.com", "c@z.com"])
+    ));
+    assert!(rcpt(json!({"bcc": ["c@z.com"]}), json!(["c@z.com"])));
+    assert!(rcpt(json!({}), json!([])));
+    assert!(rcpt(json!({"to": [], "cc": []}), json!([])));
+    for bad in [
+        json!({"to": "a@x.com"}),
+        json!({"to": ["a@x.com"], "cc": "b@y.com"}),
+        json!({"to": ["a@x.com"], "bcc": null}),
+        json!({"to": ["a@x.com", 5]}),
+        json!({"to": ["a@x.com", "not an address"]}),
+        json!({"cc": {"0": "a@x.com"}}),
+        json!(["a@x.com"]),
+    ] {
+        for want in [json!([]), json!(["a@x.com"])] {
+            assert!(!rcpt(bad.clone(), want), "{bad}");
+        }
+    }
+}
+
+#[test]
+fn kla_lib_is_importable_from_a_packs_rego_modules() {
+    let lib =
+        "package helpers\n\nimport data.kla_lib\n\nbig if kla_lib.nonneg_number(input.context.amount) > 10\n";
+    let rules = "    - {id: big, match: {actions: [pay]}, when: data.helpers.big, decision: block}\n";
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[("lib.rego", lib)]);
+    let set = set_of(&[dir.path()]);
+    let pay = |amount: serde_json::Value| {
+        set.evaluate(&input("pay", "a", serde_json::json!({ "amount": amount })))
+            .outcome
+    };
+    assert_eq!(pay(serde_json::json!(11)), Outcome::Block);
+    assert_eq!(pay(serde_json::json!(10)), Outcome::Allow);
+    assert_eq!(
+        pay(serde_json::json!("11")),
+        Outcome::Allow,
+        "a string is not converted"
+    );
+}
+
+#[test]
+fn kla_lib_number_refuses_a_non_finite_value() {
+    // `number` promises a finite number and relies on regorus storing NaN and infinity as null
+    // (JSON cannot carry them, and overflowing arithmetic is an error): this pins that premise.
+    let mut engine = regorus::Engine::new();
+    engine
+        .add_policy("kla_lib.rego".into(), include_str!("kla_lib.rego").into())
+        .unwrap();
+    for (v, want) in [
+        (f64::INFINITY, false),
+        (f64::NEG_INFINITY, false),
+        (f64::NAN, false),
+        (1.5, true),
+    ] {
+        engine.set_input(regorus::Value::from(v));
+        let defined = engine
+            .eval_query("x := data.kla_lib.number(input)".into(), false)
+            .map(|r| !r.result.is_empty())
+            .unwrap_or(false);
+        assert_eq!(defined, want, "{v}");
+    }
+}
+
 /// Refusal of a pack whose second rule (`bad`, at pack.yaml line 11) has `when`, with an optional
 /// `lib.rego`: the message must name file, line and rule, and contain `why`.
 fn assert_when_refused(when: &str, lib: Option<&str>, why: &str) {

@@ -6,6 +6,7 @@
 mod agents;
 mod auth;
 mod decisions;
+mod default_pack;
 mod errors;
 mod evidence;
 mod harness;
