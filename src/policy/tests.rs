@@ -594,7 +594,7 @@ fn non_deterministic_builtins_are_refused() {
 
 #[test]
 fn builtins_whose_cost_an_argument_sets_are_refused() {
-    // `numbers.range(1, 1e11)` ran for over a minute with growing memory (second reviewer): a
+    // `numbers.range(1, 1e11)` ran for over a minute with growing memory: a
     // running builtin is past the deadline's and the instruction cap's reach.
     assert_when_refused(
         "count(numbers.range(1, input.context.n)) > 3",
@@ -1255,7 +1255,7 @@ fn the_watcher_follows_a_policies_directory_that_is_replaced() {
 
 #[test]
 fn a_file_swapped_for_a_fifo_or_symlink_after_listing_is_refused_without_blocking() {
-    // The listing refuses both; this is the read that follows it, racing a swap (second reviewer).
+    // The listing refuses both; this is the read that follows it, racing a swap.
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("rules.yaml");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
