@@ -5,5 +5,6 @@
 mod foundation;
 mod harness;
 mod ledger;
+mod names;
 mod policy;
 mod reindex;
