@@ -157,7 +157,7 @@ fn suites_decide_canonical_names_as_the_server_does() {
         }
     };
     let files = pack(
-        "cases:\n  - {name: upper, input: {agent: {id: a, name: Ops-1}, action: DELETE_CUSTOMER}, expect: {decision: block}}\n  - {name: agent, input: {agent: {id: a, name: Claims-Triage}, action: Restart}, expect: {decision: block}}\n",
+        "cases:\n  - {name: upper, input: {agent: {id: a, name: Ops-1}, action: DELETE_CUSTOMER}, expect: {decision: block, reasonCodes: [NO_DELETE]}}\n  - {name: agent, input: {agent: {id: a, name: Claims-Triage}, action: Restart}, expect: {decision: block, reasonCodes: [OPS]}}\n",
     );
     let set = set(RULES);
     let report = run_suites(&files, &set).unwrap();
