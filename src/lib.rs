@@ -1,7 +1,8 @@
 //! kla: a governance sidecar for AI agents.
 //!
 //! Modules in reading order: `config` (what the operator set) and `app` (builds every part and owns shutdown);
-//! the entry points: `api` (REST); the governed action: `decide` (phases of one decision), `auth` (who calls),
+//! the entry points: `api` (REST); the governed action: `decide` (phases of one decision), `names` (the one grammar
+//! and canonical form of action and agent names), `auth` (who calls),
 //! `registry` (agents), `policy` (signed packs, pure evaluation), `redact` (what may be recorded); the record:
 //! `recorder` (typed records, the ledger-first write order, the index, following what was recorded), `ledger`
 //! (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error is
@@ -14,6 +15,7 @@ pub mod config;
 pub mod decide;
 pub mod error;
 pub mod ledger;
+pub mod names;
 pub mod policy;
 pub mod recorder;
 pub mod redact;

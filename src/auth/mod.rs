@@ -135,11 +135,11 @@ impl Principal {
 
     /// Whether the token may act as the agent with this id (`None` before it is registered) and name: tokens
     /// without an `agent` claim may act as any agent of their tenants, bound tokens only as theirs (matched by
-    /// name or id).
+    /// name or id; names ignore case, as `crate::names` defines them).
     pub fn may_act_as(&self, agent_id: Option<&str>, agent_name: &str) -> bool {
         self.agent
             .as_deref()
-            .is_none_or(|a| Some(a) == agent_id || a == agent_name)
+            .is_none_or(|a| Some(a) == agent_id || a.eq_ignore_ascii_case(agent_name))
     }
 }
 

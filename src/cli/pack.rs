@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use crate::policy::{
-    CompiledPack, EvalInput, PackFiles, PackSigner, PolicySet, TrustedKey, VerifiedPack, run_suites,
-    sign_pack_dir, verify_pack,
+    CompiledPack, EvalInput, PackFiles, PackSigner, PolicySet, TrustedKey, VerifiedPack, canonical_input,
+    run_suites, sign_pack_dir, verify_pack,
 };
 
 /// `kla pack <subcommand>`.
@@ -210,8 +210,9 @@ pub fn run_eval(args: &EvalArgs, out: &mut dyn std::io::Write) -> anyhow::Result
     } else {
         std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?
     };
-    let input: EvalInput = serde_json::from_str(&text)
+    let mut input: EvalInput = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a valid input document", args.input.display()))?;
+    canonical_input(&mut input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
     let set = PolicySet::new(vec![std::sync::Arc::new(pack)], CLI_DEADLINE);
     let decision = set.evaluate(&input);
     writeln!(out, "{}", serde_json::to_string_pretty(&decision)?)?;

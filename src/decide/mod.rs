@@ -4,7 +4,9 @@
 //! A call runs through named phases over one per-call context ([`Call`]):
 //!
 //! 1. **accept**: the caller may ask for decisions (role) and the request is well formed ([`Decider::accept`],
-//!    before the body is read, so a caller without permission learns nothing from its body);
+//!    before the body is read, so a caller without permission learns nothing from its body); the action name
+//!    follows [`crate::names`] and is carried on in its canonical form (a name outside the grammar is refused,
+//!    never guessed at);
 //! 2. **classify**: the agent is looked up in the caller's tenant, a token bound to an agent acts only as that
 //!    agent, and the policy input document is built;
 //! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
@@ -17,6 +19,7 @@
 
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
+use crate::names::{self, ActionName};
 use crate::policy::{AgentRef, Decision, EvalInput, PolicyManager};
 use crate::recorder::{DecisionBody, DecisionEntry, Record, RecordError, Recorder};
 use crate::redact::Redactor;
@@ -58,6 +61,7 @@ impl Classify for DecideError {
 #[derive(Debug, Clone)]
 pub struct ActionRequest {
     pub agent_id: String,
+    /// As given; the accept phase checks it against [`crate::names`] and replaces it with its canonical form.
     pub action: String,
     pub context: Map<String, Value>,
     /// The tool description, when the action is a tool call.
@@ -134,20 +138,26 @@ impl Decider {
 
     /// Decides and records one action for an accepted caller.
     pub async fn decide(&self, accepted: Accepted<'_>, req: ActionRequest) -> Result<Decided, DecideError> {
-        validate(&req)?;
-        let call = self.classify(accepted.caller, req).await?;
+        let action = validate(&req)?;
+        let call = self.classify(accepted.caller, req, action).await?;
         let decision = self.evaluate(&call);
         let recorded = self.record(&call, &decision).await?;
         Ok(Self::hold(call, decision, recorded))
     }
 
-    /// Phase **classify**: the agent in the caller's tenant, the caller's binding to it, and the policy input.
-    async fn classify<'a>(&self, caller: &'a Caller, r: ActionRequest) -> Result<Call<'a>, DecideError> {
+    /// Phase **classify**: the agent in the caller's tenant, the caller's binding to it, and the policy input (with
+    /// the action in canonical form, so the policy and the record see one spelling).
+    async fn classify<'a>(
+        &self,
+        caller: &'a Caller,
+        r: ActionRequest,
+        action: ActionName,
+    ) -> Result<Call<'a>, DecideError> {
         let agent = self.agents.get(&caller.tenant, &r.agent_id).await?;
         caller.require_agent(Some(&agent.id), &agent.name)?;
         let input = EvalInput {
             agent: AgentRef::clone(&agent),
-            action: r.action,
+            action: action.into_string(),
             context: Value::Object(r.context),
             tool: r.tool,
             execution: r.execution_id.as_ref().map(|id| json!({ "id": id })),
@@ -227,17 +237,17 @@ impl Decider {
     }
 }
 
-/// Phase **accept**, part two: the request's fields are well formed.
-fn validate(r: &ActionRequest) -> Result<(), DecideError> {
+/// Phase **accept**, part two: the request's fields are well formed; returns the action's canonical name.
+fn validate(r: &ActionRequest) -> Result<ActionName, DecideError> {
     check_id("agentId", &r.agent_id)?;
-    check_id("action", &r.action)?;
+    let action = names::action(&r.action).map_err(|e| DecideError::Invalid(format!("field 'action' {e}")))?;
     if let Some(e) = &r.execution_id {
         check_id("executionId", e)?;
     }
     if let Some(t) = &r.trace_id {
         check_id("traceId", t)?;
     }
-    Ok(())
+    Ok(action)
 }
 
 /// What the record phase hands to the hold phase.

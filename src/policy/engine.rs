@@ -3,6 +3,9 @@
 //! Design:
 //! * rules are indexed by action: exact names in a `HashMap`, wildcard patterns in one
 //!   `GlobSet` per pack, match-all rules in a list, so work follows the matching rules;
+//! * names are matched on their canonical form (`crate::names`): exact patterns are stored
+//!   lowercase, globs match case-insensitively, and an `input.action` that is not a canonical
+//!   action name fails closed, so no spelling of a name escapes the rules written for it;
 //! * each rule's `when` is compiled once into its own small RVM `Program` (`Arc`, shared by all
 //!   threads); each thread owns one `RegoVM` (`thread_local!`) and loads the rule's program
 //!   before running it, so there is no lock on the hot path;
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::ExecutionMode;
@@ -32,6 +35,7 @@ use super::types::{
     DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, Outcome, POLICY_ERROR, POLICY_UNAVAILABLE,
     PackRef,
 };
+use crate::names::{self, Pattern};
 
 /// Default evaluation deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(5);
@@ -66,7 +70,7 @@ const NON_DETERMINISTIC: &str =
     "is non-deterministic: a decision must follow from its input alone; use input.now for time";
 const UNBOUNDED: &str = "has a cost set by an argument's value, which the evaluation deadline cannot stop";
 
-/// Matches agents by id or name.
+/// Matches agents by id or name, case-insensitively (agent names are canonically lowercase, `crate::names`).
 #[derive(Debug, Clone)]
 enum AgentMatcher {
     Any,
@@ -74,12 +78,36 @@ enum AgentMatcher {
 }
 
 impl AgentMatcher {
+    fn build(rule: &RuleSpec) -> Result<Self, PolicyError> {
+        if rule.agents.is_empty() || rule.agents.contains(&Pattern::Any) {
+            return Ok(AgentMatcher::Any);
+        }
+        let mut b = GlobSetBuilder::new();
+        for a in &rule.agents {
+            // An exact name holds no glob syntax, so it compiles to a glob that matches just that name.
+            let (Pattern::Exact(p) | Pattern::Glob(p)) = a else {
+                continue;
+            };
+            b.add(glob(p).map_err(|e| rule.error(format!("bad glob {p:?}: {e}")))?);
+        }
+        Ok(AgentMatcher::Globs(
+            b.build()
+                .map_err(|e| rule.error(format!("bad agent globs: {e}")))?,
+        ))
+    }
+
     fn matches(&self, id: &str, name: &str) -> bool {
         match self {
             AgentMatcher::Any => true,
             AgentMatcher::Globs(set) => set.is_match(id) || (!name.is_empty() && set.is_match(name)),
         }
     }
+}
+
+/// A pattern's glob, matched case-insensitively: names are compared on their canonical (lowercase) form, and a glob
+/// written `Email_*` means the same names as `email_*`.
+fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).case_insensitive(true).build()
 }
 
 #[derive(Debug, Clone)]
@@ -94,17 +122,13 @@ struct CompiledRule {
     when: Option<Arc<Program>>,
 }
 
-/// Rule index by action name.
+/// Rule index by canonical action name.
 #[derive(Debug, Clone, Default)]
 struct ActionIndex {
     exact: HashMap<String, Vec<u32>>,
     globs: Option<GlobSet>,
     glob_rules: Vec<u32>,
     all: Vec<u32>,
-}
-
-fn is_literal(pattern: &str) -> bool {
-    !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
 }
 
 impl ActionIndex {
@@ -118,14 +142,13 @@ impl ActionIndex {
                 continue;
             }
             for pat in &rule.actions {
-                if pat == "*" {
-                    index.all.push(i);
-                } else if is_literal(pat) {
-                    index.exact.entry(pat.clone()).or_default().push(i);
-                } else {
-                    let glob = Glob::new(pat).map_err(|e| rule.error(format!("bad glob {pat:?}: {e}")))?;
-                    builder.add(glob);
-                    index.glob_rules.push(i);
+                match pat {
+                    Pattern::Any => index.all.push(i),
+                    Pattern::Exact(name) => index.exact.entry(name.clone()).or_default().push(i),
+                    Pattern::Glob(g) => {
+                        builder.add(glob(g).map_err(|e| rule.error(format!("bad glob {g:?}: {e}")))?);
+                        index.glob_rules.push(i);
+                    }
                 }
             }
         }
@@ -140,7 +163,7 @@ impl ActionIndex {
         Ok(index)
     }
 
-    /// Candidate rule indices for `action`, in rule order, deduplicated.
+    /// Candidate rule indices for the canonical `action`, in rule order, deduplicated.
     fn candidates(&self, action: &str, out: &mut Vec<u32>, scratch: &mut Vec<usize>) {
         out.clear();
         out.extend_from_slice(&self.all);
@@ -199,18 +222,7 @@ impl CompiledPack {
         let base = base_engine(&spec)?;
         let mut rules = Vec::with_capacity(spec.rules.len());
         for rule in &spec.rules {
-            let agents = if rule.agents.is_empty() || rule.agents.iter().any(|a| a == "*") {
-                AgentMatcher::Any
-            } else {
-                let mut b = GlobSetBuilder::new();
-                for a in &rule.agents {
-                    b.add(Glob::new(a).map_err(|e| rule.error(format!("bad glob {a:?}: {e}")))?);
-                }
-                AgentMatcher::Globs(
-                    b.build()
-                        .map_err(|e| rule.error(format!("bad agent globs: {e}")))?,
-                )
-            };
+            let agents = AgentMatcher::build(rule)?;
             let when = if rule.when.is_empty() {
                 None
             } else {
@@ -604,6 +616,18 @@ impl PolicySet {
             return Err(Failure::new(
                 POLICY_UNAVAILABLE,
                 "no valid policy pack is loaded".into(),
+                false,
+            ));
+        }
+        // Rules match canonical names only; an entry point that skipped `names::action` must not get `allow` for a
+        // spelling no rule was written for.
+        if !names::is_canonical_action(&input.action) {
+            return Err(Failure::new(
+                POLICY_ERROR,
+                format!(
+                    "action {:?} is not a canonical action name (entry points canonicalise with names::action)",
+                    input.action
+                ),
                 false,
             ));
         }

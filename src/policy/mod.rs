@@ -19,6 +19,8 @@ mod suite;
 mod types;
 
 #[cfg(test)]
+mod names_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
@@ -30,7 +32,7 @@ pub use manager::{
 };
 pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
 pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_files, sign_pack_dir, verify_pack};
-pub use suite::{CaseResult, SuiteReport, run_suites};
+pub use suite::{CaseResult, SuiteReport, canonical_input, run_suites};
 pub use types::{
     AgentRef, ApprovalSpec, DEFAULT_DECISION, Decision, EvalInput, MatchedRule, Mode, OnTimeout, Outcome,
     POLICY_ERROR, POLICY_UNAVAILABLE, PackRef,

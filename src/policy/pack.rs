@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::PolicyError;
 use super::types::{ApprovalSpec, Mode, OnTimeout, Outcome};
+use crate::names::{self, Pattern};
 
 /// Name of the signature file inside a pack; it is never part of the signed manifest.
 pub const SIGNATURE_FILE: &str = "pack.sig.json";
@@ -274,10 +275,10 @@ pub(crate) struct RuleSpec {
     pub id: String,
     pub file: String,
     pub line: Option<usize>,
-    /// Action globs; empty means every action.
-    pub actions: Vec<String>,
-    /// Agent globs over id or name; empty means every agent.
-    pub agents: Vec<String>,
+    /// Action patterns; empty means every action.
+    pub actions: Vec<Pattern>,
+    /// Agent patterns over id or name; empty means every agent.
+    pub agents: Vec<Pattern>,
     /// Rego expressions that must all hold; empty means no condition.
     pub when: Vec<String>,
     pub decision: Outcome,
@@ -431,11 +432,22 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
         }
         Some(a) => a,
     };
-    for glob in actions.iter().chain(agents.iter()) {
-        if let Err(e) = globset::Glob::new(glob) {
-            return Err(fail(format!("bad glob {glob:?}: {e}")));
+    // Patterns are matched against canonical names (`crate::names`): one that could never match one is refused here.
+    let patterns = |field: &str, list: Vec<String>, kind: names::Kind| -> Result<Vec<Pattern>, PolicyError> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            let pattern = names::pattern(kind, p).map_err(|e| fail(format!("{field}[{i}] {p:?} {e}")))?;
+            if let Pattern::Glob(g) = &pattern
+                && let Err(e) = globset::Glob::new(g)
+            {
+                return Err(fail(format!("{field}[{i}]: bad glob {g:?}: {e}")));
+            }
+            out.push(pattern);
         }
-    }
+        Ok(out)
+    };
+    let actions = patterns("match.actions", actions, names::Kind::Action)?;
+    let agents = patterns("match.agents", agents, names::Kind::Agent)?;
     let when = match doc.when {
         None => Vec::new(),
         Some(OneOrMany::One(s)) => vec![s],

@@ -14,6 +14,7 @@ use super::PolicyError;
 use super::engine::PolicySet;
 use super::pack::{PackFiles, from_yaml};
 use super::types::{EvalInput, Outcome};
+use crate::names;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,6 +79,21 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// Puts a hand-written input's `action` and (non-empty) `agent.name` in canonical form ([`crate::names`]), as the
+/// server does before it evaluates, so a suite or `kla pack eval` decides what the server would. The error names the
+/// field.
+pub fn canonical_input(input: &mut EvalInput) -> Result<(), String> {
+    input.action = names::action(&input.action)
+        .map_err(|e| format!("input.action {e}"))?
+        .into_string();
+    if !input.agent.name.is_empty() {
+        input.agent.name = names::agent(&input.agent.name)
+            .map_err(|e| format!("input.agent.name {e}"))?
+            .into_string();
+    }
+    Ok(())
+}
+
 /// Runs every `tests/*.yaml` suite of `files` against `set`. Errors only when a suite file is
 /// malformed (the pack author's fault, with file and line).
 pub fn run_suites(files: &PackFiles, set: &PolicySet) -> Result<SuiteReport, PolicyError> {
@@ -95,6 +111,9 @@ pub fn run_suites(files: &PackFiles, set: &PolicySet) -> Result<SuiteReport, Pol
         let suite: SuiteDoc = from_yaml(&display, text)?;
         for case in suite.cases {
             let mut input = case.input;
+            canonical_input(&mut input).map_err(|e| {
+                PolicyError::invalid(display.clone(), None, None, format!("case '{}': {e}", case.name))
+            })?;
             if let Some(now) = case.now.or_else(|| suite.now.clone()) {
                 input.now = now;
             }

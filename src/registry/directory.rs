@@ -120,11 +120,13 @@ impl Agents {
         Ok(self.store.list_agents(tenant).await?)
     }
 
-    /// Registers `manifest` for the caller's tenant: a new name is a new agent (version 1); a known name with a
-    /// changed manifest is the next version under the same id; the latest manifest again is
-    /// [`RegistryError::Duplicate`]. Answers once the entry is durable and indexed.
+    /// Registers `manifest` for the caller's tenant: a new name is a new agent (version 1); a known name (compared
+    /// in canonical form, so case is ignored) with a changed manifest is the next version under the same id; the
+    /// latest manifest again is [`RegistryError::Duplicate`]. Answers once the entry is durable and indexed.
     pub async fn register(&self, caller: &Caller, manifest: Manifest) -> Result<Registered, RegistryError> {
-        manifest.validate()?;
+        // The name in canonical form from here on: the (tenant, name) lock, the store's UNIQUE (tenant, name) and
+        // the version lookup all see one spelling, so `Claims-Triage` is the agent `claims-triage`, never a second one.
+        let manifest = manifest.validate()?;
         caller.require_agent(None, &manifest.name)?;
         let canonical = manifest.canonical()?;
         let hash = manifest_hash(&canonical);

@@ -6,6 +6,7 @@ mod directory;
 
 pub use directory::{Agents, Registered};
 
+use crate::names;
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,7 +58,7 @@ impl crate::error::Classify for RegistryError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Manifest {
-    /// Unique name within the tenant: 1-128 chars of `[A-Za-z0-9._-]`.
+    /// An agent name ([`crate::names`]), unique within the tenant ignoring case; stored in canonical (lowercase) form.
     pub name: String,
     /// What the agent does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,7 +69,7 @@ pub struct Manifest {
     /// Sampling temperature, 0 to 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    /// Tool names the agent may call.
+    /// Action names ([`crate::names`]) of the tools the agent may call, stored in canonical form.
     #[serde(default)]
     pub tools: Vec<String>,
     /// URL kla calls to start an execution (http or https).
@@ -79,20 +80,14 @@ pub struct Manifest {
     pub owner: Option<String>,
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 impl Manifest {
-    /// Checks every field; the error names the field.
-    pub fn validate(&self) -> Result<(), RegistryError> {
+    /// Checks every field and returns the manifest with `name` and `tools` in canonical form (so `Claims-Triage`
+    /// registers, and is unique, as `claims-triage`); the error names the field.
+    pub fn validate(mut self) -> Result<Manifest, RegistryError> {
         let bad = |m: String| Err(RegistryError::Invalid(m));
-        if !valid_name(&self.name) {
-            return bad("field 'name' must be 1-128 characters of letters, digits, '.', '_' or '-'".into());
-        }
+        self.name = names::agent(&self.name)
+            .map_err(|e| RegistryError::Invalid(format!("field 'name' {e}")))?
+            .into_string();
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
@@ -104,9 +99,15 @@ impl Manifest {
         if self.tools.len() > 1024 {
             return bad("field 'tools' must list at most 1024 tools".into());
         }
-        for (i, t) in self.tools.iter().enumerate() {
-            if t.is_empty() || t.len() > 256 {
-                return bad(format!("field 'tools[{i}]' must be 1-256 characters"));
+        let mut seen = std::collections::HashMap::with_capacity(self.tools.len());
+        for (i, t) in self.tools.iter_mut().enumerate() {
+            *t = names::action(t)
+                .map_err(|e| RegistryError::Invalid(format!("field 'tools[{i}]' {e}")))?
+                .into_string();
+            if let Some(first) = seen.insert(t.clone(), i) {
+                return bad(format!(
+                    "field 'tools[{i}]' names the tool of 'tools[{first}]' again ('{t}'; case is ignored)"
+                ));
             }
         }
         if let Some(e) = &self.endpoint {
@@ -116,7 +117,7 @@ impl Manifest {
                 return bad("field 'endpoint' must be an http or https URL".into());
             }
         }
-        Ok(())
+        Ok(self)
     }
 
     /// RFC 8785 canonical JSON of the manifest.
@@ -179,5 +180,44 @@ mod tests {
         let mut x = m();
         x.endpoint = Some("ftp://x".into());
         assert!(x.validate().expect_err("bad").to_string().contains("endpoint"));
+    }
+
+    #[test]
+    fn names_are_checked_and_stored_canonical() {
+        let mut x = m();
+        x.name = "Claims-Triage".into();
+        x.tools = vec!["Lookup_Policy".into(), "GitHub/Create_Issue".into()];
+        let v = x.validate().expect("valid");
+        assert_eq!(v.name, "claims-triage");
+        assert_eq!(v.tools, ["lookup_policy", "github/create_issue"]);
+        // What is hashed and signed is the canonical form.
+        assert!(v.canonical().expect("c").contains(r#""name":"claims-triage""#));
+        for (name, why) in [
+            ("cl\u{430}ims", "U+0430"),
+            ("claims triage", "a space"),
+            ("team/bot", "'/'"),
+            ("-x", "'-'"),
+        ] {
+            let mut x = m();
+            x.name = name.into();
+            let e = x.validate().expect_err("refused").to_string();
+            assert!(
+                e.starts_with("field 'name' has") && e.contains(why) && e.contains("an agent name is"),
+                "{e}"
+            );
+        }
+        for tool in ["lookup policy", "lookup_policy\u{200b}", "ｌookup", ""] {
+            let mut x = m();
+            x.tools = vec!["ok".into(), tool.into()];
+            let e = x.validate().expect_err("refused").to_string();
+            assert!(
+                e.starts_with("field 'tools[1]'") && e.contains("an action name is"),
+                "{e}"
+            );
+        }
+        let mut x = m();
+        x.tools = vec!["lookup_policy".into(), "LOOKUP_POLICY".into()];
+        let e = x.validate().expect_err("refused").to_string();
+        assert!(e.contains("'tools[1]' names the tool of 'tools[0]' again"), "{e}");
     }
 }

@@ -11,7 +11,12 @@ async fn health_endpoints_need_no_auth() {
     assert!(r.body["sqlite_version"].as_str().unwrap().starts_with("3."));
     assert!(r.body["uptime_sec"].is_u64());
     assert!(r.header("x-request-id").unwrap().starts_with("req_"));
-    assert_eq!(r.body["ledger"], serde_json::json!({"status": "ok"}), "{}", r.body);
+    assert_eq!(
+        r.body["ledger"],
+        serde_json::json!({"status": "ok"}),
+        "{}",
+        r.body
+    );
     assert_eq!(r.body.as_object().unwrap().len(), 4, "{}", r.body);
     let live = send(s.client.get(format!("{}/healthz", s.base))).await;
     assert_eq!(live.status, 200);

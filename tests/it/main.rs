@@ -14,6 +14,7 @@ mod health;
 mod idempotency;
 mod ledger;
 mod ledger_health;
+mod names;
 mod policy;
 mod rate_limit;
 mod reindex;
