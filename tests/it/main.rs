@@ -4,6 +4,7 @@
 
 mod foundation;
 mod harness;
+mod isolation;
 mod ledger;
 mod policy;
 mod reindex;
