@@ -1,16 +1,16 @@
 //! `/v1/agents`: the agent registry (the KLA Control Plane API's "Register an Agent").
 
 use super::auth::Caller;
-use super::json::{ApiPath, RawJson};
-use super::{ApiError, ApiResult, SharedState};
+use super::json::{ApiPath, ApiQuery, RawJson};
+use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
-use crate::registry::Manifest;
+use crate::registry::{Manifest, RegistryError};
 use crate::store::{AgentRecord, AgentVersionRecord};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub(super) fn routes() -> Router<SharedState> {
@@ -112,13 +112,49 @@ fn agent_view(a: &AgentRecord, with_versions: bool) -> ApiResult<AgentView> {
     })
 }
 
-async fn list(State(s): State<SharedState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let agents = s.agents.list(&caller.tenant).await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+/// Scope of agent-list cursors (a cursor names the last agent name of its page).
+const AGENTS_CURSOR: &str = "agents";
+
+/// The tenant's agents by name, one page at a time (at most `limit`, and [`page::PAGE_BYTES`] of manifests);
+/// `nextCursor` names the next page, `null` on the last. A token bound to one agent lists only that agent.
+async fn list(
+    State(s): State<SharedState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = page::limit(q.limit)?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| page::position(AGENTS_CURSOR, c))
+        .transpose()?;
+    let agent = caller.principal.agent.as_deref();
+    // One more than the page, to know whether another page follows.
+    let mut agents = s
+        .recorder
+        .agents_page(&caller.tenant, agent, after.as_deref(), limit + 1)
+        .await?;
+    let mut more = agents.len() > limit;
+    agents.truncate(limit);
+    let fits = page::fit(agents.iter().map(|a| a.latest().map_or(0, |v| v.manifest.len())));
+    more |= fits < agents.len();
+    agents.truncate(fits);
     let views = agents
         .iter()
         .map(|a| agent_view(a, false))
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(serde_json::json!({ "agents": views })))
+    let next = match agents.last() {
+        Some(a) if more => Some(page::cursor(AGENTS_CURSOR, &a.name)),
+        _ => None,
+    };
+    Ok(Json(serde_json::json!({ "agents": views, "nextCursor": next })))
 }
 
 async fn get_one(
@@ -127,5 +163,9 @@ async fn get_one(
     ApiPath(agent_id): ApiPath<String>,
 ) -> ApiResult<Json<AgentView>> {
     let agent = s.agents.record(&caller.tenant, &agent_id).await?;
+    // Another agent, for a token bound to one agent, is the same 404 as an unknown id.
+    if !caller.may_read(&caller.tenant, Some((&agent.agent_id, &agent.name))) {
+        return Err(RegistryError::UnknownAgent(agent_id).into());
+    }
     Ok(Json(agent_view(&agent, true)?))
 }

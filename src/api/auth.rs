@@ -13,11 +13,19 @@ pub const X_TENANT_ID: &str = "x-tenant-id";
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
+        let caller = parts
             .extensions
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        // The operator belongs to no tenant: refused by every handler but the ledger's monitor reads, which
+        // extract the caller without this check.
+        if caller.is_operator() {
+            return Err(ApiError::forbidden(
+                "the operator role may read only /v1/ledger/entries, checkpoint, key and consistency",
+            ));
+        }
+        Ok(caller)
     }
 }
 
@@ -51,7 +59,7 @@ pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller,
         .ok()
         .filter(|t| crate::auth::tenant_name_ok(t))
         .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
-    if tenant.starts_with('_') {
+    if tenant.starts_with('_') && !principal.allows_tenant(tenant) {
         return Err(ApiError::forbidden(format!(
             "tenant '{tenant}' is reserved for kla's own entries"
         )));

@@ -9,6 +9,7 @@ use super::json::{ApiPath, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::decide::ActionRequest;
 use crate::policy::{MatchedRule, Outcome, PackRef};
+use crate::recorder::entry_agent;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -92,10 +93,12 @@ async fn get_one(
     caller: Caller,
     ApiPath(decision_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    // Another agent's decision, for a token bound to one agent, is the same 404 as an unknown id.
     let (rec, entry) = s
         .recorder
         .decision_entry(&caller.tenant, &decision_id)
         .await?
+        .filter(|(_, e)| caller.may_read(&e.tenant, entry_agent(e)))
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
     let mut body = entry.body;
     if let Some(o) = body.as_object_mut() {

@@ -1,14 +1,21 @@
 //! The ledger's HTTP face: lineage entries and their proofs (the KLA Control Plane API's "Retrieve an Audit Proof"), signed
 //! checkpoints, the verifier key, consistency proofs, the raw entry stream for monitors, and evidence bundles.
+//!
+//! Who reads what: a caller reads its request's tenant's entries (only its agent's, for a token bound to one agent)
+//! and the system entries every tenant shares (policy events). The entry stream covers the whole log, because a
+//! monitor needs every leaf to rebuild the tree, but serves an entry the caller may not read as its leaf hash only.
+//! The operator (no tenant) reads the whole stream in full, and the other monitor routes, and nothing else: those
+//! routes take [`Monitor`], every other handler the plain [`Caller`], which refuses the operator.
 
 use super::auth::Caller;
 use super::json::{ApiPath, ApiQuery};
-use super::{ApiError, ApiResult, SharedState};
+use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
-use crate::ledger::{Entry, Hash};
-use crate::recorder::SYSTEM_TENANT;
+use crate::ledger::{Entry, Hash, Ledger, LedgerError};
+use crate::recorder::{SYSTEM_TENANT, entry_agent};
 use crate::store::{LineageKey, LineageRecord};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,11 +38,40 @@ fn h(x: &Hash) -> String {
     format!("sha256:{}", hex::encode(x))
 }
 
-/// A lineage entry visible to the caller: the tenant's own, or a system entry (policy activations).
+/// The caller of a monitor-facing read (entries, checkpoint, key, consistency): any caller the `/v1` pipeline
+/// accepted, the operator included.
+struct Monitor(Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Monitor {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Monitor)
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+    }
+}
+
+/// Whether the caller may read this entry: a system entry, or one [`Caller::may_read`] allows.
+fn readable(caller: &Caller, e: &Entry) -> bool {
+    e.tenant == SYSTEM_TENANT || caller.may_read(&e.tenant, entry_agent(e))
+}
+
+/// A lineage entry visible to the caller: the tenant's own (only its agent's, for a bound token), or a system entry
+/// (policy activations). Anything else is the same 404 as an unknown id, so existence is not revealed.
 async fn find(s: &SharedState, caller: &Caller, lineage_id: &str) -> ApiResult<LineageRecord> {
     for tenant in [&*caller.tenant, SYSTEM_TENANT] {
         if let Some(r) = s.recorder.lineage(tenant, lineage_id).await? {
-            return Ok(r);
+            let visible = tenant == SYSTEM_TENANT
+                || caller.principal.agent.is_none()
+                || Entry::decode(&s.recorder.ledger().entry(r.ledger_index)?)
+                    .is_ok_and(|e| readable(caller, &e));
+            if visible {
+                return Ok(r);
+            }
+            break;
         }
     }
     Err(ApiError::not_found(format!("unknown lineageId '{lineage_id}'")))
@@ -111,7 +147,7 @@ fn text(body: String) -> Response {
 }
 
 /// The latest signed checkpoint (C2SP signed note), signing one now if none exists yet.
-async fn checkpoint(State(s): State<SharedState>, _caller: Caller) -> ApiResult<Response> {
+async fn checkpoint(State(s): State<SharedState>, _caller: Monitor) -> ApiResult<Response> {
     let ledger = s.recorder.ledger();
     let cp = match ledger.latest_checkpoint() {
         Some(c) if c.size == ledger.size() => c,
@@ -121,7 +157,7 @@ async fn checkpoint(State(s): State<SharedState>, _caller: Caller) -> ApiResult<
 }
 
 /// The verifier key (`<name>+<hex id>+<base64 key>`), exactly what `kla verify --key` takes.
-async fn key(State(s): State<SharedState>, _caller: Caller) -> Response {
+async fn key(State(s): State<SharedState>, _caller: Monitor) -> Response {
     text(format!("{}\n", s.recorder.ledger().verifier_key()))
 }
 
@@ -134,7 +170,7 @@ struct ConsistencyQuery {
 
 async fn consistency(
     State(s): State<SharedState>,
-    _caller: Caller,
+    _caller: Monitor,
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> ApiResult<Json<Value>> {
     let ledger = s.recorder.ledger();
@@ -162,14 +198,15 @@ struct EntriesQuery {
     end: Option<u64>,
 }
 
-/// Raw entries `[start, end)` as NDJSON: each line is exactly one entry's canonical bytes (hash it with the
-/// 0x00 prefix to get its leaf). At most 10,000 per request; `x-kla-next` gives the next start.
+/// Entries `[start, end)` as NDJSON, one line per entry in ledger order: the entry's canonical bytes when the caller
+/// may read it, otherwise `{"leafHash":"sha256:<hex>"}` (its leaf, enough to rebuild the tree). At most
+/// 10,000 lines and [`page::PAGE_BYTES`] of covered entries per response; `x-kla-next` gives the next start.
 async fn entries(
     State(s): State<SharedState>,
-    caller: Caller,
+    Monitor(caller): Monitor,
     ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> ApiResult<Response> {
-    caller.require(&[Role::Auditor, Role::Admin])?;
+    caller.require(&[Role::Auditor, Role::Admin, Role::Operator])?;
     let ledger = s.recorder.ledger().clone();
     let size = ledger.size();
     let max = crate::ledger::log::MAX_ENTRIES_PER_READ;
@@ -182,24 +219,59 @@ async fn entries(
     }
     let end = asked_end.min(q.start.saturating_add(max));
     let start = q.start;
-    let rows = tokio::task::spawn_blocking(move || ledger.entries(start, end))
+    let page = tokio::task::spawn_blocking(move || entry_lines(&ledger, &caller, start, end))
         .await
         .map_err(ApiError::internal)??;
-    let mut body = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum());
-    for r in rows {
-        body.extend_from_slice(&r);
-        body.push(b'\n');
-    }
-    let mut resp = body.into_response();
+    let mut resp = page.body.into_response();
     let hd = resp.headers_mut();
     hd.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
     hd.insert("x-kla-start", HeaderValue::from(start));
-    hd.insert("x-kla-next", HeaderValue::from(end));
+    hd.insert("x-kla-next", HeaderValue::from(page.next));
     hd.insert("x-kla-tree-size", HeaderValue::from(size));
+    hd.insert("x-kla-withheld", HeaderValue::from(page.withheld));
     Ok(resp)
+}
+
+/// One response of the entry stream.
+struct EntryLines {
+    body: Vec<u8>,
+    /// The first index not in `body`.
+    next: u64,
+    /// Lines that are leaf hashes.
+    withheld: u64,
+}
+
+/// The lines for `[start, end)`, stopping early once the entries covered would pass [`page::PAGE_BYTES`] (the
+/// same cut for every caller, so `x-kla-next` does not depend on what the caller may read). An entry that does
+/// not decode is withheld from everyone but the operator: whose it is cannot be told.
+fn entry_lines(ledger: &Ledger, caller: &Caller, start: u64, end: u64) -> Result<EntryLines, LedgerError> {
+    let mut out = EntryLines {
+        body: Vec::new(),
+        next: start,
+        withheld: 0,
+    };
+    let mut covered = 0usize;
+    while out.next < end {
+        let bytes = ledger.entry(out.next)?;
+        covered = covered.saturating_add(bytes.len());
+        if out.next > start && covered > page::PAGE_BYTES {
+            break;
+        }
+        if caller.is_operator() || Entry::decode(&bytes).is_ok_and(|e| readable(caller, &e)) {
+            out.body.extend_from_slice(&bytes);
+        } else {
+            let leaf = crate::ledger::tree::leaf_hash(&bytes);
+            out.body
+                .extend_from_slice(format!(r#"{{"leafHash":"{}"}}"#, h(&leaf)).as_bytes());
+            out.withheld += 1;
+        }
+        out.body.push(b'\n');
+        out.next += 1;
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -209,9 +281,17 @@ struct EvidenceQuery {
     decision_id: Option<String>,
     trace_id: Option<String>,
     execution_id: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
 }
 
-/// A sealed evidence bundle for the entries selected by exactly one of the query parameters.
+/// Scope of evidence cursors (a cursor names the last ledger index of its page).
+const EVIDENCE_CURSOR: &str = "evidence";
+
+/// A sealed evidence bundle for the entries selected by exactly one of the query parameters, one page at a time:
+/// at most `limit` entries and [`page::PAGE_BYTES`] of entry bytes; `x-kla-next-cursor` names the next page.
+/// The cursor travels in a header so that the body stays exactly a `kla-evidence/v1` bundle, which
+/// `kla verify` checks as it is.
 async fn evidence(
     State(s): State<SharedState>,
     caller: Caller,
@@ -227,8 +307,24 @@ async fn evidence(
             "give exactly one of lineageId, decisionId, traceId, executionId",
         ));
     }
-    let records = match &q.lineage_id {
-        Some(l) => vec![find(&s, &caller, l).await?],
+    let limit = page::limit(q.limit)?;
+    let after = match &q.cursor {
+        Some(c) => Some(
+            page::position(EVIDENCE_CURSOR, c)?
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid("cursor is not one this endpoint returned"))?,
+        ),
+        None => None,
+    };
+    let mut records = match &q.lineage_id {
+        Some(l) => {
+            let r = find(&s, &caller, l).await?;
+            if after.is_none_or(|a| r.ledger_index > a) {
+                vec![r]
+            } else {
+                Vec::new()
+            }
+        }
         None => {
             let key = match (q.decision_id, q.trace_id, q.execution_id) {
                 (Some(d), _, _) => LineageKey::Decision(d),
@@ -236,18 +332,38 @@ async fn evidence(
                 (_, _, Some(e)) => LineageKey::Execution(e),
                 (None, None, None) => return Err(ApiError::invalid("no selector given")),
             };
-            s.recorder.find_lineage(&caller.tenant, &key, 10_000).await?
+            let agent = caller.principal.agent.as_deref();
+            // One more than the page, to know whether another page follows.
+            s.recorder
+                .find_lineage_page(&caller.tenant, &key, agent, after, limit + 1)
+                .await?
         }
     };
     if records.is_empty() {
         return Err(ApiError::not_found("no ledger entries match"));
     }
+    let mut more = records.len() > limit;
+    records.truncate(limit);
+    let ledger = s.recorder.ledger();
+    let sizes = records
+        .iter()
+        .map(|r| ledger.entry(r.ledger_index).map(|b| b.len()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fits = page::fit(sizes);
+    more |= fits < records.len();
+    records.truncate(fits);
     let indices: Vec<u64> = records.iter().map(|r| r.ledger_index).collect();
-    let bundle = s.recorder.ledger().build_evidence(&indices).await?;
+    let bundle = ledger.build_evidence(&indices).await?;
     let name = format!("evidence-{}.json", records[0].lineage_id);
     let mut resp = Json(bundle).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    if more && let Some(last) = indices.last() {
+        let next = page::cursor(EVIDENCE_CURSOR, &last.to_string());
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            resp.headers_mut().insert("x-kla-next-cursor", v);
+        }
     }
     Ok(resp)
 }

@@ -10,6 +10,7 @@ mod health;
 mod idempotency;
 mod json;
 mod ledger;
+mod page;
 mod policies;
 pub mod ratelimit;
 mod request_id;

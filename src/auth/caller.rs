@@ -28,6 +28,28 @@ impl Caller {
         }
     }
 
+    /// Whether this is the operator, who belongs to no tenant (see [`Role::Operator`]).
+    pub fn is_operator(&self) -> bool {
+        self.principal.role == Role::Operator
+    }
+
+    /// Whether the caller may read a record of `tenant` that belongs to the agent `agent` (id, name), or to no
+    /// agent (`None`). The operator reads every record; everyone else only their request's tenant's, and a token
+    /// bound to one agent only that agent's (a record of no agent is not its agent's, so it is refused). Records
+    /// kla keeps for every tenant (policy activations) are the caller's business to allow before asking this.
+    pub fn may_read(&self, tenant: &str, agent: Option<(&str, &str)>) -> bool {
+        if self.is_operator() {
+            return true;
+        }
+        if tenant != &*self.tenant {
+            return false;
+        }
+        match self.principal.agent {
+            None => true,
+            Some(_) => agent.is_some_and(|(id, name)| self.principal.may_act_as(Some(id), name)),
+        }
+    }
+
     /// Refused unless the token may act as this agent (`id` is `None` for an agent not registered yet): a token
     /// bound to one agent (`agent` claim) acts only as that agent.
     pub fn require_agent(&self, id: Option<&str>, name: &str) -> Result<(), AuthError> {

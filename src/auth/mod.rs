@@ -6,6 +6,11 @@
 //! expired tokens, tokens not valid yet (`nbf` in the future) and wrong signatures are refused. Verified tokens are cached until they expire, because an
 //! Ed25519 verification costs more than the rest of a policy decision.
 //! This module knows nothing of HTTP routing or storage; `api::auth` adapts it to requests.
+//!
+//! Every role but one acts inside the tenants its token lists. [`Role::Operator`] belongs to no tenant: its token
+//! lists none, only kla's own key issues it ([`mint_operator`], `kla token --operator`), and it names the reserved
+//! pseudo-tenant [`OPERATOR_TENANT`] in requests (which holds no data), so it may read the whole ledger for
+//! monitoring without being a member of any tenant.
 
 mod caller;
 pub mod keys;
@@ -25,6 +30,9 @@ pub const LOCAL_ISSUER: &str = "kla";
 /// Audience of kla's own tokens.
 pub const LOCAL_AUDIENCE: &str = "kla";
 const CACHE_MAX: usize = 16_384;
+/// What an operator token names as its tenant (`x-tenant-id`): reserved (a leading `_`), so no tenant can be
+/// called this and no token of a tenant role can list it.
+pub const OPERATOR_TENANT: &str = "_operator";
 
 /// Errors of token handling. Verification failures are the caller's fault (401); key problems are ours.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,10 @@ pub enum Role {
     Admin,
     /// Reads decisions, the ledger and evidence.
     Auditor,
+    /// Monitors the ledger for the whole deployment: belongs to no tenant and reads only the ledger's
+    /// monitor-facing routes. Never accepted from `--role` (a `kla token --operator` token only).
+    #[value(skip)]
+    Operator,
 }
 
 impl Role {
@@ -73,6 +85,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Admin => "admin",
             Role::Auditor => "auditor",
+            Role::Operator => "operator",
         }
     }
 }
@@ -128,9 +141,13 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Whether the token lists `tenant`.
+    /// Whether the token may act in `tenant`: an operator only in [`OPERATOR_TENANT`], every other role only in a
+    /// tenant its token lists and never in a reserved one (a leading `_`), even if an external issuer lists it.
     pub fn allows_tenant(&self, tenant: &str) -> bool {
-        self.tenants.iter().any(|t| t == tenant)
+        match self.role {
+            Role::Operator => tenant == OPERATOR_TENANT,
+            _ => !tenant.starts_with('_') && self.tenants.iter().any(|t| t == tenant),
+        }
     }
 
     /// Whether the token may act as the agent with this id (`None` before it is registered) and name: tokens
@@ -251,8 +268,24 @@ impl Authenticator {
                 )));
             }
         };
-        if claims.tenants.is_empty() {
-            return Err(AuthError::InvalidToken("token lists no tenants".into()));
+        // Only the local branch above takes a token without `kid`, and it checked `iss` is kla's.
+        let local = header.kid.is_none();
+        match claims.role {
+            Role::Operator if !local => {
+                return Err(AuthError::InvalidToken(
+                    "the operator role is accepted only in kla's own tokens".into(),
+                ));
+            }
+            Role::Operator if !claims.tenants.is_empty() || claims.agent.is_some() => {
+                return Err(AuthError::InvalidToken(
+                    "an operator token belongs to no tenant and no agent: it lists neither".into(),
+                ));
+            }
+            Role::Operator => {}
+            _ if claims.tenants.is_empty() => {
+                return Err(AuthError::InvalidToken("token lists no tenants".into()));
+            }
+            _ => {}
         }
         Ok(Principal {
             issuer: claims.iss.into(),
@@ -265,8 +298,34 @@ impl Authenticator {
     }
 }
 
-/// Mints a kla token signed with the private key PEM.
+/// Mints a kla token signed with the private key PEM. Refuses [`Role::Operator`], which [`mint_operator`] mints.
 pub fn mint(
+    private_pem: &[u8],
+    tenants: Vec<String>,
+    role: Role,
+    subject: String,
+    agent: Option<String>,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    if role == Role::Operator {
+        return Err(AuthError::Forbidden(
+            "an operator token belongs to no tenant: mint it with mint_operator (kla token --operator)"
+                .into(),
+        ));
+    }
+    sign(private_pem, tenants, role, subject, agent, ttl)
+}
+
+/// Mints an operator token: role `operator`, no tenants, no agent (see the module docs).
+pub fn mint_operator(
+    private_pem: &[u8],
+    subject: String,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    sign(private_pem, Vec::new(), Role::Operator, subject, None, ttl)
+}
+
+fn sign(
     private_pem: &[u8],
     tenants: Vec<String>,
     role: Role,
@@ -287,4 +346,83 @@ pub fn mint(
         agent,
     };
     encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use std::time::Duration;
+
+    /// An authenticator for a fresh local key and an external issuer (`https://idp.example`, key id `idp-1`),
+    /// with the private PEMs of both.
+    fn setup() -> (tempfile::TempDir, Authenticator, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let local = keys::load_or_create(&dir.path().join("local.pem")).unwrap();
+        let idp = keys::load_or_create(&dir.path().join("idp.pem")).unwrap();
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp.signing.verifying_key().as_bytes());
+        let jwks: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "idp-1", "alg": "EdDSA", "use": "sig"}
+        ]}))
+        .unwrap();
+        let ext = ExternalIssuer {
+            jwks,
+            issuer: "https://idp.example".into(),
+            audience: "kla-api".into(),
+        };
+        let auth = Authenticator::new(local.public_pem.as_bytes(), Some(ext)).unwrap();
+        (dir, auth, local.private_pem, idp.private_pem)
+    }
+
+    fn external(idp_pem: &str, tenants: &[&str], role: &str) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some("idp-1".into());
+        let now = now_secs();
+        let c = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": "kla-api",
+                                   "tenants": tenants, "role": role, "exp": now + 600});
+        encode(&h, &c, &EncodingKey::from_ed_pem(idp_pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// The operator role comes only from kla's own key, with no tenant; it acts only in the reserved
+    /// `_operator`, and no other role acts there (or in any reserved tenant), whatever its token lists.
+    #[test]
+    fn the_operator_is_minted_only_locally_and_acts_in_no_tenant() {
+        let (_dir, auth, local_pem, idp_pem) = setup();
+        let op = mint_operator(local_pem.as_bytes(), "ops".into(), Duration::from_secs(60)).unwrap();
+        let p = auth.verify(&op).unwrap();
+        assert_eq!(p.role, Role::Operator);
+        assert!(p.tenants.is_empty());
+        assert!(p.allows_tenant(OPERATOR_TENANT));
+        assert!(!p.allows_tenant("acme") && !p.allows_tenant("_system"));
+
+        for tenants in [&[][..], &["acme"]] {
+            let t = external(&idp_pem, tenants, "operator");
+            assert!(
+                matches!(auth.verify(&t), Err(AuthError::InvalidToken(_))),
+                "external operator token listing {tenants:?}"
+            );
+        }
+        let ext_admin = auth
+            .verify(&external(
+                &idp_pem,
+                &["acme", "_system", OPERATOR_TENANT],
+                "admin",
+            ))
+            .unwrap();
+        assert!(ext_admin.allows_tenant("acme"));
+        assert!(!ext_admin.allows_tenant("_system") && !ext_admin.allows_tenant(OPERATOR_TENANT));
+        assert!(
+            mint(
+                local_pem.as_bytes(),
+                Vec::new(),
+                Role::Operator,
+                "x".into(),
+                None,
+                Duration::from_secs(60)
+            )
+            .is_err()
+        );
+    }
 }

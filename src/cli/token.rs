@@ -11,17 +11,22 @@ pub struct TokenArgs {
     #[arg(long, default_value = "kla-data")]
     pub data_dir: PathBuf,
     /// Tenant the token may act in (repeatable).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "operator")]
     pub tenant: Vec<String>,
     /// Role.
-    #[arg(long, value_enum)]
-    pub role: Role,
+    #[arg(long, value_enum, required_unless_present = "operator")]
+    pub role: Option<Role>,
     /// Subject (who); defaults to the role name.
     #[arg(long)]
     pub subject: Option<String>,
-    /// Bind the token to one agent (its name or id): it may then register and ask decisions only as that agent.
+    /// Bind the token to one agent (its name or id): it may then register and ask decisions only as that agent,
+    /// and read only that agent's records.
     #[arg(long)]
     pub agent: Option<String>,
+    /// Mint an operator token instead: it belongs to no tenant (send `x-tenant-id: _operator`) and may read only
+    /// the ledger's monitor routes (entries in full, checkpoint, key, consistency).
+    #[arg(long, conflicts_with_all = ["tenant", "role", "agent"])]
+    pub operator: bool,
     /// Lifetime, e.g. `1h`, `30m`, `7d`.
     #[arg(long, default_value = "1h")]
     pub ttl: humantime::Duration,
@@ -41,15 +46,22 @@ pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&a.data_dir)?;
     let key = keys::load_or_create(&keys::token_key_path(&a.data_dir))?;
-    let subject = a.subject.unwrap_or_else(|| a.role.as_str().to_owned());
-    let token = auth::mint(
-        key.private_pem.as_bytes(),
-        a.tenant,
-        a.role,
-        subject,
-        a.agent,
-        a.ttl.into(),
-    )?;
+    let token = match a.role {
+        _ if a.operator => auth::mint_operator(
+            key.private_pem.as_bytes(),
+            a.subject.unwrap_or_else(|| Role::Operator.as_str().to_owned()),
+            a.ttl.into(),
+        )?,
+        Some(role) => auth::mint(
+            key.private_pem.as_bytes(),
+            a.tenant,
+            role,
+            a.subject.unwrap_or_else(|| role.as_str().to_owned()),
+            a.agent,
+            a.ttl.into(),
+        )?,
+        None => anyhow::bail!("give --role (with --tenant), or --operator"),
+    };
     println!("{token}");
     Ok(ExitCode::SUCCESS)
 }

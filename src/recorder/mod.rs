@@ -25,7 +25,7 @@ pub use follow::{FollowError, Followed, Follower};
 pub use record::{DecisionEntry, Record, Registration, SYSTEM_TENANT, kind};
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
-use crate::store::{DecisionRecord, LineageKey, LineageRecord, Store, StoreError};
+use crate::store::{AgentRecord, DecisionRecord, LineageKey, LineageRecord, Store, StoreError};
 use index::Index;
 use record::{Body, Header, index_rows};
 
@@ -163,6 +163,36 @@ impl Recorder {
         Ok(self.store.find_lineage(tenant, key, limit).await?)
     }
 
+    /// One page of a tenant's lineage entries selected by `key`, in ledger order after index `after`, at most
+    /// `limit`; with `agent` (an id or name) only that agent's decisions (read-your-writes).
+    pub async fn find_lineage_page(
+        &self,
+        tenant: &str,
+        key: &LineageKey,
+        agent: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LineageRecord>, RecordError> {
+        self.index.barrier().await;
+        Ok(self
+            .store
+            .find_lineage_page(tenant, key, agent, after, limit)
+            .await?)
+    }
+
+    /// One page of a tenant's agents by name, each with its latest version only: named after `after`, at most
+    /// `limit`; with `agent` (an id or name) only that agent (read-your-writes).
+    pub async fn agents_page(
+        &self,
+        tenant: &str,
+        agent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, RecordError> {
+        self.index.barrier().await;
+        Ok(self.store.list_agents_page(tenant, agent, after, limit).await?)
+    }
+
     /// The index row of a tenant's decision (read-your-writes).
     pub async fn decision_record(
         &self,
@@ -190,6 +220,23 @@ impl Recorder {
     /// of a name through it).
     pub async fn index_barrier(&self) {
         self.index.barrier().await;
+    }
+}
+
+/// The agent (id, name) an entry belongs to: a decision's `agent`, a registration's agent; `None` for every
+/// other kind (policy events belong to no agent) and for a body without them.
+pub fn entry_agent(e: &Entry) -> Option<(&str, &str)> {
+    fn s<'a>(v: &'a serde_json::Value, k: &str) -> Option<&'a str> {
+        v.get(k).and_then(serde_json::Value::as_str)
+    }
+    let b = &e.body;
+    match e.kind.as_str() {
+        kind::DECISION => {
+            let a = b.get("agent")?;
+            Some((s(a, "id")?, s(a, "name")?))
+        }
+        kind::AGENT_REGISTERED => Some((s(b, "agentId")?, s(b.get("manifest")?, "name")?)),
+        _ => None,
     }
 }
 

@@ -99,6 +99,62 @@ impl Store {
         let t = tenant.to_owned();
         self.read(move |c| load_agents(c, &t, None)).await
     }
+
+    /// One page of a tenant's agents ordered by name, each with its **latest version only**: the agents named
+    /// after `after` (all when `None`), at most `limit`. With `agent` (an id or a name, as a token's `agent` claim
+    /// names it), only the agent with that id or name.
+    pub async fn list_agents_page(
+        &self,
+        tenant: &str,
+        agent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>> {
+        use rusqlite::types::Value as V;
+        let mut p = vec![
+            V::Text(tenant.to_owned()),
+            // Names are never empty, so every name sorts after "".
+            V::Text(after.unwrap_or("").to_owned()),
+            V::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+        ];
+        let filter = match agent {
+            Some(a) => {
+                p.push(V::Text(a.to_owned()));
+                " AND (a.agent_id = ?4 OR a.name = ?4)"
+            }
+            None => "",
+        };
+        let sql = format!(
+            "SELECT a.agent_id, a.name, a.created_at, v.version, v.manifest, v.manifest_hash, v.signature,
+                    v.key_id, v.registered_at, v.lineage_id
+             FROM agents a JOIN agent_versions v ON v.tenant = a.tenant AND v.agent_id = a.agent_id
+             WHERE a.tenant = ?1 AND a.name > ?2{filter}
+               AND v.version = (SELECT MAX(m.version) FROM agent_versions m
+                                WHERE m.tenant = a.tenant AND m.agent_id = a.agent_id)
+             ORDER BY a.name LIMIT ?3"
+        );
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(p), |r| {
+                Ok(AgentRecord {
+                    agent_id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    versions: vec![AgentVersionRecord {
+                        version: r.get(3)?,
+                        manifest: r.get(4)?,
+                        manifest_hash: r.get(5)?,
+                        signature: r.get(6)?,
+                        key_id: r.get(7)?,
+                        registered_at: r.get(8)?,
+                        lineage_id: r.get(9)?,
+                    }],
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }
 
 fn load_agents(c: &rusqlite::Connection, tenant: &str, agent_id: Option<&str>) -> Result<Vec<AgentRecord>> {

@@ -134,41 +134,81 @@ impl Store {
         key: &LineageKey,
         limit: usize,
     ) -> Result<Vec<LineageRecord>> {
+        self.find_lineage_page(tenant, key, None, None, limit).await
+    }
+
+    /// One page of the lineage entries of a tenant selected by `key`, in ledger order: those after ledger index
+    /// `after` (all when `None`), at most `limit`. With `agent` (an agent's id or name, as a token's `agent`
+    /// claim names it), only the entries of decisions for that agent: entries of no agent are left out.
+    pub async fn find_lineage_page(
+        &self,
+        tenant: &str,
+        key: &LineageKey,
+        agent: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LineageRecord>> {
+        use rusqlite::types::Value as V;
         let t = tenant.to_owned();
         let key = key.clone();
+        let agent = agent.map(str::to_owned);
+        // Ledger indices fit in i64 (the ledger counts entries); -1 is below every index.
+        let after = after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
         self.read(move |c| {
             // One indexed lookup per key (decision via its primary key, trace and execution via partial indexes);
-            // `(?2 IS NULL OR ...)` forms would scan the table.
+            // `(?2 IS NULL OR ...)` forms would scan the table. The agent filter goes through the decision row
+            // (its `agent_id`) and the agent's id or name (the `agents` table's two unique keys).
+            const OF_AGENT: &str =
+                "d.agent_id IN (SELECT agent_id FROM agents WHERE tenant = ?1 AND (agent_id = ?5 OR name = ?5))";
+            let filter = if agent.is_some() {
+                format!(" AND {OF_AGENT}")
+            } else {
+                String::new()
+            };
             let (sql, k) = match key {
                 LineageKey::Decision(d) => (
-                    "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id,
-                            l.execution_id, l.created_at
-                     FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
-                     WHERE d.tenant = ?1 AND d.decision_id = ?2 LIMIT ?3"
-                        .to_owned(),
+                    format!(
+                        "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id,
+                                l.execution_id, l.created_at
+                         FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
+                         WHERE d.tenant = ?1 AND d.decision_id = ?2 AND l.ledger_index > ?4{filter}
+                         LIMIT ?3"
+                    ),
                     d,
                 ),
-                LineageKey::Trace(t) => (
-                    format!(
-                        "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND trace_id = ?2
-                         ORDER BY ledger_index LIMIT ?3"
-                    ),
-                    t,
-                ),
-                LineageKey::Execution(e) => (
-                    format!(
-                        "SELECT {LINEAGE_COLS} FROM lineage WHERE tenant = ?1 AND execution_id = ?2
-                         ORDER BY ledger_index LIMIT ?3"
-                    ),
-                    e,
-                ),
+                LineageKey::Trace(tr) => (lineage_by("trace_id", agent.is_some(), &filter), tr),
+                LineageKey::Execution(e) => (lineage_by("execution_id", agent.is_some(), &filter), e),
             };
+            let mut p = vec![
+                V::Text(t),
+                V::Text(k),
+                V::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+                V::Integer(after),
+            ];
+            p.extend(agent.map(V::Text));
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(params![t, k, limit as i64], lineage_from_row)?;
+            let rows = st.query_map(rusqlite::params_from_iter(p), lineage_from_row)?;
             Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
         .await
     }
+}
+
+/// The page query of lineage entries by one of their optional keys (`trace_id`, `execution_id`); joins the
+/// decision row when `filter` needs its agent.
+fn lineage_by(column: &str, join_decision: bool, filter: &str) -> String {
+    let join = if join_decision {
+        " JOIN decisions d ON d.decision_id = l.decision_id AND d.tenant = l.tenant"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id, l.execution_id,
+                l.created_at
+         FROM lineage l{join}
+         WHERE l.tenant = ?1 AND l.{column} = ?2 AND l.ledger_index > ?4{filter}
+         ORDER BY l.ledger_index LIMIT ?3"
+    )
 }
 
 impl Store {

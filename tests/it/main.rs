@@ -12,6 +12,7 @@ mod evidence;
 mod harness;
 mod health;
 mod idempotency;
+mod isolation;
 mod ledger;
 mod ledger_health;
 mod names;

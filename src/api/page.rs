@@ -1,0 +1,84 @@
+//! Pagination of list answers (`GET /v1/agents`, `GET /v1/evidence`): a `limit` (default [`DEFAULT_LIMIT`], at most
+//! [`MAX_LIMIT`]), a byte budget per page ([`PAGE_BYTES`]), and an opaque cursor naming where the next page starts.
+//!
+//! A cursor is a position, not a grant: each page applies the caller's visibility again, so a cursor handed to
+//! another caller shows that caller nothing it could not read anyway. It is base64url of `<scope>:<position>`;
+//! the scope keeps one endpoint's cursor from being read as another's.
+
+use super::{ApiError, ApiResult};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Items per page when the request gives no `limit`.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest accepted `limit`.
+pub const MAX_LIMIT: usize = 1000;
+/// Bytes of items per page: a page stops before the item that would take it past this (it always holds at least
+/// one item, so a page can exceed it by one large item).
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// The page size a request asks for: `limit` in `1..=MAX_LIMIT`, or the default.
+pub fn limit(asked: Option<u64>) -> ApiResult<usize> {
+    match asked {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => Ok(n as usize),
+        Some(n) => Err(ApiError::invalid(format!("limit must be 1-{MAX_LIMIT}, got {n}"))),
+    }
+}
+
+/// How many of `sizes` (in order) fit one page of [`PAGE_BYTES`]: at least one when there is any.
+pub fn fit(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n > 0 && total > PAGE_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The cursor for a page that starts after `position`.
+pub fn cursor(scope: &str, position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{scope}:{position}"))
+}
+
+/// The position a cursor of `scope` names; 400 for anything this endpoint did not issue.
+pub fn position(scope: &str, cursor: &str) -> ApiResult<String> {
+    let bad = || ApiError::invalid("cursor is not one this endpoint returned");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    match text.split_once(':') {
+        Some((s, p)) if s == scope && !p.is_empty() => Ok(p.to_owned()),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_keep_their_scope() {
+        let c = cursor("agents", "billing-bot");
+        assert_eq!(position("agents", &c).unwrap(), "billing-bot");
+        assert!(position("evidence", &c).is_err());
+        for bad in ["", "!!", "YWdlbnRz", "YWdlbnRzOg"] {
+            assert!(position("agents", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_page_fits_its_budget_but_holds_at_least_one_item() {
+        assert_eq!(fit([]), 0);
+        assert_eq!(fit([PAGE_BYTES * 3]), 1);
+        assert_eq!(fit([PAGE_BYTES / 2, PAGE_BYTES / 2, 1]), 2);
+        assert_eq!(fit([1, PAGE_BYTES]), 1);
+        assert_eq!(limit(None).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(limit(Some(MAX_LIMIT as u64)).unwrap(), MAX_LIMIT);
+        assert!(limit(Some(0)).is_err() && limit(Some(MAX_LIMIT as u64 + 1)).is_err());
+    }
+}
