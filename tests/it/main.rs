@@ -4,6 +4,7 @@
 
 mod foundation;
 mod harness;
+mod hostile_input;
 mod ledger;
 mod policy;
 mod reindex;
