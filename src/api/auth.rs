@@ -47,10 +47,11 @@ pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller,
         .and_then(bearer_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
-    let principal = state.auth.verify(token).map_err(|e| {
-        tracing::debug!(error = %e, "token refused");
-        ApiError::unauthorized(e.to_string())
-    })?;
+    // `auth` logs the verifier's own detail at debug; the caller gets the reason in its terms.
+    let principal = state
+        .auth
+        .verify(token)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let tenant = req
         .headers()
         .get(X_TENANT_ID)

@@ -49,12 +49,7 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     let Some(key) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(next.run(req).await);
     };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::invalid("Idempotency-Key must be 1-255 visible ASCII characters"))?
-        .to_owned();
+    let key = key_text(key.as_bytes())?;
     let caller = req
         .extensions()
         .get::<Caller>()
@@ -150,6 +145,30 @@ async fn run(state: SharedState, req: Request, next: Next) -> Result<Response, A
     Ok(Response::from_parts(rparts, Body::from(rbytes)))
 }
 
+/// Longest accepted `Idempotency-Key`, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The key if it is 1-[`MAX_KEY_LEN`] visible ASCII characters (0x21-0x7E). `HeaderValue::to_str` also lets
+/// spaces and tabs through, and a key that differs only in a tab from another would look the same in every log.
+fn key_text(raw: &[u8]) -> Result<String, ApiError> {
+    let bad = |why: &str| {
+        ApiError::invalid(format!(
+            "header Idempotency-Key {why}; it must be 1-{MAX_KEY_LEN} visible ASCII characters (no spaces or tabs)"
+        ))
+    };
+    if raw.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if raw.len() > MAX_KEY_LEN {
+        return Err(bad(&format!("is {} bytes long", raw.len())));
+    }
+    if let Some(b) = raw.iter().find(|b| !b.is_ascii_graphic()) {
+        return Err(bad(&format!("contains the byte 0x{b:02X}")));
+    }
+    // Visible ASCII is UTF-8.
+    String::from_utf8(raw.to_vec()).map_err(|_| bad("is not ASCII"))
+}
+
 /// Retries recording a finished key: 50 ms, doubling to 2 s, for at most [`FINISH_RETRY_FOR`], which stays well
 /// inside the store's expiry of a reservation, so that a late success cannot mark a later request's fresh
 /// reservation as done.
@@ -208,4 +227,29 @@ fn replay(stored: StoredResponse) -> Response {
     resp.headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
     resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_1_to_255_visible_ascii_characters() {
+        assert_eq!(key_text(b"!").unwrap(), "!");
+        assert_eq!(key_text(&[b'~'; MAX_KEY_LEN]).unwrap().len(), MAX_KEY_LEN);
+        for (raw, says) in [
+            (&b""[..], "is empty"),
+            (&[b'k'; MAX_KEY_LEN + 1][..], "is 256 bytes long"),
+            (b"a b", "contains the byte 0x20"),
+            (b"a\tb", "contains the byte 0x09"),
+            (b"a\x7fb", "contains the byte 0x7F"),
+            (b"a\x00b", "contains the byte 0x00"),
+            ("clé".as_bytes(), "contains the byte 0xC3"),
+        ] {
+            let e = key_text(raw).unwrap_err();
+            assert!(e.message.starts_with("header Idempotency-Key "), "{}", e.message);
+            assert!(e.message.contains(says), "{raw:?}: {}", e.message);
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The JSON body extractor ([`RawJson`]: read now, parse after the role check) whose errors are `invalid_request` messages that name the field, and
-//! 413 (code `invalid_request`) for bodies over the limit.
+//! The JSON body extractor ([`RawJson`]: read now, parse after the role check) whose errors are `invalid_request`
+//! messages that name the field, and 413 (code `invalid_request`) for bodies over the limit. Every body is refused
+//! if any object in it repeats a key.
 
 use super::{ApiError, Code, SharedState};
 use axum::extract::{FromRequest, Request};
@@ -23,8 +24,10 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
     })
 }
 
-/// Parses JSON into `T`, naming the offending field in the error.
+/// Parses JSON into `T`, naming the offending field in the error. An object that repeats a key, at any depth, is
+/// refused first (`crate::json`): a `Value` or `Map` field would otherwise keep the last occurrence silently.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::json::check_unique_keys(bytes).map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

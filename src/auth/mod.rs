@@ -3,8 +3,9 @@
 //! kla's own tokens are EdDSA (Ed25519) JWTs signed with a key created in the data dir on first start
 //! (`keys/token-signing.pem`); `kla token` mints them with the same key. Tokens from an external OAuth issuer are
 //! verified against a JWKS file (RS256, ES256, EdDSA) with the configured issuer and audience. `alg: none`, HMAC,
-//! expired tokens, tokens not valid yet (`nbf` in the future) and wrong signatures are refused. Verified tokens are cached until they expire, because an
-//! Ed25519 verification costs more than the rest of a policy decision.
+//! expired tokens, tokens not valid yet (`nbf` in the future), wrong signatures and tokens whose header or claims
+//! repeat a key are refused, each with a message in the caller's terms. Verified tokens are cached until they
+//! expire, because an Ed25519 verification costs more than the rest of a policy decision.
 //! This module knows nothing of HTTP routing or storage; `api::auth` adapts it to requests.
 //!
 //! Every role but one acts inside the tenants its token lists. [`Role::Operator`] belongs to no tenant: its token
@@ -18,7 +19,7 @@ pub mod keys;
 pub use caller::Caller;
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -37,8 +38,9 @@ pub const OPERATOR_TENANT: &str = "_operator";
 /// Errors of token handling. Verification failures are the caller's fault (401); key problems are ours.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// The token is malformed, expired, wrongly signed or uses a refused algorithm.
-    #[error("invalid token: {0}")]
+    /// The token is malformed, expired, wrongly signed or uses a refused algorithm; the message says which, in
+    /// the caller's terms (the parser's own words are logged at debug).
+    #[error("{0}")]
     InvalidToken(String),
     /// A valid token without the permission for this tenant, role or agent.
     #[error("{0}")]
@@ -90,7 +92,7 @@ impl Role {
     }
 }
 
-/// The claims kla reads (and writes in its own tokens).
+/// The claims of kla's own tokens, as [`mint`] writes them (verification reads them field by field).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer.
@@ -182,7 +184,7 @@ impl ExternalIssuer {
     pub fn load(path: &Path, issuer: String, audience: String) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| AuthError::Key(format!("reading JWKS {}: {e}", path.display())))?;
-        let jwks: JwkSet = serde_json::from_str(&text)
+        let jwks: JwkSet = crate::json::from_slice_unique(text.as_bytes())
             .map_err(|e| AuthError::Key(format!("parsing JWKS {}: {e}", path.display())))?;
         Ok(ExternalIssuer {
             jwks,
@@ -235,66 +237,216 @@ impl Authenticator {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
-        let bad = |e: jsonwebtoken::errors::Error| AuthError::InvalidToken(e.to_string());
-        // Parsing the header refuses `alg: none` (not an algorithm jsonwebtoken knows).
-        let header = decode_header(token).map_err(bad)?;
-        let claims = match (header.alg, header.kid.as_deref(), &self.external) {
-            (Algorithm::EdDSA, None, _) => {
-                let mut v = Validation::new(Algorithm::EdDSA);
-                v.set_issuer(&[LOCAL_ISSUER]);
-                v.set_audience(&[LOCAL_AUDIENCE]);
-                v.leeway = 5;
-                v.validate_nbf = true;
-                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                decode::<Claims>(token, &self.local, &v).map_err(bad)?.claims
-            }
-            (alg @ (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA), Some(kid), Some(ext)) => {
-                let jwk = ext
-                    .jwks
-                    .find(kid)
-                    .ok_or_else(|| AuthError::InvalidToken(format!("unknown key id {kid:?}")))?;
-                let key = DecodingKey::from_jwk(jwk).map_err(bad)?;
-                let mut v = Validation::new(alg);
-                v.set_issuer(&[ext.issuer.as_str()]);
-                v.set_audience(&[ext.audience.as_str()]);
-                v.leeway = 5;
-                v.validate_nbf = true;
-                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                decode::<Claims>(token, &key, &v).map_err(bad)?.claims
-            }
-            (alg, _, _) => {
-                return Err(AuthError::InvalidToken(format!(
-                    "algorithm {alg:?} is not accepted"
-                )));
+        let (header, payload) = split_token(token)?;
+        let external = self.external.as_ref();
+        let accepted = if external.is_some() {
+            "EdDSA, RS256 or ES256"
+        } else {
+            "EdDSA"
+        };
+        // `alg` is matched as a string before jsonwebtoken sees it: `none`, HMAC and every other name are refused
+        // here, in words, rather than by a parser error that lists jsonwebtoken's algorithms.
+        let alg = match (header.alg.as_deref(), external) {
+            (Some("EdDSA"), _) => Algorithm::EdDSA,
+            (Some("RS256"), Some(_)) => Algorithm::RS256,
+            (Some("ES256"), Some(_)) => Algorithm::ES256,
+            (alg, _) => {
+                return Err(refused(
+                    format!("the token's algorithm is not accepted (use {accepted})"),
+                    format_args!("alg {alg:?}"),
+                ));
             }
         };
-        // Only the local branch above takes a token without `kid`, and it checked `iss` is kla's.
-        let local = header.kid.is_none();
-        match claims.role {
-            Role::Operator if !local => {
-                return Err(AuthError::InvalidToken(
-                    "the operator role is accepted only in kla's own tokens".into(),
+        let external_key;
+        let (key, issuer, audience) = match (header.kid.as_deref(), external) {
+            (None, _) if alg == Algorithm::EdDSA => (&self.local, LOCAL_ISSUER, LOCAL_AUDIENCE),
+            (None, _) => {
+                return Err(refused(
+                    "the token lacks a key id ('kid' header), which tokens of the external issuer need",
+                    format_args!("alg {alg:?} without kid"),
                 ));
             }
-            Role::Operator if !claims.tenants.is_empty() || claims.agent.is_some() => {
-                return Err(AuthError::InvalidToken(
-                    "an operator token belongs to no tenant and no agent: it lists neither".into(),
+            (Some(kid), None) => {
+                return Err(refused(
+                    "the token names a key id ('kid' header), but kla trusts no external issuer",
+                    format_args!("kid {kid:?}"),
                 ));
             }
-            Role::Operator => {}
-            _ if claims.tenants.is_empty() => {
-                return Err(AuthError::InvalidToken("token lists no tenants".into()));
+            (Some(kid), Some(ext)) => {
+                let jwk = ext.jwks.find(kid).ok_or_else(|| {
+                    refused(
+                        "the token's key id ('kid' header) is not one of the external issuer's keys",
+                        format_args!("kid {kid:?}"),
+                    )
+                })?;
+                external_key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                    refused(
+                        "the token's key id names a key kla cannot use",
+                        format_args!("kid {kid:?}: {e}"),
+                    )
+                })?;
+                (&external_key, ext.issuer.as_str(), ext.audience.as_str())
             }
-            _ => {}
-        }
-        Ok(Principal {
-            issuer: claims.iss.into(),
-            subject: claims.sub.into(),
-            role: claims.role,
-            tenants: claims.tenants.into(),
-            exp: claims.exp,
-            agent: claims.agent.map(Into::into),
+        };
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[issuer]);
+        v.set_audience(&[audience]);
+        v.leeway = 5;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // jsonwebtoken checks the signature, times, issuer and audience; kla reads the claims itself, so that a
+        // missing or mistyped claim is named in words.
+        decode::<serde::de::IgnoredAny>(token, key, &v).map_err(|e| refused(jwt_reason(&e, &payload), e))?;
+        // Only a token without `kid` is checked against kla's own key and issuer.
+        read_claims(&payload, header.kid.is_none())
+    }
+}
+
+/// A refused token: `reason` is what the caller is told, `detail` (the parser's own words) is logged at debug.
+fn refused(reason: impl Into<String>, detail: impl std::fmt::Display) -> AuthError {
+    let reason = reason.into();
+    tracing::debug!(%reason, %detail, "bearer token refused");
+    AuthError::InvalidToken(reason)
+}
+
+const MALFORMED: &str = "the bearer token is not a well-formed JWT";
+
+/// The header fields kla reads before choosing a key.
+#[derive(Deserialize)]
+struct TokenHeader {
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Splits a compact JWS into its decoded header and payload, refusing anything that is not three base64url parts
+/// with a JSON object header and payload in which no object repeats a key (RFC 7515 section 4 and RFC 7519 section
+/// 4: a repeated header parameter or claim is refused, not resolved to its last occurrence).
+fn split_token(token: &str) -> Result<(TokenHeader, Vec<u8>), AuthError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(refused(MALFORMED, "not three dot-separated parts"));
+    };
+    let decode = |part: &str, what: &str| {
+        b64.decode(part)
+            .map_err(|e| refused(MALFORMED, format_args!("{what} is not base64url: {e}")))
+    };
+    let header = decode(h, "header")?;
+    let payload = decode(p, "payload")?;
+    decode(sig, "signature")?;
+    let unique = |bytes: &[u8], what: &str| {
+        crate::json::check_unique_keys(bytes).map_err(|e| match e {
+            crate::json::CheckError::Duplicate(d) => {
+                refused(format!("{MALFORMED}: its {what} have a {d}"), "repeated key")
+            }
+            other => refused(MALFORMED, format_args!("{what}: {other}")),
         })
+    };
+    unique(&header, "header parameters")?;
+    unique(&payload, "claims")?;
+    let header: TokenHeader =
+        serde_json::from_slice(&header).map_err(|e| refused(MALFORMED, format_args!("header: {e}")))?;
+    Ok((header, payload))
+}
+
+/// Whether the claims name `claim` (with any value but null).
+fn has_claim(payload: &[u8], claim: &str) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .is_ok_and(|m| m.get(claim).is_some_and(|v| !v.is_null()))
+}
+
+/// The claims of a verified token. Every field is optional here so that a missing one is named by kla, not by
+/// serde.
+#[derive(Deserialize)]
+struct ClaimsIn {
+    iss: Option<String>,
+    sub: Option<String>,
+    tenants: Option<Vec<String>>,
+    role: Option<Role>,
+    exp: Option<u64>,
+    agent: Option<String>,
+    /// Not used, but a token that has one must have a number there.
+    #[serde(rename = "iat")]
+    _iat: Option<u64>,
+}
+
+fn read_claims(payload: &[u8], local: bool) -> Result<Principal, AuthError> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let c: ClaimsIn = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let claim = match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let reason = match claim.as_deref() {
+            Some("role") => {
+                "the token's claim 'role' must be one of agent, approver, admin, auditor, operator".to_owned()
+            }
+            Some(c) => format!("the token's claim '{}' has the wrong type", c.escape_debug()),
+            None => MALFORMED.to_owned(),
+        };
+        refused(reason, e)
+    })?;
+    let lacks = |claim: &str| refused(format!("the token lacks claim '{claim}'"), "missing claim");
+    let tenants = c.tenants.ok_or_else(|| lacks("tenants"))?;
+    let role = c.role.ok_or_else(|| lacks("role"))?;
+    match role {
+        Role::Operator if !local => {
+            return Err(refused(
+                "the operator role is accepted only in kla's own tokens",
+                "external operator token",
+            ));
+        }
+        Role::Operator if !tenants.is_empty() || c.agent.is_some() => {
+            return Err(refused(
+                "an operator token belongs to no tenant and no agent: it lists neither",
+                "operator token with tenants or agent",
+            ));
+        }
+        Role::Operator => {}
+        _ if tenants.is_empty() => {
+            return Err(refused(
+                "the token's claim 'tenants' lists no tenant",
+                "empty tenants",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Principal {
+        issuer: c.iss.ok_or_else(|| lacks("iss"))?.into(),
+        subject: c.sub.ok_or_else(|| lacks("sub"))?.into(),
+        role,
+        tenants: tenants.into(),
+        exp: c.exp.ok_or_else(|| lacks("exp"))?,
+        agent: c.agent.map(Into::into),
+    })
+}
+
+/// What a jsonwebtoken refusal means to the caller (`payload`: the decoded claims).
+fn jwt_reason(e: &jsonwebtoken::errors::Error, payload: &[u8]) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        // jsonwebtoken reports a required claim of the wrong type as missing.
+        K::MissingRequiredClaim(c) if has_claim(payload, c) => {
+            format!("the token's claim '{c}' has the wrong type")
+        }
+        K::InvalidSignature => "the token's signature does not verify".into(),
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet".into(),
+        K::InvalidAudience => "the token was issued for another audience".into(),
+        K::InvalidIssuer => "the token was issued by an issuer kla does not trust".into(),
+        K::MissingRequiredClaim(c) => format!("the token lacks claim '{c}'"),
+        K::InvalidClaimFormat(c) => format!("the token's claim '{c}' has the wrong type"),
+        K::InvalidAlgorithm
+        | K::MissingAlgorithm
+        | K::InvalidEcdsaKey
+        | K::InvalidEddsaKey
+        | K::InvalidRsaKey(_)
+        | K::InvalidKeyFormat => "the token's algorithm does not match the key it names".into(),
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => MALFORMED.into(),
+        _ => "the token could not be verified".into(),
     }
 }
 

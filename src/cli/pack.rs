@@ -210,7 +210,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut dyn std::io::Write) -> anyhow::Result
     } else {
         std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?
     };
-    let mut input: EvalInput = serde_json::from_str(&text)
+    let mut input: EvalInput = crate::json::from_slice_unique(text.as_bytes())
         .with_context(|| format!("{} is not a valid input document", args.input.display()))?;
     canonical_input(&mut input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
     let set = PolicySet::new(vec![std::sync::Arc::new(pack)], CLI_DEADLINE);

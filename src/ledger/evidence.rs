@@ -126,8 +126,9 @@ fn fail(reason: impl Into<String>) -> LedgerError {
 /// the first failing entry (index and lineage id).
 pub fn verify_bundle(bundle_bytes: &[u8], vkey: &str) -> Result<VerifyReport, LedgerError> {
     let mut checks = Vec::new();
-    let b: EvidenceBundle =
-        serde_json::from_slice(bundle_bytes).map_err(|e| fail(format!("not a kla evidence bundle: {e}")))?;
+    // A repeated key is refused at any depth, so no other reader of the same file can see another bundle.
+    let b: EvidenceBundle = crate::json::from_slice_unique(bundle_bytes)
+        .map_err(|e| fail(format!("not a kla evidence bundle: {e}")))?;
     if b.format != BUNDLE_FORMAT {
         return Err(fail(format!("unsupported format {:?}", b.format)));
     }

@@ -11,6 +11,7 @@ mod errors;
 mod evidence;
 mod harness;
 mod health;
+mod hostile_input;
 mod idempotency;
 mod isolation;
 mod ledger;
