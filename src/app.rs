@@ -1,6 +1,6 @@
 //! Builds every part of kla from the validated config, serves the API (HTTP or HTTPS via rustls), and owns
-//! shutdown: on SIGINT/SIGTERM (or the handle's trigger) it stops accepting, drains in-flight requests, and
-//! returns.
+//! shutdown: on SIGINT/SIGTERM (or the handle's trigger) it stops accepting, drains in-flight requests, stops the
+//! background services in reverse start order, runs the final steps (index flush, final checkpoint), and returns.
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::Recorder;
+use crate::server::Services;
 use crate::store::Store;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown gives each background service to stop, and each final step to finish.
+const SERVICE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often expired idempotency keys are purged.
+const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A running server.
 pub struct Running {
@@ -51,6 +58,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let auth = Authenticator::new(token_key.public_pem.as_bytes(), external)?;
     let shutdown = CancellationToken::new();
+    // Dropped on an early return below, which stops whatever was already spawned.
+    let mut services = Services::new();
 
     // The ledger first: nothing may be decided that cannot be recorded.
     let mut lcfg = LedgerConfig::new(cfg.data_dir.join("ledger"));
@@ -69,7 +78,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if reindexed > 0 {
         tracing::info!(entries = reindexed, "ledger index rebuilt");
     }
-    ledger.spawn_checkpointer(shutdown.clone());
+    let checkpointed = ledger.clone();
+    services.spawn("ledger-checkpointer", move |stop| async move {
+        checkpointed
+            .spawn_checkpointer(stop)
+            .await
+            .context("the checkpointer task")
+    });
 
     // Policies: every activation and refusal is recorded in the ledger before it takes effect.
     let policy = {
@@ -83,13 +98,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             tokio::task::spawn_blocking(move || PolicyManager::with_audit(pcfg, hook, Some(floors))).await?,
         )
     };
-    let watch = match policy.watch() {
-        Ok(w) => Some(w),
+    match policy.watch() {
+        // The watch lasts as long as its handle: the service holds it until told to stop.
+        Ok(watch) => services.spawn("policy-watcher", move |stop| async move {
+            stop.cancelled().await;
+            drop(watch);
+            Ok(())
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the policies directory; use POST /v1/policies/reload");
-            None
         }
-    };
+    }
     if policy.status().packs.is_empty() {
         tracing::error!(
             dir = %cfg.policies.display(),
@@ -121,14 +140,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kla API listening");
 
-    let shutdown_serve = shutdown.clone();
     let purge_store = store.clone();
-    let purge_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
+    services.spawn("idempotency-purge", move |stop| async move {
+        let mut tick = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
         loop {
             tokio::select! {
-                _ = purge_stop.cancelled() => break,
+                _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     if let Err(e) = purge_store.idempotency_purge().await {
                         tracing::warn!(error = %e, "idempotency purge failed");
@@ -137,18 +154,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             }
         }
     });
-
+    // After the last request and the last policy reload: commit the index rows still queued (otherwise the next
+    // start re-indexes them), then sign a final checkpoint so everything acknowledged is anchored before exit.
     let final_recorder = recorder.clone();
+    services.on_shutdown("index-flush", async move {
+        final_recorder.flush_index().await;
+        Ok(())
+    });
+    services.on_shutdown("final-checkpoint", async move {
+        ledger
+            .checkpoint_now()
+            .await
+            .map(|_| ())
+            .context("final checkpoint")
+    });
+
+    let shutdown_serve = shutdown.clone();
     let done = tokio::spawn(async move {
         let r = serve(listener, tls, router, shutdown_serve).await;
-        drop(watch);
-        let _dir_lock = dir_lock;
-        // Commit the index rows of the last requests before exit (otherwise the next start re-indexes them).
-        final_recorder.flush_index().await;
-        // Sign a final checkpoint so everything acknowledged is anchored before exit.
-        if let Err(e) = ledger.checkpoint_now().await {
-            tracing::warn!(error = %e, "final checkpoint failed");
-        }
+        services.shutdown(SERVICE_STOP_TIMEOUT).await;
+        drop(dir_lock);
+        tracing::info!("stopped");
         r
     });
     Ok(Running {
@@ -363,7 +389,6 @@ async fn serve(
     {
         tracing::warn!("drain timed out; closing remaining connections");
     }
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod policy;
 pub mod recorder;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;

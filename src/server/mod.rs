@@ -1,0 +1,5 @@
+//! What runs a server: its supervised background services ([`Services`]).
+
+mod services;
+
+pub use services::Services;
