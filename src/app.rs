@@ -4,7 +4,7 @@
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
-use crate::config::Config;
+use crate::config::{Config, LedgerSection, PolicySection};
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::Recorder;
@@ -45,10 +45,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // One kla per data dir: taken before anything else touches the dir (the store clears in-flight idempotency
     // reservations on open, which would break a running server's guarantees).
     let dir_lock = lock_data_dir(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir).context("opening the store")?;
+    let store = Store::open(&cfg.store.dir).context("opening the store")?;
     let token_key = keys::load_or_create(&keys::token_key_path(&cfg.data_dir))?;
     let registry_key = keys::load_or_create(&keys::registry_key_path(&cfg.data_dir))?;
-    let external = match &cfg.external_issuer {
+    let external = match &cfg.auth.external_issuer {
         Some(j) => Some(ExternalIssuer::load(
             &j.jwks,
             j.issuer.clone(),
@@ -62,14 +62,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut services = Services::new();
 
     // The ledger first: nothing may be decided that cannot be recorded.
-    let mut lcfg = LedgerConfig::new(cfg.data_dir.join("ledger"));
-    lcfg.origin = cfg.ledger_origin.clone();
-    lcfg.repair = if cfg.ledger_repair_truncate {
-        RepairMode::Truncate
-    } else {
-        RepairMode::Refuse
-    };
-    let fast = cfg.ledger_fast_start;
+    let lcfg = ledger_config(&cfg.ledger);
+    let fast = cfg.ledger.fast_start;
     let ledger = tokio::task::spawn_blocking(move || open_ledger(lcfg, fast))
         .await?
         .context("opening the ledger (run `kla ledger verify --data-dir DIR` for details)")?;
@@ -88,7 +82,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     // Policies: every activation and refusal is recorded in the ledger before it takes effect.
     let policy = {
-        let pcfg = policy_config(&cfg)?;
+        let pcfg = policy_config(&cfg.policy)?;
         let hook = policy_audit_hook(recorder.clone());
         let floors: Box<dyn PackFloors> = Box::new(StoreFloors {
             store: store.clone(),
@@ -111,7 +105,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     if policy.status().packs.is_empty() {
         tracing::error!(
-            dir = %cfg.policies.display(),
+            dir = %cfg.policy.dir.display(),
             "no valid policy pack is loaded: every decision will be `block` (POLICY_UNAVAILABLE)"
         );
     }
@@ -119,8 +113,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,
-        limiter: cfg.rate_limit.map(api::ratelimit::RateLimiter::new),
-        body_limit: cfg.body_limit,
+        limiter: cfg.api.rate_limit.map(api::ratelimit::RateLimiter::new),
+        body_limit: cfg.api.body_limit,
         registry_key,
         started: Instant::now(),
         recorder: recorder.clone(),
@@ -130,13 +124,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     api::reconcile_registrations(&state).await?;
     let router = api::router(state);
 
-    let tls = match &cfg.tls {
+    let tls = match &cfg.api.listener.tls {
         Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let listener = TcpListener::bind(cfg.api_addr)
+    let listener = TcpListener::bind(cfg.api.listener.addr)
         .await
-        .with_context(|| format!("binding API address {}", cfg.api_addr))?;
+        .with_context(|| format!("binding API address {}", cfg.api.listener.addr))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kla API listening");
 
@@ -244,8 +238,16 @@ fn open_ledger(cfg: LedgerConfig, fast_start: bool) -> anyhow::Result<Ledger> {
     }
 }
 
-/// The policy manager's config from kla's config: the embedded default key when none is given.
-fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
+/// The ledger's config from its section.
+fn ledger_config(cfg: &LedgerSection) -> LedgerConfig {
+    let mut lcfg = LedgerConfig::new(cfg.dir.clone());
+    lcfg.origin = cfg.origin.clone();
+    lcfg.repair = cfg.repair;
+    lcfg
+}
+
+/// The policy manager's config from its section: the embedded default key when none is given.
+fn policy_config(cfg: &PolicySection) -> anyhow::Result<PolicyConfig> {
     let trusted = if cfg.trusted_keys.is_empty() {
         vec![TrustedKey::parse(DEFAULT_PACK_KEY).context("embedded default pack key")?]
     } else {
@@ -257,13 +259,13 @@ fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
     if cfg.allow_unsigned {
         tracing::warn!("--allow-unsigned: unsigned policy packs will be loaded (local development only)");
     }
-    let mut pcfg = PolicyConfig::new(cfg.policies.clone(), trusted);
+    let mut pcfg = PolicyConfig::new(cfg.dir.clone(), trusted);
     pcfg.allow_unsigned = cfg.allow_unsigned;
-    if cfg.allow_pack_rollback {
+    if cfg.allow_rollback {
         tracing::warn!("--allow-pack-rollback: a signed pack older than one activated before will be loaded");
     }
-    pcfg.allow_rollback = cfg.allow_pack_rollback;
-    pcfg.deadline = cfg.policy_deadline;
+    pcfg.allow_rollback = cfg.allow_rollback;
+    pcfg.deadline = cfg.deadline;
     Ok(pcfg)
 }
 
