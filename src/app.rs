@@ -8,15 +8,13 @@ use crate::config::{Config, LedgerSection, PolicySection};
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::Recorder;
-use crate::server::Services;
+use crate::server::{self, Listener, Services};
 use crate::store::Store;
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for in-flight requests.
@@ -30,16 +28,19 @@ const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// A running server.
 pub struct Running {
-    /// The bound API address (useful with port 0).
+    /// The bound API address (useful with port 0); also `listeners["api"]`.
     pub api_addr: SocketAddr,
+    /// Every bound address by listener name.
+    pub listeners: BTreeMap<String, SocketAddr>,
     /// Cancel to shut down.
     pub shutdown: CancellationToken,
     /// Completes when the server has drained and stopped.
     pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Opens every part and starts serving. Returns once the listener is bound.
+/// Opens every part and starts serving. Returns once every listener is bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    tracing::info!(data_dir = %cfg.data_dir.display(), "kla starting");
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // One kla per data dir: taken before anything else touches the dir (the store clears in-flight idempotency
@@ -124,15 +125,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     api::reconcile_registrations(&state).await?;
     let router = api::router(state);
 
-    let tls = match &cfg.api.listener.tls {
-        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
-        None => None,
-    };
-    let listener = TcpListener::bind(cfg.api.listener.addr)
-        .await
-        .with_context(|| format!("binding API address {}", cfg.api.listener.addr))?;
-    let api_addr = listener.local_addr()?;
-    tracing::info!(addr = %api_addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kla API listening");
+    let listeners = server::bind(vec![
+        Listener::from_config("api", &cfg.api.listener, router).title("kla API"),
+    ])
+    .await?;
+    let addrs = listeners.addrs();
+    let api_addr = addrs.get("api").copied().context("the API listener is bound")?;
 
     let purge_store = store.clone();
     services.spawn("idempotency-purge", move |stop| async move {
@@ -165,7 +163,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let shutdown_serve = shutdown.clone();
     let done = tokio::spawn(async move {
-        let r = serve(listener, tls, router, shutdown_serve).await;
+        let r = listeners.serve(shutdown_serve, DRAIN_TIMEOUT).await;
         services.shutdown(SERVICE_STOP_TIMEOUT).await;
         drop(dir_lock);
         tracing::info!("stopped");
@@ -173,6 +171,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     Ok(Running {
         api_addr,
+        listeners: addrs,
         shutdown,
         done,
     })
@@ -312,107 +311,6 @@ fn policy_audit_hook(recorder: Recorder) -> crate::policy::AuditHook {
             .map(|_| ())
             .map_err(|e| e.to_string())
     })
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Connection tasks, so the ones still open after the drain timeout can be closed for real.
-    let mut conns = tokio::task::JoinSet::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper ignores its header-read timeout: slow-header clients could hold connections forever.
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while conns.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                conns.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                conns.spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timed out; closing remaining connections");
-    }
-    Ok(())
-}
-
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("parsing certificates in {}", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("parsing private key in {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,4 +5,5 @@
 mod foundation;
 mod harness;
 mod ledger;
+mod listeners;
 mod policy;
