@@ -126,7 +126,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let router = api::router(state);
 
     let listeners = server::bind(vec![
-        Listener::from_config("api", &cfg.api.listener, router).title("kla API"),
+        Listener::from_config("api", &cfg.api.listener, router)
+            .title("kla API")
+            .body_limit(cfg.api.body_limit),
     ])
     .await?;
     let addrs = listeners.addrs();

@@ -40,6 +40,8 @@ pub struct FileApi {
     pub addr: Option<String>,
     /// HTTPS.
     pub tls: Option<FileTls>,
+    /// Connection cap and timeouts.
+    pub limits: Option<FileLimits>,
     /// Largest request body in bytes.
     pub body_limit: Option<usize>,
     /// Per-tenant token bucket.
@@ -54,6 +56,26 @@ pub struct FileTls {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+}
+
+/// `limits:` of a listener (durations in humantime syntax).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLimits {
+    /// Open connections at most.
+    pub max_connections: Option<usize>,
+    /// Close a connection with no request in progress after this long.
+    pub idle_timeout: Option<String>,
+    /// Time to the end of a request's headers.
+    pub header_timeout: Option<String>,
+    /// Time a request body may take.
+    pub body_timeout: Option<String>,
+    /// HTTP/2 streams at once per connection.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 ping interval (`0s`: none).
+    pub h2_keepalive_interval: Option<String>,
+    /// HTTP/2 ping answer timeout.
+    pub h2_keepalive_timeout: Option<String>,
 }
 
 /// `api.rate-limit:`.
@@ -135,6 +157,16 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("ledger-repair", "ledger.repair"),
     ("ledger-fast-start", "ledger.fast-start"),
     ("log-format", "log.format"),
+    ("api-max-connections", "api.limits.max-connections"),
+    ("api-idle-timeout", "api.limits.idle-timeout"),
+    ("api-header-timeout", "api.limits.header-timeout"),
+    ("api-body-timeout", "api.limits.body-timeout"),
+    (
+        "api-h2-max-concurrent-streams",
+        "api.limits.h2-max-concurrent-streams",
+    ),
+    ("api-h2-keepalive-interval", "api.limits.h2-keepalive-interval"),
+    ("api-h2-keepalive-timeout", "api.limits.h2-keepalive-timeout"),
 ];
 
 impl FileConfig {
@@ -156,6 +188,7 @@ impl FileConfig {
         let api = self.api.unwrap_or_default();
         let tls = api.tls.unwrap_or_default();
         let rate = api.rate_limit.unwrap_or_default();
+        let limits = api.limits.unwrap_or_default();
         let issuer = self.auth.unwrap_or_default().external_issuer.unwrap_or_default();
         let ledger = self.ledger.unwrap_or_default();
         let policy = self.policy.unwrap_or_default();
@@ -179,6 +212,13 @@ impl FileConfig {
             ledger_repair: ledger.repair,
             ledger_fast_start: ledger.fast_start,
             log_format: log.format,
+            api_max_connections: limits.max_connections,
+            api_idle_timeout: limits.idle_timeout,
+            api_header_timeout: limits.header_timeout,
+            api_body_timeout: limits.body_timeout,
+            api_h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
+            api_h2_keepalive_interval: limits.h2_keepalive_interval,
+            api_h2_keepalive_timeout: limits.h2_keepalive_timeout,
         }
     }
 }

@@ -8,11 +8,12 @@
 mod file;
 
 pub use file::{
-    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileExternalIssuer, FileLedger, FileLog, FilePolicy,
-    FileRateLimit, FileTls,
+    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileExternalIssuer, FileLedger, FileLimits, FileLog,
+    FilePolicy, FileRateLimit, FileTls,
 };
 
 use crate::ledger::RepairMode;
+pub use crate::server::Limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -109,6 +110,28 @@ pub struct RawConfig {
     /// Log format: `text` or `json`. Default `text`.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Open API connections at most; at the cap new ones wait in the listen backlog. Default 1024.
+    #[arg(long)]
+    pub api_max_connections: Option<usize>,
+    /// Close an API connection with no request in progress after this long, e.g. `60s`. Default 60s.
+    #[arg(long)]
+    pub api_idle_timeout: Option<String>,
+    /// Time from connecting to the end of the first request's headers (and on HTTP/1 from a request's first byte
+    /// to the end of its headers). Default 10s.
+    #[arg(long)]
+    pub api_header_timeout: Option<String>,
+    /// Time a request body may take to arrive. Default 30s.
+    #[arg(long)]
+    pub api_body_timeout: Option<String>,
+    /// HTTP/2 streams open at once per API connection. Default 100.
+    #[arg(long)]
+    pub api_h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 keep-alive ping interval; `0s` sends none. Default 20s.
+    #[arg(long)]
+    pub api_h2_keepalive_interval: Option<String>,
+    /// How long an HTTP/2 keep-alive ping may go unanswered. Default 20s.
+    #[arg(long)]
+    pub api_h2_keepalive_timeout: Option<String>,
 }
 
 /// The validated configuration: one section per component.
@@ -148,13 +171,15 @@ pub struct ApiSection {
     pub rate_limit: Option<RateLimitConfig>,
 }
 
-/// One listener: address and optional TLS.
+/// One listener: address, optional TLS, connection limits.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Bind address (port 0 picks a free port).
     pub addr: SocketAddr,
     /// HTTPS, when set.
     pub tls: Option<TlsConfig>,
+    /// Connection cap and timeouts.
+    pub limits: Limits,
 }
 
 /// TLS files.
@@ -267,6 +292,15 @@ impl RawConfig {
             ledger_repair: self.ledger_repair.or(base.ledger_repair),
             ledger_fast_start: self.ledger_fast_start.or(base.ledger_fast_start),
             log_format: self.log_format.or(base.log_format),
+            api_max_connections: self.api_max_connections.or(base.api_max_connections),
+            api_idle_timeout: self.api_idle_timeout.or(base.api_idle_timeout),
+            api_header_timeout: self.api_header_timeout.or(base.api_header_timeout),
+            api_body_timeout: self.api_body_timeout.or(base.api_body_timeout),
+            api_h2_max_concurrent_streams: self
+                .api_h2_max_concurrent_streams
+                .or(base.api_h2_max_concurrent_streams),
+            api_h2_keepalive_interval: self.api_h2_keepalive_interval.or(base.api_h2_keepalive_interval),
+            api_h2_keepalive_timeout: self.api_h2_keepalive_timeout.or(base.api_h2_keepalive_timeout),
         }
     }
 
@@ -287,6 +321,16 @@ impl RawConfig {
                     "127.0.0.1:8700",
                     self.tls_cert,
                     self.tls_key,
+                    LimitFlags {
+                        prefix: "api",
+                        max_connections: self.api_max_connections,
+                        idle_timeout: self.api_idle_timeout,
+                        header_timeout: self.api_header_timeout,
+                        body_timeout: self.api_body_timeout,
+                        h2_max_concurrent_streams: self.api_h2_max_concurrent_streams,
+                        h2_keepalive_interval: self.api_h2_keepalive_interval,
+                        h2_keepalive_timeout: self.api_h2_keepalive_timeout,
+                    },
                 )?,
                 body_limit: body_limit(self.body_limit)?,
                 rate_limit: rate_limit(self.rate_limit_rps, self.rate_limit_burst)?,
@@ -343,11 +387,81 @@ impl RawConfig {
     }
 }
 
+/// A listener's limit flags (`--<prefix>-max-connections`, …).
+struct LimitFlags {
+    prefix: &'static str,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_keepalive_interval: Option<String>,
+    h2_keepalive_timeout: Option<String>,
+}
+
+impl LimitFlags {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let p = self.prefix;
+        let duration = |flag: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            let flag = format!("{p}-{flag}");
+            match v {
+                None => Ok(default),
+                Some(s) => match humantime::parse_duration(&s) {
+                    Ok(d) if !d.is_zero() => Ok(d),
+                    Ok(_) => Err(invalid(&flag, "must be more than 0")),
+                    Err(e) => Err(invalid(&flag, format!("{s:?}: {e}"))),
+                },
+            }
+        };
+        let max_connections = self.max_connections.unwrap_or(d.max_connections);
+        // A semaphore holds at most this many permits; far more than any descriptor limit anyway.
+        if max_connections == 0 || max_connections > 1 << 20 {
+            return Err(invalid(&format!("{p}-max-connections"), "must be 1..=1048576"));
+        }
+        let streams = self
+            .h2_max_concurrent_streams
+            .unwrap_or(d.h2_max_concurrent_streams);
+        if streams == 0 {
+            return Err(invalid(
+                &format!("{p}-h2-max-concurrent-streams"),
+                "must be at least 1",
+            ));
+        }
+        let h2_keepalive_interval = match self.h2_keepalive_interval.as_deref() {
+            None => d.h2_keepalive_interval,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) => (!d.is_zero()).then_some(d),
+                Err(e) => {
+                    return Err(invalid(
+                        &format!("{p}-h2-keepalive-interval"),
+                        format!("{s:?}: {e}"),
+                    ));
+                }
+            },
+        };
+        Ok(Limits {
+            max_connections,
+            idle_timeout: duration("idle-timeout", self.idle_timeout, d.idle_timeout)?,
+            header_timeout: duration("header-timeout", self.header_timeout, d.header_timeout)?,
+            body_timeout: duration("body-timeout", self.body_timeout, d.body_timeout)?,
+            h2_max_concurrent_streams: streams,
+            h2_keepalive_interval,
+            h2_keepalive_timeout: duration(
+                "h2-keepalive-timeout",
+                self.h2_keepalive_timeout,
+                d.h2_keepalive_timeout,
+            )?,
+        })
+    }
+}
+
 fn listener(
     addr: Option<&str>,
     default: &str,
     cert: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    limits: LimitFlags,
 ) -> Result<ListenerConfig, ConfigError> {
     let addr = addr
         .unwrap_or(default)
@@ -364,7 +478,11 @@ fn listener(
             )));
         }
     };
-    Ok(ListenerConfig { addr, tls })
+    Ok(ListenerConfig {
+        addr,
+        tls,
+        limits: limits.validate()?,
+    })
 }
 
 fn body_limit(v: Option<usize>) -> Result<usize, ConfigError> {

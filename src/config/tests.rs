@@ -24,6 +24,25 @@ fn defaults_validate() {
     assert!(!c.policy.allow_unsigned && !c.policy.allow_rollback);
     assert_eq!(c.policy.deadline, Duration::from_millis(5));
     assert!(!c.log.json);
+    assert_eq!(c.api.listener.limits, Limits::default());
+    let l = c.api.listener.limits;
+    assert_eq!(
+        (
+            l.max_connections,
+            l.idle_timeout,
+            l.header_timeout,
+            l.body_timeout
+        ),
+        (
+            1024,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(l.h2_max_concurrent_streams, 100);
+    assert_eq!(l.h2_keepalive_interval, Some(Duration::from_secs(20)));
+    assert_eq!(l.h2_keepalive_timeout, Duration::from_secs(20));
 }
 
 #[test]
@@ -32,7 +51,9 @@ fn nested_yaml_is_parsed_into_its_sections() {
         "data-dir: /srv/kla\n\
          log: {format: json}\n\
          api:\n  addr: 0.0.0.0:9000\n  tls: {cert: c.pem, key: k.pem}\n  body-limit: 2048\n  \
-         rate-limit: {rps: 10, burst: 20}\n\
+         rate-limit: {rps: 10, burst: 20}\n  \
+         limits: {max-connections: 8, idle-timeout: 5s, header-timeout: 2s, body-timeout: 3s, \
+         h2-max-concurrent-streams: 4, h2-keepalive-interval: 0s, h2-keepalive-timeout: 1s}\n\
          auth:\n  external-issuer: {jwks: idp.json, issuer: https://idp/, audience: kla-api}\n\
          ledger: {origin: kla.example/ledger, repair: truncate, fast-start: true}\n\
          policy:\n  dir: /etc/kla/policies\n  trusted-keys: [a.pub, b.pub]\n  allow-unsigned: true\n  \
@@ -47,6 +68,18 @@ fn nested_yaml_is_parsed_into_its_sections() {
     assert_eq!((tls.cert, tls.key), ("c.pem".into(), "k.pem".into()));
     assert_eq!(c.api.body_limit, 2048);
     assert_eq!(c.api.rate_limit.map(|r| (r.rps, r.burst)), Some((10.0, 20)));
+    assert_eq!(
+        c.api.listener.limits,
+        Limits {
+            max_connections: 8,
+            idle_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(3),
+            h2_max_concurrent_streams: 4,
+            h2_keepalive_interval: None,
+            h2_keepalive_timeout: Duration::from_secs(1),
+        }
+    );
     let idp = c.auth.external_issuer.expect("issuer");
     assert_eq!(
         (idp.jwks, idp.issuer.as_str(), idp.audience.as_str()),
@@ -74,6 +107,7 @@ fn unknown_keys_are_refused_at_every_level_with_their_name() {
     for (text, section, name) in [
         ("api:\n  adr: 1.2.3.4:1\n", "api", "adr"),
         ("api:\n  tls: {cert: c, key: k, chain: x}\n", "api.tls", "chain"),
+        ("api:\n  limits: {max-conns: 1}\n", "api.limits", "max-conns"),
         (
             "api:\n  rate-limit: {rps: 1, brust: 2}\n",
             "api.rate-limit",
@@ -120,7 +154,11 @@ fn every_flag_has_a_place_in_the_file() {
     for (flag, path) in FLAG_PATHS {
         let value = match *flag {
             "api-addr" => "127.0.0.1:1",
-            "rate-limit-rps" | "rate-limit-burst" | "body-limit" => "3",
+            "rate-limit-rps"
+            | "rate-limit-burst"
+            | "body-limit"
+            | "api-max-connections"
+            | "api-h2-max-concurrent-streams" => "3",
             "allow-unsigned" | "allow-pack-rollback" | "ledger-fast-start" => "true",
             "ledger-repair" => "truncate",
             "policy-deadline" => "3ms",
@@ -256,6 +294,30 @@ fn bad_values_are_refused_with_their_key() {
             "auth.external-issuer.jwks (--jwks)",
         ),
         ("api: {tls: {cert: c.pem}}\n", "api.tls.cert (--tls-cert)"),
+        (
+            "api: {limits: {max-connections: 0}}\n",
+            "api.limits.max-connections (--api-max-connections)",
+        ),
+        (
+            "api: {limits: {idle-timeout: 0s}}\n",
+            "api.limits.idle-timeout (--api-idle-timeout)",
+        ),
+        (
+            "api: {limits: {header-timeout: soon}}\n",
+            "api.limits.header-timeout (--api-header-timeout)",
+        ),
+        (
+            "api: {limits: {body-timeout: 0ms}}\n",
+            "api.limits.body-timeout (--api-body-timeout)",
+        ),
+        (
+            "api: {limits: {h2-max-concurrent-streams: 0}}\n",
+            "(--api-h2-max-concurrent-streams)",
+        ),
+        (
+            "api: {limits: {h2-keepalive-interval: x}}\n",
+            "(--api-h2-keepalive-interval)",
+        ),
     ] {
         let e = yaml(text).validate().expect_err(text).to_string();
         assert!(e.contains(key), "{text}: {e}");

@@ -1,6 +1,7 @@
 //! Listeners: a name, an address, optional TLS and an axum router each; bound together, served together, and on
 //! shutdown stopped and drained together.
 
+use super::conn::{self, Activity, Expiry, Limits, Tracked};
 use crate::config::{ListenerConfig, TlsConfig};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -9,13 +10,11 @@ use hyper_util::server::graceful::GracefulConnection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One listener to bind. Any tower service can be served by mounting it in a router
 /// (`Router::new().fallback_service(svc)`).
@@ -24,6 +23,8 @@ pub struct Listener {
     title: String,
     addr: SocketAddr,
     tls: Option<TlsConfig>,
+    limits: Limits,
+    body_limit: Option<usize>,
     router: axum::Router,
 }
 
@@ -36,13 +37,30 @@ impl Listener {
             name,
             addr,
             tls: None,
+            limits: Limits::default(),
+            body_limit: None,
             router,
         }
     }
 
-    /// A listener `name` with the address and TLS of its config section.
+    /// A listener `name` with the address, TLS and limits of its config section.
     pub fn from_config(name: impl Into<String>, cfg: &ListenerConfig, router: axum::Router) -> Listener {
-        Listener::new(name, cfg.addr, router).tls(cfg.tls.clone())
+        Listener::new(name, cfg.addr, router)
+            .tls(cfg.tls.clone())
+            .limits(cfg.limits)
+    }
+
+    /// Connection limits and timeouts (default: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Listener {
+        self.limits = limits;
+        self
+    }
+
+    /// Refuses a request whose declared body (`Content-Length`) is over `bytes` with 413 before reading any of it.
+    /// The router must still bound what it reads: a chunked body declares no length.
+    pub fn body_limit(mut self, bytes: usize) -> Listener {
+        self.body_limit = Some(bytes);
+        self
     }
 
     /// Serves HTTPS with these files (`None`: plaintext).
@@ -69,6 +87,8 @@ struct BoundListener {
     socket: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: axum::Router,
+    limits: Limits,
+    body_limit: Option<usize>,
 }
 
 /// Loads each listener's TLS files and binds its address, in order; fails on the first that cannot (nothing is
@@ -98,9 +118,32 @@ pub async fn bind(listeners: Vec<Listener>) -> anyhow::Result<Bound> {
             socket,
             tls,
             router: l.router,
+            limits: l.limits,
+            body_limit: l.body_limit,
         });
     }
+    let wanted: usize = bound.iter().map(|l| l.limits.max_connections).sum();
+    if let Some(limit) = open_file_limit()
+        && (wanted as u64).saturating_add(FILES_OF_OUR_OWN) > limit
+    {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = limit,
+            "the listeners' connection caps and kla's own files exceed the open-file limit; raise `ulimit -n` or \
+             lower max-connections, else accepts fail when descriptors run out"
+        );
+    }
     Ok(Bound { listeners: bound })
+}
+
+/// Descriptors kla needs besides its connections (store, ledger, watcher, runtime), with room to spare.
+const FILES_OF_OUR_OWN: u64 = 128;
+
+/// The soft limit on open files, where the platform shows it.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 impl Bound {
@@ -123,7 +166,7 @@ impl Bound {
             let conns = Conns {
                 graceful: graceful.clone(),
                 kill: kill.clone(),
-                open: open_tx.clone(),
+                _open: open_tx.clone(),
             };
             acceptors.spawn(accept_loop(l, shutdown.clone(), conns));
         }
@@ -147,97 +190,191 @@ impl Bound {
 struct Conns {
     graceful: CancellationToken,
     kill: CancellationToken,
-    open: mpsc::Sender<()>,
+    // Held, never sent on: the drain waits until every clone is dropped.
+    _open: mpsc::Sender<()>,
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    name: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    limits: Limits,
+    body_limit: Option<u64>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header timer would also close idle keep-alive connections at the header timeout; the connection's
+    // watchdog keeps both deadlines instead (`conn.rs`).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(limits.h2_keepalive_timeout);
+    builder
 }
 
 async fn accept_loop(l: BoundListener, shutdown: CancellationToken, conns: Conns) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper ignores its header-read timeout: slow-header clients could hold connections forever.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let BoundListener {
+        name,
+        addr: _,
+        socket,
+        tls,
+        router,
+        limits,
+        body_limit,
+    } = l;
+    let shared = Arc::new(Shared {
+        builder: builder(&limits),
+        name,
+        tls,
+        router,
+        limits,
+        body_limit: body_limit.map(|b| b as u64),
+    });
+    // At the cap the loop does not accept: new connections wait in the kernel's listen backlog (bounded, and
+    // holding none of kla's descriptors) and are taken in arrival order as slots free, instead of being accepted
+    // only to be closed, which would fail a real client as readily as an attacker's.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut warned: Option<Instant> = None;
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = l.socket.accept() => match r {
+            r = socket.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %shared.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        if slots.available_permits() == 0 && warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            warned = Some(Instant::now());
+            tracing::warn!(
+                listener = %shared.name,
+                max_connections = limits.max_connections,
+                "connection cap reached: new connections wait until one closes"
+            );
+        }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
-            l.tls.clone(),
-            builder.clone(),
-            l.router.clone(),
-            conns.clone(),
-        ));
+        tokio::spawn(connection(stream, peer, shared.clone(), conns.clone(), slot));
     }
 }
 
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    router: axum::Router,
+    shared: Arc<Shared>,
     conns: Conns,
+    slot: OwnedSemaphorePermit,
 ) {
-    let Conns { graceful, kill, open } = conns;
-    let svc = hyper_util::service::TowerToHyperService::new(router);
-    let result = match tls {
+    let accepted = tokio::time::Instant::now();
+    let activity = Activity::new(accepted, &shared.limits);
+    let svc = conn::Service {
+        router: shared.router.clone(),
+        activity: activity.clone(),
+        body_limit: shared.body_limit,
+        body_timeout: shared.limits.body_timeout,
+    };
+    let end = match &shared.tls {
         None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            drive(conn, &graceful, &kill).await
+            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+            drive(conn, &activity, &conns).await
         }
         Some(acceptor) => {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let handshake = tokio::time::timeout_at(activity.first_deadline(), acceptor.accept(stream));
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = %shared.name, error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = %shared.name, %peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = conns.graceful.cancelled() => return,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            drive(conn, &graceful, &kill).await
+            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+            drive(conn, &activity, &conns).await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, %peer, "connection ended with error");
+    match end {
+        End::Closed(Ok(())) | End::Killed => {}
+        End::Closed(Err(e)) => {
+            tracing::debug!(listener = %shared.name, error = %e, %peer, "connection ended with error")
+        }
+        End::Expired(why) => {
+            tracing::debug!(listener = %shared.name, %peer, reason = ?why, "connection closed by its deadline")
+        }
     }
-    drop(open);
+    drop(slot);
+    drop(conns);
 }
 
-/// Runs a connection to its end; on `graceful` it finishes the request in progress and closes, on `kill` it is
-/// dropped at once.
-async fn drive<C: GracefulConnection>(
-    conn: C,
-    graceful: &CancellationToken,
-    kill: &CancellationToken,
-) -> Result<(), C::Error> {
+enum End<E> {
+    Closed(Result<(), E>),
+    Expired(Expiry),
+    Killed,
+}
+
+/// Runs a connection to its end under its watchdog: closed when a deadline of `activity` passes; on `graceful` it
+/// finishes the request in progress and closes; on `kill` it is dropped at once.
+async fn drive<C: GracefulConnection>(conn: C, activity: &Activity, conns: &Conns) -> End<C::Error> {
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        _ = graceful.cancelled() => conn.as_mut().graceful_shutdown(),
-        _ = kill.cancelled() => return Ok(()),
-    }
-    tokio::select! {
-        r = conn => r,
-        _ = kill.cancelled() => Ok(()),
-    }
+    let mut armed = activity.first_deadline();
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(armed));
+    let mut graceful = std::pin::pin!(conns.graceful.cancelled());
+    let mut kill = std::pin::pin!(conns.kill.cancelled());
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        if kill.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Killed);
+        }
+        if !closing && graceful.as_mut().poll(cx).is_ready() {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(End::Closed(r));
+        }
+        // The connection's poll may have moved a deadline earlier (a request's first byte, a blocked write).
+        if let Some((ms, _)) = activity.deadline() {
+            let at = activity.at(ms);
+            if at < armed {
+                armed = at;
+                sleep.as_mut().reset(at);
+            }
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            match activity.check() {
+                Err(why) => return Poll::Ready(End::Expired(why)),
+                Ok(ms) => {
+                    armed = activity.at(ms);
+                    sleep.as_mut().reset(armed);
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
