@@ -76,6 +76,10 @@ pub struct FileLimits {
     pub h2_keepalive_interval: Option<String>,
     /// HTTP/2 ping answer timeout.
     pub h2_keepalive_timeout: Option<String>,
+    /// Largest request header block in bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Longest request target in bytes.
+    pub max_uri_bytes: Option<usize>,
 }
 
 /// `api.rate-limit:`.
@@ -167,6 +171,8 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ),
     ("api-h2-keepalive-interval", "api.limits.h2-keepalive-interval"),
     ("api-h2-keepalive-timeout", "api.limits.h2-keepalive-timeout"),
+    ("api-max-header-bytes", "api.limits.max-header-bytes"),
+    ("api-max-uri-bytes", "api.limits.max-uri-bytes"),
 ];
 
 impl FileConfig {
@@ -219,6 +225,8 @@ impl FileConfig {
             api_h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
             api_h2_keepalive_interval: limits.h2_keepalive_interval,
             api_h2_keepalive_timeout: limits.h2_keepalive_timeout,
+            api_max_header_bytes: limits.max_header_bytes,
+            api_max_uri_bytes: limits.max_uri_bytes,
         }
     }
 }

@@ -13,7 +13,7 @@ pub use file::{
 };
 
 use crate::ledger::RepairMode;
-pub use crate::server::Limits;
+pub use crate::server::{Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,6 +132,12 @@ pub struct RawConfig {
     /// How long an HTTP/2 keep-alive ping may go unanswered. Default 20s.
     #[arg(long)]
     pub api_h2_keepalive_timeout: Option<String>,
+    /// Largest request header block in bytes (431 over it). Default 65536.
+    #[arg(long)]
+    pub api_max_header_bytes: Option<usize>,
+    /// Longest request target in bytes (414 over it). Default 8192.
+    #[arg(long)]
+    pub api_max_uri_bytes: Option<usize>,
 }
 
 /// The validated configuration: one section per component.
@@ -301,6 +307,8 @@ impl RawConfig {
                 .or(base.api_h2_max_concurrent_streams),
             api_h2_keepalive_interval: self.api_h2_keepalive_interval.or(base.api_h2_keepalive_interval),
             api_h2_keepalive_timeout: self.api_h2_keepalive_timeout.or(base.api_h2_keepalive_timeout),
+            api_max_header_bytes: self.api_max_header_bytes.or(base.api_max_header_bytes),
+            api_max_uri_bytes: self.api_max_uri_bytes.or(base.api_max_uri_bytes),
         }
     }
 
@@ -330,6 +338,8 @@ impl RawConfig {
                         h2_max_concurrent_streams: self.api_h2_max_concurrent_streams,
                         h2_keepalive_interval: self.api_h2_keepalive_interval,
                         h2_keepalive_timeout: self.api_h2_keepalive_timeout,
+                        max_header_bytes: self.api_max_header_bytes,
+                        max_uri_bytes: self.api_max_uri_bytes,
                     },
                 )?,
                 body_limit: body_limit(self.body_limit)?,
@@ -397,6 +407,8 @@ struct LimitFlags {
     h2_max_concurrent_streams: Option<u32>,
     h2_keepalive_interval: Option<String>,
     h2_keepalive_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_uri_bytes: Option<usize>,
 }
 
 impl LimitFlags {
@@ -440,7 +452,23 @@ impl LimitFlags {
                 }
             },
         };
+        let max_header_bytes = self.max_header_bytes.unwrap_or(d.max_header_bytes);
+        if !(1024..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            return Err(invalid(
+                &format!("{p}-max-header-bytes"),
+                format!("must be 1024..={MAX_HEADER_BYTES} (hyper's own limit is above it)"),
+            ));
+        }
+        let max_uri_bytes = self.max_uri_bytes.unwrap_or(d.max_uri_bytes);
+        if !(256..=MAX_URI_BYTES).contains(&max_uri_bytes) {
+            return Err(invalid(
+                &format!("{p}-max-uri-bytes"),
+                format!("must be 256..={MAX_URI_BYTES} (hyper's own limit)"),
+            ));
+        }
         Ok(Limits {
+            max_header_bytes,
+            max_uri_bytes,
             max_connections,
             idle_timeout: duration("idle-timeout", self.idle_timeout, d.idle_timeout)?,
             header_timeout: duration("header-timeout", self.header_timeout, d.header_timeout)?,

@@ -43,6 +43,7 @@ fn defaults_validate() {
     assert_eq!(l.h2_max_concurrent_streams, 100);
     assert_eq!(l.h2_keepalive_interval, Some(Duration::from_secs(20)));
     assert_eq!(l.h2_keepalive_timeout, Duration::from_secs(20));
+    assert_eq!((l.max_header_bytes, l.max_uri_bytes), (65536, 8192));
 }
 
 #[test]
@@ -53,7 +54,8 @@ fn nested_yaml_is_parsed_into_its_sections() {
          api:\n  addr: 0.0.0.0:9000\n  tls: {cert: c.pem, key: k.pem}\n  body-limit: 2048\n  \
          rate-limit: {rps: 10, burst: 20}\n  \
          limits: {max-connections: 8, idle-timeout: 5s, header-timeout: 2s, body-timeout: 3s, \
-         h2-max-concurrent-streams: 4, h2-keepalive-interval: 0s, h2-keepalive-timeout: 1s}\n\
+         h2-max-concurrent-streams: 4, h2-keepalive-interval: 0s, h2-keepalive-timeout: 1s, \
+         max-header-bytes: 4096, max-uri-bytes: 1024}\n\
          auth:\n  external-issuer: {jwks: idp.json, issuer: https://idp/, audience: kla-api}\n\
          ledger: {origin: kla.example/ledger, repair: truncate, fast-start: true}\n\
          policy:\n  dir: /etc/kla/policies\n  trusted-keys: [a.pub, b.pub]\n  allow-unsigned: true\n  \
@@ -78,6 +80,8 @@ fn nested_yaml_is_parsed_into_its_sections() {
             h2_max_concurrent_streams: 4,
             h2_keepalive_interval: None,
             h2_keepalive_timeout: Duration::from_secs(1),
+            max_header_bytes: 4096,
+            max_uri_bytes: 1024,
         }
     );
     let idp = c.auth.external_issuer.expect("issuer");
@@ -158,7 +162,9 @@ fn every_flag_has_a_place_in_the_file() {
             | "rate-limit-burst"
             | "body-limit"
             | "api-max-connections"
-            | "api-h2-max-concurrent-streams" => "3",
+            | "api-h2-max-concurrent-streams"
+            | "api-max-header-bytes"
+            | "api-max-uri-bytes" => "3",
             "allow-unsigned" | "allow-pack-rollback" | "ledger-fast-start" => "true",
             "ledger-repair" => "truncate",
             "policy-deadline" => "3ms",

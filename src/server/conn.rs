@@ -51,7 +51,18 @@ pub struct Limits {
     pub h2_keepalive_interval: Option<Duration>,
     /// How long an HTTP/2 ping may go unanswered before the connection is closed.
     pub h2_keepalive_timeout: Duration,
+    /// Largest request header block (each header's name and value plus 4 bytes), answered 431 over it.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query, and authority when sent), answered 414 over it.
+    pub max_uri_bytes: usize,
 }
+
+/// The largest `max_header_bytes`: with the longest target it stays under hyper's own HTTP/1 limit on a request
+/// head (about 408 KiB), so kla's limit is the one a client meets and its answer is kla's JSON.
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+/// The largest `max_uri_bytes`: hyper's own HTTP/1 limit.
+pub const MAX_URI_BYTES: usize = 65534;
 
 impl Default for Limits {
     /// Sized for a sidecar: a few agents on loopback or a pod network, not the open internet.
@@ -64,6 +75,8 @@ impl Default for Limits {
             h2_max_concurrent_streams: 100,
             h2_keepalive_interval: Some(Duration::from_secs(20)),
             h2_keepalive_timeout: Duration::from_secs(20),
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }
@@ -137,6 +150,11 @@ impl Activity {
         Guard(self.clone())
     }
 
+    /// No request in progress, and none started since bytes were last read while idle.
+    fn between_requests(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0 && self.first_read.load(Relaxed) != NONE
+    }
+
     fn read(&self) {
         if self.in_flight.load(Relaxed) == 0 && self.first_read.load(Relaxed) == NONE {
             self.first_read.store(self.now_ms(), Relaxed);
@@ -197,11 +215,14 @@ impl Drop for Guard {
     }
 }
 
-/// A connection's IO, reporting reads and stalled writes to its [`Activity`].
+/// A connection's IO, reporting reads and stalled writes to its [`Activity`], and putting kla's JSON error in
+/// place of hyper's empty HTTP/1 answer to a request it could not parse (see [`errors::rewrite_canned`]).
 pub(super) struct Tracked<I> {
     io: I,
     activity: Arc<Activity>,
     blocked: bool,
+    // kla's answer in place of hyper's, and how much of it is written.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
 impl<I> Tracked<I> {
@@ -210,7 +231,18 @@ impl<I> Tracked<I> {
             io,
             activity,
             blocked: false,
+            replacement: None,
         }
+    }
+
+    /// kla's answer if `buf` is hyper's answer to a request it could not parse: written while no request is in
+    /// progress and none has started since the connection last read, which is when hyper writes one (a response of
+    /// the router is written while its request is in progress, or after it without a read in between).
+    fn canned(&self, buf: &[u8]) -> Option<Vec<u8>> {
+        if !errors::may_be_canned(buf) || !self.activity.between_requests() {
+            return None;
+        }
+        errors::rewrite_canned(buf)
     }
 
     fn wrote<T>(&mut self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
@@ -244,12 +276,45 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Tracked<I> {
+    /// Writes what is left of the replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replacement {
+            if *done == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let r = Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]);
+            match ready!(r) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => *done += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes hyper's canned answer in `buf` as written, and queues kla's instead.
+    fn replace(&mut self, cx: &mut Context<'_>, len: usize, with: Vec<u8>) -> Poll<std::io::Result<usize>> {
+        self.replacement = Some((with, 0));
+        // What does not fit now is written by the flush that follows.
+        if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        ready!(self.poll_replacement(cx))?;
+        if let Some(with) = self.canned(buf) {
+            return self.replace(cx, buf.len(), with);
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         self.wrote(r)
     }
@@ -259,6 +324,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        ready!(self.poll_replacement(cx))?;
+        // hyper writes its canned answer as one buffer.
+        if let [buf] = bufs
+            && let Some(with) = self.canned(buf)
+        {
+            return self.replace(cx, buf.len(), with);
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.wrote(r)
     }
@@ -268,11 +340,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
         let r = Pin::new(&mut self.io).poll_flush(cx);
         self.wrote(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -285,6 +359,8 @@ pub(super) struct Service {
     pub(super) activity: Arc<Activity>,
     pub(super) body_limit: Option<u64>,
     pub(super) body_timeout: Duration,
+    pub(super) max_header_bytes: usize,
+    pub(super) max_uri_bytes: usize,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -294,14 +370,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
         let guard = Some(self.activity.start(req.version() == http::Version::HTTP_2));
-        if let Some(limit) = self.body_limit
-            && req.body().size_hint().lower() > limit
-        {
-            let early = errors::response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is larger than {limit} bytes"),
-                Some(req.headers()),
-            );
+        if let Some(early) = self.refuse(&req) {
             return ResponseFuture {
                 state: State::Early(Some(early)),
                 guard,
@@ -319,6 +388,45 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             guard,
         }
     }
+}
+
+impl Service {
+    /// The answer to a request refused before the router: a target or headers over the limits, a declared body
+    /// over the body limit.
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let uri = req.uri();
+        let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len());
+        let (status, message) = if target > self.max_uri_bytes {
+            (
+                StatusCode::URI_TOO_LONG,
+                format!("the request target is longer than {} bytes", self.max_uri_bytes),
+            )
+        } else if header_bytes(req.headers()) > self.max_header_bytes {
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "the request headers are larger than {} bytes",
+                    self.max_header_bytes
+                ),
+            )
+        } else if let Some(limit) = self.body_limit
+            && req.body().size_hint().lower() > limit
+        {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            )
+        } else {
+            return None;
+        };
+        Some(errors::response(status, &message, Some(req.headers())))
+    }
+}
+
+/// A header block's size as HTTP/1 sends it (`name: value\r\n`).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
 /// The response of [`Service`].

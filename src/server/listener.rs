@@ -214,8 +214,16 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .keep_alive_interval(limits.h2_keepalive_interval)
-        .keep_alive_timeout(limits.h2_keepalive_timeout);
+        .keep_alive_timeout(limits.h2_keepalive_timeout)
+        // Above kla's limits (the pseudo-headers count here, and 32 bytes per field), so that kla, not h2's empty
+        // 431, answers a header block over them.
+        .max_header_list_size(h2_header_list_size(limits));
     builder
+}
+
+fn h2_header_list_size(limits: &Limits) -> u32 {
+    let size = 2 * (limits.max_header_bytes + limits.max_uri_bytes);
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 async fn accept_loop(l: BoundListener, shutdown: CancellationToken, conns: Conns) {
@@ -288,6 +296,8 @@ async fn connection(
         activity: activity.clone(),
         body_limit: shared.body_limit,
         body_timeout: shared.limits.body_timeout,
+        max_header_bytes: shared.limits.max_header_bytes,
+        max_uri_bytes: shared.limits.max_uri_bytes,
     };
     let end = match &shared.tls {
         None => {

@@ -7,6 +7,6 @@ mod errors;
 mod listener;
 mod services;
 
-pub use conn::{BodyTimeout, Limits};
+pub use conn::{BodyTimeout, Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use listener::{Bound, Listener, bind};
 pub use services::Services;

@@ -197,7 +197,7 @@ impl RawResp {
 }
 
 /// Reads one response (with a `content-length` body) within `max`.
-async fn read_response(stream: &mut TcpStream, max: Duration) -> RawResp {
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, max: Duration) -> RawResp {
     tokio::time::timeout(max, async {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -659,4 +659,189 @@ async fn a_descriptor_exhaustion_attempt_leaves_the_server_answering() {
     drop(attack);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// ---- errors raised before the router ----
+
+/// Sends `request` on a new connection and reads the answer.
+async fn raw_exchange(s: &Server, request: &[u8]) -> RawResp {
+    let mut conn = TcpStream::connect(addr_of(&s.base)).await.unwrap();
+    // A huge request may be answered (and the connection closed) before it is all sent.
+    let _ = conn.write_all(request).await;
+    read_response(&mut conn, Duration::from_secs(3)).await
+}
+
+/// Requests hyper cannot parse (a bad request line, a malformed Content-Length, a head over hyper's own limits)
+/// get kla's JSON error with an `x-request-id`, not hyper's empty answer; on a new connection and after a good
+/// request on a kept-alive one.
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_json_errors() {
+    let s = Server::start().await;
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nhost: kla\r\nx-big: {}\r\n\r\n",
+        "a".repeat(500 * 1024)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nhost: kla\r\n{}\r\n",
+        (0..120).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+    );
+    let huge_target = format!("GET /{} HTTP/1.1\r\nhost: kla\r\n\r\n", "a".repeat(70 * 1024));
+    for (request, status) in [
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            b"GET /healthz HTTP/1.1\r\nhost: kla\r\nbad header line\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /v1/agents HTTP/1.1\r\nhost: kla\r\ncontent-length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /v1/agents HTTP/1.1\r\nhost: kla\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (huge_header.into_bytes(), 431),
+        (many_headers.into_bytes(), 431),
+        (huge_target.into_bytes(), 414),
+    ] {
+        let r = raw_exchange(&s, &request).await;
+        r.assert_error(status);
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+    }
+    // After a good request on the same connection.
+    let mut conn = TcpStream::connect(addr_of(&s.base)).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: kla\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn, Duration::from_secs(2)).await.status, 200);
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: kla\r\ncontent-length: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut conn, Duration::from_secs(2))
+        .await
+        .assert_error(400);
+    closed_within(&mut conn, Duration::from_secs(2)).await;
+    // Responses of the router are untouched, an empty-bodied one included.
+    let r = raw_exchange(&s, b"GET /nope HTTP/1.1\r\nhost: kla\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "not_found");
+    s.stop().await;
+}
+
+/// A target or a header block over the listener's (lowered) limits gets 414 / 431 in kla's form, keeping the
+/// client's request id, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn a_target_or_headers_over_the_limits_get_json_errors() {
+    let s = Server::start_with(|c| {
+        c.api_max_header_bytes = Some(4096);
+        c.api_max_uri_bytes = Some(1024);
+    })
+    .await;
+    let r = raw_exchange(
+        &s,
+        format!(
+            "GET /healthz?{} HTTP/1.1\r\nhost: kla\r\nx-request-id: long-1\r\n\r\n",
+            "q".repeat(2000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    r.assert_error(414);
+    assert_eq!(r.header("x-request-id"), Some("long-1"));
+    assert!(r.json()["message"].as_str().unwrap().contains("1024"));
+    let r = raw_exchange(
+        &s,
+        format!(
+            "GET /healthz HTTP/1.1\r\nhost: kla\r\nx-big: {}\r\n\r\n",
+            "a".repeat(8000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    r.assert_error(431);
+    assert!(r.json()["message"].as_str().unwrap().contains("4096"));
+    // Under the limits: served.
+    let r = raw_exchange(
+        &s,
+        format!(
+            "GET /healthz?{} HTTP/1.1\r\nhost: kla\r\nx-big: {}\r\n\r\n",
+            "q".repeat(900),
+            "a".repeat(3000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (url, header, status) in [
+        (
+            format!("{}/healthz?{}", s.base, "q".repeat(2000)),
+            String::new(),
+            414,
+        ),
+        (format!("{}/healthz", s.base), "a".repeat(8000), 431),
+    ] {
+        let mut rb = h2.get(&url).header("x-request-id", "h2-1");
+        if !header.is_empty() {
+            rb = rb.header("x-big", header);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["x-request-id"], "h2-1");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_request", "{body}");
+    }
+    s.stop().await;
+}
+
+/// Over HTTPS: the header timeout covers the TLS handshake (a client that connects and never starts one is closed),
+/// and a request hyper cannot parse still gets kla's JSON answer (it is rewritten above TLS).
+#[tokio::test]
+async fn https_listeners_have_the_same_deadlines_and_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut cfg = raw(&tmp.path().join("data"));
+    cfg.tls_cert = Some(cert);
+    cfg.tls_key = Some(key);
+    cfg.api_header_timeout = Some("1s".into());
+    let running = kla::app::start(cfg.validate().unwrap()).await.unwrap();
+    let addr = running.api_addr;
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let closed = closed_within(&mut silent, Duration::from_secs(3)).await;
+    assert!(closed < Duration::from_millis(2500), "{closed:?}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: kla\r\ncontent-length: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut tls, Duration::from_secs(2))
+        .await
+        .assert_error(400);
+    running.shutdown.cancel();
+    running.done.await.unwrap().unwrap();
 }
