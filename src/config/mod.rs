@@ -397,6 +397,9 @@ impl RawConfig {
     }
 }
 
+/// The longest listener timeout accepted: longer ones would only hide a mistake.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A listener's limit flags (`--<prefix>-max-connections`, …).
 struct LimitFlags {
     prefix: &'static str,
@@ -420,8 +423,8 @@ impl LimitFlags {
             match v {
                 None => Ok(default),
                 Some(s) => match humantime::parse_duration(&s) {
-                    Ok(d) if !d.is_zero() => Ok(d),
-                    Ok(_) => Err(invalid(&flag, "must be more than 0")),
+                    Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Ok(d),
+                    Ok(_) => Err(invalid(&flag, "must be more than 0 and at most 1 day")),
                     Err(e) => Err(invalid(&flag, format!("{s:?}: {e}"))),
                 },
             }
@@ -443,7 +446,13 @@ impl LimitFlags {
         let h2_keepalive_interval = match self.h2_keepalive_interval.as_deref() {
             None => d.h2_keepalive_interval,
             Some(s) => match humantime::parse_duration(s) {
-                Ok(d) => (!d.is_zero()).then_some(d),
+                Ok(d) if d <= MAX_TIMEOUT => (!d.is_zero()).then_some(d),
+                Ok(_) => {
+                    return Err(invalid(
+                        &format!("{p}-h2-keepalive-interval"),
+                        "must be at most 1 day",
+                    ));
+                }
                 Err(e) => {
                     return Err(invalid(
                         &format!("{p}-h2-keepalive-interval"),

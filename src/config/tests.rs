@@ -317,6 +317,10 @@ fn bad_values_are_refused_with_their_key() {
             "api.limits.body-timeout (--api-body-timeout)",
         ),
         (
+            "api: {limits: {idle-timeout: 2days}}\n",
+            "api.limits.idle-timeout (--api-idle-timeout)",
+        ),
+        (
             "api: {limits: {h2-max-concurrent-streams: 0}}\n",
             "(--api-h2-max-concurrent-streams)",
         ),

@@ -127,7 +127,11 @@ impl Activity {
     }
 
     pub(super) fn at(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms)
+        // `Limits` built in code may hold any duration; a year is as good as never.
+        let far = Duration::from_secs(365 * 24 * 3600);
+        self.base
+            .checked_add(Duration::from_millis(ms).min(far))
+            .unwrap_or(self.base)
     }
 
     /// The accept time plus the header timeout: the end of the TLS handshake and the first request's headers.
