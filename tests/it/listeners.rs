@@ -260,8 +260,8 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     }
     let idle = closed_within(&mut conn, Duration::from_secs(3)).await;
     assert!(
-        idle < Duration::from_millis(900),
-        "closed about 1 s after the last response: {idle:?}"
+        idle < Duration::from_millis(1800),
+        "closed about 1 s after the last response, before the 3 s header timeout: {idle:?}"
     );
     s.stop().await;
 }
