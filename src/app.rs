@@ -1,50 +1,58 @@
 //! Builds every part of kla from the validated config, serves the API (HTTP or HTTPS via rustls), and owns
-//! shutdown: on SIGINT/SIGTERM (or the handle's trigger) it stops accepting, drains in-flight requests, and
-//! returns.
+//! shutdown: on SIGINT/SIGTERM (or the handle's trigger) it stops accepting, drains in-flight requests, stops the
+//! background services in reverse start order, runs the final steps (index flush, final checkpoint), and returns.
 
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
-use crate::config::Config;
+use crate::config::{Config, LedgerSection, PolicySection};
 use crate::decide::Decider;
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{HookError, PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::{Record, Recorder};
 use crate::redact::Redactor;
 use crate::registry::Agents;
+use crate::server::{self, Listener, Services};
 use crate::store::Store;
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown gives each background service to stop, and each final step to finish.
+const SERVICE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often expired idempotency keys are purged.
+const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// A running server.
 pub struct Running {
-    /// The bound API address (useful with port 0).
+    /// The bound API address (useful with port 0); also `listeners["api"]`.
     pub api_addr: SocketAddr,
+    /// Every bound address by listener name.
+    pub listeners: BTreeMap<String, SocketAddr>,
     /// Cancel to shut down.
     pub shutdown: CancellationToken,
     /// Completes when the server has drained and stopped.
     pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Opens every part and starts serving. Returns once the listener is bound.
+/// Opens every part and starts serving. Returns once every listener is bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    tracing::info!(data_dir = %cfg.data_dir.display(), "kla starting");
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // One kla per data dir: taken before anything else touches the dir (the store clears in-flight idempotency
     // reservations on open, which would break a running server's guarantees).
     let dir_lock = lock_data_dir(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir).context("opening the store")?;
+    let store = Store::open(&cfg.store.dir).context("opening the store")?;
     let token_key = keys::load_or_create(&keys::token_key_path(&cfg.data_dir))?;
     let registry_key = keys::load_or_create(&keys::registry_key_path(&cfg.data_dir))?;
-    let external = match &cfg.external_issuer {
+    let external = match &cfg.auth.external_issuer {
         Some(j) => Some(ExternalIssuer::load(
             &j.jwks,
             j.issuer.clone(),
@@ -54,16 +62,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let auth = Authenticator::new(token_key.public_pem.as_bytes(), external)?;
     let shutdown = CancellationToken::new();
+    // Dropped on an early return below, which stops whatever was already spawned.
+    let mut services = Services::new();
 
     // The ledger first: nothing may be decided that cannot be recorded.
-    let mut lcfg = LedgerConfig::new(cfg.data_dir.join("ledger"));
-    lcfg.origin = cfg.ledger_origin.clone();
-    lcfg.repair = if cfg.ledger_repair_truncate {
-        RepairMode::Truncate
-    } else {
-        RepairMode::Refuse
-    };
-    let fast = cfg.ledger_fast_start;
+    let lcfg = ledger_config(&cfg.ledger);
+    let fast = cfg.ledger.fast_start;
     let ledger = tokio::task::spawn_blocking(move || open_ledger(lcfg, fast))
         .await?
         .context("opening the ledger (run `kla ledger verify --data-dir DIR` for details)")?;
@@ -72,11 +76,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if reindexed > 0 {
         tracing::info!(entries = reindexed, "ledger index rebuilt");
     }
-    ledger.spawn_checkpointer(shutdown.clone());
+    let checkpointed = ledger.clone();
+    services.spawn("ledger-checkpointer", move |stop| async move {
+        checkpointed
+            .spawn_checkpointer(stop)
+            .await
+            .context("the checkpointer task")
+    });
 
     // Policies: every activation and refusal is recorded in the ledger before it takes effect.
     let policy = {
-        let pcfg = policy_config(&cfg)?;
+        let pcfg = policy_config(&cfg.policy)?;
         let hook = policy_audit_hook(recorder.clone());
         let floors: Box<dyn PackFloors> = Box::new(StoreFloors {
             store: store.clone(),
@@ -86,16 +96,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             tokio::task::spawn_blocking(move || PolicyManager::with_audit(pcfg, hook, Some(floors))).await?,
         )
     };
-    let watch = match policy.watch() {
-        Ok(w) => Some(w),
+    match policy.watch() {
+        // The watch lasts as long as its handle: the service holds it until told to stop.
+        Ok(watch) => services.spawn("policy-watcher", move |stop| async move {
+            stop.cancelled().await;
+            drop(watch);
+            Ok(())
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the policies directory; use POST /v1/policies/reload");
-            None
         }
-    };
+    }
     if policy.status().packs.is_empty() {
         tracing::error!(
-            dir = %cfg.policies.display(),
+            dir = %cfg.policy.dir.display(),
             "no valid policy pack is loaded: every decision will be `block` (POLICY_UNAVAILABLE)"
         );
     }
@@ -105,8 +119,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,
-        limiter: cfg.rate_limit.map(api::ratelimit::RateLimiter::new),
-        body_limit: cfg.body_limit,
+        limiter: cfg.api.rate_limit.map(api::ratelimit::RateLimiter::new),
+        body_limit: cfg.api.body_limit,
         started: Instant::now(),
         recorder: recorder.clone(),
         policy: policy.clone(),
@@ -115,24 +129,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let router = api::router(state);
 
-    let tls = match &cfg.tls {
-        Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
-        None => None,
-    };
-    let listener = TcpListener::bind(cfg.api_addr)
-        .await
-        .with_context(|| format!("binding API address {}", cfg.api_addr))?;
-    let api_addr = listener.local_addr()?;
-    tracing::info!(addr = %api_addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kla API listening");
+    let listeners = server::bind(vec![
+        Listener::from_config("api", &cfg.api.listener, router)
+            .title("kla API")
+            .body_limit(cfg.api.body_limit),
+    ])
+    .await?;
+    let addrs = listeners.addrs();
+    let api_addr = addrs.get("api").copied().context("the API listener is bound")?;
 
-    let shutdown_serve = shutdown.clone();
     let purge_store = store.clone();
-    let purge_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
+    services.spawn("idempotency-purge", move |stop| async move {
+        let mut tick = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
         loop {
             tokio::select! {
-                _ = purge_stop.cancelled() => break,
+                _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     if let Err(e) = purge_store.idempotency_purge().await {
                         tracing::warn!(error = %e, "idempotency purge failed");
@@ -141,22 +152,32 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             }
         }
     });
-
+    // After the last request and the last policy reload: commit the index rows still queued (otherwise the next
+    // start re-indexes them), then sign a final checkpoint so everything acknowledged is anchored before exit.
     let final_recorder = recorder.clone();
-    let done = tokio::spawn(async move {
-        let r = serve(listener, tls, router, shutdown_serve).await;
-        drop(watch);
-        let _dir_lock = dir_lock;
-        // Commit the index rows of the last requests before exit (otherwise the next start re-indexes them).
+    services.on_shutdown("index-flush", async move {
         final_recorder.flush_index().await;
-        // Sign a final checkpoint so everything acknowledged is anchored before exit.
-        if let Err(e) = ledger.checkpoint_now().await {
-            tracing::warn!(error = %e, "final checkpoint failed");
-        }
+        Ok(())
+    });
+    services.on_shutdown("final-checkpoint", async move {
+        ledger
+            .checkpoint_now()
+            .await
+            .map(|_| ())
+            .context("final checkpoint")
+    });
+
+    let shutdown_serve = shutdown.clone();
+    let done = tokio::spawn(async move {
+        let r = listeners.serve(shutdown_serve, DRAIN_TIMEOUT).await;
+        services.shutdown(SERVICE_STOP_TIMEOUT).await;
+        drop(dir_lock);
+        tracing::info!("stopped");
         r
     });
     Ok(Running {
         api_addr,
+        listeners: addrs,
         shutdown,
         done,
     })
@@ -222,8 +243,16 @@ fn open_ledger(cfg: LedgerConfig, fast_start: bool) -> anyhow::Result<Ledger> {
     }
 }
 
-/// The policy manager's config from kla's config: the embedded default key when none is given.
-fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
+/// The ledger's config from its section.
+fn ledger_config(cfg: &LedgerSection) -> LedgerConfig {
+    let mut lcfg = LedgerConfig::new(cfg.dir.clone());
+    lcfg.origin = cfg.origin.clone();
+    lcfg.repair = cfg.repair;
+    lcfg
+}
+
+/// The policy manager's config from its section: the embedded default key when none is given.
+fn policy_config(cfg: &PolicySection) -> anyhow::Result<PolicyConfig> {
     let trusted = if cfg.trusted_keys.is_empty() {
         vec![TrustedKey::parse(DEFAULT_PACK_KEY).context("embedded default pack key")?]
     } else {
@@ -235,13 +264,13 @@ fn policy_config(cfg: &Config) -> anyhow::Result<PolicyConfig> {
     if cfg.allow_unsigned {
         tracing::warn!("--allow-unsigned: unsigned policy packs will be loaded (local development only)");
     }
-    let mut pcfg = PolicyConfig::new(cfg.policies.clone(), trusted);
+    let mut pcfg = PolicyConfig::new(cfg.dir.clone(), trusted);
     pcfg.allow_unsigned = cfg.allow_unsigned;
-    if cfg.allow_pack_rollback {
+    if cfg.allow_rollback {
         tracing::warn!("--allow-pack-rollback: a signed pack older than one activated before will be loaded");
     }
-    pcfg.allow_rollback = cfg.allow_pack_rollback;
-    pcfg.deadline = cfg.policy_deadline;
+    pcfg.allow_rollback = cfg.allow_rollback;
+    pcfg.deadline = cfg.deadline;
     Ok(pcfg)
 }
 
@@ -283,108 +312,6 @@ fn policy_audit_hook(recorder: Recorder) -> crate::policy::AuditHook {
             .map(|_| ())
             .map_err(HookError::new)
     })
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Connection tasks, so the ones still open after the drain timeout can be closed for real.
-    let mut conns = tokio::task::JoinSet::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper ignores its header-read timeout: slow-header clients could hold connections forever.
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while conns.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                conns.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                conns.spawn(async move {
-                    let tls_stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timed out; closing remaining connections");
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("parsing certificates in {}", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("parsing private key in {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Resolves on SIGINT or SIGTERM.

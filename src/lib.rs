@@ -21,6 +21,7 @@ pub mod policy;
 pub mod recorder;
 pub mod redact;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 /// Flags of `kla serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// YAML file with the same keys as the flags (kebab-case).
+    /// YAML file with one section per component (`api`, `auth`, `ledger`, `policy`, `log`; see docs/config.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Settings; each overrides the same key in --config.
@@ -22,7 +22,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => RawConfig::default(),
     };
     let cfg = args.raw.over(base).validate()?;
-    crate::telemetry::init(cfg.log_json);
+    crate::telemetry::init(cfg.log.json);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let running = crate::app::start(cfg).await?;

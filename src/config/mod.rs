@@ -1,11 +1,21 @@
-//! Configuration in two stages: [`RawConfig`] is what a user writes (YAML file keys or `kla serve` flags, every
-//! field optional, unknown keys refused), [`Config`] is the validated, typed result that the rest of kla reads.
-//! Flags override file keys, file keys override the embedded defaults. This module reads the config file and
-//! nothing else; it never touches the process environment (tests pass values in).
+//! Configuration in two stages. What a user writes is either `kla serve` flags ([`RawConfig`], flat, every field
+//! optional) or a YAML file with one nested section per component ([`FileConfig`], unknown keys refused at every
+//! level), which is flattened into a [`RawConfig`] so the two merge key by key: flags override file keys, file keys
+//! override the embedded defaults. [`RawConfig::validate`] turns the merge into [`Config`], the validated, typed
+//! result: one section per component, each handed to that component by `app`. This module reads the config file
+//! and nothing else; it never touches the process environment (tests pass values in).
 
-use serde::Deserialize;
+mod file;
+
+pub use file::{
+    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileExternalIssuer, FileLedger, FileLimits, FileLog,
+    FilePolicy, FileRateLimit, FileTls,
+};
+
+use crate::ledger::RepairMode;
+pub use crate::server::{Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors of configuration: always the operator's to fix.
@@ -19,7 +29,7 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The file is not valid YAML for [`RawConfig`].
+    /// The file is not valid YAML for [`FileConfig`].
     #[error("config {path}: {message}")]
     Parse {
         /// Path of the file.
@@ -35,9 +45,9 @@ pub enum ConfigError {
 /// Largest accepted `body-limit`: well under the ledger's 16 MiB entry limit, so any accepted body can be recorded.
 pub const MAX_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
-/// Every setting as written by a user. Field names are the YAML keys; flags use the same names in kebab case.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// The settings of `kla serve` in the flags' form: one flat, optional field per flag. A config file is read into
+/// this form too ([`RawConfig::from_file`]); its nested path for each flag is in [`FLAG_PATHS`].
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RawConfig {
     /// Data directory (SQLite store, ledger, keys). Default `./kla-data`.
     #[arg(long)]
@@ -74,7 +84,6 @@ pub struct RawConfig {
     pub policies: Option<PathBuf>,
     /// Public key trusted to sign policy packs (repeatable). Default: kla's embedded default-pack key.
     #[arg(long = "trusted-key")]
-    #[serde(default)]
     pub trusted_key: Vec<PathBuf>,
     /// Load unsigned packs (local development only; logs a warning). `--allow-unsigned=false` turns off a `true`
     /// from the config file.
@@ -101,21 +110,168 @@ pub struct RawConfig {
     /// Log format: `text` or `json`. Default `text`.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Open API connections at most; at the cap new ones wait in the listen backlog. Default 1024.
+    #[arg(long)]
+    pub api_max_connections: Option<usize>,
+    /// Close an API connection with no request in progress after this long, e.g. `60s`. Default 60s.
+    #[arg(long)]
+    pub api_idle_timeout: Option<String>,
+    /// Time from connecting to the end of the first request's headers (and on HTTP/1 from a request's first byte
+    /// to the end of its headers). Default 10s.
+    #[arg(long)]
+    pub api_header_timeout: Option<String>,
+    /// Time a request body may take to arrive. Default 30s.
+    #[arg(long)]
+    pub api_body_timeout: Option<String>,
+    /// HTTP/2 streams open at once per API connection. Default 100.
+    #[arg(long)]
+    pub api_h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 keep-alive ping interval; `0s` sends none. Default 20s.
+    #[arg(long)]
+    pub api_h2_keepalive_interval: Option<String>,
+    /// How long an HTTP/2 keep-alive ping may go unanswered. Default 20s.
+    #[arg(long)]
+    pub api_h2_keepalive_timeout: Option<String>,
+    /// Largest request header block in bytes (431 over it). Default 65536.
+    #[arg(long)]
+    pub api_max_header_bytes: Option<usize>,
+    /// Longest request target in bytes (414 over it). Default 8192.
+    #[arg(long)]
+    pub api_max_uri_bytes: Option<usize>,
+}
+
+/// The validated configuration: one section per component.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory: the store, the ledger and the keys live in it.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogSection,
+    /// The REST API.
+    pub api: ApiSection,
+    /// Token verification beyond kla's own tokens.
+    pub auth: AuthSection,
+    /// The SQLite store.
+    pub store: StoreSection,
+    /// The ledger.
+    pub ledger: LedgerSection,
+    /// The policy manager.
+    pub policy: PolicySection,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSection {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+/// The REST API: its listener and the limits its handlers apply.
+#[derive(Debug, Clone)]
+pub struct ApiSection {
+    /// Where and how it listens.
+    pub listener: ListenerConfig,
+    /// Largest accepted request body in bytes.
+    pub body_limit: usize,
+    /// Per-tenant rate limit, when on.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// One listener: address, optional TLS, connection limits.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Bind address (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// HTTPS, when set.
+    pub tls: Option<TlsConfig>,
+    /// Connection cap and timeouts.
+    pub limits: Limits,
+}
+
+/// TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Per-tenant token bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// Refill rate.
+    pub rps: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSection {
+    /// An external OAuth issuer whose tokens are accepted too.
+    pub external_issuer: Option<JwksConfig>,
+}
+
+/// External OAuth issuer.
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    /// JWKS file.
+    pub jwks: PathBuf,
+    /// Expected issuer.
+    pub issuer: String,
+    /// Expected audience.
+    pub audience: String,
+}
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct StoreSection {
+    /// Directory of `kla.db` (the data dir).
+    pub dir: PathBuf,
+}
+
+/// The ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerSection {
+    /// `<data-dir>/ledger`.
+    pub dir: PathBuf,
+    /// Origin line and key name of signed checkpoints.
+    pub origin: String,
+    /// What to do about damage found at startup.
+    pub repair: RepairMode,
+    /// Check only what follows the last signed checkpoint at startup.
+    pub fast_start: bool,
+}
+
+/// The policy manager.
+#[derive(Debug, Clone)]
+pub struct PolicySection {
+    /// A pack directory or a folder of packs.
+    pub dir: PathBuf,
+    /// Trusted pack-signing keys (empty: the embedded default key).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Load unsigned packs.
+    pub allow_unsigned: bool,
+    /// Load a signed pack older than its name's rollback floor.
+    pub allow_rollback: bool,
+    /// Evaluation deadline.
+    pub deadline: Duration,
+}
+
+/// `"api.addr (--api-addr)"`: both names of a setting, for error messages.
+fn key(flag: &str) -> String {
+    match FLAG_PATHS.iter().find(|(f, _)| *f == flag) {
+        Some((_, path)) => format!("{path} (--{flag})"),
+        None => format!("--{flag}"),
+    }
+}
+
+fn invalid(flag: &str, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{}: {what}", key(flag)))
 }
 
 impl RawConfig {
-    /// Reads a YAML config file.
-    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
     /// `self` with every unset field taken from `base`.
     pub fn over(self, base: RawConfig) -> RawConfig {
         RawConfig {
@@ -142,271 +298,252 @@ impl RawConfig {
             ledger_repair: self.ledger_repair.or(base.ledger_repair),
             ledger_fast_start: self.ledger_fast_start.or(base.ledger_fast_start),
             log_format: self.log_format.or(base.log_format),
+            api_max_connections: self.api_max_connections.or(base.api_max_connections),
+            api_idle_timeout: self.api_idle_timeout.or(base.api_idle_timeout),
+            api_header_timeout: self.api_header_timeout.or(base.api_header_timeout),
+            api_body_timeout: self.api_body_timeout.or(base.api_body_timeout),
+            api_h2_max_concurrent_streams: self
+                .api_h2_max_concurrent_streams
+                .or(base.api_h2_max_concurrent_streams),
+            api_h2_keepalive_interval: self.api_h2_keepalive_interval.or(base.api_h2_keepalive_interval),
+            api_h2_keepalive_timeout: self.api_h2_keepalive_timeout.or(base.api_h2_keepalive_timeout),
+            api_max_header_bytes: self.api_max_header_bytes.or(base.api_max_header_bytes),
+            api_max_uri_bytes: self.api_max_uri_bytes.or(base.api_max_uri_bytes),
         }
     }
 
     /// Validates and fills defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let api_addr: SocketAddr = self
-            .api_addr
-            .as_deref()
-            .unwrap_or("127.0.0.1:8700")
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("api-addr: {e}")))?;
-        let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::Invalid("tls-cert and tls-key go together".into()));
-            }
-        };
-        let rps = self.rate_limit_rps.unwrap_or(0.0);
-        if !rps.is_finite() || rps < 0.0 {
-            return Err(ConfigError::Invalid("rate-limit-rps must be >= 0".into()));
-        }
-        let rate_limit = (rps > 0.0).then(|| RateLimitConfig {
-            rps,
-            burst: self.rate_limit_burst.unwrap_or(rps.ceil().max(1.0) as u32).max(1),
-        });
-        let external_issuer = match (self.jwks, self.jwt_issuer, self.jwt_audience) {
-            (Some(jwks), Some(issuer), Some(audience)) => Some(JwksConfig {
-                jwks,
-                issuer,
-                audience,
-            }),
-            (None, None, None) => None,
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "jwks needs jwt-issuer and jwt-audience (and they need jwks)".into(),
-                ));
-            }
-        };
-        let policy_deadline = match self.policy_deadline.as_deref() {
-            None => Duration::from_millis(5),
-            Some(s) => humantime::parse_duration(s)
-                .map_err(|e| ConfigError::Invalid(format!("policy-deadline {s:?}: {e}")))?,
-        };
-        let ledger_repair_truncate = match self.ledger_repair.as_deref() {
-            None | Some("none") => false,
-            Some("truncate") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid(format!(
-                    "ledger-repair {other:?}: expected `truncate` or `none`"
-                )));
-            }
-        };
-        let log_json = match self.log_format.as_deref() {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid(format!(
-                    "log-format {other:?}: text or json"
-                )));
-            }
-        };
-        let body_limit = self.body_limit.unwrap_or(1024 * 1024);
-        if body_limit == 0 || body_limit > MAX_BODY_LIMIT {
-            return Err(ConfigError::Invalid(format!(
-                "body-limit must be 1..={MAX_BODY_LIMIT} bytes (a decision's context must fit in one ledger entry)"
-            )));
-        }
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("kla-data"));
         Ok(Config {
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("kla-data")),
-            api_addr,
-            tls,
-            rate_limit,
-            body_limit,
-            external_issuer,
-            policies: self.policies.unwrap_or_else(|| PathBuf::from("policies")),
-            trusted_keys: self.trusted_key,
-            allow_unsigned: self.allow_unsigned.unwrap_or(false),
-            allow_pack_rollback: self.allow_pack_rollback.unwrap_or(false),
-            policy_deadline,
-            ledger_origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
-            ledger_repair_truncate,
-            ledger_fast_start: self.ledger_fast_start.unwrap_or(false),
-            log_json,
+            log: LogSection {
+                json: match self.log_format.as_deref() {
+                    None | Some("text") => false,
+                    Some("json") => true,
+                    Some(other) => return Err(invalid("log-format", format!("{other:?}: text or json"))),
+                },
+            },
+            api: ApiSection {
+                listener: listener(
+                    self.api_addr.as_deref(),
+                    "127.0.0.1:8700",
+                    self.tls_cert,
+                    self.tls_key,
+                    LimitFlags {
+                        prefix: "api",
+                        max_connections: self.api_max_connections,
+                        idle_timeout: self.api_idle_timeout,
+                        header_timeout: self.api_header_timeout,
+                        body_timeout: self.api_body_timeout,
+                        h2_max_concurrent_streams: self.api_h2_max_concurrent_streams,
+                        h2_keepalive_interval: self.api_h2_keepalive_interval,
+                        h2_keepalive_timeout: self.api_h2_keepalive_timeout,
+                        max_header_bytes: self.api_max_header_bytes,
+                        max_uri_bytes: self.api_max_uri_bytes,
+                    },
+                )?,
+                body_limit: body_limit(self.body_limit)?,
+                rate_limit: rate_limit(self.rate_limit_rps, self.rate_limit_burst)?,
+            },
+            auth: AuthSection {
+                external_issuer: match (self.jwks, self.jwt_issuer, self.jwt_audience) {
+                    (Some(jwks), Some(issuer), Some(audience)) => Some(JwksConfig {
+                        jwks,
+                        issuer,
+                        audience,
+                    }),
+                    (None, None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{} needs {} and {} (and they need it)",
+                            key("jwks"),
+                            key("jwt-issuer"),
+                            key("jwt-audience")
+                        )));
+                    }
+                },
+            },
+            store: StoreSection {
+                dir: data_dir.clone(),
+            },
+            ledger: LedgerSection {
+                dir: data_dir.join("ledger"),
+                origin: self.ledger_origin.unwrap_or_else(|| "kla.local/ledger".into()),
+                repair: match self.ledger_repair.as_deref() {
+                    None | Some("none") => RepairMode::Refuse,
+                    Some("truncate") => RepairMode::Truncate,
+                    Some(other) => {
+                        return Err(invalid(
+                            "ledger-repair",
+                            format!("{other:?}: expected `truncate` or `none`"),
+                        ));
+                    }
+                },
+                fast_start: self.ledger_fast_start.unwrap_or(false),
+            },
+            policy: PolicySection {
+                dir: self.policies.unwrap_or_else(|| PathBuf::from("policies")),
+                trusted_keys: self.trusted_key,
+                allow_unsigned: self.allow_unsigned.unwrap_or(false),
+                allow_rollback: self.allow_pack_rollback.unwrap_or(false),
+                deadline: match self.policy_deadline.as_deref() {
+                    None => Duration::from_millis(5),
+                    Some(s) => humantime::parse_duration(s)
+                        .map_err(|e| invalid("policy-deadline", format!("{s:?}: {e}")))?,
+                },
+            },
+            data_dir,
         })
     }
 }
 
-/// TLS files.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+/// The longest listener timeout accepted: longer ones would only hide a mistake.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A listener's limit flags (`--<prefix>-max-connections`, …).
+struct LimitFlags {
+    prefix: &'static str,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_keepalive_interval: Option<String>,
+    h2_keepalive_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_uri_bytes: Option<usize>,
 }
 
-/// Per-tenant token bucket.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitConfig {
-    /// Refill rate.
-    pub rps: f64,
-    /// Bucket size.
-    pub burst: u32,
+impl LimitFlags {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let p = self.prefix;
+        let duration = |flag: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            let flag = format!("{p}-{flag}");
+            match v {
+                None => Ok(default),
+                Some(s) => match humantime::parse_duration(&s) {
+                    Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Ok(d),
+                    Ok(_) => Err(invalid(&flag, "must be more than 0 and at most 1 day")),
+                    Err(e) => Err(invalid(&flag, format!("{s:?}: {e}"))),
+                },
+            }
+        };
+        let max_connections = self.max_connections.unwrap_or(d.max_connections);
+        // A semaphore holds at most this many permits; far more than any descriptor limit anyway.
+        if max_connections == 0 || max_connections > 1 << 20 {
+            return Err(invalid(&format!("{p}-max-connections"), "must be 1..=1048576"));
+        }
+        let streams = self
+            .h2_max_concurrent_streams
+            .unwrap_or(d.h2_max_concurrent_streams);
+        if streams == 0 {
+            return Err(invalid(
+                &format!("{p}-h2-max-concurrent-streams"),
+                "must be at least 1",
+            ));
+        }
+        let h2_keepalive_interval = match self.h2_keepalive_interval.as_deref() {
+            None => d.h2_keepalive_interval,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d <= MAX_TIMEOUT => (!d.is_zero()).then_some(d),
+                Ok(_) => {
+                    return Err(invalid(
+                        &format!("{p}-h2-keepalive-interval"),
+                        "must be at most 1 day",
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        &format!("{p}-h2-keepalive-interval"),
+                        format!("{s:?}: {e}"),
+                    ));
+                }
+            },
+        };
+        let max_header_bytes = self.max_header_bytes.unwrap_or(d.max_header_bytes);
+        if !(1024..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            return Err(invalid(
+                &format!("{p}-max-header-bytes"),
+                format!("must be 1024..={MAX_HEADER_BYTES} (hyper's own limit is above it)"),
+            ));
+        }
+        let max_uri_bytes = self.max_uri_bytes.unwrap_or(d.max_uri_bytes);
+        if !(256..=MAX_URI_BYTES).contains(&max_uri_bytes) {
+            return Err(invalid(
+                &format!("{p}-max-uri-bytes"),
+                format!("must be 256..={MAX_URI_BYTES} (hyper's own limit)"),
+            ));
+        }
+        Ok(Limits {
+            max_header_bytes,
+            max_uri_bytes,
+            max_connections,
+            idle_timeout: duration("idle-timeout", self.idle_timeout, d.idle_timeout)?,
+            header_timeout: duration("header-timeout", self.header_timeout, d.header_timeout)?,
+            body_timeout: duration("body-timeout", self.body_timeout, d.body_timeout)?,
+            h2_max_concurrent_streams: streams,
+            h2_keepalive_interval,
+            h2_keepalive_timeout: duration(
+                "h2-keepalive-timeout",
+                self.h2_keepalive_timeout,
+                d.h2_keepalive_timeout,
+            )?,
+        })
+    }
 }
 
-/// External OAuth issuer.
-#[derive(Debug, Clone)]
-pub struct JwksConfig {
-    /// JWKS file.
-    pub jwks: PathBuf,
-    /// Expected issuer.
-    pub issuer: String,
-    /// Expected audience.
-    pub audience: String,
+fn listener(
+    addr: Option<&str>,
+    default: &str,
+    cert: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    limits: LimitFlags,
+) -> Result<ListenerConfig, ConfigError> {
+    let addr = addr
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| invalid("api-addr", e))?;
+    let tls = match (cert, key_file) {
+        (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "{} and {} go together",
+                key("tls-cert"),
+                key("tls-key")
+            )));
+        }
+    };
+    Ok(ListenerConfig {
+        addr,
+        tls,
+        limits: limits.validate()?,
+    })
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// REST API address.
-    pub api_addr: SocketAddr,
-    /// HTTPS, when set.
-    pub tls: Option<TlsConfig>,
-    /// Rate limit, when on.
-    pub rate_limit: Option<RateLimitConfig>,
-    /// Body limit in bytes.
-    pub body_limit: usize,
-    /// External token issuer.
-    pub external_issuer: Option<JwksConfig>,
-    /// Policy pack dir.
-    pub policies: PathBuf,
-    /// Trusted pack-signing keys (empty: the embedded default key).
-    pub trusted_keys: Vec<PathBuf>,
-    /// Load unsigned packs.
-    pub allow_unsigned: bool,
-    /// Load a signed pack older than its name's rollback floor.
-    pub allow_pack_rollback: bool,
-    /// Evaluation deadline.
-    pub policy_deadline: Duration,
-    /// Ledger checkpoint origin.
-    pub ledger_origin: String,
-    /// `--ledger-repair=truncate`.
-    pub ledger_repair_truncate: bool,
-    /// `--ledger-fast-start`.
-    pub ledger_fast_start: bool,
-    /// JSON logs.
-    pub log_json: bool,
+fn body_limit(v: Option<usize>) -> Result<usize, ConfigError> {
+    let limit = v.unwrap_or(1024 * 1024);
+    if limit == 0 || limit > MAX_BODY_LIMIT {
+        return Err(invalid(
+            "body-limit",
+            format!("must be 1..={MAX_BODY_LIMIT} bytes (a decision's context must fit in one ledger entry)"),
+        ));
+    }
+    Ok(limit)
+}
+
+fn rate_limit(rps: Option<f64>, burst: Option<u32>) -> Result<Option<RateLimitConfig>, ConfigError> {
+    let rps = rps.unwrap_or(0.0);
+    if !rps.is_finite() || rps < 0.0 {
+        return Err(invalid("rate-limit-rps", "must be >= 0"));
+    }
+    Ok((rps > 0.0).then(|| RateLimitConfig {
+        rps,
+        burst: burst.unwrap_or(rps.ceil().max(1.0) as u32).max(1),
+    }))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_validate() {
-        let c = RawConfig::default().validate().expect("defaults are valid");
-        assert_eq!(c.api_addr.to_string(), "127.0.0.1:8700");
-        assert_eq!(c.body_limit, 1 << 20);
-        assert!(c.rate_limit.is_none());
-    }
-
-    #[test]
-    fn unknown_yaml_key_is_refused() {
-        let e = serde_yaml::from_str::<RawConfig>("api-addr: 1.2.3.4:1\nbogus: 1\n").expect_err("must fail");
-        assert!(e.to_string().contains("bogus"), "{e}");
-    }
-
-    #[test]
-    fn flags_override_file() {
-        let file: RawConfig =
-            serde_yaml::from_str("api-addr: 127.0.0.1:1\nrate-limit-rps: 5\n").expect("yaml");
-        let flags = RawConfig {
-            api_addr: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        };
-        let c = flags.over(file).validate().expect("valid");
-        assert_eq!(c.api_addr.port(), 2);
-        assert_eq!(c.rate_limit.map(|r| r.burst), Some(5));
-    }
-
-    /// Boolean flags are tri-state: absent keeps the file's value, `--flag` and `--flag=true` turn it on,
-    /// `--flag=false` turns a file's `true` off.
-    #[test]
-    fn boolean_flags_override_the_file_both_ways() {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            raw: RawConfig,
-        }
-        use clap::Parser as _;
-        let file = || -> RawConfig {
-            serde_yaml::from_str("allow-unsigned: true\nledger-fast-start: true\nallow-pack-rollback: true\n")
-                .expect("yaml")
-        };
-        let parse = |args: &[&str]| {
-            let flags =
-                Flags::try_parse_from(std::iter::once("kla").chain(args.iter().copied())).expect("flags");
-            let c = flags.raw.over(file()).validate().expect("valid");
-            (c.allow_unsigned, c.ledger_fast_start)
-        };
-        assert_eq!(parse(&[]), (true, true));
-        let rollback = |args: &[&str]| {
-            let flags =
-                Flags::try_parse_from(std::iter::once("kla").chain(args.iter().copied())).expect("flags");
-            flags
-                .raw
-                .over(file())
-                .validate()
-                .expect("valid")
-                .allow_pack_rollback
-        };
-        assert!(rollback(&[]) && !rollback(&["--allow-pack-rollback=false"]));
-        assert_eq!(parse(&["--allow-unsigned=false"]), (false, true));
-        assert_eq!(
-            parse(&["--ledger-fast-start=false", "--allow-unsigned"]),
-            (true, false)
-        );
-        let off = Flags::try_parse_from(["kla"])
-            .expect("flags")
-            .raw
-            .validate()
-            .expect("valid");
-        assert!(
-            !off.allow_unsigned && !off.ledger_fast_start && !off.allow_pack_rollback,
-            "both default to off"
-        );
-        assert!(Flags::try_parse_from(["kla", "--allow-unsigned=maybe"]).is_err());
-    }
-
-    #[test]
-    fn the_example_config_file_validates() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kla.yaml");
-        let c = RawConfig::from_file(&path)
-            .expect("example parses")
-            .validate()
-            .expect("example validates");
-        assert_eq!(c.rate_limit.map(|r| (r.rps, r.burst)), Some((200.0, 400)));
-        assert_eq!(c.policy_deadline, Duration::from_millis(5));
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_their_key() {
-        for (yaml, key) in [
-            ("api-addr: nope\n", "api-addr"),
-            ("rate-limit-rps: -1\n", "rate-limit-rps"),
-            ("policy-deadline: soon\n", "policy-deadline"),
-            ("ledger-repair: maybe\n", "ledger-repair"),
-            ("log-format: xml\n", "log-format"),
-            ("jwks: f.json\n", "jwks"),
-        ] {
-            let raw: RawConfig = serde_yaml::from_str(yaml).expect("yaml");
-            let e = raw.validate().expect_err(yaml).to_string();
-            assert!(e.contains(key), "{yaml}: {e}");
-        }
-    }
-
-    #[test]
-    fn half_tls_is_refused() {
-        let raw = RawConfig {
-            tls_cert: Some("c.pem".into()),
-            ..Default::default()
-        };
-        assert!(raw.validate().is_err());
-    }
-}
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -342,7 +342,7 @@ impl Server {
     pub async fn start_cfg(cfg: RawConfig, client: Option<(reqwest::Client, &str)>) -> Server {
         let data_dir = cfg.data_dir.clone().expect("data dir");
         let cfg = cfg.validate().expect("valid config");
-        let https = cfg.tls.is_some();
+        let https = cfg.api.listener.tls.is_some();
         let running = kla::app::start(cfg).await.expect("server starts");
         let (client, host) = match client {
             Some((c, host)) => (c, host.to_owned()),

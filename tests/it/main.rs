@@ -16,6 +16,7 @@ mod idempotency;
 mod isolation;
 mod ledger;
 mod ledger_health;
+mod listeners;
 mod names;
 mod policy;
 mod rate_limit;

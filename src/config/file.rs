@@ -1,0 +1,251 @@
+//! The YAML file of `kla serve --config`: one nested section per component, unknown keys refused at every level.
+//! It is read into [`FileConfig`] and flattened into a [`RawConfig`], the form of the flags, so that flags and file
+//! merge key by key and one validation covers both.
+
+use super::{ConfigError, RawConfig};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The config file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// `data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `log`.
+    pub log: Option<FileLog>,
+    /// `api`.
+    pub api: Option<FileApi>,
+    /// `auth`.
+    pub auth: Option<FileAuth>,
+    /// `ledger`.
+    pub ledger: Option<FileLedger>,
+    /// `policy`.
+    pub policy: Option<FilePolicy>,
+}
+
+/// `log:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLog {
+    /// `text` or `json`.
+    pub format: Option<String>,
+}
+
+/// `api:`, the REST API listener and its request limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileApi {
+    /// Listen address.
+    pub addr: Option<String>,
+    /// HTTPS.
+    pub tls: Option<FileTls>,
+    /// Connection cap and timeouts.
+    pub limits: Option<FileLimits>,
+    /// Largest request body in bytes.
+    pub body_limit: Option<usize>,
+    /// Per-tenant token bucket.
+    pub rate_limit: Option<FileRateLimit>,
+}
+
+/// `tls:` of a listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileTls {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `limits:` of a listener (durations in humantime syntax).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLimits {
+    /// Open connections at most.
+    pub max_connections: Option<usize>,
+    /// Close a connection with no request in progress after this long.
+    pub idle_timeout: Option<String>,
+    /// Time to the end of a request's headers.
+    pub header_timeout: Option<String>,
+    /// Time a request body may take.
+    pub body_timeout: Option<String>,
+    /// HTTP/2 streams at once per connection.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 ping interval (`0s`: none).
+    pub h2_keepalive_interval: Option<String>,
+    /// HTTP/2 ping answer timeout.
+    pub h2_keepalive_timeout: Option<String>,
+    /// Largest request header block in bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Longest request target in bytes.
+    pub max_uri_bytes: Option<usize>,
+}
+
+/// `api.rate-limit:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileRateLimit {
+    /// Refill per second; 0 is off.
+    pub rps: Option<f64>,
+    /// Bucket size.
+    pub burst: Option<u32>,
+}
+
+/// `auth:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileAuth {
+    /// An external OAuth issuer whose tokens kla accepts.
+    pub external_issuer: Option<FileExternalIssuer>,
+}
+
+/// `auth.external-issuer:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileExternalIssuer {
+    /// JWKS file.
+    pub jwks: Option<PathBuf>,
+    /// Expected `iss`.
+    pub issuer: Option<String>,
+    /// Expected `aud`.
+    pub audience: Option<String>,
+}
+
+/// `ledger:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLedger {
+    /// Checkpoint origin line.
+    pub origin: Option<String>,
+    /// `none` or `truncate`.
+    pub repair: Option<String>,
+    /// Check only what follows the last signed checkpoint at startup.
+    pub fast_start: Option<bool>,
+}
+
+/// `policy:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FilePolicy {
+    /// A pack directory or a folder of packs.
+    pub dir: Option<PathBuf>,
+    /// Public keys trusted to sign packs.
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// Load unsigned packs.
+    pub allow_unsigned: Option<bool>,
+    /// Load a signed pack older than its name's floor.
+    pub allow_rollback: Option<bool>,
+    /// Evaluation deadline (humantime).
+    pub deadline: Option<String>,
+}
+
+/// Where each flag lives in the file; a flag's name written as a top-level key (the file's form before it had
+/// sections) gets this path in its error.
+pub const FLAG_PATHS: &[(&str, &str)] = &[
+    ("api-addr", "api.addr"),
+    ("tls-cert", "api.tls.cert"),
+    ("tls-key", "api.tls.key"),
+    ("body-limit", "api.body-limit"),
+    ("rate-limit-rps", "api.rate-limit.rps"),
+    ("rate-limit-burst", "api.rate-limit.burst"),
+    ("jwks", "auth.external-issuer.jwks"),
+    ("jwt-issuer", "auth.external-issuer.issuer"),
+    ("jwt-audience", "auth.external-issuer.audience"),
+    ("policies", "policy.dir"),
+    ("trusted-key", "policy.trusted-keys"),
+    ("allow-unsigned", "policy.allow-unsigned"),
+    ("allow-pack-rollback", "policy.allow-rollback"),
+    ("policy-deadline", "policy.deadline"),
+    ("ledger-origin", "ledger.origin"),
+    ("ledger-repair", "ledger.repair"),
+    ("ledger-fast-start", "ledger.fast-start"),
+    ("log-format", "log.format"),
+    ("api-max-connections", "api.limits.max-connections"),
+    ("api-idle-timeout", "api.limits.idle-timeout"),
+    ("api-header-timeout", "api.limits.header-timeout"),
+    ("api-body-timeout", "api.limits.body-timeout"),
+    (
+        "api-h2-max-concurrent-streams",
+        "api.limits.h2-max-concurrent-streams",
+    ),
+    ("api-h2-keepalive-interval", "api.limits.h2-keepalive-interval"),
+    ("api-h2-keepalive-timeout", "api.limits.h2-keepalive-timeout"),
+    ("api-max-header-bytes", "api.limits.max-header-bytes"),
+    ("api-max-uri-bytes", "api.limits.max-uri-bytes"),
+];
+
+impl FileConfig {
+    /// Parses the file's text; errors name the key with its line and column.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        serde_yaml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            let hint = FLAG_PATHS
+                .iter()
+                .find(|(flag, _)| message.contains(&format!("unknown field `{flag}`")))
+                .map(|(flag, path)| format!(" (`{flag}` is a flag; in the file it is `{path}`)"));
+            message + hint.as_deref().unwrap_or("")
+        })
+    }
+
+    /// The file in the flags' form.
+    pub fn into_raw(self) -> RawConfig {
+        let log = self.log.unwrap_or_default();
+        let api = self.api.unwrap_or_default();
+        let tls = api.tls.unwrap_or_default();
+        let rate = api.rate_limit.unwrap_or_default();
+        let limits = api.limits.unwrap_or_default();
+        let issuer = self.auth.unwrap_or_default().external_issuer.unwrap_or_default();
+        let ledger = self.ledger.unwrap_or_default();
+        let policy = self.policy.unwrap_or_default();
+        RawConfig {
+            data_dir: self.data_dir,
+            api_addr: api.addr,
+            tls_cert: tls.cert,
+            tls_key: tls.key,
+            rate_limit_rps: rate.rps,
+            rate_limit_burst: rate.burst,
+            body_limit: api.body_limit,
+            jwks: issuer.jwks,
+            jwt_issuer: issuer.issuer,
+            jwt_audience: issuer.audience,
+            policies: policy.dir,
+            trusted_key: policy.trusted_keys.unwrap_or_default(),
+            allow_unsigned: policy.allow_unsigned,
+            allow_pack_rollback: policy.allow_rollback,
+            policy_deadline: policy.deadline,
+            ledger_origin: ledger.origin,
+            ledger_repair: ledger.repair,
+            ledger_fast_start: ledger.fast_start,
+            log_format: log.format,
+            api_max_connections: limits.max_connections,
+            api_idle_timeout: limits.idle_timeout,
+            api_header_timeout: limits.header_timeout,
+            api_body_timeout: limits.body_timeout,
+            api_h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
+            api_h2_keepalive_interval: limits.h2_keepalive_interval,
+            api_h2_keepalive_timeout: limits.h2_keepalive_timeout,
+            api_max_header_bytes: limits.max_header_bytes,
+            api_max_uri_bytes: limits.max_uri_bytes,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Reads a YAML config file (nested sections) into the flags' form.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses the text of a config file into the flags' form.
+    pub fn from_yaml(text: &str) -> Result<RawConfig, String> {
+        FileConfig::parse(text).map(FileConfig::into_raw)
+    }
+}
