@@ -196,7 +196,7 @@ async fn finish_later(state: SharedState, tenant: Arc<str>, key: String, stored:
 /// How long [`finish_later`] keeps trying: half the reservation lease.
 const FINISH_RETRY_FOR: Duration = Duration::from_secs(crate::store::IN_FLIGHT_LEASE_SECS.unsigned_abs() / 2);
 
-/// The payload as kla reads it, for the fingerprint. Seed 001 conflicts on "a different payload" and otherwise
+/// The payload as kla reads it, for the fingerprint. The KLA Control Plane API conflicts on "a different payload" and otherwise
 /// replays, so a retry that re-serialises the same JSON (whitespace, key order, `1250.00` for `1250`) must be the
 /// same request. A JSON body is taken in its RFC 8785 canonical form, the form the ledger records it in. Where that
 /// form would merge two payloads kla keeps apart (an integer beyond 2^53, which RFC 8785 rounds), and for anything
