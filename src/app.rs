@@ -3,6 +3,7 @@
 //! background services in reverse start order, runs the final steps (index flush, final checkpoint), and returns.
 
 use crate::api::{self, AppState};
+use crate::approvals::{Approvals, DigestKey};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
 use crate::config::{Config, LedgerSection, PolicySection};
 use crate::decide::Decider;
@@ -115,7 +116,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     let agents = Arc::new(Agents::new(store.clone(), recorder.clone(), registry_key));
-    let decider = Decider::new(policy.clone(), recorder.clone(), agents.clone(), Redactor::none());
+    let digest_key = DigestKey::load_or_create(&DigestKey::path(&cfg.data_dir))?;
+    let approvals = Arc::new(Approvals::new(
+        store.clone(),
+        recorder.clone(),
+        policy.clone(),
+        digest_key,
+    ));
+    let expiring = approvals.clone();
+    services.spawn("approval-expiry", move |stop| expiring.run_expiry(stop));
+    let decider = Decider::new(
+        policy.clone(),
+        recorder.clone(),
+        agents.clone(),
+        Redactor::none(),
+        approvals.clone(),
+    );
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,
@@ -126,6 +142,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         policy: policy.clone(),
         agents,
         decider,
+        approvals,
     });
     let router = api::router(state);
 

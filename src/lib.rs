@@ -9,6 +9,7 @@
 //! classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`.
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod config;

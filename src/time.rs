@@ -21,6 +21,25 @@ pub fn format_rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// Now in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Parses an RFC 3339 time into Unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// A time `ms` Unix milliseconds as RFC 3339.
+pub fn ms_rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(format_rfc3339)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
 /// `prefix` + 24 hex digits: 48 bits of milliseconds since the epoch, then 48 random bits. Ids made later sort
 /// later, so the store's indexes grow at their right edge instead of dirtying random pages on every insert (which
 /// made index commits the most expensive step of a decision), and the random half keeps ids unguessable enough

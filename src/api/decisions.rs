@@ -5,7 +5,7 @@
 //! the ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
 
 use super::auth::Caller;
-use super::json::{ApiPath, RawJson};
+use super::json::{ApiPath, ApiQuery, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::decide::ActionRequest;
 use crate::policy::{MatchedRule, Outcome, PackRef};
@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::time::Duration;
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -53,6 +54,9 @@ struct EvaluateResponse<'a> {
     evaluation_micros: u64,
     lineage_id: &'a str,
     ledger_index: u64,
+    /// The approval a `require_approval` decision opened (`GET /v1/approvals/{approvalId}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
 }
 
 async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Response> {
@@ -84,15 +88,41 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
         evaluation_micros: dec.evaluation_micros,
         lineage_id: &d.lineage_id,
         ledger_index: d.ledger_index,
+        approval_id: d.approval.as_ref().map(|a| a.approval_id.as_str()),
     })
     .into_response())
 }
 
+/// The longest `wait` a long-poll may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    /// Long-poll: wait up to this long (e.g. `30s`) for a pending approval to end before answering.
+    wait: Option<String>,
+}
+
+/// A decision as recorded, with `finalDecision` (what the caller may do now: `null` while its approval is pending)
+/// and, when it opened one, its `approval`. With `wait`, answers as soon as the approval ends or the wait is over.
 async fn get_one(
     State(s): State<SharedState>,
     caller: Caller,
     ApiPath(decision_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<GetParams>,
 ) -> ApiResult<Json<Value>> {
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => humantime::parse_duration(w)
+            .ok()
+            .filter(|d| *d <= MAX_WAIT)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "wait must be a duration of at most {}s, like 30s",
+                    MAX_WAIT.as_secs()
+                ))
+            })?,
+    };
     // Another agent's decision, for a token bound to one agent, is the same 404 as an unknown id.
     let (rec, entry) = s
         .recorder
@@ -101,10 +131,29 @@ async fn get_one(
         .filter(|(_, e)| caller.may_read(&e.tenant, entry_agent(e)))
         .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
     let mut body = entry.body;
+    let opened = body
+        .get("approval")
+        .and_then(|a| a.get("approvalId"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (final_decision, approval) = match opened {
+        None => (body.get("decision").cloned().unwrap_or(Value::Null), Value::Null),
+        Some(approval_id) => {
+            if !wait.is_zero() {
+                s.approvals.wait(&caller.tenant, &approval_id, wait).await?;
+            }
+            match s.approvals.of_decision(&caller.tenant, &decision_id).await? {
+                Some((_, a)) => (a.get("finalDecision").cloned().unwrap_or(Value::Null), a),
+                None => (Value::Null, Value::Null),
+            }
+        }
+    };
     if let Some(o) = body.as_object_mut() {
         o.insert("lineageId".into(), rec.lineage_id.into());
         o.insert("ledgerIndex".into(), rec.ledger_index.into());
         o.insert("createdAt".into(), rec.created_at.into());
+        o.insert("finalDecision".into(), final_decision);
+        o.insert("approval".into(), approval);
     }
     Ok(Json(body))
 }

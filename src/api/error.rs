@@ -77,12 +77,16 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying, sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// More fields of the body (a conflict's stored state); boxed to keep the common error small.
+    pub detail: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -92,6 +96,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            detail: None,
         }
     }
     /// 400 `invalid_request`.
@@ -129,6 +134,13 @@ impl ApiError {
         e.retry_after = Some(1);
         e
     }
+    /// Adds a field to the body beside `code` and `message`.
+    pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.detail
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
+        self
+    }
     /// Adds a `Retry-After` header.
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
@@ -147,6 +159,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&Body {
             code: self.code.as_str(),
             message: &self.message,
+            detail: self.detail.as_deref(),
         })
         .unwrap_or_default();
         let mut resp = (
@@ -209,6 +222,18 @@ from_classified!(
     crate::store::StoreError,
     crate::decide::DecideError,
 );
+
+impl From<crate::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        match e {
+            // A conflict answers with the approval as stored, so the loser learns what won.
+            crate::approvals::ApprovalError::Conflict { message, approval } => {
+                ApiError::conflict(message).with_detail("approval", *approval)
+            }
+            e => ApiError::classified(&e),
+        }
+    }
+}
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -3,6 +3,7 @@
 //! core modules; they hold no business rules of their own and never touch SQL directly.
 
 mod agents;
+mod approvals;
 pub mod auth;
 mod decisions;
 mod error;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     /// Decides actions (the governed action's phases).
     pub decider: Decider,
+    /// The Decision Desk's approvals.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Shared state handle.
@@ -60,6 +63,7 @@ pub type SharedState = Arc<AppState>;
 pub fn router(state: SharedState) -> Router {
     let v1 = Router::new()
         .merge(agents::routes())
+        .merge(approvals::routes())
         .merge(decisions::routes())
         .merge(ledger::routes())
         .merge(policies::routes())

@@ -10,18 +10,22 @@
 //! 2. **classify**: the agent is looked up in the caller's tenant, a token bound to an agent acts only as that
 //!    agent, and the policy input document is built;
 //! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
-//! 4. **redact**: what will be recorded passes the [`Redactor`] (the policy saw the values as given);
-//! 5. **record**: the decision entry is appended to the ledger and is durable before anyone is answered;
-//! 6. **hold**: the point where a `require_approval` decision becomes a pending approval on the Decision Desk.
+//! 4. **hold**: a `require_approval` decision opens an approval on the Decision Desk, bound to this exact action
+//!    (its terms go into the decision's own entry, so decision and approval are one durable write);
+//! 5. **redact**: what will be recorded passes the [`Redactor`] (the policy saw the values as given);
+//! 6. **record**: the decision entry is appended to the ledger and is durable before anyone is answered.
 //!
 //! This module knows no HTTP: entry points parse their own wire format into an [`ActionRequest`] and render
 //! [`Decided`] or a classified [`DecideError`] in their own.
 
+use crate::approvals::Approvals;
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
 use crate::names::{self, ActionName};
 use crate::policy::{AgentRef, Decision, EvalInput, PolicyManager};
-use crate::recorder::{DecisionBody, DecisionEntry, Record, RecordError, Recorder};
+use crate::recorder::{
+    ApprovalTerms, DecisionBody, DecisionEntry, OpenedApproval, Record, RecordError, Recorder,
+};
 use crate::redact::Redactor;
 use crate::registry::{Agents, RegistryError};
 use serde_json::{Map, Value, json};
@@ -86,6 +90,8 @@ pub struct Decided {
     /// Of the decision's ledger entry.
     pub lineage_id: String,
     pub ledger_index: u64,
+    /// The approval a `require_approval` decision opened: pending from the moment the decision is answered.
+    pub approval: Option<ApprovalTerms>,
 }
 
 /// The per-call context, built by classify and read by every later phase.
@@ -103,6 +109,7 @@ pub struct Decider {
     recorder: Recorder,
     agents: Arc<Agents>,
     redactor: Redactor,
+    approvals: Arc<Approvals>,
 }
 
 fn check_id(field: &str, v: &str) -> Result<(), DecideError> {
@@ -115,18 +122,20 @@ fn check_id(field: &str, v: &str) -> Result<(), DecideError> {
 }
 
 impl Decider {
-    /// A decider over the active policy, the recorder and the agent directory.
+    /// A decider over the active policy, the recorder, the agent directory and the Desk's approvals.
     pub fn new(
         policy: Arc<PolicyManager>,
         recorder: Recorder,
         agents: Arc<Agents>,
         redactor: Redactor,
+        approvals: Arc<Approvals>,
     ) -> Self {
         Decider {
             policy,
             recorder,
             agents,
             redactor,
+            approvals,
         }
     }
 
@@ -141,8 +150,16 @@ impl Decider {
         let action = validate(&req)?;
         let call = self.classify(accepted.caller, req, action).await?;
         let decision = self.evaluate(&call);
-        let recorded = self.record(&call, &decision).await?;
-        Ok(Self::hold(call, decision, recorded))
+        let approval = self.hold(&call, &decision);
+        let recorded = self.record(&call, &decision, approval.as_ref()).await?;
+        Ok(Decided {
+            decision_id: recorded.decision_id,
+            decision,
+            agent: call.agent,
+            lineage_id: recorded.lineage_id,
+            ledger_index: recorded.ledger_index,
+            approval,
+        })
     }
 
     /// Phase **classify**: the agent in the caller's tenant, the caller's binding to it, and the policy input (with
@@ -183,8 +200,20 @@ impl Decider {
         d
     }
 
-    /// Phases **redact** and **record**: the entry holds the redacted context and tool, and is durable on return.
-    async fn record(&self, call: &Call<'_>, d: &Decision) -> Result<Recorded, DecideError> {
+    /// Phase **hold**: the terms of the approval a `require_approval` decision opens (bound to the action as
+    /// given, before redaction); `None` for every other outcome.
+    fn hold(&self, call: &Call<'_>, d: &Decision) -> Option<ApprovalTerms> {
+        self.approvals.terms(&call.input, d)
+    }
+
+    /// Phases **redact** and **record**: the entry holds the redacted context and tool (and the approval's terms),
+    /// and is durable on return.
+    async fn record(
+        &self,
+        call: &Call<'_>,
+        d: &Decision,
+        approval: Option<&ApprovalTerms>,
+    ) -> Result<Recorded, DecideError> {
         let input = &call.input;
         let context = self.redactor.value(&input.context);
         let tool = input.tool.as_ref().map(|t| self.redactor.value(t));
@@ -201,6 +230,7 @@ impl Decider {
             subject: &caller.principal.subject,
             role: caller.principal.role.as_str(),
             decision: d,
+            approval,
         }
         .encode()?;
         let rec = self
@@ -213,6 +243,10 @@ impl Decider {
                 outcome: d.outcome,
                 trace_id: call.trace_id.clone(),
                 execution_id: call.execution_id.clone(),
+                approval: approval.map(|t| OpenedApproval {
+                    approval_id: t.approval_id.clone(),
+                    expires_at: t.expires_at.clone(),
+                }),
                 body,
             }))
             .await?;
@@ -221,19 +255,6 @@ impl Decider {
             lineage_id: rec.lineage_id,
             ledger_index: rec.ledger_index,
         })
-    }
-
-    /// Phase **hold**: a recorded `require_approval` decision is where the Decision Desk takes over (an approval
-    /// bound to this exact action); until it exists the decision is answered as recorded, with
-    /// `requiresDeskApproval: true`, and the caller must not act.
-    fn hold(call: Call<'_>, decision: Decision, recorded: Recorded) -> Decided {
-        Decided {
-            decision_id: recorded.decision_id,
-            decision,
-            agent: call.agent,
-            lineage_id: recorded.lineage_id,
-            ledger_index: recorded.ledger_index,
-        }
     }
 }
 

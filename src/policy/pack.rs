@@ -258,12 +258,18 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// The largest quorum a rule may ask for.
+pub const MAX_APPROVERS: u32 = 10;
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ApprovalDoc {
     timeout: String,
     #[serde(default)]
     on_timeout: OnTimeout,
+    /// Distinct approvers needed (a quorum); one when absent.
+    #[serde(default)]
+    approvers: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,10 +486,17 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
             if dur.as_secs() == 0 {
                 return Err(fail("approval.timeout must be at least one second".into()));
             }
+            let approvers = a.approvers.unwrap_or(1);
+            if !(1..=MAX_APPROVERS).contains(&approvers) {
+                return Err(fail(format!(
+                    "approval.approvers must be 1 to {MAX_APPROVERS}, not {approvers}"
+                )));
+            }
             Some(ApprovalSpec {
                 timeout: a.timeout,
                 timeout_seconds: dur.as_secs(),
                 on_timeout: a.on_timeout,
+                approvers,
             })
         }
     };

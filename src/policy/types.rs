@@ -79,6 +79,13 @@ pub struct ApprovalSpec {
     pub timeout_seconds: u64,
     /// Outcome applied when the timeout expires.
     pub on_timeout: OnTimeout,
+    /// Distinct approvers needed; any denial denies. Left out of the wire form when one.
+    #[serde(skip_serializing_if = "is_one")]
+    pub approvers: u32,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// The agent asking for a decision (`input.agent`).

@@ -4,7 +4,7 @@
 use super::RecordError;
 use crate::ledger::LedgerError;
 use crate::ledger::jcs::{Obj, write_array};
-use crate::policy::{AgentRef, Decision, Outcome};
+use crate::policy::{AgentRef, Decision, OnTimeout, Outcome};
 use serde_json::{Value, json};
 
 /// The ledger body of a decision, from borrowed parts (the caller keeps them for its answer).
@@ -26,6 +26,25 @@ pub struct DecisionBody<'a> {
     pub role: &'a str,
     /// What the policy decided.
     pub decision: &'a Decision,
+    /// The approval a `require_approval` decision opens (it exists once this entry is durable).
+    pub approval: Option<&'a ApprovalTerms>,
+}
+
+/// The terms of the approval a `require_approval` decision opens, recorded in the decision's entry so that the
+/// approval and its decision are one write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalTerms {
+    /// `appr_...`.
+    pub approval_id: String,
+    /// Keyed digest of the exact action (tenant, agent, action, context, tool); see `approvals::digest`.
+    pub action_digest: String,
+    /// RFC 3339; at this time a pending approval resolves as `on_timeout`.
+    pub expires_at: String,
+    pub on_timeout: OnTimeout,
+    /// Distinct approvers needed.
+    pub approvers: u32,
+    pub timeout_seconds: u64,
 }
 
 impl DecisionBody<'_> {
@@ -56,6 +75,16 @@ impl DecisionBody<'_> {
             a.str("version", v);
         }
         a.end();
+        if let Some(t) = self.approval {
+            let mut x = Obj::begin(o.raw("approval"));
+            x.str("actionDigest", &t.action_digest);
+            x.str("approvalId", &t.approval_id);
+            x.uint("approvers", u64::from(t.approvers))?;
+            x.str("expiresAt", &t.expires_at);
+            x.str("onTimeout", t.on_timeout.as_str());
+            x.uint("timeoutSeconds", t.timeout_seconds)?;
+            x.end();
+        }
         o.value("context", self.context)?;
         o.str("decision", d.outcome.as_str());
         o.str("decisionId", self.decision_id);
@@ -66,6 +95,9 @@ impl DecisionBody<'_> {
             let mut r = Obj::begin(buf);
             if let Some(ap) = &m.approval {
                 let mut x = Obj::begin(r.raw("approval"));
+                if ap.approvers != 1 {
+                    x.uint("approvers", u64::from(ap.approvers))?;
+                }
                 x.str("onTimeout", ap.on_timeout.as_str());
                 x.str("timeout", &ap.timeout);
                 x.uint("timeoutSeconds", ap.timeout_seconds)?;
@@ -110,7 +142,7 @@ impl DecisionBody<'_> {
     /// The same body as a JSON value (the fallback's input, and the tests' oracle).
     pub fn to_value(&self) -> Value {
         let d = self.decision;
-        json!({
+        let mut v = json!({
             "decisionId": self.decision_id,
             "agent": self.agent,
             "action": self.action,
@@ -127,7 +159,11 @@ impl DecisionBody<'_> {
             "policy": d.policy,
             "evaluationMicros": d.evaluation_micros,
             "error": d.error,
-        })
+        });
+        if let (Some(t), Some(o)) = (self.approval, v.as_object_mut()) {
+            o.insert("approval".into(), json!(t));
+        }
+        v
     }
 }
 
@@ -194,6 +230,7 @@ mod tests {
                         timeout,
                         timeout_seconds,
                         on_timeout: if allow { OnTimeout::Allow } else { OnTimeout::Block },
+                        approvers: 1 + (timeout_seconds % 3) as u32,
                     }),
                 },
             )
@@ -257,7 +294,16 @@ mod tests {
             tool in proptest::option::of(json_value()),
             ids in (text(), text(), proptest::option::of(text()), proptest::option::of(text())),
             role in text(),
+            terms in proptest::option::of((text(), text(), 1u32..5, any::<bool>())),
         ) {
+            let terms = terms.map(|(approval_id, action_digest, approvers, allow)| ApprovalTerms {
+                approval_id,
+                action_digest,
+                expires_at: "2026-12-01T00:15:00.000Z".into(),
+                on_timeout: if allow { OnTimeout::Allow } else { OnTimeout::Block },
+                approvers,
+                timeout_seconds: 900,
+            });
             let body = DecisionBody {
                 decision_id: &ids.0,
                 agent: &a,
@@ -269,6 +315,7 @@ mod tests {
                 subject: "sub",
                 role: &role,
                 decision: &d,
+                approval: terms.as_ref(),
             };
             let reference = serde_json_canonicalizer::to_vec(&body.to_value()).expect("reference");
             let bytes = body.encode().expect("encodes");
@@ -295,6 +342,7 @@ mod tests {
             subject: "s",
             role: "agent",
             decision: &d,
+            approval: None,
         };
         assert!(body.encode_direct().is_none(), "the direct writer declines");
         assert_eq!(

@@ -20,9 +20,11 @@ mod index;
 mod record;
 mod reindex;
 
-pub use decision_body::DecisionBody;
+pub use decision_body::{ApprovalTerms, DecisionBody};
 pub use follow::{FollowError, Followed, Follower};
-pub use record::{DecisionEntry, Record, Registration, SYSTEM_TENANT, kind};
+pub use record::{
+    ApprovalChange, DecisionEntry, OpenedApproval, PENDING, Record, Registration, SYSTEM_TENANT, kind,
+};
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
 use crate::store::{AgentRecord, DecisionRecord, LineageKey, LineageRecord, Store, StoreError};
@@ -236,6 +238,7 @@ pub fn entry_agent(e: &Entry) -> Option<(&str, &str)> {
             Some((s(a, "id")?, s(a, "name")?))
         }
         kind::AGENT_REGISTERED => Some((s(b, "agentId")?, s(b.get("manifest")?, "name")?)),
+        kind::APPROVAL_VOTED | kind::APPROVAL_RESOLVED => Some((s(b, "agentId")?, s(b, "agentName")?)),
         _ => None,
     }
 }
@@ -256,6 +259,7 @@ mod tests {
             outcome: Outcome::Allow,
             trace_id: None,
             execution_id: None,
+            approval: None,
             body: format!(r#"{{"decisionId":"{id}"}}"#).into_bytes(),
         })
     }

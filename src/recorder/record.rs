@@ -8,7 +8,7 @@
 use super::RecordError;
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Outcome, PolicyEvent};
-use crate::store::{AgentVersionRow, DecisionRecord, IndexRows, LineageRecord};
+use crate::store::{AgentVersionRow, ApprovalRow, ApprovalUpdate, DecisionRecord, IndexRows, LineageRecord};
 use serde_json::{Value, json};
 
 /// Entry kind strings, as they appear in the ledger.
@@ -21,7 +21,14 @@ pub mod kind {
     pub const POLICY_ACTIVATED: &str = "policy.activated";
     /// A pack was refused (the previous set stays active).
     pub const POLICY_REFUSED: &str = "policy.refused";
+    /// An approver's vote that did not yet reach the approval's quorum.
+    pub const APPROVAL_VOTED: &str = "approval.voted";
+    /// An approval's final state: approved, denied, expired or canceled.
+    pub const APPROVAL_RESOLVED: &str = "approval.resolved";
 }
+
+/// The status of an approval that is still open.
+pub const PENDING: &str = "PENDING";
 
 /// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -36,8 +43,29 @@ pub struct DecisionEntry {
     pub outcome: Outcome,
     pub trace_id: Option<String>,
     pub execution_id: Option<String>,
+    /// The approval a `require_approval` decision opens (its terms are in `body`).
+    pub approval: Option<OpenedApproval>,
     /// The canonical ledger body: input, matched rules, pack digests, outcome (moved into the entry).
     pub body: Vec<u8>,
+}
+
+/// The index keys of the approval a decision opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedApproval {
+    /// `appr_...`.
+    pub approval_id: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// A change of an approval's state: a vote short of the quorum (`status` still `PENDING`) or its resolution.
+pub struct ApprovalChange {
+    pub tenant: String,
+    pub approval_id: String,
+    /// `PENDING` (a vote), `APPROVED`, `DENIED`, `EXPIRED` or `CANCELED`.
+    pub status: String,
+    /// The approval's whole state after the change (it becomes the entry's body).
+    pub body: Value,
 }
 
 /// An agent version to record. The registrar assigns the id and version number before the entry is written.
@@ -61,6 +89,8 @@ pub enum Record {
     AgentRegistered(Registration),
     /// A policy activation or refusal (the manager's audit hook); a system entry.
     Policy(PolicyEvent),
+    /// A change of an approval; its caller waits for the index, so the next change sees it.
+    Approval(ApprovalChange),
 }
 
 /// An entry body: bytes already in canonical form, or a JSON value the ledger encodes.
@@ -80,6 +110,13 @@ pub(super) enum Keys {
         outcome: String,
         trace_id: Option<String>,
         execution_id: Option<String>,
+        approval: Option<OpenedApproval>,
+    },
+    Approval {
+        approval_id: String,
+        decision_id: Option<String>,
+        status: String,
+        state: String,
     },
     Agent {
         agent_id: String,
@@ -100,6 +137,8 @@ impl Record {
             Record::AgentRegistered(_) => kind::AGENT_REGISTERED,
             Record::Policy(PolicyEvent::Activated { .. }) => kind::POLICY_ACTIVATED,
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
+            Record::Approval(a) if a.status == PENDING => kind::APPROVAL_VOTED,
+            Record::Approval(_) => kind::APPROVAL_RESOLVED,
         }
     }
 
@@ -109,6 +148,7 @@ impl Record {
             Record::Decision(d) => &d.tenant,
             Record::AgentRegistered(r) => &r.tenant,
             Record::Policy(_) => SYSTEM_TENANT,
+            Record::Approval(a) => &a.tenant,
         }
     }
 
@@ -131,8 +171,23 @@ impl Record {
                     outcome: d.outcome.as_str().to_owned(),
                     trace_id: d.trace_id,
                     execution_id: d.execution_id,
+                    approval: d.approval,
                 },
             ),
+            Record::Approval(a) => {
+                let state = serde_json_canonicalizer::to_string(&a.body)
+                    .map_err(|e| LedgerError::InvalidEntry(format!("approval: {e}")))?;
+                let decision_id = str_field(&a.body, "decisionId");
+                (
+                    Body::Value(a.body),
+                    Keys::Approval {
+                        decision_id,
+                        approval_id: a.approval_id,
+                        status: a.status,
+                        state,
+                    },
+                )
+            }
             Record::AgentRegistered(r) => {
                 let manifest: Value = serde_json::from_str(&r.manifest)
                     .map_err(|e| LedgerError::InvalidEntry(format!("manifest: {e}")))?;
@@ -185,6 +240,20 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
                 outcome: str_field(b, "decision").unwrap_or_default(),
                 trace_id: str_field(b, "traceId"),
                 execution_id: str_field(b, "executionId"),
+                approval: b.get("approval").and_then(|t| {
+                    Some(OpenedApproval {
+                        approval_id: str_field(t, "approvalId")?,
+                        expires_at: str_field(t, "expiresAt")?,
+                    })
+                }),
+            })
+        })(),
+        kind::APPROVAL_VOTED | kind::APPROVAL_RESOLVED => (|| {
+            Some(Keys::Approval {
+                decision_id: str_field(b, "decisionId"),
+                approval_id: str_field(b, "approvalId")?,
+                status: str_field(b, "status")?,
+                state: serde_json_canonicalizer::to_string(b).ok()?,
             })
         })(),
         kind::AGENT_REGISTERED => (|| {
@@ -224,9 +293,25 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
         execution_id: None,
         created_at: h.time.to_owned(),
     };
-    let (mut decision, mut agent) = (None, None);
+    let (mut decision, mut agent, mut approval, mut approval_update) = (None, None, None, None);
     match keys {
         Keys::None => {}
+        Keys::Approval {
+            approval_id,
+            decision_id,
+            status,
+            state,
+        } => {
+            // An approval's changes are found with its decision (the evidence of a decision carries its chain).
+            lineage.decision_id = decision_id;
+            approval_update = Some(ApprovalUpdate {
+                approval_id,
+                tenant: h.tenant.to_owned(),
+                status,
+                state,
+                ledger_index,
+            });
+        }
         Keys::Decision {
             decision_id,
             agent_id,
@@ -234,8 +319,23 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
             outcome,
             trace_id,
             execution_id,
+            approval: opened,
         } => {
             lineage.decision_id = Some(decision_id.clone());
+            if let Some(o) = opened {
+                approval = Some(ApprovalRow {
+                    expires_ms: crate::time::parse_rfc3339_ms(&o.expires_at).unwrap_or(0),
+                    approval_id: o.approval_id,
+                    tenant: h.tenant.to_owned(),
+                    decision_id: decision_id.clone(),
+                    agent_id: agent_id.clone(),
+                    action: action.clone(),
+                    execution_id: execution_id.clone(),
+                    created_at: h.time.to_owned(),
+                    expires_at: o.expires_at,
+                    decision_index: ledger_index,
+                });
+            }
             lineage.trace_id = trace_id;
             lineage.execution_id = execution_id;
             decision = Some(DecisionRecord {
@@ -275,6 +375,8 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
         lineage,
         decision,
         agent,
+        approval,
+        approval_update,
     }
 }
 
@@ -337,6 +439,14 @@ mod tests {
         };
         let decision = crate::policy::Decision::fail_closed("POLICY_ERROR", None, Vec::new());
         let context = json!({"amount": 5});
+        let terms = crate::recorder::ApprovalTerms {
+            approval_id: "appr_1".into(),
+            action_digest: "hmac-sha256:00".into(),
+            expires_at: "2026-12-01T00:15:00.000Z".into(),
+            on_timeout: crate::policy::OnTimeout::Block,
+            approvers: 2,
+            timeout_seconds: 900,
+        };
         let body = DecisionBody {
             decision_id: "dec_1",
             agent: &agent,
@@ -348,6 +458,7 @@ mod tests {
             subject: "s",
             role: "agent",
             decision: &decision,
+            approval: Some(&terms),
         }
         .encode()
         .expect("body");
@@ -360,7 +471,23 @@ mod tests {
                 outcome: Outcome::Block,
                 trace_id: Some("trace_1".into()),
                 execution_id: Some("exec_1".into()),
+                approval: Some(OpenedApproval {
+                    approval_id: "appr_1".into(),
+                    expires_at: "2026-12-01T00:15:00.000Z".into(),
+                }),
                 body,
+            }),
+            Record::Approval(ApprovalChange {
+                tenant: "acme".into(),
+                approval_id: "appr_1".into(),
+                status: PENDING.into(),
+                body: json!({"approvalId": "appr_1", "decisionId": "dec_1", "status": "PENDING", "votes": [{"subject": "a"}]}),
+            }),
+            Record::Approval(ApprovalChange {
+                tenant: "acme".into(),
+                approval_id: "appr_1".into(),
+                status: "APPROVED".into(),
+                body: json!({"approvalId": "appr_1", "status": "APPROVED", "finalDecision": "allow"}),
             }),
             Record::AgentRegistered(Registration {
                 tenant: "acme".into(),
@@ -388,6 +515,8 @@ mod tests {
             kinds,
             [
                 kind::DECISION,
+                kind::APPROVAL_VOTED,
+                kind::APPROVAL_RESOLVED,
                 kind::AGENT_REGISTERED,
                 kind::POLICY_ACTIVATED,
                 kind::POLICY_REFUSED

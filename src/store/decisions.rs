@@ -2,6 +2,7 @@
 //! from it: `lineage_count_and_max` tells startup where to resume.
 
 use super::agents::AgentVersionRow;
+use super::approvals::{ApprovalRow, ApprovalUpdate, index_approvals};
 use super::{Result, Store};
 use rusqlite::{OptionalExtension, params};
 
@@ -50,6 +51,10 @@ pub struct IndexRows {
     pub decision: Option<DecisionRecord>,
     /// For `agent.registered` entries: the version the entry registers.
     pub agent: Option<AgentVersionRow>,
+    /// For `require_approval` decisions: the approval the entry opens.
+    pub approval: Option<ApprovalRow>,
+    /// For `approval.*` entries: the approval's new state.
+    pub approval_update: Option<ApprovalUpdate>,
 }
 
 /// What selects a tenant's lineage entries besides their own id.
@@ -166,13 +171,21 @@ impl Store {
                 String::new()
             };
             let (sql, k) = match key {
+                // The decision's own entry (through its primary key) and the entries of the approval it opened
+                // (through the partial index of non-decision entries that name a decision).
                 LineageKey::Decision(d) => (
                     format!(
-                        "SELECT l.lineage_id, l.tenant, l.ledger_index, l.kind, l.decision_id, l.trace_id,
-                                l.execution_id, l.created_at
-                         FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
-                         WHERE d.tenant = ?1 AND d.decision_id = ?2 AND l.ledger_index > ?4{filter}
-                         LIMIT ?3"
+                        "SELECT lineage_id, tenant, ledger_index, kind, decision_id, trace_id, execution_id, created_at
+                         FROM (
+                           SELECT l.* FROM decisions d JOIN lineage l ON l.ledger_index = d.ledger_index
+                           WHERE d.tenant = ?1 AND d.decision_id = ?2{filter}
+                           UNION ALL
+                           SELECT l.* FROM decisions d
+                             JOIN lineage l ON l.tenant = d.tenant AND l.decision_id = d.decision_id
+                                           AND l.kind <> 'decision'
+                           WHERE d.tenant = ?1 AND d.decision_id = ?2{filter}
+                         )
+                         WHERE ledger_index > ?4 ORDER BY ledger_index LIMIT ?3"
                     ),
                     d,
                 ),
@@ -219,6 +232,14 @@ impl Store {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut n = tx.execute("DELETE FROM lineage WHERE ledger_index >= ?1", [size as i64])?;
             n += tx.execute("DELETE FROM decisions WHERE ledger_index >= ?1", [size as i64])?;
+            n += tx.execute("DELETE FROM approvals WHERE decision_index >= ?1", [size as i64])?;
+            // A state change that was cut goes back to pending (the expiry service resolves it again if its time
+            // ran out): the entries that held earlier changes are not replayed by a truncation.
+            tx.execute(
+                "UPDATE approvals SET status = 'PENDING', state = NULL, updated_index = decision_index
+                 WHERE updated_index >= ?1",
+                [size as i64],
+            )?;
             n += tx.execute(
                 "DELETE FROM agent_versions WHERE lineage_id IS NULL OR lineage_id NOT IN (SELECT lineage_id FROM lineage)",
                 [],
@@ -306,6 +327,7 @@ fn index_tx(c: &mut rusqlite::Connection, rows: &[IndexRows]) -> Result<()> {
                     l.lineage_id
                 ])?;
             }
+            index_approvals(&tx, r.approval.as_ref(), r.approval_update.as_ref())?;
         }
     }
     tx.commit()?;

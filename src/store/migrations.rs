@@ -85,6 +85,29 @@ const MIGRATIONS: &[&str] = &[
     DELETE FROM agents WHERE NOT EXISTS
         (SELECT 1 FROM agent_versions v WHERE v.tenant = agents.tenant AND v.agent_id = agents.agent_id);
     "#,
+    // 5: approvals of the Decision Desk, derived from the ledger: created by a `require_approval` decision's
+    //    entry, moved on by `approval.*` entries (`updated_index` keeps replays idempotent and in order).
+    r#"
+    CREATE TABLE approvals (
+        approval_id     TEXT PRIMARY KEY,
+        tenant          TEXT NOT NULL,
+        decision_id     TEXT NOT NULL,
+        agent_id        TEXT NOT NULL,
+        action          TEXT NOT NULL,
+        execution_id    TEXT,
+        created_at      TEXT NOT NULL,
+        expires_at      TEXT NOT NULL,
+        expires_ms      INTEGER NOT NULL,
+        decision_index  INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        state           TEXT,
+        updated_index   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX approvals_decision ON approvals(tenant, decision_id);
+    CREATE INDEX approvals_list ON approvals(tenant, decision_index);
+    CREATE INDEX approvals_due ON approvals(expires_ms) WHERE status = 'PENDING';
+    CREATE INDEX lineage_decision_chain ON lineage(tenant, decision_id) WHERE kind <> 'decision';
+    "#,
 ];
 
 /// The schema version this binary writes.

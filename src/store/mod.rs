@@ -9,12 +9,14 @@
 //! at a time anyway); reads use a small pool of read-only connections that WAL lets run beside the writer.
 
 mod agents;
+mod approvals;
 mod decisions;
 mod idempotency;
 mod migrations;
 mod packs;
 
 pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
+pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalUpdate};
 pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineageRecord};
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 

@@ -195,7 +195,17 @@ impl Resp {
     /// and a message.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) {
+        self.assert_error_with(status, code, &[]);
+    }
+
+    /// As [`Resp::assert_error`], with the named extra fields beside code and message (a conflict's stored
+    /// state).
+    #[track_caller]
+    pub fn assert_error_with(&self, status: u16, code: &str, extra: &[&str]) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        for k in extra {
+            assert!(self.body.get(*k).is_some(), "field {k}: {}", self.body);
+        }
         assert_eq!(self.body["code"], code, "body: {}", self.body);
         assert!(
             self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -204,8 +214,8 @@ impl Resp {
         );
         assert_eq!(
             self.body.as_object().map(|o| o.len()),
-            Some(2),
-            "only code and message: {}",
+            Some(2 + extra.len()),
+            "only code, message and {extra:?}: {}",
             self.body
         );
         assert!(

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agents;
+mod approvals;
 mod auth;
 mod decisions;
 mod default_pack;

@@ -1,0 +1,99 @@
+//! `/v1/approvals`: the Decision Desk's approvals (the KLA Execution API's `POST /v1/approvals/{id}/decision`, and
+//! the reads a Desk needs). Parse, call [`crate::approvals::Approvals`], render; the rules live there.
+
+use super::auth::Caller;
+use super::json::{ApiPath, ApiQuery, RawJson};
+use super::{ApiError, ApiResult, SharedState, page};
+use crate::approvals::{ListQuery, STATUSES, Verdict};
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub(super) fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/approvals", get(list))
+        .route("/approvals/{approval_id}", get(get_one))
+        .route("/approvals/{approval_id}/decision", post(decide))
+}
+
+/// Scope of approval-list cursors (a cursor names the ledger index of its page's last decision).
+const APPROVALS_CURSOR: &str = "approvals";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ListParams {
+    status: Option<String>,
+    agent_id: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+/// The tenant's approvals, oldest first, with counts per status.
+async fn list(
+    State(s): State<SharedState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = page::limit(q.limit)?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| page::position(APPROVALS_CURSOR, c))
+        .transpose()?;
+    let p = s
+        .approvals
+        .list(
+            &caller,
+            ListQuery {
+                status: q.status,
+                agent_id: q.agent_id,
+                limit,
+                cursor,
+            },
+        )
+        .await?;
+    let mut counts: Map<String, Value> = STATUSES.iter().map(|s| ((*s).to_owned(), json!(0))).collect();
+    for (status, n) in p.counts {
+        counts.insert(status, n.into());
+    }
+    Ok(Json(json!({
+        "approvals": p.approvals,
+        "counts": counts,
+        "nextCursor": p.next_cursor.map(|c| page::cursor(APPROVALS_CURSOR, &c)),
+    })))
+}
+
+async fn get_one(
+    State(s): State<SharedState>,
+    caller: Caller,
+    ApiPath(approval_id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(s.approvals.get(&caller, &approval_id).await?))
+}
+
+/// The KLA Execution API's decision body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn decide(
+    State(s): State<SharedState>,
+    caller: Caller,
+    ApiPath(approval_id): ApiPath<String>,
+    body: RawJson,
+) -> ApiResult<Json<Value>> {
+    let b: DecisionBody = body.parse()?;
+    let verdict = Verdict::parse(&b.decision)
+        .ok_or_else(|| ApiError::invalid("field 'decision' must be \"APPROVED\" or \"DENIED\""))?;
+    Ok(Json(
+        s.approvals
+            .decide(&caller, &approval_id, verdict, b.comment)
+            .await?,
+    ))
+}

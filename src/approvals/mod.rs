@@ -1,0 +1,712 @@
+//! The Decision Desk's approvals: what a `require_approval` decision opens, who may decide it, and how it ends.
+//!
+//! An approval is bound to one exact action: its terms (id, keyed action digest, expiry, quorum, timeout outcome)
+//! are written into the decision's own ledger entry by the decision pipeline's hold phase ([`Approvals::terms`]),
+//! so the decision and its approval are one durable write. Every later change is an `approval.voted` or
+//! `approval.resolved` entry, recorded (durable and indexed) before anyone is answered or woken; the store's
+//! `approvals` rows are derived from those entries like every other index row.
+//!
+//! Rules kept here and nowhere else:
+//! - only `approver` and `admin` roles of the approval's tenant decide, and never the principal that asked;
+//! - the first resolution wins: the same answer again returns the stored result, a different one is a conflict;
+//! - a quorum counts distinct approvers, and any denial denies;
+//! - at `expiresAt` a pending approval resolves as its `onTimeout` (block unless the rule says allow), also across
+//!   restarts (the expiry service reads pending approvals from the store);
+//! - an approval that reaches its quorum is evaluated once more against the policy active then: a `block` now
+//!   wins over the person's approval.
+//!
+//! Changes of one approval are serialised by a striped lock in this process (a shared store for several replicas
+//! will need a row lock instead). This module knows no HTTP.
+
+mod digest;
+
+pub use digest::DigestKey;
+
+use crate::auth::{AuthError, Caller, Role};
+use crate::error::{Class, Classify};
+use crate::ledger::{Entry, LedgerError};
+use crate::policy::{AgentRef, Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
+use crate::recorder::{ApprovalChange, ApprovalTerms, PENDING, Record, RecordError, Recorder};
+use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long an approval waits when its rule gives no `approval.timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The longest page of a list.
+pub const MAX_PAGE: usize = 1000;
+/// How often the expiry service looks for approvals whose time ran out, at the most.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// Lock stripes serialising changes of one approval.
+const STRIPES: usize = 64;
+/// The statuses an approval can have.
+pub const STATUSES: [&str; 5] = [PENDING, APPROVED, DENIED, EXPIRED, CANCELED];
+const APPROVED: &str = "APPROVED";
+const DENIED: &str = "DENIED";
+const EXPIRED: &str = "EXPIRED";
+const CANCELED: &str = "CANCELED";
+
+/// Why an approval could not be read or decided.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The approval is already resolved otherwise; carries it as stored.
+    #[error("{message}")]
+    Conflict { message: String, approval: Box<Value> },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A stored approval that does not read back (its decision entry lacks what the approval needs).
+    #[error("approval {0} is damaged in the index")]
+    Damaged(String),
+}
+
+impl Classify for ApprovalError {
+    fn class(&self) -> Class {
+        match self {
+            ApprovalError::Invalid(_) => Class::Invalid,
+            ApprovalError::NotFound(_) => Class::NotFound,
+            ApprovalError::Auth(e) => e.class(),
+            ApprovalError::Conflict { .. } => Class::Conflict,
+            ApprovalError::Record(e) => e.class(),
+            ApprovalError::Store(e) => e.class(),
+            ApprovalError::Ledger(_) | ApprovalError::Damaged(_) => Class::Internal,
+        }
+    }
+}
+
+/// A person's answer to an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approved,
+    Denied,
+}
+
+impl Verdict {
+    /// From the KLA Execution API's `decision` field.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        match s {
+            APPROVED => Some(Verdict::Approved),
+            DENIED => Some(Verdict::Denied),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approved => APPROVED,
+            Verdict::Denied => DENIED,
+        }
+    }
+}
+
+/// One page of approvals.
+pub struct Page {
+    /// Approval objects, oldest first.
+    pub approvals: Vec<Value>,
+    /// Approvals per status (of the agent, when the list names one).
+    pub counts: Vec<(String, u64)>,
+    /// Pass as `cursor` for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// What a list asks for.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub agent_id: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// The approvals of every tenant. Built once by `app`.
+pub struct Approvals {
+    store: Store,
+    recorder: Recorder,
+    policy: Arc<PolicyManager>,
+    key: DigestKey,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Wakes callers waiting for an approval to end, by approval id.
+    waiters: Mutex<HashMap<String, watch::Sender<()>>>,
+}
+
+impl Approvals {
+    pub fn new(store: Store, recorder: Recorder, policy: Arc<PolicyManager>, key: DigestKey) -> Approvals {
+        Approvals {
+            store,
+            recorder,
+            policy,
+            key,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The decision pipeline's hold phase: the terms of the approval a `require_approval` decision opens, bound to
+    /// this exact action; `None` for every other outcome. Several approval rules combine to the strictest terms:
+    /// the shortest timeout, `block` on timeout if any says so, the largest quorum.
+    pub fn terms(&self, input: &EvalInput, d: &Decision) -> Option<ApprovalTerms> {
+        if d.outcome != Outcome::RequireApproval {
+            return None;
+        }
+        let mut timeout: Option<u64> = None;
+        let mut on_timeout = OnTimeout::Allow;
+        let mut approvers = 1u32;
+        let mut any_spec = false;
+        for m in d
+            .matched_rules
+            .iter()
+            .filter(|m| !m.shadow && m.decision == Outcome::RequireApproval)
+        {
+            match &m.approval {
+                Some(a) => {
+                    any_spec = true;
+                    timeout = Some(timeout.map_or(a.timeout_seconds, |t| t.min(a.timeout_seconds)));
+                    if a.on_timeout == OnTimeout::Block {
+                        on_timeout = OnTimeout::Block;
+                    }
+                    approvers = approvers.max(a.approvers);
+                }
+                // A rule without terms takes the defaults, which are strict.
+                None => {
+                    timeout =
+                        Some(timeout.map_or(DEFAULT_TIMEOUT.as_secs(), |t| t.min(DEFAULT_TIMEOUT.as_secs())));
+                    on_timeout = OnTimeout::Block;
+                }
+            }
+        }
+        if !any_spec && timeout.is_none() {
+            // The pack's defaultDecision asked for approval: no rule gave terms.
+            on_timeout = OnTimeout::Block;
+        }
+        let timeout_seconds = timeout.unwrap_or(DEFAULT_TIMEOUT.as_secs());
+        let expires_ms = crate::time::now_ms().saturating_add(
+            i64::try_from(timeout_seconds)
+                .unwrap_or(i64::MAX / 2)
+                .saturating_mul(1000),
+        );
+        Some(ApprovalTerms {
+            approval_id: crate::time::sortable_id("appr_"),
+            action_digest: self.key.action_digest(
+                &input.tenant,
+                &input.agent.id,
+                &input.action,
+                &input.context,
+                input.tool.as_ref(),
+            ),
+            expires_at: crate::time::ms_rfc3339(expires_ms),
+            on_timeout,
+            approvers,
+            timeout_seconds,
+        })
+    }
+
+    /// The keyed digest of an action, as the hold phase binds an approval to it.
+    pub fn action_digest(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        action: &str,
+        context: &Value,
+        tool: Option<&Value>,
+    ) -> String {
+        self.key.action_digest(tenant, agent_id, action, context, tool)
+    }
+
+    /// An approval of the caller's tenant (an agent-bound token reads only its agent's).
+    pub async fn get(&self, caller: &Caller, approval_id: &str) -> Result<Value, ApprovalError> {
+        let (rec, decision) = self.load(caller, approval_id).await?;
+        Ok(render(&rec, &decision))
+    }
+
+    /// The approval a decision opened, if it opened one (the caller already may read the decision).
+    pub async fn of_decision(
+        &self,
+        tenant: &str,
+        decision_id: &str,
+    ) -> Result<Option<(String, Value)>, ApprovalError> {
+        self.recorder.index_barrier().await;
+        let Some(rec) = self.store.approval_of_decision(tenant, decision_id).await? else {
+            return Ok(None);
+        };
+        let decision = self.decision_entry(&rec)?;
+        Ok(Some((rec.status.clone(), render(&rec, &decision))))
+    }
+
+    /// One page of the caller's tenant's approvals, oldest first.
+    pub async fn list(&self, caller: &Caller, q: ListQuery) -> Result<Page, ApprovalError> {
+        caller.require(&[Role::Approver, Role::Admin, Role::Auditor])?;
+        if let Some(s) = &q.status
+            && !STATUSES.contains(&s.as_str())
+        {
+            return Err(ApprovalError::Invalid(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+        let after = match &q.cursor {
+            None => None,
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| ApprovalError::Invalid("cursor is not one this server gave".into()))?,
+            ),
+        };
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        self.recorder.index_barrier().await;
+        let filter = ApprovalFilter {
+            status: q.status,
+            agent_id: q.agent_id.clone(),
+            after,
+        };
+        let rows = self
+            .store
+            .list_approvals(&caller.tenant, &filter, limit + 1)
+            .await?;
+        let more = rows.len() > limit;
+        let mut approvals = Vec::with_capacity(rows.len().min(limit));
+        let mut last = None;
+        for rec in rows.into_iter().take(limit) {
+            let decision = self.decision_entry(&rec)?;
+            last = Some(rec.row.decision_index);
+            approvals.push(render(&rec, &decision));
+        }
+        let counts = self
+            .store
+            .approval_counts(&caller.tenant, q.agent_id.as_deref())
+            .await?;
+        Ok(Page {
+            approvals,
+            counts,
+            next_cursor: if more { last.map(|l| l.to_string()) } else { None },
+        })
+    }
+
+    /// A person's answer. Recorded (durable, indexed) before it is returned or anyone waiting is woken.
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        approval_id: &str,
+        verdict: Verdict,
+        comment: Option<String>,
+    ) -> Result<Value, ApprovalError> {
+        caller.require(&[Role::Approver, Role::Admin])?;
+        if let Some(c) = &comment
+            && c.chars().count() > 2000
+        {
+            return Err(ApprovalError::Invalid(
+                "comment must be at most 2000 characters".into(),
+            ));
+        }
+        let _turn = self.stripe(approval_id).lock().await;
+        let (rec, decision) = self.load(caller, approval_id).await?;
+        let requester = decision
+            .body
+            .get("principal")
+            .and_then(|p| p.get("subject"))
+            .and_then(Value::as_str);
+        if requester == Some(&*caller.principal.subject) {
+            return Err(AuthError::Forbidden(format!(
+                "'{}' asked for this action and may not decide its approval",
+                caller.principal.subject
+            ))
+            .into());
+        }
+        let state = State::of(&rec)?;
+        if rec.status != PENDING {
+            let stored = render(&rec, &decision);
+            if rec.status == verdict.as_str() {
+                return Ok(stored);
+            }
+            return Err(ApprovalError::Conflict {
+                message: format!("approval {approval_id} is already {}", rec.status),
+                approval: Box::new(stored),
+            });
+        }
+        if crate::time::now_ms() >= rec.row.expires_ms {
+            let rec = self.expire_locked(rec, &decision).await?;
+            return Err(ApprovalError::Conflict {
+                message: format!("approval {approval_id} expired at {}", rec.row.expires_at),
+                approval: Box::new(render(&rec, &decision)),
+            });
+        }
+        let subject = caller.principal.subject.to_string();
+        let role = caller.principal.role.as_str();
+        if verdict == Verdict::Approved
+            && state
+                .votes
+                .iter()
+                .any(|v| v.get("subject").and_then(Value::as_str) == Some(&subject))
+        {
+            // The same person approving twice counts once.
+            return Ok(render(&rec, &decision));
+        }
+        let now = crate::time::now_rfc3339();
+        let mut votes = state.votes;
+        votes.push(json!({"subject": subject, "role": role, "decision": verdict.as_str(), "comment": comment, "at": now}));
+        let terms = terms_of(&decision).ok_or_else(|| ApprovalError::Damaged(approval_id.into()))?;
+        let approvals = votes.iter().filter(|v| v["decision"] == APPROVED).count() as u32;
+        let by = json!({"subject": subject, "role": role});
+        let change = match verdict {
+            Verdict::Denied => self.resolution(
+                &rec,
+                &decision,
+                DENIED,
+                Some(by),
+                comment,
+                votes,
+                Outcome::Block,
+                None,
+            ),
+            Verdict::Approved if approvals >= terms.approvers => {
+                let recheck = self.recheck(&decision);
+                let final_decision = match recheck.outcome {
+                    Outcome::Block => Outcome::Block,
+                    Outcome::Warn => Outcome::Warn,
+                    Outcome::Allow | Outcome::RequireApproval => Outcome::Allow,
+                };
+                let recheck = json!({"decision": recheck.outcome, "reasonCodes": recheck.reason_codes});
+                self.resolution(
+                    &rec,
+                    &decision,
+                    APPROVED,
+                    Some(by),
+                    comment,
+                    votes,
+                    final_decision,
+                    Some(recheck),
+                )
+            }
+            Verdict::Approved => {
+                let mut body = base_body(&rec, &decision);
+                body.insert("status".into(), PENDING.into());
+                body.insert("by".into(), by);
+                body.insert("vote".into(), APPROVED.into());
+                body.insert("comment".into(), comment.into());
+                body.insert("votes".into(), Value::Array(votes));
+                body.insert("approvers".into(), terms.approvers.into());
+                ApprovalChange {
+                    tenant: rec.row.tenant.clone(),
+                    approval_id: rec.row.approval_id.clone(),
+                    status: PENDING.into(),
+                    body: Value::Object(body),
+                }
+            }
+        };
+        let rec = self.apply(rec, change).await?;
+        Ok(render(&rec, &decision))
+    }
+
+    /// Waits until the approval is no longer pending or `timeout` passes; returns its status then.
+    pub async fn wait(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        timeout: Duration,
+    ) -> Result<(), ApprovalError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut rx = self
+                .waiters
+                .lock()
+                .entry(approval_id.to_owned())
+                .or_insert_with(|| watch::channel(()).0)
+                .subscribe();
+            // Read after subscribing: a resolution between the read and the wait still wakes us.
+            self.recorder.index_barrier().await;
+            let pending = self
+                .store
+                .get_approval(tenant, approval_id)
+                .await?
+                .is_some_and(|r| r.status == PENDING);
+            if !pending {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        let mut w = self.waiters.lock();
+        if w.get(approval_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            w.remove(approval_id);
+        }
+        Ok(())
+    }
+
+    /// The expiry service: resolves pending approvals whose time ran out as their `onTimeout`, soonest first,
+    /// until `stop`. Reads the store, so approvals left pending by a previous process expire too.
+    pub async fn run_expiry(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            // No index barrier: an approval not indexed yet has at least a second to go (timeouts are whole
+            // seconds), and a barrier every tick would break up the index writer's batches under load.
+            let mut next_ms = None;
+            match self.store.due_approvals(crate::time::now_ms(), 64).await {
+                Ok((due, next)) => {
+                    next_ms = next;
+                    for (tenant, id) in due {
+                        if let Err(e) = self.expire(&tenant, &id).await {
+                            tracing::warn!(error = %e, approval_id = %id, "approval expiry failed; retried");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading due approvals failed; retried"),
+            }
+            let wait = next_ms
+                .map(|n| Duration::from_millis(u64::try_from(n - crate::time::now_ms()).unwrap_or(0)))
+                .unwrap_or(EXPIRY_TICK)
+                .min(EXPIRY_TICK);
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn expire(&self, tenant: &str, approval_id: &str) -> Result<(), ApprovalError> {
+        let _turn = self.stripe(approval_id).lock().await;
+        let Some(rec) = self.store.get_approval(tenant, approval_id).await? else {
+            return Ok(());
+        };
+        if rec.status != PENDING || crate::time::now_ms() < rec.row.expires_ms {
+            return Ok(());
+        }
+        let decision = self.decision_entry(&rec)?;
+        self.expire_locked(rec, &decision).await?;
+        Ok(())
+    }
+
+    /// Resolves a pending approval whose time ran out (its stripe is held).
+    async fn expire_locked(
+        &self,
+        rec: ApprovalRecord,
+        decision: &Entry,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let terms = terms_of(decision).ok_or_else(|| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
+        let outcome = match terms.on_timeout {
+            OnTimeout::Allow => Outcome::Allow,
+            OnTimeout::Block => Outcome::Block,
+        };
+        let votes = State::of(&rec)?.votes;
+        let change = self.resolution(&rec, decision, EXPIRED, None, None, votes, outcome, None);
+        self.apply(rec, change).await
+    }
+
+    /// Records a change, then wakes whoever waits for the approval when it is final.
+    async fn apply(
+        &self,
+        mut rec: ApprovalRecord,
+        change: ApprovalChange,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let state = serde_json_canonicalizer::to_string(&change.body)
+            .map_err(|e| ApprovalError::Ledger(LedgerError::InvalidEntry(e.to_string())))?;
+        let status = change.status.clone();
+        self.recorder.record(Record::Approval(change)).await?;
+        rec.status = status;
+        rec.state = Some(state);
+        if rec.status != PENDING
+            && let Some(tx) = self.waiters.lock().remove(&rec.row.approval_id)
+        {
+            let _ = tx.send(());
+        }
+        Ok(rec)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resolution(
+        &self,
+        rec: &ApprovalRecord,
+        decision: &Entry,
+        status: &str,
+        by: Option<Value>,
+        comment: Option<String>,
+        votes: Vec<Value>,
+        final_decision: Outcome,
+        recheck: Option<Value>,
+    ) -> ApprovalChange {
+        let mut body = base_body(rec, decision);
+        body.insert("status".into(), status.into());
+        body.insert("resolvedBy".into(), by.unwrap_or(Value::Null));
+        body.insert("resolvedAt".into(), crate::time::now_rfc3339().into());
+        body.insert("comment".into(), comment.into());
+        body.insert("votes".into(), Value::Array(votes));
+        body.insert("finalDecision".into(), final_decision.as_str().into());
+        body.insert("recheck".into(), recheck.unwrap_or(Value::Null));
+        ApprovalChange {
+            tenant: rec.row.tenant.clone(),
+            approval_id: rec.row.approval_id.clone(),
+            status: status.into(),
+            body: Value::Object(body),
+        }
+    }
+
+    /// The recorded action evaluated against the policy active now.
+    fn recheck(&self, decision: &Entry) -> Decision {
+        let b = &decision.body;
+        let agent: AgentRef = serde_json::from_value(b["agent"].clone()).unwrap_or_default();
+        let input = EvalInput {
+            agent,
+            action: b["action"].as_str().unwrap_or_default().to_owned(),
+            context: b.get("context").cloned().unwrap_or_else(|| json!({})),
+            tool: b.get("tool").filter(|t| !t.is_null()).cloned(),
+            execution: b
+                .get("executionId")
+                .and_then(Value::as_str)
+                .map(|id| json!({ "id": id })),
+            principal: b.get("principal").cloned().unwrap_or(Value::Null),
+            tenant: decision.tenant.clone(),
+            now: crate::time::now_rfc3339(),
+        };
+        let d = self.policy.evaluate(&input);
+        if let Some(err) = &d.error {
+            tracing::warn!(error = %err, action = %input.action, "policy failed closed on an approval's re-check");
+        }
+        d
+    }
+
+    async fn load(
+        &self,
+        caller: &Caller,
+        approval_id: &str,
+    ) -> Result<(ApprovalRecord, Entry), ApprovalError> {
+        let not_found = || ApprovalError::NotFound(format!("unknown approvalId '{approval_id}'"));
+        if !approval_id.starts_with("appr_") || approval_id.len() > 64 {
+            return Err(not_found());
+        }
+        self.recorder.index_barrier().await;
+        let rec = self
+            .store
+            .get_approval(&caller.tenant, approval_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let decision = self.decision_entry(&rec)?;
+        // Another agent's approval, for a token bound to one agent, is the same 404 as an unknown id.
+        if !caller.may_read(&decision.tenant, crate::recorder::entry_agent(&decision)) {
+            return Err(not_found());
+        }
+        Ok((rec, decision))
+    }
+
+    fn decision_entry(&self, rec: &ApprovalRecord) -> Result<Entry, ApprovalError> {
+        let bytes = self.recorder.ledger().entry(rec.row.decision_index)?;
+        let e = Entry::decode(&bytes)?;
+        if e.body.get("decisionId").and_then(Value::as_str) != Some(rec.row.decision_id.as_str()) {
+            return Err(ApprovalError::Damaged(rec.row.approval_id.clone()));
+        }
+        Ok(e)
+    }
+
+    fn stripe(&self, approval_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        approval_id.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+}
+
+/// What an approval's last change says beyond its status.
+struct State {
+    votes: Vec<Value>,
+}
+
+impl State {
+    fn of(rec: &ApprovalRecord) -> Result<State, ApprovalError> {
+        let Some(s) = &rec.state else {
+            return Ok(State { votes: Vec::new() });
+        };
+        let v: Value =
+            serde_json::from_str(s).map_err(|_| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
+        Ok(State {
+            votes: v
+                .get("votes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn terms_of(decision: &Entry) -> Option<ApprovalTerms> {
+    serde_json::from_value(decision.body.get("approval")?.clone()).ok()
+}
+
+/// The fields every `approval.*` entry repeats, so each stands on its own in the ledger and the event stream.
+fn base_body(rec: &ApprovalRecord, decision: &Entry) -> serde_json::Map<String, Value> {
+    let b = &decision.body;
+    let mut m = serde_json::Map::new();
+    m.insert("approvalId".into(), rec.row.approval_id.clone().into());
+    m.insert("decisionId".into(), rec.row.decision_id.clone().into());
+    m.insert("agentId".into(), rec.row.agent_id.clone().into());
+    m.insert("agentName".into(), b["agent"]["name"].clone());
+    m.insert("action".into(), rec.row.action.clone().into());
+    m.insert("executionId".into(), rec.row.execution_id.clone().into());
+    m
+}
+
+/// The approval object of the API: the decision entry's action and terms, and the last change's state.
+fn render(rec: &ApprovalRecord, decision: &Entry) -> Value {
+    let b = &decision.body;
+    let state: Value = rec
+        .state
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    let terms = b.get("approval").cloned().unwrap_or(Value::Null);
+    let field = |k: &str| state.get(k).cloned().unwrap_or(Value::Null);
+    let policy: Vec<Value> = b
+        .get("policy")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .map(|p| json!({"name": p["name"], "version": p["version"], "digest": p["digest"]}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let final_decision = if rec.status == PENDING {
+        Value::Null
+    } else {
+        field("finalDecision")
+    };
+    let votes = state.get("votes").cloned().unwrap_or_else(|| json!([]));
+    json!({
+        "approvalId": rec.row.approval_id,
+        "decisionId": rec.row.decision_id,
+        "lineageId": decision.lineage_id,
+        "tenant": rec.row.tenant,
+        "agentId": rec.row.agent_id,
+        "agent": b.get("agent"),
+        "action": rec.row.action,
+        "context": b.get("context"),
+        "tool": b.get("tool"),
+        "executionId": rec.row.execution_id,
+        "toolCallId": b.get("tool").and_then(|t| t.get("callId")).cloned().unwrap_or(Value::Null),
+        "matchedRules": b.get("matchedRules"),
+        "reasonCodes": b.get("reasonCodes"),
+        "policy": policy,
+        "actionDigest": terms["actionDigest"],
+        "status": rec.status,
+        "createdAt": rec.row.created_at,
+        "expiresAt": rec.row.expires_at,
+        "resolvedAt": field("resolvedAt"),
+        "resolvedBy": field("resolvedBy"),
+        "comment": if rec.status == PENDING { Value::Null } else { field("comment") },
+        "approvers": terms["approvers"],
+        "votes": votes,
+        "onTimeout": terms["onTimeout"],
+        "finalDecision": final_decision,
+        "recheck": field("recheck"),
+        "requestedBy": b.get("principal"),
+    })
+}
