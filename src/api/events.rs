@@ -124,12 +124,17 @@ async fn stream(
     let filter = filter_for(&s, &caller, interest).await?;
     let (sub, resync) = s.events.subscribe(filter, from).await.map_err(refused)?;
     let mut first = VecDeque::from([Bytes::from(format!("retry: {RETRY_MS}\n\n"))]);
+    // After a resync the client's last id is the restart position.
+    let sent = match &resync {
+        Some(r) => r.restart_after,
+        None => from,
+    };
     first.extend(resync.map(|r| r.sse()));
     let state = Sse {
         sub,
         first,
         heartbeat: s.events.config().heartbeat,
-        sent: from,
+        sent,
         tenant: caller.tenant.clone(),
     };
     let body = futures_util::stream::unfold(state, |mut st| async move {

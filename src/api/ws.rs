@@ -10,8 +10,9 @@
 //! `{"type":"subscribe","topic":"approvals"|"decisions"}`, `{"type":"unsubscribe",...}` with the same fields, or
 //! `{"type":"ping"}`; kla answers `{"type":"subscribed",...}`, `{"type":"unsubscribed",...}`, `{"type":"pong"}`,
 //! and `{"type":"error","code","message"}` for a message it cannot take (the connection and its other
-//! subscriptions stay). Events arrive as text frames with the envelope of SSE's `data:`. kla pings an idle
-//! connection every heartbeat and closes one that has sent nothing for three.
+//! subscriptions stay). Events arrive as text frames with the envelope of SSE's `data:`. kla pings every heartbeat
+//! and closes a connection that has sent nothing (pongs count) for three, or that does not take a message within
+//! that time.
 
 use super::events::{SUBSCRIBERS, check_execution_id, filter_for, refused};
 use super::{ApiError, ApiResult, SharedState};
@@ -154,23 +155,41 @@ async fn accept(
 }
 
 /// One connection: client messages, events, heartbeats, until either side closes or the server shuts down.
+///
+/// After the upgrade the listener's watchdog no longer sees the connection, so the session keeps its own
+/// deadlines: a ping every heartbeat whatever the traffic, a close after [`SILENT_HEARTBEATS`] without a word from
+/// the client, and the same bound on every send (a client that stops reading is dropped, not waited for).
 async fn session(mut socket: WebSocket, mut sub: Subscription, heartbeat: Duration) {
+    let bound = heartbeat * SILENT_HEARTBEATS;
     let mut heard = Instant::now();
     let mut ping_at = Instant::now() + heartbeat;
     loop {
+        if Instant::now() >= ping_at {
+            if heard.elapsed() >= bound {
+                close(&mut socket, 1001, "no answer to pings", bound).await;
+                break;
+            }
+            ping_at = Instant::now() + heartbeat;
+            if !send(&mut socket, Message::Ping(bytes::Bytes::new()), bound).await {
+                break;
+            }
+        }
         tokio::select! {
             msg = socket.recv() => {
                 let Some(Ok(msg)) = msg else { break };
                 heard = Instant::now();
                 let reply = match msg {
                     Message::Text(t) => Some(handle(&mut sub, t.as_str())),
-                    Message::Binary(_) => Some(error("invalid_request", "messages are JSON text frames; binary frames are not accepted")),
+                    Message::Binary(_) => Some(error(
+                        "invalid_request",
+                        "messages are JSON text frames; binary frames are not accepted",
+                    )),
                     // Pings are answered by the WebSocket layer; a pong is the client being there.
                     Message::Ping(_) | Message::Pong(_) => None,
                     Message::Close(_) => break,
                 };
                 if let Some(r) = reply
-                    && socket.send(Message::Text(r.into())).await.is_err()
+                    && !send(&mut socket, Message::Text(r.into()), bound).await
                 {
                     break;
                 }
@@ -178,27 +197,19 @@ async fn session(mut socket: WebSocket, mut sub: Subscription, heartbeat: Durati
             step = sub.next(ping_at) => match step {
                 Ok(Step::Event(p)) => {
                     let Ok(text) = Utf8Bytes::try_from(p.json.clone()) else { continue };
-                    if socket.send(Message::Text(text)).await.is_err() {
+                    if !send(&mut socket, Message::Text(text), bound).await {
                         break;
                     }
                 }
-                Ok(Step::Idle) => {
-                    if heard.elapsed() >= heartbeat * SILENT_HEARTBEATS {
-                        close(&mut socket, 1001, "no answer to pings").await;
-                        break;
-                    }
-                    ping_at = Instant::now() + heartbeat;
-                    if socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        break;
-                    }
-                }
+                // Time for a ping: the top of the loop sends it.
+                Ok(Step::Idle) => {}
                 Ok(Step::Closed) => {
-                    close(&mut socket, 1001, "server shutting down").await;
+                    close(&mut socket, 1001, "server shutting down", bound).await;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "websocket event stream ended: reading the ledger failed");
-                    close(&mut socket, 1011, "event stream failed; reconnect").await;
+                    close(&mut socket, 1011, "event stream failed; reconnect", bound).await;
                     break;
                 }
             }
@@ -206,12 +217,17 @@ async fn session(mut socket: WebSocket, mut sub: Subscription, heartbeat: Durati
     }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+/// Sends within `bound`; `false` when the connection is gone or the client does not take it in time.
+async fn send(socket: &mut WebSocket, msg: Message, bound: Duration) -> bool {
+    matches!(tokio::time::timeout(bound, socket.send(msg)).await, Ok(Ok(())))
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str, bound: Duration) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    send(socket, Message::Close(Some(frame)), bound).await;
 }
 
 fn error(code: &str, message: &str) -> String {

@@ -5,7 +5,9 @@
 //! grow. Position = ledger index, so a consumer that stores the last position it handled resumes exactly there
 //! after a restart. It holds at most one read batch in memory, and a follower that falls behind loses nothing:
 //! it keeps reading from disk until it has caught up (its distance is [`Follower::behind`]); no producer ever
-//! waits for a follower.
+//! waits for a follower. A consumer that needs one tenant's entries from far back asks the index where they are
+//! ([`Recorder::event_positions`], which also says whether the index holds every entry of the window yet) and
+//! reads only those.
 
 use super::{RecordError, Recorder};
 use crate::ledger::{Entry, Ledger, LedgerError};

@@ -779,6 +779,52 @@ mod ws {
     }
 
     #[tokio::test]
+    async fn kla_pings_and_closes_a_client_that_stays_silent() {
+        let s = Server::start_with(|c| c.events_heartbeat = Some("200ms".into())).await;
+        let tok = s.token(T, Role::Admin);
+        let u = url(&s, &format!("?token={tok}&tenant={T}"));
+        let mut silent = connect(&u, &[]).await;
+        let mut lively = connect(&u, &[]).await;
+        // The lively client reads (its library answers each ping); the silent one does not, so kla hears nothing
+        // from it.
+        let reading = tokio::time::Instant::now() + Duration::from_millis(1200);
+        let mut lively_pings = 0;
+        while let Ok(m) = tokio::time::timeout_at(reading, lively.next()).await {
+            match m.expect("open").expect("frame") {
+                Message::Ping(_) => lively_pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(lively_pings >= 3, "kla pings every heartbeat: {lively_pings}");
+        say(&mut lively, json!({"type": "ping"})).await;
+        assert_eq!(
+            hear(&mut lively).await,
+            json!({"type": "pong"}),
+            "an answering client stays connected"
+        );
+        // The silent one was pinged, then closed (1001), or its socket shut if kla had gone before the client
+        // could answer the pings it finally reads.
+        let mut pings = 0;
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = silent.next().await {
+                match m {
+                    Ok(Message::Ping(_)) => pings += 1,
+                    Ok(Message::Close(f)) => return f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    Ok(other) => panic!("unexpected {other:?}"),
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
+        .await
+        .expect("the silent client's connection ended");
+        assert!(pings >= 1, "{pings} pings before the end");
+        if let Some((code, reason)) = end {
+            assert_eq!((code, reason.as_str()), (1001, "no answer to pings"));
+        }
+    }
+
+    #[tokio::test]
     async fn header_credentials_the_token_s_own_tenant_and_isolation() {
         let (s, tok, agent) = Server::with_agent(T, "ws-iso").await;
         let rival_tok = s.token("acme-ws-rival", Role::Admin);
