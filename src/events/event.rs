@@ -194,7 +194,7 @@ pub struct Event {
     pub tenant: String,
     /// The agent the event is about, when the entry names one.
     pub agent_id: Option<String>,
-    /// The agent's name, when the entry carries it (decisions do; approval entries carry the id only).
+    /// The agent's name, when the entry carries it (decisions do; an approval entry may name the agent by id only).
     pub agent_name: Option<String>,
     pub execution_id: Option<String>,
     /// The entry's time (RFC 3339 UTC, milliseconds).

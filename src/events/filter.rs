@@ -154,7 +154,7 @@ impl Filter {
     }
 
     /// Whether the subscriber gets `e`. Takes `&mut self` because a bound token learns its agent's id from the
-    /// agent's decisions (which carry id and name): approval entries carry only the id.
+    /// agent's decisions (which carry id and name), for approval entries that name the agent by id only.
     pub fn matches(&mut self, e: &Event) -> bool {
         if *e.tenant != *self.tenant {
             return false;

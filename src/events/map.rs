@@ -16,10 +16,7 @@ use crate::ledger::Entry;
 use crate::recorder::kind;
 use serde_json::{Map, Value, json};
 
-/// Entry kind of a non-final approval vote (desk-spec: `approval.voted`).
-pub(super) const APPROVAL_VOTED: &str = "approval.voted";
-/// Entry kind of an approval's final state (desk-spec: `approval.resolved`).
-pub(super) const APPROVAL_RESOLVED: &str = "approval.resolved";
+use kind::{APPROVAL_RESOLVED, APPROVAL_VOTED};
 
 /// The entry kinds that give events, and which event types each can give: what a subscriber catching up from
 /// disk asks the index for.
@@ -95,7 +92,7 @@ pub fn events_of_entry(ledger_index: u64, e: &Entry) -> Vec<Event> {
             vec![made(
                 0,
                 kind,
-                (s(b, "agentId"), None),
+                (s(b, "agentId"), s(b, "agentName")),
                 s(b, "executionId"),
                 b.clone(),
             )]
@@ -366,8 +363,8 @@ mod tests {
         assert_eq!(ev[0].agent_name, None);
 
         let resolved = |status: &str, final_decision: &str, execution: Value| {
-            json!({"approvalId": "appr_1", "decisionId": "dec_1", "agentId": "agt_1", "action": "execute_refund",
-                   "status": status, "resolvedBy": {"subject": "alice", "role": "approver"}, "comment": "ok",
+            json!({"approvalId": "appr_1", "decisionId": "dec_1", "agentId": "agt_1", "agentName": "claims-bot",
+                   "action": "execute_refund", "status": status, "resolvedBy": {"subject": "alice", "role": "approver"}, "comment": "ok",
                    "finalDecision": final_decision, "recheck": {"decision": "allow", "reasonCodes": []},
                    "executionId": execution})
         };
@@ -385,6 +382,7 @@ mod tests {
             assert_eq!(w["id"], "10.0");
             assert_eq!(w["executionId"], "exec-456");
             assert_eq!(w["data"], body);
+            assert_eq!(ev[0].agent_name.as_deref(), Some("claims-bot"));
         }
         let body = resolved("APPROVED", "allow", Value::Null);
         let w = wire(&events_of_entry(10, &entry("approval.resolved", "acme", body))[0]);

@@ -615,6 +615,229 @@ async fn shutdown_ends_open_streams_instead_of_waiting_for_them() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Approvals on the stream, from the Decision Desk's own entries.
+
+/// A pack (unsigned, loaded with `allow-unsigned`) whose rules open approvals: one that waits, one that times out
+/// in a second, one that needs two approvers.
+const DESK_RULES: &str = r#"    - {id: big-refunds, match: {actions: [execute_refund]}, when: "input.context.amount > 1000", decision: require_approval, reasonCode: AMOUNT_OVER_THRESHOLD, message: "Refunds over 1000 need approval", approval: {timeout: 15m, onTimeout: block}}
+    - {id: quick-block, match: {actions: [wire_money]}, decision: require_approval, reasonCode: WIRE, approval: {timeout: 1s, onTimeout: block}}
+    - {id: two-people, match: {actions: [close_account]}, decision: require_approval, reasonCode: CLOSE, approval: {timeout: 15m, approvers: 2}}
+"#;
+
+async fn desk_server(packs: &std::path::Path) -> Server {
+    let dir = packs.join("desk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = format!(
+        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: desk, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{DESK_RULES}"
+    );
+    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
+    let packs = packs.to_owned();
+    Server::start_with(move |c| {
+        c.policies = Some(packs);
+        c.allow_unsigned = Some(true);
+    })
+    .await
+}
+
+fn types(ms: &[Msg]) -> Vec<&str> {
+    ms.iter().map(|m| m.event.as_deref().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_api_s_shapes() {
+    let packs = tempfile::tempdir().unwrap();
+    let s = desk_server(packs.path()).await;
+    let tok = s.token(T, Role::Agent);
+    let agent = s.register(&tok, T, "desk-bot").await;
+    let approver = s.token(T, Role::Approver);
+    let mut desk = Sse::open(&s, "/v1/events", &approver, T, None).await;
+    let mut mine = Sse::open(
+        &s,
+        "/v1/events",
+        &agent_token(&s.data_dir, T, "desk-bot"),
+        T,
+        None,
+    )
+    .await;
+    let mut others = Sse::open(
+        &s,
+        "/v1/events",
+        &agent_token(&s.data_dir, T, "other-bot"),
+        T,
+        None,
+    )
+    .await;
+    let mut ws = ws::connect_to(&s, &format!("?token={approver}&tenant={T}")).await;
+    for sub in [
+        json!({"type": "subscribe", "executionId": "exec-desk"}),
+        json!({"type": "subscribe", "topic": "approvals"}),
+    ] {
+        ws::say(&mut ws, sub).await;
+        assert_eq!(ws::hear(&mut ws).await["type"], "subscribed");
+    }
+
+    // A decision that needs approval: the decision, the Desk's announcement, the Execution API's.
+    let a = evaluate_in(
+        &s,
+        &tok,
+        T,
+        json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000}, "executionId": "exec-desk"}),
+    )
+    .await;
+    assert_eq!(a["decision"], "require_approval");
+    let approval = a["approvalId"].as_str().expect("approvalId").to_owned();
+    let index = a["ledgerIndex"].as_u64().unwrap();
+    let three = desk.events(3).await;
+    assert_eq!(
+        types(&three),
+        [
+            "decision.made",
+            "approval.required",
+            "execution.approval_required"
+        ]
+    );
+    let ids: Vec<String> = (0..3).map(|n| format!("{index}.{n}")).collect();
+    assert_eq!(
+        three.iter().map(|m| m.id.clone().unwrap()).collect::<Vec<_>>(),
+        ids
+    );
+    let required = check_envelope(&three[1]);
+    assert_eq!(required["executionId"], "exec-desk");
+    let d = &required["data"];
+    assert_eq!(d["approvalId"], approval.as_str());
+    assert_eq!(d["decisionId"], a["decisionId"]);
+    assert_eq!(
+        (d["agentId"].as_str(), d["agentName"].as_str()),
+        (Some(agent.as_str()), Some("desk-bot"))
+    );
+    assert_eq!(d["action"], "execute_refund");
+    assert_eq!(d["reason"], "Refunds over 1000 need approval");
+    assert_eq!(d["reasonCodes"], json!(["AMOUNT_OVER_THRESHOLD"]));
+    assert!(d["expiresAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
+    let exec = check_envelope(&three[2]);
+    assert_eq!(exec["executionId"], "exec-desk");
+    assert_eq!(
+        exec["data"],
+        json!({"approvalId": approval, "action": "execute_refund", "reason": "Refunds over 1000 need approval"})
+    );
+    // The WebSocket: the execution's decision, the topic's approval.required, the execution's approval, in order.
+    let mut heard = Vec::new();
+    for _ in 0..3 {
+        heard.push(ws::hear(&mut ws).await);
+    }
+    assert_eq!(
+        heard
+            .iter()
+            .map(|v| v["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(heard[1], three[1].json());
+    assert_eq!(heard[2], three[2].json());
+
+    // A person approves: approval.resolved, on both, once on the WebSocket though both subscriptions match.
+    let r = send(
+        s.req(
+            Method::POST,
+            &format!("/v1/approvals/{approval}/decision"),
+            &approver,
+            T,
+        )
+        .json(&json!({"decision": "APPROVED", "comment": "fine"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let resolved = desk.events(1).await;
+    let v = check_envelope(&resolved[0]);
+    assert_eq!(v["type"], "approval.resolved");
+    assert_eq!(v["executionId"], "exec-desk");
+    assert_eq!(v["data"]["approvalId"], approval.as_str());
+    assert_eq!(v["data"]["status"], "APPROVED");
+    assert_eq!(v["data"]["finalDecision"], "allow");
+    assert_eq!(v["data"]["comment"], "fine");
+    assert!(resolved[0].id.as_deref().unwrap().ends_with(".0"));
+    assert_eq!(ws::hear(&mut ws).await, v);
+
+    // A vote short of the quorum, and an approval that times out.
+    let q = evaluate_in(
+        &s,
+        &tok,
+        T,
+        json!({"agentId": agent, "action": "close_account", "context": {}}),
+    )
+    .await;
+    let quorum = q["approvalId"].as_str().unwrap();
+    let r = send(
+        s.req(
+            Method::POST,
+            &format!("/v1/approvals/{quorum}/decision"),
+            &approver,
+            T,
+        )
+        .json(&json!({"decision": "APPROVED"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let w = evaluate_in(
+        &s,
+        &tok,
+        T,
+        json!({"agentId": agent, "action": "wire_money", "context": {}}),
+    )
+    .await;
+    let later = desk.events(6).await;
+    assert_eq!(
+        types(&later),
+        [
+            "decision.made",
+            "approval.required",
+            "approval.voted",
+            "decision.made",
+            "approval.required",
+            "approval.expired"
+        ]
+    );
+    let voted = later[2].json();
+    assert_eq!(voted["data"]["approvalId"], quorum);
+    assert_eq!(voted["data"]["vote"], "APPROVED");
+    let expired = later[5].json();
+    assert_eq!(expired["data"]["approvalId"], w["approvalId"]);
+    assert_eq!(expired["data"]["status"], "EXPIRED");
+    assert_eq!(expired["data"]["finalDecision"], "block");
+    assert!(expired.get("executionId").is_none(), "{expired}");
+    // The WebSocket's approvals topic has the same approval events (no decision.made: not subscribed).
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(ws::hear(&mut ws).await["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        got,
+        [
+            "approval.required",
+            "approval.voted",
+            "approval.required",
+            "approval.expired"
+        ]
+    );
+
+    // The agent's own token sees all of it (approval entries name its agent), another agent's nothing.
+    let all: Vec<Msg> = three.into_iter().chain(resolved).chain(later).collect();
+    let own = mine.events(all.len()).await;
+    assert_eq!(
+        own.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        all.iter().map(|m| m.id.clone()).collect::<Vec<_>>()
+    );
+    others.assert_quiet().await;
+    // And a resume from the first event gives the rest, from disk, exactly.
+    let mut resumed = Sse::open(&s, "/v1/events", &approver, T, all[0].id.as_deref()).await;
+    let rest = resumed.events(all.len() - 1).await;
+    for (g, w) in rest.iter().zip(&all[1..]) {
+        assert_eq!((g.id.as_deref(), g.json()), (w.id.as_deref(), w.json()));
+    }
+    resumed.assert_quiet().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // WebSocket.
 
 mod ws {
@@ -630,6 +853,10 @@ mod ws {
         format!("{}/ws{query}", api.base.replacen("http", "ws", 1))
     }
 
+    pub(super) async fn connect_to(api: &Api, query: &str) -> Socket {
+        connect(&url(api, query), &[]).await
+    }
+
     async fn connect(url: &str, headers: &[(&str, &str)]) -> Socket {
         let mut req = url.into_client_request().expect("request");
         for (k, v) in headers {
@@ -639,12 +866,12 @@ mod ws {
         tokio_tungstenite::connect_async(req).await.expect("upgraded").0
     }
 
-    async fn say(ws: &mut Socket, v: Value) {
+    pub(super) async fn say(ws: &mut Socket, v: Value) {
         ws.send(Message::Text(v.to_string().into())).await.expect("send");
     }
 
     /// The next JSON text frame (pings are answered by the client library).
-    async fn hear(ws: &mut Socket) -> Value {
+    pub(super) async fn hear(ws: &mut Socket) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let m = tokio::time::timeout_at(deadline, ws.next())
