@@ -5,8 +5,9 @@
 use crate::api::{self, AppState};
 use crate::approvals::{Approvals, DigestKey};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
-use crate::config::{Config, LedgerSection, PolicySection};
+use crate::config::{Config, EventsSection, LedgerSection, PolicySection};
 use crate::decide::Decider;
+use crate::events::{Hub, HubConfig};
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{HookError, PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::{Record, Recorder};
@@ -115,6 +116,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         );
     }
 
+    // The event stream: its follower runs as a service; its streams end when shutdown begins, so draining the
+    // listeners does not wait for them.
+    let events = Hub::new(recorder.clone(), hub_config(&cfg.events), shutdown.clone());
+    let hub = events.clone();
+    services.spawn("event-hub", move |stop| hub.run(stop));
+
     let agents = Arc::new(Agents::new(store.clone(), recorder.clone(), registry_key));
     let digest_key = DigestKey::load_or_create(&DigestKey::path(&cfg.data_dir))?;
     let approvals = Arc::new(Approvals::new(
@@ -143,6 +150,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         agents,
         decider,
         approvals,
+        events,
     });
     let router = api::router(state);
 
@@ -266,6 +274,17 @@ fn ledger_config(cfg: &LedgerSection) -> LedgerConfig {
     lcfg.origin = cfg.origin.clone();
     lcfg.repair = cfg.repair;
     lcfg
+}
+
+/// The event hub's config from its section.
+fn hub_config(cfg: &EventsSection) -> HubConfig {
+    HubConfig {
+        retention: cfg.retention,
+        heartbeat: cfg.heartbeat,
+        max_subscribers: cfg.max_subscribers,
+        max_subscribers_per_tenant: cfg.max_subscribers_per_tenant,
+        ..HubConfig::default()
+    }
 }
 
 /// The policy manager's config from its section: the embedded default key when none is given.

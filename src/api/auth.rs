@@ -30,7 +30,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 /// The token of a `Bearer` credential; the scheme name is case-insensitive (RFC 9110 section 11.1).
-fn bearer_token(header: &str) -> Option<&str> {
+pub(super) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

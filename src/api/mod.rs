@@ -7,6 +7,7 @@ mod approvals;
 pub mod auth;
 mod decisions;
 mod error;
+mod events;
 mod health;
 mod idempotency;
 mod json;
@@ -15,6 +16,7 @@ mod page;
 mod policies;
 pub mod ratelimit;
 mod request_id;
+mod ws;
 
 pub use error::{ApiError, ApiResult, Code};
 
@@ -54,6 +56,8 @@ pub struct AppState {
     pub decider: Decider,
     /// The Decision Desk's approvals.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// The event stream (SSE and WebSocket).
+    pub events: crate::events::Hub,
 }
 
 /// Shared state handle.
@@ -65,6 +69,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(agents::routes())
         .merge(approvals::routes())
         .merge(decisions::routes())
+        .merge(events::routes())
         .merge(ledger::routes())
         .merge(policies::routes())
         .layer(from_fn_with_state(state.clone(), v1_pipeline));
@@ -73,6 +78,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/health", get(health::admin_health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/ws", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::layer))

@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub ledger: Option<FileLedger>,
     /// `policy`.
     pub policy: Option<FilePolicy>,
+    /// `events`.
+    pub events: Option<FileEvents>,
 }
 
 /// `log:`.
@@ -140,6 +142,20 @@ pub struct FilePolicy {
     pub deadline: Option<String>,
 }
 
+/// `events:`, the event stream (durations in humantime syntax).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileEvents {
+    /// How far back a resume may start.
+    pub retention: Option<String>,
+    /// Heartbeat interval of idle streams.
+    pub heartbeat: Option<String>,
+    /// Subscribers of the server at most.
+    pub max_subscribers: Option<usize>,
+    /// Subscribers of one tenant at most.
+    pub max_subscribers_per_tenant: Option<usize>,
+}
+
 /// Where each flag lives in the file; a flag's name written as a top-level key (the file's form before it had
 /// sections) gets this path in its error.
 pub const FLAG_PATHS: &[(&str, &str)] = &[
@@ -173,6 +189,13 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("api-h2-keepalive-timeout", "api.limits.h2-keepalive-timeout"),
     ("api-max-header-bytes", "api.limits.max-header-bytes"),
     ("api-max-uri-bytes", "api.limits.max-uri-bytes"),
+    ("events-retention", "events.retention"),
+    ("events-heartbeat", "events.heartbeat"),
+    ("events-max-subscribers", "events.max-subscribers"),
+    (
+        "events-max-subscribers-per-tenant",
+        "events.max-subscribers-per-tenant",
+    ),
 ];
 
 impl FileConfig {
@@ -198,6 +221,7 @@ impl FileConfig {
         let issuer = self.auth.unwrap_or_default().external_issuer.unwrap_or_default();
         let ledger = self.ledger.unwrap_or_default();
         let policy = self.policy.unwrap_or_default();
+        let events = self.events.unwrap_or_default();
         RawConfig {
             data_dir: self.data_dir,
             api_addr: api.addr,
@@ -227,6 +251,10 @@ impl FileConfig {
             api_h2_keepalive_timeout: limits.h2_keepalive_timeout,
             api_max_header_bytes: limits.max_header_bytes,
             api_max_uri_bytes: limits.max_uri_bytes,
+            events_retention: events.retention,
+            events_heartbeat: events.heartbeat,
+            events_max_subscribers: events.max_subscribers,
+            events_max_subscribers_per_tenant: events.max_subscribers_per_tenant,
         }
     }
 }

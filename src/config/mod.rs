@@ -8,8 +8,8 @@
 mod file;
 
 pub use file::{
-    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileExternalIssuer, FileLedger, FileLimits, FileLog,
-    FilePolicy, FileRateLimit, FileTls,
+    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileEvents, FileExternalIssuer, FileLedger, FileLimits,
+    FileLog, FilePolicy, FileRateLimit, FileTls,
 };
 
 use crate::ledger::RepairMode;
@@ -138,6 +138,19 @@ pub struct RawConfig {
     /// Longest request target in bytes (414 over it). Default 8192.
     #[arg(long)]
     pub api_max_uri_bytes: Option<usize>,
+    /// How far back an event stream may resume (`Last-Event-ID`), e.g. `7d`; older positions get
+    /// `resync_required`. Default 7 days.
+    #[arg(long)]
+    pub events_retention: Option<String>,
+    /// Heartbeat interval of idle event streams (SSE comment, WebSocket ping). Default 15s.
+    #[arg(long)]
+    pub events_heartbeat: Option<String>,
+    /// Event stream subscribers (SSE and WebSocket) of the whole server at most; beyond, 503. Default 4096.
+    #[arg(long)]
+    pub events_max_subscribers: Option<usize>,
+    /// Event stream subscribers of one tenant at most; beyond, 429. Default 1024.
+    #[arg(long)]
+    pub events_max_subscribers_per_tenant: Option<usize>,
 }
 
 /// The validated configuration: one section per component.
@@ -157,6 +170,8 @@ pub struct Config {
     pub ledger: LedgerSection,
     /// The policy manager.
     pub policy: PolicySection,
+    /// The event stream (SSE and WebSocket).
+    pub events: EventsSection,
 }
 
 /// Logging.
@@ -259,6 +274,19 @@ pub struct PolicySection {
     pub deadline: Duration,
 }
 
+/// The event stream.
+#[derive(Debug, Clone)]
+pub struct EventsSection {
+    /// How far back a resume may start.
+    pub retention: Duration,
+    /// Heartbeat interval of idle streams.
+    pub heartbeat: Duration,
+    /// Subscribers of the server at most.
+    pub max_subscribers: usize,
+    /// Subscribers of one tenant at most.
+    pub max_subscribers_per_tenant: usize,
+}
+
 /// `"api.addr (--api-addr)"`: both names of a setting, for error messages.
 fn key(flag: &str) -> String {
     match FLAG_PATHS.iter().find(|(f, _)| *f == flag) {
@@ -309,6 +337,12 @@ impl RawConfig {
             api_h2_keepalive_timeout: self.api_h2_keepalive_timeout.or(base.api_h2_keepalive_timeout),
             api_max_header_bytes: self.api_max_header_bytes.or(base.api_max_header_bytes),
             api_max_uri_bytes: self.api_max_uri_bytes.or(base.api_max_uri_bytes),
+            events_retention: self.events_retention.or(base.events_retention),
+            events_heartbeat: self.events_heartbeat.or(base.events_heartbeat),
+            events_max_subscribers: self.events_max_subscribers.or(base.events_max_subscribers),
+            events_max_subscribers_per_tenant: self
+                .events_max_subscribers_per_tenant
+                .or(base.events_max_subscribers_per_tenant),
         }
     }
 
@@ -392,6 +426,12 @@ impl RawConfig {
                         .map_err(|e| invalid("policy-deadline", format!("{s:?}: {e}")))?,
                 },
             },
+            events: events(
+                self.events_retention,
+                self.events_heartbeat,
+                self.events_max_subscribers,
+                self.events_max_subscribers_per_tenant,
+            )?,
             data_dir,
         })
     }
@@ -519,6 +559,57 @@ fn listener(
         addr,
         tls,
         limits: limits.validate()?,
+    })
+}
+
+/// The longest event retention accepted.
+const MAX_RETENTION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn events(
+    retention: Option<String>,
+    heartbeat: Option<String>,
+    max: Option<usize>,
+    per_tenant: Option<usize>,
+) -> Result<EventsSection, ConfigError> {
+    let within =
+        |flag: &str, v: Option<String>, default: Duration, range: (Duration, Duration), what: &str| {
+            let Some(s) = v else { return Ok(default) };
+            match humantime::parse_duration(&s) {
+                Ok(d) if d >= range.0 && d <= range.1 => Ok(d),
+                Ok(_) => Err(invalid(flag, format!("{s:?}: must be {what}"))),
+                Err(e) => Err(invalid(flag, format!("{s:?}: {e}"))),
+            }
+        };
+    let retention = within(
+        "events-retention",
+        retention,
+        Duration::from_secs(7 * 24 * 3600),
+        (Duration::from_secs(1), MAX_RETENTION),
+        "at least 1s and at most 366 days",
+    )?;
+    let heartbeat = within(
+        "events-heartbeat",
+        heartbeat,
+        Duration::from_secs(15),
+        (Duration::from_millis(100), Duration::from_secs(3600)),
+        "at least 100ms and at most 1h",
+    )?;
+    let max_subscribers = max.unwrap_or(4096);
+    if !(1..=1 << 20).contains(&max_subscribers) {
+        return Err(invalid("events-max-subscribers", "must be 1..=1048576"));
+    }
+    let max_subscribers_per_tenant = per_tenant.unwrap_or(1024.min(max_subscribers));
+    if !(1..=max_subscribers).contains(&max_subscribers_per_tenant) {
+        return Err(invalid(
+            "events-max-subscribers-per-tenant",
+            format!("must be 1..={max_subscribers} (events.max-subscribers)"),
+        ));
+    }
+    Ok(EventsSection {
+        retention,
+        heartbeat,
+        max_subscribers,
+        max_subscribers_per_tenant,
     })
 }
 

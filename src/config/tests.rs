@@ -164,7 +164,9 @@ fn every_flag_has_a_place_in_the_file() {
             | "api-max-connections"
             | "api-h2-max-concurrent-streams"
             | "api-max-header-bytes"
-            | "api-max-uri-bytes" => "3",
+            | "api-max-uri-bytes"
+            | "events-max-subscribers"
+            | "events-max-subscribers-per-tenant" => "3",
             "allow-unsigned" | "allow-pack-rollback" | "ledger-fast-start" => "true",
             "ledger-repair" => "truncate",
             "policy-deadline" => "3ms",
@@ -341,4 +343,80 @@ fn half_tls_is_refused() {
         ..Default::default()
     };
     assert!(raw.validate().is_err());
+}
+
+#[test]
+fn the_events_section_has_defaults_bounds_and_a_file_form() {
+    let d = RawConfig::default().validate().expect("defaults");
+    assert_eq!(d.events.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(d.events.heartbeat, Duration::from_secs(15));
+    assert_eq!(
+        (d.events.max_subscribers, d.events.max_subscribers_per_tenant),
+        (4096, 1024)
+    );
+    let c = yaml(
+        "events: {retention: 2h, heartbeat: 200ms, max-subscribers: 10, max-subscribers-per-tenant: 4}\n",
+    )
+    .validate()
+    .expect("valid");
+    assert_eq!(c.events.retention, Duration::from_secs(7200));
+    assert_eq!(c.events.heartbeat, Duration::from_millis(200));
+    assert_eq!(
+        (c.events.max_subscribers, c.events.max_subscribers_per_tenant),
+        (10, 4)
+    );
+    // A global cap below the default tenant cap lowers the tenant cap with it.
+    let small = RawConfig {
+        events_max_subscribers: Some(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        small.validate().expect("valid").events.max_subscribers_per_tenant,
+        10
+    );
+    for (raw, key) in [
+        (
+            RawConfig {
+                events_retention: Some("0s".into()),
+                ..Default::default()
+            },
+            "events.retention (--events-retention)",
+        ),
+        (
+            RawConfig {
+                events_retention: Some("soon".into()),
+                ..Default::default()
+            },
+            "events.retention (--events-retention)",
+        ),
+        (
+            RawConfig {
+                events_heartbeat: Some("1ms".into()),
+                ..Default::default()
+            },
+            "events.heartbeat (--events-heartbeat)",
+        ),
+        (
+            RawConfig {
+                events_max_subscribers: Some(0),
+                ..Default::default()
+            },
+            "events.max-subscribers (--events-max-subscribers)",
+        ),
+        (
+            RawConfig {
+                events_max_subscribers: Some(10),
+                events_max_subscribers_per_tenant: Some(11),
+                ..Default::default()
+            },
+            "events.max-subscribers-per-tenant (--events-max-subscribers-per-tenant)",
+        ),
+    ] {
+        let e = raw.validate().expect_err(key).to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    assert!(
+        RawConfig::from_yaml("events: {ring: 5}\n").is_err(),
+        "unknown keys are refused"
+    );
 }

@@ -5,10 +5,13 @@
 //! grow. Position = ledger index, so a consumer that stores the last position it handled resumes exactly there
 //! after a restart. It holds at most one read batch in memory, and a follower that falls behind loses nothing:
 //! it keeps reading from disk until it has caught up (its distance is [`Follower::behind`]); no producer ever
-//! waits for a follower.
+//! waits for a follower. A consumer that needs one tenant's entries from far back asks the index where they are
+//! ([`Recorder::event_positions`], which also says whether the index holds every entry of the window yet) and
+//! reads only those.
 
-use super::RecordError;
+use super::{RecordError, Recorder};
 use crate::ledger::{Entry, Ledger, LedgerError};
+use crate::store::EventPositions;
 use std::collections::VecDeque;
 use tokio::sync::watch;
 
@@ -85,6 +88,11 @@ impl Follower {
         self.ledger.size().saturating_sub(self.position())
     }
 
+    /// The next entry if it is already read (no wait, no disk read): lets a consumer take a batch at once.
+    pub fn next_buffered(&mut self) -> Option<Followed> {
+        self.buf.pop_front()
+    }
+
     /// The next entry, waiting for one to be recorded if the follower has caught up.
     pub async fn next(&mut self) -> Result<Followed, FollowError> {
         loop {
@@ -122,6 +130,23 @@ impl Follower {
     }
 }
 
+impl Recorder {
+    /// Where `tenant`'s entries of `kinds` are among ledger positions `[from, to)`, at most `limit` of them, for a
+    /// consumer that catches up from disk (see [`EventPositions`]: the answer says whether the index holds every
+    /// entry of the window yet). Does not pass the index barrier: callers pass it once ([`Recorder::index_barrier`])
+    /// and rely on `complete` after that.
+    pub async fn event_positions(
+        &self,
+        tenant: &str,
+        kinds: &[&str],
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<EventPositions, RecordError> {
+        Ok(self.store.event_positions(tenant, kinds, from, to, limit).await?)
+    }
+}
+
 impl From<LedgerError> for FollowError {
     fn from(e: LedgerError) -> Self {
         FollowError::Read(RecordError::Ledger(e))
@@ -131,7 +156,7 @@ impl From<LedgerError> for FollowError {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::super::{Record, Recorder};
+    use super::super::Record;
     use super::*;
     use crate::policy::PolicyEvent;
     use crate::store::Store;

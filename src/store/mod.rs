@@ -11,6 +11,7 @@
 mod agents;
 mod approvals;
 mod decisions;
+mod events;
 mod idempotency;
 mod migrations;
 mod packs;
@@ -18,6 +19,7 @@ mod packs;
 pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
 pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalUpdate};
 pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineageRecord};
+pub use events::EventPositions;
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 
 use parking_lot::Mutex;

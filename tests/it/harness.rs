@@ -473,6 +473,11 @@ impl Process {
     /// waits for it to log `kla API listening` with the address it bound: no port is chosen before kla binds
     /// it, so no other test can take it in between. `Err` if kla exits first (it refused to start).
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Result<Process, Exited> {
+        Process::start_env(data_dir, extra, &[]).await
+    }
+
+    /// [`Process::start`] with `env` set for kla (e.g. `RUST_LOG`, which then replaces the tests' own).
+    pub async fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Process, Exited> {
         let mut cmd = Command::new(kla_bin());
         cmd.arg("serve")
             .arg("--data-dir")
@@ -484,9 +489,15 @@ impl Process {
             cmd.args(["--log-format", "json"]);
         }
         // The listening line is logged at info: keep it whatever RUST_LOG the tests run with.
-        if let Ok(filter) = std::env::var("RUST_LOG") {
+        let filter = env
+            .iter()
+            .find(|(k, _)| *k == "RUST_LOG")
+            .map(|(_, v)| (*v).to_owned())
+            .or_else(|| std::env::var("RUST_LOG").ok());
+        if let Some(filter) = filter {
             cmd.env("RUST_LOG", format!("{filter},kla::app=info"));
         }
+        cmd.envs(env.iter().filter(|(k, _)| *k != "RUST_LOG").copied());
         let mut child = cmd
             .args(extra)
             .stdin(Stdio::null())

@@ -9,6 +9,7 @@ mod auth;
 mod decisions;
 mod default_pack;
 mod errors;
+mod events;
 mod evidence;
 mod harness;
 mod health;

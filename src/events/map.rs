@@ -1,0 +1,443 @@
+//! Ledger entries to events: one pure function, so an event is the same whenever and by whoever it is computed
+//! (the hub's follower, a subscriber catching up from disk, a test), and its id is stable across restarts.
+//!
+//! | entry kind | events (n) |
+//! |---|---|
+//! | `decision` | `decision.made` (0); with an `approval` object (a `require_approval` decision): `approval.required` (1) and, when the decision has an `executionId`, `execution.approval_required` (2) |
+//! | `approval.voted` | `approval.voted` (0): data = the entry's body |
+//! | `approval.resolved` | `approval.resolved`, or `approval.expired` when its status is `EXPIRED` (0): data = the body |
+//! | every other kind | none |
+//!
+//! A `require_approval` decision recorded without an `approval` object (before approvals existed) has no approval
+//! to announce: it gives `decision.made` only. An entry whose body lacks what its events need gives none.
+
+use super::event::{Event, EventId, EventType};
+use crate::ledger::Entry;
+use crate::recorder::kind;
+use serde_json::{Map, Value, json};
+
+use kind::{APPROVAL_RESOLVED, APPROVAL_VOTED};
+
+/// The entry kinds that give events, and which event types each can give: what a subscriber catching up from
+/// disk asks the index for.
+pub(super) const EVENT_KINDS: &[(&str, &[EventType])] = &[
+    (
+        kind::DECISION,
+        &[
+            EventType::DecisionMade,
+            EventType::ApprovalRequired,
+            EventType::ExecutionApprovalRequired,
+        ],
+    ),
+    (APPROVAL_VOTED, &[EventType::ApprovalVoted]),
+    (
+        APPROVAL_RESOLVED,
+        &[EventType::ApprovalResolved, EventType::ApprovalExpired],
+    ),
+];
+
+fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+/// The events of the entry at `ledger_index`, in id order.
+pub fn events_of_entry(ledger_index: u64, e: &Entry) -> Vec<Event> {
+    let made =
+        |n: u32, kind: EventType, agent: (Option<&str>, Option<&str>), exec: Option<&str>, data: Value| {
+            Event {
+                id: EventId::new(ledger_index, n),
+                kind,
+                tenant: e.tenant.clone(),
+                agent_id: agent.0.map(str::to_owned),
+                agent_name: agent.1.map(str::to_owned),
+                execution_id: exec.map(str::to_owned),
+                created_at: e.time.clone(),
+                data,
+            }
+        };
+    let b = &e.body;
+    match e.kind.as_str() {
+        kind::DECISION => decision_events(b).map_or_else(Vec::new, |d| {
+            let agent = (Some(d.agent_id), Some(d.agent_name));
+            let mut out = vec![made(0, EventType::DecisionMade, agent, d.execution_id, d.made)];
+            if let Some((required, execution)) = d.approval {
+                out.push(made(
+                    1,
+                    EventType::ApprovalRequired,
+                    agent,
+                    d.execution_id,
+                    required,
+                ));
+                if let Some(x) = execution {
+                    out.push(made(
+                        2,
+                        EventType::ExecutionApprovalRequired,
+                        agent,
+                        d.execution_id,
+                        x,
+                    ));
+                }
+            }
+            out
+        }),
+        APPROVAL_VOTED | APPROVAL_RESOLVED => {
+            if s(b, "approvalId").is_none() || !b.is_object() {
+                return Vec::new();
+            }
+            let kind = match (e.kind.as_str(), s(b, "status")) {
+                (APPROVAL_VOTED, _) => EventType::ApprovalVoted,
+                (_, Some("EXPIRED")) => EventType::ApprovalExpired,
+                _ => EventType::ApprovalResolved,
+            };
+            vec![made(
+                0,
+                kind,
+                (s(b, "agentId"), s(b, "agentName")),
+                s(b, "executionId"),
+                b.clone(),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What a decision entry gives.
+struct DecisionEvents<'a> {
+    agent_id: &'a str,
+    agent_name: &'a str,
+    execution_id: Option<&'a str>,
+    made: Value,
+    /// `approval.required`'s data, and `execution.approval_required`'s data when the decision has an execution.
+    approval: Option<(Value, Option<Value>)>,
+}
+
+fn decision_events(b: &Value) -> Option<DecisionEvents<'_>> {
+    let decision_id = s(b, "decisionId")?;
+    let agent = b.get("agent")?;
+    let (agent_id, agent_name) = (s(agent, "id")?, s(agent, "name")?);
+    let action = s(b, "action")?;
+    let execution_id = s(b, "executionId");
+    let reason_codes = b.get("reasonCodes").cloned().unwrap_or_else(|| json!([]));
+    let mut made = Map::new();
+    made.insert("decisionId".into(), decision_id.into());
+    made.insert("agentId".into(), agent_id.into());
+    made.insert("agentName".into(), agent_name.into());
+    made.insert("action".into(), action.into());
+    made.insert(
+        "decision".into(),
+        b.get("decision").cloned().unwrap_or(Value::Null),
+    );
+    made.insert("reasonCodes".into(), reason_codes.clone());
+    made.insert(
+        "requiresDeskApproval".into(),
+        b.get("requiresDeskApproval")
+            .cloned()
+            .unwrap_or(Value::Bool(false)),
+    );
+    if let Some(x) = execution_id {
+        made.insert("executionId".into(), x.into());
+    }
+    let approval = (s(b, "decision") == Some("require_approval"))
+        .then(|| b.get("approval"))
+        .flatten()
+        .and_then(|a| {
+            Some((
+                s(a, "approvalId")?,
+                a.get("expiresAt").cloned().unwrap_or(Value::Null),
+            ))
+        })
+        .map(|(approval_id, expires_at)| {
+            let reason = reason(b);
+            let mut required = Map::new();
+            required.insert("approvalId".into(), approval_id.into());
+            required.insert("decisionId".into(), decision_id.into());
+            required.insert("agentId".into(), agent_id.into());
+            required.insert("agentName".into(), agent_name.into());
+            required.insert("action".into(), action.into());
+            required.insert("reason".into(), reason.clone().into());
+            required.insert("reasonCodes".into(), reason_codes);
+            required.insert("expiresAt".into(), expires_at);
+            if let Some(x) = execution_id {
+                required.insert("executionId".into(), x.into());
+            }
+            let execution =
+                execution_id.map(|_| json!({"approvalId": approval_id, "action": action, "reason": reason}));
+            (Value::Object(required), execution)
+        });
+    Some(DecisionEvents {
+        agent_id,
+        agent_name,
+        execution_id,
+        made: Value::Object(made),
+        approval,
+    })
+}
+
+/// Why approval is needed, in a person's words: the message of the first enforced (not shadow) matched rule that
+/// asked for approval, else of the first enforced rule, else that rule's reason code, else the decision's first
+/// reason code.
+fn reason(b: &Value) -> String {
+    let rules: Vec<&Value> = b
+        .get("matchedRules")
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter(|m| m.get("shadow") != Some(&Value::Bool(true)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rule = rules
+        .iter()
+        .find(|m| s(m, "decision") == Some("require_approval"))
+        .or(rules.first());
+    rule.and_then(|m| s(m, "message").or_else(|| s(m, "reasonCode")))
+        .or_else(|| {
+            b.get("reasonCodes")
+                .and_then(|c| c.get(0))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("approval required")
+        .to_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::events::event::Published;
+
+    fn entry(kind: &str, tenant: &str, body: Value) -> Entry {
+        Entry {
+            v: 1,
+            kind: kind.into(),
+            lineage_id: "lr_000000000000000000000001".into(),
+            tenant: tenant.into(),
+            time: "2026-12-01T10:00:00.000Z".into(),
+            body,
+        }
+    }
+
+    /// A decision body as the recorder writes it, with the `approval` object of desk-spec.md when given.
+    fn decision_body(outcome: &str, execution: Option<&str>, approval: Option<Value>) -> Value {
+        let mut b = json!({
+            "action": "execute_refund",
+            "agent": {"id": "agt_1", "name": "claims-bot", "version": "1", "manifestHash": "sha256:00"},
+            "context": {"amount": 5000},
+            "decision": outcome,
+            "decisionId": "dec_1",
+            "evaluationMicros": 12,
+            "executionId": execution,
+            "matchedRules": [
+                {"decision": "warn", "id": "watch", "pack": "p", "reasonCode": "WATCHED", "shadow": true,
+                 "message": "shadow rule"},
+                {"decision": "warn", "id": "note", "pack": "p", "reasonCode": "NOTED", "shadow": false},
+                {"decision": "require_approval", "id": "big", "pack": "p", "reasonCode": "AMOUNT_OVER_THRESHOLD",
+                 "shadow": false, "message": "Payments and refunds over 1000 need approval",
+                 "approval": {"onTimeout": "block", "timeout": "15m", "timeoutSeconds": 900}}
+            ],
+            "policy": [{"digest": "sha256:11", "name": "p", "version": "1.0.0"}],
+            "principal": {"role": "agent", "subject": "s"},
+            "reasonCodes": ["AMOUNT_OVER_THRESHOLD", "NOTED"],
+            "requiresDeskApproval": outcome == "require_approval",
+            "tool": null,
+            "traceId": null,
+            "wouldDecide": outcome
+        });
+        if let Some(a) = approval {
+            b["approval"] = a;
+        }
+        b
+    }
+
+    fn approval_object() -> Value {
+        json!({"approvalId": "appr_1", "actionDigest": "sha256:ab", "expiresAt": "2026-12-01T10:15:00.000Z",
+               "onTimeout": "block", "approvers": 1, "timeoutSeconds": 900})
+    }
+
+    fn wire(e: &Event) -> Value {
+        serde_json::from_slice(&Published::new(e.clone()).json).unwrap()
+    }
+
+    #[test]
+    fn an_allow_decision_gives_decision_made_only() {
+        let e = entry("decision", "acme", decision_body("allow", None, None));
+        let ev = events_of_entry(7, &e);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            wire(&ev[0]),
+            json!({"id": "7.0", "type": "decision.made", "createdAt": "2026-12-01T10:00:00.000Z",
+                   "data": {"decisionId": "dec_1", "agentId": "agt_1", "agentName": "claims-bot",
+                            "action": "execute_refund", "decision": "allow",
+                            "reasonCodes": ["AMOUNT_OVER_THRESHOLD", "NOTED"], "requiresDeskApproval": false}})
+        );
+        assert_eq!(ev[0].tenant, "acme");
+        assert_eq!(ev[0].agent_id.as_deref(), Some("agt_1"));
+        assert_eq!(ev[0].agent_name.as_deref(), Some("claims-bot"));
+    }
+
+    #[test]
+    fn a_require_approval_decision_of_an_execution_gives_three_events() {
+        let e = entry(
+            "decision",
+            "acme",
+            decision_body("require_approval", Some("exec-456"), Some(approval_object())),
+        );
+        let ev = events_of_entry(41, &e);
+        let w: Vec<Value> = ev.iter().map(wire).collect();
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[0]["id"], "41.0");
+        assert_eq!(w[0]["type"], "decision.made");
+        assert_eq!(w[0]["executionId"], "exec-456");
+        assert_eq!(w[0]["data"]["executionId"], "exec-456");
+        assert_eq!(w[0]["data"]["requiresDeskApproval"], true);
+        assert_eq!(
+            w[1],
+            json!({"id": "41.1", "type": "approval.required", "createdAt": "2026-12-01T10:00:00.000Z",
+                   "executionId": "exec-456",
+                   "data": {"approvalId": "appr_1", "decisionId": "dec_1", "agentId": "agt_1",
+                            "agentName": "claims-bot", "action": "execute_refund",
+                            "reason": "Payments and refunds over 1000 need approval",
+                            "reasonCodes": ["AMOUNT_OVER_THRESHOLD", "NOTED"],
+                            "expiresAt": "2026-12-01T10:15:00.000Z", "executionId": "exec-456"}})
+        );
+        // The KLA Execution API's approval event, plus the stream's id and time.
+        assert_eq!(
+            w[2],
+            json!({"id": "41.2", "type": "execution.approval_required", "createdAt": "2026-12-01T10:00:00.000Z",
+                   "executionId": "exec-456",
+                   "data": {"approvalId": "appr_1", "action": "execute_refund",
+                            "reason": "Payments and refunds over 1000 need approval"}})
+        );
+    }
+
+    #[test]
+    fn a_require_approval_decision_outside_an_execution_gives_no_execution_event() {
+        let e = entry(
+            "decision",
+            "acme",
+            decision_body("require_approval", None, Some(approval_object())),
+        );
+        let ev = events_of_entry(3, &e);
+        let types: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(types, ["decision.made", "approval.required"]);
+        assert!(wire(&ev[1]).get("executionId").is_none());
+        assert!(wire(&ev[1])["data"].get("executionId").is_none());
+    }
+
+    #[test]
+    fn a_require_approval_decision_without_an_approval_object_gives_decision_made_only() {
+        let e = entry(
+            "decision",
+            "acme",
+            decision_body("require_approval", Some("x"), None),
+        );
+        let types: Vec<EventType> = events_of_entry(3, &e).iter().map(|e| e.kind).collect();
+        assert_eq!(types, [EventType::DecisionMade]);
+    }
+
+    #[test]
+    fn the_reason_falls_back_to_reason_codes() {
+        let mut b = decision_body("require_approval", None, Some(approval_object()));
+        b["matchedRules"][2].as_object_mut().unwrap().remove("message");
+        assert_eq!(reason(&b), "AMOUNT_OVER_THRESHOLD");
+        b["matchedRules"] = json!([{"decision": "require_approval", "shadow": true, "message": "m",
+                                     "reasonCode": "SHADOW"}]);
+        assert_eq!(reason(&b), "AMOUNT_OVER_THRESHOLD", "shadow rules give no reason");
+        b["matchedRules"] = json!([]);
+        b["reasonCodes"] = json!([]);
+        assert_eq!(reason(&b), "approval required");
+    }
+
+    #[test]
+    fn approval_entries_give_their_body_as_data() {
+        let voted = json!({"approvalId": "appr_1", "decisionId": "dec_1", "agentId": "agt_1",
+                           "action": "execute_refund", "by": {"subject": "alice", "role": "approver"},
+                           "vote": "APPROVED", "comment": null, "votes": 1, "approvers": 2});
+        let ev = events_of_entry(9, &entry("approval.voted", "acme", voted.clone()));
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            wire(&ev[0]),
+            json!({"id": "9.0", "type": "approval.voted", "createdAt": "2026-12-01T10:00:00.000Z", "data": voted})
+        );
+        assert_eq!(ev[0].agent_id.as_deref(), Some("agt_1"));
+        assert_eq!(ev[0].agent_name, None);
+
+        let resolved = |status: &str, final_decision: &str, execution: Value| {
+            json!({"approvalId": "appr_1", "decisionId": "dec_1", "agentId": "agt_1", "agentName": "claims-bot",
+                   "action": "execute_refund", "status": status, "resolvedBy": {"subject": "alice", "role": "approver"}, "comment": "ok",
+                   "finalDecision": final_decision, "recheck": {"decision": "allow", "reasonCodes": []},
+                   "executionId": execution})
+        };
+        for (status, fin, ty) in [
+            ("APPROVED", "allow", "approval.resolved"),
+            ("DENIED", "block", "approval.resolved"),
+            ("CANCELED", "block", "approval.resolved"),
+            ("EXPIRED", "block", "approval.expired"),
+        ] {
+            let body = resolved(status, fin, json!("exec-456"));
+            let ev = events_of_entry(10, &entry("approval.resolved", "acme", body.clone()));
+            assert_eq!(ev.len(), 1, "{status}");
+            let w = wire(&ev[0]);
+            assert_eq!(w["type"], ty);
+            assert_eq!(w["id"], "10.0");
+            assert_eq!(w["executionId"], "exec-456");
+            assert_eq!(w["data"], body);
+            assert_eq!(ev[0].agent_name.as_deref(), Some("claims-bot"));
+        }
+        let body = resolved("APPROVED", "allow", Value::Null);
+        let w = wire(&events_of_entry(10, &entry("approval.resolved", "acme", body))[0]);
+        assert!(w.get("executionId").is_none(), "{w}");
+    }
+
+    #[test]
+    fn other_kinds_and_malformed_bodies_give_nothing() {
+        for (kind, body) in [
+            ("policy.activated", json!({"packs": []})),
+            ("agent.registered", json!({"agentId": "agt_1"})),
+            ("decision", json!({"decisionId": "dec_1"})),
+            ("decision", json!("not an object")),
+            ("approval.resolved", json!({"status": "APPROVED"})),
+            ("approval.voted", json!(["appr_1"])),
+        ] {
+            assert!(
+                events_of_entry(1, &entry(kind, "acme", body.clone())).is_empty(),
+                "{kind} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_event_type_comes_from_the_kind_listed_for_it() {
+        let cases = [
+            entry(
+                "decision",
+                "t",
+                decision_body("require_approval", Some("e"), Some(approval_object())),
+            ),
+            entry("approval.voted", "t", json!({"approvalId": "a", "agentId": "x"})),
+            entry(
+                "approval.resolved",
+                "t",
+                json!({"approvalId": "a", "status": "EXPIRED"}),
+            ),
+            entry(
+                "approval.resolved",
+                "t",
+                json!({"approvalId": "a", "status": "DENIED"}),
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in &cases {
+            let listed = EVENT_KINDS.iter().find(|(k, _)| *k == e.kind).expect("listed").1;
+            for ev in events_of_entry(0, e) {
+                assert!(listed.contains(&ev.kind), "{:?} from {}", ev.kind, e.kind);
+                seen.insert(ev.kind);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            EventType::ALL.len(),
+            "every type is produced by some entry"
+        );
+    }
+}
