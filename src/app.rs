@@ -121,6 +121,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let events = Hub::new(recorder.clone(), hub_config(&cfg.events), shutdown.clone());
     let hub = events.clone();
     services.spawn("event-hub", move |stop| hub.run(stop));
+    if !cfg.webhooks.is_empty() {
+        let (endpoints, hub, store) = (cfg.webhooks.clone(), events.clone(), store.clone());
+        services.spawn("webhooks", move |stop| {
+            crate::webhooks::run_all(endpoints, hub, store, stop)
+        });
+    }
 
     let agents = Arc::new(Agents::new(store.clone(), recorder.clone(), registry_key));
     let digest_key = DigestKey::load_or_create(&DigestKey::path(&cfg.data_dir))?;
@@ -184,6 +190,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         final_recorder.flush_index().await;
         Ok(())
     });
+    let released = ledger.released();
     services.on_shutdown("final-checkpoint", async move {
         ledger
             .checkpoint_now()
@@ -196,6 +203,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let done = tokio::spawn(async move {
         let r = listeners.serve(shutdown_serve, DRAIN_TIMEOUT).await;
         services.shutdown(SERVICE_STOP_TIMEOUT).await;
+        // Done means the data dir is free: a restart in the same process (an embedding, the tests) can open it at
+        // once. Tasks that held a handle (connection tasks, the index writer) end shortly after the drain.
+        if !released.wait(SERVICE_STOP_TIMEOUT).await {
+            tracing::warn!("the ledger is still held after shutdown; its directory stays locked until exit");
+        }
         drop(dir_lock);
         tracing::info!("stopped");
         r

@@ -24,6 +24,32 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     /// `events`.
     pub events: Option<FileEvents>,
+    /// `webhooks`: only in the file (a list, with secrets).
+    pub webhooks: Option<Vec<FileWebhook>>,
+}
+
+/// One entry of `webhooks:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileWebhook {
+    /// Unique; names the webhook in logs and keeps its delivery position.
+    pub name: String,
+    /// `http` or `https` URL events are POSTed to.
+    pub url: String,
+    /// The tenant whose events are sent.
+    pub tenant: String,
+    /// `whsec_<base64>`; or `secret-file`.
+    pub secret: Option<String>,
+    /// A file holding the secret.
+    pub secret_file: Option<PathBuf>,
+    /// Event types; default `approval.required`, `approval.resolved`, `approval.expired`.
+    pub events: Option<Vec<String>>,
+    /// One delivery's timeout; default 10s.
+    pub timeout: Option<String>,
+    /// Attempts per event; default 10.
+    pub max_attempts: Option<u32>,
+    /// Wait before the first retry (doubling after each); default 1s.
+    pub retry_initial: Option<String>,
 }
 
 /// `log:`.
@@ -223,6 +249,7 @@ impl FileConfig {
         let policy = self.policy.unwrap_or_default();
         let events = self.events.unwrap_or_default();
         RawConfig {
+            webhooks: self.webhooks.unwrap_or_default(),
             data_dir: self.data_dir,
             api_addr: api.addr,
             tls_cert: tls.cert,

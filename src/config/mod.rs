@@ -9,7 +9,7 @@ mod file;
 
 pub use file::{
     FLAG_PATHS, FileApi, FileAuth, FileConfig, FileEvents, FileExternalIssuer, FileLedger, FileLimits,
-    FileLog, FilePolicy, FileRateLimit, FileTls,
+    FileLog, FilePolicy, FileRateLimit, FileTls, FileWebhook,
 };
 
 use crate::ledger::RepairMode;
@@ -151,6 +151,9 @@ pub struct RawConfig {
     /// Event stream subscribers of one tenant at most; beyond, 429. Default 1024.
     #[arg(long)]
     pub events_max_subscribers_per_tenant: Option<usize>,
+    /// Webhooks, from the config file only (`webhooks:`).
+    #[arg(skip)]
+    pub webhooks: Vec<FileWebhook>,
 }
 
 /// The validated configuration: one section per component.
@@ -172,6 +175,8 @@ pub struct Config {
     pub policy: PolicySection,
     /// The event stream (SSE and WebSocket).
     pub events: EventsSection,
+    /// Webhooks.
+    pub webhooks: Vec<crate::webhooks::Endpoint>,
 }
 
 /// Logging.
@@ -343,6 +348,11 @@ impl RawConfig {
             events_max_subscribers_per_tenant: self
                 .events_max_subscribers_per_tenant
                 .or(base.events_max_subscribers_per_tenant),
+            webhooks: if self.webhooks.is_empty() {
+                base.webhooks
+            } else {
+                self.webhooks
+            },
         }
     }
 
@@ -432,6 +442,7 @@ impl RawConfig {
                 self.events_max_subscribers,
                 self.events_max_subscribers_per_tenant,
             )?,
+            webhooks: webhooks(self.webhooks)?,
             data_dir,
         })
     }
@@ -611,6 +622,76 @@ fn events(
         max_subscribers,
         max_subscribers_per_tenant,
     })
+}
+
+/// The event types a webhook gets when its entry names none.
+pub const DEFAULT_WEBHOOK_EVENTS: &str = "approval.required,approval.resolved,approval.expired";
+
+fn webhooks(list: Vec<FileWebhook>) -> Result<Vec<crate::webhooks::Endpoint>, ConfigError> {
+    use crate::webhooks::{Endpoint, Secret};
+    let mut out: Vec<Endpoint> = Vec::with_capacity(list.len());
+    for (i, w) in list.into_iter().enumerate() {
+        let bad = |what: String| ConfigError::Invalid(format!("webhooks[{i}] ({}): {what}", w.name));
+        if w.name.is_empty()
+            || w.name.len() > 64
+            || !w
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad("name must be 1-64 of [A-Za-z0-9_-]".into()));
+        }
+        if out.iter().any(|e| e.name == w.name) {
+            return Err(bad("name is used twice".into()));
+        }
+        let url = reqwest::Url::parse(&w.url).map_err(|e| bad(format!("url {:?}: {e}", w.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad(format!("url {:?} must be http or https with a host", w.url)));
+        }
+        if !crate::auth::tenant_name_ok(&w.tenant) || w.tenant.starts_with('_') {
+            return Err(bad(format!("tenant {:?} is not a tenant name", w.tenant)));
+        }
+        let secret_text = match (&w.secret, &w.secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| bad(format!("secret-file {}: {e}", f.display())))?
+                .trim()
+                .to_owned(),
+            _ => return Err(bad("give exactly one of secret, secret-file".into())),
+        };
+        let secret = Secret::parse(&secret_text).map_err(bad)?;
+        let types = match &w.events {
+            None => DEFAULT_WEBHOOK_EVENTS.to_owned(),
+            Some(v) if v.is_empty() => return Err(bad("events must name at least one type".into())),
+            Some(v) => v.join(","),
+        };
+        let types = crate::events::TypeSet::parse_list(&types).map_err(bad)?;
+        let dur = |v: &Option<String>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => match humantime::parse_duration(s) {
+                    Ok(d) if d >= Duration::from_millis(10) && d <= Duration::from_secs(600) => Ok(d),
+                    Ok(_) => Err(bad(format!("{key} {s:?} must be 10ms to 10m"))),
+                    Err(e) => Err(bad(format!("{key} {s:?}: {e}"))),
+                },
+            }
+        };
+        let max_attempts = w.max_attempts.unwrap_or(10);
+        if !(1..=100).contains(&max_attempts) {
+            return Err(bad("max-attempts must be 1-100".into()));
+        }
+        out.push(Endpoint {
+            timeout: dur(&w.timeout, Duration::from_secs(10), "timeout")?,
+            retry_initial: dur(&w.retry_initial, Duration::from_secs(1), "retry-initial")?,
+            max_attempts,
+            name: w.name.clone(),
+            url,
+            tenant: w.tenant.clone(),
+            secret,
+            types,
+        });
+    }
+    Ok(out)
 }
 
 fn body_limit(v: Option<usize>) -> Result<usize, ConfigError> {

@@ -143,6 +143,23 @@ pub struct Ledger {
     inner: Arc<Inner>,
 }
 
+/// Tells when every handle of a ledger is gone (and its directory lock with them).
+pub struct Released(std::sync::Weak<Inner>);
+
+impl Released {
+    /// Waits until no handle of the ledger is left, at most `within`; whether none is.
+    pub async fn wait(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.0.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
 fn load_or_create_key(dir: &Path) -> Result<SigningKey, LedgerError> {
     let path = dir.join(files::KEY);
     if let Some(pem) = files::read_optional(dir, files::KEY)? {
@@ -447,6 +464,11 @@ pub fn batch_scheduling() -> std::io::Result<()> {
 }
 
 impl Ledger {
+    /// A watch on this ledger's release (shutdown waits on it, so the data dir is free when the server is done).
+    pub fn released(&self) -> Released {
+        Released(Arc::downgrade(&self.inner))
+    }
+
     /// Opens (creating if needed) the ledger in `cfg.dir`, recovering from a crash.
     /// Cost is O(entries after the latest checkpoint), not O(log size). Blocking: call it
     /// before serving or from `spawn_blocking`.

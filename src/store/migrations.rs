@@ -108,6 +108,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_due ON approvals(expires_ms) WHERE status = 'PENDING';
     CREATE INDEX lineage_decision_chain ON lineage(tenant, decision_id) WHERE kind <> 'decision';
     "#,
+    // 6: how far each webhook's delivery has come in the event stream (the stream itself is the ledger).
+    r#"
+    CREATE TABLE webhook_cursors (
+        name        TEXT PRIMARY KEY,
+        last_event  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

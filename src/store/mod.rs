@@ -15,6 +15,7 @@ mod events;
 mod idempotency;
 mod migrations;
 mod packs;
+mod webhooks;
 
 pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
 pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalUpdate};

@@ -26,3 +26,4 @@ mod reindex;
 mod restart;
 mod tls;
 mod verifier;
+mod webhooks;
