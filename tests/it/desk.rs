@@ -293,6 +293,71 @@ async fn the_cookie_authenticates_v1_and_its_writes_need_the_desk_header() {
         .assert_error(403, "forbidden");
 }
 
+/// The page's own path through the approvals routes, without a browser: list with the cookie alone, decide with
+/// the cookie and the Desk header; kla records the session's person.
+#[tokio::test]
+async fn a_desk_session_decides_an_approval_as_its_person() {
+    let s = Server::start().await;
+    let agent_token = s.token(T, Role::Agent);
+    let agent = s.register(&agent_token, T, "claims-bot").await;
+    let d = s
+        .decide(
+            &agent_token,
+            T,
+            json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000}}),
+        )
+        .await;
+    let approval = d["approvalId"].as_str().expect("approvalId").to_owned();
+    let alice = signed_in(&s, "alice", "approver").await;
+
+    let list = send(with_cookie(
+        &s,
+        Method::GET,
+        "/v1/approvals?status=PENDING&limit=100",
+        &alice,
+    ))
+    .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.body["approvals"][0]["approvalId"], approval.as_str());
+    assert_eq!(list.body["counts"]["PENDING"], 1);
+
+    let path = format!("/v1/approvals/{approval}/decision");
+    let body = json!({"decision": "APPROVED", "comment": "checked"});
+    send(with_cookie(&s, Method::POST, &path, &alice).json(&body))
+        .await
+        .assert_error(403, "forbidden");
+    let still = s
+        .get(&format!("/v1/approvals/{approval}"), &s.token(T, Role::Admin), T)
+        .await;
+    assert_eq!(
+        still.body["status"], "PENDING",
+        "the refused request changed nothing"
+    );
+    let r = send(
+        with_cookie(&s, Method::POST, &path, &alice)
+            .header("x-kla-desk", "1")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "APPROVED");
+    assert_eq!(
+        r.body["resolvedBy"],
+        json!({"subject": "alice", "role": "approver"})
+    );
+    assert_eq!(r.body["comment"], "checked");
+    // Another person's different answer is the conflict the page shows.
+    let bob = signed_in(&s, "bob", "approver").await;
+    let r = send(
+        with_cookie(&s, Method::POST, &path, &bob)
+            .header("x-kla-desk", "1")
+            .json(&json!({"decision": "DENIED"})),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["approval"]["resolvedBy"]["subject"], "alice", "{}", r.body);
+}
+
 #[tokio::test]
 async fn wrong_expired_and_misused_codes_are_refused() {
     let s = Server::start().await;

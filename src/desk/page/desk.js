@@ -20,6 +20,7 @@
     refreshTimer: null,
     historyCursor: null,
     historyStale: true,
+    historyGen: 0,
     clockSkewMs: 0,
   };
 
@@ -749,20 +750,31 @@
   async function loadHistory(reset) {
     if (!state.session) return;
     const list = $('history-list');
+    // A newer reload supersedes this one, so two reloads never interleave their cards.
     if (reset) {
       state.historyCursor = null;
+      state.historyGen++;
     }
+    const gen = state.historyGen;
     const status = $('history-status').value;
-    let path = '/v1/approvals?limit=50';
-    if (status) path += '&status=' + encodeURIComponent(status);
-    if (!reset && state.historyCursor) path += '&cursor=' + encodeURIComponent(state.historyCursor);
+    const base = '/v1/approvals?limit=50' + (status ? '&status=' + encodeURIComponent(status) : '');
     try {
-      const page = await api('GET', path);
-      if (reset) list.textContent = '';
-      for (const a of page.approvals || []) {
-        if (a.status !== 'PENDING') list.append(historyCard(a));
+      // "All resolved" reads every status (the list filters one status at a time) and skips the pending ones; a
+      // few pages are read at once so that a run of pending approvals does not show as an empty page.
+      let added = 0;
+      for (let pages = 0; pages < 5; pages++) {
+        const cursor = state.historyCursor ? '&cursor=' + encodeURIComponent(state.historyCursor) : '';
+        const page = await api('GET', base + cursor);
+        if (gen !== state.historyGen) return;
+        if (reset && pages === 0) list.textContent = '';
+        for (const a of page.approvals || []) {
+          if (a.status === 'PENDING') continue;
+          list.append(historyCard(a));
+          added++;
+        }
+        state.historyCursor = page.nextCursor || null;
+        if (added >= 10 || !state.historyCursor) break;
       }
-      state.historyCursor = page.nextCursor || null;
       state.historyStale = false;
       show($('history-more'), !!state.historyCursor);
       show($('history-empty'), list.children.length === 0);
