@@ -681,7 +681,7 @@ impl Script {
 }
 
 #[tokio::test]
-async fn the_desk_in_chromium_approves_an_action_live_and_the_long_poll_returns() {
+async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
     let b = browser();
     let s = Server::start().await;
     let agent_token = s.token(T, Role::Agent);
@@ -780,6 +780,49 @@ async fn the_desk_in_chromium_approves_an_action_live_and_the_long_poll_returns(
         json!({"subject": "alice", "role": "approver"})
     );
     assert_eq!(a.body["comment"], comment);
+
+    // Signed in again with a pasted API token, the page denies the next one.
+    let approver_token = s.token(T, Role::Approver);
+    script.say(json!({"token": approver_token})).await;
+    let pasted = script.expect("pasted").await;
+    assert!(
+        pasted["who"].as_str().unwrap().contains("test-approver"),
+        "{pasted}"
+    );
+    let d = s
+        .decide(
+            &agent_token,
+            T,
+            json!({"agentId": agent, "action": "execute_payment", "context": {"amount": 1200}}),
+        )
+        .await;
+    let second = d["approvalId"].as_str().expect("approvalId").to_owned();
+    let waiting = {
+        let (api, tok, id) = (
+            s.api.clone(),
+            agent_token.clone(),
+            d["decisionId"].as_str().unwrap().to_owned(),
+        );
+        tokio::spawn(async move {
+            send(api.req(Method::GET, &format!("/v1/decisions/{id}?wait=30s"), &tok, T)).await
+        })
+    };
+    script
+        .say(json!({"approvalId": second, "comment": "Not this one"}))
+        .await;
+    script.expect("denied").await;
+    let r = tokio::time::timeout(Duration::from_secs(40), waiting)
+        .await
+        .expect("the long-poll returns")
+        .unwrap();
+    assert_eq!(r.body["finalDecision"], "block", "{}", r.body);
+    let a = s.get(&format!("/v1/approvals/{second}"), &admin, T).await;
+    assert_eq!(a.body["status"], "DENIED", "{}", a.body);
+    assert_eq!(
+        a.body["resolvedBy"],
+        json!({"subject": "test-approver", "role": "approver"})
+    );
+    assert_eq!(a.body["comment"], "Not this one");
     let status = tokio::time::timeout(Duration::from_secs(30), script.child.wait())
         .await
         .expect("the script ends")

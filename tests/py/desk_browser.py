@@ -8,6 +8,8 @@ The Rust test owns kla and the agent; this script owns the browser. They talk in
      card, type the comment and approve it with the keyboard (Tab to the Approve button, Enter)
                                                                                          -> {"event": "approved"}
   3. open the History tab and read the resolved approval                                -> {"event": "history"}
+  4. read {"token"}; sign out, sign in again by pasting that API token, wait until live   -> {"event": "pasted"}
+  5. read {"approvalId", "comment"}; wait for it to appear live, deny it with the mouse   -> {"event": "denied"}
 
 Any failure prints {"event": "error", "message", "console"} and exits 1.
 """
@@ -113,10 +115,7 @@ def run(driver, a):
     pending = driver.find_elements(By.CSS_SELECTOR, "#pending-list > li")
     emit("ready", who=who.text, pendingBefore=len(pending))
 
-    line = sys.stdin.readline()
-    if not line:
-        raise AssertionError("the test closed stdin before naming the approval")
-    cmd = json.loads(line)
+    cmd = read_line()
     approval_id, comment = cmd["approvalId"], cmd["comment"]
     css = '#pending-list > li[data-approval-id="%s"]' % approval_id
     started = time.monotonic()
@@ -155,6 +154,33 @@ def run(driver, a):
     emit("history", status=hcard.get_attribute("data-status"),
          comment=quote[0].text if quote else None,
          text=hcard.text)
+
+    # Sign out, then in with a pasted API token: the stream now carries it in the Authorization header.
+    token = read_line()["token"]
+    driver.find_element(By.ID, "signout").click()
+    wait_for(driver, "the sign-in form after signing out", lambda d: visible(d, "#signin"))
+    assert driver.get_cookie("kla_desk") is None, "signing out left the session cookie"
+    driver.find_element(By.ID, "token-input").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+    who = wait_for(driver, "the page to sign in with the pasted token", lambda d: visible(d, "#who"))
+    wait_for(driver, "the event stream to be live again",
+             lambda d: d.find_element(By.ID, "live").get_attribute("data-state") == "live")
+    emit("pasted", who=who.text)
+
+    cmd = read_line()
+    css = '#pending-list > li[data-approval-id="%s"]' % cmd["approvalId"]
+    card = wait_for(driver, "approval %s to appear live" % cmd["approvalId"], lambda d: visible(d, css))
+    card.find_element(By.CSS_SELECTOR, "textarea").send_keys(cmd["comment"])
+    card.find_element(By.CSS_SELECTOR, "button.deny").click()
+    wait_for(driver, "the denied card to leave the pending list", lambda d: not d.find_elements(By.CSS_SELECTOR, css))
+    emit("denied")
+
+
+def read_line():
+    line = sys.stdin.readline()
+    if not line:
+        raise AssertionError("the test closed stdin before its next instruction")
+    return json.loads(line)
 
 
 if __name__ == "__main__":
