@@ -680,6 +680,9 @@ impl Script {
     }
 }
 
+/// A context value an agent could send to attack the people reading it.
+const NOTE: &str = "<img src=x onerror=\"document.title='pwned'\"> <b>urgent</b>";
+
 #[tokio::test]
 async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
     let b = browser();
@@ -701,7 +704,7 @@ async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
             &agent_token,
             T,
             json!({"agentId": agent, "action": "execute_refund",
-                   "context": {"amount": 5000, "customer": {"id": "c-7", "tier": "gold"}, "items": ["a", "b"]}}),
+                   "context": {"amount": 5000, "customer": {"id": "c-7", "tier": "gold"}, "items": ["a", "b"], "note": NOTE}}),
         )
         .await;
     assert_eq!(d["decision"], "require_approval", "{d}");
@@ -740,6 +743,11 @@ async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
     assert_eq!(card["context"]["customer.id"], "c-7", "{approved}");
     assert_eq!(card["context"]["customer.tier"], "gold", "{approved}");
     assert_eq!(card["context"]["items"], "a, b", "{approved}");
+    assert_eq!(
+        card["context"]["note"], NOTE,
+        "markup from the agent is shown as text: {approved}"
+    );
+    assert_eq!(card["elementsInContext"], 0, "{approved}");
     assert!(
         card["rules"][0]
             .as_str()

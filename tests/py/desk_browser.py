@@ -61,6 +61,8 @@ def card_text(card):
         "context": rows,
         "rules": [li.text for li in card.find_elements(By.CSS_SELECTOR, "ul.rules li")],
         "approveLabel": card.find_element(By.CSS_SELECTOR, "button.approve").get_attribute("aria-label"),
+        # Elements inside the context cells: none, whatever markup an agent puts in its context.
+        "elementsInContext": len(card.find_elements(By.CSS_SELECTOR, "table.context td *")),
     }
 
 
