@@ -157,6 +157,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         decider,
         approvals,
         events,
+        desk: crate::desk::Desk::new(token_key.private_pem.clone(), cfg.api.listener.tls.is_some()),
     });
     let router = api::router(state);
 

@@ -1,14 +1,25 @@
 //! Request authentication: `Authorization: Bearer <jwt>` and `x-tenant-id` on every `/v1` request, checked
 //! before anything else runs. Handlers receive a [`Caller`] and ask it for the roles they need.
+//!
+//! A request without `Authorization` may instead carry the Decision Desk's session cookie ([`DESK_COOKIE`], set by
+//! `POST /desk/session`). Browsers attach cookies to requests that other sites make them send, so such a request
+//! that may change state (any method but GET and HEAD) must also carry [`X_KLA_DESK`]`: 1`: a custom header
+//! cannot be sent across sites without a CORS preflight, which kla never answers. `x-tenant-id` defaults to the
+//! session's one tenant (`EventSource` cannot set headers).
 
 use super::{ApiError, SharedState};
 pub use crate::auth::Caller;
 use axum::extract::{FromRequestParts, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 
 /// Tenant header of the KLA Control Plane API.
 pub const X_TENANT_ID: &str = "x-tenant-id";
+/// The Decision Desk's session cookie (`HttpOnly`, `SameSite=Strict`).
+pub const DESK_COOKIE: &str = "kla_desk";
+/// The header (value `1`) that every state-changing request authenticated by [`DESK_COOKIE`] must carry.
+pub const X_KLA_DESK: &str = "x-kla-desk";
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -35,43 +46,96 @@ pub(super) fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks the bearer token and the tenant header (the first step of the `/v1` pipeline in `api::v1_pipeline`).
+/// The value of the Desk's session cookie among the request's `Cookie` headers, if any.
+pub fn desk_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name.trim() == DESK_COOKIE).then(|| value.trim())
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a request may change state, so that a cookie-authenticated one needs [`X_KLA_DESK`].
+fn unsafe_method(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD)
+}
+
+/// Checks the bearer token (or the Desk's session cookie) and the tenant header (the first step of the `/v1`
+/// pipeline in `api::v1_pipeline`).
 pub(super) fn authenticate(state: &SharedState, req: &Request) -> Result<Caller, ApiError> {
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(bearer_token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
-    // `auth` logs the verifier's own detail at debug; the caller gets the reason in its terms.
-    let principal = state
-        .auth
-        .verify(token)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    let tenant = req
-        .headers()
-        .get(X_TENANT_ID)
-        .ok_or_else(|| ApiError::invalid("missing x-tenant-id header"))?
-        .to_str()
-        .ok()
-        .filter(|t| crate::auth::tenant_name_ok(t))
-        .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?;
-    if tenant.starts_with('_') && !principal.allows_tenant(tenant) {
+    let headers = req.headers();
+    let principal = match headers.get(AUTHORIZATION) {
+        Some(header) => {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(bearer_token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
+            // `auth` logs the verifier's own detail at debug; the caller gets the reason in its terms.
+            let p = state
+                .auth
+                .verify(token)
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            if p.desk_session {
+                return Err(ApiError::unauthorized(
+                    "a Decision Desk session is accepted only as its cookie, not as a bearer token",
+                ));
+            }
+            p
+        }
+        None => {
+            let token = desk_cookie(headers)
+                .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+            let p = state.auth.verify(token).map_err(|e| {
+                ApiError::unauthorized(format!(
+                    "the Decision Desk session is not valid ({e}); sign in again"
+                ))
+            })?;
+            if !p.desk_session {
+                return Err(ApiError::unauthorized(format!(
+                    "the {DESK_COOKIE} cookie holds no Decision Desk session; sign in again"
+                )));
+            }
+            if unsafe_method(req.method()) && headers.get(X_KLA_DESK).is_none_or(|v| v != "1") {
+                return Err(ApiError::forbidden(format!(
+                    "a request signed in with the Decision Desk cookie that may change state must carry the \
+                     header '{X_KLA_DESK}: 1'"
+                )));
+            }
+            p
+        }
+    };
+    let tenant: std::sync::Arc<str> = match headers.get(X_TENANT_ID) {
+        Some(t) => t
+            .to_str()
+            .ok()
+            .filter(|t| crate::auth::tenant_name_ok(t))
+            .ok_or_else(|| ApiError::invalid("x-tenant-id header must be 1-128 visible ASCII characters"))?
+            .into(),
+        // A Desk session lists exactly one tenant (`auth::read_claims`).
+        None if principal.desk_session => principal
+            .tenants
+            .first()
+            .map(|t| t.as_str().into())
+            .ok_or_else(|| ApiError::unauthorized("the Decision Desk session names no tenant"))?,
+        None => return Err(ApiError::invalid("missing x-tenant-id header")),
+    };
+    let tenant_ref: &str = &tenant;
+    if tenant_ref.starts_with('_') && !principal.allows_tenant(tenant_ref) {
         return Err(ApiError::forbidden(format!(
-            "tenant '{tenant}' is reserved for kla's own entries"
+            "tenant '{tenant_ref}' is reserved for kla's own entries"
         )));
     }
-    if !principal.allows_tenant(tenant) {
+    if !principal.allows_tenant(tenant_ref) {
         return Err(ApiError::forbidden(format!(
-            "token is not valid for tenant '{tenant}'"
+            "token is not valid for tenant '{tenant_ref}'"
         )));
     }
-    Ok(Caller {
-        tenant: tenant.into(),
-        principal,
-    })
+    Ok(Caller { tenant, principal })
 }

@@ -10,7 +10,7 @@ mod error;
 mod events;
 mod health;
 mod idempotency;
-mod json;
+pub(crate) mod json;
 mod ledger;
 mod page;
 mod policies;
@@ -58,6 +58,8 @@ pub struct AppState {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// The event stream (SSE and WebSocket).
     pub events: crate::events::Hub,
+    /// The Decision Desk page's sign-in.
+    pub desk: crate::desk::Desk,
 }
 
 /// Shared state handle.
@@ -75,6 +77,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(from_fn_with_state(state.clone(), v1_pipeline));
     Router::new()
         .nest("/v1", v1)
+        .merge(crate::desk::routes())
         .route("/admin/health", get(health::admin_health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

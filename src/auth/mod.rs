@@ -12,6 +12,11 @@
 //! lists none, only kla's own key issues it ([`mint_operator`], `kla token --operator`), and it names the reserved
 //! pseudo-tenant [`OPERATOR_TENANT`] in requests (which holds no data), so it may read the whole ledger for
 //! monitoring without being a member of any tenant.
+//!
+//! The Decision Desk's tokens are kla tokens with a `desk` claim ([`DeskUse`]), minted only with kla's own key: a
+//! one-time sign-in link ([`mint_desk_link`], `kla token --desk`), which is never a credential itself and is
+//! checked only by [`Authenticator::verify_desk_link`], and the session it is exchanged for
+//! ([`mint_desk_session`]), which the API accepts only as the Desk's cookie.
 
 mod caller;
 pub mod keys;
@@ -92,6 +97,19 @@ impl Role {
     }
 }
 
+/// What a Decision Desk token is for (its `desk` claim). API tokens have no such claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeskUse {
+    /// A one-time sign-in link (`kla token --desk`): exchanged once for a session, never a credential itself.
+    Link,
+    /// A Desk session: accepted only as the Desk's `HttpOnly` cookie, never as a bearer token.
+    Session,
+}
+
+/// Roles a Desk sign-in link may carry: the people who resolve approvals.
+pub const DESK_ROLES: [Role; 2] = [Role::Approver, Role::Admin];
+
 /// The claims of kla's own tokens, as [`mint`] writes them (verification reads them field by field).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -113,6 +131,17 @@ pub struct Claims {
     /// The one agent (its name or id) an `agent` token acts for; absent: any agent of its tenants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+}
+
+/// What kla signs: the [`Claims`], plus for a Decision Desk token what it is for and (links) its id.
+#[derive(Serialize)]
+struct SignedClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desk: Option<DeskUse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
 }
 
 /// The `aud` claim.
@@ -140,6 +169,9 @@ pub struct Principal {
     pub exp: u64,
     /// The agent (name or id) this token is bound to, if any (the `agent` claim).
     pub agent: Option<Arc<str>>,
+    /// A Decision Desk session (the `desk` claim; links never become a `Principal`): the API accepts it only as
+    /// the Desk's cookie.
+    pub desk_session: bool,
 }
 
 impl Principal {
@@ -224,7 +256,13 @@ impl Authenticator {
         {
             return Ok(p.clone());
         }
-        let p = self.verify_uncached(token)?;
+        let (p, desk) = self.verify_uncached(token)?;
+        if desk.is_some_and(|d| d.kind == DeskUse::Link) {
+            return Err(refused(
+                "this is a Decision Desk sign-in link, not an API token: open the link in a browser",
+                "desk link used as a token",
+            ));
+        }
         let mut cache = self.cache.write();
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, p| p.exp > now);
@@ -236,7 +274,30 @@ impl Authenticator {
         Ok(p)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Verifies a Desk sign-in link's code (`kla token --desk`). Not cached: each link is used once, and its
+    /// single use (by [`DeskLink::jti`]) is the caller's to record.
+    pub fn verify_desk_link(&self, code: &str) -> Result<DeskLink, AuthError> {
+        let (principal, desk) = self.verify_uncached(code)?;
+        match desk {
+            Some(DeskClaims {
+                kind: DeskUse::Link,
+                jti: Some(jti),
+            }) => Ok(DeskLink { principal, jti }),
+            Some(DeskClaims {
+                kind: DeskUse::Link,
+                jti: None,
+            }) => Err(refused(
+                "the sign-in link lacks claim 'jti'",
+                "desk link without jti",
+            )),
+            _ => Err(refused(
+                "this is not a Decision Desk sign-in link (mint one with kla token --desk)",
+                "not a desk link",
+            )),
+        }
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, Option<DeskClaims>), AuthError> {
         let (header, payload) = split_token(token)?;
         let external = self.external.as_ref();
         let accepted = if external.is_some() {
@@ -368,12 +429,29 @@ struct ClaimsIn {
     role: Option<Role>,
     exp: Option<u64>,
     agent: Option<String>,
+    desk: Option<DeskUse>,
+    jti: Option<String>,
     /// Not used, but a token that has one must have a number there.
     #[serde(rename = "iat")]
     _iat: Option<u64>,
 }
 
-fn read_claims(payload: &[u8], local: bool) -> Result<Principal, AuthError> {
+/// A verified Desk sign-in link.
+#[derive(Debug, Clone)]
+pub struct DeskLink {
+    /// Who the link signs in: its one tenant, subject and role.
+    pub principal: Principal,
+    /// The link's id: the store records its one use.
+    pub jti: String,
+}
+
+/// The Desk claims of a verified token.
+struct DeskClaims {
+    kind: DeskUse,
+    jti: Option<String>,
+}
+
+fn read_claims(payload: &[u8], local: bool) -> Result<(Principal, Option<DeskClaims>), AuthError> {
     let mut de = serde_json::Deserializer::from_slice(payload);
     let c: ClaimsIn = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let claim = match e.path().iter().next() {
@@ -384,6 +462,7 @@ fn read_claims(payload: &[u8], local: bool) -> Result<Principal, AuthError> {
             Some("role") => {
                 "the token's claim 'role' must be one of agent, approver, admin, auditor, operator".to_owned()
             }
+            Some("desk") => "the token's claim 'desk' must be one of link, session".to_owned(),
             Some(c) => format!("the token's claim '{}' has the wrong type", c.escape_debug()),
             None => MALFORMED.to_owned(),
         };
@@ -414,14 +493,31 @@ fn read_claims(payload: &[u8], local: bool) -> Result<Principal, AuthError> {
         }
         _ => {}
     }
-    Ok(Principal {
+    // Desk tokens come only from kla's own key, for one tenant and a role that resolves approvals.
+    if let Some(kind) = c.desk {
+        let reason = if !local {
+            Some("Decision Desk tokens are accepted only from kla's own key")
+        } else if tenants.len() != 1 || c.agent.is_some() {
+            Some("a Decision Desk token lists exactly one tenant and no agent")
+        } else if !DESK_ROLES.contains(&role) {
+            Some("a Decision Desk token's role is approver or admin")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(refused(reason, format_args!("desk token {kind:?}")));
+        }
+    }
+    let principal = Principal {
         issuer: c.iss.ok_or_else(|| lacks("iss"))?.into(),
         subject: c.sub.ok_or_else(|| lacks("sub"))?.into(),
         role,
         tenants: tenants.into(),
         exp: c.exp.ok_or_else(|| lacks("exp"))?,
         agent: c.agent.map(Into::into),
-    })
+        desk_session: c.desk == Some(DeskUse::Session),
+    };
+    Ok((principal, c.desk.map(|kind| DeskClaims { kind, jti: c.jti })))
 }
 
 /// What a jsonwebtoken refusal means to the caller (`payload`: the decoded claims).
@@ -465,7 +561,7 @@ pub fn mint(
                 .into(),
         ));
     }
-    sign(private_pem, tenants, role, subject, agent, ttl)
+    sign(private_pem, tenants, role, subject, agent, ttl, None)
 }
 
 /// Mints an operator token: role `operator`, no tenants, no agent (see the module docs).
@@ -474,7 +570,73 @@ pub fn mint_operator(
     subject: String,
     ttl: std::time::Duration,
 ) -> Result<String, AuthError> {
-    sign(private_pem, Vec::new(), Role::Operator, subject, None, ttl)
+    sign(private_pem, Vec::new(), Role::Operator, subject, None, ttl, None)
+}
+
+/// Mints a Decision Desk sign-in link's code for `subject` acting as `role` (approver or admin) in `tenant`: a
+/// token with `desk: link` and a random `jti`, exchanged once at `POST /desk/session` for a session.
+pub fn mint_desk_link(
+    private_pem: &[u8],
+    tenant: String,
+    role: Role,
+    subject: String,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    let jti = format!("dl_{}", hex::encode(rand::random::<[u8; 16]>()));
+    mint_desk(private_pem, tenant, role, subject, ttl, DeskUse::Link, Some(jti))
+}
+
+/// Mints a Decision Desk session for the person a verified sign-in link names (`desk: session`).
+pub fn mint_desk_session(
+    private_pem: &[u8],
+    link: &DeskLink,
+    ttl: std::time::Duration,
+) -> Result<String, AuthError> {
+    let p = &link.principal;
+    let tenant =
+        p.tenants.first().cloned().ok_or_else(|| {
+            AuthError::Forbidden("a Decision Desk session is for exactly one tenant".into())
+        })?;
+    mint_desk(
+        private_pem,
+        tenant,
+        p.role,
+        p.subject.to_string(),
+        ttl,
+        DeskUse::Session,
+        None,
+    )
+}
+
+fn mint_desk(
+    private_pem: &[u8],
+    tenant: String,
+    role: Role,
+    subject: String,
+    ttl: std::time::Duration,
+    desk: DeskUse,
+    jti: Option<String>,
+) -> Result<String, AuthError> {
+    if !DESK_ROLES.contains(&role) {
+        return Err(AuthError::Forbidden(format!(
+            "a Decision Desk sign-in is for the roles approver and admin, not '{}'",
+            role.as_str()
+        )));
+    }
+    if !tenant_name_ok(&tenant) || tenant.starts_with('_') {
+        return Err(AuthError::Forbidden(format!(
+            "tenant {tenant:?} is not allowed for a Decision Desk sign-in"
+        )));
+    }
+    sign(
+        private_pem,
+        vec![tenant],
+        role,
+        subject,
+        None,
+        ttl,
+        Some((desk, jti)),
+    )
 }
 
 fn sign(
@@ -484,7 +646,9 @@ fn sign(
     subject: String,
     agent: Option<String>,
     ttl: std::time::Duration,
+    desk: Option<(DeskUse, Option<String>)>,
 ) -> Result<String, AuthError> {
+    let (desk, jti) = desk.unzip();
     let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
     let now = now_secs();
     let claims = Claims {
@@ -496,6 +660,11 @@ fn sign(
         exp: now + ttl.as_secs(),
         iat: now,
         agent,
+    };
+    let claims = SignedClaims {
+        claims,
+        desk,
+        jti: jti.flatten(),
     };
     encode(&Header::new(Algorithm::EdDSA), &claims, &key).map_err(|e| AuthError::Key(e.to_string()))
 }
@@ -576,5 +745,131 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A sign-in link is never a credential, only [`Authenticator::verify_desk_link`] reads it; the session it
+    /// becomes is marked as one; Desk tokens come only from kla's own key, for one tenant and an approving role.
+    #[test]
+    fn desk_links_and_sessions_are_told_apart_from_api_tokens() {
+        let (_dir, auth, local_pem, idp_pem) = setup();
+        let ttl = Duration::from_secs(600);
+        let code = mint_desk_link(
+            local_pem.as_bytes(),
+            "acme".into(),
+            Role::Approver,
+            "alice".into(),
+            ttl,
+        )
+        .unwrap();
+        assert!(matches!(auth.verify(&code), Err(AuthError::InvalidToken(m)) if m.contains("sign-in link")));
+        let link = auth.verify_desk_link(&code).unwrap();
+        assert!(
+            link.jti.starts_with("dl_") && link.jti.len() == 35,
+            "{}",
+            link.jti
+        );
+        assert_eq!(&*link.principal.subject, "alice");
+        assert_eq!(link.principal.role, Role::Approver);
+        assert_eq!(&*link.principal.tenants, ["acme".to_owned()]);
+        let other = mint_desk_link(
+            local_pem.as_bytes(),
+            "acme".into(),
+            Role::Approver,
+            "alice".into(),
+            ttl,
+        )
+        .unwrap();
+        assert_ne!(auth.verify_desk_link(&other).unwrap().jti, link.jti);
+
+        let session = mint_desk_session(local_pem.as_bytes(), &link, ttl).unwrap();
+        let p = auth.verify(&session).unwrap();
+        assert!(p.desk_session);
+        assert_eq!(&*p.subject, "alice");
+        assert!(matches!(
+            auth.verify_desk_link(&session),
+            Err(AuthError::InvalidToken(_))
+        ));
+
+        let api = mint(
+            local_pem.as_bytes(),
+            vec!["acme".into()],
+            Role::Approver,
+            "a".into(),
+            None,
+            ttl,
+        )
+        .unwrap();
+        assert!(!auth.verify(&api).unwrap().desk_session);
+        assert!(
+            matches!(auth.verify_desk_link(&api), Err(AuthError::InvalidToken(m)) if m.contains("not a Decision Desk"))
+        );
+
+        for role in [Role::Agent, Role::Auditor, Role::Operator] {
+            assert!(mint_desk_link(local_pem.as_bytes(), "acme".into(), role, "x".into(), ttl).is_err());
+        }
+        assert!(
+            mint_desk_link(
+                local_pem.as_bytes(),
+                "_system".into(),
+                Role::Admin,
+                "x".into(),
+                ttl
+            )
+            .is_err()
+        );
+
+        // Hand-made Desk tokens that kla would never mint.
+        let now = now_secs();
+        let local_key = EncodingKey::from_ed_pem(local_pem.as_bytes()).unwrap();
+        let forged =
+            |claims: serde_json::Value| encode(&Header::new(Algorithm::EdDSA), &claims, &local_key).unwrap();
+        let base = |tenants: serde_json::Value, role: &str, extra: serde_json::Value| {
+            let mut c = serde_json::json!({"iss": "kla", "sub": "alice", "aud": "kla", "tenants": tenants,
+                                           "role": role, "exp": now + 600, "desk": "link", "jti": "dl_x"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let two = forged(base(
+            serde_json::json!(["acme", "beta"]),
+            "approver",
+            serde_json::json!({}),
+        ));
+        assert!(
+            matches!(auth.verify_desk_link(&two), Err(AuthError::InvalidToken(m)) if m.contains("exactly one tenant"))
+        );
+        let agent = forged(base(serde_json::json!(["acme"]), "agent", serde_json::json!({})));
+        assert!(auth.verify_desk_link(&agent).is_err());
+        let bound = forged(base(
+            serde_json::json!(["acme"]),
+            "admin",
+            serde_json::json!({"agent": "bot"}),
+        ));
+        assert!(auth.verify_desk_link(&bound).is_err());
+        let no_jti = forged(base(
+            serde_json::json!(["acme"]),
+            "admin",
+            serde_json::json!({"jti": null}),
+        ));
+        assert!(
+            matches!(auth.verify_desk_link(&no_jti), Err(AuthError::InvalidToken(m)) if m.contains("jti"))
+        );
+        let bad_kind = forged(base(
+            serde_json::json!(["acme"]),
+            "admin",
+            serde_json::json!({"desk": "door"}),
+        ));
+        assert!(
+            matches!(auth.verify_desk_link(&bad_kind), Err(AuthError::InvalidToken(m)) if m.contains("'desk'"))
+        );
+
+        // An external issuer cannot mint Desk tokens.
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some("idp-1".into());
+        let c = serde_json::json!({"iss": "https://idp.example", "sub": "alice", "aud": "kla-api",
+                                   "tenants": ["acme"], "role": "approver", "exp": now + 600, "desk": "session"});
+        let ext = encode(&h, &c, &EncodingKey::from_ed_pem(idp_pem.as_bytes()).unwrap()).unwrap();
+        assert!(matches!(auth.verify(&ext), Err(AuthError::InvalidToken(m)) if m.contains("kla's own key")));
     }
 }

@@ -108,7 +108,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_due ON approvals(expires_ms) WHERE status = 'PENDING';
     CREATE INDEX lineage_decision_chain ON lineage(tenant, decision_id) WHERE kind <> 'decision';
     "#,
-    // 6: how far each webhook's delivery has come in the event stream (the stream itself is the ledger).
+    // 6: Decision Desk sign-in links used so far (each signs in once); a row is kept until its link has expired.
+    r#"
+    CREATE TABLE desk_links (
+        jti         TEXT PRIMARY KEY,
+        tenant      TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used_at     TEXT NOT NULL
+    );
+    CREATE INDEX desk_links_expiry ON desk_links(expires_at);
+    "#,
+    // 7: how far each webhook's delivery has come in the event stream (the stream itself is the ledger).
     r#"
     CREATE TABLE webhook_cursors (
         name        TEXT PRIMARY KEY,

@@ -11,6 +11,7 @@
 mod agents;
 mod approvals;
 mod decisions;
+mod desk;
 mod events;
 mod idempotency;
 mod migrations;

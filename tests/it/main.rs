@@ -8,6 +8,7 @@ mod approvals;
 mod auth;
 mod decisions;
 mod default_pack;
+mod desk;
 mod errors;
 mod events;
 mod evidence;
