@@ -6,7 +6,8 @@
 //! `registry` (agents), `policy` (signed packs, pure evaluation), `redact` (what may be recorded); the record:
 //! `recorder` (typed records, the ledger-first write order, the index, following what was recorded), `ledger`
 //! (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error is
-//! classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`.
+//! classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; and, hidden,
+//! `fuzzing` (the fuzz targets over every parser of outside bytes).
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -14,6 +15,8 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod ledger;
 pub mod names;

@@ -9,6 +9,7 @@ mod decisions;
 mod default_pack;
 mod errors;
 mod evidence;
+mod fuzz;
 mod harness;
 mod health;
 mod hostile_input;
