@@ -1556,6 +1556,18 @@ pub fn seed_corpus(repo: &Path) -> std::io::Result<Vec<Seed>> {
     let bundle = |prove: &[u64]| serde_json::to_vec_pretty(&bundle_of(&entries, prove)).unwrap_or_default();
     add("evidence", "three-of-five", bundle(&[0, 3, 4]), Accepted);
     add("evidence", "one-of-five", bundle(&[2]), Accepted);
+    // The same bytes in another spelling were once accepted.
+    let mut upper = bundle_of(&entries, &[1]);
+    upper.root_hash = upper
+        .root_hash
+        .to_ascii_uppercase()
+        .replacen("SHA256:", "sha256:", 1);
+    add(
+        "evidence",
+        "uppercase-root-hash",
+        serde_json::to_vec_pretty(&upper).unwrap_or_default(),
+        Refused,
+    );
 
     for (name, s, v) in [
         ("action-namespaced", "GitHub/Create_Issue", Accepted),
