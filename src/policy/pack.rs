@@ -183,7 +183,7 @@ fn rel_key(rel: &Path) -> String {
 /// Deepest nesting of `[` and `{` (outside string literals and comments) in a `.rego` module or a `when`, whose
 /// expressions sit in a rule body (one level). regorus 0.14 parses the first element of an array, set or object
 /// twice (once as a possible comprehension), so the parse time of a nest grows 2.2-fold with every level: 0.5 s at
-/// 14 levels, 10 s at 18, hours at 24 (release build). Parentheses do not double and are not counted.
+/// 14 levels, 10 s at 18, over 15 minutes at 24 (release build). Parentheses do not double and are not counted.
 pub const MAX_REGO_NESTING: usize = 10;
 
 /// Nesting up to this depth costs the Rego parser nothing out of the ordinary (kla's default pack nests 4 deep).
