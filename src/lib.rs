@@ -7,7 +7,8 @@
 //! recorded); the Decision Desk's event stream: `events` (ledger entries as events, followed once and fanned out);
 //! the record: `recorder` (typed records, the ledger-first write order, the index, following what was recorded),
 //! `ledger` (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error
-//! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`.
+//! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; `webhooks` (signed
+//! pushes of the event stream); and, hidden, `fuzzing` (the fuzz targets over every parser of outside bytes).
 pub mod api;
 pub mod app;
 pub mod approvals;
@@ -18,6 +19,8 @@ pub mod decide;
 pub mod desk;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json;
 pub mod ledger;
 pub mod names;

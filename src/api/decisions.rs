@@ -61,21 +61,8 @@ struct EvaluateResponse<'a> {
 
 async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -> ApiResult<Response> {
     let accepted = s.decider.accept(&caller)?;
-    let req: EvaluateRequest = body.parse()?;
-    let d = s
-        .decider
-        .decide(
-            accepted,
-            ActionRequest {
-                agent_id: req.agent_id,
-                action: req.action,
-                context: req.context.unwrap_or_default(),
-                tool: req.tool,
-                execution_id: req.execution_id,
-                trace_id: req.trace_id,
-            },
-        )
-        .await?;
+    let req = parse_evaluate(&body.0)?;
+    let d = s.decider.decide(accepted, req).await?;
     let dec = &d.decision;
     Ok(Json(EvaluateResponse {
         decision: dec.outcome,
@@ -91,6 +78,20 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
         approval_id: d.approval.as_ref().map(|a| a.approval_id.as_str()),
     })
     .into_response())
+}
+
+/// The body of `decisions.evaluate` as the governed action takes it (its fields are checked by `decide`'s accept
+/// phase). Also the request-body fuzz target's entry point.
+pub(crate) fn parse_evaluate(body: &[u8]) -> Result<ActionRequest, ApiError> {
+    let req: EvaluateRequest = super::json::parse(body)?;
+    Ok(ActionRequest {
+        agent_id: req.agent_id,
+        action: req.action,
+        context: req.context.unwrap_or_default(),
+        tool: req.tool,
+        execution_id: req.execution_id,
+        trace_id: req.trace_id,
+    })
 }
 
 /// The longest `wait` a long-poll may ask for.

@@ -19,6 +19,9 @@ mod request_id;
 mod ws;
 
 pub use error::{ApiError, ApiResult, Code};
+// For the fuzz targets (`crate::fuzzing`): the body parsers exactly as the handlers call them.
+pub(crate) use decisions::parse_evaluate;
+pub(crate) use json::parse as parse_body;
 
 use crate::auth::Authenticator;
 use crate::decide::Decider;

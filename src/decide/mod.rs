@@ -259,7 +259,7 @@ impl Decider {
 }
 
 /// Phase **accept**, part two: the request's fields are well formed; returns the action's canonical name.
-fn validate(r: &ActionRequest) -> Result<ActionName, DecideError> {
+pub(crate) fn validate(r: &ActionRequest) -> Result<ActionName, DecideError> {
     check_id("agentId", &r.agent_id)?;
     let action = names::action(&r.action).map_err(|e| DecideError::Invalid(format!("field 'action' {e}")))?;
     if let Some(e) = &r.execution_id {

@@ -66,9 +66,11 @@ fn fmt_hash(h: &Hash) -> String {
     format!("sha256:{}", hex::encode(h))
 }
 
+/// A hash exactly as kla writes it: `sha256:` and 64 lowercase hex digits. Any other spelling of the same bytes is
+/// refused, so a bundle that verifies says what every other reader of it (a script comparing strings) reads.
 fn parse_hash(s: &str) -> Option<Hash> {
     let hx = s.strip_prefix("sha256:")?;
-    if hx.len() != 64 {
+    if hx.len() != 64 || !hx.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     hex::decode(hx).ok()?.try_into().ok()

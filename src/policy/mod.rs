@@ -30,7 +30,9 @@ pub use manager::{
     AuditHook, HookError, PackFloors, PackStatus, PolicyConfig, PolicyEvent, PolicyManager, PolicyStatus,
     Refusal, WatchHandle,
 };
-pub use pack::{PACK_FILE, PackFiles, SIGNATURE_FILE};
+pub use pack::{
+    FREE_REGO_NESTING, MAX_REGO_NESTING, PACK_FILE, PackFiles, REGO_NESTING_BUDGET, SIGNATURE_FILE,
+};
 pub use signing::{PackSigner, TrustedKey, VerifiedPack, sign_files, sign_pack_dir, verify_pack};
 pub use suite::{CaseResult, SuiteReport, canonical_input, run_suites};
 pub use types::{

@@ -180,6 +180,90 @@ fn rel_key(rel: &Path) -> String {
         .join("/")
 }
 
+/// Deepest nesting of `[` and `{` (outside string literals and comments) in a `.rego` module or a `when`, whose
+/// expressions sit in a rule body (one level). regorus 0.14 parses the first element of an array, set or object
+/// twice (once as a possible comprehension), so the parse time of a nest grows 2.2-fold with every level: 0.5 s at
+/// 14 levels, 10 s at 18, over 15 minutes at 24 (release build). Parentheses do not double and are not counted.
+pub const MAX_REGO_NESTING: usize = 10;
+
+/// Nesting up to this depth costs the Rego parser nothing out of the ordinary (kla's default pack nests 4 deep).
+pub const FREE_REGO_NESTING: usize = 4;
+
+/// The parse work a pack's Rego (all its `.rego` modules and `when` expressions together) may need beyond
+/// [`FREE_REGO_NESTING`]: every byte at depth `d` above it costs `2^(d - 4)`. The depth limit alone does not bound a
+/// load: 100 small rules nested 10 deep took 1.5 s, and a pack may hold 64 MiB. Measured at up to 75 us per unit,
+/// so this budget bounds the extra parse time of a whole pack to about 1.2 s; it allows, say, 8 KiB of Rego at depth
+/// 5 or 250 bytes at depth 10.
+pub const REGO_NESTING_BUDGET: u64 = 16_384;
+
+/// Checks Rego source against [`MAX_REGO_NESTING`] (naming the 1-based line where it is passed) and returns its cost
+/// against [`REGO_NESTING_BUDGET`]. `depth` is the nesting the source starts at (1 for a `when`, which is placed in a
+/// rule body). Unbalanced brackets are left to the Rego parser, which reports them better.
+pub(crate) fn rego_nesting_cost(src: &str, mut depth: usize) -> Result<u64, String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Code,
+        Str,
+        Escape,
+        Raw,
+        Comment,
+    }
+    let (mut state, mut line, mut cost) = (In::Code, 1usize, 0u64);
+    for b in src.bytes() {
+        if b == b'\n' {
+            line += 1;
+        }
+        state = match (state, b) {
+            (In::Code, b'"') => In::Str,
+            (In::Code, b'`') => In::Raw,
+            (In::Code, b'#') => In::Comment,
+            (In::Code, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_REGO_NESTING {
+                    return Err(format!(
+                        "brackets ('[', '{{') nest more than {MAX_REGO_NESTING} deep at line {line} (the Rego \
+                         parser's time doubles with every level)"
+                    ));
+                }
+                In::Code
+            }
+            (In::Code, b']' | b'}') => {
+                depth = depth.saturating_sub(1);
+                In::Code
+            }
+            (In::Str, b'\\') => In::Escape,
+            // A line break ends a (malformed) string for counting; the Rego parser reports it.
+            (In::Str, b'"' | b'\n') | (In::Raw, b'`') | (In::Comment, b'\n') => In::Code,
+            (In::Escape, _) => In::Str,
+            (s, _) => s,
+        };
+        if let Some(over) = depth.checked_sub(FREE_REGO_NESTING).filter(|&o| o > 0) {
+            cost = cost.saturating_add(1 << over);
+        }
+    }
+    Ok(cost)
+}
+
+/// What a pack's Rego has spent of [`REGO_NESTING_BUDGET`] so far.
+#[derive(Default)]
+struct NestingBudget(u64);
+
+impl NestingBudget {
+    /// Adds `cost`; the refusal's reason once the pack is over budget.
+    fn spend(&mut self, cost: u64) -> Result<(), String> {
+        self.0 = self.0.saturating_add(cost);
+        if self.0 > REGO_NESTING_BUDGET {
+            return Err(format!(
+                "the pack's Rego nests brackets more than {FREE_REGO_NESTING} deep too often: it needs {} units of \
+                 kla's budget of {REGO_NESTING_BUDGET} (each byte at depth d > {FREE_REGO_NESTING} costs \
+                 2^(d-{FREE_REGO_NESTING}), because the Rego parser's time doubles with every level)",
+                self.0
+            ));
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // YAML documents (the user-facing contract). Unknown keys are refused everywhere.
 
@@ -354,22 +438,25 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
 
     let mut rules = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut push_rules = |file: &str, text: &str, docs: Vec<RuleDoc>| -> Result<(), PolicyError> {
-        let mut in_file: std::collections::HashMap<String, usize> = Default::default();
-        for rule in docs {
-            let nth = in_file.entry(rule.id.clone()).or_default();
-            *nth += 1;
-            let mut spec = validate_rule(file, text, rule)?;
-            if !seen.insert(spec.id.clone()) {
-                // Point at this occurrence, not the first one in the file.
-                spec.line = find_rule_line_nth(text, &spec.id, *nth).or(spec.line);
-                return Err(spec.error("duplicate rule id in this pack"));
+    let mut budget = NestingBudget::default();
+    let mut push_rules =
+        |budget: &mut NestingBudget, file: &str, text: &str, docs: Vec<RuleDoc>| -> Result<(), PolicyError> {
+            let mut in_file: std::collections::HashMap<String, usize> = Default::default();
+            for rule in docs {
+                let nth = in_file.entry(rule.id.clone()).or_default();
+                *nth += 1;
+                let (mut spec, cost) = validate_rule(file, text, rule)?;
+                budget.spend(cost).map_err(|reason| spec.error(reason))?;
+                if !seen.insert(spec.id.clone()) {
+                    // Point at this occurrence, not the first one in the file.
+                    spec.line = find_rule_line_nth(text, &spec.id, *nth).or(spec.line);
+                    return Err(spec.error("duplicate rule id in this pack"));
+                }
+                rules.push(spec);
             }
-            rules.push(spec);
-        }
-        Ok(())
-    };
-    push_rules(&pack_path, pack_text, doc.spec.rules)?;
+            Ok(())
+        };
+    push_rules(&mut budget, &pack_path, pack_text, doc.spec.rules)?;
 
     let mut rego_modules = Vec::new();
     for rel in files.files.keys() {
@@ -385,9 +472,15 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
             }
             let text = files.text(rel)?;
             let doc: RulesFileDoc = from_yaml(&display, text)?;
-            push_rules(&display, text, doc.rules)?;
+            push_rules(&mut budget, &display, text, doc.rules)?;
         } else if rel.ends_with(".rego") {
-            rego_modules.push((files.display(rel), files.text(rel)?.to_string()));
+            let display = files.display(rel);
+            let text = files.text(rel)?;
+            let fail = |reason| PolicyError::invalid(display.clone(), None, None, reason);
+            budget
+                .spend(rego_nesting_cost(text, 0).map_err(fail)?)
+                .map_err(fail)?;
+            rego_modules.push((display, text.to_string()));
         }
     }
 
@@ -410,7 +503,8 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) 
     })
 }
 
-fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, PolicyError> {
+/// A validated rule and the cost of its `when` against [`REGO_NESTING_BUDGET`].
+fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<(RuleSpec, u64), PolicyError> {
     let line = find_rule_line(text, &doc.id);
     let fail = |reason: String| PolicyError::invalid(file.to_string(), line, Some(doc.id.clone()), reason);
     if doc.id.trim().is_empty() || doc.id.chars().any(char::is_whitespace) {
@@ -462,6 +556,10 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
     if when.iter().any(|w| w.trim().is_empty()) {
         return Err(fail("a `when` expression is empty".into()));
     }
+    let mut cost = 0u64;
+    for w in &when {
+        cost = cost.saturating_add(rego_nesting_cost(w, 1).map_err(|e| fail(format!("`when`: {e}")))?);
+    }
     let reason_code = match doc.reason_code {
         Some(code) => code,
         None => doc.id.to_ascii_uppercase().replace(['-', '.'], "_"),
@@ -500,19 +598,22 @@ fn validate_rule(file: &str, text: &str, doc: RuleDoc) -> Result<RuleSpec, Polic
             })
         }
     };
-    Ok(RuleSpec {
-        id: doc.id,
-        file: file.to_string(),
-        line,
-        actions,
-        agents,
-        when,
-        decision: doc.decision,
-        reason_code,
-        message: doc.message,
-        approval,
-        shadow: doc.mode == Some(Mode::Shadow),
-    })
+    Ok((
+        RuleSpec {
+            id: doc.id,
+            file: file.to_string(),
+            line,
+            actions,
+            agents,
+            when,
+            decision: doc.decision,
+            reason_code,
+            message: doc.message,
+            approval,
+            shadow: doc.mode == Some(Mode::Shadow),
+        },
+        cost,
+    ))
 }
 
 /// Parses `id: value` (optionally after `- ` or `{`) on one line.

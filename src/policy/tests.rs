@@ -619,6 +619,134 @@ fn a_when_that_could_suspend_the_vm_is_refused() {
     assert!(e.contains("rule 'waits'") && e.contains("without a host"), "{e}");
 }
 
+/// A `when` whose `[` nest `depth` deep around `input.context.n` (one more level with the rule body).
+fn nested_when(depth: usize) -> String {
+    format!(
+        "count({}input.context.n{}) == 1",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+#[test]
+fn deeply_nested_rego_is_refused_before_it_reaches_the_parser() {
+    // regorus parses each level twice (as a possible comprehension, then as an array): 24 levels would take over
+    // 15 minutes and stall the pack load. The check refuses it at once, naming the rule or the module.
+    let started = std::time::Instant::now();
+    assert_when_refused(
+        &nested_when(24),
+        None,
+        "brackets ('[', '{') nest more than 10 deep at line 1",
+    );
+    let module = format!("package deep\n\nx := {}1{}\n", "{".repeat(30), "}".repeat(30));
+    let e = refusal(
+        &pack_yaml("p", "allow", "enforce", "    []\n"),
+        &[("deep.rego", &module)],
+    );
+    assert!(
+        e.contains("deep.rego") && e.contains("nest more than 10 deep at line 3"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // At the limit it compiles and decides.
+    let rules = format!(
+        "    - id: deep\n      when: \"{}\"\n      decision: block\n",
+        nested_when(MAX_REGO_NESTING - 1)
+    );
+    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let set = set_of(&[dir.path()]);
+    assert_eq!(
+        set.evaluate(&input("x", "a", serde_json::json!({"n": 1})))
+            .outcome,
+        Outcome::Block
+    );
+}
+
+#[test]
+fn many_deep_nests_together_are_refused_by_the_packs_budget() {
+    // Each `when` is within the depth limit, but parsing 40 of them would take seconds: the pack's budget is spent
+    // at the 29th, before regorus parses any.
+    let started = std::time::Instant::now();
+    let rules: String = (0..40)
+        .map(|i| {
+            format!(
+                "    - id: r{i}\n      when: \"{}\"\n      decision: block\n",
+                nested_when(8)
+            )
+        })
+        .collect();
+    let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    assert!(
+        e.contains("rule 'r28'") && e.contains("nests brackets more than 4 deep too often"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Modules and `when`s share the one budget.
+    let module = format!(
+        "package lib\n\n{}",
+        (0..150)
+            .map(|i| format!("x{i} := {}1{}\n", "[".repeat(9), "]".repeat(9)))
+            .collect::<String>()
+    );
+    let e = refusal(
+        &pack_yaml("p", "allow", "enforce", "    []\n"),
+        &[("lib.rego", &module)],
+    );
+    assert!(e.contains("lib.rego") && e.contains("too often"), "{e}");
+}
+
+#[test]
+fn nesting_is_counted_outside_strings_raw_strings_and_comments() {
+    use super::pack::rego_nesting_cost as cost;
+    let deep = "[".repeat(11);
+    assert_eq!(cost(&format!("x == \"{deep}\""), 0), Ok(0));
+    assert_eq!(
+        cost(&format!("x == \"\\\"{deep}\""), 0),
+        Ok(0),
+        "an escaped quote stays in the string"
+    );
+    assert_eq!(cost(&format!("x == `{deep}`"), 0), Ok(0));
+    assert_eq!(cost(&format!("x == 1 # {deep}\ny == 2"), 0), Ok(0));
+    assert!(
+        cost(&format!("x == `\\` {deep}"), 0).is_err(),
+        "no escapes in raw strings"
+    );
+    // Parentheses do not double the parse time and are not counted; siblings do not add depth.
+    assert_eq!(cost(&"(".repeat(40), 0), Ok(0));
+    assert_eq!(cost(&"[[[[1]]]], {{{{2}}}}".repeat(50), 0), Ok(0));
+    // Past the free depth every byte costs 2^(d - 4).
+    assert_eq!(cost("[[[[[1]]]]]", 0), Ok(2 + 2));
+    assert_eq!(cost("[[[[[[1]]]]]]", 0), Ok(2 + 4 + 4 + 2));
+    assert_eq!(cost("[1]", 4), Ok(2 + 2));
+    let e = cost(&format!("a\nb\n{}", "[{".repeat(6)), 0).unwrap_err();
+    assert!(e.contains("at line 3"), "{e}");
+    assert!(cost(&"[{".repeat(5), 0).is_ok());
+    assert!(
+        cost(&"[{".repeat(5), 1).is_err(),
+        "a `when` starts inside a rule body"
+    );
+    // The shipped packs cost nothing.
+    for pack in ["policies/default", "examples/packs/payments"] {
+        let files = PackFiles::read_dir(&repo_path(pack)).unwrap();
+        for (path, bytes) in files.files.iter().filter(|(p, _)| p.ends_with(".rego")) {
+            assert_eq!(
+                cost(std::str::from_utf8(bytes).unwrap(), 0),
+                Ok(0),
+                "{pack}/{path}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_pack_too_large_in_total_is_refused_before_it_is_read() {
     // Every file is under the per-file limit, but anyone able to write into a pack directory (who

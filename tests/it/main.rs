@@ -12,6 +12,7 @@ mod desk;
 mod errors;
 mod events;
 mod evidence;
+mod fuzz;
 mod harness;
 mod health;
 mod hostile_input;

@@ -458,6 +458,25 @@ async fn altered_bundles_fail_naming_the_entry() {
     assert!(reject(&b, "not-a-key").to_string().contains("verifier key"));
 }
 
+#[tokio::test]
+async fn a_bundle_hash_in_another_spelling_is_refused() {
+    // Uppercase hex decodes to the same bytes, so such a bundle verified while its text differs from what kla
+    // wrote and from what a reader comparing strings expects.
+    let (_tmp, l, b) = bundle_fixture().await;
+    let vkey = l.verifier_key();
+    let upper = |h: &str| format!("sha256:{}", h.trim_start_matches("sha256:").to_ascii_uppercase());
+    let mut x = b.clone();
+    x.root_hash = upper(&x.root_hash);
+    assert!(reject(&x, &vkey).to_string().contains("rootHash"));
+    let lineage6 = b.entries[1].lineage_id.clone();
+    let mut x = b.clone();
+    x.entries[1].leaf_hash = upper(&x.entries[1].leaf_hash);
+    names_entry(&reject(&x, &vkey), 6, &lineage6);
+    let mut x = b.clone();
+    x.entries[1].inclusion_proof[0] = upper(&x.entries[1].inclusion_proof[0]);
+    names_entry(&reject(&x, &vkey), 6, &lineage6);
+}
+
 // ---------- random operation sequences against a model ----------
 
 #[derive(Clone, Debug)]
