@@ -2,128 +2,19 @@
 //! operator (no tenant) reads the whole stream and nothing tenant-scoped, a token bound to one agent reads only
 //! that agent's records, and list answers come in bounded pages.
 //!
-//! The Merkle checks use the RFC 6962 / 9162 code in this file, not kla's.
+//! The Merkle checks use the independent RFC 6962 / 9162 code of `verifier.rs`, not kla's.
 
 use crate::harness::*;
+use crate::verifier::{H, consistent, hashes, leaf, mth, ph, root_from_inclusion};
 use base64::Engine;
 use kla::auth::{self, Claims, Role, keys};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const A: &str = "acme-iso";
 const B: &str = "globex-iso";
-
-// ---------------------------------------------------------------------------------------------------------
-// Independent Merkle code.
-
-type H = [u8; 32];
-
-fn leaf(data: &[u8]) -> H {
-    let mut h = Sha256::new();
-    h.update([0u8]);
-    h.update(data);
-    h.finalize().into()
-}
-
-fn node(l: &H, r: &H) -> H {
-    let mut h = Sha256::new();
-    h.update([1u8]);
-    h.update(l);
-    h.update(r);
-    h.finalize().into()
-}
-
-fn mth(leaves: &[H]) -> H {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        n => {
-            let mut k = 1;
-            while k * 2 < n {
-                k *= 2;
-            }
-            node(&mth(&leaves[..k]), &mth(&leaves[k..]))
-        }
-    }
-}
-
-fn ph(v: &Value) -> H {
-    let s = v.as_str().unwrap_or_else(|| panic!("hash expected, got {v}"));
-    let hx = s.strip_prefix("sha256:").unwrap_or_else(|| panic!("{s}"));
-    hex::decode(hx).unwrap().try_into().unwrap()
-}
-
-fn hashes(v: &Value) -> Vec<H> {
-    v.as_array().unwrap().iter().map(ph).collect()
-}
-
-/// RFC 9162 2.1.3.2.
-fn root_from_inclusion(index: u64, size: u64, leaf: &H, proof: &[H]) -> Option<H> {
-    if index >= size {
-        return None;
-    }
-    let (mut fnn, mut snn) = (index, size - 1);
-    let mut r = *leaf;
-    for p in proof {
-        if snn == 0 {
-            return None;
-        }
-        if fnn & 1 == 1 || fnn == snn {
-            r = node(p, &r);
-            while fnn & 1 == 0 && fnn != 0 {
-                fnn >>= 1;
-                snn >>= 1;
-            }
-        } else {
-            r = node(&r, p);
-        }
-        fnn >>= 1;
-        snn >>= 1;
-    }
-    (snn == 0).then_some(r)
-}
-
-/// RFC 9162 2.1.4.2.
-fn consistent(size1: u64, size2: u64, root1: &H, root2: &H, proof: &[H]) -> bool {
-    if size1 == size2 {
-        return proof.is_empty() && root1 == root2;
-    }
-    if size1 == 0 || size1 > size2 || proof.is_empty() {
-        return false;
-    }
-    let mut path = Vec::new();
-    if size1.is_power_of_two() {
-        path.push(*root1);
-    }
-    path.extend_from_slice(proof);
-    let (mut fnn, mut snn) = (size1 - 1, size2 - 1);
-    while fnn & 1 == 1 {
-        fnn >>= 1;
-        snn >>= 1;
-    }
-    let (mut fr, mut sr) = (path[0], path[0]);
-    for c in &path[1..] {
-        if snn == 0 {
-            return false;
-        }
-        if fnn & 1 == 1 || fnn == snn {
-            fr = node(c, &fr);
-            sr = node(c, &sr);
-            while fnn & 1 == 0 && fnn != 0 {
-                fnn >>= 1;
-                snn >>= 1;
-            }
-        } else {
-            sr = node(&sr, c);
-        }
-        fnn >>= 1;
-        snn >>= 1;
-    }
-    snn == 0 && &fr == root1 && &sr == root2
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading the entry stream.
