@@ -140,11 +140,21 @@ async fn get_one(
     let (final_decision, approval) = match opened {
         None => (body.get("decision").cloned().unwrap_or(Value::Null), Value::Null),
         Some(approval_id) => {
-            if !wait.is_zero() {
-                s.approvals.wait(&caller.tenant, &approval_id, wait).await?;
-            }
-            match s.approvals.of_decision(&caller.tenant, &decision_id).await? {
-                Some((_, a)) => (a.get("finalDecision").cloned().unwrap_or(Value::Null), a),
+            let ended = if wait.is_zero() {
+                None
+            } else {
+                s.approvals.wait(&caller.tenant, &approval_id, wait).await?
+            };
+            let approval = match ended {
+                Some(a) => Some(Value::clone(&a)),
+                None => s
+                    .approvals
+                    .of_decision(&caller.tenant, &decision_id)
+                    .await?
+                    .map(|(_, a)| a),
+            };
+            match approval {
+                Some(a) => (a.get("finalDecision").cloned().unwrap_or(Value::Null), a),
                 None => (Value::Null, Value::Null),
             }
         }

@@ -140,7 +140,7 @@ pub struct Approvals {
     key: DigestKey,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Wakes callers waiting for an approval to end, by approval id.
-    waiters: Mutex<HashMap<String, watch::Sender<()>>>,
+    waiters: Mutex<HashMap<String, watch::Sender<Option<Arc<Value>>>>>,
 }
 
 impl Approvals {
@@ -405,24 +405,27 @@ impl Approvals {
                 }
             }
         };
-        let rec = self.apply(rec, change).await?;
+        let rec = self.apply(rec, &decision, change).await?;
         Ok(render(&rec, &decision))
     }
 
-    /// Waits until the approval is no longer pending or `timeout` passes; returns its status then.
+    /// Waits until the approval is no longer pending or `timeout` passes. Returns the approval as it ended when
+    /// the wait saw it end (as soon as its resolution was durable, before the index has it); `None` when the wait
+    /// ran out, or found the approval already ended (read it then).
     pub async fn wait(
         &self,
         tenant: &str,
         approval_id: &str,
         timeout: Duration,
-    ) -> Result<(), ApprovalError> {
+    ) -> Result<Option<Arc<Value>>, ApprovalError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut ended = None;
         loop {
             let mut rx = self
                 .waiters
                 .lock()
                 .entry(approval_id.to_owned())
-                .or_insert_with(|| watch::channel(()).0)
+                .or_insert_with(|| watch::channel(None).0)
                 .subscribe();
             // Read after subscribing: a resolution between the read and the wait still wakes us.
             self.recorder.index_barrier().await;
@@ -436,14 +439,20 @@ impl Approvals {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Err(_) => break,
-                Ok(_) => continue,
+                Ok(Ok(())) => {
+                    if let Some(a) = rx.borrow_and_update().clone() {
+                        ended = Some(a);
+                        break;
+                    }
+                }
+                Ok(Err(_)) => continue,
             }
         }
         let mut w = self.waiters.lock();
         if w.get(approval_id).is_some_and(|tx| tx.receiver_count() == 0) {
             w.remove(approval_id);
         }
-        Ok(())
+        Ok(ended)
     }
 
     /// The expiry service: resolves pending approvals whose time ran out as their `onTimeout`, soonest first,
@@ -501,26 +510,34 @@ impl Approvals {
         };
         let votes = State::of(&rec)?.votes;
         let change = self.resolution(&rec, decision, EXPIRED, None, None, votes, outcome, None);
-        self.apply(rec, change).await
+        self.apply(rec, decision, change).await
     }
 
-    /// Records a change, then wakes whoever waits for the approval when it is final.
+    /// Records a change; a final one wakes whoever waits for the approval as soon as it is durable, with the
+    /// approval as it ended, while the index catches up (the stripe is held until the index has it, so the next
+    /// change reads it from the store).
     async fn apply(
         &self,
         mut rec: ApprovalRecord,
+        decision: &Entry,
         change: ApprovalChange,
     ) -> Result<ApprovalRecord, ApprovalError> {
         let state = serde_json_canonicalizer::to_string(&change.body)
             .map_err(|e| ApprovalError::Ledger(LedgerError::InvalidEntry(e.to_string())))?;
-        let status = change.status.clone();
-        self.recorder.record(Record::Approval(change)).await?;
-        rec.status = status;
+        rec.status = change.status.clone();
         rec.state = Some(state);
-        if rec.status != PENDING
-            && let Some(tx) = self.waiters.lock().remove(&rec.row.approval_id)
-        {
-            let _ = tx.send(());
-        }
+        let ended = (rec.status != PENDING).then(|| Arc::new(render(&rec, decision)));
+        let waiters = &self.waiters;
+        let id = &rec.row.approval_id;
+        self.recorder
+            .record_then(Record::Approval(change), move |_| {
+                if let Some(a) = ended
+                    && let Some(tx) = waiters.lock().remove(id)
+                {
+                    let _ = tx.send(Some(a));
+                }
+            })
+            .await?;
         Ok(rec)
     }
 

@@ -85,6 +85,16 @@ impl Recorder {
     /// Appends one entry (durable: fsynced before the ledger acknowledges) and queues its index rows; waits for
     /// their commit when the record asks for it ([`Record::waits_for_index`]).
     pub async fn record(&self, record: Record) -> Result<Recorded, RecordError> {
+        self.record_then(record, |_| {}).await
+    }
+
+    /// As [`Recorder::record`], and calls `durable` as soon as the entry is durable, before its index rows are
+    /// committed (whoever waits for the outcome can be told while the index catches up).
+    pub async fn record_then(
+        &self,
+        record: Record,
+        durable: impl FnOnce(&Recorded) + Send,
+    ) -> Result<Recorded, RecordError> {
         let kind = record.kind();
         let tenant = record.tenant().to_owned();
         let wait = record.waits_for_index();
@@ -105,6 +115,17 @@ impl Recorder {
             .encode()?,
         };
         let ledger_index = self.ledger.append(bytes).await?;
+        let recorded = Recorded {
+            lineage_id,
+            ledger_index,
+            time,
+        };
+        durable(&recorded);
+        let Recorded {
+            lineage_id,
+            ledger_index,
+            time,
+        } = recorded;
         // The entry is durable: from here on the answer is success, or a retry would record it twice. An index
         // failure is retried in the background by the writer (and replayed from the ledger at the next start).
         let header = Header {
