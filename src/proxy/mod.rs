@@ -1,11 +1,14 @@
 //! The tool-call proxy: agents point their tool base URLs at kla, and each call becomes an action decided by the
 //! same pipeline as `decisions.evaluate` (`crate::decide`) before it may reach its upstream. This module owns the
-//! `proxy:` config section ([`config`]) and how a request finds its route and action ([`Routes`]). It runs no SQL
+//! `proxy:` config section ([`config`]), how a request finds its route and action ([`Routes`]), and the listener's
+//! handler with its pooled upstream clients ([`Proxy`]). It runs no SQL
 //! and never writes the ledger itself: recording is `decide`'s.
 
 pub mod config;
+mod forward;
 
 pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
+pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
 
 /// The action of a request that matches no named action of its route.
