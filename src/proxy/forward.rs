@@ -275,6 +275,12 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             (None, Some(read))
         }
     };
+    // `decide` looks agents up by id; a name (sidecar config, or a token's `agent` claim) is resolved in the
+    // tenant first. An unknown agent stays as given, so `decide` refuses it.
+    let agent = match resolve_agent(&p, agent).await {
+        Ok(a) => a,
+        Err(e) => return ApiError::classified(&e).into_response(),
+    };
     let accepted = match p.app.decider.accept(&caller) {
         Ok(a) => a,
         Err(e) => return ApiError::classified(&e).into_response(),
@@ -461,6 +467,21 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         }
     }
     with_decision_id(resp, &d.decision_id)
+}
+
+async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::registry::RegistryError> {
+    if agent.starts_with("agt_") {
+        return Ok(agent);
+    }
+    let found = p
+        .app
+        .agents
+        .list(&p.tenant)
+        .await?
+        .into_iter()
+        .find(|a| a.name.eq_ignore_ascii_case(&agent))
+        .map(|a| a.agent_id);
+    Ok(found.unwrap_or(agent))
 }
 
 /// A connect error says little in its `Display`; its source chain says why.
