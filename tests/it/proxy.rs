@@ -37,7 +37,7 @@ struct Seen {
 }
 
 /// A plain HTTP/1.1 upstream on 127.0.0.1:0 that records every request. `/stream` answers in chunks spread over
-/// time; everything else echoes `ok <target>`.
+/// time, `/slow` waits 3s; everything else echoes `ok <target>`.
 struct Upstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -69,6 +69,9 @@ async fn serve_one(
         headers: parts.headers,
         body,
     });
+    if target.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     if target.ends_with("/stream") {
         let chunks = futures_util::stream::unfold(0u32, |i| async move {
             if i == 5 {
@@ -152,7 +155,7 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
         tenant: Some(T.into()),
         agent: agent.map(str::to_owned),
         connect_timeout: Some("1s".into()),
-        timeout: Some("5s".into()),
+        timeout: Some("1s".into()),
         routes: Some(vec![
             FileRoute {
                 name: "billing".into(),
@@ -375,6 +378,17 @@ async fn unknown_route_dead_upstream_and_approvals() {
     assert_eq!(body["code"], "bad_gateway", "{body}");
     assert!(body["message"].as_str().unwrap().contains("route dead"), "{body}");
 
+    // An upstream slower than the timeout: 504, after the call was decided.
+    let r = c.get(format!("{proxy}/billing/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("route billing"),
+        "{body}"
+    );
+    assert_eq!(up.seen().len(), 1);
+
     // require_approval: 202 with the approval for a client that asks for it, else 403 naming it.
     let r = c
         .post(format!("{proxy}/billing/wires"))
@@ -405,7 +419,7 @@ async fn unknown_route_dead_upstream_and_approvals() {
         body["approvalId"].as_str().unwrap().starts_with("appr_"),
         "{body}"
     );
-    assert!(up.seen().is_empty(), "a held call reached the upstream");
+    assert_eq!(up.seen().len(), 1, "a held call reached the upstream");
 }
 
 #[tokio::test]
