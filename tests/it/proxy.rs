@@ -477,3 +477,59 @@ async fn shared_mode_takes_the_agent_from_proxy_authorization() {
     assert_eq!(r.status(), 403);
     assert_eq!(up.seen().len(), 1);
 }
+
+#[tokio::test]
+async fn https_upstream_with_a_route_ca_file() {
+    // The upstream is a second kla serving HTTPS with a self-signed certificate for `localhost`.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut up = raw(&tmp.path().join("up"));
+    up.tls_cert = Some(cert.clone());
+    up.tls_key = Some(key);
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let upstream = Server::start_cfg(up, Some((https, "localhost"))).await;
+    let port = upstream.listener("api").unwrap().port();
+
+    let route = |name: &str, ca: Option<std::path::PathBuf>| FileRoute {
+        name: name.into(),
+        prefix: format!("/{name}"),
+        upstream: format!("https://localhost:{port}"),
+        ca_file: ca,
+        actions: None,
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut c = raw(data.path());
+    c.proxy_addr = Some("127.0.0.1:0".into());
+    c.proxy = Some(FileProxy {
+        tenant: Some(T.into()),
+        agent: Some(AGENT.into()),
+        routes: Some(vec![route("trusted", Some(cert)), route("untrusted", None)]),
+        ..FileProxy::default()
+    });
+    let s = Server::start_cfg(c, None).await;
+    let admin = s.token(T, Role::Admin);
+    s.register(&admin, T, AGENT).await;
+    let proxy = format!("http://{}", s.listener("proxy").unwrap());
+    let r = client()
+        .get(format!("{proxy}/trusted/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    // Without the route's CA bundle the self-signed upstream is not trusted.
+    let r = client()
+        .get(format!("{proxy}/untrusted/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_gateway", "{body}");
+}
