@@ -159,16 +159,36 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events,
         desk: crate::desk::Desk::new(token_key.private_pem.clone(), cfg.api.listener.tls.is_some()),
     });
+    let proxy = match &cfg.proxy {
+        Some(pc) => Some((pc.addr, crate::proxy::Proxy::new(pc, state.clone())?)),
+        None => None,
+    };
     let router = api::router(state);
 
-    let listeners = server::bind(vec![
+    let mut to_bind = vec![
         Listener::from_config("api", &cfg.api.listener, router)
             .title("kla API")
             .body_limit(cfg.api.body_limit),
-    ])
-    .await?;
+    ];
+    if let Some((addr, proxy)) = &proxy {
+        // The API's limits and timeouts; no declared-length limit: bodies are streamed unless an action reads one.
+        to_bind.push(
+            Listener::new("proxy", *addr, proxy.router())
+                .title("kla proxy")
+                .limits(cfg.api.listener.limits),
+        );
+    }
+    let listeners = server::bind(to_bind).await?;
     let addrs = listeners.addrs();
     let api_addr = addrs.get("api").copied().context("the API listener is bound")?;
+    if let Some((_, proxy)) = &proxy {
+        let scheme = if cfg.api.listener.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        proxy.set_api_base(format!("{scheme}://{api_addr}"));
+    }
 
     let purge_store = store.clone();
     services.spawn("idempotency-purge", move |stop| async move {

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub events: Option<FileEvents>,
     /// `webhooks`: only in the file (a list, with secrets).
     pub webhooks: Option<Vec<FileWebhook>>,
+    /// `proxy`: the tool-call proxy (only in the file: routes are a list).
+    pub proxy: Option<crate::proxy::FileProxy>,
 }
 
 /// One entry of `webhooks:`.
@@ -203,6 +205,7 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("ledger-repair", "ledger.repair"),
     ("ledger-fast-start", "ledger.fast-start"),
     ("log-format", "log.format"),
+    ("proxy-addr", "proxy.addr"),
     ("api-max-connections", "api.limits.max-connections"),
     ("api-idle-timeout", "api.limits.idle-timeout"),
     ("api-header-timeout", "api.limits.header-timeout"),
@@ -248,7 +251,13 @@ impl FileConfig {
         let ledger = self.ledger.unwrap_or_default();
         let policy = self.policy.unwrap_or_default();
         let events = self.events.unwrap_or_default();
+        // `proxy.addr` is the flag `--proxy-addr`'s place; the rest of `proxy:` has no flag.
+        let mut proxy = self.proxy;
+        let proxy_addr = proxy.as_mut().and_then(|p| p.addr.take());
+        let proxy = proxy.filter(|p| !p.is_empty());
         RawConfig {
+            proxy_addr,
+            proxy,
             webhooks: self.webhooks.unwrap_or_default(),
             data_dir: self.data_dir,
             api_addr: api.addr,

@@ -154,6 +154,13 @@ pub struct RawConfig {
     /// Webhooks, from the config file only (`webhooks:`).
     #[arg(skip)]
     pub webhooks: Vec<FileWebhook>,
+    /// Address of the tool-call proxy listener (it only starts when the file's `proxy:` has routes). Default
+    /// `127.0.0.1:8701`.
+    #[arg(long)]
+    pub proxy_addr: Option<String>,
+    /// The tool-call proxy, from the config file only (`proxy:`).
+    #[arg(skip)]
+    pub proxy: Option<crate::proxy::FileProxy>,
 }
 
 /// The validated configuration: one section per component.
@@ -177,6 +184,8 @@ pub struct Config {
     pub events: EventsSection,
     /// Webhooks.
     pub webhooks: Vec<crate::webhooks::Endpoint>,
+    /// The tool-call proxy, when `proxy:` has routes.
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 /// Logging.
@@ -353,6 +362,8 @@ impl RawConfig {
             } else {
                 self.webhooks
             },
+            proxy_addr: self.proxy_addr.or(base.proxy_addr),
+            proxy: self.proxy.or(base.proxy),
         }
     }
 
@@ -443,6 +454,7 @@ impl RawConfig {
                 self.events_max_subscribers_per_tenant,
             )?,
             webhooks: webhooks(self.webhooks)?,
+            proxy: crate::proxy::config::validate(self.proxy, self.proxy_addr)?,
             data_dir,
         })
     }

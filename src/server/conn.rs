@@ -365,6 +365,8 @@ pub(super) struct Service {
     pub(super) body_timeout: Duration,
     pub(super) max_header_bytes: usize,
     pub(super) max_uri_bytes: usize,
+    /// The client's address, handed to handlers as `ConnectInfo` (the proxy's `x-forwarded-for`).
+    pub(super) peer: std::net::SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -381,6 +383,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             };
         }
         let timeout = self.body_timeout;
+        let mut req = req;
+        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         let req = req.map(|inner| TimedBody {
             inner,
             timeout,

@@ -298,6 +298,7 @@ async fn connection(
         body_timeout: shared.limits.body_timeout,
         max_header_bytes: shared.limits.max_header_bytes,
         max_uri_bytes: shared.limits.max_uri_bytes,
+        peer,
     };
     let end = match &shared.tls {
         None => {

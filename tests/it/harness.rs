@@ -379,6 +379,11 @@ impl Server {
         (s, tok, agent)
     }
 
+    /// The bound address of listener `name` (`api`, `proxy`), if it runs.
+    pub fn listener(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.running.as_ref()?.listeners.get(name).copied()
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {

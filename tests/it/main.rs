@@ -23,6 +23,7 @@ mod ledger_health;
 mod listeners;
 mod names;
 mod policy;
+mod proxy;
 mod rate_limit;
 mod reindex;
 mod restart;

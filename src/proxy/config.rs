@@ -1,0 +1,321 @@
+//! The `proxy:` section of the config file: as written ([`FileProxy`]) and validated ([`ProxyConfig`]). Validation
+//! refuses anything the proxy could only fail on later (a bad upstream, an action name outside the grammar, a path
+//! template with a malformed `{param}`, a JSON pointer that is not one), so a running proxy never guesses.
+
+use crate::config::ConfigError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The default address of the proxy listener.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8701";
+
+/// `proxy:` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileProxy {
+    /// Listener address (flag `--proxy-addr`); default `127.0.0.1:8701`.
+    pub addr: Option<String>,
+    /// The tenant every proxied call is decided in.
+    pub tenant: Option<String>,
+    /// Sidecar mode: the registered agent (name or id) every call is made as. Without it, each call names its
+    /// agent with `Proxy-Authorization: Bearer <token>`.
+    pub agent: Option<String>,
+    /// Time to connect to an upstream; default 5s.
+    pub connect_timeout: Option<String>,
+    /// Time from sending a request upstream to its response headers; default 30s.
+    pub timeout: Option<String>,
+    /// The routes; the listener only starts when there is at least one.
+    pub routes: Option<Vec<FileRoute>>,
+}
+
+impl FileProxy {
+    /// Whether nothing but (at most) `addr` is set.
+    pub fn is_empty(&self) -> bool {
+        self.tenant.is_none()
+            && self.agent.is_none()
+            && self.connect_timeout.is_none()
+            && self.timeout.is_none()
+            && self.routes.is_none()
+    }
+}
+
+/// One entry of `proxy.routes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileRoute {
+    /// Unique; names the route in errors and logs.
+    pub name: String,
+    /// The path prefix this route owns, e.g. `/billing`.
+    pub prefix: String,
+    /// `http` or `https` base URL the rest of the path is appended to.
+    pub upstream: String,
+    /// PEM CA bundle trusted for an https upstream, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Requests that are named actions; every other request is `http.request`.
+    pub actions: Option<Vec<FileAction>>,
+}
+
+/// One entry of a route's `actions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileAction {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Path below the route's prefix, with `{param}` segments, e.g. `/customers/{id}`.
+    pub path: String,
+    /// The action name policy decides on.
+    pub action: String,
+    /// Context keys taken from the JSON request body by JSON pointer (RFC 6901).
+    pub context: Option<BTreeMap<String, String>>,
+}
+
+/// The validated proxy section.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Listener address.
+    pub addr: SocketAddr,
+    /// Tenant of every decision.
+    pub tenant: String,
+    /// Sidecar mode's agent (name or id); `None`: shared mode.
+    pub agent: Option<String>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-headers timeout.
+    pub timeout: Duration,
+    /// Routes, in config order.
+    pub routes: Vec<Route>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its name.
+    pub name: String,
+    /// `/` or a prefix without a trailing `/`.
+    pub prefix: String,
+    /// The upstream base URL (no query, no fragment).
+    pub upstream: http::Uri,
+    /// Extra CA bundle for an https upstream.
+    pub ca_file: Option<PathBuf>,
+    /// Its named actions.
+    pub actions: Vec<ActionRoute>,
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Matches exactly this segment.
+    Literal(String),
+    /// Matches any one non-empty segment; lands in the context under this key.
+    Param(String),
+}
+
+/// A validated named action of a route.
+#[derive(Debug, Clone)]
+pub struct ActionRoute {
+    /// Method it matches.
+    pub method: http::Method,
+    /// Path template below the prefix.
+    pub path: Vec<Segment>,
+    /// Canonical action name.
+    pub action: String,
+    /// Context key to JSON pointer into the body.
+    pub context: Vec<(String, String)>,
+}
+
+impl ActionRoute {
+    /// Whether deciding this action needs the request body.
+    pub fn needs_body(&self) -> bool {
+        !self.context.is_empty()
+    }
+}
+
+fn duration(v: &Option<String>, default: Duration, key: &str) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d >= Duration::from_millis(10) && d <= Duration::from_secs(3600) => Ok(d),
+            Ok(_) => Err(ConfigError::Invalid(format!(
+                "proxy.{key} {s:?} must be 10ms to 1h"
+            ))),
+            Err(e) => Err(ConfigError::Invalid(format!("proxy.{key} {s:?}: {e}"))),
+        },
+    }
+}
+
+/// Validates `proxy:` (with `--proxy-addr` folded into `addr`). `None`: no routes, so no proxy listener.
+pub fn validate(
+    file: Option<FileProxy>,
+    addr_flag: Option<String>,
+) -> Result<Option<ProxyConfig>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let addr_text = addr_flag.or(file.addr.clone());
+    let routes_in = file.routes.clone().unwrap_or_default();
+    if routes_in.is_empty() {
+        return Ok(None);
+    }
+    let addr = addr_text
+        .as_deref()
+        .unwrap_or(DEFAULT_ADDR)
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("proxy.addr (--proxy-addr): {e}")))?;
+    let tenant = file
+        .tenant
+        .clone()
+        .ok_or_else(|| ConfigError::Invalid("proxy.tenant is required when proxy has routes".into()))?;
+    if !crate::auth::tenant_name_ok(&tenant) || tenant.starts_with('_') {
+        return Err(ConfigError::Invalid(format!(
+            "proxy.tenant {tenant:?} is not a tenant name"
+        )));
+    }
+    if let Some(a) = &file.agent
+        && a.trim().is_empty()
+    {
+        return Err(ConfigError::Invalid(
+            "proxy.agent must name an agent (or be left out)".into(),
+        ));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(routes_in.len());
+    for (i, r) in routes_in.into_iter().enumerate() {
+        routes.push(route(i, r, &routes)?);
+    }
+    Ok(Some(ProxyConfig {
+        addr,
+        tenant,
+        agent: file.agent,
+        connect_timeout: duration(&file.connect_timeout, Duration::from_secs(5), "connect-timeout")?,
+        timeout: duration(&file.timeout, Duration::from_secs(30), "timeout")?,
+        routes,
+    }))
+}
+
+fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError> {
+    let bad = |what: String| ConfigError::Invalid(format!("proxy.routes[{i}] ({}): {what}", r.name));
+    if r.name.is_empty()
+        || r.name.len() > 64
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(bad("name must be 1-64 of [A-Za-z0-9_-]".into()));
+    }
+    if earlier.iter().any(|e| e.name == r.name) {
+        return Err(bad("name is used twice".into()));
+    }
+    let prefix = normal_prefix(&r.prefix).ok_or_else(|| {
+        bad(format!(
+            "prefix {:?} must start with '/' and hold only path segments (no '.', '..', '?', '#', '{{' or empty segments)",
+            r.prefix
+        ))
+    })?;
+    if let Some(e) = earlier.iter().find(|e| e.prefix == prefix) {
+        return Err(bad(format!("prefix {prefix:?} is also route {:?}'s", e.name)));
+    }
+    let upstream: http::Uri = r
+        .upstream
+        .parse()
+        .map_err(|e| bad(format!("upstream {:?}: {e}", r.upstream)))?;
+    if !matches!(upstream.scheme_str(), Some("http" | "https"))
+        || upstream.host().is_none()
+        || upstream.query().is_some()
+        || r.upstream.contains('#')
+    {
+        return Err(bad(format!(
+            "upstream {:?} must be an http or https URL with a host and no query",
+            r.upstream
+        )));
+    }
+    if let Some(f) = &r.ca_file {
+        if upstream.scheme_str() != Some("https") {
+            return Err(bad("ca-file is only for an https upstream".into()));
+        }
+        if !f.is_file() {
+            return Err(bad(format!("ca-file {} is not a readable file", f.display())));
+        }
+    }
+    let mut actions: Vec<ActionRoute> = Vec::new();
+    for (j, a) in r.actions.clone().unwrap_or_default().into_iter().enumerate() {
+        let bad = |what: String| bad(format!("actions[{j}]: {what}"));
+        let method = http::Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| bad(format!("method {:?} is not an HTTP method", a.method)))?;
+        let path = template(&a.path).map_err(|e| bad(format!("path {:?}: {e}", a.path)))?;
+        let action = crate::names::action(&a.action)
+            .map_err(|e| bad(format!("action {:?}: {e}", a.action)))?
+            .into_string();
+        let mut context = Vec::new();
+        for (k, ptr) in a.context.unwrap_or_default() {
+            if k.is_empty() || k.len() > 64 {
+                return Err(bad(format!("context key {k:?} must be 1-64 characters")));
+            }
+            if path.iter().any(|s| matches!(s, Segment::Param(p) if *p == k)) {
+                return Err(bad(format!("context key {k:?} is also a path parameter")));
+            }
+            if !ptr.starts_with('/') {
+                return Err(bad(format!(
+                    "context {k:?}: {ptr:?} is not a JSON pointer into the body (it starts with '/')"
+                )));
+            }
+            context.push((k, ptr));
+        }
+        if actions.iter().any(|e| e.method == method && e.path == path) {
+            return Err(bad(format!("{method} {:?} is matched twice", a.path)));
+        }
+        actions.push(ActionRoute {
+            method,
+            path,
+            action,
+            context,
+        });
+    }
+    Ok(Route {
+        name: r.name,
+        prefix,
+        upstream,
+        ca_file: r.ca_file,
+        actions,
+    })
+}
+
+/// `/` or `/a/b` (trailing `/` dropped); `None` when it is not a plain path.
+fn normal_prefix(p: &str) -> Option<String> {
+    let rest = p.strip_prefix('/')?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Some("/".into());
+    }
+    for seg in rest.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['?', '#', '{', '}', '%']) {
+            return None;
+        }
+    }
+    Some(format!("/{rest}"))
+}
+
+fn template(p: &str) -> Result<Vec<Segment>, String> {
+    let rest = p.strip_prefix('/').ok_or("must start with '/'")?;
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for seg in rest.split('/') {
+        if let Some(inner) = seg.strip_prefix('{') {
+            let name = inner.strip_suffix('}').ok_or("a '{' segment must end with '}'")?;
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("parameter {{{name}}} must be 1 or more of [A-Za-z0-9_]"));
+            }
+            if out.iter().any(|s| matches!(s, Segment::Param(n) if n == name)) {
+                return Err(format!("parameter {{{name}}} is used twice"));
+            }
+            out.push(Segment::Param(name.to_owned()));
+        } else if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['{', '}', '?', '#']) {
+            return Err(format!("segment {seg:?} is not allowed"));
+        } else {
+            out.push(Segment::Literal(seg.to_owned()));
+        }
+    }
+    Ok(out)
+}

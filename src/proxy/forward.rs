@@ -1,0 +1,510 @@
+//! The proxy listener's one handler: a request finds its route and action, becomes an [`ActionRequest`] decided by
+//! [`crate::decide::Decider`] (durable in the ledger before anything is forwarded), and is then forwarded, flagged,
+//! refused or answered with its approval. Identity comes from the config (sidecar mode) or from
+//! `Proxy-Authorization` (shared mode), never from the request body.
+
+use super::{ProxyConfig, Routes, body_context};
+use crate::api::{ApiError, AppState, Code};
+use crate::auth::{Caller, Principal, Role};
+use crate::decide::ActionRequest;
+use crate::policy::Outcome;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Answer header naming the decision of a forwarded or refused call.
+pub const X_KLA_DECISION_ID: &str = "x-kla-decision-id";
+/// Answer header `warn` on a forwarded call the policy flagged.
+pub const X_KLA_DECISION: &str = "x-kla-decision";
+/// Answer header with the comma-separated reason codes of a `warn`.
+pub const X_KLA_REASON_CODES: &str = "x-kla-reason-codes";
+
+type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// The proxy: its routes, one pooled upstream client per route, and the API's state (its decider and token
+/// verification).
+pub struct Proxy {
+    app: Arc<AppState>,
+    tenant: Arc<str>,
+    agent: Option<Arc<str>>,
+    routes: Routes,
+    clients: HashMap<String, Upstream>,
+    timeout: Duration,
+    /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
+    api_base: OnceLock<String>,
+}
+
+impl Proxy {
+    /// Builds the proxy and its upstream clients (reading each route's `ca-file`).
+    pub fn new(cfg: &ProxyConfig, app: Arc<AppState>) -> anyhow::Result<Arc<Proxy>> {
+        let mut clients = HashMap::new();
+        for r in &cfg.routes {
+            clients.insert(
+                r.name.clone(),
+                client(r.ca_file.as_deref(), cfg.connect_timeout, &r.name)?,
+            );
+        }
+        Ok(Arc::new(Proxy {
+            app,
+            tenant: cfg.tenant.as_str().into(),
+            agent: cfg.agent.as_deref().map(Into::into),
+            routes: Routes::new(cfg.routes.clone()),
+            clients,
+            timeout: cfg.timeout,
+            api_base: OnceLock::new(),
+        }))
+    }
+
+    /// Sets the API's base URL for approval links (once).
+    pub fn set_api_base(&self, base: String) {
+        let _ = self.api_base.set(base);
+    }
+
+    /// The proxy listener's router: every path goes to the one handler.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+fn client(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    route: &str,
+) -> anyhow::Result<Upstream> {
+    use anyhow::Context;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(f) = ca_file {
+        let pem = std::fs::read(f)
+            .with_context(|| format!("proxy route {route}: reading ca-file {}", f.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.with_context(|| format!("proxy route {route}: ca-file {}", f.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("proxy route {route}: ca-file {}", f.display()))?;
+            n += 1;
+        }
+        anyhow::ensure!(
+            n > 0,
+            "proxy route {route}: ca-file {} holds no certificate",
+            f.display()
+        );
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({"code": code, "message": message});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn with_decision_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert(X_KLA_DECISION_ID, v);
+    }
+    resp
+}
+
+/// The caller of this request: the configured agent (sidecar mode) or the agent-bound token in
+/// `Proxy-Authorization` (shared mode).
+fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Response>> {
+    if let Some(agent) = &p.agent {
+        let principal = Principal {
+            issuer: "kla".into(),
+            subject: format!("proxy:{agent}").into(),
+            role: Role::Agent,
+            tenants: Arc::from(vec![p.tenant.to_string()]),
+            exp: u64::MAX,
+            agent: Some(agent.clone()),
+            desk_session: false,
+        };
+        return Ok((
+            Caller {
+                principal,
+                tenant: p.tenant.clone(),
+            },
+            agent.to_string(),
+        ));
+    }
+    let unauthenticated = |message: String| {
+        let mut r = json_error(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "unauthorized", message);
+        r.headers_mut()
+            .insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Box::new(r)
+    };
+    let token = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("missing Proxy-Authorization: Bearer <kla agent token>".into()))?
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthenticated("Proxy-Authorization must be 'Bearer <kla agent token>'".into()))?;
+    let principal = p
+        .app
+        .auth
+        .verify(token)
+        .map_err(|e| unauthenticated(format!("Proxy-Authorization: {e}")))?;
+    if principal.desk_session {
+        return Err(unauthenticated(
+            "a Decision Desk session cannot make tool calls".into(),
+        ));
+    }
+    let Some(agent) = principal.agent.clone() else {
+        return Err(ApiError::forbidden(
+            "the proxy accepts only tokens bound to an agent (an `agent` claim)",
+        )
+        .into_response()
+        .into());
+    };
+    if !principal.allows_tenant(&p.tenant) {
+        return Err(Box::new(
+            ApiError::forbidden(format!("this token may not act in tenant '{}'", p.tenant)).into_response(),
+        ));
+    }
+    Ok((
+        Caller {
+            principal,
+            tenant: p.tenant.clone(),
+        },
+        agent.to_string(),
+    ))
+}
+
+async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let Some(m) = p.routes.resolve(&parts.method, &path) else {
+        return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
+    };
+    let (caller, agent) = match caller(&p, &parts.headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    // A name outside the grammar is refused here, before anything is decided or forwarded.
+    if let Err(e) = crate::names::agent(&agent) {
+        return ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
+    }
+    let route = m.route;
+    let mut context = m.context;
+    let (body, bytes) = match m.action.filter(|a| a.needs_body()) {
+        None => (Some(body), None),
+        Some(a) => {
+            let limit = p.app.body_limit;
+            let read = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return ApiError::new(
+                        Code::PayloadTooLarge,
+                        format!(
+                            "the request body is over {limit} bytes, the most action {} reads",
+                            a.action
+                        ),
+                    )
+                    .into_response();
+                }
+                Err(e) => return ApiError::invalid(format!("reading the request body: {e}")).into_response(),
+            };
+            if let Err(e) = body_context(a, &read, &mut context) {
+                return ApiError::invalid(e).into_response();
+            }
+            (None, Some(read))
+        }
+    };
+    // `decide` looks agents up by id; a name (sidecar config, or a token's `agent` claim) is resolved in the
+    // tenant first. An unknown agent stays as given, so `decide` refuses it.
+    let agent = match resolve_agent(&p, agent).await {
+        Ok(a) => a,
+        Err(e) => return ApiError::classified(&e).into_response(),
+    };
+    let accepted = match p.app.decider.accept(&caller) {
+        Ok(a) => a,
+        Err(e) => return ApiError::classified(&e).into_response(),
+    };
+    let action_name = m.name.clone();
+    let req = ActionRequest {
+        agent_id: agent,
+        action: m.name,
+        context,
+        tool: None,
+        execution_id: None,
+        trace_id: None,
+    };
+    // No decision, no forward: every failure here is a refusal.
+    let d = match p.app.decider.decide(accepted, req).await {
+        Ok(d) => d,
+        Err(e) => return ApiError::classified(&e).into_response(),
+    };
+    let dec = &d.decision;
+    match dec.outcome {
+        Outcome::Block => {
+            let body = json!({
+                "code": "forbidden",
+                "message": format!("policy blocked {action_name} on route {}", route.name),
+                "decisionId": d.decision_id,
+                "reasonCodes": dec.reason_codes,
+            });
+            return with_decision_id(
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response(),
+                &d.decision_id,
+            );
+        }
+        Outcome::RequireApproval => {
+            let approval_id = d
+                .approval
+                .as_ref()
+                .map(|a| a.approval_id.clone())
+                .unwrap_or_default();
+            let approval_url = format!(
+                "{}/v1/approvals/{approval_id}",
+                p.api_base.get().map(String::as_str).unwrap_or("")
+            );
+            let respond_async = parts
+                .headers
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("respond-async"));
+            let resp = if respond_async {
+                let body = json!({"approvalId": approval_id, "decisionId": d.decision_id, "approvalUrl": approval_url});
+                (
+                    StatusCode::ACCEPTED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response()
+            } else {
+                let body = json!({
+                    "code": "approval_required",
+                    "message": format!("{action_name} needs a person's approval ({approval_id}); it was not forwarded"),
+                    "approvalId": approval_id,
+                    "decisionId": d.decision_id,
+                    "approvalUrl": approval_url,
+                    "reasonCodes": dec.reason_codes,
+                });
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response()
+            };
+            return with_decision_id(resp, &d.decision_id);
+        }
+        Outcome::Allow | Outcome::Warn => {}
+    }
+
+    // Forward: the decision is durable (decide returned), so the effect may follow.
+    let Some(client) = p.clients.get(&route.name) else {
+        return with_decision_id(
+            ApiError::internal("route without client").into_response(),
+            &d.decision_id,
+        );
+    };
+    let uri = match upstream_uri(&route.upstream, m.rest, parts.uri.query()) {
+        Ok(u) => u,
+        Err(e) => {
+            return with_decision_id(
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    format!("route {}: {e}", route.name),
+                ),
+                &d.decision_id,
+            );
+        }
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let original_host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Some(ip) = peer {
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match original_host.or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    }) {
+        Some(h) => {
+            parts.headers.insert("x-forwarded-host", h);
+        }
+        None => {
+            parts.headers.remove("x-forwarded-host");
+        }
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let body = match (body, bytes) {
+        (Some(b), _) => b,
+        (None, Some(bytes)) => Body::from(bytes),
+        (None, None) => Body::empty(),
+    };
+    let out = http::Request::from_parts(parts, body);
+    let resp = match tokio::time::timeout(p.timeout, client.request(out)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, error = %e, "proxy upstream failed");
+            return with_decision_id(
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    format!(
+                        "the upstream of route {} failed: {}",
+                        route.name,
+                        upstream_reason(&e)
+                    ),
+                ),
+                &d.decision_id,
+            );
+        }
+        Err(_) => {
+            return with_decision_id(
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    format!(
+                        "the upstream of route {} did not answer within {}",
+                        route.name,
+                        humantime::format_duration(p.timeout)
+                    ),
+                ),
+                &d.decision_id,
+            );
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    let mut resp = Response::from_parts(rparts, Body::new(rbody));
+    if dec.outcome == Outcome::Warn {
+        resp.headers_mut()
+            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
+        if let Ok(v) = HeaderValue::from_str(&dec.reason_codes.join(",")) {
+            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
+        }
+    }
+    with_decision_id(resp, &d.decision_id)
+}
+
+async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::registry::RegistryError> {
+    if agent.starts_with("agt_") {
+        return Ok(agent);
+    }
+    let found = p
+        .app
+        .agents
+        .list(&p.tenant)
+        .await?
+        .into_iter()
+        .find(|a| a.name.eq_ignore_ascii_case(&agent))
+        .map(|a| a.agent_id);
+    Ok(found.unwrap_or(agent))
+}
+
+/// A connect error says little in its `Display`; its source chain says why.
+fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The upstream's base URL with the path below the route's prefix (and the query) appended.
+fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Result<Uri, String> {
+    let base_path = base.path().trim_end_matches('/');
+    let mut pq = format!("{base_path}{rest}");
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|e| format!("path {pq:?}: {e}"))?);
+    Uri::from_parts(parts).map_err(|e| e.to_string())
+}

@@ -1,0 +1,535 @@
+//! The tool-call proxy through the real server, in front of a real upstream on loopback that records what reached
+//! it: allow forwards and streams, warn flags, block and require_approval never reach the upstream, every decision
+//! is in the ledger before its effect, body context drives rules, and shared mode takes its identity from
+//! `Proxy-Authorization`.
+
+use crate::harness::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use kla::auth::Role;
+use kla::proxy::{FileAction, FileProxy, FileRoute};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: &str = "acme-proxy";
+const AGENT: &str = "proxy-bot";
+
+const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}, decision: block, reasonCode: NO_DELETE, message: "customers are not deleted by agents"}
+    - {id: big-refund, match: {actions: [execute_refund]}, when: "input.context.amount > 1000", decision: block, reasonCode: BIG_REFUND}
+    - {id: flag-export, match: {actions: [export_report]}, decision: warn, reasonCode: EXPORT_FLAGGED}
+    - {id: hold-wire, match: {actions: [wire_money]}, decision: require_approval, reasonCode: WIRE, approval: {timeout: 15m}}
+"#;
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+/// A plain HTTP/1.1 upstream on 127.0.0.1:0 that records every request. `/stream` answers in chunks spread over
+/// time, `/slow` waits 3s; everything else echoes `ok <target>`.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn serve_one(
+    req: http::Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<http::Response<UpBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts.headers,
+        body,
+    });
+    if target.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if target.ends_with("/stream") {
+        let chunks = futures_util::stream::unfold(0u32, |i| async move {
+            if i == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk{i};")))),
+                i + 1,
+            ))
+        });
+        let resp = http::Response::builder()
+            .header("x-upstream", "yes")
+            .body(BodyExt::boxed(StreamBody::new(chunks)))
+            .unwrap();
+        return Ok(resp);
+    }
+    let resp = http::Response::builder()
+        .header("x-upstream", "yes")
+        .header("connection", "x-private")
+        .header("x-private", "hop")
+        .body(BodyExt::boxed(Full::new(Bytes::from(format!("ok {target}")))))
+        .unwrap();
+    Ok(resp)
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| serve_one(req, s.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn write_pack(root: &Path) {
+    let dir = root.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = format!(
+        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: proxy, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{RULES}"
+    );
+    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
+}
+
+fn action(method: &str, path: &str, name: &str, context: &[(&str, &str)]) -> FileAction {
+    FileAction {
+        method: method.into(),
+        path: path.into(),
+        action: name.into(),
+        context: (!context.is_empty()).then(|| {
+            context
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        }),
+    }
+}
+
+fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
+    FileProxy {
+        addr: None,
+        tenant: Some(T.into()),
+        agent: agent.map(str::to_owned),
+        connect_timeout: Some("1s".into()),
+        timeout: Some("1s".into()),
+        routes: Some(vec![
+            FileRoute {
+                name: "billing".into(),
+                prefix: "/billing".into(),
+                upstream: format!("http://{upstream}/api"),
+                ca_file: None,
+                actions: Some(vec![
+                    action(
+                        "POST",
+                        "/refunds",
+                        "execute_refund",
+                        &[("amount", "/amount"), ("user", "/user_id")],
+                    ),
+                    action("DELETE", "/customers/{id}", "delete_customer", &[]),
+                    action("GET", "/reports/{id}", "export_report", &[]),
+                    action("POST", "/wires", "wire_money", &[]),
+                ]),
+            },
+            FileRoute {
+                name: "dead".into(),
+                prefix: "/dead".into(),
+                // Port 9 (discard) on loopback: nothing listens there in a test environment.
+                upstream: "http://127.0.0.1:9".into(),
+                ca_file: None,
+                actions: None,
+            },
+        ]),
+    }
+}
+
+/// A server with the proxy in front of `upstream`, the agent registered; (server, proxy base URL, admin token).
+async fn start(
+    agent: Option<&str>,
+    upstream: &Upstream,
+) -> (Server, String, String, tempfile::TempDir, tempfile::TempDir) {
+    let packs = tempfile::tempdir().unwrap();
+    write_pack(packs.path());
+    let data = tempfile::tempdir().unwrap();
+    let mut c = raw(data.path());
+    c.policies = Some(packs.path().to_owned());
+    c.allow_unsigned = Some(true);
+    c.proxy_addr = Some("127.0.0.1:0".into());
+    c.proxy = Some(section(agent, upstream.addr));
+    let s = Server::start_cfg(c, None).await;
+    let admin = s.token(T, Role::Admin);
+    s.register(&admin, T, AGENT).await;
+    let proxy = format!("http://{}", s.listener("proxy").expect("proxy listener"));
+    (s, proxy, admin, packs, data)
+}
+
+async fn decision(s: &Server, admin: &str, id: &str) -> Value {
+    let r = s.get(&format!("/v1/decisions/{id}"), admin, T).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn allow_forwards_headers_and_body_and_streams_back() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) = start(Some(AGENT), &up).await;
+    let c = client();
+    let r = c
+        .post(format!("{proxy}/billing/refunds?x=1"))
+        .header("authorization", "Bearer upstream-secret")
+        .header("proxy-authorization", "Bearer not-for-upstream")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "drop me")
+        .header("x-custom", "kept")
+        .body(r#"{"amount": 40, "user_id": "u-1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    assert!(r.headers().get("x-kla-decision").is_none());
+    assert_eq!(r.headers()["x-upstream"], "yes");
+    assert!(
+        r.headers().get("x-private").is_none(),
+        "hop-by-hop response header forwarded"
+    );
+    assert_eq!(r.text().await.unwrap(), "ok /api/refunds?x=1");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let got = &seen[0];
+    assert_eq!(
+        (got.method.as_str(), got.target.as_str()),
+        ("POST", "/api/refunds?x=1")
+    );
+    assert_eq!(
+        got.body,
+        Bytes::from_static(br#"{"amount": 40, "user_id": "u-1"}"#)
+    );
+    assert_eq!(got.headers["authorization"], "Bearer upstream-secret");
+    assert_eq!(got.headers["x-custom"], "kept");
+    assert!(got.headers.get("proxy-authorization").is_none());
+    assert!(got.headers.get("x-hop").is_none());
+    assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got.headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        got.headers["x-forwarded-host"].to_str().unwrap(),
+        proxy.trim_start_matches("http://")
+    );
+    // The decision was recorded with the body's context.
+    let d = decision(&s, &admin, &id).await;
+    assert_eq!(d["decision"], "allow", "{d}");
+    assert_eq!(d["action"], "execute_refund", "{d}");
+    assert_eq!(d["context"]["amount"], 40, "{d}");
+    assert_eq!(d["context"]["user"], "u-1", "{d}");
+
+    // A streamed (chunked) upstream answer arrives whole; an unnamed request is `http.request`.
+    let r = c.get(format!("{proxy}/billing/stream")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "chunk0;chunk1;chunk2;chunk3;chunk4;");
+    let d = decision(&s, &admin, &id).await;
+    assert_eq!(d["action"], "http.request", "{d}");
+    assert_eq!(
+        d["context"],
+        json!({"method": "GET", "path": "/billing/stream"}),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn warn_block_and_body_rules() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) = start(Some(AGENT), &up).await;
+    let c = client();
+    // warn: forwarded and flagged.
+    let r = c
+        .get(format!("{proxy}/billing/reports/r-7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-kla-decision"], "warn");
+    assert_eq!(r.headers()["x-kla-reason-codes"], "EXPORT_FLAGGED");
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    assert_eq!(decision(&s, &admin, &id).await["context"]["id"], "r-7");
+    assert_eq!(up.seen().len(), 1);
+
+    // block: refused, the upstream never contacted, the decision in the ledger.
+    let r = c
+        .delete(format!("{proxy}/billing/customers/c-42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let header_id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "forbidden", "{body}");
+    assert_eq!(body["reasonCodes"], json!(["NO_DELETE"]), "{body}");
+    assert_eq!(body["decisionId"], header_id.as_str());
+    assert_eq!(up.seen().len(), 1, "a blocked call reached the upstream");
+    let d = decision(&s, &admin, &header_id).await;
+    assert_eq!(d["decision"], "block", "{d}");
+    assert_eq!(d["context"]["id"], "c-42", "{d}");
+
+    // A JSON pointer into the body drives the rule: a big refund is blocked, a small one forwarded.
+    let r = c
+        .post(format!("{proxy}/billing/refunds"))
+        .body(r#"{"amount": 5000, "user_id": "u-2"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reasonCodes"], json!(["BIG_REFUND"]), "{body}");
+    assert_eq!(up.seen().len(), 1, "a blocked refund reached the upstream");
+    let r = c
+        .post(format!("{proxy}/billing/refunds"))
+        .body(r#"{"amount": 50}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.seen().len(), 2);
+
+    // A body an action must read that is not JSON is refused before anything is decided or forwarded.
+    let r = c
+        .post(format!("{proxy}/billing/refunds"))
+        .body("amount=5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("x-kla-decision-id").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_request", "{body}");
+    // Over the body limit: 413.
+    let big = format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    let r = c
+        .post(format!("{proxy}/billing/refunds"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_route_dead_upstream_and_approvals() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) = start(Some(AGENT), &up).await;
+    let c = client();
+    let r = c.get(format!("{proxy}/nowhere/x")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_found", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("/nowhere/x"));
+    // A prefix matches whole segments only.
+    let r = c.get(format!("{proxy}/billingx")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = c.get(format!("{proxy}/dead/thing")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_gateway", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("route dead"), "{body}");
+
+    // An upstream slower than the timeout: 504, after the call was decided.
+    let r = c.get(format!("{proxy}/billing/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("route billing"),
+        "{body}"
+    );
+    assert_eq!(up.seen().len(), 1);
+
+    // require_approval: 202 with the approval for a client that asks for it, else 403 naming it.
+    let r = c
+        .post(format!("{proxy}/billing/wires"))
+        .header("prefer", "respond-async")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let header_id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    let approval = body["approvalId"].as_str().unwrap().to_owned();
+    assert!(approval.starts_with("appr_"), "{body}");
+    assert_eq!(body["decisionId"], header_id.as_str());
+    assert_eq!(body["approvalUrl"], format!("{}/v1/approvals/{approval}", s.base));
+    let a = s.get(&format!("/v1/approvals/{approval}"), &admin, T).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let r = c
+        .post(format!("{proxy}/billing/wires"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "approval_required", "{body}");
+    assert!(
+        body["approvalId"].as_str().unwrap().starts_with("appr_"),
+        "{body}"
+    );
+    assert_eq!(up.seen().len(), 1, "a held call reached the upstream");
+}
+
+#[tokio::test]
+async fn shared_mode_takes_the_agent_from_proxy_authorization() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) = start(None, &up).await;
+    let c = client();
+    let r = c.get(format!("{proxy}/billing/x")).send().await.unwrap();
+    assert_eq!(r.status(), 407);
+    assert_eq!(r.headers()["proxy-authenticate"], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized", "{body}");
+    let r = c
+        .get(format!("{proxy}/billing/x"))
+        .header("proxy-authorization", "Bearer garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 407);
+    // A token without an agent claim may not make tool calls.
+    let unbound = s.token(T, Role::Agent);
+    let r = c
+        .get(format!("{proxy}/billing/x"))
+        .header("proxy-authorization", format!("Bearer {unbound}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(up.seen().is_empty());
+
+    let tok = agent_token(&s.data_dir, T, AGENT);
+    let r = c
+        .get(format!("{proxy}/billing/x"))
+        .header("proxy-authorization", format!("Bearer {tok}"))
+        .header("authorization", "Bearer for-upstream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].headers.get("proxy-authorization").is_none());
+    assert_eq!(seen[0].headers["authorization"], "Bearer for-upstream");
+    let d = decision(&s, &admin, &id).await;
+    assert_eq!(d["agent"]["name"], AGENT, "{d}");
+    // A token for another tenant is refused.
+    let other = agent_token(&s.data_dir, "other-tenant", AGENT);
+    let r = c
+        .get(format!("{proxy}/billing/x"))
+        .header("proxy-authorization", format!("Bearer {other}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_route_ca_file() {
+    // The upstream is a second kla serving HTTPS with a self-signed certificate for `localhost`.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut up = raw(&tmp.path().join("up"));
+    up.tls_cert = Some(cert.clone());
+    up.tls_key = Some(key);
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let upstream = Server::start_cfg(up, Some((https, "localhost"))).await;
+    let port = upstream.listener("api").unwrap().port();
+
+    let route = |name: &str, ca: Option<std::path::PathBuf>| FileRoute {
+        name: name.into(),
+        prefix: format!("/{name}"),
+        upstream: format!("https://localhost:{port}"),
+        ca_file: ca,
+        actions: None,
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut c = raw(data.path());
+    c.proxy_addr = Some("127.0.0.1:0".into());
+    c.proxy = Some(FileProxy {
+        tenant: Some(T.into()),
+        agent: Some(AGENT.into()),
+        routes: Some(vec![route("trusted", Some(cert)), route("untrusted", None)]),
+        ..FileProxy::default()
+    });
+    let s = Server::start_cfg(c, None).await;
+    let admin = s.token(T, Role::Admin);
+    s.register(&admin, T, AGENT).await;
+    let proxy = format!("http://{}", s.listener("proxy").unwrap());
+    let r = client()
+        .get(format!("{proxy}/trusted/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    // Without the route's CA bundle the self-signed upstream is not trusted.
+    let r = client()
+        .get(format!("{proxy}/untrusted/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_gateway", "{body}");
+}
