@@ -345,7 +345,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                     .into_response()
             } else {
                 let body = json!({
-                    "code": "approval_required",
+                    "code": "forbidden",
                     "message": format!("{action_name} needs a person's approval ({approval_id}); it was not forwarded"),
                     "approvalId": approval_id,
                     "decisionId": d.decision_id,
@@ -377,7 +377,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             return with_decision_id(
                 json_error(
                     StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
+                    "internal_error",
                     format!("route {}: {e}", route.name),
                 ),
                 &d.decision_id,
@@ -431,7 +431,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             return with_decision_id(
                 json_error(
                     StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
+                    "internal_error",
                     format!(
                         "the upstream of route {} failed: {}",
                         route.name,
@@ -445,7 +445,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             return with_decision_id(
                 json_error(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "gateway_timeout",
+                    "internal_error",
                     format!(
                         "the upstream of route {} did not answer within {}",
                         route.name,

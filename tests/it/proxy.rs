@@ -375,7 +375,7 @@ async fn unknown_route_dead_upstream_and_approvals() {
     assert_eq!(r.status(), 502);
     assert!(r.headers().get("x-kla-decision-id").is_some());
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "bad_gateway", "{body}");
+    assert_eq!(body["code"], "internal_error", "{body}");
     assert!(body["message"].as_str().unwrap().contains("route dead"), "{body}");
 
     // An upstream slower than the timeout: 504, after the call was decided.
@@ -414,7 +414,7 @@ async fn unknown_route_dead_upstream_and_approvals() {
         .unwrap();
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "approval_required", "{body}");
+    assert_eq!(body["code"], "forbidden", "{body}");
     assert!(
         body["approvalId"].as_str().unwrap().starts_with("appr_"),
         "{body}"
@@ -531,5 +531,5 @@ async fn https_upstream_with_a_route_ca_file() {
         .unwrap();
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "bad_gateway", "{body}");
+    assert_eq!(body["code"], "internal_error", "{body}");
 }
