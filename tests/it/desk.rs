@@ -484,18 +484,7 @@ async fn signing_out_clears_the_cookie() {
 #[tokio::test]
 async fn the_cookie_is_secure_over_https() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let mut cfg = raw(&tmp.path().join("data"));
-    cfg.tls_cert = Some(cert);
-    cfg.tls_key = Some(key);
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
-        .resolve("localhost", "127.0.0.1:0".parse().unwrap())
-        .build()
-        .unwrap();
+    let (cfg, _, client) = https_config(tmp.path());
     let s = Server::start_cfg(cfg, Some((client, "localhost"))).await;
     let link = desk_link(&s, "alice", "approver");
     assert!(link.starts_with("https://localhost:"), "{link}");

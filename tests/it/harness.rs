@@ -327,6 +327,25 @@ pub fn raw(data_dir: &Path) -> RawConfig {
 /// The policy deadline of every server the tests start.
 const POLICY_DEADLINE: &str = "2s";
 
+/// A self-signed certificate for `localhost` written into `dir`, and a config serving HTTPS with it from the data
+/// dir `dir/data`; returns the config, the certificate's PEM file and a client that trusts it and sends `localhost`
+/// to 127.0.0.1.
+pub fn https_config(dir: &Path) -> (RawConfig, PathBuf, reqwest::Client) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("cert file");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("key file");
+    let mut cfg = raw(&dir.join("data"));
+    cfg.tls_cert = Some(cert.clone());
+    cfg.tls_key = Some(key);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).expect("pem"))
+        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
+        .build()
+        .expect("client");
+    (cfg, cert, client)
+}
+
 /// A path inside the repository (tests never depend on the working directory).
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

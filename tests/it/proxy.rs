@@ -482,17 +482,7 @@ async fn shared_mode_takes_the_agent_from_proxy_authorization() {
 async fn https_upstream_with_a_route_ca_file() {
     // The upstream is a second kla serving HTTPS with a self-signed certificate for `localhost`.
     let tmp = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let mut up = raw(&tmp.path().join("up"));
-    up.tls_cert = Some(cert.clone());
-    up.tls_key = Some(key);
-    let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let (up, cert, https) = https_config(tmp.path());
     let upstream = Server::start_cfg(up, Some((https, "localhost"))).await;
     let port = upstream.listener("api").unwrap().port();
 
