@@ -11,7 +11,7 @@ use crate::events::{Hub, HubConfig};
 use crate::ledger::{Ledger, LedgerConfig, RepairMode};
 use crate::policy::{HookError, PackFloors, PolicyConfig, PolicyEvent, PolicyManager, TrustedKey};
 use crate::recorder::{Record, Recorder};
-use crate::redact::Redactor;
+use crate::redact::Redaction;
 use crate::registry::Agents;
 use crate::server::{self, Listener, Services};
 use crate::store::Store;
@@ -138,11 +138,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     ));
     let expiring = approvals.clone();
     services.spawn("approval-expiry", move |stop| expiring.run_expiry(stop));
+    let redaction = Arc::new(Redaction::new());
     let decider = Decider::new(
         policy.clone(),
         recorder.clone(),
         agents.clone(),
-        Redactor::none(),
+        redaction.clone(),
         approvals.clone(),
     );
     let state = Arc::new(AppState {
@@ -156,6 +157,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         agents,
         decider,
         approvals,
+        redaction,
         events,
         desk: crate::desk::Desk::new(token_key.private_pem.clone(), cfg.api.listener.tls.is_some()),
     });

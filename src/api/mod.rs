@@ -59,6 +59,8 @@ pub struct AppState {
     pub decider: Decider,
     /// The Decision Desk's approvals.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Redactors for everything recorded (decision contexts, spans).
+    pub redaction: Arc<crate::redact::Redaction>,
     /// The event stream (SSE and WebSocket).
     pub events: crate::events::Hub,
     /// The Decision Desk page's sign-in.

@@ -12,7 +12,7 @@
 //! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
 //! 4. **hold**: a `require_approval` decision opens an approval on the Decision Desk, bound to this exact action
 //!    (its terms go into the decision's own entry, so decision and approval are one durable write);
-//! 5. **redact**: what will be recorded passes the [`Redactor`] (the policy saw the values as given);
+//! 5. **redact**: what will be recorded passes the tenant's [`crate::redact::Redactor`] (the policy saw the values as given);
 //! 6. **record**: the decision entry is appended to the ledger and is durable before anyone is answered.
 //!
 //! This module knows no HTTP: entry points parse their own wire format into an [`ActionRequest`] and render
@@ -26,7 +26,7 @@ use crate::policy::{AgentRef, Decision, EvalInput, PolicyManager};
 use crate::recorder::{
     ApprovalTerms, DecisionBody, DecisionEntry, OpenedApproval, Record, RecordError, Recorder,
 };
-use crate::redact::Redactor;
+use crate::redact::Redaction;
 use crate::registry::{Agents, RegistryError};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -108,7 +108,7 @@ pub struct Decider {
     policy: Arc<PolicyManager>,
     recorder: Recorder,
     agents: Arc<Agents>,
-    redactor: Redactor,
+    redaction: Arc<Redaction>,
     approvals: Arc<Approvals>,
 }
 
@@ -127,14 +127,14 @@ impl Decider {
         policy: Arc<PolicyManager>,
         recorder: Recorder,
         agents: Arc<Agents>,
-        redactor: Redactor,
+        redaction: Arc<Redaction>,
         approvals: Arc<Approvals>,
     ) -> Self {
         Decider {
             policy,
             recorder,
             agents,
-            redactor,
+            redaction,
             approvals,
         }
     }
@@ -215,8 +215,9 @@ impl Decider {
         approval: Option<&ApprovalTerms>,
     ) -> Result<Recorded, DecideError> {
         let input = &call.input;
-        let context = self.redactor.value(&input.context);
-        let tool = input.tool.as_ref().map(|t| self.redactor.value(t));
+        let redactor = self.redaction.redactor(&call.caller.tenant);
+        let context = redactor.value(&input.context);
+        let tool = input.tool.as_ref().map(|t| redactor.value(t));
         let decision_id = crate::time::sortable_id("dec_");
         let caller = call.caller;
         let body = DecisionBody {
