@@ -6,6 +6,7 @@
 
 pub mod config;
 mod forward;
+mod hold;
 
 pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
