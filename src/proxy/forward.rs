@@ -4,7 +4,7 @@
 //! `Proxy-Authorization` (shared mode), never from the request body.
 
 use super::hold::HoldEnd;
-use super::{ProxyConfig, Route, Routes, body_context};
+use super::{Audit, ProxyConfig, Route, Routes, body_context};
 use crate::api::{ApiError, AppState, Code};
 use crate::auth::{Caller, Principal, Role};
 use crate::decide::{ActionRequest, Decided};
@@ -47,6 +47,7 @@ pub struct Proxy {
     timeout: Duration,
     /// How long a call waiting for approval is held before it is answered as pending.
     pub(super) hold_budget: Duration,
+    audit: Audit,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
     api_base: OnceLock<String>,
 }
@@ -69,6 +70,7 @@ impl Proxy {
             clients,
             timeout: cfg.timeout,
             hold_budget: cfg.hold_budget,
+            audit: cfg.audit,
             api_base: OnceLock::new(),
         }))
     }
@@ -310,15 +312,45 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         // A held call that timed out on the client's side is retried: one approval lets one call through.
         reuse_approval: true,
     };
-    // No decision, no forward: every failure here is a refusal.
-    let d = match p.app.decider.decide(accepted, req.clone()).await {
-        Ok(d) => d,
-        Err(e) => return ApiError::classified(&e).into_response(),
-    };
     let body = match (body, bytes) {
         (Some(b), _) => b,
         (None, Some(bytes)) => Body::from(bytes),
         (None, None) => Body::empty(),
+    };
+    let respond_async = prefers_async(&parts.headers);
+    // No decision, no forward: every failure here is a refusal. Under `audit: overlap` an allowed call is sent
+    // while its decision is being made durable, and its answer waits for that.
+    let overlap = p.audit == Audit::Overlap;
+    let mut call = Some((parts, body));
+    let decided = p
+        .app
+        .decider
+        .decide_overlapped(accepted, req.clone(), |_| {
+            if !overlap {
+                return None;
+            }
+            let (parts, body) = call.take()?;
+            Some(upstream(&p, route, m.rest, parts, body))
+        })
+        .await;
+    let (d, early) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            if call.is_none() {
+                tracing::error!(error = %e, route = %route.name,
+                    "a call was sent upstream (audit: overlap) but its decision could not be recorded; its answer is withheld");
+            }
+            return ApiError::classified(&e).into_response();
+        }
+    };
+    if let Some(resp) = early {
+        return finish(resp, &d.decision, &d.decision_id);
+    }
+    let Some((parts, body)) = call else {
+        return with_decision_id(
+            ApiError::internal("the call was consumed without an answer").into_response(),
+            &d.decision_id,
+        );
     };
     let dec = &d.decision;
     match dec.outcome {
@@ -339,14 +371,14 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                 );
             };
             let approval_url = p.approval_url(&terms.approval_id);
-            if prefers_async(&parts.headers) || p.hold_budget.is_zero() {
+            if respond_async || p.hold_budget.is_zero() {
                 let body = json!({
                     "approvalId": terms.approval_id,
                     "decisionId": d.decision_id,
                     "approvalUrl": approval_url,
                     "expiresAt": terms.expires_at,
                 });
-                let status = if prefers_async(&parts.headers) {
+                let status = if respond_async {
                     StatusCode::ACCEPTED
                 } else {
                     StatusCode::FORBIDDEN
@@ -475,27 +507,45 @@ pub(super) async fn forward(
     p: &Proxy,
     route: &Route,
     rest: &str,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Body,
     d: &Decided,
 ) -> Response {
-    let dec = &d.decision;
+    let resp = upstream(p, route, rest, parts, body).await;
+    finish(resp, &d.decision, &d.decision_id)
+}
+
+/// The decision's headers on a forwarded call's answer: its id, and the flag and reason codes of a `warn`.
+pub(super) fn finish(mut resp: Response, dec: &crate::policy::Decision, decision_id: &str) -> Response {
+    if dec.outcome == Outcome::Warn {
+        resp.headers_mut()
+            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
+        if let Ok(v) = HeaderValue::from_str(&dec.reason_codes.join(",")) {
+            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
+        }
+    }
+    with_decision_id(resp, decision_id)
+}
+
+/// Sends the call to its route's upstream: the upstream's answer (headers in, body streaming), or the `502`/`504`
+/// that says why there is none.
+pub(super) async fn upstream(
+    p: &Proxy,
+    route: &Route,
+    rest: &str,
+    mut parts: http::request::Parts,
+    body: Body,
+) -> Response {
     let Some(client) = p.clients.get(&route.name) else {
-        return with_decision_id(
-            ApiError::internal("route without client").into_response(),
-            &d.decision_id,
-        );
+        return ApiError::internal("route without client").into_response();
     };
     let uri = match upstream_uri(&route.upstream, rest, parts.uri.query()) {
         Ok(u) => u,
         Err(e) => {
-            return with_decision_id(
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "internal_error",
-                    format!("route {}: {e}", route.name),
-                ),
-                &d.decision_id,
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "internal_error",
+                format!("route {}: {e}", route.name),
             );
         }
     };
@@ -538,45 +588,31 @@ pub(super) async fn forward(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, error = %e, "proxy upstream failed");
-            return with_decision_id(
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "internal_error",
-                    format!(
-                        "the upstream of route {} failed: {}",
-                        route.name,
-                        upstream_reason(&e)
-                    ),
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "internal_error",
+                format!(
+                    "the upstream of route {} failed: {}",
+                    route.name,
+                    upstream_reason(&e)
                 ),
-                &d.decision_id,
             );
         }
         Err(_) => {
-            return with_decision_id(
-                json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "internal_error",
-                    format!(
-                        "the upstream of route {} did not answer within {}",
-                        route.name,
-                        humantime::format_duration(p.timeout)
-                    ),
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "internal_error",
+                format!(
+                    "the upstream of route {} did not answer within {}",
+                    route.name,
+                    humantime::format_duration(p.timeout)
                 ),
-                &d.decision_id,
             );
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
-    let mut resp = Response::from_parts(rparts, Body::new(rbody));
-    if dec.outcome == Outcome::Warn {
-        resp.headers_mut()
-            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
-        if let Ok(v) = HeaderValue::from_str(&dec.reason_codes.join(",")) {
-            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
-        }
-    }
-    with_decision_id(resp, &d.decision_id)
+    Response::from_parts(rparts, Body::new(rbody))
 }
 
 async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::registry::RegistryError> {

@@ -8,7 +8,7 @@ pub mod config;
 mod forward;
 mod hold;
 
-pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
+pub use config::{ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
 

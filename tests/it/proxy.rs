@@ -158,6 +158,7 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
         timeout: Some("1s".into()),
         // The tests of holding set their own budget.
         hold_budget: Some("0s".into()),
+        audit: None,
         routes: Some(vec![
             FileRoute {
                 name: "billing".into(),
@@ -232,11 +233,24 @@ async fn decision(s: &Server, admin: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn allow_forwards_headers_and_body_and_streams_back() {
+    allow_forwards("strict").await;
+}
+
+/// Under `audit: overlap` the same: every answered call's decision is in the ledger by the time its answer is.
+#[tokio::test]
+async fn allow_forwards_the_same_under_audit_overlap() {
+    allow_forwards("overlap").await;
+}
+
+async fn allow_forwards(audit: &str) {
     let up = Upstream::start().await;
-    let (s, proxy, admin, _p, _d) = start(Some(AGENT), &up).await;
+    let (s, proxy, admin, _p, _d) = start_with(Some(AGENT), &up, |p| p.audit = Some(audit.into())).await;
     let c = client();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = c
         .post(format!("{proxy}/billing/refunds?x=1"))
+        .header("traceparent", traceparent)
+        .header("x-kla-execution-id", "exec_42")
         .header("authorization", "Bearer upstream-secret")
         .header("proxy-authorization", "Bearer not-for-upstream")
         .header("connection", "keep-alive, x-hop")
@@ -268,6 +282,9 @@ async fn allow_forwards_headers_and_body_and_streams_back() {
     );
     assert_eq!(got.headers["authorization"], "Bearer upstream-secret");
     assert_eq!(got.headers["x-custom"], "kept");
+    // Correlation goes on to the upstream untouched.
+    assert_eq!(got.headers["traceparent"], traceparent);
+    assert_eq!(got.headers["x-kla-execution-id"], "exec_42");
     assert!(got.headers.get("proxy-authorization").is_none());
     assert!(got.headers.get("x-hop").is_none());
     assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
@@ -282,6 +299,8 @@ async fn allow_forwards_headers_and_body_and_streams_back() {
     assert_eq!(d["action"], "execute_refund", "{d}");
     assert_eq!(d["context"]["amount"], 40, "{d}");
     assert_eq!(d["context"]["user"], "u-1", "{d}");
+    assert_eq!(d["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "{d}");
+    assert_eq!(d["executionId"], "exec_42", "{d}");
 
     // A streamed (chunked) upstream answer arrives whole; an unnamed request is `http.request`.
     let r = c.get(format!("{proxy}/billing/stream")).send().await.unwrap();
