@@ -36,6 +36,8 @@ pub struct FileProxy {
     /// `strict` (default): a call is forwarded once its decision is durable. `overlap`: forwarded while the decision
     /// is being made durable, and the upstream's answer released only once it is.
     pub audit: Option<String>,
+    /// HTTPS for the proxy listener (agents that reach kla over a network).
+    pub tls: Option<crate::config::FileTls>,
     /// The routes; the listener only starts when there is at least one.
     pub routes: Option<Vec<FileRoute>>,
 }
@@ -49,6 +51,7 @@ impl FileProxy {
             && self.timeout.is_none()
             && self.hold_budget.is_none()
             && self.audit.is_none()
+            && self.tls.is_none()
             && self.routes.is_none()
     }
 }
@@ -100,6 +103,8 @@ pub struct ProxyConfig {
     pub hold_budget: Duration,
     /// When a call may reach its upstream, relative to its decision's durability.
     pub audit: Audit,
+    /// HTTPS for the listener.
+    pub tls: Option<crate::config::TlsConfig>,
     /// Routes, in config order.
     pub routes: Vec<Route>,
 }
@@ -215,6 +220,16 @@ pub fn validate(
         agent: file.agent,
         connect_timeout: duration(&file.connect_timeout, Duration::from_secs(5), "connect-timeout")?,
         timeout: duration(&file.timeout, Duration::from_secs(30), "timeout")?,
+        tls: match file.tls {
+            None => None,
+            Some(crate::config::FileTls {
+                cert: Some(cert),
+                key: Some(key),
+            }) => Some(crate::config::TlsConfig { cert, key }),
+            Some(_) => {
+                return Err(ConfigError::Invalid("proxy.tls needs both cert and key".into()));
+            }
+        },
         audit: match file.audit.as_deref() {
             None | Some("strict") => Audit::Strict,
             Some("overlap") => Audit::Overlap,

@@ -42,12 +42,17 @@ pub struct Proxy {
     pub(super) app: Arc<AppState>,
     tenant: Arc<str>,
     agent: Option<Arc<str>>,
-    routes: Routes,
-    clients: HashMap<String, Upstream>,
+    /// The routes and their clients; swapped whole by a reload, so a call in flight keeps the table it started with.
+    table: arc_swap::ArcSwap<Table>,
     timeout: Duration,
     /// How long a call waiting for approval is held before it is answered as pending.
     pub(super) hold_budget: Duration,
     audit: Audit,
+    /// `https` when the listener has TLS (for `x-forwarded-proto`).
+    scheme: &'static str,
+    /// Agent names resolved to ids (a registered name keeps its id: agents are never renamed or removed), so a
+    /// call does not list the tenant's agents. Bounded; cleared when full.
+    agent_ids: parking_lot::Mutex<HashMap<String, String>>,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
     api_base: OnceLock<String>,
 }
@@ -55,22 +60,16 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the proxy and its upstream clients (reading each route's `ca-file`).
     pub fn new(cfg: &ProxyConfig, app: Arc<AppState>) -> anyhow::Result<Arc<Proxy>> {
-        let mut clients = HashMap::new();
-        for r in &cfg.routes {
-            clients.insert(
-                r.name.clone(),
-                client(r.ca_file.as_deref(), cfg.connect_timeout, &r.name)?,
-            );
-        }
         Ok(Arc::new(Proxy {
+            table: arc_swap::ArcSwap::from_pointee(Table::new(cfg)?),
             app,
             tenant: cfg.tenant.as_str().into(),
             agent: cfg.agent.as_deref().map(Into::into),
-            routes: Routes::new(cfg.routes.clone()),
-            clients,
             timeout: cfg.timeout,
             hold_budget: cfg.hold_budget,
             audit: cfg.audit,
+            scheme: if cfg.tls.is_some() { "https" } else { "http" },
+            agent_ids: parking_lot::Mutex::new(HashMap::new()),
             api_base: OnceLock::new(),
         }))
     }
@@ -78,6 +77,25 @@ impl Proxy {
     /// Sets the API's base URL for approval links (once).
     pub fn set_api_base(&self, base: String) {
         let _ = self.api_base.set(base);
+    }
+
+    /// Takes the routes of a reloaded config: calls that start from now on use them; calls in flight finish with
+    /// the table they started with, and no connection is dropped. What the listener itself was started with (its
+    /// address and TLS) and who calls are made as (tenant, agent) need a restart: a reload that changes them is
+    /// refused whole.
+    pub fn reload(&self, cfg: &ProxyConfig) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            *self.tenant == *cfg.tenant && self.agent.as_deref() == cfg.agent.as_deref(),
+            "proxy.tenant and proxy.agent change only with a restart"
+        );
+        anyhow::ensure!(
+            (self.scheme == "https") == cfg.tls.is_some(),
+            "proxy.tls changes only with a restart"
+        );
+        let table = Table::new(cfg)?;
+        let n = table.routes.len();
+        self.table.store(Arc::new(table));
+        Ok(n)
     }
 
     /// The API URL of an approval.
@@ -91,6 +109,28 @@ impl Proxy {
     /// The proxy listener's router: every path goes to the one handler.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+/// The routes of one config and a pooled client per route.
+pub(super) struct Table {
+    pub(super) routes: Routes,
+    clients: HashMap<String, Upstream>,
+}
+
+impl Table {
+    fn new(cfg: &ProxyConfig) -> anyhow::Result<Table> {
+        let mut clients = HashMap::new();
+        for r in &cfg.routes {
+            clients.insert(
+                r.name.clone(),
+                client(r.ca_file.as_deref(), cfg.connect_timeout, &r.name)?,
+            );
+        }
+        Ok(Table {
+            routes: Routes::new(cfg.routes.clone()),
+            clients,
+        })
     }
 }
 
@@ -254,7 +294,8 @@ fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Respon
 async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let Some(m) = p.routes.resolve(&parts.method, &path) else {
+    let table = p.table.load_full();
+    let Some(m) = table.routes.resolve(&parts.method, &path) else {
         return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
     };
     let (caller, agent) = match caller(&p, &parts.headers) {
@@ -330,7 +371,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                 return None;
             }
             let (parts, body) = call.take()?;
-            Some(upstream(&p, route, m.rest, parts, body))
+            Some(upstream(&p, &table, route, m.rest, parts, body))
         })
         .await;
     let (d, early) = match decided {
@@ -399,7 +440,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             // Held: the client waits while a person decides; if it goes away, this future is dropped and nothing
             // is forwarded for it.
             match p.hold(&caller, req, &d.decision_id, &terms, p.hold_budget).await {
-                HoldEnd::Go(d) => forward(&p, route, m.rest, parts, body, &d).await,
+                HoldEnd::Go(d) => forward(&p, &table, route, m.rest, parts, body, &d).await,
                 HoldEnd::Refused(r) => {
                     let body = json!({
                         "code": "forbidden",
@@ -427,7 +468,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             }
         }
         Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
-            forward(&p, route, m.rest, parts, body, &d).await
+            forward(&p, &table, route, m.rest, parts, body, &d).await
         }
     }
 }
@@ -505,13 +546,14 @@ pub(super) fn trace_id(headers: &HeaderMap) -> Option<String> {
 /// the decision flagged it). The decision is durable (`decide` returned), so the effect may follow.
 pub(super) async fn forward(
     p: &Proxy,
+    table: &Table,
     route: &Route,
     rest: &str,
     parts: http::request::Parts,
     body: Body,
     d: &Decided,
 ) -> Response {
-    let resp = upstream(p, route, rest, parts, body).await;
+    let resp = upstream(p, table, route, rest, parts, body).await;
     finish(resp, &d.decision, &d.decision_id)
 }
 
@@ -531,12 +573,13 @@ pub(super) fn finish(mut resp: Response, dec: &crate::policy::Decision, decision
 /// that says why there is none.
 pub(super) async fn upstream(
     p: &Proxy,
+    table: &Table,
     route: &Route,
     rest: &str,
     mut parts: http::request::Parts,
     body: Body,
 ) -> Response {
-    let Some(client) = p.clients.get(&route.name) else {
+    let Some(client) = table.clients.get(&route.name) else {
         return ApiError::internal("route without client").into_response();
     };
     let uri = match upstream_uri(&route.upstream, rest, parts.uri.query()) {
@@ -567,7 +610,7 @@ pub(super) async fn upstream(
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert("x-forwarded-proto", HeaderValue::from_static(p.scheme));
     match original_host.or_else(|| {
         parts
             .uri
@@ -615,9 +658,19 @@ pub(super) async fn upstream(
     Response::from_parts(rparts, Body::new(rbody))
 }
 
-async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::registry::RegistryError> {
+/// The most agent names [`Proxy::agent_ids`] keeps.
+const AGENT_ID_CACHE: usize = 4096;
+
+pub(super) async fn resolve_agent(
+    p: &Proxy,
+    agent: String,
+) -> Result<String, crate::registry::RegistryError> {
     if agent.starts_with("agt_") {
         return Ok(agent);
+    }
+    let key = agent.to_ascii_lowercase();
+    if let Some(id) = p.agent_ids.lock().get(&key) {
+        return Ok(id.clone());
     }
     let found = p
         .app
@@ -627,7 +680,16 @@ async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::regist
         .into_iter()
         .find(|a| a.name.eq_ignore_ascii_case(&agent))
         .map(|a| a.agent_id);
-    Ok(found.unwrap_or(agent))
+    // Only found names are kept: an agent registered later is found by its next call.
+    let Some(id) = found else {
+        return Ok(agent);
+    };
+    let mut ids = p.agent_ids.lock();
+    if ids.len() >= AGENT_ID_CACHE {
+        ids.clear();
+    }
+    ids.insert(key, id.clone());
+    Ok(id)
 }
 
 /// A connect error says little in its `Display`; its source chain says why.

@@ -44,6 +44,16 @@ impl Routes {
         Routes { routes }
     }
 
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// The route owning `path` (longest prefix on a segment boundary) and the path below it.
     pub fn route<'a>(&'a self, path: &'a str) -> Option<(&'a Route, &'a str)> {
         self.routes.iter().find_map(|r| {

@@ -159,6 +159,7 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
         // The tests of holding set their own budget.
         hold_budget: Some("0s".into()),
         audit: None,
+        tls: None,
         routes: Some(vec![
             FileRoute {
                 name: "billing".into(),
@@ -747,4 +748,190 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(wires(&up), 2);
+}
+
+/// The proxy listener over HTTPS (a certificate made here), speaking HTTP/2 when the agent offers it; the upstream
+/// is told the call came in over https.
+#[tokio::test]
+async fn the_proxy_listener_serves_https_and_http2() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (https, cert, agent_client) = https_config(dir.path());
+    let key = https.tls_key.clone();
+    let (s, _proxy, _admin, _p, _d) = start_with(Some(AGENT), &up, |p| {
+        p.tls = Some(kla::config::FileTls {
+            cert: Some(cert.clone()),
+            key,
+        });
+    })
+    .await;
+    let addr = s.listener("proxy").unwrap();
+    let r = agent_client
+        .post(format!("https://localhost:{}/billing/refunds", addr.port()))
+        .body(r#"{"amount": 3, "user_id": "u-9"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    assert_eq!(r.text().await.unwrap(), "ok /api/refunds");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    // Plain HTTP to a TLS listener is not served.
+    let plain = client()
+        .post(format!("http://127.0.0.1:{}/billing/refunds", addr.port()))
+        .body("{}")
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    assert_eq!(up.seen().len(), 1);
+}
+
+/// A free port on loopback (bound and released; the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn proxy_yaml(upstream: SocketAddr, routes: &[&str]) -> String {
+    let mut y = format!("proxy:\n  tenant: {T}\n  agent: {AGENT}\n  routes:\n");
+    for r in routes {
+        y.push_str(&format!(
+            "    - {{name: {r}, prefix: /{r}, upstream: \"http://{upstream}/{r}\"}}\n"
+        ));
+    }
+    y
+}
+
+/// One HTTP/1.1 request on an open connection; the status and body of its answer.
+async fn on_conn(conn: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: kla\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_owned());
+            }
+        }
+    }
+}
+
+/// `kla serve` with a config file: SIGHUP reloads the proxy's routes; a new route answers on a connection opened
+/// before the reload, and a config that cannot apply is refused with the running routes kept.
+#[tokio::test]
+async fn sighup_reloads_the_routes_without_dropping_connections() {
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_pack(tmp.path());
+    let config = tmp.path().join("kla.yaml");
+    std::fs::write(&config, proxy_yaml(up.addr, &["one"])).unwrap();
+    let proxy_port = free_port();
+    let mut child = std::process::Command::new(kla_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-addr", "127.0.0.1:0", "--allow-unsigned"])
+        .arg("--policies")
+        .arg(tmp.path().join("proxy"))
+        .args(["--proxy-addr", &format!("127.0.0.1:{proxy_port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let api = line.trim().strip_prefix("kla listening on ").unwrap().to_owned();
+    let admin = token_for(&data, &[T], Role::Admin);
+    let r = client()
+        .post(format!("http://{api}/v1/agents"))
+        .bearer_auth(&admin)
+        .header("x-tenant-id", T)
+        .json(&agent_body(AGENT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+        .await
+        .unwrap();
+    assert_eq!(on_conn(&mut conn, "/one/x").await, (200, "ok /one/x".into()));
+    assert_eq!(on_conn(&mut conn, "/two/x").await.0, 404);
+
+    let hup = |pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    std::fs::write(&config, proxy_yaml(up.addr, &["one", "two"])).unwrap();
+    hup(child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The same connection, opened before the reload.
+        let (status, body) = on_conn(&mut conn, "/two/y").await;
+        if status == 200 {
+            assert_eq!(body, "ok /two/y");
+            break;
+        }
+        assert_eq!(status, 404);
+        assert!(std::time::Instant::now() < deadline, "the reload did not take");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A config that changes who calls are made as needs a restart: refused, the routes stay.
+    std::fs::write(
+        &config,
+        proxy_yaml(up.addr, &["three"]).replace(&format!("agent: {AGENT}"), "agent: someone-else"),
+    )
+    .unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(on_conn(&mut conn, "/two/z").await.0, 200);
+    assert_eq!(on_conn(&mut conn, "/three/z").await.0, 404);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a refused reload stopped the server"
+    );
+    drop(conn);
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }
