@@ -347,7 +347,9 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         agent_id: agent,
         action: m.name,
         context,
-        tool: None,
+        // The call itself, so its record (and the approval bound to it) says which request it was; the query is
+        // left out, as it may carry credentials.
+        tool: Some(json!({"route": route.name, "method": parts.method.as_str(), "path": path})),
         execution_id: header_str(&parts.headers, X_KLA_EXECUTION_ID),
         trace_id: trace_id(&parts.headers),
         // A held call that timed out on the client's side is retried: one approval lets one call through.

@@ -302,6 +302,11 @@ async fn allow_forwards(audit: &str) {
     assert_eq!(d["context"]["user"], "u-1", "{d}");
     assert_eq!(d["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "{d}");
     assert_eq!(d["executionId"], "exec_42", "{d}");
+    assert_eq!(
+        d["tool"],
+        json!({"route": "billing", "method": "POST", "path": "/billing/refunds"}),
+        "{d}"
+    );
 
     // A streamed (chunked) upstream answer arrives whole; an unnamed request is `http.request`.
     let r = c.get(format!("{proxy}/billing/stream")).send().await.unwrap();
