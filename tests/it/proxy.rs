@@ -637,6 +637,30 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
     assert_eq!(d["decision"], "require_approval", "{d}");
     assert_eq!(d["usesApproval"], approval.as_str(), "{d}");
     assert_ne!(d["decisionId"], pending[0]["decisionId"]);
+    // Its evidence carries the approval's chain: the decision that opened it, its resolution, then this one.
+    let r = s.get(&format!("/v1/evidence?decisionId={id}"), &admin, T).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chain: Vec<(String, String)> = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(e["entry"].as_str().unwrap()).unwrap();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["body"]["decisionId"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let opened = pending[0]["decisionId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        chain,
+        vec![
+            ("decision".to_owned(), opened.clone()),
+            ("approval.resolved".to_owned(), opened),
+            ("decision".to_owned(), id.clone()),
+        ]
+    );
 
     // The same call again needs a new approval: the first one let one call through.
     let r = c
