@@ -4,7 +4,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 N=$1; KLA=${2:-$HERE/../target/release/kla}
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"  # each held call is one descriptor on each side
 WORK=$(mktemp -d -p "${KLA_DATA_BASE:-/tmp}"); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/packs/bench"
 cat >"$WORK/packs/bench/pack.yaml" <<'YAML'
@@ -29,7 +29,7 @@ proxy:
         - {method: POST, path: "/wires/{id}", action: wire_money}
 YAML
 "$KLA" serve --config "$WORK/kla.yaml" --data-dir "$WORK/d" --api-addr 127.0.0.1:18831 --proxy-addr 127.0.0.1:18832 \
-  --policies "$WORK/packs" --allow-unsigned --api-max-connections 60000 >"$WORK/kla.log" 2>&1 &
+  --policies "$WORK/packs" --allow-unsigned --api-max-connections 15000 >"$WORK/kla.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18831/healthz >/dev/null && break; sleep 0.1; done
 TOK=$("$KLA" token --data-dir "$WORK/d" --tenant bench --role admin --ttl 1h)
