@@ -31,19 +31,21 @@ pub const X_KLA_DECISION: &str = "x-kla-decision";
 /// Answer header with the comma-separated reason codes of a `warn`.
 pub const X_KLA_REASON_CODES: &str = "x-kla-reason-codes";
 
-type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
+pub(super) type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The proxy: its routes, one pooled upstream client per route, and the API's state (its decider and token
 /// verification).
 pub struct Proxy {
-    app: Arc<AppState>,
-    tenant: Arc<str>,
+    pub(super) app: Arc<AppState>,
+    pub(super) tenant: Arc<str>,
     agent: Option<Arc<str>>,
     routes: Routes,
-    clients: HashMap<String, Upstream>,
-    timeout: Duration,
+    pub(super) clients: HashMap<String, Upstream>,
+    pub(super) timeout: Duration,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
-    api_base: OnceLock<String>,
+    pub(super) api_base: OnceLock<String>,
+    /// MCP routes' state (kla's own tasks, held calls).
+    pub(super) mcp: super::mcp::McpState,
 }
 
 impl Proxy {
@@ -64,6 +66,7 @@ impl Proxy {
             clients,
             timeout: cfg.timeout,
             api_base: OnceLock::new(),
+            mcp: super::mcp::McpState::new(cfg),
         }))
     }
 
@@ -134,7 +137,7 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -160,7 +163,7 @@ fn json_error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-fn with_decision_id(mut resp: Response, id: &str) -> Response {
+pub(super) fn with_decision_id(mut resp: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         resp.headers_mut().insert(X_KLA_DECISION_ID, v);
     }
@@ -169,7 +172,7 @@ fn with_decision_id(mut resp: Response, id: &str) -> Response {
 
 /// The caller of this request: the configured agent (sidecar mode) or the agent-bound token in
 /// `Proxy-Authorization` (shared mode).
-fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Response>> {
+pub(super) fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Response>> {
     if let Some(agent) = &p.agent {
         let principal = Principal {
             issuer: "kla".into(),
@@ -241,6 +244,9 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let Some(m) = p.routes.resolve(&parts.method, &path) else {
         return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
     };
+    if let super::RouteKind::Mcp { .. } = m.route.kind {
+        return super::mcp::handle(&p, m.route, m.rest, parts, body).await;
+    }
     let (caller, agent) = match caller(&p, &parts.headers) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -469,7 +475,10 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     with_decision_id(resp, &d.decision_id)
 }
 
-async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::registry::RegistryError> {
+pub(super) async fn resolve_agent(
+    p: &Proxy,
+    agent: String,
+) -> Result<String, crate::registry::RegistryError> {
     if agent.starts_with("agt_") {
         return Ok(agent);
     }
@@ -485,7 +494,7 @@ async fn resolve_agent(p: &Proxy, agent: String) -> Result<String, crate::regist
 }
 
 /// A connect error says little in its `Display`; its source chain says why.
-fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
+pub(super) fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
@@ -497,7 +506,7 @@ fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// The upstream's base URL with the path below the route's prefix (and the query) appended.
-fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Result<Uri, String> {
+pub(super) fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Result<Uri, String> {
     let base_path = base.path().trim_end_matches('/');
     let mut pq = format!("{base_path}{rest}");
     if let Some(q) = query {

@@ -6,8 +6,9 @@
 
 pub mod config;
 mod forward;
+mod mcp;
 
-pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
+pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment};
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
 

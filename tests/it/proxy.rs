@@ -162,6 +162,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 prefix: "/billing".into(),
                 upstream: format!("http://{upstream}/api"),
                 ca_file: None,
+                kind: None,
+                hide_blocked_tools: None,
                 actions: Some(vec![
                     action(
                         "POST",
@@ -180,6 +182,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 // Port 9 (discard) on loopback: nothing listens there in a test environment.
                 upstream: "http://127.0.0.1:9".into(),
                 ca_file: None,
+                kind: None,
+                hide_blocked_tools: None,
                 actions: None,
             },
         ]),
@@ -491,6 +495,8 @@ async fn https_upstream_with_a_route_ca_file() {
         prefix: format!("/{name}"),
         upstream: format!("https://localhost:{port}"),
         ca_file: ca,
+        kind: None,
+        hide_blocked_tools: None,
         actions: None,
     };
     let data = tempfile::tempdir().unwrap();
