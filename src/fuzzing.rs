@@ -329,6 +329,8 @@ fn evaluate_body(data: &[u8]) -> Verdict {
         role: "agent",
         decision: &decision,
         approval: None,
+        uses_approval: None,
+        awaits_approval: None,
     };
     let bytes = body
         .encode()

@@ -91,6 +91,7 @@ pub(crate) fn parse_evaluate(body: &[u8]) -> Result<ActionRequest, ApiError> {
         tool: req.tool,
         execution_id: req.execution_id,
         trace_id: req.trace_id,
+        reuse_approval: false,
     })
 }
 

@@ -44,6 +44,9 @@ pub const MAX_PAGE: usize = 1000;
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 /// Lock stripes serialising changes of one approval.
 const STRIPES: usize = 64;
+/// How long after its resolution an approval still lets its action through once (a call held past its client's
+/// patience is retried by the agent; a much later call of the same action asks again).
+pub const REUSE_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// The statuses an approval can have.
 pub const STATUSES: [&str; 5] = [PENDING, APPROVED, DENIED, EXPIRED, CANCELED];
 const APPROVED: &str = "APPROVED";
@@ -130,6 +133,21 @@ pub struct ListQuery {
     pub agent_id: Option<String>,
     pub limit: usize,
     pub cursor: Option<String>,
+}
+
+/// What an earlier approval of the same exact action (same tenant, agent, action, context and tool: the same
+/// action digest) means for a new call of it.
+pub enum Earlier<'a> {
+    /// Approved (or expired as allowed), not used, resolved within [`REUSE_WINDOW`]: the call goes through on it.
+    /// The guard keeps every other call of this action out until the use is durable and indexed.
+    Approved {
+        approval_id: String,
+        turn: tokio::sync::MutexGuard<'a, ()>,
+    },
+    /// Still pending: the call waits for it rather than opening a second approval of the same action.
+    Pending(ApprovalTerms),
+    /// Nothing to use: the call opens its own approval.
+    None,
 }
 
 /// The approvals of every tenant. Built once by `app`.
@@ -224,6 +242,56 @@ impl Approvals {
         tool: Option<&Value>,
     ) -> String {
         self.key.action_digest(tenant, agent_id, action, context, tool)
+    }
+
+    /// The earlier approval a new call of the action in `input` may use or wait for (see [`Earlier`]). The newest
+    /// usable approval wins; the guard of [`Earlier::Approved`] must be held until the decision that uses it is
+    /// recorded.
+    pub async fn earlier(&self, input: &EvalInput) -> Result<Earlier<'_>, ApprovalError> {
+        let digest = self.key.action_digest(
+            &input.tenant,
+            &input.agent.id,
+            &input.action,
+            &input.context,
+            input.tool.as_ref(),
+        );
+        let turn = self.stripe(&digest).lock().await;
+        // Resolutions and uses are indexed before they are answered (a use before its guard is released), but an
+        // approval just opened may still be on its way to the index: wait for what is queued.
+        self.recorder.index_barrier().await;
+        let found = self.store.unused_approvals(&input.tenant, &digest).await?;
+        let now = crate::time::now_ms();
+        let window = i64::try_from(REUSE_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let mut pending = None;
+        for rec in found {
+            if rec.status == PENDING {
+                if pending.is_none() && rec.row.expires_ms > now {
+                    pending = Some(rec);
+                }
+                continue;
+            }
+            let state = State::of(&rec)?;
+            let resolved_ms = state
+                .resolved_at
+                .as_deref()
+                .and_then(crate::time::parse_rfc3339_ms)
+                .unwrap_or(0);
+            let allowed = matches!(state.final_decision.as_deref(), Some("allow" | "warn"));
+            if allowed && matches!(rec.status.as_str(), APPROVED | EXPIRED) && now - resolved_ms <= window {
+                return Ok(Earlier::Approved {
+                    approval_id: rec.row.approval_id,
+                    turn,
+                });
+            }
+        }
+        drop(turn);
+        if let Some(rec) = pending {
+            let decision = self.decision_entry(&rec)?;
+            let terms =
+                terms_of(&decision).ok_or_else(|| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
+            return Ok(Earlier::Pending(terms));
+        }
+        Ok(Earlier::None)
     }
 
     /// An approval of the caller's tenant (an agent-bound token reads only its agent's).
@@ -636,12 +704,18 @@ impl Approvals {
 /// What an approval's last change says beyond its status.
 struct State {
     votes: Vec<Value>,
+    final_decision: Option<String>,
+    resolved_at: Option<String>,
 }
 
 impl State {
     fn of(rec: &ApprovalRecord) -> Result<State, ApprovalError> {
         let Some(s) = &rec.state else {
-            return Ok(State { votes: Vec::new() });
+            return Ok(State {
+                votes: Vec::new(),
+                final_decision: None,
+                resolved_at: None,
+            });
         };
         let v: Value =
             serde_json::from_str(s).map_err(|_| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
@@ -651,6 +725,8 @@ impl State {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
+            final_decision: v.get("finalDecision").and_then(Value::as_str).map(str::to_owned),
+            resolved_at: v.get("resolvedAt").and_then(Value::as_str).map(str::to_owned),
         })
     }
 }

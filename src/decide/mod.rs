@@ -11,18 +11,21 @@
 //!    agent, and the policy input document is built;
 //! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
 //! 4. **hold**: a `require_approval` decision opens an approval on the Decision Desk, bound to this exact action
-//!    (its terms go into the decision's own entry, so decision and approval are one durable write);
+//!    (its terms go into the decision's own entry, so decision and approval are one durable write). A caller that
+//!    retries held calls (the tool-call proxy) asks for earlier approvals of the same action first: an approved,
+//!    unused one is used up by this decision (the call goes through once), a pending one is waited for rather
+//!    than opened twice;
 //! 5. **redact**: what will be recorded passes the tenant's [`crate::redact::Redactor`] (the policy saw the values as given);
 //! 6. **record**: the decision entry is appended to the ledger and is durable before anyone is answered.
 //!
 //! This module knows no HTTP: entry points parse their own wire format into an [`ActionRequest`] and render
 //! [`Decided`] or a classified [`DecideError`] in their own.
 
-use crate::approvals::Approvals;
+use crate::approvals::{ApprovalError, Approvals, Earlier};
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
 use crate::names::{self, ActionName};
-use crate::policy::{AgentRef, Decision, EvalInput, PolicyManager};
+use crate::policy::{AgentRef, Decision, EvalInput, Outcome, PolicyManager};
 use crate::recorder::{
     ApprovalTerms, DecisionBody, DecisionEntry, OpenedApproval, Record, RecordError, Recorder,
 };
@@ -44,6 +47,9 @@ pub enum DecideError {
     /// The decision could not be made durable, so it was not made.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// Earlier approvals of the action could not be read.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
 }
 
 impl Classify for DecideError {
@@ -52,6 +58,10 @@ impl Classify for DecideError {
             DecideError::Invalid(_) => Class::Invalid,
             DecideError::Auth(e) => e.class(),
             DecideError::Registry(e) => e.class(),
+            DecideError::Approval(e) => match e.class() {
+                Class::Internal => Class::Unavailable,
+                c => c,
+            },
             DecideError::Record(e) => match e.class() {
                 // Whatever failed, no decision exists: the client may retry (an idempotency key makes that safe).
                 Class::Internal => Class::Unavailable,
@@ -72,6 +82,9 @@ pub struct ActionRequest {
     pub tool: Option<Value>,
     pub execution_id: Option<String>,
     pub trace_id: Option<String>,
+    /// Whether an earlier approval of this exact action may be used or waited for (see the hold phase): set by
+    /// entry points that hold and retry calls, where a person's one approval must let one call through.
+    pub reuse_approval: bool,
 }
 
 /// Proof that the accept phase passed for this caller.
@@ -90,8 +103,11 @@ pub struct Decided {
     /// Of the decision's ledger entry.
     pub lineage_id: String,
     pub ledger_index: u64,
-    /// The approval a `require_approval` decision opened: pending from the moment the decision is answered.
+    /// The approval a `require_approval` decision opened, or the pending one of the same action it waits for.
     pub approval: Option<ApprovalTerms>,
+    /// The earlier approval of this exact action that this `require_approval` decision used up: the action may
+    /// proceed (once).
+    pub used_approval: Option<String>,
 }
 
 /// The per-call context, built by classify and read by every later phase.
@@ -148,10 +164,20 @@ impl Decider {
     /// Decides and records one action for an accepted caller.
     pub async fn decide(&self, accepted: Accepted<'_>, req: ActionRequest) -> Result<Decided, DecideError> {
         let action = validate(&req)?;
+        let reuse = req.reuse_approval;
         let call = self.classify(accepted.caller, req, action).await?;
         let decision = self.evaluate(&call);
-        let approval = self.hold(&call, &decision);
-        let recorded = self.record(&call, &decision, approval.as_ref()).await?;
+        let held = self.hold(&call, &decision, reuse).await?;
+        let recorded = self.record(&call, &decision, &held).await?;
+        let (approval, used_approval) = match held {
+            Held::Opened(t) | Held::Awaits(t) => (Some(t), None),
+            Held::Uses { approval_id, turn } => {
+                // The use is durable and indexed: the next call of this action sees it used.
+                drop(turn);
+                (None, Some(approval_id))
+            }
+            Held::Nothing => (None, None),
+        };
         Ok(Decided {
             decision_id: recorded.decision_id,
             decision,
@@ -159,6 +185,7 @@ impl Decider {
             lineage_id: recorded.lineage_id,
             ledger_index: recorded.ledger_index,
             approval,
+            used_approval,
         })
     }
 
@@ -200,20 +227,35 @@ impl Decider {
         d
     }
 
-    /// Phase **hold**: the terms of the approval a `require_approval` decision opens (bound to the action as
-    /// given, before redaction); `None` for every other outcome.
-    fn hold(&self, call: &Call<'_>, d: &Decision) -> Option<ApprovalTerms> {
-        self.approvals.terms(&call.input, d)
+    /// Phase **hold**: for a `require_approval` decision, the earlier approval of the same action it uses or waits
+    /// for (when the caller asked for reuse), else the terms of the approval it opens (bound to the action as given,
+    /// before redaction). Nothing for every other outcome.
+    async fn hold(&self, call: &Call<'_>, d: &Decision, reuse: bool) -> Result<Held<'_>, DecideError> {
+        if d.outcome != Outcome::RequireApproval {
+            return Ok(Held::Nothing);
+        }
+        if reuse {
+            match self.approvals.earlier(&call.input).await? {
+                Earlier::Approved { approval_id, turn } => return Ok(Held::Uses { approval_id, turn }),
+                Earlier::Pending(t) => return Ok(Held::Awaits(t)),
+                Earlier::None => {}
+            }
+        }
+        Ok(self
+            .approvals
+            .terms(&call.input, d)
+            .map_or(Held::Nothing, Held::Opened))
     }
 
     /// Phases **redact** and **record**: the entry holds the redacted context and tool (and the approval's terms),
     /// and is durable on return.
-    async fn record(
-        &self,
-        call: &Call<'_>,
-        d: &Decision,
-        approval: Option<&ApprovalTerms>,
-    ) -> Result<Recorded, DecideError> {
+    async fn record(&self, call: &Call<'_>, d: &Decision, held: &Held<'_>) -> Result<Recorded, DecideError> {
+        let (approval, awaits, uses) = match held {
+            Held::Opened(t) => (Some(t), None, None),
+            Held::Awaits(t) => (None, Some(t.approval_id.as_str()), None),
+            Held::Uses { approval_id, .. } => (None, None, Some(approval_id.as_str())),
+            Held::Nothing => (None, None, None),
+        };
         let input = &call.input;
         let redactor = self.redaction.redactor(&call.caller.tenant);
         let context = redactor.value(&input.context);
@@ -232,6 +274,8 @@ impl Decider {
             role: caller.principal.role.as_str(),
             decision: d,
             approval,
+            awaits_approval: awaits,
+            uses_approval: uses,
         }
         .encode()?;
         let rec = self
@@ -247,7 +291,9 @@ impl Decider {
                 approval: approval.map(|t| OpenedApproval {
                     approval_id: t.approval_id.clone(),
                     expires_at: t.expires_at.clone(),
+                    action_digest: Some(t.action_digest.clone()),
                 }),
+                uses_approval: uses.map(str::to_owned),
                 body,
             }))
             .await?;
@@ -272,7 +318,21 @@ pub(crate) fn validate(r: &ActionRequest) -> Result<ActionName, DecideError> {
     Ok(action)
 }
 
-/// What the record phase hands to the hold phase.
+/// What the hold phase hands to the record phase.
+enum Held<'a> {
+    Nothing,
+    /// A new approval, opened by this decision's entry.
+    Opened(ApprovalTerms),
+    /// The pending approval of the same action this decision waits for.
+    Awaits(ApprovalTerms),
+    /// The approved approval this decision uses up; `turn` is held until the use is recorded.
+    Uses {
+        approval_id: String,
+        turn: tokio::sync::MutexGuard<'a, ()>,
+    },
+}
+
+/// What the record phase hands back.
 struct Recorded {
     decision_id: String,
     lineage_id: String,

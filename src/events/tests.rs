@@ -84,7 +84,9 @@ fn decision(tenant: &str, i: usize, agent: &str, execution: Option<&str>) -> Rec
         approval: (outcome == "require_approval").then(|| OpenedApproval {
             approval_id: format!("appr_{i}"),
             expires_at: "2026-12-01T00:15:00.000Z".into(),
+            action_digest: None,
         }),
+        uses_approval: None,
         body: serde_json_canonicalizer::to_vec(&body).expect("canonical"),
     })
 }

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a call waiting for approval is held by default: under the 60 s that MCP's TypeScript SDK waits.
+pub const DEFAULT_HOLD_BUDGET: Duration = Duration::from_secs(50);
+
 /// The default address of the proxy listener.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8701";
 
@@ -27,6 +30,9 @@ pub struct FileProxy {
     pub connect_timeout: Option<String>,
     /// Time from sending a request upstream to its response headers; default 30s.
     pub timeout: Option<String>,
+    /// How long a call that needs approval is held open waiting for a person before it is answered as pending
+    /// (the agent's retry after approval goes through once); default 50s, `0s` answers at once.
+    pub hold_budget: Option<String>,
     /// The routes; the listener only starts when there is at least one.
     pub routes: Option<Vec<FileRoute>>,
 }
@@ -38,6 +44,7 @@ impl FileProxy {
             && self.agent.is_none()
             && self.connect_timeout.is_none()
             && self.timeout.is_none()
+            && self.hold_budget.is_none()
             && self.routes.is_none()
     }
 }
@@ -89,6 +96,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Upstream response-headers timeout.
     pub timeout: Duration,
+    /// How long a call waiting for approval is held.
+    pub hold_budget: Duration,
     /// Routes, in config order.
     pub routes: Vec<Route>,
 }
@@ -206,6 +215,11 @@ pub fn validate(
         agent: file.agent,
         connect_timeout: duration(&file.connect_timeout, Duration::from_secs(5), "connect-timeout")?,
         timeout: duration(&file.timeout, Duration::from_secs(30), "timeout")?,
+        hold_budget: match file.hold_budget.as_deref().map(humantime::parse_duration) {
+            // `0s`: never hold; answer at once with the approval.
+            Some(Ok(d)) if d.is_zero() => Duration::ZERO,
+            _ => duration(&file.hold_budget, DEFAULT_HOLD_BUDGET, "hold-budget")?,
+        },
         routes,
     }))
 }

@@ -3,10 +3,11 @@
 //! refused or answered with its approval. Identity comes from the config (sidecar mode) or from
 //! `Proxy-Authorization` (shared mode), never from the request body.
 
-use super::{ProxyConfig, Routes, body_context};
+use super::hold::HoldEnd;
+use super::{ProxyConfig, Route, Routes, body_context};
 use crate::api::{ApiError, AppState, Code};
 use crate::auth::{Caller, Principal, Role};
-use crate::decide::ActionRequest;
+use crate::decide::{ActionRequest, Decided};
 use crate::policy::Outcome;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -30,6 +31,8 @@ pub const X_KLA_DECISION_ID: &str = "x-kla-decision-id";
 pub const X_KLA_DECISION: &str = "x-kla-decision";
 /// Answer header with the comma-separated reason codes of a `warn`.
 pub const X_KLA_REASON_CODES: &str = "x-kla-reason-codes";
+/// Request header naming the execution a call belongs to (its steps and cost are counted by it).
+pub const X_KLA_EXECUTION_ID: &str = "x-kla-execution-id";
 
 pub(super) type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -42,6 +45,8 @@ pub struct Proxy {
     routes: Routes,
     pub(super) clients: HashMap<String, Upstream>,
     pub(super) timeout: Duration,
+    /// How long a call waiting for approval is held before it is answered as pending.
+    pub(super) hold_budget: Duration,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
     pub(super) api_base: OnceLock<String>,
     /// MCP routes' state (kla's own tasks, held calls).
@@ -65,6 +70,7 @@ impl Proxy {
             routes: Routes::new(cfg.routes.clone()),
             clients,
             timeout: cfg.timeout,
+            hold_budget: cfg.hold_budget,
             api_base: OnceLock::new(),
             mcp: super::mcp::McpState::new(cfg),
         }))
@@ -73,6 +79,14 @@ impl Proxy {
     /// Sets the API's base URL for approval links (once).
     pub fn set_api_base(&self, base: String) {
         let _ = self.api_base.set(base);
+    }
+
+    /// The API URL of an approval.
+    pub(super) fn approval_url(&self, approval_id: &str) -> String {
+        format!(
+            "{}/v1/approvals/{approval_id}",
+            self.api_base.get().map(String::as_str).unwrap_or("")
+        )
     }
 
     /// The proxy listener's router: every path goes to the one handler.
@@ -239,7 +253,7 @@ pub(super) fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String),
 }
 
 async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let Some(m) = p.routes.resolve(&parts.method, &path) else {
         return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
@@ -297,13 +311,20 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         action: m.name,
         context,
         tool: None,
-        execution_id: None,
-        trace_id: None,
+        execution_id: header_str(&parts.headers, X_KLA_EXECUTION_ID),
+        trace_id: trace_id(&parts.headers),
+        // A held call that timed out on the client's side is retried: one approval lets one call through.
+        reuse_approval: true,
     };
     // No decision, no forward: every failure here is a refusal.
-    let d = match p.app.decider.decide(accepted, req).await {
+    let d = match p.app.decider.decide(accepted, req.clone()).await {
         Ok(d) => d,
         Err(e) => return ApiError::classified(&e).into_response(),
+    };
+    let body = match (body, bytes) {
+        (Some(b), _) => b,
+        (None, Some(bytes)) => Body::from(bytes),
+        (None, None) => Body::empty(),
     };
     let dec = &d.decision;
     match dec.outcome {
@@ -314,70 +335,164 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                 "decisionId": d.decision_id,
                 "reasonCodes": dec.reason_codes,
             });
-            return with_decision_id(
-                (
-                    StatusCode::FORBIDDEN,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    body.to_string(),
-                )
-                    .into_response(),
-                &d.decision_id,
-            );
+            with_decision_id(json_response(StatusCode::FORBIDDEN, &body), &d.decision_id)
         }
-        Outcome::RequireApproval => {
-            let approval_id = d
-                .approval
-                .as_ref()
-                .map(|a| a.approval_id.clone())
-                .unwrap_or_default();
-            let approval_url = format!(
-                "{}/v1/approvals/{approval_id}",
-                p.api_base.get().map(String::as_str).unwrap_or("")
-            );
-            let respond_async = parts
-                .headers
-                .get_all("prefer")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case("respond-async"));
-            let resp = if respond_async {
-                let body = json!({"approvalId": approval_id, "decisionId": d.decision_id, "approvalUrl": approval_url});
-                (
-                    StatusCode::ACCEPTED,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    body.to_string(),
-                )
-                    .into_response()
-            } else {
+        Outcome::RequireApproval if d.used_approval.is_none() => {
+            let Some(terms) = d.approval.clone() else {
+                return with_decision_id(
+                    ApiError::internal("a require_approval decision without its approval").into_response(),
+                    &d.decision_id,
+                );
+            };
+            let approval_url = p.approval_url(&terms.approval_id);
+            if prefers_async(&parts.headers) || p.hold_budget.is_zero() {
                 let body = json!({
-                    "code": "forbidden",
-                    "message": format!("{action_name} needs a person's approval ({approval_id}); it was not forwarded"),
-                    "approvalId": approval_id,
+                    "approvalId": terms.approval_id,
                     "decisionId": d.decision_id,
                     "approvalUrl": approval_url,
-                    "reasonCodes": dec.reason_codes,
+                    "expiresAt": terms.expires_at,
                 });
-                (
-                    StatusCode::FORBIDDEN,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    body.to_string(),
-                )
-                    .into_response()
-            };
-            return with_decision_id(resp, &d.decision_id);
+                let status = if prefers_async(&parts.headers) {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                let body = if status == StatusCode::ACCEPTED {
+                    body
+                } else {
+                    pending_body(
+                        &action_name,
+                        &terms.approval_id,
+                        &d.decision_id,
+                        &approval_url,
+                        &terms.expires_at,
+                    )
+                };
+                return with_decision_id(json_response(status, &body), &d.decision_id);
+            }
+            // Held: the client waits while a person decides; if it goes away, this future is dropped and nothing
+            // is forwarded for it.
+            match p.hold(&caller, req, &d.decision_id, &terms, p.hold_budget).await {
+                HoldEnd::Go(d) => forward(&p, route, m.rest, parts, body, &d).await,
+                HoldEnd::Refused(r) => {
+                    let body = json!({
+                        "code": "forbidden",
+                        "message": format!("{action_name} was not forwarded: {}", r.message),
+                        "decisionId": r.decision_id,
+                        "approvalId": r.approval_id,
+                        "approvalStatus": r.status,
+                        "reasonCodes": r.reason_codes,
+                    });
+                    with_decision_id(json_response(StatusCode::FORBIDDEN, &body), &r.decision_id)
+                }
+                HoldEnd::Pending {
+                    approval_id,
+                    expires_at,
+                } => {
+                    let body = pending_body(
+                        &action_name,
+                        &approval_id,
+                        &d.decision_id,
+                        &approval_url,
+                        &expires_at,
+                    );
+                    with_decision_id(json_response(StatusCode::FORBIDDEN, &body), &d.decision_id)
+                }
+            }
         }
-        Outcome::Allow | Outcome::Warn => {}
+        Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
+            forward(&p, route, m.rest, parts, body, &d).await
+        }
     }
+}
 
-    // Forward: the decision is durable (decide returned), so the effect may follow.
+/// The answer to a call still waiting for its approval: not forwarded; the same call, retried once a person has
+/// approved, goes through once.
+fn pending_body(
+    action: &str,
+    approval_id: &str,
+    decision_id: &str,
+    url: &str,
+    expires_at: &str,
+) -> serde_json::Value {
+    json!({
+        "code": "forbidden",
+        "message": format!(
+            "{action} needs a person's approval ({approval_id}); it was not forwarded. \
+             Retry the same call once it is approved (before {expires_at})"
+        ),
+        "approvalId": approval_id,
+        "decisionId": decision_id,
+        "approvalUrl": url,
+        "expiresAt": expires_at,
+    })
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Whether the client asked not to be held (`Prefer: respond-async`, RFC 7240).
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); `None` when absent or malformed, or
+/// when the id is all zeros (invalid by the spec).
+pub(super) fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?.trim();
+    let mut parts = v.split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || span.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(trace.to_owned())
+}
+
+/// Forwards a decided call to its route's upstream and streams the answer back (with the warn headers when
+/// the decision flagged it). The decision is durable (`decide` returned), so the effect may follow.
+pub(super) async fn forward(
+    p: &Proxy,
+    route: &Route,
+    rest: &str,
+    mut parts: http::request::Parts,
+    body: Body,
+    d: &Decided,
+) -> Response {
+    let dec = &d.decision;
     let Some(client) = p.clients.get(&route.name) else {
         return with_decision_id(
             ApiError::internal("route without client").into_response(),
             &d.decision_id,
         );
     };
-    let uri = match upstream_uri(&route.upstream, m.rest, parts.uri.query()) {
+    let uri = match upstream_uri(&route.upstream, rest, parts.uri.query()) {
         Ok(u) => u,
         Err(e) => {
             return with_decision_id(
@@ -424,11 +539,6 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let body = match (body, bytes) {
-        (Some(b), _) => b,
-        (None, Some(bytes)) => Body::from(bytes),
-        (None, None) => Body::empty(),
-    };
     let out = http::Request::from_parts(parts, body);
     let resp = match tokio::time::timeout(p.timeout, client.request(out)).await {
         Ok(Ok(r)) => r,

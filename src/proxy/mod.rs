@@ -6,6 +6,7 @@
 
 pub mod config;
 mod forward;
+mod hold;
 mod mcp;
 
 pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment};

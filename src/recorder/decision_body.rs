@@ -28,6 +28,10 @@ pub struct DecisionBody<'a> {
     pub decision: &'a Decision,
     /// The approval a `require_approval` decision opens (it exists once this entry is durable).
     pub approval: Option<&'a ApprovalTerms>,
+    /// The approved approval of this exact action that this decision uses up (`appr_...`).
+    pub uses_approval: Option<&'a str>,
+    /// The pending approval of this exact action that this decision waits for instead of opening one.
+    pub awaits_approval: Option<&'a str>,
 }
 
 /// The terms of the approval a `require_approval` decision opens, recorded in the decision's entry so that the
@@ -85,6 +89,10 @@ impl DecisionBody<'_> {
             x.uint("timeoutSeconds", t.timeout_seconds)?;
             x.end();
         }
+        // Left out when absent (not `null`): only a retried call's decision carries these.
+        if let Some(a) = self.awaits_approval {
+            o.str("awaitsApproval", a);
+        }
         o.value("context", self.context)?;
         o.str("decision", d.outcome.as_str());
         o.str("decisionId", self.decision_id);
@@ -134,6 +142,9 @@ impl DecisionBody<'_> {
             None => o.raw("tool").extend_from_slice(b"null"),
         }
         o.opt_str("traceId", self.trace_id);
+        if let Some(a) = self.uses_approval {
+            o.str("usesApproval", a);
+        }
         o.str("wouldDecide", d.would_decide.as_str());
         o.end();
         Some(out)
@@ -162,6 +173,12 @@ impl DecisionBody<'_> {
         });
         if let (Some(t), Some(o)) = (self.approval, v.as_object_mut()) {
             o.insert("approval".into(), json!(t));
+        }
+        if let (Some(a), Some(o)) = (self.uses_approval, v.as_object_mut()) {
+            o.insert("usesApproval".into(), a.into());
+        }
+        if let (Some(a), Some(o)) = (self.awaits_approval, v.as_object_mut()) {
+            o.insert("awaitsApproval".into(), a.into());
         }
         v
     }
@@ -295,6 +312,7 @@ mod tests {
             ids in (text(), text(), proptest::option::of(text()), proptest::option::of(text())),
             role in text(),
             terms in proptest::option::of((text(), text(), 1u32..5, any::<bool>())),
+            earlier in proptest::option::of((any::<bool>(), text())),
         ) {
             let terms = terms.map(|(approval_id, action_digest, approvers, allow)| ApprovalTerms {
                 approval_id,
@@ -316,6 +334,8 @@ mod tests {
                 role: &role,
                 decision: &d,
                 approval: terms.as_ref(),
+                uses_approval: earlier.as_ref().filter(|e| e.0).map(|e| e.1.as_str()),
+                awaits_approval: earlier.as_ref().filter(|e| !e.0).map(|e| e.1.as_str()),
             };
             let reference = serde_json_canonicalizer::to_vec(&body.to_value()).expect("reference");
             let bytes = body.encode().expect("encodes");
@@ -343,6 +363,8 @@ mod tests {
             role: "agent",
             decision: &d,
             approval: None,
+            uses_approval: None,
+            awaits_approval: None,
         };
         assert!(body.encode_direct().is_none(), "the direct writer declines");
         assert_eq!(

@@ -281,6 +281,7 @@ mod tests {
             trace_id: None,
             execution_id: None,
             approval: None,
+            uses_approval: None,
             body: format!(r#"{{"decisionId":"{id}"}}"#).into_bytes(),
         })
     }

@@ -8,7 +8,9 @@
 use super::RecordError;
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Outcome, PolicyEvent};
-use crate::store::{AgentVersionRow, ApprovalRow, ApprovalUpdate, DecisionRecord, IndexRows, LineageRecord};
+use crate::store::{
+    AgentVersionRow, ApprovalRow, ApprovalUpdate, ApprovalUse, DecisionRecord, IndexRows, LineageRecord,
+};
 use serde_json::{Value, json};
 
 /// Entry kind strings, as they appear in the ledger.
@@ -45,6 +47,9 @@ pub struct DecisionEntry {
     pub execution_id: Option<String>,
     /// The approval a `require_approval` decision opens (its terms are in `body`).
     pub approval: Option<OpenedApproval>,
+    /// The approved approval of this exact action that the decision uses up (a held or retried tool call going
+    /// through); its index marks the approval used, so it lets no second call through.
+    pub uses_approval: Option<String>,
     /// The canonical ledger body: input, matched rules, pack digests, outcome (moved into the entry).
     pub body: Vec<u8>,
 }
@@ -56,6 +61,8 @@ pub struct OpenedApproval {
     pub approval_id: String,
     /// RFC 3339.
     pub expires_at: String,
+    /// The keyed digest of the action it is bound to.
+    pub action_digest: Option<String>,
 }
 
 /// A change of an approval's state: a vote short of the quorum (`status` still `PENDING`) or its resolution.
@@ -111,6 +118,7 @@ pub(super) enum Keys {
         trace_id: Option<String>,
         execution_id: Option<String>,
         approval: Option<OpenedApproval>,
+        uses_approval: Option<String>,
     },
     Approval {
         approval_id: String,
@@ -156,7 +164,8 @@ impl Record {
     /// their answer path; reads pass the index barrier instead); registrations do, because the next
     /// registration of the same name reads the newest version from the index.
     pub fn waits_for_index(&self) -> bool {
-        !matches!(self, Record::Decision(_))
+        // A decision that uses an approval up waits too: the next call of the same action must see it used.
+        !matches!(self, Record::Decision(d) if d.uses_approval.is_none())
     }
 
     /// The body and index keys.
@@ -172,6 +181,7 @@ impl Record {
                     trace_id: d.trace_id,
                     execution_id: d.execution_id,
                     approval: d.approval,
+                    uses_approval: d.uses_approval,
                 },
             ),
             Record::Approval(a) => {
@@ -244,8 +254,10 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
                     Some(OpenedApproval {
                         approval_id: str_field(t, "approvalId")?,
                         expires_at: str_field(t, "expiresAt")?,
+                        action_digest: str_field(t, "actionDigest"),
                     })
                 }),
+                uses_approval: str_field(b, "usesApproval"),
             })
         })(),
         kind::APPROVAL_VOTED | kind::APPROVAL_RESOLVED => (|| {
@@ -294,6 +306,7 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
         created_at: h.time.to_owned(),
     };
     let (mut decision, mut agent, mut approval, mut approval_update) = (None, None, None, None);
+    let mut approval_used = None;
     match keys {
         Keys::None => {}
         Keys::Approval {
@@ -320,8 +333,14 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
             trace_id,
             execution_id,
             approval: opened,
+            uses_approval,
         } => {
             lineage.decision_id = Some(decision_id.clone());
+            approval_used = uses_approval.map(|approval_id| ApprovalUse {
+                approval_id,
+                tenant: h.tenant.to_owned(),
+                decision_id: decision_id.clone(),
+            });
             if let Some(o) = opened {
                 approval = Some(ApprovalRow {
                     expires_ms: crate::time::parse_rfc3339_ms(&o.expires_at).unwrap_or(0),
@@ -334,6 +353,7 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
                     created_at: h.time.to_owned(),
                     expires_at: o.expires_at,
                     decision_index: ledger_index,
+                    action_digest: o.action_digest,
                 });
             }
             lineage.trace_id = trace_id;
@@ -377,6 +397,7 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
         agent,
         approval,
         approval_update,
+        approval_used,
     }
 }
 
@@ -459,6 +480,8 @@ mod tests {
             role: "agent",
             decision: &decision,
             approval: Some(&terms),
+            uses_approval: None,
+            awaits_approval: None,
         }
         .encode()
         .expect("body");
@@ -474,7 +497,9 @@ mod tests {
                 approval: Some(OpenedApproval {
                     approval_id: "appr_1".into(),
                     expires_at: "2026-12-01T00:15:00.000Z".into(),
+                    action_digest: Some("hmac-sha256:00".into()),
                 }),
+                uses_approval: None,
                 body,
             }),
             Record::Approval(ApprovalChange {

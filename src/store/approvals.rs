@@ -24,6 +24,17 @@ pub struct ApprovalRow {
     pub expires_ms: i64,
     /// Ledger index of the decision's entry (which holds the action, its context and the approval's terms).
     pub decision_index: u64,
+    /// The keyed digest of the action the approval is bound to (`hmac-sha256:...`).
+    pub action_digest: Option<String>,
+}
+
+/// A decision that used an approval up: the approved action went through once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalUse {
+    pub approval_id: String,
+    pub tenant: String,
+    /// The decision that used it.
+    pub decision_id: String,
 }
 
 /// A change of an approval's state, from an `approval.*` entry.
@@ -46,6 +57,8 @@ pub struct ApprovalRecord {
     pub status: String,
     /// The body of the last `approval.*` entry applied; `None` while nothing has happened to it.
     pub state: Option<String>,
+    /// The decision that used the approval up, once one has.
+    pub used_by: Option<String>,
 }
 
 /// Which approvals a list returns.
@@ -58,7 +71,7 @@ pub struct ApprovalFilter {
 }
 
 const COLS: &str = "approval_id, tenant, decision_id, agent_id, action, execution_id, created_at, expires_at,
-                    expires_ms, decision_index, status, state";
+                    expires_ms, decision_index, status, state, action_digest, used_by";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
     Ok(ApprovalRecord {
@@ -73,9 +86,11 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRecord> {
             expires_at: r.get(7)?,
             expires_ms: r.get(8)?,
             decision_index: r.get::<_, i64>(9)? as u64,
+            action_digest: r.get(12)?,
         },
         status: r.get(10)?,
         state: r.get(11)?,
+        used_by: r.get(13)?,
     })
 }
 
@@ -84,13 +99,14 @@ pub(super) fn index_approvals(
     tx: &rusqlite::Transaction<'_>,
     created: Option<&ApprovalRow>,
     updated: Option<&ApprovalUpdate>,
+    used: Option<&ApprovalUse>,
 ) -> Result<()> {
     if let Some(a) = created {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO approvals(approval_id, tenant, decision_id, agent_id, action, execution_id,
                                              created_at, expires_at, expires_ms, decision_index, status, state,
-                                             updated_index)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'PENDING', NULL, ?10)",
+                                             updated_index, action_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'PENDING', NULL, ?10, ?11)",
         )?
         .execute(params![
             a.approval_id,
@@ -102,8 +118,16 @@ pub(super) fn index_approvals(
             a.created_at,
             a.expires_at,
             a.expires_ms,
-            a.decision_index as i64
+            a.decision_index as i64,
+            a.action_digest
         ])?;
+    }
+    if let Some(u) = used {
+        // The first decision to use an approval keeps it (a replay of the ledger finds the same first).
+        tx.prepare_cached(
+            "UPDATE approvals SET used_by = ?3 WHERE approval_id = ?1 AND tenant = ?2 AND used_by IS NULL",
+        )?
+        .execute(params![u.approval_id, u.tenant, u.decision_id])?;
     }
     if let Some(u) = updated {
         tx.prepare_cached(
@@ -131,6 +155,21 @@ impl Store {
             ))?
             .query_row(params![a, t], from_row)
             .optional()?)
+        })
+        .await
+    }
+
+    /// The approvals of a tenant bound to the action with this digest that no decision has used yet, newest first
+    /// (at most a few: each opened for one call of that action).
+    pub async fn unused_approvals(&self, tenant: &str, action_digest: &str) -> Result<Vec<ApprovalRecord>> {
+        let (t, d) = (tenant.to_owned(), action_digest.to_owned());
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLS} FROM approvals WHERE tenant = ?1 AND action_digest = ?2 AND used_by IS NULL
+                 ORDER BY decision_index DESC LIMIT 16"
+            ))?;
+            let rows = st.query_map(params![t, d], from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

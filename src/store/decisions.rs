@@ -2,7 +2,7 @@
 //! from it: `lineage_count_and_max` tells startup where to resume.
 
 use super::agents::AgentVersionRow;
-use super::approvals::{ApprovalRow, ApprovalUpdate, index_approvals};
+use super::approvals::{ApprovalRow, ApprovalUpdate, ApprovalUse, index_approvals};
 use super::{Result, Store};
 use rusqlite::{OptionalExtension, params};
 
@@ -55,6 +55,8 @@ pub struct IndexRows {
     pub approval: Option<ApprovalRow>,
     /// For `approval.*` entries: the approval's new state.
     pub approval_update: Option<ApprovalUpdate>,
+    /// For decisions that went through on an earlier approval: the approval they used up.
+    pub approval_used: Option<ApprovalUse>,
 }
 
 /// What selects a tenant's lineage entries besides their own id.
@@ -327,7 +329,12 @@ fn index_tx(c: &mut rusqlite::Connection, rows: &[IndexRows]) -> Result<()> {
                     l.lineage_id
                 ])?;
             }
-            index_approvals(&tx, r.approval.as_ref(), r.approval_update.as_ref())?;
+            index_approvals(
+                &tx,
+                r.approval.as_ref(),
+                r.approval_update.as_ref(),
+                r.approval_used.as_ref(),
+            )?;
         }
     }
     tx.commit()?;

@@ -103,6 +103,7 @@ mod tests {
             decision: None,
             agent: None,
             approval: None,
+            approval_used: None,
             approval_update: None,
         }
     }

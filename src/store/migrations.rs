@@ -127,6 +127,13 @@ const MIGRATIONS: &[&str] = &[
         updated_at  TEXT NOT NULL
     );
     "#,
+    // 8: approvals bound to their action's digest, so a retried tool call finds the approval a person gave it, and
+    //    the decision that used an approval up (each approval lets one call through).
+    r#"
+    ALTER TABLE approvals ADD COLUMN action_digest TEXT;
+    ALTER TABLE approvals ADD COLUMN used_by TEXT;
+    CREATE INDEX approvals_reuse ON approvals(tenant, action_digest) WHERE used_by IS NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.

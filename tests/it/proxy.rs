@@ -156,6 +156,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
         agent: agent.map(str::to_owned),
         connect_timeout: Some("1s".into()),
         timeout: Some("1s".into()),
+        // The tests of holding set their own budget.
+        hold_budget: Some("0s".into()),
         routes: Some(vec![
             FileRoute {
                 name: "billing".into(),
@@ -173,7 +175,12 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                     ),
                     action("DELETE", "/customers/{id}", "delete_customer", &[]),
                     action("GET", "/reports/{id}", "export_report", &[]),
-                    action("POST", "/wires", "wire_money", &[]),
+                    action(
+                        "POST",
+                        "/wires",
+                        "wire_money",
+                        &[("to", "/to"), ("amount", "/amount")],
+                    ),
                 ]),
             },
             FileRoute {
@@ -195,6 +202,15 @@ async fn start(
     agent: Option<&str>,
     upstream: &Upstream,
 ) -> (Server, String, String, tempfile::TempDir, tempfile::TempDir) {
+    start_with(agent, upstream, |_| {}).await
+}
+
+/// As [`start`], with the proxy section changed by `edit` first.
+async fn start_with(
+    agent: Option<&str>,
+    upstream: &Upstream,
+    edit: impl FnOnce(&mut FileProxy),
+) -> (Server, String, String, tempfile::TempDir, tempfile::TempDir) {
     let packs = tempfile::tempdir().unwrap();
     write_pack(packs.path());
     let data = tempfile::tempdir().unwrap();
@@ -202,7 +218,9 @@ async fn start(
     c.policies = Some(packs.path().to_owned());
     c.allow_unsigned = Some(true);
     c.proxy_addr = Some("127.0.0.1:0".into());
-    c.proxy = Some(section(agent, upstream.addr));
+    let mut section = section(agent, upstream.addr);
+    edit(&mut section);
+    c.proxy = Some(section);
     let s = Server::start_cfg(c, None).await;
     let admin = s.token(T, Role::Admin);
     s.register(&admin, T, AGENT).await;
@@ -528,4 +546,192 @@ async fn https_upstream_with_a_route_ca_file() {
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "internal_error", "{body}");
+}
+
+/// The pending approvals of the test tenant, waiting until there are `n` (a held call opened its approval).
+async fn pending_approvals(s: &Server, admin: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.get("/v1/approvals?status=PENDING", admin, T).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let items: Vec<Value> = r.body["approvals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["status"] == "PENDING")
+            .cloned()
+            .collect();
+        if items.len() >= n {
+            return items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending approval appeared: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn vote(s: &Server, approval: &str, verdict: &str) {
+    let approver = s.token(T, Role::Approver);
+    let r = send(
+        s.req(
+            http::Method::POST,
+            &format!("/v1/approvals/{approval}/decision"),
+            &approver,
+            T,
+        )
+        .json(&json!({"decision": verdict, "comment": "checked"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+fn wires(up: &Upstream) -> usize {
+    up.seen().iter().filter(|r| r.target.ends_with("/wires")).count()
+}
+
+#[tokio::test]
+async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) =
+        start_with(Some(AGENT), &up, |p| p.hold_budget = Some("20s".into())).await;
+    let c = client();
+
+    // Approved: the held request itself is forwarded, once, under a second decision that used the approval up.
+    let call = {
+        let c = c.clone();
+        let url = format!("{proxy}/billing/wires");
+        tokio::spawn(async move { c.post(url).body(r#"{"to":"acme","n":1}"#).send().await })
+    };
+    let pending = pending_approvals(&s, &admin, 1).await;
+    let approval = pending[0]["approvalId"].as_str().unwrap().to_owned();
+    assert_eq!(wires(&up), 0, "forwarded before anyone approved");
+    vote(&s, &approval, "APPROVED").await;
+    let r = call.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "ok /api/wires");
+    assert_eq!(wires(&up), 1);
+    let d = decision(&s, &admin, &id).await;
+    assert_eq!(d["decision"], "require_approval", "{d}");
+    assert_eq!(d["usesApproval"], approval.as_str(), "{d}");
+    assert_ne!(d["decisionId"], pending[0]["decisionId"]);
+
+    // The same call again needs a new approval: the first one let one call through.
+    let r = c
+        .post(format!("{proxy}/billing/wires"))
+        .header("prefer", "respond-async")
+        .body(r#"{"to":"acme","n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    let second = body["approvalId"].as_str().unwrap().to_owned();
+    assert_ne!(second, approval);
+
+    // Denied: the held request is refused with the approval's status and the upstream never sees it. (It waits
+    // for the pending approval of the same call rather than opening a third.)
+    let call = {
+        let c = c.clone();
+        let url = format!("{proxy}/billing/wires");
+        tokio::spawn(async move { c.post(url).body(r#"{"to":"acme","n":1}"#).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pending_approvals(&s, &admin, 1).await.len(),
+        1,
+        "a second approval for the same call"
+    );
+    vote(&s, &second, "DENIED").await;
+    let r = call.await.unwrap().unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "forbidden", "{body}");
+    assert_eq!(body["approvalId"], second.as_str(), "{body}");
+    assert_eq!(body["approvalStatus"], "DENIED", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("denied"), "{body}");
+    assert_eq!(wires(&up), 1, "a denied call reached the upstream");
+}
+
+#[tokio::test]
+async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_forwards_nothing() {
+    let up = Upstream::start().await;
+    let (s, proxy, admin, _p, _d) =
+        start_with(Some(AGENT), &up, |p| p.hold_budget = Some("300ms".into())).await;
+    let c = client();
+    let call = || {
+        c.post(format!("{proxy}/billing/wires"))
+            .body(r#"{"to":"globex","amount":7}"#)
+    };
+
+    // Held past the budget: answered as pending, naming the approval.
+    let r = call().send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    let approval = body["approvalId"].as_str().unwrap().to_owned();
+    assert_eq!(body["approvalUrl"], format!("{}/v1/approvals/{approval}", s.base));
+    assert!(body["message"].as_str().unwrap().contains("Retry"), "{body}");
+    // A retry while it is pending waits for the same approval.
+    let r = call().send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["approvalId"], approval.as_str(), "{body}");
+    assert_eq!(pending_approvals(&s, &admin, 1).await.len(), 1);
+
+    vote(&s, &approval, "APPROVED").await;
+    // A different call (other arguments) is not covered by the approval.
+    let r = c
+        .post(format!("{proxy}/billing/wires"))
+        .header("prefer", "respond-async")
+        .body(r#"{"to":"globex","amount":8}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(wires(&up), 0);
+
+    // Concurrent retries of the approved call: exactly one goes through.
+    let tries: Vec<_> = (0..4).map(|_| tokio::spawn(call().send())).collect();
+    let mut ok = 0;
+    for t in tries {
+        let r = t.await.unwrap().unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            403 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(ok, 1, "one approval, one forwarded call");
+    assert_eq!(wires(&up), 1);
+
+    // A client that goes away while held has cancelled: its approval, once given, forwards nothing by itself.
+    let (s2, proxy2, admin2, _p2, _d2) =
+        start_with(Some(AGENT), &up, |p| p.hold_budget = Some("20s".into())).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{proxy2}/billing/wires"))
+        .body(r#"{"to":"initech"}"#)
+        .send()
+        .await;
+    assert!(r.is_err(), "the held call answered before its approval");
+    let pending = pending_approvals(&s2, &admin2, 1).await;
+    let approval = pending[0]["approvalId"].as_str().unwrap().to_owned();
+    vote(&s2, &approval, "APPROVED").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wires(&up), 1, "a cancelled call was forwarded");
+    // The agent's retry is what goes through, once.
+    let r = c
+        .post(format!("{proxy2}/billing/wires"))
+        .body(r#"{"to":"initech"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(wires(&up), 2);
 }

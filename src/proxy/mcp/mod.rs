@@ -382,6 +382,8 @@ impl Ctx<'_> {
                 tool: Some(json!({"name": name, "server": self.route.name})),
                 execution_id,
                 trace_id: trace_id(&parts.headers),
+                // A call held past its client's patience is retried: one approval lets one such call through.
+                reuse_approval: true,
             },
         ))
     }
@@ -423,8 +425,11 @@ impl Ctx<'_> {
                     &d.decision_id,
                 )
             }
-            Outcome::RequireApproval => hold::held(self, parts, bytes, msg, era, req, d).await,
-            Outcome::Allow | Outcome::Warn => {
+            Outcome::RequireApproval if d.used_approval.is_none() => {
+                hold::held(self, parts, bytes, msg, era, req, d).await
+            }
+            // Allowed, or a retry that uses an approval already given up.
+            Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
                 let mut resp = self.forward(parts, bytes, Some(id)).await;
                 flag_warn(&mut resp, &d);
                 with_decision_id(resp, &d.decision_id)
@@ -530,10 +535,10 @@ impl Ctx<'_> {
                         Outcome::Block => ours.push(wire::tool_error(&id, &refusal_text(&tool, &d), era)),
                         // A batch cannot be held open for one of its calls: the approval is opened and named, and
                         // the same call sent again once approved goes through.
-                        Outcome::RequireApproval => {
+                        Outcome::RequireApproval if d.used_approval.is_none() => {
                             ours.push(wire::tool_error(&id, &hold::pending_text(self, &tool, &d), era))
                         }
-                        Outcome::Allow | Outcome::Warn => {
+                        Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
                             if d.decision.outcome == Outcome::Warn {
                                 warns.extend(d.decision.reason_codes.iter().cloned());
                             }
