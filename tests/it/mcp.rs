@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 const T: &str = "acme-mcp";
 const AGENT: &str = "mcp-bot";
@@ -114,9 +115,9 @@ async fn start(up: &McpServer, hide: Option<bool>, hold_budget: Option<&str>) ->
     c.policies = Some(packs.path().to_owned());
     c.allow_unsigned = Some(true);
     c.proxy_addr = Some("127.0.0.1:0".into());
-    let _ = hold_budget;
     c.proxy = Some(FileProxy {
         tenant: Some(T.into()),
+        hold_budget: hold_budget.map(str::to_owned),
         agent: Some(AGENT.into()),
         timeout: Some("10s".into()),
         routes: Some(vec![FileRoute {
@@ -521,7 +522,247 @@ async fn bad_mcp_route_config_is_refused_at_startup() {
             routes: Some(vec![r]),
             ..FileProxy::default()
         });
-        let err = c.validate().err().expect("refused").to_string();
+        let err = c.validate().expect_err("refused").to_string();
         assert!(err.contains(why), "{err}");
     }
+}
+
+impl Kla {
+    /// The approvals waiting for a person.
+    async fn pending(&self) -> Vec<String> {
+        let r = self.s.get("/v1/approvals?status=PENDING", &self.admin, T).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["approvalId"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits until exactly `n` approvals are pending; returns them.
+    async fn wait_pending(&self, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            let p = self.pending().await;
+            if p.len() == n {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never {n} pending approvals: {:?}", self.pending().await);
+    }
+
+    /// A person (not the agent) decides the approval.
+    async fn resolve(&self, approval: &str, decision: &str) {
+        let approver = self.s.token(T, Role::Approver);
+        let r = send(
+            self.s
+                .req(
+                    reqwest::Method::POST,
+                    &format!("/v1/approvals/{approval}/decision"),
+                    &approver,
+                    T,
+                )
+                .json(&json!({"decision": decision, "comment": "checked by a person"})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+/// The `appr_...` id named in a text.
+fn approval_in(text: &str) -> String {
+    let i = text
+        .find("appr_")
+        .unwrap_or_else(|| panic!("no approval in {text:?}"));
+    text[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+#[tokio::test]
+async fn held_calls_are_approved_or_denied_over_the_api_in_both_eras() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("30s")).await;
+    for (mode, verdict) in [
+        ("legacy", "APPROVED"),
+        (STATELESS, "DENIED"),
+        (STATELESS, "APPROVED"),
+        ("legacy", "DENIED"),
+    ] {
+        let before = up.count("wire_money");
+        let url = k.url.clone();
+        let held = tokio::spawn(async move {
+            let mut c = call("wire_money", json!({"amount": 5, "to": "acct-1"}));
+            c["progress"] = json!(true);
+            client(&url, mode, json!([c])).await
+        });
+        let approval = k.wait_pending(1).await.remove(0);
+        // Held: nothing ran while a person decides.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(up.count("wire_money"), before);
+        k.resolve(&approval, verdict).await;
+        let a = held.await.unwrap().remove(0);
+        // The client saw progress while it waited (it sent a progressToken).
+        assert!(!a["progress"].as_array().unwrap().is_empty(), "{mode}: {a}");
+        if verdict == "APPROVED" {
+            assert_eq!(a["isError"], false, "{mode}: {a}");
+            assert_eq!(text(&a), "wired 5 to acct-1");
+            assert_eq!(up.count("wire_money"), before + 1);
+        } else {
+            assert_eq!(a["isError"], true, "{mode}: {a}");
+            let t = text(&a);
+            assert!(t.contains("denied") && t.contains(&approval), "{t}");
+            assert_eq!(up.count("wire_money"), before);
+        }
+    }
+    assert_eq!(up.count("wire_money"), 2);
+}
+
+#[tokio::test]
+async fn a_hold_past_the_budget_then_an_approved_retry_runs_exactly_once() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("1s")).await;
+    let wire = || call("wire_money", json!({"amount": 70, "to": "acct-2"}));
+    for mode in ["legacy", STATELESS] {
+        let before = up.count("wire_money");
+        let a = client(&k.url, mode, json!([wire()])).await.remove(0);
+        assert_eq!(a["isError"], true, "{mode}: {a}");
+        let t = text(&a);
+        let approval = approval_in(&t);
+        assert!(t.contains(&format!("/v1/approvals/{approval}")), "{t}");
+        assert_eq!(up.count("wire_money"), before);
+        k.resolve(&approval, "APPROVED").await;
+        // The same call again goes through once; the one after needs an approval of its own.
+        let answers = client(&k.url, mode, json!([wire(), wire()])).await;
+        assert_eq!(answers[0]["isError"], false, "{mode}: {answers:?}");
+        assert_eq!(text(&answers[0]), "wired 70 to acct-2");
+        assert_eq!(answers[1]["isError"], true, "{mode}: {answers:?}");
+        assert_ne!(approval_in(&text(&answers[1])), approval);
+        assert_eq!(up.count("wire_money"), before + 1);
+        for a in k.pending().await {
+            k.resolve(&a, "DENIED").await;
+        }
+    }
+}
+
+fn with_tasks(mut body: Value) -> Value {
+    body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] =
+        json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    body
+}
+
+async fn task_get(k: &Kla, task: &str) -> Value {
+    let body = envelope(90, "tasks/get", json!({"taskId": task}));
+    let (status, _, v) = post(
+        &k.url,
+        &with_tasks(body),
+        &stateless_headers("tasks/get", Some(task)),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_client_with_the_tasks_extension_gets_a_task_that_kla_owns() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("1s")).await;
+    let call = with_tasks(envelope(
+        21,
+        "tools/call",
+        json!({"name": "wire_money", "arguments": {"amount": 9, "to": "acct-3"}}),
+    ));
+    let h = stateless_headers("tools/call", Some("wire_money"));
+    let (status, headers, v) = post(&k.url, &call, &h).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(headers.get("x-kla-decision-id").is_some());
+    assert_eq!(v["id"], 21, "{v}");
+    assert_eq!(v["result"]["resultType"], "task", "{v}");
+    assert_eq!(v["result"]["status"], "working", "{v}");
+    let task = v["result"]["taskId"].as_str().unwrap().to_owned();
+    let approval = k.wait_pending(1).await.remove(0);
+    // Past the hold budget, the task is still working: it waits as long as the approval may.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let g = task_get(&k, &task).await;
+    assert_eq!(g["result"]["status"], "working", "{g}");
+    assert_eq!(g["result"]["resultType"], "complete", "{g}");
+    assert!(
+        g["result"]["statusMessage"].as_str().unwrap().contains(&approval),
+        "{g}"
+    );
+    assert_eq!(up.count("wire_money"), 0);
+    k.resolve(&approval, "APPROVED").await;
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        done = task_get(&k, &task).await;
+        if done["result"]["status"] != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["isError"], false, "{done}");
+    assert_eq!(
+        done["result"]["result"]["content"][0]["text"], "wired 9 to acct-3",
+        "{done}"
+    );
+    assert_eq!(up.count("wire_money"), 1);
+
+    // A cancelled task's call is never forwarded, even once approved.
+    let (_, _, v) = post(&k.url, &call, &h).await;
+    let task = v["result"]["taskId"].as_str().unwrap().to_owned();
+    let approval = k.wait_pending(1).await.remove(0);
+    let cancel = with_tasks(envelope(22, "tasks/cancel", json!({"taskId": task})));
+    let (status, _, v) = post(&k.url, &cancel, &stateless_headers("tasks/cancel", Some(&task))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(task_get(&k, &task).await["result"]["status"], "cancelled");
+    k.resolve(&approval, "APPROVED").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.count("wire_money"), 1);
+    // An unknown task id of kla's is not found; someone else's ids go to the upstream.
+    let g = task_get(&k, "kla-task-00000000000000000000000000000000").await;
+    assert_eq!(g["error"]["code"], -32602, "{g}");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_while_held_has_cancelled() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("30s")).await;
+    let held = envelope(
+        31,
+        "tools/call",
+        json!({"name": "wire_money", "arguments": {"amount": 3, "to": "acct-4"}}),
+    );
+    let mut rb = reqwest::Client::new()
+        .post(&k.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(held.to_string());
+    for (h, v) in stateless_headers("tools/call", Some("wire_money")) {
+        rb = rb.header(h, v);
+    }
+    let mut resp = rb.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // The first event says the call is held.
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b":"), "{first:?}");
+    let approval = k.wait_pending(1).await.remove(0);
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    k.resolve(&approval, "APPROVED").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(up.count("wire_money"), 0, "a cancelled call was forwarded");
+    // The approval was not used up by the call that went away: the retry goes through, once.
+    let a = client(
+        &k.url,
+        STATELESS,
+        json!([call("wire_money", json!({"amount": 3, "to": "acct-4"}))]),
+    )
+    .await;
+    assert_eq!(a[0]["isError"], false, "{a:?}");
+    assert_eq!(up.count("wire_money"), 1);
 }

@@ -55,11 +55,12 @@ impl McpState {
 /// The largest upstream answer kla rewrites (a `tools/list` to filter, a task's result): bigger ones fail.
 const MAX_REWRITTEN: usize = 16 * 1024 * 1024;
 
-/// One request on an MCP route, after its route and caller are known.
-pub(super) struct Ctx<'a> {
-    p: &'a Arc<Proxy>,
-    route: &'a Route,
-    rest: &'a str,
+/// One request on an MCP route, after its route and caller are known. Owned, so a held call's task can keep it.
+#[derive(Clone)]
+pub(super) struct Ctx {
+    p: Arc<Proxy>,
+    route: Route,
+    rest: String,
     caller: Caller,
     agent: String,
 }
@@ -74,9 +75,9 @@ pub(super) async fn handle(p: &Arc<Proxy>, route: &Route, rest: &str, parts: Par
         return crate::api::ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
     }
     let cx = Ctx {
-        p,
-        route,
-        rest,
+        p: p.clone(),
+        route: route.clone(),
+        rest: rest.to_owned(),
         caller,
         agent,
     };
@@ -84,7 +85,7 @@ pub(super) async fn handle(p: &Arc<Proxy>, route: &Route, rest: &str, parts: Par
         // GET streams, DELETE of a session, OPTIONS: the upstream's business, streamed both ways.
         return match cx.send(parts, body, None).await {
             Ok(r) => passthrough(r),
-            Err(r) => r,
+            Err(r) => *r,
         };
     }
     let limit = p.app.body_limit;
@@ -175,7 +176,7 @@ fn refusal_text(tool: &str, d: &Decided) -> String {
 }
 
 /// A refused decision (it could not be made, so nothing is forwarded) as a JSON-RPC error.
-fn decide_failed(id: &Value, e: &dyn Classify) -> Response {
+fn decide_failed(id: &Value, e: &dyn Classify) -> Box<Response> {
     let class = e.class();
     let message = match class {
         Class::Unavailable | Class::Internal => {
@@ -184,10 +185,10 @@ fn decide_failed(id: &Value, e: &dyn Classify) -> Response {
         }
         _ => e.to_string(),
     };
-    json_response(
+    Box::new(json_response(
         StatusCode::OK,
         &wire::error(id, class.jsonrpc_code(), &message, None),
-    )
+    ))
 }
 
 /// W3C `traceparent`'s trace id (32 lowercase hex digits, not all zero).
@@ -203,7 +204,7 @@ fn trace_id(headers: &http::HeaderMap) -> Option<String> {
     .then(|| trace.to_owned())
 }
 
-impl Ctx<'_> {
+impl Ctx {
     fn approval_url(&self, approval_id: &str) -> String {
         format!(
             "{}/v1/approvals/{approval_id}",
@@ -218,14 +219,16 @@ impl Ctx<'_> {
         mut parts: Parts,
         body: Body,
         id: Option<&Value>,
-    ) -> Result<http::Response<Incoming>, Response> {
-        let route = self.route;
-        let fail = |status: StatusCode, message: String| match id {
-            Some(id) => json_response(
-                status,
-                &wire::error(id, Class::UpstreamFailed.jsonrpc_code(), &message, None),
-            ),
-            None => json_response(status, &json!({"code": "internal_error", "message": message})),
+    ) -> Result<http::Response<Incoming>, Box<Response>> {
+        let route = &self.route;
+        let fail = |status: StatusCode, message: String| {
+            Box::new(match id {
+                Some(id) => json_response(
+                    status,
+                    &wire::error(id, Class::UpstreamFailed.jsonrpc_code(), &message, None),
+                ),
+                None => json_response(status, &json!({"code": "internal_error", "message": message})),
+            })
         };
         let Some(client) = self.p.clients.get(&route.name) else {
             return Err(fail(
@@ -235,11 +238,12 @@ impl Ctx<'_> {
         };
         // An MCP server has one endpoint URL: the route's prefix itself is the upstream URL as configured (no
         // trailing '/' added, which servers answer with a redirect clients do not follow).
-        let rest = if parts.uri.path() == route.prefix && route.upstream.path().trim_end_matches('/') != "" {
-            ""
-        } else {
-            self.rest
-        };
+        let rest =
+            if parts.uri.path() == route.prefix && !route.upstream.path().trim_end_matches('/').is_empty() {
+                ""
+            } else {
+                self.rest.as_str()
+            };
         let uri = upstream_uri(&route.upstream, rest, parts.uri.query())
             .map_err(|e| fail(StatusCode::BAD_GATEWAY, format!("route {}: {e}", route.name)))?;
         let peer = parts
@@ -334,18 +338,23 @@ impl Ctx<'_> {
     async fn forward(&self, parts: Parts, bytes: Bytes, id: Option<Value>) -> Response {
         match self.send(parts, Body::from(bytes), id.as_ref()).await {
             Ok(r) => passthrough(r),
-            Err(r) => r,
+            Err(r) => *r,
         }
     }
 
     /// The tool call of `msg` as an action: its tool name (canonical) and its arguments. `Err`: the answer.
-    fn action_of(&self, parts: &Parts, msg: &Message, era: Era) -> Result<(String, ActionRequest), Response> {
+    fn action_of(
+        &self,
+        parts: &Parts,
+        msg: &Message,
+        era: Era,
+    ) -> Result<(String, ActionRequest), Box<Response>> {
         let id = msg.answer_id();
         let invalid = |m: &str| {
-            Err(json_response(
+            Err(Box::new(json_response(
                 StatusCode::BAD_REQUEST,
                 &wire::error(&id, wire::INVALID_PARAMS, m, None),
-            ))
+            )))
         };
         let Some(params) = msg.params() else {
             return invalid("tools/call needs params with the tool's name");
@@ -365,7 +374,10 @@ impl Ctx<'_> {
                 let text = format!(
                     "kla refused the call of tool '{name}': its name {e}, so no policy can decide it"
                 );
-                return Err(json_response(StatusCode::OK, &wire::tool_error(&id, &text, era)));
+                return Err(Box::new(json_response(
+                    StatusCode::OK,
+                    &wire::tool_error(&id, &text, era),
+                )));
             }
         };
         let execution_id = parts
@@ -388,9 +400,10 @@ impl Ctx<'_> {
         ))
     }
 
-    /// Decides one tool call. `Err`: the answer (no decision could be made).
-    async fn decide(&self, id: &Value, req: ActionRequest) -> Result<Decided, Response> {
-        let agent_id = resolve_agent(self.p, req.agent_id.clone())
+    /// Decides one tool call, with its agent resolved to an id in `req` (a hold decides it again). `Err`: the
+    /// answer (no decision could be made).
+    async fn decide(&self, id: &Value, req: &mut ActionRequest) -> Result<Decided, Box<Response>> {
+        req.agent_id = resolve_agent(&self.p, req.agent_id.clone())
             .await
             .map_err(|e| decide_failed(id, &e))?;
         let accepted = self
@@ -402,20 +415,20 @@ impl Ctx<'_> {
         self.p
             .app
             .decider
-            .decide(accepted, ActionRequest { agent_id, ..req })
+            .decide(accepted, req.clone())
             .await
             .map_err(|e| decide_failed(id, &e))
     }
 
     async fn tools_call(&self, parts: Parts, bytes: Bytes, msg: Message, era: Era) -> Response {
         let id = msg.answer_id();
-        let (tool, req) = match self.action_of(&parts, &msg, era) {
+        let (tool, mut req) = match self.action_of(&parts, &msg, era) {
             Ok(r) => r,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
-        let d = match self.decide(&id, req.clone()).await {
+        let d = match self.decide(&id, &mut req).await {
             Ok(d) => d,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         match d.decision.outcome {
             Outcome::Block => {
@@ -441,7 +454,7 @@ impl Ctx<'_> {
         let id = msg.answer_id();
         let agent = match self.policy_agent(&id).await {
             Ok(a) => a,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         // The answer is read and rewritten: ask for it uncompressed.
         parts
@@ -449,10 +462,10 @@ impl Ctx<'_> {
             .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         let resp = match self.send(parts, Body::from(bytes), Some(&id)).await {
             Ok(r) => r,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let set = self.p.app.policy.active();
-        let ids = vec![id.clone()];
+        let ids = [id.clone()];
         rewrite(resp, &id, Vec::new(), move |answer: &mut Value| {
             if answer.get("id").is_some_and(|i| ids.contains(i)) {
                 wire::filter_tools(answer, era, |t| hidden(&set, &agent, t))
@@ -464,8 +477,8 @@ impl Ctx<'_> {
     }
 
     /// The caller's agent as the policy sees it (for `tools/list` filtering). `Err`: the answer.
-    async fn policy_agent(&self, id: &Value) -> Result<crate::policy::AgentRef, Response> {
-        let agent_id = resolve_agent(self.p, self.agent.clone())
+    async fn policy_agent(&self, id: &Value) -> Result<crate::policy::AgentRef, Box<Response>> {
+        let agent_id = resolve_agent(&self.p, self.agent.clone())
             .await
             .map_err(|e| decide_failed(id, &e))?;
         self.p
@@ -507,10 +520,10 @@ impl Ctx<'_> {
             let id = msg.answer_id();
             match msg.method() {
                 Some("tools/call") if msg.request_id().is_some() => {
-                    let (tool, req) = match self.action_of(&parts, &msg, era) {
+                    let (tool, mut req) = match self.action_of(&parts, &msg, era) {
                         Ok(r) => r,
                         Err(r) => {
-                            ours.push(answer_of(r).await.unwrap_or_else(|| {
+                            ours.push(answer_of(*r).await.unwrap_or_else(|| {
                                 wire::error(
                                     &id,
                                     wire::INVALID_PARAMS,
@@ -521,10 +534,10 @@ impl Ctx<'_> {
                             continue;
                         }
                     };
-                    let d = match self.decide(&id, req).await {
+                    let d = match self.decide(&id, &mut req).await {
                         Ok(d) => d,
                         Err(r) => {
-                            ours.push(answer_of(r).await.unwrap_or_else(|| {
+                            ours.push(answer_of(*r).await.unwrap_or_else(|| {
                                 wire::error(&id, -32603, "no decision could be made", None)
                             }));
                             continue;
@@ -561,7 +574,7 @@ impl Ctx<'_> {
             } else {
                 match self.policy_agent(&Value::Null).await {
                     Ok(a) => Some(a),
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 }
             };
             if filter.is_some() {
@@ -572,7 +585,7 @@ impl Ctx<'_> {
             let body = Body::from(Value::Array(upstream).to_string());
             let r = match self.send(parts, body, Some(&Value::Null)).await {
                 Ok(r) => r,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             if r.status() == StatusCode::ACCEPTED && !ours.is_empty() {
                 // Only notifications and responses went upstream: kla's answers are the whole answer.

@@ -461,6 +461,7 @@ pub fn replace_data(event: &[u8], data: &Value) -> Bytes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use http::HeaderValue;
