@@ -766,3 +766,57 @@ async fn a_client_that_disconnects_while_held_has_cancelled() {
     assert_eq!(a[0]["isError"], false, "{a:?}");
     assert_eq!(up.count("wire_money"), 1);
 }
+
+#[tokio::test]
+async fn a_handshake_era_cancel_notification_drops_the_held_call() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("30s")).await;
+    let legacy = "2025-06-18";
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": legacy,
+        "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let c = reqwest::Client::new();
+    let r = c
+        .post(&k.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await.unwrap();
+    let post = |body: Value| {
+        c.post(&k.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", legacy)
+            .body(body.to_string())
+            .send()
+    };
+    let r = post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut held = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "wire_money", "arguments": {"amount": 8, "to": "acct-5"}}}))
+    .await
+    .unwrap();
+    assert_eq!(held.headers()["content-type"], "text/event-stream");
+    assert!(held.chunk().await.unwrap().is_some());
+    let approval = k.wait_pending(1).await.remove(0);
+    let r = post(json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 2, "reason": "the user gave up"}}))
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // The held answer ends without an answer, and approving afterwards forwards nothing.
+    let rest = tokio::time::timeout(Duration::from_secs(5), held.chunk())
+        .await
+        .expect("the held stream ended");
+    assert!(matches!(rest, Ok(None)), "{rest:?}");
+    k.resolve(&approval, "APPROVED").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(up.count("wire_money"), 0, "a cancelled call was forwarded");
+}
