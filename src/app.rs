@@ -41,6 +41,26 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Completes when the server has drained and stopped.
     pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The tool-call proxy, when its listener runs (a reload hands it new routes).
+    proxy: Option<Arc<crate::proxy::Proxy>>,
+}
+
+impl Running {
+    /// Applies what of a reloaded config takes effect without a restart: the proxy's routes. Returns what was
+    /// done, for the log; `Err` when the new config cannot be applied (the running one stays).
+    pub fn reload(&self, cfg: &Config) -> anyhow::Result<String> {
+        match (&self.proxy, &cfg.proxy) {
+            (Some(p), Some(pc)) => {
+                let n = p.reload(pc)?;
+                Ok(format!("proxy routes reloaded ({n})"))
+            }
+            (Some(_), None) => anyhow::bail!(
+                "the reloaded config has no proxy routes; the proxy keeps its routes until a restart stops it"
+            ),
+            (None, Some(_)) => anyhow::bail!("the proxy listener starts only with a restart"),
+            (None, None) => Ok("nothing to reload".into()),
+        }
+    }
 }
 
 /// Opens every part and starts serving. Returns once every listener is bound.
@@ -177,7 +197,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         to_bind.push(
             Listener::new("proxy", *addr, proxy.router())
                 .title("kla proxy")
-                .limits(cfg.api.listener.limits),
+                .limits(cfg.api.listener.limits)
+                .tls(cfg.proxy.as_ref().and_then(|p| p.tls.clone())),
         );
     }
     let listeners = server::bind(to_bind).await?;
@@ -240,6 +261,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         listeners: addrs,
         shutdown,
         done,
+        proxy: proxy.map(|(_, p)| p),
     })
 }
 
@@ -383,6 +405,46 @@ fn policy_audit_hook(recorder: Recorder) -> crate::policy::AuditHook {
             .map(|_| ())
             .map_err(HookError::new)
     })
+}
+
+/// SIGHUPs, the reload signal (none where the platform has none).
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts listening; a failure is logged and leaves reloads to a restart.
+    pub fn new() -> Hangups {
+        #[cfg(unix)]
+        {
+            let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; config reloads need a restart"),
+                )
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// Resolves on the next SIGHUP.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+impl Default for Hangups {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

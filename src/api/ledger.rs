@@ -285,6 +285,47 @@ struct EvidenceQuery {
     cursor: Option<String>,
 }
 
+/// A decision that went through on an earlier approval (a held or retried tool call) is evidenced with that
+/// approval's chain: the decision that opened it and its `approval.*` entries, in ledger order before it.
+async fn with_used_approval(
+    s: &SharedState,
+    caller: &Caller,
+    mut records: Vec<crate::store::LineageRecord>,
+    limit: usize,
+) -> ApiResult<Vec<crate::store::LineageRecord>> {
+    let ledger = s.recorder.ledger();
+    let mut used = None;
+    for r in records
+        .iter()
+        .filter(|r| r.kind == crate::recorder::kind::DECISION)
+    {
+        let e = crate::ledger::Entry::decode(&ledger.entry(r.ledger_index)?)?;
+        if let Some(a) = e.body.get("usesApproval").and_then(serde_json::Value::as_str) {
+            used = Some(a.to_owned());
+        }
+    }
+    let Some(approval) = used else {
+        return Ok(records);
+    };
+    let Some(opened) = s.store.get_approval(&caller.tenant, &approval).await? else {
+        return Ok(records);
+    };
+    let chain = s
+        .recorder
+        .find_lineage_page(
+            &caller.tenant,
+            &LineageKey::Decision(opened.row.decision_id),
+            caller.principal.agent.as_deref(),
+            None,
+            limit,
+        )
+        .await?;
+    records.extend(chain);
+    records.sort_by_key(|r| r.ledger_index);
+    records.dedup_by_key(|r| r.ledger_index);
+    Ok(records)
+}
+
 /// Scope of evidence cursors (a cursor names the last ledger index of its page).
 const EVIDENCE_CURSOR: &str = "evidence";
 
@@ -334,9 +375,14 @@ async fn evidence(
             };
             let agent = caller.principal.agent.as_deref();
             // One more than the page, to know whether another page follows.
-            s.recorder
+            let mut found = s
+                .recorder
                 .find_lineage_page(&caller.tenant, &key, agent, after, limit + 1)
-                .await?
+                .await?;
+            if let (LineageKey::Decision(_), None) = (&key, after) {
+                found = with_used_approval(&s, &caller, found, limit + 1).await?;
+            }
+            found
         }
     };
     if records.is_empty() {

@@ -15,24 +15,41 @@ pub struct ServeArgs {
     pub raw: RawConfig,
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// The config from the file (if any) with the flags over it.
+fn load(args: &ServeArgs) -> anyhow::Result<crate::config::Config> {
     let base = match &args.config {
         Some(p) => RawConfig::from_file(p)?,
         None => RawConfig::default(),
     };
-    let cfg = args.raw.over(base).validate()?;
+    Ok(args.raw.clone().over(base).validate()?)
+}
+
+/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the config file (the proxy's routes).
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load(&args)?;
     crate::telemetry::init(cfg.log.json);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let running = crate::app::start(cfg).await?;
         println!("kla listening on {}", running.api_addr);
-        tokio::select! {
-            _ = crate::app::signal() => {
-                tracing::info!("signal received");
-                running.shutdown.cancel();
+        let mut hangups = crate::app::Hangups::new();
+        let stop = crate::app::signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    tracing::info!("signal received");
+                    running.shutdown.cancel();
+                    break;
+                }
+                _ = running.shutdown.cancelled() => break,
+                () = hangups.next() => {
+                    match load(&args).and_then(|cfg| running.reload(&cfg)) {
+                        Ok(what) => tracing::info!(%what, "config reloaded on SIGHUP"),
+                        Err(e) => tracing::warn!(error = %e, "config reload refused; the running config stays"),
+                    }
+                }
             }
-            _ = running.shutdown.cancelled() => {}
         }
         running.done.await??;
         Ok::<_, anyhow::Error>(())

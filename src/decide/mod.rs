@@ -163,12 +163,42 @@ impl Decider {
 
     /// Decides and records one action for an accepted caller.
     pub async fn decide(&self, accepted: Accepted<'_>, req: ActionRequest) -> Result<Decided, DecideError> {
+        let (d, _) = self
+            .decide_overlapped(accepted, req, |_| None::<std::future::Ready<()>>)
+            .await?;
+        Ok(d)
+    }
+
+    /// As [`Decider::decide`], and runs the caller's `effect` for an `allow` or `warn` decision while the decision's
+    /// entry is being made durable (the tool-call proxy's `audit: overlap`): `effect` sees the decision and returns
+    /// the future to run, or `None`. Returns only once the entry is durable; if recording fails, the effect's output
+    /// is dropped with the error, so whoever waits for it never sees an effect without its record.
+    pub async fn decide_overlapped<F, T>(
+        &self,
+        accepted: Accepted<'_>,
+        req: ActionRequest,
+        effect: impl FnOnce(&Decision) -> Option<F>,
+    ) -> Result<(Decided, Option<T>), DecideError>
+    where
+        F: Future<Output = T>,
+    {
         let action = validate(&req)?;
         let reuse = req.reuse_approval;
         let call = self.classify(accepted.caller, req, action).await?;
         let decision = self.evaluate(&call);
         let held = self.hold(&call, &decision, reuse).await?;
-        let recorded = self.record(&call, &decision, &held).await?;
+        let effect = match decision.outcome {
+            Outcome::Allow | Outcome::Warn => effect(&decision),
+            Outcome::RequireApproval | Outcome::Block => None,
+        };
+        let (recorded, out) = match effect {
+            None => (self.record(&call, &decision, &held).await, None),
+            Some(f) => {
+                let (r, out) = tokio::join!(self.record(&call, &decision, &held), f);
+                (r, Some(out))
+            }
+        };
+        let recorded = recorded?;
         let (approval, used_approval) = match held {
             Held::Opened(t) | Held::Awaits(t) => (Some(t), None),
             Held::Uses { approval_id, turn } => {
@@ -178,15 +208,18 @@ impl Decider {
             }
             Held::Nothing => (None, None),
         };
-        Ok(Decided {
-            decision_id: recorded.decision_id,
-            decision,
-            agent: call.agent,
-            lineage_id: recorded.lineage_id,
-            ledger_index: recorded.ledger_index,
-            approval,
-            used_approval,
-        })
+        Ok((
+            Decided {
+                decision_id: recorded.decision_id,
+                decision,
+                agent: call.agent,
+                lineage_id: recorded.lineage_id,
+                ledger_index: recorded.ledger_index,
+                approval,
+                used_approval,
+            },
+            out,
+        ))
     }
 
     /// Phase **classify**: the agent in the caller's tenant, the caller's binding to it, and the policy input (with

@@ -33,6 +33,11 @@ pub struct FileProxy {
     /// How long a call that needs approval is held open waiting for a person before it is answered as pending
     /// (the agent's retry after approval goes through once); default 50s, `0s` answers at once.
     pub hold_budget: Option<String>,
+    /// `strict` (default): a call is forwarded once its decision is durable. `overlap`: forwarded while the decision
+    /// is being made durable, and the upstream's answer released only once it is.
+    pub audit: Option<String>,
+    /// HTTPS for the proxy listener (agents that reach kla over a network).
+    pub tls: Option<crate::config::FileTls>,
     /// The routes; the listener only starts when there is at least one.
     pub routes: Option<Vec<FileRoute>>,
 }
@@ -45,6 +50,8 @@ impl FileProxy {
             && self.connect_timeout.is_none()
             && self.timeout.is_none()
             && self.hold_budget.is_none()
+            && self.audit.is_none()
+            && self.tls.is_none()
             && self.routes.is_none()
     }
 }
@@ -98,8 +105,24 @@ pub struct ProxyConfig {
     pub timeout: Duration,
     /// How long a call waiting for approval is held.
     pub hold_budget: Duration,
+    /// When a call may reach its upstream, relative to its decision's durability.
+    pub audit: Audit,
+    /// HTTPS for the listener.
+    pub tls: Option<crate::config::TlsConfig>,
     /// Routes, in config order.
     pub routes: Vec<Route>,
+}
+
+/// When a forwarded call may reach its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Audit {
+    /// Only once its decision is durable: after a crash, every call any upstream saw is in the ledger.
+    #[default]
+    Strict,
+    /// While its decision is being made durable (hiding the sync behind the upstream's own time); the upstream's
+    /// answer is released only once the decision is durable. After a crash, an upstream may have seen a call whose
+    /// decision is not in the ledger, but no agent received the answer to such a call.
+    Overlap,
 }
 
 /// A validated route.
@@ -215,6 +238,25 @@ pub fn validate(
         agent: file.agent,
         connect_timeout: duration(&file.connect_timeout, Duration::from_secs(5), "connect-timeout")?,
         timeout: duration(&file.timeout, Duration::from_secs(30), "timeout")?,
+        tls: match file.tls {
+            None => None,
+            Some(crate::config::FileTls {
+                cert: Some(cert),
+                key: Some(key),
+            }) => Some(crate::config::TlsConfig { cert, key }),
+            Some(_) => {
+                return Err(ConfigError::Invalid("proxy.tls needs both cert and key".into()));
+            }
+        },
+        audit: match file.audit.as_deref() {
+            None | Some("strict") => Audit::Strict,
+            Some("overlap") => Audit::Overlap,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy.audit {other:?} must be strict or overlap"
+                )));
+            }
+        },
         hold_budget: match file.hold_budget.as_deref().map(humantime::parse_duration) {
             // `0s`: never hold; answer at once with the approval.
             Some(Ok(d)) if d.is_zero() => Duration::ZERO,

@@ -4,7 +4,7 @@
 //! `Proxy-Authorization` (shared mode), never from the request body.
 
 use super::hold::HoldEnd;
-use super::{ProxyConfig, Route, Routes, body_context};
+use super::{Audit, ProxyConfig, Route, Routes, body_context};
 use crate::api::{ApiError, AppState, Code};
 use crate::auth::{Caller, Principal, Role};
 use crate::decide::{ActionRequest, Decided};
@@ -42,11 +42,17 @@ pub struct Proxy {
     pub(super) app: Arc<AppState>,
     pub(super) tenant: Arc<str>,
     agent: Option<Arc<str>>,
-    routes: Routes,
-    pub(super) clients: HashMap<String, Upstream>,
+    /// The routes and their clients; swapped whole by a reload, so a call in flight keeps the table it started with.
+    table: arc_swap::ArcSwap<Table>,
     pub(super) timeout: Duration,
     /// How long a call waiting for approval is held before it is answered as pending.
     pub(super) hold_budget: Duration,
+    audit: Audit,
+    /// `https` when the listener has TLS (for `x-forwarded-proto`).
+    scheme: &'static str,
+    /// Agent names resolved to ids (a registered name keeps its id: agents are never renamed or removed), so a
+    /// call does not list the tenant's agents. Bounded; cleared when full.
+    agent_ids: parking_lot::Mutex<HashMap<String, String>>,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
     pub(super) api_base: OnceLock<String>,
     /// MCP routes' state (kla's own tasks, held calls).
@@ -56,21 +62,16 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the proxy and its upstream clients (reading each route's `ca-file`).
     pub fn new(cfg: &ProxyConfig, app: Arc<AppState>) -> anyhow::Result<Arc<Proxy>> {
-        let mut clients = HashMap::new();
-        for r in &cfg.routes {
-            clients.insert(
-                r.name.clone(),
-                client(r.ca_file.as_deref(), cfg.connect_timeout, &r.name)?,
-            );
-        }
         Ok(Arc::new(Proxy {
+            table: arc_swap::ArcSwap::from_pointee(Table::new(cfg)?),
             app,
             tenant: cfg.tenant.as_str().into(),
             agent: cfg.agent.as_deref().map(Into::into),
-            routes: Routes::new(cfg.routes.clone()),
-            clients,
             timeout: cfg.timeout,
             hold_budget: cfg.hold_budget,
+            audit: cfg.audit,
+            scheme: if cfg.tls.is_some() { "https" } else { "http" },
+            agent_ids: parking_lot::Mutex::new(HashMap::new()),
             api_base: OnceLock::new(),
             mcp: super::mcp::McpState::new(cfg),
         }))
@@ -79,6 +80,25 @@ impl Proxy {
     /// Sets the API's base URL for approval links (once).
     pub fn set_api_base(&self, base: String) {
         let _ = self.api_base.set(base);
+    }
+
+    /// Takes the routes of a reloaded config: calls that start from now on use them; calls in flight finish with
+    /// the table they started with, and no connection is dropped. What the listener itself was started with (its
+    /// address and TLS) and who calls are made as (tenant, agent) need a restart: a reload that changes them is
+    /// refused whole.
+    pub fn reload(&self, cfg: &ProxyConfig) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            *self.tenant == *cfg.tenant && self.agent.as_deref() == cfg.agent.as_deref(),
+            "proxy.tenant and proxy.agent change only with a restart"
+        );
+        anyhow::ensure!(
+            (self.scheme == "https") == cfg.tls.is_some(),
+            "proxy.tls changes only with a restart"
+        );
+        let table = Table::new(cfg)?;
+        let n = table.routes.len();
+        self.table.store(Arc::new(table));
+        Ok(n)
     }
 
     /// The API URL of an approval.
@@ -92,6 +112,28 @@ impl Proxy {
     /// The proxy listener's router: every path goes to the one handler.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+/// The routes of one config and a pooled client per route.
+pub(super) struct Table {
+    pub(super) routes: Routes,
+    pub(super) clients: HashMap<String, Upstream>,
+}
+
+impl Table {
+    fn new(cfg: &ProxyConfig) -> anyhow::Result<Table> {
+        let mut clients = HashMap::new();
+        for r in &cfg.routes {
+            clients.insert(
+                r.name.clone(),
+                client(r.ca_file.as_deref(), cfg.connect_timeout, &r.name)?,
+            );
+        }
+        Ok(Table {
+            routes: Routes::new(cfg.routes.clone()),
+            clients,
+        })
     }
 }
 
@@ -255,11 +297,12 @@ pub(super) fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String),
 async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
-    let Some(m) = p.routes.resolve(&parts.method, &path) else {
+    let table = p.table.load_full();
+    let Some(m) = table.routes.resolve(&parts.method, &path) else {
         return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
     };
     if let super::RouteKind::Mcp { .. } = m.route.kind {
-        return super::mcp::handle(&p, m.route, m.rest, parts, body).await;
+        return super::mcp::handle(&p, &table, m.route, m.rest, parts, body).await;
     }
     let (caller, agent) = match caller(&p, &parts.headers) {
         Ok(c) => c,
@@ -310,21 +353,53 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         agent_id: agent,
         action: m.name,
         context,
-        tool: None,
+        // The call itself, so its record (and the approval bound to it) says which request it was; the query is
+        // left out, as it may carry credentials.
+        tool: Some(json!({"route": route.name, "method": parts.method.as_str(), "path": path})),
         execution_id: header_str(&parts.headers, X_KLA_EXECUTION_ID),
         trace_id: trace_id(&parts.headers),
         // A held call that timed out on the client's side is retried: one approval lets one call through.
         reuse_approval: true,
     };
-    // No decision, no forward: every failure here is a refusal.
-    let d = match p.app.decider.decide(accepted, req.clone()).await {
-        Ok(d) => d,
-        Err(e) => return ApiError::classified(&e).into_response(),
-    };
     let body = match (body, bytes) {
         (Some(b), _) => b,
         (None, Some(bytes)) => Body::from(bytes),
         (None, None) => Body::empty(),
+    };
+    let respond_async = prefers_async(&parts.headers);
+    // No decision, no forward: every failure here is a refusal. Under `audit: overlap` an allowed call is sent
+    // while its decision is being made durable, and its answer waits for that.
+    let overlap = p.audit == Audit::Overlap;
+    let mut call = Some((parts, body));
+    let decided = p
+        .app
+        .decider
+        .decide_overlapped(accepted, req.clone(), |_| {
+            if !overlap {
+                return None;
+            }
+            let (parts, body) = call.take()?;
+            Some(upstream(&p, &table, route, m.rest, parts, body))
+        })
+        .await;
+    let (d, early) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            if call.is_none() {
+                tracing::error!(error = %e, route = %route.name,
+                    "a call was sent upstream (audit: overlap) but its decision could not be recorded; its answer is withheld");
+            }
+            return ApiError::classified(&e).into_response();
+        }
+    };
+    if let Some(resp) = early {
+        return finish(resp, &d.decision, &d.decision_id);
+    }
+    let Some((parts, body)) = call else {
+        return with_decision_id(
+            ApiError::internal("the call was consumed without an answer").into_response(),
+            &d.decision_id,
+        );
     };
     let dec = &d.decision;
     match dec.outcome {
@@ -345,14 +420,14 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                 );
             };
             let approval_url = p.approval_url(&terms.approval_id);
-            if prefers_async(&parts.headers) || p.hold_budget.is_zero() {
+            if respond_async || p.hold_budget.is_zero() {
                 let body = json!({
                     "approvalId": terms.approval_id,
                     "decisionId": d.decision_id,
                     "approvalUrl": approval_url,
                     "expiresAt": terms.expires_at,
                 });
-                let status = if prefers_async(&parts.headers) {
+                let status = if respond_async {
                     StatusCode::ACCEPTED
                 } else {
                     StatusCode::FORBIDDEN
@@ -373,7 +448,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             // Held: the client waits while a person decides; if it goes away, this future is dropped and nothing
             // is forwarded for it.
             match p.hold(&caller, req, &d.decision_id, &terms, p.hold_budget).await {
-                HoldEnd::Go(d) => forward(&p, route, m.rest, parts, body, &d).await,
+                HoldEnd::Go(d) => forward(&p, &table, route, m.rest, parts, body, &d).await,
                 HoldEnd::Refused(r) => {
                     let body = json!({
                         "code": "forbidden",
@@ -401,7 +476,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
             }
         }
         Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
-            forward(&p, route, m.rest, parts, body, &d).await
+            forward(&p, &table, route, m.rest, parts, body, &d).await
         }
     }
 }
@@ -479,29 +554,49 @@ pub(super) fn trace_id(headers: &HeaderMap) -> Option<String> {
 /// the decision flagged it). The decision is durable (`decide` returned), so the effect may follow.
 pub(super) async fn forward(
     p: &Proxy,
+    table: &Table,
+    route: &Route,
+    rest: &str,
+    parts: http::request::Parts,
+    body: Body,
+    d: &Decided,
+) -> Response {
+    let resp = upstream(p, table, route, rest, parts, body).await;
+    finish(resp, &d.decision, &d.decision_id)
+}
+
+/// The decision's headers on a forwarded call's answer: its id, and the flag and reason codes of a `warn`.
+pub(super) fn finish(mut resp: Response, dec: &crate::policy::Decision, decision_id: &str) -> Response {
+    if dec.outcome == Outcome::Warn {
+        resp.headers_mut()
+            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
+        if let Ok(v) = HeaderValue::from_str(&dec.reason_codes.join(",")) {
+            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
+        }
+    }
+    with_decision_id(resp, decision_id)
+}
+
+/// Sends the call to its route's upstream: the upstream's answer (headers in, body streaming), or the `502`/`504`
+/// that says why there is none.
+pub(super) async fn upstream(
+    p: &Proxy,
+    table: &Table,
     route: &Route,
     rest: &str,
     mut parts: http::request::Parts,
     body: Body,
-    d: &Decided,
 ) -> Response {
-    let dec = &d.decision;
-    let Some(client) = p.clients.get(&route.name) else {
-        return with_decision_id(
-            ApiError::internal("route without client").into_response(),
-            &d.decision_id,
-        );
+    let Some(client) = table.clients.get(&route.name) else {
+        return ApiError::internal("route without client").into_response();
     };
     let uri = match upstream_uri(&route.upstream, rest, parts.uri.query()) {
         Ok(u) => u,
         Err(e) => {
-            return with_decision_id(
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "internal_error",
-                    format!("route {}: {e}", route.name),
-                ),
-                &d.decision_id,
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "internal_error",
+                format!("route {}: {e}", route.name),
             );
         }
     };
@@ -523,7 +618,7 @@ pub(super) async fn forward(
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert("x-forwarded-proto", HeaderValue::from_static(p.scheme));
     match original_host.or_else(|| {
         parts
             .uri
@@ -544,46 +639,35 @@ pub(super) async fn forward(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, error = %e, "proxy upstream failed");
-            return with_decision_id(
-                json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "internal_error",
-                    format!(
-                        "the upstream of route {} failed: {}",
-                        route.name,
-                        upstream_reason(&e)
-                    ),
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "internal_error",
+                format!(
+                    "the upstream of route {} failed: {}",
+                    route.name,
+                    upstream_reason(&e)
                 ),
-                &d.decision_id,
             );
         }
         Err(_) => {
-            return with_decision_id(
-                json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "internal_error",
-                    format!(
-                        "the upstream of route {} did not answer within {}",
-                        route.name,
-                        humantime::format_duration(p.timeout)
-                    ),
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "internal_error",
+                format!(
+                    "the upstream of route {} did not answer within {}",
+                    route.name,
+                    humantime::format_duration(p.timeout)
                 ),
-                &d.decision_id,
             );
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
-    let mut resp = Response::from_parts(rparts, Body::new(rbody));
-    if dec.outcome == Outcome::Warn {
-        resp.headers_mut()
-            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
-        if let Ok(v) = HeaderValue::from_str(&dec.reason_codes.join(",")) {
-            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
-        }
-    }
-    with_decision_id(resp, &d.decision_id)
+    Response::from_parts(rparts, Body::new(rbody))
 }
+
+/// The most agent names [`Proxy::agent_ids`] keeps.
+const AGENT_ID_CACHE: usize = 4096;
 
 pub(super) async fn resolve_agent(
     p: &Proxy,
@@ -591,6 +675,10 @@ pub(super) async fn resolve_agent(
 ) -> Result<String, crate::registry::RegistryError> {
     if agent.starts_with("agt_") {
         return Ok(agent);
+    }
+    let key = agent.to_ascii_lowercase();
+    if let Some(id) = p.agent_ids.lock().get(&key) {
+        return Ok(id.clone());
     }
     let found = p
         .app
@@ -600,7 +688,16 @@ pub(super) async fn resolve_agent(
         .into_iter()
         .find(|a| a.name.eq_ignore_ascii_case(&agent))
         .map(|a| a.agent_id);
-    Ok(found.unwrap_or(agent))
+    // Only found names are kept: an agent registered later is found by its next call.
+    let Some(id) = found else {
+        return Ok(agent);
+    };
+    let mut ids = p.agent_ids.lock();
+    if ids.len() >= AGENT_ID_CACHE {
+        ids.clear();
+    }
+    ids.insert(key, id.clone());
+    Ok(id)
 }
 
 /// A connect error says little in its `Display`; its source chain says why.

@@ -9,7 +9,9 @@ mod forward;
 mod hold;
 mod mcp;
 
-pub use config::{ActionRoute, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment};
+pub use config::{
+    ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment,
+};
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
 
@@ -43,6 +45,16 @@ impl Routes {
     pub fn new(mut routes: Vec<Route>) -> Routes {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Routes { routes }
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The route owning `path` (longest prefix on a segment boundary) and the path below it.

@@ -158,6 +158,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
         timeout: Some("1s".into()),
         // The tests of holding set their own budget.
         hold_budget: Some("0s".into()),
+        audit: None,
+        tls: None,
         routes: Some(vec![
             FileRoute {
                 name: "billing".into(),
@@ -236,11 +238,24 @@ async fn decision(s: &Server, admin: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn allow_forwards_headers_and_body_and_streams_back() {
+    allow_forwards("strict").await;
+}
+
+/// Under `audit: overlap` the same: every answered call's decision is in the ledger by the time its answer is.
+#[tokio::test]
+async fn allow_forwards_the_same_under_audit_overlap() {
+    allow_forwards("overlap").await;
+}
+
+async fn allow_forwards(audit: &str) {
     let up = Upstream::start().await;
-    let (s, proxy, admin, _p, _d) = start(Some(AGENT), &up).await;
+    let (s, proxy, admin, _p, _d) = start_with(Some(AGENT), &up, |p| p.audit = Some(audit.into())).await;
     let c = client();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = c
         .post(format!("{proxy}/billing/refunds?x=1"))
+        .header("traceparent", traceparent)
+        .header("x-kla-execution-id", "exec_42")
         .header("authorization", "Bearer upstream-secret")
         .header("proxy-authorization", "Bearer not-for-upstream")
         .header("connection", "keep-alive, x-hop")
@@ -272,6 +287,9 @@ async fn allow_forwards_headers_and_body_and_streams_back() {
     );
     assert_eq!(got.headers["authorization"], "Bearer upstream-secret");
     assert_eq!(got.headers["x-custom"], "kept");
+    // Correlation goes on to the upstream untouched.
+    assert_eq!(got.headers["traceparent"], traceparent);
+    assert_eq!(got.headers["x-kla-execution-id"], "exec_42");
     assert!(got.headers.get("proxy-authorization").is_none());
     assert!(got.headers.get("x-hop").is_none());
     assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
@@ -286,6 +304,13 @@ async fn allow_forwards_headers_and_body_and_streams_back() {
     assert_eq!(d["action"], "execute_refund", "{d}");
     assert_eq!(d["context"]["amount"], 40, "{d}");
     assert_eq!(d["context"]["user"], "u-1", "{d}");
+    assert_eq!(d["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "{d}");
+    assert_eq!(d["executionId"], "exec_42", "{d}");
+    assert_eq!(
+        d["tool"],
+        json!({"route": "billing", "method": "POST", "path": "/billing/refunds"}),
+        "{d}"
+    );
 
     // A streamed (chunked) upstream answer arrives whole; an unnamed request is `http.request`.
     let r = c.get(format!("{proxy}/billing/stream")).send().await.unwrap();
@@ -618,6 +643,30 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
     assert_eq!(d["decision"], "require_approval", "{d}");
     assert_eq!(d["usesApproval"], approval.as_str(), "{d}");
     assert_ne!(d["decisionId"], pending[0]["decisionId"]);
+    // Its evidence carries the approval's chain: the decision that opened it, its resolution, then this one.
+    let r = s.get(&format!("/v1/evidence?decisionId={id}"), &admin, T).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chain: Vec<(String, String)> = r.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(e["entry"].as_str().unwrap()).unwrap();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["body"]["decisionId"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let opened = pending[0]["decisionId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        chain,
+        vec![
+            ("decision".to_owned(), opened.clone()),
+            ("approval.resolved".to_owned(), opened),
+            ("decision".to_owned(), id.clone()),
+        ]
+    );
 
     // The same call again needs a new approval: the first one let one call through.
     let r = c
@@ -734,4 +783,190 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(wires(&up), 2);
+}
+
+/// The proxy listener over HTTPS (a certificate made here), speaking HTTP/2 when the agent offers it; the upstream
+/// is told the call came in over https.
+#[tokio::test]
+async fn the_proxy_listener_serves_https_and_http2() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (https, cert, agent_client) = https_config(dir.path());
+    let key = https.tls_key.clone();
+    let (s, _proxy, _admin, _p, _d) = start_with(Some(AGENT), &up, |p| {
+        p.tls = Some(kla::config::FileTls {
+            cert: Some(cert.clone()),
+            key,
+        });
+    })
+    .await;
+    let addr = s.listener("proxy").unwrap();
+    let r = agent_client
+        .post(format!("https://localhost:{}/billing/refunds", addr.port()))
+        .body(r#"{"amount": 3, "user_id": "u-9"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert!(r.headers().get("x-kla-decision-id").is_some());
+    assert_eq!(r.text().await.unwrap(), "ok /api/refunds");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    // Plain HTTP to a TLS listener is not served.
+    let plain = client()
+        .post(format!("http://127.0.0.1:{}/billing/refunds", addr.port()))
+        .body("{}")
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    assert_eq!(up.seen().len(), 1);
+}
+
+/// A free port on loopback (bound and released; the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn proxy_yaml(upstream: SocketAddr, routes: &[&str]) -> String {
+    let mut y = format!("proxy:\n  tenant: {T}\n  agent: {AGENT}\n  routes:\n");
+    for r in routes {
+        y.push_str(&format!(
+            "    - {{name: {r}, prefix: /{r}, upstream: \"http://{upstream}/{r}\"}}\n"
+        ));
+    }
+    y
+}
+
+/// One HTTP/1.1 request on an open connection; the status and body of its answer.
+async fn on_conn(conn: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: kla\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, body[..len].to_owned());
+            }
+        }
+    }
+}
+
+/// `kla serve` with a config file: SIGHUP reloads the proxy's routes; a new route answers on a connection opened
+/// before the reload, and a config that cannot apply is refused with the running routes kept.
+#[tokio::test]
+async fn sighup_reloads_the_routes_without_dropping_connections() {
+    let up = Upstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_pack(tmp.path());
+    let config = tmp.path().join("kla.yaml");
+    std::fs::write(&config, proxy_yaml(up.addr, &["one"])).unwrap();
+    let proxy_port = free_port();
+    let mut child = std::process::Command::new(kla_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api-addr", "127.0.0.1:0", "--allow-unsigned"])
+        .arg("--policies")
+        .arg(tmp.path().join("proxy"))
+        .args(["--proxy-addr", &format!("127.0.0.1:{proxy_port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let api = line.trim().strip_prefix("kla listening on ").unwrap().to_owned();
+    let admin = token_for(&data, &[T], Role::Admin);
+    let r = client()
+        .post(format!("http://{api}/v1/agents"))
+        .bearer_auth(&admin)
+        .header("x-tenant-id", T)
+        .json(&agent_body(AGENT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+        .await
+        .unwrap();
+    assert_eq!(on_conn(&mut conn, "/one/x").await, (200, "ok /one/x".into()));
+    assert_eq!(on_conn(&mut conn, "/two/x").await.0, 404);
+
+    let hup = |pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    std::fs::write(&config, proxy_yaml(up.addr, &["one", "two"])).unwrap();
+    hup(child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The same connection, opened before the reload.
+        let (status, body) = on_conn(&mut conn, "/two/y").await;
+        if status == 200 {
+            assert_eq!(body, "ok /two/y");
+            break;
+        }
+        assert_eq!(status, 404);
+        assert!(std::time::Instant::now() < deadline, "the reload did not take");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A config that changes who calls are made as needs a restart: refused, the routes stay.
+    std::fs::write(
+        &config,
+        proxy_yaml(up.addr, &["three"]).replace(&format!("agent: {AGENT}"), "agent: someone-else"),
+    )
+    .unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(on_conn(&mut conn, "/two/z").await.0, 200);
+    assert_eq!(on_conn(&mut conn, "/three/z").await.0, 404);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a refused reload stopped the server"
+    );
+    drop(conn);
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }

@@ -13,7 +13,7 @@ mod tasks;
 mod wire;
 
 use super::forward::{
-    Proxy, caller, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri, with_decision_id,
+    Proxy, Table, caller, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri, with_decision_id,
 };
 use super::{ProxyConfig, Route, RouteKind, X_KLA_DECISION, X_KLA_REASON_CODES};
 use crate::auth::Caller;
@@ -59,6 +59,8 @@ const MAX_REWRITTEN: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub(super) struct Ctx {
     p: Arc<Proxy>,
+    /// The route table the call started with (a reload swaps in a new one).
+    table: Arc<Table>,
     route: Route,
     rest: String,
     caller: Caller,
@@ -66,7 +68,14 @@ pub(super) struct Ctx {
 }
 
 /// The MCP route's handler (dispatched from the proxy's one handler).
-pub(super) async fn handle(p: &Arc<Proxy>, route: &Route, rest: &str, parts: Parts, body: Body) -> Response {
+pub(super) async fn handle(
+    p: &Arc<Proxy>,
+    table: &Arc<Table>,
+    route: &Route,
+    rest: &str,
+    parts: Parts,
+    body: Body,
+) -> Response {
     let (caller, agent) = match caller(p, &parts.headers) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -76,6 +85,7 @@ pub(super) async fn handle(p: &Arc<Proxy>, route: &Route, rest: &str, parts: Par
     }
     let cx = Ctx {
         p: p.clone(),
+        table: table.clone(),
         route: route.clone(),
         rest: rest.to_owned(),
         caller,
@@ -230,7 +240,7 @@ impl Ctx {
                 None => json_response(status, &json!({"code": "internal_error", "message": message})),
             })
         };
-        let Some(client) = self.p.clients.get(&route.name) else {
+        let Some(client) = self.table.clients.get(&route.name) else {
             return Err(fail(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("route {} has no client", route.name),
