@@ -590,6 +590,37 @@ impl PolicySet {
         decision
     }
 
+    /// Whether every call of `action` by `agent` is `block` whatever its context, and why: an enforced rule (of an
+    /// enforced pack) without `when` decides `block` for it, or no pack is loaded (every decision fails closed).
+    /// Conditional rules and default decisions are not consulted, so `None` only means "not always blocked".
+    /// Records nothing and runs no Rego: the MCP proxy asks it for each tool a `tools/list` answer names.
+    pub(crate) fn always_blocks(&self, agent: &super::types::AgentRef, action: &str) -> Option<String> {
+        if self.packs.is_empty() {
+            return Some(POLICY_UNAVAILABLE.to_string());
+        }
+        let mut candidates = Vec::new();
+        let mut scratch = Vec::new();
+        for pack in self.packs.iter().filter(|p| p.mode == Mode::Enforce) {
+            pack.index.candidates(action, &mut candidates, &mut scratch);
+            let hit = candidates
+                .iter()
+                .filter_map(|&ri| pack.rules.get(ri as usize))
+                .find(|r| {
+                    r.decision == Outcome::Block
+                        && !r.shadow
+                        && r.when.is_none()
+                        && r.agents.matches(&agent.id, &agent.name)
+                });
+            if let Some(rule) = hit {
+                return Some(format!(
+                    "{}/{} ({})",
+                    pack.pack_ref.name, rule.id, rule.reason_code
+                ));
+            }
+        }
+        None
+    }
+
     fn fail(&self, code: &str, why: String) -> Decision {
         let limiter = if code == POLICY_UNAVAILABLE {
             &LOG_UNAVAILABLE

@@ -1559,3 +1559,37 @@ impl crate::policy::PackFloors for BrokenFloors {
         Err("disk on fire".into())
     }
 }
+
+#[test]
+fn always_blocks_only_for_unconditional_enforced_block_rules() {
+    let p = pack_dir(
+        &pack_yaml(
+            "ab",
+            "allow",
+            "enforce",
+            "    - {id: never, match: {actions: [\"delete_*\"], agents: [bot-1]}, decision: block, reasonCode: NO}\n    - {id: big, match: {actions: [refund]}, when: \"input.context.amount > 10\", decision: block}\n    - {id: quiet, match: {actions: [wipe]}, decision: block, mode: shadow}\n    - {id: hold, match: {actions: [wire]}, decision: require_approval, approval: {timeout: 1m}}\n",
+        ),
+        &[],
+    );
+    let set = set_of(&[p.path()]);
+    let agent = |id: &str| AgentRef {
+        id: id.into(),
+        name: format!("{id}-name"),
+        ..Default::default()
+    };
+    assert_eq!(
+        set.always_blocks(&agent("bot-1"), "delete_user").as_deref(),
+        Some("ab/never (NO)")
+    );
+    // Another agent, a conditional rule, a shadow rule, an approval: not always blocked.
+    assert_eq!(set.always_blocks(&agent("bot-2"), "delete_user"), None);
+    assert_eq!(set.always_blocks(&agent("bot-1"), "refund"), None);
+    assert_eq!(set.always_blocks(&agent("bot-1"), "wipe"), None);
+    assert_eq!(set.always_blocks(&agent("bot-1"), "wire"), None);
+    // No pack: every decision fails closed.
+    assert!(
+        PolicySet::empty()
+            .always_blocks(&agent("bot-1"), "read")
+            .is_some()
+    );
+}

@@ -70,6 +70,10 @@ pub struct FileRoute {
     pub ca_file: Option<PathBuf>,
     /// Requests that are named actions; every other request is `http.request`.
     pub actions: Option<Vec<FileAction>>,
+    /// `http` (the default) or `mcp`: an MCP server over Streamable HTTP, whose `tools/call`s are the actions.
+    pub kind: Option<String>,
+    /// `mcp` routes: whether `tools/list` hides the tools the policy always blocks for the caller (default true).
+    pub hide_blocked_tools: Option<bool>,
 }
 
 /// One entry of a route's `actions`.
@@ -134,6 +138,20 @@ pub struct Route {
     pub ca_file: Option<PathBuf>,
     /// Its named actions.
     pub actions: Vec<ActionRoute>,
+    /// What speaks behind it.
+    pub kind: RouteKind,
+}
+
+/// What a route's upstream speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Plain HTTP: each request is an action (named, or `http.request`).
+    Http,
+    /// An MCP server over Streamable HTTP: each `tools/call` is an action, the rest passes through.
+    Mcp {
+        /// Whether `tools/list` hides the tools the policy always blocks for the caller.
+        hide_blocked_tools: bool,
+    },
 }
 
 /// One segment of a path template.
@@ -293,6 +311,27 @@ fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError
             return Err(bad(format!("ca-file {} is not a readable file", f.display())));
         }
     }
+    let kind = match r.kind.as_deref() {
+        None | Some("http") => {
+            if r.hide_blocked_tools.is_some() {
+                return Err(bad("hide-blocked-tools is only for a route of kind mcp".into()));
+            }
+            RouteKind::Http
+        }
+        Some("mcp") => {
+            // An MCP route's actions are its tool calls, named by the body; path actions would never match.
+            if r.actions.as_ref().is_some_and(|a| !a.is_empty()) {
+                return Err(bad(
+                    "a route of kind mcp has no actions: each tools/call is the action named by its tool"
+                        .into(),
+                ));
+            }
+            RouteKind::Mcp {
+                hide_blocked_tools: r.hide_blocked_tools.unwrap_or(true),
+            }
+        }
+        Some(k) => return Err(bad(format!("kind {k:?} must be http or mcp"))),
+    };
     let mut actions: Vec<ActionRoute> = Vec::new();
     for (j, a) in r.actions.clone().unwrap_or_default().into_iter().enumerate() {
         let bad = |what: String| bad(format!("actions[{j}]: {what}"));
@@ -333,6 +372,7 @@ fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError
         upstream,
         ca_file: r.ca_file,
         actions,
+        kind,
     })
 }
 

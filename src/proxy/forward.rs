@@ -34,17 +34,17 @@ pub const X_KLA_REASON_CODES: &str = "x-kla-reason-codes";
 /// Request header naming the execution a call belongs to (its steps and cost are counted by it).
 pub const X_KLA_EXECUTION_ID: &str = "x-kla-execution-id";
 
-type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
+pub(super) type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The proxy: its routes, one pooled upstream client per route, and the API's state (its decider and token
 /// verification).
 pub struct Proxy {
     pub(super) app: Arc<AppState>,
-    tenant: Arc<str>,
+    pub(super) tenant: Arc<str>,
     agent: Option<Arc<str>>,
     /// The routes and their clients; swapped whole by a reload, so a call in flight keeps the table it started with.
     table: arc_swap::ArcSwap<Table>,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     /// How long a call waiting for approval is held before it is answered as pending.
     pub(super) hold_budget: Duration,
     audit: Audit,
@@ -54,7 +54,9 @@ pub struct Proxy {
     /// call does not list the tenant's agents. Bounded; cleared when full.
     agent_ids: parking_lot::Mutex<HashMap<String, String>>,
     /// The API's base URL (`http://host:port`), known once the API listener is bound; approval URLs point there.
-    api_base: OnceLock<String>,
+    pub(super) api_base: OnceLock<String>,
+    /// MCP routes' state (kla's own tasks, held calls).
+    pub(super) mcp: super::mcp::McpState,
 }
 
 impl Proxy {
@@ -71,6 +73,7 @@ impl Proxy {
             scheme: if cfg.tls.is_some() { "https" } else { "http" },
             agent_ids: parking_lot::Mutex::new(HashMap::new()),
             api_base: OnceLock::new(),
+            mcp: super::mcp::McpState::new(cfg),
         }))
     }
 
@@ -115,7 +118,7 @@ impl Proxy {
 /// The routes of one config and a pooled client per route.
 pub(super) struct Table {
     pub(super) routes: Routes,
-    clients: HashMap<String, Upstream>,
+    pub(super) clients: HashMap<String, Upstream>,
 }
 
 impl Table {
@@ -190,7 +193,7 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authenticate",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -216,7 +219,7 @@ fn json_error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-fn with_decision_id(mut resp: Response, id: &str) -> Response {
+pub(super) fn with_decision_id(mut resp: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         resp.headers_mut().insert(X_KLA_DECISION_ID, v);
     }
@@ -225,7 +228,7 @@ fn with_decision_id(mut resp: Response, id: &str) -> Response {
 
 /// The caller of this request: the configured agent (sidecar mode) or the agent-bound token in
 /// `Proxy-Authorization` (shared mode).
-fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Response>> {
+pub(super) fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String), Box<Response>> {
     if let Some(agent) = &p.agent {
         let principal = Principal {
             issuer: "kla".into(),
@@ -298,6 +301,9 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let Some(m) = table.routes.resolve(&parts.method, &path) else {
         return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
     };
+    if let super::RouteKind::Mcp { .. } = m.route.kind {
+        return super::mcp::handle(&p, &table, m.route, m.rest, parts, body).await;
+    }
     let (caller, agent) = match caller(&p, &parts.headers) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -695,7 +701,7 @@ pub(super) async fn resolve_agent(
 }
 
 /// A connect error says little in its `Display`; its source chain says why.
-fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
+pub(super) fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
@@ -707,7 +713,7 @@ fn upstream_reason(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// The upstream's base URL with the path below the route's prefix (and the query) appended.
-fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Result<Uri, String> {
+pub(super) fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Result<Uri, String> {
     let base_path = base.path().trim_end_matches('/');
     let mut pq = format!("{base_path}{rest}");
     if let Some(q) = query {

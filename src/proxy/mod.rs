@@ -1,14 +1,17 @@
 //! The tool-call proxy: agents point their tool base URLs at kla, and each call becomes an action decided by the
 //! same pipeline as `decisions.evaluate` (`crate::decide`) before it may reach its upstream. This module owns the
 //! `proxy:` config section ([`config`]), how a request finds its route and action ([`Routes`]), and the listener's
-//! handler with its pooled upstream clients ([`Proxy`]). It runs no SQL
+//! handler with its pooled upstream clients ([`Proxy`]); routes of `kind: mcp` are handled by `mcp`. It runs no SQL
 //! and never writes the ledger itself: recording is `decide`'s.
 
 pub mod config;
 mod forward;
 mod hold;
+mod mcp;
 
-pub use config::{ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, Segment};
+pub use config::{
+    ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment,
+};
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
 

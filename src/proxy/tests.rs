@@ -17,6 +17,8 @@ fn billing() -> FileRoute {
         prefix: "/billing".into(),
         upstream: "http://127.0.0.1:9000/api".into(),
         ca_file: None,
+        kind: None,
+        hide_blocked_tools: None,
         actions: Some(vec![
             FileAction {
                 method: "post".into(),

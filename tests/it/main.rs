@@ -21,6 +21,7 @@ mod isolation;
 mod ledger;
 mod ledger_health;
 mod listeners;
+mod mcp;
 mod names;
 mod policy;
 mod proxy;

@@ -166,6 +166,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 prefix: "/billing".into(),
                 upstream: format!("http://{upstream}/api"),
                 ca_file: None,
+                kind: None,
+                hide_blocked_tools: None,
                 actions: Some(vec![
                     action(
                         "POST",
@@ -189,6 +191,8 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 // Port 9 (discard) on loopback: nothing listens there in a test environment.
                 upstream: "http://127.0.0.1:9".into(),
                 ca_file: None,
+                kind: None,
+                hide_blocked_tools: None,
                 actions: None,
             },
         ]),
@@ -534,6 +538,8 @@ async fn https_upstream_with_a_route_ca_file() {
         prefix: format!("/{name}"),
         upstream: format!("https://localhost:{port}"),
         ca_file: ca,
+        kind: None,
+        hide_blocked_tools: None,
         actions: None,
     };
     let data = tempfile::tempdir().unwrap();

@@ -1,0 +1,439 @@
+//! Holding a `tools/call` that needs a person's approval, in the two ways MCP clients can wait (both on top of
+//! the proxy's hold, `super::super::hold`, which re-decides the call once approved and lets one call through per
+//! approval):
+//!
+//! - **a task** (the client declared the tasks extension on the request, 2026-07-28): answered at once with a task
+//!   kla owns; the hold runs in a spawned task, forwards the call once approved and keeps its result for
+//!   `tasks/get`. `tasks/cancel` drops the hold.
+//! - **an SSE stream** (the client accepts `text/event-stream`): the answer streams keep-alive comments (and
+//!   `notifications/progress` when the request has a `progressToken`) up to the hold budget, then the forwarded
+//!   call's own answer, or an `isError` result naming the approval and its URL. A client that goes away (or, in the
+//!   handshake era, sends `notifications/cancelled` for the request) has cancelled: the hold is dropped and nothing
+//!   is forwarded for it.
+//!
+//! Anyone else gets the `isError` answer naming the approval at once; the same call made again once approved goes
+//! through once.
+
+use super::tasks::TaskEnd;
+use super::wire::{self, Era, Message};
+use super::{Ctx, MAX_REWRITTEN, json_response};
+use crate::decide::{ActionRequest, Decided};
+use crate::proxy::hold::HoldEnd;
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Between two keep-alives of a held SSE answer (well under the idle timeouts of clients and intermediaries).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Held calls at once, per proxy, that a handshake-era `notifications/cancelled` can find.
+const MAX_TRACKED: usize = 10_000;
+
+/// Calls held on an SSE answer, by session and request id, so a handshake-era `notifications/cancelled` finds them.
+pub(crate) struct McpHolds {
+    held: Mutex<HashMap<(String, String), CancellationToken>>,
+}
+
+/// Removes a held call's entry when its hold ends, however it ends.
+struct Tracked<'a> {
+    holds: &'a McpHolds,
+    key: Option<(String, String)>,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.holds.held.lock().remove(&k);
+        }
+    }
+}
+
+fn session_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+impl McpHolds {
+    /// No call held yet.
+    pub(crate) fn new(_cfg: &super::ProxyConfig) -> McpHolds {
+        McpHolds {
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn track(&self, headers: &http::HeaderMap, id: &Value) -> (Tracked<'_>, CancellationToken) {
+        let token = CancellationToken::new();
+        let key = (session_of(headers), id.to_string());
+        let mut held = self.held.lock();
+        if held.len() >= MAX_TRACKED {
+            // Still held (and still cancelled by a disconnect), only not findable by a cancel notification.
+            return (
+                Tracked {
+                    holds: self,
+                    key: None,
+                },
+                token,
+            );
+        }
+        held.insert(key.clone(), token.clone());
+        (
+            Tracked {
+                holds: self,
+                key: Some(key),
+            },
+            token,
+        )
+    }
+
+    /// A handshake-era client cancelled a request: the call held for it in the same session, if any, is dropped.
+    pub(super) fn cancelled(&self, headers: &http::HeaderMap, msg: &Message) {
+        let Some(id) = msg.params().and_then(|p| p.get("requestId")) else {
+            return;
+        };
+        let key = (session_of(headers), id.to_string());
+        if let Some(t) = self.held.lock().get(&key) {
+            t.cancel();
+        }
+    }
+}
+
+/// The text of an answer for a call whose approval is still pending.
+pub(super) fn pending_text(cx: &Ctx, tool: &str, d: &Decided) -> String {
+    let (approval, expires) = d
+        .approval
+        .as_ref()
+        .map(|a| (a.approval_id.as_str(), a.expires_at.as_str()))
+        .unwrap_or(("", ""));
+    pending(cx, tool, approval, expires, &d.decision_id)
+}
+
+fn pending(cx: &Ctx, tool: &str, approval: &str, expires: &str, decision_id: &str) -> String {
+    format!(
+        "kla is holding the call of tool '{tool}' for a person's approval: approval {approval} at {} (expires \
+         {expires}). It was not forwarded. Make the same call again once it is approved and it goes through once. \
+         Decision {decision_id}.",
+        cx.approval_url(approval)
+    )
+}
+
+fn refused_text(tool: &str, r: &crate::proxy::hold::Refusal) -> String {
+    let codes = if r.reason_codes.is_empty() {
+        String::new()
+    } else {
+        format!(" Reason codes {}.", r.reason_codes.join(", "))
+    };
+    format!(
+        "kla did not forward the call of tool '{tool}': {}.{codes} Decision {}.",
+        r.message, r.decision_id
+    )
+}
+
+/// The final JSON-RPC answer (for `id`) of an upstream response: its JSON body, or the answer event of its SSE
+/// stream.
+async fn final_answer(resp: http::Response<hyper::body::Incoming>, id: &Value) -> Result<Value, String> {
+    let ctype = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if ctype.starts_with("text/event-stream") {
+        let mut split = wire::SseSplitter::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading the upstream's stream: {e}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let events = split
+                .push(&data)
+                .map_err(|n| format!("the upstream sent an event over {n} bytes"))?;
+            for ev in events {
+                let Some(v) = wire::event_data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                else {
+                    continue;
+                };
+                if v.get("id") == Some(id) && (v.get("result").is_some() || v.get("error").is_some()) {
+                    return Ok(v);
+                }
+            }
+        }
+        return Err("the upstream's stream ended without an answer".into());
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_REWRITTEN)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the upstream's answer: {e}"))?
+        .to_bytes();
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(|v| v.get("result").is_some() || v.get("error").is_some())
+        .ok_or_else(|| format!("the upstream answered HTTP {status} without a JSON-RPC answer"))
+}
+
+/// Answers a `require_approval` call (one that uses no earlier approval).
+pub(super) async fn held(
+    cx: &Ctx,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    era: Era,
+    req: ActionRequest,
+    d: Decided,
+) -> Response {
+    let id = msg.answer_id();
+    let tool = msg
+        .params()
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(terms) = d.approval.clone() else {
+        return json_response(
+            StatusCode::OK,
+            &wire::error(
+                &id,
+                -32603,
+                "a require_approval decision without its approval",
+                None,
+            ),
+        );
+    };
+    let accepts_sse = parts
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    let resp = if msg.declares_tasks() && era == Era::Stateless {
+        as_task(cx, parts, bytes, msg, req, d.decision_id.clone(), terms, tool)
+    } else if accepts_sse && !cx.p.hold_budget.is_zero() {
+        on_stream(
+            cx,
+            parts,
+            bytes,
+            msg,
+            era,
+            req,
+            d.decision_id.clone(),
+            terms,
+            tool,
+        )
+    } else {
+        json_response(
+            StatusCode::OK,
+            &wire::tool_error(&id, &pending_text(cx, &tool, &d), era),
+        )
+    };
+    super::super::forward::with_decision_id(resp, &d.decision_id)
+}
+
+/// The request body to forward for a task kla owns: the tasks extension taken out of the client's declared
+/// capabilities, so the upstream answers the call itself rather than with a task of its own.
+fn without_tasks(bytes: &Bytes) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
+        return bytes.clone();
+    };
+    let ext = v
+        .pointer_mut("/params/_meta/io.modelcontextprotocol~1clientCapabilities/extensions")
+        .and_then(Value::as_object_mut);
+    let removed = ext.is_some_and(|e| e.remove(wire::TASKS_EXTENSION).is_some());
+    if removed {
+        Bytes::from(v.to_string())
+    } else {
+        bytes.clone()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn as_task(
+    cx: &Ctx,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    req: ActionRequest,
+    decision_id: String,
+    terms: crate::recorder::ApprovalTerms,
+    tool: String,
+) -> Response {
+    let id = msg.answer_id();
+    let ttl = Duration::from_secs(terms.timeout_seconds);
+    let note = format!(
+        "waiting for a person's approval: {} at {}",
+        terms.approval_id,
+        cx.approval_url(&terms.approval_id)
+    );
+    let Some((task_id, created, cancel)) = cx.p.mcp.tasks.create(&cx.caller, &cx.agent, note, ttl) else {
+        // No room for one more task: the client is told to come back, as without the extension.
+        let text = pending(cx, &tool, &terms.approval_id, &terms.expires_at, &decision_id);
+        return json_response(StatusCode::OK, &wire::tool_error(&id, &text, Era::Stateless));
+    };
+    let cx = cx.clone();
+    let body = without_tasks(&bytes);
+    let mut parts = parts;
+    // The body may have changed; its length is the new body's.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let answer_id = id.clone();
+    tokio::spawn(async move {
+        // The hold may take as long as the approval may: its expiry ends it in any case.
+        let budget = ttl + Duration::from_secs(5);
+        let hold = cx.p.hold(&cx.caller, req, &decision_id, &terms, budget);
+        let end = tokio::select! {
+            _ = cancel.cancelled() => return,
+            end = hold => end,
+        };
+        let tasks = &cx.p.mcp.tasks;
+        let done = match end {
+            HoldEnd::Go(d) => {
+                tasks.progress(
+                    &task_id,
+                    format!("approved; forwarded as decision {}", d.decision_id),
+                );
+                let sent = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = cx.send(parts, Body::from(body), Some(&id)) => r,
+                };
+                match sent {
+                    Ok(resp) => match final_answer(resp, &id).await {
+                        Ok(a) => match (a.get("result"), a.get("error")) {
+                            (Some(r), _) => TaskEnd::Completed(r.clone()),
+                            (_, Some(e)) => TaskEnd::Failed(e.clone()),
+                            _ => TaskEnd::Failed(json!({"code": -32603, "message": "no answer"})),
+                        },
+                        Err(e) => TaskEnd::Failed(json!({"code": -32002, "message": e})),
+                    },
+                    Err(r) => match super::answer_of(*r).await.and_then(|a| a.get("error").cloned()) {
+                        Some(e) => TaskEnd::Failed(e),
+                        None => TaskEnd::Failed(json!({"code": -32002, "message": "the upstream failed"})),
+                    },
+                }
+            }
+            HoldEnd::Refused(r) => TaskEnd::Completed(tool_result(&refused_text(&tool, &r))),
+            HoldEnd::Pending {
+                approval_id,
+                expires_at,
+            } => TaskEnd::Completed(tool_result(&pending(
+                &cx,
+                &tool,
+                &approval_id,
+                &expires_at,
+                &decision_id,
+            ))),
+        };
+        tasks.finish(&task_id, done);
+    });
+    json_response(StatusCode::OK, &wire::result(&answer_id, created))
+}
+
+/// A `CallToolResult` that failed, as a task's result.
+fn tool_result(text: &str) -> Value {
+    json!({"content": [{"type": "text", "text": text}], "isError": true, "resultType": "complete"})
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_stream(
+    cx: &Ctx,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    era: Era,
+    req: ActionRequest,
+    decision_id: String,
+    terms: crate::recorder::ApprovalTerms,
+    tool: String,
+) -> Response {
+    let id = msg.answer_id();
+    let progress = msg.progress_token().cloned();
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let cx = cx.clone();
+    tokio::spawn(async move {
+        let (_tracked, cancelled) = cx.p.mcp.holds.track(&parts.headers, &id);
+        let note = format!(
+            "waiting for a person's approval: {} at {}",
+            terms.approval_id,
+            cx.approval_url(&terms.approval_id)
+        );
+        let hold = cx.p.hold(&cx.caller, req, &decision_id, &terms, cx.p.hold_budget);
+        tokio::pin!(hold);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let mut n = 0u64;
+        let progress_event = |n: u64| {
+            progress.as_ref().map(|t| {
+                wire::sse_event(&json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": t, "progress": n, "message": note}}))
+            })
+        };
+        // The first event goes out at once, so the client knows the call is held, not lost.
+        let first = progress_event(0).unwrap_or_else(|| wire::sse_comment("held for approval"));
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        // Dropping `hold` (any return below before it ends) cancels it: nothing is forwarded for a client that left.
+        let end = loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = cancelled.cancelled() => return,
+                end = &mut hold => break end,
+                _ = tick.tick() => {
+                    n += 1;
+                    let ev = progress_event(n).unwrap_or_else(|| wire::sse_comment("keep-alive"));
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let answer = match end {
+            HoldEnd::Go(_) => {
+                if tx.is_closed() || cancelled.is_cancelled() {
+                    return;
+                }
+                match cx.send(parts, Body::from(bytes), Some(&id)).await {
+                    Ok(resp) => match final_answer(resp, &id).await {
+                        Ok(a) => a,
+                        Err(e) => wire::error(&id, -32002, &e, None),
+                    },
+                    Err(r) => super::answer_of(*r)
+                        .await
+                        .unwrap_or_else(|| wire::error(&id, -32002, "the upstream failed", None)),
+                }
+            }
+            HoldEnd::Refused(r) => wire::tool_error(&id, &refused_text(&tool, &r), era),
+            HoldEnd::Pending {
+                approval_id,
+                expires_at,
+            } => wire::tool_error(
+                &id,
+                &pending(&cx, &tool, &approval_id, &expires_at, &decision_id),
+                era,
+            ),
+        };
+        let _ = tx.send(wire::sse_event(&answer)).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}

@@ -1,0 +1,672 @@
+//! MCP's wire as the proxy reads and writes it: JSON-RPC messages of a POST body, the Streamable HTTP routing
+//! headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`), the answers kla writes itself, and SSE events.
+//! Pure: no IO, no policy.
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC: the body is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: the body is JSON but not a valid request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC: a method's params are malformed.
+pub const INVALID_PARAMS: i64 = -32602;
+/// MCP (2026-07-28): a routing header disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// The first revision without a handshake: every POST is self-contained.
+pub const STATELESS_REVISION: &str = "2026-07-28";
+/// The only revision whose POST bodies may be JSON-RPC batches.
+pub const BATCH_REVISION: &str = "2025-03-26";
+/// The tasks extension's identifier.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// Routing headers; each may appear at most once (two readers must not see two values).
+const ROUTING_HEADERS: [&str; 3] = ["mcp-protocol-version", "mcp-method", "mcp-name"];
+
+/// Which protocol era a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Revisions up to 2025-11-25: `initialize`, `Mcp-Session-Id`, GET streams.
+    Handshake,
+    /// 2026-07-28 and later: self-contained POSTs, `resultType` on results.
+    Stateless,
+}
+
+/// A JSON-RPC message the proxy refuses to forward, with the id to answer (null when unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// What is wrong.
+    pub message: String,
+    /// The request's id, when it has a usable one.
+    pub id: Value,
+}
+
+impl Rejection {
+    fn new(code: i64, message: impl Into<String>, id: Value) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+}
+
+/// One well-formed JSON-RPC message (an object).
+#[derive(Debug, Clone)]
+pub struct Message(pub Map<String, Value>);
+
+impl Message {
+    /// The method of a request or notification.
+    pub fn method(&self) -> Option<&str> {
+        self.0.get("method").and_then(Value::as_str)
+    }
+
+    /// The id of a request (a message with a method and an id).
+    pub fn request_id(&self) -> Option<&Value> {
+        self.method()?;
+        self.0.get("id")
+    }
+
+    /// The id to answer with: the request's, or null.
+    pub fn answer_id(&self) -> Value {
+        self.request_id().cloned().unwrap_or(Value::Null)
+    }
+
+    /// `params`, when an object.
+    pub fn params(&self) -> Option<&Map<String, Value>> {
+        self.0.get("params").and_then(Value::as_object)
+    }
+
+    /// `params._meta`, when an object.
+    pub fn meta(&self) -> Option<&Map<String, Value>> {
+        self.params()?.get("_meta")?.as_object()
+    }
+
+    /// The protocol version the 2026-07-28 envelope names in `params._meta`.
+    pub fn meta_version(&self) -> Option<&str> {
+        self.meta()?.get(META_VERSION)?.as_str()
+    }
+
+    /// Whether the request declares the tasks extension (in its per-request client capabilities).
+    pub fn declares_tasks(&self) -> bool {
+        self.meta()
+            .and_then(|m| m.get(META_CAPABILITIES))
+            .and_then(|c| c.get("extensions"))
+            .and_then(|e| e.get(TASKS_EXTENSION))
+            .is_some_and(Value::is_object)
+    }
+
+    /// `params._meta.progressToken`, when the request asks for progress.
+    pub fn progress_token(&self) -> Option<&Value> {
+        self.meta()?
+            .get("progressToken")
+            .filter(|t| t.is_string() || t.is_number())
+    }
+
+    /// The params key whose value `Mcp-Name` mirrors for this method.
+    fn name_key(&self) -> Option<&'static str> {
+        match self.method()? {
+            "tools/call" | "prompts/get" => Some("name"),
+            "resources/read" => Some("uri"),
+            "tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result" => Some("taskId"),
+            _ => None,
+        }
+    }
+}
+
+/// A POST body: one message or a batch (2025-03-26 only).
+#[derive(Debug)]
+pub enum Posted {
+    /// One message.
+    Single(Message),
+    /// A non-empty array of messages.
+    Batch(Vec<Message>),
+}
+
+/// Parses and checks a POST body. A body that is not JSON (or repeats a key) is a parse error; anything else that
+/// is not a JSON-RPC 2.0 message (or a non-empty array of them) is an invalid request.
+pub fn parse(bytes: &[u8]) -> Result<Posted, Rejection> {
+    let v: Value = crate::json::from_slice_unique(bytes)
+        .map_err(|e| Rejection::new(PARSE_ERROR, format!("the body is not JSON: {e}"), Value::Null))?;
+    match v {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(Rejection::new(INVALID_REQUEST, "an empty batch", Value::Null));
+            }
+            items
+                .into_iter()
+                .map(message)
+                .collect::<Result<_, _>>()
+                .map(Posted::Batch)
+        }
+        other => message(other).map(Posted::Single),
+    }
+}
+
+fn message(v: Value) -> Result<Message, Rejection> {
+    let Value::Object(m) = v else {
+        return Err(Rejection::new(
+            INVALID_REQUEST,
+            "a JSON-RPC message is an object",
+            Value::Null,
+        ));
+    };
+    // Answer with the id only when it is one a client could match.
+    let id = match m.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+        _ => Value::Null,
+    };
+    let bad = |what: &str| Err(Rejection::new(INVALID_REQUEST, what.to_string(), id.clone()));
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return bad("\"jsonrpc\" must be \"2.0\"");
+    }
+    if let Some(i) = m.get("id")
+        && !(i.is_string() || i.is_number())
+    {
+        return bad("\"id\" must be a string or a number");
+    }
+    match m.get("method") {
+        Some(Value::String(s)) if !s.is_empty() => {
+            if let Some(p) = m.get("params")
+                && !p.is_object()
+            {
+                return bad("\"params\" must be an object");
+            }
+        }
+        Some(_) => return bad("\"method\" must be a non-empty string"),
+        None => {
+            // A response (to a request the server sent the client).
+            if !m.contains_key("id") {
+                return bad("a message without \"method\" is a response and needs an \"id\"");
+            }
+            if m.contains_key("result") == m.contains_key("error") {
+                return bad("a response has exactly one of \"result\" and \"error\"");
+            }
+        }
+    }
+    Ok(Message(m))
+}
+
+/// A revision string `YYYY-MM-DD` (anything else is no revision).
+fn revision(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    let ok = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    ok.then_some(s)
+}
+
+/// The `MCP-Protocol-Version` header, when it is one revision.
+pub fn version_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(revision)
+}
+
+/// The era of a request: the header's revision, else the body envelope's (revisions compare as dates).
+pub fn era(headers: &HeaderMap, msg: Option<&Message>) -> Era {
+    let v = version_header(headers).or_else(|| msg.and_then(Message::meta_version).and_then(revision));
+    match v {
+        Some(v) if v >= STATELESS_REVISION => Era::Stateless,
+        _ => Era::Handshake,
+    }
+}
+
+/// Whether a batch may be posted: only 2025-03-26 has them, and a client of that revision sends no version header
+/// (or that one).
+pub fn batch_allowed(headers: &HeaderMap) -> bool {
+    match headers.get("mcp-protocol-version") {
+        None => true,
+        Some(v) => v.to_str().ok() == Some(BATCH_REVISION),
+    }
+}
+
+/// Decodes a header value the way MCP clients encode it: verbatim, or `=?base64?<canonical base64 of UTF-8>?=`.
+/// `None`: a malformed encoding, which never matches anything.
+pub fn decode_header(v: &str) -> Option<String> {
+    let Some(payload) = v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) else {
+        return Some(v.to_owned());
+    };
+    let e = base64::engine::general_purpose::STANDARD;
+    let bytes = e.decode(payload).ok()?;
+    if e.encode(&bytes) != payload {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Checks the routing headers against the one message of the body. Present headers must agree with the body; in
+/// the stateless era a request must carry `Mcp-Method`, and `Mcp-Name` where its method names something.
+pub fn check_headers(headers: &HeaderMap, msg: &Message, era: Era) -> Result<(), Rejection> {
+    let id = msg.answer_id();
+    let mismatch = |what: String| Err(Rejection::new(HEADER_MISMATCH, what, id.clone()));
+    for h in ROUTING_HEADERS {
+        if headers.get_all(h).iter().count() > 1 {
+            return mismatch(format!("the {h} header appears more than once"));
+        }
+    }
+    let Some(method) = msg.method() else {
+        return Ok(());
+    };
+    let is_request = msg.request_id().is_some();
+    match headers.get("mcp-method").map(|v| v.to_str()) {
+        Some(Ok(h)) if h == method => {}
+        Some(_) => {
+            return mismatch(format!(
+                "the Mcp-Method header does not match the body's method {method:?}"
+            ));
+        }
+        None if era == Era::Stateless && is_request => {
+            return mismatch(format!(
+                "the Mcp-Method header is missing (the body's method is {method:?})"
+            ));
+        }
+        None => {}
+    }
+    if let (Some(h), Some(b)) = (headers.get("mcp-protocol-version"), msg.meta_version())
+        && h.to_str().ok() != Some(b)
+    {
+        return mismatch(format!(
+            "the MCP-Protocol-Version header does not match the body's protocol version {b:?}"
+        ));
+    }
+    if let Some(key) = msg.name_key()
+        && let Some(body) = msg.params().and_then(|p| p.get(key)).and_then(Value::as_str)
+    {
+        match headers.get("mcp-name") {
+            Some(h) => {
+                let decoded = h.to_str().ok().and_then(decode_header);
+                if decoded.as_deref() != Some(body) {
+                    return mismatch(format!(
+                        "the Mcp-Name header does not match the body's {key} {body:?}"
+                    ));
+                }
+            }
+            None if era == Era::Stateless && is_request => {
+                return mismatch(format!(
+                    "the Mcp-Name header is missing (the body's {key} is {body:?})"
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error answer.
+pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut e = json!({"code": code, "message": message});
+    if let (Some(d), Some(o)) = (data, e.as_object_mut()) {
+        o.insert("data".into(), d);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": e})
+}
+
+/// A JSON-RPC result answer.
+pub fn result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// A `tools/call` result that failed, the way MCP clients show a tool's failure to the model (with `resultType` in
+/// the stateless era).
+pub fn tool_error(id: &Value, text: &str, era: Era) -> Value {
+    let mut r = json!({"content": [{"type": "text", "text": text}], "isError": true});
+    if era == Era::Stateless
+        && let Some(o) = r.as_object_mut()
+    {
+        o.insert("resultType".into(), "complete".into());
+    }
+    result(id, r)
+}
+
+/// Removes from a `tools/list` answer the tools `hide` names (a tool without a string name is removed too: it
+/// could never be called), and marks a stateless-era answer `cacheScope: "private"`, since it now depends on who
+/// asked. `false`: not a `tools/list` result (left as it is).
+pub fn filter_tools(answer: &mut Value, era: Era, mut hide: impl FnMut(&str) -> bool) -> bool {
+    let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| !hide(n)));
+    if era == Era::Stateless {
+        result.insert("cacheScope".into(), "private".into());
+    }
+    true
+}
+
+/// One SSE `message` event carrying `data` (JSON, so one line).
+pub fn sse_event(data: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {data}\n\n"))
+}
+
+/// An SSE comment: a keep-alive the client ignores.
+pub fn sse_comment(text: &str) -> Bytes {
+    Bytes::from(format!(": {text}\n\n"))
+}
+
+/// Splits an SSE byte stream into whole events (each with the blank line that ends it), across chunk boundaries.
+#[derive(Debug, Default)]
+pub struct SseSplitter {
+    buf: BytesMut,
+    /// Where the next line starts in `buf`.
+    line_start: usize,
+    /// Bytes of `buf` already scanned.
+    scanned: usize,
+}
+
+/// Bytes kept for an event that has not ended: an upstream that never ends one is cut off there.
+pub const MAX_SSE_EVENT: usize = 8 * 1024 * 1024;
+
+impl SseSplitter {
+    /// Adds a chunk; returns the events it completed. `Err`: an event grew over [`MAX_SSE_EVENT`].
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, usize> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            let c = self.buf[i];
+            if c == b'\n' || c == b'\r' {
+                // A '\r' at the end may be the first half of "\r\n": wait for the next byte.
+                if c == b'\r' && i + 1 == self.buf.len() {
+                    break;
+                }
+                let end = if c == b'\r' && self.buf[i + 1] == b'\n' {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                let empty = i == self.line_start;
+                self.line_start = end;
+                i = end;
+                if empty {
+                    out.push(self.buf.split_to(end).freeze());
+                    i = 0;
+                    self.line_start = 0;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.scanned = i;
+        if self.buf.len() > MAX_SSE_EVENT {
+            return Err(self.buf.len());
+        }
+        Ok(out)
+    }
+
+    /// What is left at the end of the stream (an unterminated event).
+    pub fn rest(&mut self) -> Bytes {
+        self.line_start = 0;
+        self.scanned = 0;
+        self.buf.split().freeze()
+    }
+}
+
+/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
+pub fn event_data(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data: Option<String> = None;
+    for line in text.split(['\n', '\r']) {
+        if let Some(rest) = line.strip_prefix("data") {
+            let v = rest.strip_prefix(':').map(|r| r.strip_prefix(' ').unwrap_or(r));
+            let Some(v) = v.or(rest.is_empty().then_some("")) else {
+                continue;
+            };
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(v);
+                }
+                None => data = Some(v.to_owned()),
+            }
+        }
+    }
+    data
+}
+
+/// `event` with its data replaced by `data` (its other fields, such as `id:`, kept).
+pub fn replace_data(event: &[u8], data: &Value) -> Bytes {
+    let text = String::from_utf8_lossy(event);
+    let mut out = String::new();
+    let mut wrote = false;
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with("data:") || line == "data" {
+            if !wrote {
+                out.push_str(&format!("data: {data}\n"));
+                wrote = true;
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn msg(v: Value) -> Message {
+        match parse(v.to_string().as_bytes()) {
+            Ok(Posted::Single(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn code(bytes: &[u8]) -> (i64, Value) {
+        match parse(bytes) {
+            Err(r) => (r.code, r.id),
+            Ok(p) => panic!("accepted {p:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_json_rpc_is_refused_with_the_right_code() {
+        assert_eq!(code(b"{not json"), (PARSE_ERROR, Value::Null));
+        assert_eq!(code(br#"{"a":1,"a":2}"#).0, PARSE_ERROR);
+        assert_eq!(code(b"[]").0, INVALID_REQUEST);
+        assert_eq!(code(b"3").0, INVALID_REQUEST);
+        assert_eq!(
+            code(br#"{"jsonrpc":"1.0","id":7,"method":"x"}"#),
+            (INVALID_REQUEST, json!(7))
+        );
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#).0,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":1,"method":""}"#).0,
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).0,
+            INVALID_REQUEST
+        );
+        assert_eq!(code(br#"{"jsonrpc":"2.0","id":1}"#).0, INVALID_REQUEST);
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#).0,
+            INVALID_REQUEST
+        );
+        assert_eq!(code(br#"[{"jsonrpc":"2.0","method":"a"}, 5]"#).0, INVALID_REQUEST);
+        assert!(matches!(
+            parse(br#"{"jsonrpc":"2.0","id":"r","result":{}}"#),
+            Ok(Posted::Single(_))
+        ));
+        assert!(matches!(
+            parse(br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":1,"method":"b"}]"#),
+            Ok(Posted::Batch(b)) if b.len() == 2
+        ));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn routing_headers_must_agree_with_the_body() {
+        let call = msg(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "lookup", "_meta": {META_VERSION: "2026-07-28"}}}));
+        let ok = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "lookup"),
+        ]);
+        assert_eq!(era(&ok, Some(&call)), Era::Stateless);
+        assert!(check_headers(&ok, &call, Era::Stateless).is_ok());
+        let cases: [&[(&str, &str)]; 6] = [
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("mcp-name", "lookup"),
+            ],
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "other"),
+            ],
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ],
+            &[("mcp-protocol-version", "2026-07-28"), ("mcp-name", "lookup")],
+            &[
+                ("mcp-protocol-version", "2099-01-01"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "lookup"),
+            ],
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "lookup"),
+            ],
+        ];
+        for h in cases {
+            let r = check_headers(&headers(h), &call, Era::Stateless).unwrap_err();
+            assert_eq!(
+                (r.code, r.id.clone()),
+                (HEADER_MISMATCH, json!(3)),
+                "{h:?}: {r:?}"
+            );
+        }
+        // A base64-wrapped name is decoded; a non-canonical one never matches.
+        let b64 = format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode("lookup")
+        );
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", &b64),
+        ]);
+        assert!(check_headers(&h, &call, Era::Stateless).is_ok());
+        assert_eq!(decode_header("=?base64?bG9va3Vw?="), Some("lookup".into()));
+        assert_eq!(decode_header("=?base64?bG9va3Vx=?="), None);
+        // The handshake era checks only the headers that are present.
+        let old =
+            msg(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "lookup"}}));
+        assert_eq!(era(&HeaderMap::new(), Some(&old)), Era::Handshake);
+        assert!(check_headers(&HeaderMap::new(), &old, Era::Handshake).is_ok());
+        let r = check_headers(&headers(&[("mcp-name", "x")]), &old, Era::Handshake).unwrap_err();
+        assert_eq!(r.code, HEADER_MISMATCH);
+    }
+
+    #[test]
+    fn eras_and_batches() {
+        assert_eq!(
+            era(&headers(&[("mcp-protocol-version", "2025-06-18")]), None),
+            Era::Handshake
+        );
+        assert_eq!(
+            era(&headers(&[("mcp-protocol-version", "2026-07-28")]), None),
+            Era::Stateless
+        );
+        assert_eq!(
+            era(&headers(&[("mcp-protocol-version", "garbage")]), None),
+            Era::Handshake
+        );
+        assert!(batch_allowed(&HeaderMap::new()));
+        assert!(batch_allowed(&headers(&[("mcp-protocol-version", "2025-03-26")])));
+        assert!(!batch_allowed(&headers(&[(
+            "mcp-protocol-version",
+            "2025-06-18"
+        )])));
+    }
+
+    #[test]
+    fn tasks_and_progress_are_read_from_meta() {
+        let m = msg(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a",
+            "_meta": {"progressToken": "p1", META_CAPABILITIES: {"extensions": {TASKS_EXTENSION: {}}}}}}),
+        );
+        assert!(m.declares_tasks());
+        assert_eq!(m.progress_token(), Some(&json!("p1")));
+        let m = msg(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a"}}));
+        assert!(!m.declares_tasks());
+        assert_eq!(m.progress_token(), None);
+    }
+
+    #[test]
+    fn tools_are_filtered_and_marked_private() {
+        let mut a = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "a"}, {"name": "b"}, {"x": 1}],
+            "resultType": "complete", "cacheScope": "public", "ttlMs": 0}});
+        assert!(filter_tools(&mut a, Era::Stateless, |n| n == "b"));
+        assert_eq!(a["result"]["tools"], json!([{"name": "a"}]));
+        assert_eq!(a["result"]["cacheScope"], "private");
+        let mut e = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "m"}});
+        assert!(!filter_tools(&mut e, Era::Stateless, |_| true));
+        let t = tool_error(&json!(4), "no", Era::Stateless);
+        assert_eq!(t["result"]["isError"], true);
+        assert_eq!(t["result"]["resultType"], "complete");
+        assert!(
+            tool_error(&json!(4), "no", Era::Handshake)["result"]
+                .get("resultType")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn sse_events_split_across_chunks() {
+        let stream = b"event: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\n: ping\n\nevent: message\ndata: {\"b\"\ndata: :2}\n\n";
+        for cut in 0..stream.len() {
+            let mut s = SseSplitter::default();
+            let mut events = s.push(&stream[..cut]).unwrap();
+            events.extend(s.push(&stream[cut..]).unwrap());
+            assert_eq!(events.len(), 3, "cut at {cut}");
+            assert_eq!(events.concat(), stream.to_vec());
+            assert_eq!(event_data(&events[0]).as_deref(), Some("{\"a\":1}"));
+            assert_eq!(event_data(&events[1]), None);
+            assert_eq!(event_data(&events[2]).as_deref(), Some("{\"b\"\n:2}"));
+            assert!(s.rest().is_empty());
+        }
+        let r = replace_data(b"event: message\nid: 7\ndata: {}\n\n", &json!({"x": 1}));
+        assert_eq!(&r[..], b"event: message\nid: 7\ndata: {\"x\":1}\n\n");
+    }
+}
