@@ -25,6 +25,8 @@ pub mod kind {
     pub const APPROVAL_VOTED: &str = "approval.voted";
     /// An approval's final state: approved, denied, expired or canceled.
     pub const APPROVAL_RESOLVED: &str = "approval.resolved";
+    /// The redacted spans of one trace from one OTLP export.
+    pub const TRACE_SPANS: &str = "trace.spans";
 }
 
 /// The status of an approval that is still open.
@@ -81,6 +83,16 @@ pub struct Registration {
     pub signature_key_id: String,
 }
 
+/// The redacted spans of one trace from one OTLP export, sealed as one entry (`src/otlp/seal.rs` builds the body).
+#[derive(Debug, Clone)]
+pub struct SpanBatch {
+    pub tenant: String,
+    /// Lowercase hex, 32 digits.
+    pub trace_id: String,
+    /// The entry body: `traceId`, `resourceSpans` (OTLP JSON), `spanHashes`, `redaction`, `packs`.
+    pub body: Value,
+}
+
 /// One thing to record.
 pub enum Record {
     /// A decision; answered once durable, without waiting for its index rows.
@@ -91,6 +103,8 @@ pub enum Record {
     Policy(PolicyEvent),
     /// A change of an approval; its caller waits for the index, so the next change sees it.
     Approval(ApprovalChange),
+    /// Spans of one trace; acknowledged once durable, without waiting for the index (reads pass the barrier).
+    Spans(SpanBatch),
 }
 
 /// An entry body: bytes already in canonical form, or a JSON value the ledger encodes.
@@ -118,6 +132,9 @@ pub(super) enum Keys {
         status: String,
         state: String,
     },
+    Spans {
+        trace_id: String,
+    },
     Agent {
         agent_id: String,
         name: String,
@@ -139,6 +156,7 @@ impl Record {
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
             Record::Approval(a) if a.status == PENDING => kind::APPROVAL_VOTED,
             Record::Approval(_) => kind::APPROVAL_RESOLVED,
+            Record::Spans(_) => kind::TRACE_SPANS,
         }
     }
 
@@ -149,6 +167,7 @@ impl Record {
             Record::AgentRegistered(r) => &r.tenant,
             Record::Policy(_) => SYSTEM_TENANT,
             Record::Approval(a) => &a.tenant,
+            Record::Spans(b) => &b.tenant,
         }
     }
 
@@ -156,7 +175,7 @@ impl Record {
     /// their answer path; reads pass the index barrier instead); registrations do, because the next
     /// registration of the same name reads the newest version from the index.
     pub fn waits_for_index(&self) -> bool {
-        !matches!(self, Record::Decision(_))
+        !matches!(self, Record::Decision(_) | Record::Spans(_))
     }
 
     /// The body and index keys.
@@ -212,6 +231,7 @@ impl Record {
                     },
                 )
             }
+            Record::Spans(b) => (Body::Value(b.body), Keys::Spans { trace_id: b.trace_id }),
             Record::Policy(ev) => (
                 Body::Value(serde_json::to_value(&ev).map_err(|e| LedgerError::InvalidEntry(e.to_string()))?),
                 Keys::None,
@@ -256,6 +276,7 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
                 state: serde_json_canonicalizer::to_string(b).ok()?,
             })
         })(),
+        kind::TRACE_SPANS => str_field(b, "traceId").map(|trace_id| Keys::Spans { trace_id }),
         kind::AGENT_REGISTERED => (|| {
             let manifest = b.get("manifest")?;
             Some(Keys::Agent {
@@ -296,6 +317,7 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
     let (mut decision, mut agent, mut approval, mut approval_update) = (None, None, None, None);
     match keys {
         Keys::None => {}
+        Keys::Spans { trace_id } => lineage.trace_id = Some(trace_id),
         Keys::Approval {
             approval_id,
             decision_id,
@@ -504,6 +526,11 @@ mod tests {
                 source: "p".into(),
                 reason: "r".into(),
             }),
+            Record::Spans(SpanBatch {
+                tenant: "acme".into(),
+                trace_id: "5b8efff798038103d269b633813fc60c".into(),
+                body: json!({"traceId": "5b8efff798038103d269b633813fc60c", "resourceSpans": []}),
+            }),
         ];
         let mut kinds = Vec::new();
         for r in records {
@@ -519,7 +546,8 @@ mod tests {
                 kind::APPROVAL_RESOLVED,
                 kind::AGENT_REGISTERED,
                 kind::POLICY_ACTIVATED,
-                kind::POLICY_REFUSED
+                kind::POLICY_REFUSED,
+                kind::TRACE_SPANS
             ]
         );
     }
