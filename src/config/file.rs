@@ -259,11 +259,11 @@ impl FileConfig {
         let mut proxy = self.proxy;
         let proxy_addr = proxy.as_mut().and_then(|p| p.addr.take());
         let proxy = proxy.filter(|p| !p.is_empty());
-        // `otlp.http-addr` / `otlp.grpc-addr` are the flags' places; the section itself stays (its presence turns
-        // the receivers on).
+        // `otlp.http-addr` / `otlp.grpc-addr` are the flags' places; the rest of `otlp:` has no flag.
         let mut otlp = self.otlp;
         let otlp_http_addr = otlp.as_mut().and_then(|o| o.http_addr.take());
         let otlp_grpc_addr = otlp.as_mut().and_then(|o| o.grpc_addr.take());
+        let otlp = otlp.filter(|o| !o.is_empty());
         RawConfig {
             otlp_http_addr,
             otlp_grpc_addr,

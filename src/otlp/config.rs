@@ -1,5 +1,6 @@
 //! The `otlp:` section of the config file: as written ([`FileOtlp`]) and validated ([`OtlpConfig`]). The receivers
-//! run only when the section is present or one of `--otlp-http-addr` / `--otlp-grpc-addr` is given.
+//! run only when the section sets something or one of `--otlp-http-addr` / `--otlp-grpc-addr` (the file's
+//! `otlp.http-addr` / `otlp.grpc-addr`) is given.
 
 use crate::config::ConfigError;
 use serde::Deserialize;
@@ -33,6 +34,16 @@ pub struct FileOtlp {
     pub max_in_flight: Option<usize>,
     /// A downstream OTLP endpoint that receives the redacted spans after sealing.
     pub forward: Option<FileForward>,
+}
+
+impl FileOtlp {
+    /// Whether nothing but (at most) the addresses is set.
+    pub fn is_empty(&self) -> bool {
+        self.tenant.is_none()
+            && self.max_body.is_none()
+            && self.max_in_flight.is_none()
+            && self.forward.is_none()
+    }
 }
 
 /// `otlp.forward:` as written.
