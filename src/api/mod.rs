@@ -15,7 +15,7 @@ mod ledger;
 mod page;
 mod policies;
 pub mod ratelimit;
-mod request_id;
+pub(crate) mod request_id;
 mod traces;
 mod ws;
 

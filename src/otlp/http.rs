@@ -45,6 +45,7 @@ pub(super) fn router(otlp: Otlp) -> Router {
                 &format!("method {method} is not allowed on /v1/traces (use POST)"),
             )
         })
+        .layer(axum::middleware::from_fn(crate::api::request_id::layer))
         .with_state(otlp)
 }
 

@@ -22,6 +22,7 @@ mod ledger;
 mod ledger_health;
 mod listeners;
 mod names;
+mod otlp;
 mod policy;
 mod proxy;
 mod rate_limit;
