@@ -814,3 +814,67 @@ async fn redacted_spans_are_forwarded_after_sealing_over_http_and_grpc() {
     }
     assert_eq!(found["spans"][0]["span"]["name"], "via grpc", "{found}");
 }
+
+/// A ledger that refuses appends (its entries file is `/dev/full`, so every write fails as on a full disk): the
+/// export is answered 503 with `Retry-After` over HTTP and UNAVAILABLE over gRPC, nothing is indexed and
+/// nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_failure_answers_503_and_seals_and_forwards_nothing() {
+    use kla::ledger::{Ledger, LedgerConfig};
+    assert!(
+        std::path::Path::new("/dev/full").exists(),
+        "this test needs /dev/full"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ldir = data.join("ledger");
+    drop(Ledger::open(LedgerConfig::new(&ldir)).unwrap());
+    let entries = ldir.join(kla::ledger::log::ENTRIES_FILE);
+    std::fs::remove_file(&entries).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &entries).unwrap();
+    let down = downstream().await;
+    let mut cfg = raw(&data);
+    cfg.otlp_http_addr = Some("127.0.0.1:0".into());
+    cfg.otlp_grpc_addr = Some("127.0.0.1:0".into());
+    cfg.otlp = Some(FileOtlp {
+        forward: Some(FileForward {
+            endpoint: format!("http://{}/v1/traces", down.addr),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let s = Server::start_cfg(cfg, None).await;
+    let agent = s.token(T, Role::Agent);
+    let req = export(vec![span([8; 16], 1, "never sealed")]);
+    let json = serde_json::to_vec(&req).unwrap();
+    let r = post(&s, json, "application/json", Some((&agent, T)), false).await;
+    r.assert_error(503, "internal_error");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let r = post(
+        &s,
+        req.encode_to_vec(),
+        "application/x-protobuf",
+        Some((&agent, T)),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let mut client =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(
+            format!("http://{}", grpc_addr(&s)),
+        )
+        .await
+        .unwrap();
+    let mut g = tonic::Request::new(req);
+    g.metadata_mut()
+        .insert("authorization", format!("Bearer {agent}").parse().unwrap());
+    g.metadata_mut().insert("x-tenant-id", T.parse().unwrap());
+    let err = client.export(g).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    trace(&s, &agent, T, &hex::encode([8u8; 16]))
+        .await
+        .assert_error(404, "not_found");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(down.seen.lock().unwrap().is_empty(), "nothing is forwarded");
+    s.stop().await;
+}
