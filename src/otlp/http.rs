@@ -26,6 +26,9 @@ struct RpcStatus {
     message: String,
 }
 
+/// Bodies larger than this (as received) are inflated and decoded off the runtime's workers.
+const BLOCKING_BYTES: usize = 256 << 10;
+
 pub(super) fn router(otlp: Otlp) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
@@ -166,7 +169,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
         Err(e) => return otlp_error(enc, &e),
     };
     let limit = otlp.max_body();
-    let raw = match http_body_util::Limited::new(body, limit).collect().await {
+    let raw: bytes::Bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -183,19 +186,27 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
             };
         }
     };
-    let bytes = if gzip {
-        match super::gunzip(&raw, limit) {
-            Ok(b) => bytes::Bytes::from(b),
-            Err(e) => return otlp_error(enc, &e),
+    let raw_len = raw.len();
+    let decode = move || {
+        if gzip {
+            super::decode(encoding, &super::gunzip(&raw, limit)?)
+        } else {
+            super::decode(encoding, &raw)
+        }
+    };
+    // A large body is inflated and decoded on a blocking thread, so it does not hold up a runtime worker.
+    let decoded = if raw_len > BLOCKING_BYTES {
+        match tokio::task::spawn_blocking(decode).await {
+            Ok(r) => r,
+            Err(e) => Err(OtlpError::Unavailable(format!("decoding failed: {e}"))),
         }
     } else {
-        raw
+        decode()
     };
-    let req = match super::decode(encoding, &bytes) {
+    let req = match decoded {
         Ok(r) => r,
         Err(e) => return otlp_error(enc, &e),
     };
-    drop(bytes);
     match otlp.ingest(tenant, req).await {
         Ok(a) => success(encoding, &a),
         Err(e) => otlp_error(enc, &e),
