@@ -35,10 +35,10 @@ impl TraceService for Service {
                 md.get(crate::api::auth::X_TENANT_ID).map(|v| v.as_bytes()),
             )
             .map_err(|e| status(&e))?;
-        let _slot = self.0.slot().map_err(|e| status(&e))?;
+        let slot = self.0.slot().map_err(|e| status(&e))?;
         let a = self
             .0
-            .ingest(tenant, request.into_inner())
+            .ingest(tenant, request.into_inner(), slot)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(ExportTraceServiceResponse {

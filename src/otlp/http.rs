@@ -164,7 +164,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
         Err(e) => return otlp_error(enc, &e),
     };
     // Taken before the body is read: under backpressure nothing is read, inflated or decoded.
-    let _slot = match otlp.slot() {
+    let slot = match otlp.slot() {
         Ok(s) => s,
         Err(e) => return otlp_error(enc, &e),
     };
@@ -207,7 +207,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
         Ok(r) => r,
         Err(e) => return otlp_error(enc, &e),
     };
-    match otlp.ingest(tenant, req).await {
+    match otlp.ingest(tenant, req, slot).await {
         Ok(a) => success(encoding, &a),
         Err(e) => otlp_error(enc, &e),
     }

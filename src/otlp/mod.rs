@@ -216,16 +216,22 @@ impl Otlp {
     }
 
     /// Validates, redacts and seals one export of `tenant`; returns once every entry is durable. Runs in its own
-    /// task, so a client that hangs up cannot leave an export half recorded.
-    pub async fn ingest(
+    /// task holding the export's in-flight `slot`, so a client that hangs up can neither leave an export half
+    /// recorded nor free its slot before the work is done.
+    async fn ingest(
         &self,
         tenant: Arc<str>,
         req: ExportTraceServiceRequest,
+        slot: OwnedSemaphorePermit,
     ) -> Result<Accepted, OtlpError> {
         let this = self.clone();
-        tokio::spawn(async move { this.ingest_now(tenant, req).await })
-            .await
-            .map_err(|e| OtlpError::Unavailable(format!("the export task failed: {e}")))?
+        tokio::spawn(async move {
+            let r = this.ingest_now(tenant, req).await;
+            drop(slot);
+            r
+        })
+        .await
+        .map_err(|e| OtlpError::Unavailable(format!("the export task failed: {e}")))?
     }
 
     async fn ingest_now(
