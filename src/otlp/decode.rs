@@ -62,8 +62,52 @@ pub fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceReque
     match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
             .map_err(|e| OtlpError::Invalid(format!("the protobuf body does not decode: {e}"))),
-        Encoding::Json => crate::json::from_slice_unique(body)
-            .map_err(|e| OtlpError::Invalid(format!("the JSON body is not an OTLP export: {e}"))),
+        Encoding::Json => {
+            let bad = |e: &dyn std::fmt::Display| {
+                OtlpError::Invalid(format!("the JSON body is not an OTLP export: {e}"))
+            };
+            let mut v: serde_json::Value = crate::json::from_slice_unique(body).map_err(|e| bad(&e))?;
+            fill_omitted(&mut v, None);
+            serde_json::from_value(v).map_err(|e| bad(&e))
+        }
+    }
+}
+
+/// What the OTLP JSON mapping lets a sender omit and `opentelemetry-proto`'s serde mapping still requires: an
+/// empty `arrayValue` / `kvlistValue` (`{}`, no `values`), a key-value without `key` (the empty key), and the
+/// protobuf JSON spellings of non-finite doubles (`"NaN"`, `"Infinity"`, `"-Infinity"`, which JSON numbers cannot
+/// hold: such a value is kept as an empty value).
+fn fill_omitted(v: &mut serde_json::Value, parent: Option<&str>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            if matches!(parent, Some("arrayValue" | "kvlistValue")) && !o.contains_key("values") {
+                o.insert("values".into(), Value::Array(Vec::new()));
+            }
+            if matches!(parent, Some("attributes" | "kvlistValues")) && !o.contains_key("key") {
+                o.insert("key".into(), Value::String(String::new()));
+            }
+            if let Some(Value::String(d)) = o.get("doubleValue")
+                && matches!(d.as_str(), "NaN" | "Infinity" | "-Infinity")
+            {
+                o.insert("doubleValue".into(), Value::Null);
+            }
+            let in_kvlist = parent == Some("kvlistValue");
+            for (k, child) in o.iter_mut() {
+                let key = if in_kvlist && k == "values" {
+                    "kvlistValues"
+                } else {
+                    k.as_str()
+                };
+                fill_omitted(child, Some(key));
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                fill_omitted(item, parent);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -164,6 +208,50 @@ mod tests {
         assert_eq!(
             decode(Encoding::Json, b"{}").unwrap(),
             ExportTraceServiceRequest::default()
+        );
+    }
+
+    /// What the mapping lets a sender omit: empty arrays and kv-lists without `values`, a key-value without `key`;
+    /// and non-finite doubles as strings.
+    #[test]
+    fn omitted_fields_and_non_finite_doubles_are_accepted() {
+        let span = |attrs: &str| {
+            format!(
+                r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c",
+                   "spanId":"eee19b7ec3c1b174","attributes":{attrs}}}]}}]}}]}}"#
+            )
+        };
+        let first = |body: String| {
+            let req = decode(Encoding::Json, body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+            req.resource_spans[0].scope_spans[0].spans[0].attributes.clone()
+        };
+        let got = first(span(r#"[{"key":"a","value":{"arrayValue":{}}}]"#));
+        assert_eq!(
+            got[0].value.clone().and_then(|v| v.value),
+            Some(Value::ArrayValue(Default::default()))
+        );
+        let got = first(span(r#"[{"key":"a","value":{"kvlistValue":{}}}]"#));
+        assert_eq!(
+            got[0].value.clone().and_then(|v| v.value),
+            Some(Value::KvlistValue(Default::default()))
+        );
+        let got = first(span(r#"[{"key":"a","value":{"doubleValue":"NaN"}}]"#));
+        assert_eq!(
+            got[0].value.clone().and_then(|v| v.value),
+            None,
+            "kept as an empty value"
+        );
+        let got = first(span(
+            r#"[{"key":"kv","value":{"kvlistValue":{"values":[{"value":{"intValue":"1"}}]}}},{"value":{"stringValue":"x"}}]"#,
+        ));
+        assert_eq!(got[1].key, "", "a key-value without key has the empty key");
+        let Some(Value::KvlistValue(kv)) = got[0].value.clone().and_then(|v| v.value) else {
+            panic!("a kv-list: {got:?}")
+        };
+        assert_eq!(kv.values[0].key, "");
+        assert_eq!(
+            kv.values[0].value.clone().and_then(|v| v.value),
+            Some(Value::IntValue(1))
         );
     }
 }
