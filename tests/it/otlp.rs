@@ -189,7 +189,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs tests/py/otlp_export.py; returns what it printed.
-async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &str) -> Value {
+async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &str, gzip: bool) -> Value {
     let (protocol, token, tenant) = (protocol.to_owned(), token.to_owned(), tenant.to_owned());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python())
@@ -198,6 +198,7 @@ async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &s
             .env("ENDPOINT", endpoint)
             .env("TOKEN", token)
             .env("TENANT", tenant)
+            .env("GZIP", if gzip { "1" } else { "0" })
             .output()
             .expect("run the Python exporter")
     })
@@ -216,11 +217,14 @@ async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &s
 async fn the_python_sdk_exports_over_http_protobuf_and_grpc_and_every_sealed_span_verifies() {
     let s = server(|_| {}).await;
     let agent = s.token(T, Role::Agent);
-    for (protocol, endpoint) in [
-        ("http", http_url(&s)),
-        ("grpc", format!("http://{}", grpc_addr(&s))),
+    // Each protocol plain and gzip-compressed.
+    for (protocol, endpoint, gzip) in [
+        ("http", http_url(&s), false),
+        ("grpc", format!("http://{}", grpc_addr(&s)), false),
+        ("http", http_url(&s), true),
+        ("grpc", format!("http://{}", grpc_addr(&s)), true),
     ] {
-        let sent = python_export(protocol, endpoint, &agent, T).await;
+        let sent = python_export(protocol, endpoint, &agent, T, gzip).await;
         assert_eq!(sent["ok"], true, "{protocol}: {sent}");
         let id = sent["traceId"].as_str().unwrap();
         let r = trace(&s, &agent, T, id).await;

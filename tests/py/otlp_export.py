@@ -1,7 +1,7 @@
 """Exports one trace to kla with the official OpenTelemetry Python SDK and prints its ids as JSON.
 
 Environment: PROTOCOL (http or grpc), ENDPOINT (http: the full /v1/traces URL; grpc: host:port), TOKEN and
-TENANT (sent as Authorization: Bearer and x-tenant-id; empty TOKEN sends neither). Spans carry attributes of every
+TENANT (sent as Authorization: Bearer and x-tenant-id; empty TOKEN sends neither), GZIP (1: compress exports). Spans carry attributes of every
 kind the SDK has (string, bool, int, float and arrays of each), events with attributes, a link and a resource.
 Prints {"traceId": ..., "spanIds": [...], "linkedTraceId": ..., "ok": true|false} once the exporter returned.
 """
@@ -40,13 +40,18 @@ def exporter():
     endpoint = os.environ["ENDPOINT"]
     token = os.environ.get("TOKEN", "")
     headers = {"authorization": f"Bearer {token}", "x-tenant-id": os.environ["TENANT"]} if token else {}
+    gz = os.environ.get("GZIP") == "1"
     if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http import Compression
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=10)
+        compression = Compression.Gzip if gz else Compression.NoCompression
+        return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=10, compression=compression)
+    import grpc
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers, timeout=10)
+    compression = grpc.Compression.Gzip if gz else grpc.Compression.NoCompression
+    return OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers, timeout=10, compression=compression)
 
 
 def main():
