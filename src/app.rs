@@ -185,6 +185,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Some(pc) => Some((pc.addr, crate::proxy::Proxy::new(pc, state.clone())?)),
         None => None,
     };
+    let otlp = cfg
+        .otlp
+        .as_ref()
+        .map(|oc| (oc.clone(), crate::otlp::Otlp::new(oc, state.clone())));
     let router = api::router(state);
 
     let mut to_bind = vec![
@@ -200,6 +204,37 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .limits(cfg.api.listener.limits)
                 .tls(cfg.proxy.as_ref().and_then(|p| p.tls.clone())),
         );
+    }
+    if let Some((oc, (otlp, forwarder))) = otlp {
+        if oc.tenant.is_some()
+            && [oc.http_addr, oc.grpc_addr]
+                .iter()
+                .flatten()
+                .any(|a| !a.ip().is_loopback())
+        {
+            tracing::warn!(
+                "otlp.tenant is set on a non-loopback address: anyone who reaches it can add spans to that tenant"
+            );
+        }
+        // The API's connection limits and timeouts; the export size limit is the receivers' own (inflated bytes).
+        if let Some(addr) = oc.http_addr {
+            to_bind.push(
+                Listener::new("otlp-http", addr, otlp.http_router())
+                    .title("kla OTLP/HTTP receiver")
+                    .limits(cfg.api.listener.limits)
+                    .body_limit(oc.max_body),
+            );
+        }
+        if let Some(addr) = oc.grpc_addr {
+            to_bind.push(
+                Listener::new("otlp-grpc", addr, otlp.grpc_router())
+                    .title("kla OTLP/gRPC receiver")
+                    .limits(cfg.api.listener.limits),
+            );
+        }
+        if let Some(fw) = forwarder {
+            services.spawn("otlp-forward", move |stop| fw.run(stop));
+        }
     }
     let listeners = server::bind(to_bind).await?;
     let addrs = listeners.addrs();

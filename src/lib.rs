@@ -8,8 +8,9 @@
 //! the record: `recorder` (typed records, the ledger-first write order, the index, following what was recorded),
 //! `ledger` (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error
 //! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; `webhooks` (signed
-//! pushes of the event stream); `proxy` (the tool-call proxy: routes, actions, forwarding); and, hidden, `fuzzing`
-//! (the fuzz targets over every parser of outside bytes).
+//! pushes of the event stream); `proxy` (the tool-call proxy: routes, actions, forwarding); `otlp` (OTLP trace
+//! receivers, span redaction and sealing, forwarding); and, hidden, `fuzzing` (the fuzz targets over every parser of
+//! outside bytes).
 pub mod api;
 pub mod app;
 pub mod approvals;
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod json;
 pub mod ledger;
 pub mod names;
+pub mod otlp;
 pub mod policy;
 pub mod proxy;
 pub mod recorder;

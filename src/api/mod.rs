@@ -15,7 +15,8 @@ mod ledger;
 mod page;
 mod policies;
 pub mod ratelimit;
-mod request_id;
+pub(crate) mod request_id;
+mod traces;
 mod ws;
 
 pub use error::{ApiError, ApiResult, Code};
@@ -79,6 +80,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(events::routes())
         .merge(ledger::routes())
         .merge(policies::routes())
+        .merge(traces::routes())
         .layer(from_fn_with_state(state.clone(), v1_pipeline));
     Router::new()
         .nest("/v1", v1)

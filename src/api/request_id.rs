@@ -14,7 +14,7 @@ fn sane(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
-pub(super) async fn layer(mut req: Request, next: Next) -> Response {
+pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if sane(v) => v.clone(),
         _ => {

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub webhooks: Option<Vec<FileWebhook>>,
     /// `proxy`: the tool-call proxy (only in the file: routes are a list).
     pub proxy: Option<crate::proxy::FileProxy>,
+    /// `otlp`: the OTLP receivers.
+    pub otlp: Option<crate::otlp::FileOtlp>,
 }
 
 /// One entry of `webhooks:`.
@@ -206,6 +208,8 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("ledger-fast-start", "ledger.fast-start"),
     ("log-format", "log.format"),
     ("proxy-addr", "proxy.addr"),
+    ("otlp-http-addr", "otlp.http-addr"),
+    ("otlp-grpc-addr", "otlp.grpc-addr"),
     ("api-max-connections", "api.limits.max-connections"),
     ("api-idle-timeout", "api.limits.idle-timeout"),
     ("api-header-timeout", "api.limits.header-timeout"),
@@ -255,7 +259,15 @@ impl FileConfig {
         let mut proxy = self.proxy;
         let proxy_addr = proxy.as_mut().and_then(|p| p.addr.take());
         let proxy = proxy.filter(|p| !p.is_empty());
+        // `otlp.http-addr` / `otlp.grpc-addr` are the flags' places; the rest of `otlp:` has no flag.
+        let mut otlp = self.otlp;
+        let otlp_http_addr = otlp.as_mut().and_then(|o| o.http_addr.take());
+        let otlp_grpc_addr = otlp.as_mut().and_then(|o| o.grpc_addr.take());
+        let otlp = otlp.filter(|o| !o.is_empty());
         RawConfig {
+            otlp_http_addr,
+            otlp_grpc_addr,
+            otlp,
             proxy_addr,
             proxy,
             webhooks: self.webhooks.unwrap_or_default(),

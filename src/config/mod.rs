@@ -161,6 +161,16 @@ pub struct RawConfig {
     /// The tool-call proxy, from the config file only (`proxy:`).
     #[arg(skip)]
     pub proxy: Option<crate::proxy::FileProxy>,
+    /// Address of the OTLP/HTTP receiver, or `off` (giving this or `--otlp-grpc-addr` or the file's `otlp:` starts
+    /// the receivers). Default `127.0.0.1:4318`.
+    #[arg(long)]
+    pub otlp_http_addr: Option<String>,
+    /// Address of the OTLP/gRPC receiver, or `off`. Default `127.0.0.1:4317`.
+    #[arg(long)]
+    pub otlp_grpc_addr: Option<String>,
+    /// The OTLP receivers, from the config file (`otlp:`; its addresses are the two flags' places).
+    #[arg(skip)]
+    pub otlp: Option<crate::otlp::FileOtlp>,
 }
 
 /// The validated configuration: one section per component.
@@ -186,6 +196,8 @@ pub struct Config {
     pub webhooks: Vec<crate::webhooks::Endpoint>,
     /// The tool-call proxy, when `proxy:` has routes.
     pub proxy: Option<crate::proxy::ProxyConfig>,
+    /// The OTLP receivers, when configured.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// Logging.
@@ -364,6 +376,9 @@ impl RawConfig {
             },
             proxy_addr: self.proxy_addr.or(base.proxy_addr),
             proxy: self.proxy.or(base.proxy),
+            otlp_http_addr: self.otlp_http_addr.or(base.otlp_http_addr),
+            otlp_grpc_addr: self.otlp_grpc_addr.or(base.otlp_grpc_addr),
+            otlp: self.otlp.or(base.otlp),
         }
     }
 
@@ -455,6 +470,7 @@ impl RawConfig {
             )?,
             webhooks: webhooks(self.webhooks)?,
             proxy: crate::proxy::config::validate(self.proxy, self.proxy_addr)?,
+            otlp: crate::otlp::validate(self.otlp, self.otlp_http_addr, self.otlp_grpc_addr)?,
             data_dir,
         })
     }

@@ -27,6 +27,8 @@ pub mod kind {
     pub const APPROVAL_VOTED: &str = "approval.voted";
     /// An approval's final state: approved, denied, expired or canceled.
     pub const APPROVAL_RESOLVED: &str = "approval.resolved";
+    /// The redacted spans of one trace from one OTLP export.
+    pub const TRACE_SPANS: &str = "trace.spans";
 }
 
 /// The status of an approval that is still open.
@@ -88,6 +90,16 @@ pub struct Registration {
     pub signature_key_id: String,
 }
 
+/// The redacted spans of one trace from one OTLP export, sealed as one entry (`src/otlp/seal.rs` builds the body).
+#[derive(Debug, Clone)]
+pub struct SpanBatch {
+    pub tenant: String,
+    /// Lowercase hex, 32 digits.
+    pub trace_id: String,
+    /// The entry body: `traceId`, `resourceSpans` (OTLP JSON), `spanHashes`, `redaction`, `packs`.
+    pub body: Value,
+}
+
 /// One thing to record.
 pub enum Record {
     /// A decision; answered once durable, without waiting for its index rows.
@@ -98,6 +110,8 @@ pub enum Record {
     Policy(PolicyEvent),
     /// A change of an approval; its caller waits for the index, so the next change sees it.
     Approval(ApprovalChange),
+    /// Spans of one trace; acknowledged once durable, without waiting for the index (reads pass the barrier).
+    Spans(SpanBatch),
 }
 
 /// An entry body: bytes already in canonical form, or a JSON value the ledger encodes.
@@ -126,6 +140,9 @@ pub(super) enum Keys {
         status: String,
         state: String,
     },
+    Spans {
+        trace_id: String,
+    },
     Agent {
         agent_id: String,
         name: String,
@@ -147,6 +164,7 @@ impl Record {
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
             Record::Approval(a) if a.status == PENDING => kind::APPROVAL_VOTED,
             Record::Approval(_) => kind::APPROVAL_RESOLVED,
+            Record::Spans(_) => kind::TRACE_SPANS,
         }
     }
 
@@ -157,6 +175,7 @@ impl Record {
             Record::AgentRegistered(r) => &r.tenant,
             Record::Policy(_) => SYSTEM_TENANT,
             Record::Approval(a) => &a.tenant,
+            Record::Spans(b) => &b.tenant,
         }
     }
 
@@ -165,7 +184,7 @@ impl Record {
     /// registration of the same name reads the newest version from the index.
     pub fn waits_for_index(&self) -> bool {
         // A decision that uses an approval up waits too: the next call of the same action must see it used.
-        !matches!(self, Record::Decision(d) if d.uses_approval.is_none())
+        !matches!(self, Record::Spans(_)) && !matches!(self, Record::Decision(d) if d.uses_approval.is_none())
     }
 
     /// The body and index keys.
@@ -222,6 +241,7 @@ impl Record {
                     },
                 )
             }
+            Record::Spans(b) => (Body::Value(b.body), Keys::Spans { trace_id: b.trace_id }),
             Record::Policy(ev) => (
                 Body::Value(serde_json::to_value(&ev).map_err(|e| LedgerError::InvalidEntry(e.to_string()))?),
                 Keys::None,
@@ -268,6 +288,7 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
                 state: serde_json_canonicalizer::to_string(b).ok()?,
             })
         })(),
+        kind::TRACE_SPANS => str_field(b, "traceId").map(|trace_id| Keys::Spans { trace_id }),
         kind::AGENT_REGISTERED => (|| {
             let manifest = b.get("manifest")?;
             Some(Keys::Agent {
@@ -309,6 +330,7 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
     let mut approval_used = None;
     match keys {
         Keys::None => {}
+        Keys::Spans { trace_id } => lineage.trace_id = Some(trace_id),
         Keys::Approval {
             approval_id,
             decision_id,
@@ -529,6 +551,11 @@ mod tests {
                 source: "p".into(),
                 reason: "r".into(),
             }),
+            Record::Spans(SpanBatch {
+                tenant: "acme".into(),
+                trace_id: "5b8efff798038103d269b633813fc60c".into(),
+                body: json!({"traceId": "5b8efff798038103d269b633813fc60c", "resourceSpans": []}),
+            }),
         ];
         let mut kinds = Vec::new();
         for r in records {
@@ -544,7 +571,8 @@ mod tests {
                 kind::APPROVAL_RESOLVED,
                 kind::AGENT_REGISTERED,
                 kind::POLICY_ACTIVATED,
-                kind::POLICY_REFUSED
+                kind::POLICY_REFUSED,
+                kind::TRACE_SPANS
             ]
         );
     }

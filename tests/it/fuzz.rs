@@ -180,3 +180,8 @@ fn evidence_target_holds() {
 fn names_target_holds() {
     drive("names", 1000);
 }
+
+#[test]
+fn otlp_target_holds() {
+    drive("otlp", 300);
+}

@@ -23,6 +23,7 @@ mod ledger_health;
 mod listeners;
 mod mcp;
 mod names;
+mod otlp;
 mod policy;
 mod proxy;
 mod rate_limit;
