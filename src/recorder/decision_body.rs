@@ -28,6 +28,9 @@ pub struct DecisionBody<'a> {
     pub decision: &'a Decision,
     /// The approval a `require_approval` decision opens (it exists once this entry is durable).
     pub approval: Option<&'a ApprovalTerms>,
+    /// Which detectors (and key rules) replaced how many values in the recorded context and tool; recorded as
+    /// `redaction` when anything was replaced.
+    pub redaction: Option<&'a crate::redact::Report>,
 }
 
 /// The terms of the approval a `require_approval` decision opens, recorded in the decision's entry so that the
@@ -128,6 +131,9 @@ impl DecisionBody<'_> {
         p.str("subject", self.subject);
         p.end();
         o.strs("reasonCodes", &d.reason_codes);
+        if let Some(r) = self.redaction.filter(|r| !r.is_empty()) {
+            o.value("redaction", &r.to_json())?;
+        }
         o.bool("requiresDeskApproval", d.outcome == Outcome::RequireApproval);
         match self.tool {
             Some(t) => o.value("tool", t)?,
@@ -162,6 +168,9 @@ impl DecisionBody<'_> {
         });
         if let (Some(t), Some(o)) = (self.approval, v.as_object_mut()) {
             o.insert("approval".into(), json!(t));
+        }
+        if let (Some(r), Some(o)) = (self.redaction.filter(|r| !r.is_empty()), v.as_object_mut()) {
+            o.insert("redaction".into(), r.to_json());
         }
         v
     }
@@ -295,7 +304,9 @@ mod tests {
             ids in (text(), text(), proptest::option::of(text()), proptest::option::of(text())),
             role in text(),
             terms in proptest::option::of((text(), text(), 1u32..5, any::<bool>())),
+            counts in proptest::option::of(prop::collection::btree_map("[a-z_:*\\-]{1,12}", 0u64..1000, 0..4)),
         ) {
+            let report = counts.map(|counts| crate::redact::Report { counts });
             let terms = terms.map(|(approval_id, action_digest, approvers, allow)| ApprovalTerms {
                 approval_id,
                 action_digest,
@@ -316,6 +327,7 @@ mod tests {
                 role: &role,
                 decision: &d,
                 approval: terms.as_ref(),
+                redaction: report.as_ref(),
             };
             let reference = serde_json_canonicalizer::to_vec(&body.to_value()).expect("reference");
             let bytes = body.encode().expect("encodes");
@@ -343,6 +355,7 @@ mod tests {
             role: "agent",
             decision: &d,
             approval: None,
+            redaction: None,
         };
         assert!(body.encode_direct().is_none(), "the direct writer declines");
         assert_eq!(

@@ -459,6 +459,7 @@ mod tests {
             role: "agent",
             decision: &decision,
             approval: Some(&terms),
+            redaction: None,
         }
         .encode()
         .expect("body");

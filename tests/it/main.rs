@@ -25,6 +25,7 @@ mod names;
 mod policy;
 mod proxy;
 mod rate_limit;
+mod redaction;
 mod reindex;
 mod restart;
 mod tls;
