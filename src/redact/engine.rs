@@ -62,6 +62,7 @@ pub struct Engine {
     numeric: Vec<Builtin>,
     /// Digits a run needs before any numeric detector can match in it.
     min_digits: usize,
+    email: bool,
     iban: bool,
     ipv6: bool,
     custom: Vec<Arc<Custom>>,
@@ -112,7 +113,7 @@ impl Engine {
         custom: Vec<Arc<Custom>>,
     ) -> Engine {
         let on = |b: Builtin| actions[b.index()].is_some();
-        let mut literals: Vec<&'static str> = Vec::new();
+        let mut literals: Vec<String> = Vec::new();
         let mut per: Vec<Vec<Builtin>> = Vec::new();
         let mut numeric = Vec::new();
         for b in Builtin::ALL {
@@ -120,10 +121,17 @@ impl Engine {
                 continue;
             }
             match b.find() {
+                // The `@` has its own memchr pass: a one-byte literal would make the packed (SIMD) search
+                // verify every byte that starts any literal.
+                Find::Literals(["@"]) => {}
                 Find::Literals(ls) => {
-                    for l in ls {
-                        match literals.iter().position(|x| x == l) {
-                            Some(i) => per[i].push(b),
+                    for l in ls.iter().flat_map(|l| case_variants(b, l)) {
+                        match literals.iter().position(|x| *x == l) {
+                            Some(i) => {
+                                if !per[i].contains(&b) {
+                                    per[i].push(b)
+                                }
+                            }
                             None => {
                                 literals.push(l);
                                 per.push(vec![b]);
@@ -135,11 +143,12 @@ impl Engine {
                 Find::CountryCode | Find::Scan => {}
             }
         }
+        // Case-sensitive, so the packed searcher keeps three-byte fingerprints; the keyword detectors list the
+        // spellings they are found by.
         let triggers = if literals.is_empty() {
             None
         } else {
             AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
                 .match_kind(MatchKind::LeftmostFirst)
                 .build(&literals)
                 .ok()
@@ -161,6 +170,7 @@ impl Engine {
             triggers,
             numeric,
             min_digits,
+            email: on(Builtin::Email),
             iban: on(Builtin::Iban),
             ipv6: on(Builtin::Ipv6),
             custom,
@@ -242,6 +252,22 @@ impl Engine {
                         }
                         break;
                     }
+                }
+            }
+        }
+        if self.email {
+            let mut covered = 0;
+            for p in memchr::memchr_iter(b'@', bytes) {
+                if p < covered {
+                    continue;
+                }
+                if let Some((s, e)) = at_trigger(Builtin::Email, text, p) {
+                    found.push(Found {
+                        start: s,
+                        end: e,
+                        det: Det::Builtin(Builtin::Email),
+                    });
+                    covered = e;
                 }
             }
         }
@@ -549,6 +575,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// The spellings a literal trigger is searched for: vendor prefixes as written; keywords in lower case, upper
+/// case, capitalised and the usual camel case (`apiKey`).
+fn case_variants(b: Builtin, l: &str) -> Vec<String> {
+    if !matches!(b, Builtin::Password | Builtin::Bearer) {
+        return vec![l.to_string()];
+    }
+    let mut cap = l.to_string();
+    if let Some(f) = cap.get_mut(..1) {
+        f.make_ascii_uppercase();
+    }
+    let mut v = vec![l.to_string(), l.to_ascii_uppercase(), cap];
+    if l == "apikey" {
+        v.extend(["apiKey".to_string(), "ApiKey".to_string()]);
+    }
+    v
 }
 
 /// On equal spans, the detector listed first in [`Builtin::ALL`] names the match; custom detectors come last.
