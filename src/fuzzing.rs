@@ -1611,7 +1611,7 @@ pub fn seed_corpus(repo: &Path) -> std::io::Result<Vec<Seed>> {
 }
 
 /// The redactor (`crate::redact`) over any text, and over it as JSON when it parses: never panics; what it returns
-/// unchanged it reports nothing for, and what it changes it reports; a JSON value stays JSON of the same type.
+/// changes it reports, and what it reports nothing for it returns borrowed; a JSON value stays JSON of the same type.
 /// Accepted when nothing was redacted, refused when something was.
 pub fn redactor(data: &[u8]) -> Verdict {
     use crate::redact::{Redactor, Report};
@@ -1630,7 +1630,10 @@ pub fn redactor(data: &[u8]) -> Verdict {
     if let Ok(v) = serde_json::from_str::<Value>(s) {
         let mut vr = Report::default();
         let red = r.value_report(&v, &mut vr);
-        assert_eq!(red.as_ref() == &v, vr.is_empty(), "value report {:?}", vr.counts);
+        assert!(
+            red.as_ref() == &v || !vr.is_empty(),
+            "{v} -> {red} with nothing reported"
+        );
         let same_type = std::mem::discriminant(red.as_ref()) == std::mem::discriminant(&v)
             || (v.is_number() && red.is_string());
         assert!(same_type, "{v} became {red}");

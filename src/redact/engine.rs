@@ -357,7 +357,7 @@ impl Engine {
             } else {
                 if run_start != usize::MAX {
                     if digits >= self.min_digits {
-                        self.numbers(text, run_start, last_digit_end, &mut covered, found);
+                        self.numbers(text, run_start, last_digit_end, digits, &mut covered, found);
                     }
                     run_start = usize::MAX;
                 }
@@ -370,23 +370,37 @@ impl Engine {
             i += 1;
         }
         if run_start != usize::MAX && digits >= self.min_digits {
-            self.numbers(text, run_start, last_digit_end, &mut covered, found);
+            self.numbers(text, run_start, last_digit_end, digits, &mut covered, found);
         }
     }
 
     /// Tries the numeric detectors at each group start of the run `text[start..end]`.
-    fn numbers(&self, text: &str, start: usize, end: usize, covered: &mut usize, found: &mut Vec<Found>) {
+    fn numbers(
+        &self,
+        text: &str,
+        start: usize,
+        end: usize,
+        digits: usize,
+        covered: &mut usize,
+        found: &mut Vec<Found>,
+    ) {
         if self.numeric.is_empty() {
             return;
         }
         let bytes = text.as_bytes();
         let mut g = start;
+        let mut left = digits;
         while g < end {
             let b = bytes[g];
             let group_start = g == start || CLASS[bytes[g - 1] as usize] >= SEP;
             if g >= *covered && group_start && CLASS[b as usize] != SEP && !(g == start && joined(bytes, g)) {
                 let w = &text[g..floor(text, g + NUMBER_REACH)];
                 for &det in &self.numeric {
+                    // The shape a pattern needs, checked on bytes first: most runs of digits in clean text
+                    // (timestamps, ids, counts) fail here without running a pattern.
+                    if !shape(det, &bytes[g..], left) {
+                        continue;
+                    }
                     if let Some(m) = detectors::pattern(det).find(w)
                         && let Some((s, e)) = det.validate(text, g, g + m.end())
                     {
@@ -399,6 +413,9 @@ impl Engine {
                         break;
                     }
                 }
+            }
+            if b.is_ascii_digit() {
+                left = left.saturating_sub(1);
             }
             g += 1;
         }
@@ -592,6 +609,32 @@ fn case_variants(b: Builtin, l: &str) -> Vec<String> {
         v.extend(["apiKey".to_string(), "ApiKey".to_string()]);
     }
     v
+}
+
+/// Whether a number starting at `b[0]`, with `left` digits before its run ends, can have the shape `det`'s pattern
+/// needs.
+fn shape(det: Builtin, b: &[u8], left: usize) -> bool {
+    let d = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let sep = |i: usize, set: &[u8]| b.get(i).is_some_and(|c| set.contains(c));
+    match det {
+        Builtin::Card => left >= 12 && d(0),
+        Builtin::Ssn => {
+            left >= 9
+                && d(0)
+                && d(1)
+                && d(2)
+                && sep(3, b" -")
+                && d(4)
+                && d(5)
+                && sep(6, b" -")
+                && (7..11).all(d)
+        }
+        Builtin::Phone => {
+            left >= 10 && (matches!(b.first(), Some(b'(' | b'+')) || d(0) && d(1) && d(2) && sep(3, b" .-"))
+        }
+        Builtin::Ipv4 => left >= 4 && d(0),
+        _ => true,
+    }
 }
 
 /// On equal spans, the detector listed first in [`Builtin::ALL`] names the match; custom detectors come last.
