@@ -7,7 +7,7 @@ labelled with the detector that must find it. Lines with "lookalike": true hold 
 untouched (UUIDs, trace and span ids, git SHAs, timestamps, version numbers, order numbers, amounts, IPv4
 addresses, which are off by default). The Rust test tests/it/redaction_corpus.rs reads the file. Personal data comes
 from Faker; secret formats (keys, tokens, JWTs, PEM blocks) are built here from random characters, in the vendors'
-published shapes. Deterministic: fixed seed, so a re-run rewrites the same file.
+published shapes. Deterministic: fixed seed and fixed date ranges, so a re-run rewrites the same file.
 """
 
 import base64
@@ -16,6 +16,7 @@ import os
 import random
 import string
 import uuid
+from datetime import datetime
 
 from faker import Faker
 
@@ -95,7 +96,7 @@ def iban():
 
 def jwt():
     header = {"alg": random.choice(["HS256", "RS256", "ES256"]), "typ": "JWT"}
-    payload = {"sub": str(fake.random_int(1, 10**6)), "name": fake.name(), "iat": fake.unix_time()}
+    payload = {"sub": str(fake.random_int(1, 10**6)), "name": fake.name(), "iat": int(fake.unix_time(start_datetime=datetime(2020, 1, 1), end_datetime=datetime(2026, 1, 1)))}
     sig = base64.urlsafe_b64encode(os.urandom(32) if False else bytes(random.getrandbits(8) for _ in range(32)))
     return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()), sig.rstrip(b"=").decode()])
 
@@ -156,9 +157,9 @@ def lookalike():
     elif kind == "short_sha":
         v = "%07x" % random.getrandbits(28)
     elif kind == "iso":
-        v = fake.date_time_between("-5y", "+1y").isoformat() + random.choice(["Z", ".%06dZ" % random.randint(0, 999999), "+02:00"])
+        v = fake.date_time_between(datetime(2021, 1, 1), datetime(2027, 1, 1)).isoformat() + random.choice(["Z", ".%06dZ" % random.randint(0, 999999), "+02:00"])
     elif kind == "iso_space":
-        v = fake.date_time_between("-5y", "+1y").strftime("%Y-%m-%d %H:%M:%S")
+        v = fake.date_time_between(datetime(2021, 1, 1), datetime(2027, 1, 1)).strftime("%Y-%m-%d %H:%M:%S")
     elif kind == "epoch_s":
         v = str(random.randint(1_500_000_000, 1_900_000_000))
     elif kind == "epoch_ms":
@@ -192,7 +193,7 @@ def lookalike():
     elif kind == "pod":
         v = "worker-%s-%s" % ("%010x" % random.getrandbits(40), rand(string.ascii_lowercase + string.digits, 5))
     elif kind == "date":
-        v = fake.date(pattern=random.choice(["%d/%m/%Y", "%m-%d-%Y", "%Y%m%d"]))
+        v = fake.date_between(datetime(2000, 1, 1), datetime(2026, 12, 1)).strftime(random.choice(["%d/%m/%Y", "%m-%d-%Y", "%Y%m%d"]))
     elif kind == "port":
         v = "127.0.0.1:%d" % random.randint(1024, 65535)
     elif kind == "hex_color":
