@@ -158,7 +158,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     ));
     let expiring = approvals.clone();
     services.spawn("approval-expiry", move |stop| expiring.run_expiry(stop));
-    let redaction = Arc::new(Redaction::new());
+    let redaction = Arc::new(Redaction::new(policy.clone(), &cfg.data_dir));
     let decider = Decider::new(
         policy.clone(),
         recorder.clone(),

@@ -62,6 +62,7 @@ pub const TARGETS: &[Target] = &[
     ("evidence", evidence),
     ("names", names),
     ("otlp", otlp),
+    ("redactor", redactor),
 ];
 
 /// The target called `name`.
@@ -332,6 +333,7 @@ fn evaluate_body(data: &[u8]) -> Verdict {
         approval: None,
         uses_approval: None,
         awaits_approval: None,
+        redaction: None,
     };
     let bytes = body
         .encode()
@@ -1689,6 +1691,31 @@ pub fn seed_corpus(repo: &Path) -> std::io::Result<Vec<Seed>> {
     for (name, bytes, v) in otlp_seeds() {
         add("otlp", name, bytes, v);
     }
+    for (name, s, v) in [
+        (
+            "clean-log",
+            "2026-12-02T03:15:33Z INFO order ORD-2026-004512 trace 4bf92f3577b34da6a3ce929d0e0e4736",
+            Accepted,
+        ),
+        (
+            "genai-json",
+            r#"{"gen_ai.input.messages":[{"role":"user","content":"hello"}],"n":3}"#,
+            Accepted,
+        ),
+        (
+            "email-card",
+            "mail jane@example.com card 4111 1111 1111 1111",
+            Refused,
+        ),
+        (
+            "json-secrets",
+            r#"{"password":"hunter2","msg":"{\"to\":\"a\\u0040b.io\",\"key\":\"AKIAIOSFODNN7EXAMPLE\"}"}"#,
+            Refused,
+        ),
+        ("pem-cut", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg", Refused),
+    ] {
+        add("redactor", name, text(s), v);
+    }
     Ok(seeds)
 }
 
@@ -1739,4 +1766,40 @@ fn otlp_seeds() -> Vec<(&'static str, Vec<u8>, Verdict)> {
         ),
         ("not-gzip", with(2, b"plain"), Verdict::Refused),
     ]
+}
+
+/// The redactor (`crate::redact`) over any text, and over it as JSON when it parses: never panics; what it returns
+/// changes it reports, and what it reports nothing for it returns borrowed; a JSON value stays JSON of the same type.
+/// Accepted when nothing was redacted, refused when something was.
+pub fn redactor(data: &[u8]) -> Verdict {
+    use crate::redact::{Redactor, Report};
+    let Ok(s) = std::str::from_utf8(data) else {
+        return Verdict::Refused;
+    };
+    let r = Redactor::builtin();
+    let mut report = Report::default();
+    let out = r.text("", s, &mut report);
+    assert_eq!(
+        out == s,
+        report.is_empty(),
+        "report {:?} for {s:?} -> {out:?}",
+        report.counts
+    );
+    if let Ok(v) = serde_json::from_str::<Value>(s) {
+        let mut vr = Report::default();
+        let red = r.value_report(&v, &mut vr);
+        assert!(
+            red.as_ref() == &v || !vr.is_empty(),
+            "{v} -> {red} with nothing reported"
+        );
+        let same_type = std::mem::discriminant(red.as_ref()) == std::mem::discriminant(&v)
+            || (v.is_number() && red.is_string());
+        assert!(same_type, "{v} became {red}");
+        serde_json::from_str::<Value>(&red.to_string()).expect("redacted JSON re-parses");
+    }
+    if report.is_empty() {
+        Verdict::Accepted
+    } else {
+        Verdict::Refused
+    }
 }

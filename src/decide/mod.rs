@@ -291,8 +291,22 @@ impl Decider {
         };
         let input = &call.input;
         let redactor = self.redaction.redactor(&call.caller.tenant);
-        let context = redactor.value(&input.context);
-        let tool = input.tool.as_ref().map(|t| redactor.value(t));
+        let mut report = crate::redact::Report::default();
+        let context = redactor.value_report(&input.context, &mut report);
+        let tool = input.tool.as_ref().map(|t| redactor.value_report(t, &mut report));
+        // A policy error's message may quote the input it failed on.
+        let error = d.error.as_deref().map(|e| redactor.text("", e, &mut report));
+        let recorded_decision;
+        let d_rec = match &error {
+            Some(std::borrow::Cow::Owned(e)) => {
+                recorded_decision = Decision {
+                    error: Some(e.clone()),
+                    ..d.clone()
+                };
+                &recorded_decision
+            }
+            _ => d,
+        };
         let decision_id = crate::time::sortable_id("dec_");
         let caller = call.caller;
         let body = DecisionBody {
@@ -305,10 +319,11 @@ impl Decider {
             trace_id: call.trace_id.as_deref(),
             subject: &caller.principal.subject,
             role: caller.principal.role.as_str(),
-            decision: d,
+            decision: d_rec,
             approval,
             awaits_approval: awaits,
             uses_approval: uses,
+            redaction: Some(&report),
         }
         .encode()?;
         let rec = self

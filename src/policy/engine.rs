@@ -187,6 +187,7 @@ pub struct CompiledPack {
     default_decision: Outcome,
     rules: Vec<CompiledRule>,
     index: ActionIndex,
+    redaction: Option<Arc<crate::redact::PackRules>>,
 }
 
 impl CompiledPack {
@@ -245,6 +246,7 @@ impl CompiledPack {
             default_decision: spec.default_decision,
             rules,
             index,
+            redaction: spec.redaction,
         })
     }
 
@@ -271,6 +273,11 @@ impl CompiledPack {
     /// Number of rules.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// The pack's compiled `redaction:` section (`None`: the pack has none, so the defaults apply).
+    pub fn redaction(&self) -> Option<&crate::redact::PackRules> {
+        self.redaction.as_deref()
     }
 }
 

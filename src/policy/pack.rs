@@ -296,6 +296,9 @@ struct SpecDoc {
     mode: Mode,
     #[serde(default)]
     rules: Vec<RuleDoc>,
+    /// What decisions and spans record (`crate::redact`); absent: the default detectors.
+    #[serde(default)]
+    redaction: Option<crate::redact::RedactionDoc>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +398,8 @@ pub(crate) struct PackSpec {
     pub rules: Vec<RuleSpec>,
     /// (display path, source) of every `*.rego` file.
     pub rego_modules: Vec<(String, String)>,
+    /// The compiled `redaction:` section, if the pack has one.
+    pub redaction: Option<std::sync::Arc<crate::redact::PackRules>>,
 }
 
 /// Parses and validates a pack (no Rego compilation yet).
@@ -435,6 +440,13 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
             doc.metadata.version
         )));
     }
+
+    let redaction = match doc.spec.redaction {
+        None => None,
+        Some(r) => Some(std::sync::Arc::new(
+            crate::redact::PackRules::compile(r).map_err(|e| header_err(e.to_string()))?,
+        )),
+    };
 
     let mut rules = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
@@ -491,6 +503,7 @@ pub(crate) fn parse_pack(files: &PackFiles) -> Result<PackSpec, PolicyError> {
         mode: doc.spec.mode,
         rules,
         rego_modules,
+        redaction,
     })
 }
 

@@ -32,6 +32,9 @@ pub struct DecisionBody<'a> {
     pub uses_approval: Option<&'a str>,
     /// The pending approval of this exact action that this decision waits for instead of opening one.
     pub awaits_approval: Option<&'a str>,
+    /// Which detectors (and key rules) replaced how many values in the recorded context and tool; recorded as
+    /// `redaction` when anything was replaced.
+    pub redaction: Option<&'a crate::redact::Report>,
 }
 
 /// The terms of the approval a `require_approval` decision opens, recorded in the decision's entry so that the
@@ -136,6 +139,9 @@ impl DecisionBody<'_> {
         p.str("subject", self.subject);
         p.end();
         o.strs("reasonCodes", &d.reason_codes);
+        if let Some(r) = self.redaction.filter(|r| !r.is_empty()) {
+            o.value("redaction", &r.to_json())?;
+        }
         o.bool("requiresDeskApproval", d.outcome == Outcome::RequireApproval);
         match self.tool {
             Some(t) => o.value("tool", t)?,
@@ -179,6 +185,9 @@ impl DecisionBody<'_> {
         }
         if let (Some(a), Some(o)) = (self.awaits_approval, v.as_object_mut()) {
             o.insert("awaitsApproval".into(), a.into());
+        }
+        if let (Some(r), Some(o)) = (self.redaction.filter(|r| !r.is_empty()), v.as_object_mut()) {
+            o.insert("redaction".into(), r.to_json());
         }
         v
     }
@@ -313,7 +322,9 @@ mod tests {
             role in text(),
             terms in proptest::option::of((text(), text(), 1u32..5, any::<bool>())),
             earlier in proptest::option::of((any::<bool>(), text())),
+            counts in proptest::option::of(prop::collection::btree_map("[a-z_:*\\-]{1,12}", 0u64..1000, 0..4)),
         ) {
+            let report = counts.map(|counts| crate::redact::Report { counts });
             let terms = terms.map(|(approval_id, action_digest, approvers, allow)| ApprovalTerms {
                 approval_id,
                 action_digest,
@@ -336,6 +347,7 @@ mod tests {
                 approval: terms.as_ref(),
                 uses_approval: earlier.as_ref().filter(|e| e.0).map(|e| e.1.as_str()),
                 awaits_approval: earlier.as_ref().filter(|e| !e.0).map(|e| e.1.as_str()),
+                redaction: report.as_ref(),
             };
             let reference = serde_json_canonicalizer::to_vec(&body.to_value()).expect("reference");
             let bytes = body.encode().expect("encodes");
@@ -365,6 +377,7 @@ mod tests {
             approval: None,
             uses_approval: None,
             awaits_approval: None,
+            redaction: None,
         };
         assert!(body.encode_direct().is_none(), "the direct writer declines");
         assert_eq!(

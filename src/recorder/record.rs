@@ -504,6 +504,7 @@ mod tests {
             approval: Some(&terms),
             uses_approval: None,
             awaits_approval: None,
+            redaction: None,
         }
         .encode()
         .expect("body");

@@ -27,6 +27,7 @@ mod otlp;
 mod policy;
 mod proxy;
 mod rate_limit;
+mod redaction;
 mod reindex;
 mod restart;
 mod tls;
