@@ -434,3 +434,134 @@ proptest! {
         prop_assert!(!t.contains(&v), "{v:?} survived in {t:?}");
     }
 }
+
+/// A tiny upstream on loopback that answers `ok` and counts what reached it.
+async fn ok_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The same promise for spans sent over OTLP and for proxied tool calls: values planted everywhere a span can hold
+/// them (resource, name, attributes as strings and JSON strings, events, links, status) and in a proxied call's
+/// body context are stored, sealed and served redacted, and no file of the data dir holds them.
+#[tokio::test]
+async fn spans_and_proxied_calls_are_recorded_redacted() {
+    let packs = tempfile::tempdir().unwrap();
+    write_pack(packs.path());
+    let data = tempfile::tempdir().unwrap();
+    let (up, _task) = ok_upstream().await;
+    let mut cfg = raw(data.path());
+    cfg.policies = Some(packs.path().to_owned());
+    cfg.allow_unsigned = Some(true);
+    cfg.otlp_http_addr = Some("127.0.0.1:0".into());
+    cfg.otlp_grpc_addr = Some("off".into());
+    cfg.proxy_addr = Some("127.0.0.1:0".into());
+    cfg.proxy = Some(kla::proxy::FileProxy {
+        tenant: Some(T.into()),
+        agent: Some("pay-bot".into()),
+        routes: Some(vec![kla::proxy::FileRoute {
+            name: "pay".into(),
+            prefix: "/pay".into(),
+            upstream: format!("http://{up}"),
+            actions: Some(vec![kla::proxy::FileAction {
+                method: "POST".into(),
+                path: "/charges".into(),
+                action: "charge_card".into(),
+                context: Some(
+                    [("card", "/card"), ("note", "/note"), ("owner", "/owner")]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }]),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    let s = Server::start_cfg(cfg, None).await;
+    let agent_tok = s.token(T, Role::Agent);
+    let admin = s.token(T, Role::Admin);
+    s.register(&admin, T, "pay-bot").await;
+
+    // A span export in the OTLP JSON mapping.
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let sv = |v: &str| json!({"stringValue": v});
+    let args = json!({"to": "ceo@vip.example.com", "card": "4111 1111 1111 1111"}).to_string();
+    let export = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "owner.iban", "value": sv("DE89370400440532013000")}]},
+        "scopeSpans": [{"scope": {"name": "agent"}, "spans": [{
+            "traceId": trace_id, "spanId": "eee19b7ec3c1b174", "name": "execute_tool mail cfo@vip.example.com",
+            "kind": 3, "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
+            "attributes": [
+                {"key": "gen_ai.tool.call.arguments", "value": sv(&args)},
+                {"key": "user.ssn", "value": sv("123-45-6789")},
+                {"key": "nested", "value": {"kvlistValue": {"values": [
+                    {"key": "list", "value": {"arrayValue": {"values": [sv("badge EMP-424242")]}}}]}}}
+            ],
+            "events": [{"timeUnixNano": "1544712660500000000", "name": "auth",
+                        "attributes": [{"key": "token", "value": sv(JWT)}]}],
+            "links": [{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+                       "attributes": [{"key": "aws", "value": sv("AKIAIOSFODNN7EXAMPLE")}]}],
+            "status": {"code": 2, "message": "push failed with ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"}
+        }]}]
+    }]});
+    let r = send(
+        client()
+            .post(format!("http://{}/v1/traces", s.listener("otlp-http").unwrap()))
+            .bearer_auth(&agent_tok)
+            .header("x-tenant-id", T)
+            .header("content-type", "application/json")
+            .body(export.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = s.get(&format!("/v1/traces/{trace_id}"), &admin, T).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(
+        got.body["spans"].as_array().is_some_and(|a| !a.is_empty()),
+        "{}",
+        got.body
+    );
+    assert_clean("the stored spans", &got.body.to_string());
+    assert!(got.body.to_string().contains("[REDACTED:"), "{}", got.body);
+
+    // A proxied call whose body context carries a card and a secret.
+    let r = client()
+        .post(format!("http://{}/pay/charges", s.listener("proxy").unwrap()))
+        .body(json!({"card": "4111 1111 1111 1111", "note": "password=hunter2-very-secret", "owner": "ceo@vip.example.com"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-kla-decision-id"].to_str().unwrap().to_owned();
+    let d = s.get(&format!("/v1/decisions/{id}"), &admin, T).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_clean("the proxied call's decision", &d.body.to_string());
+
+    s.stop().await;
+    let mut files = Vec::new();
+    files_text(data.path(), &mut files);
+    for (name, bytes) in files {
+        for p in PLANTED {
+            assert!(
+                !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
+                "{name} holds the planted {p:?}"
+            );
+        }
+    }
+}
