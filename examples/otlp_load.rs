@@ -22,6 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+// The allocator of the `kla` binary (src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TENANT: &str = "bench";
 
 fn arg(name: &str, default: usize) -> usize {
