@@ -7,7 +7,7 @@
 pub mod config;
 mod forward;
 mod hold;
-mod mcp;
+pub(crate) mod mcp;
 
 pub use config::{
     ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment,

@@ -185,3 +185,8 @@ fn names_target_holds() {
 fn otlp_target_holds() {
     drive("otlp", 300);
 }
+
+#[test]
+fn mcp_target_holds() {
+    drive("mcp", 1000);
+}

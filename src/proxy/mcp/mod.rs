@@ -10,7 +10,7 @@
 
 mod hold;
 mod tasks;
-mod wire;
+pub(crate) mod wire;
 
 use super::forward::{
     Proxy, Table, caller, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri, with_decision_id,

@@ -437,12 +437,13 @@ pub fn event_data(event: &[u8]) -> Option<String> {
     data
 }
 
-/// `event` with its data replaced by `data` (its other fields, such as `id:`, kept).
+/// `event` with its data replaced by `data` (its other fields, such as `id:`, kept). Lines end at `\r\n`, `\n`
+/// or a lone `\r`, as SSE clients read them: otherwise a `data:` line after a lone `\r` would pass unreplaced.
 pub fn replace_data(event: &[u8], data: &Value) -> Bytes {
     let text = String::from_utf8_lossy(event);
     let mut out = String::new();
     let mut wrote = false;
-    for line in text.lines() {
+    for line in text.split(['\n', '\r']) {
         if line.is_empty() {
             continue;
         }
@@ -668,5 +669,20 @@ mod tests {
         }
         let r = replace_data(b"event: message\nid: 7\ndata: {}\n\n", &json!({"x": 1}));
         assert_eq!(&r[..], b"event: message\nid: 7\ndata: {\"x\":1}\n\n");
+    }
+
+    #[test]
+    fn replaced_data_leaves_no_old_data_behind_a_lone_cr() {
+        // A filtered tools/list answer whose lines end in lone CRs must not keep the upstream's data.
+        let ev = b"event: message\rdata: {\"tools\":[{\"name\":\"hidden\"}]}\r\r\n";
+        let mut s = SseSplitter::default();
+        let events = s.push(ev).unwrap();
+        assert_eq!(events.len(), 1);
+        let new = json!({"tools": []});
+        let r = replace_data(&events[0], &new);
+        assert_eq!(&r[..], b"event: message\ndata: {\"tools\":[]}\n\n");
+        assert_eq!(event_data(&r), Some(new.to_string()));
+        let r = replace_data(b"id: 1\r\ndata: a\r\ndata: b\r\n\r\n", &json!(1));
+        assert_eq!(&r[..], b"id: 1\ndata: 1\n\n");
     }
 }
