@@ -29,6 +29,7 @@ mod proxy;
 mod rate_limit;
 mod reindex;
 mod restart;
+mod telemetry;
 mod tls;
 mod verifier;
 mod webhooks;
