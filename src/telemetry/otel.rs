@@ -221,6 +221,7 @@ pub fn approval_vote(tenant: &str, vote: &str, status: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
