@@ -86,6 +86,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     // Dropped on an early return below, which stops whatever was already spawned.
     let mut services = Services::new();
+    // kla's own spans (off unless `--otel-endpoint`): started before anything decides, flushed last.
+    if let Some(oc) = &cfg.telemetry {
+        crate::telemetry::otel::init(oc).context("starting kla's telemetry")?;
+        tracing::info!(endpoint = %oc.endpoint, "exporting kla's own spans over OTLP/gRPC");
+    }
 
     // The ledger first: nothing may be decided that cannot be recorded.
     let lcfg = ledger_config(&cfg.ledger);
@@ -277,6 +282,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .map(|_| ())
             .context("final checkpoint")
     });
+    if cfg.telemetry.is_some() {
+        // Flushing blocks on the batch processor's thread: off the runtime's workers.
+        services.on_shutdown("otel-flush", async move {
+            tokio::task::spawn_blocking(crate::telemetry::otel::shutdown).await?;
+            Ok(())
+        });
+    }
 
     let shutdown_serve = shutdown.clone();
     let done = tokio::spawn(async move {

@@ -474,6 +474,7 @@ impl Approvals {
             }
         };
         let rec = self.apply(rec, &decision, change).await?;
+        crate::telemetry::otel::approval_vote(&rec.row.tenant, verdict.as_str(), &rec.status);
         Ok(render(&rec, &decision))
     }
 

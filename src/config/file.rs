@@ -30,6 +30,20 @@ pub struct FileConfig {
     pub proxy: Option<crate::proxy::FileProxy>,
     /// `otlp`: the OTLP receivers.
     pub otlp: Option<crate::otlp::FileOtlp>,
+    /// `telemetry`: kla's own spans.
+    pub telemetry: Option<FileTelemetry>,
+}
+
+/// `telemetry:`, where kla exports its own spans.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileTelemetry {
+    /// OTLP endpoint URL.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http`.
+    pub protocol: Option<String>,
+    /// `service.name`.
+    pub service_name: Option<String>,
 }
 
 /// One entry of `webhooks:`.
@@ -210,6 +224,9 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("proxy-addr", "proxy.addr"),
     ("otlp-http-addr", "otlp.http-addr"),
     ("otlp-grpc-addr", "otlp.grpc-addr"),
+    ("otel-endpoint", "telemetry.endpoint"),
+    ("otel-protocol", "telemetry.protocol"),
+    ("otel-service-name", "telemetry.service-name"),
     ("api-max-connections", "api.limits.max-connections"),
     ("api-idle-timeout", "api.limits.idle-timeout"),
     ("api-header-timeout", "api.limits.header-timeout"),
@@ -264,7 +281,11 @@ impl FileConfig {
         let otlp_http_addr = otlp.as_mut().and_then(|o| o.http_addr.take());
         let otlp_grpc_addr = otlp.as_mut().and_then(|o| o.grpc_addr.take());
         let otlp = otlp.filter(|o| !o.is_empty());
+        let telemetry = self.telemetry.unwrap_or_default();
         RawConfig {
+            otel_endpoint: telemetry.endpoint,
+            otel_protocol: telemetry.protocol,
+            otel_service_name: telemetry.service_name,
             otlp_http_addr,
             otlp_grpc_addr,
             otlp,

@@ -171,6 +171,15 @@ pub struct RawConfig {
     /// The OTLP receivers, from the config file (`otlp:`; its addresses are the two flags' places).
     #[arg(skip)]
     pub otlp: Option<crate::otlp::FileOtlp>,
+    /// OTLP endpoint kla exports its own spans to (decisions, proxied calls, approvals); off when unset.
+    #[arg(long)]
+    pub otel_endpoint: Option<String>,
+    /// `grpc` (default) or `http` (OTLP/HTTP protobuf) for `--otel-endpoint`.
+    #[arg(long)]
+    pub otel_protocol: Option<String>,
+    /// `service.name` of kla's own spans. Default `kla`.
+    #[arg(long)]
+    pub otel_service_name: Option<String>,
 }
 
 /// The validated configuration: one section per component.
@@ -198,6 +207,8 @@ pub struct Config {
     pub proxy: Option<crate::proxy::ProxyConfig>,
     /// The OTLP receivers, when configured.
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// kla's own spans, when `--otel-endpoint` is set.
+    pub telemetry: Option<crate::telemetry::otel::OtelConfig>,
 }
 
 /// Logging.
@@ -379,6 +390,9 @@ impl RawConfig {
             otlp_http_addr: self.otlp_http_addr.or(base.otlp_http_addr),
             otlp_grpc_addr: self.otlp_grpc_addr.or(base.otlp_grpc_addr),
             otlp: self.otlp.or(base.otlp),
+            otel_endpoint: self.otel_endpoint.or(base.otel_endpoint),
+            otel_protocol: self.otel_protocol.or(base.otel_protocol),
+            otel_service_name: self.otel_service_name.or(base.otel_service_name),
         }
     }
 
@@ -471,6 +485,12 @@ impl RawConfig {
             webhooks: webhooks(self.webhooks)?,
             proxy: crate::proxy::config::validate(self.proxy, self.proxy_addr)?,
             otlp: crate::otlp::validate(self.otlp, self.otlp_http_addr, self.otlp_grpc_addr)?,
+            telemetry: crate::telemetry::otel::validate(
+                self.otel_endpoint,
+                self.otel_protocol,
+                self.otel_service_name,
+            )
+            .map_err(|(flag, message)| invalid(flag, message))?,
             data_dir,
         })
     }

@@ -182,6 +182,7 @@ impl Decider {
     where
         F: Future<Output = T>,
     {
+        let started = crate::telemetry::otel::start();
         let action = validate(&req)?;
         let reuse = req.reuse_approval;
         let call = self.classify(accepted.caller, req, action).await?;
@@ -199,6 +200,19 @@ impl Decider {
             }
         };
         let recorded = recorded?;
+        if started.is_some() {
+            crate::telemetry::otel::decision(
+                started,
+                crate::telemetry::otel::DecisionSpan {
+                    outcome: decision.outcome.as_str(),
+                    action: &call.input.action,
+                    agent_id: &call.agent.id,
+                    tenant: &call.caller.tenant,
+                    packs: decision.policy.iter().map(|p| p.name.clone()).collect(),
+                    approval_opened: matches!(held, Held::Opened(_)),
+                },
+            );
+        }
         let (approval, used_approval) = match held {
             Held::Opened(t) | Held::Awaits(t) => (Some(t), None),
             Held::Uses { approval_id, turn } => {

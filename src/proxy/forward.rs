@@ -370,18 +370,30 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     // No decision, no forward: every failure here is a refusal. Under `audit: overlap` an allowed call is sent
     // while its decision is being made durable, and its answer waits for that.
     let overlap = p.audit == Audit::Overlap;
+    // kla's own `execute_tool` span (telemetry on): the decision runs in its context, so it is the parent.
+    let tool_cx = crate::telemetry::otel::tool_call(
+        &action_name,
+        &route.name,
+        req.trace_id
+            .as_ref()
+            .and_then(|_| parts.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok()),
+    );
     let mut call = Some((parts, body));
-    let decided = p
-        .app
-        .decider
-        .decide_overlapped(accepted, req.clone(), |_| {
-            if !overlap {
-                return None;
-            }
-            let (parts, body) = call.take()?;
-            Some(upstream(&p, &table, route, m.rest, parts, body))
-        })
-        .await;
+    let deciding = p.app.decider.decide_overlapped(accepted, req.clone(), |_| {
+        if !overlap {
+            return None;
+        }
+        let (parts, body) = call.take()?;
+        Some(upstream(&p, &table, route, m.rest, parts, body))
+    });
+    let decided = match &tool_cx {
+        Some(cx) => opentelemetry::context::FutureExt::with_context(deciding, cx.clone()).await,
+        None => deciding.await,
+    };
+    if let Ok((d, _)) = &decided {
+        crate::telemetry::otel::tool_outcome(tool_cx.as_ref(), d.decision.outcome.as_str());
+    }
     let (d, early) = match decided {
         Ok(d) => d,
         Err(e) => {

@@ -14,3 +14,4 @@ pub fn init(json: bool) {
         builder.try_init()
     };
 }
+pub mod otel;

@@ -30,6 +30,7 @@ mod rate_limit;
 mod redaction;
 mod reindex;
 mod restart;
+mod telemetry;
 mod tls;
 mod verifier;
 mod webhooks;
