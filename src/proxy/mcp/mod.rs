@@ -436,10 +436,22 @@ impl Ctx {
             Ok(r) => r,
             Err(r) => return *r,
         };
-        let d = match self.decide(&id, &mut req).await {
+        // kla's own `execute_tool` span (telemetry on): the decision runs in its context, so it is the parent.
+        let tool_cx = crate::telemetry::otel::tool_call(
+            &tool,
+            &self.route.name,
+            parts.headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        );
+        let deciding = self.decide(&id, &mut req);
+        let decided = match &tool_cx {
+            Some(cx) => opentelemetry::context::FutureExt::with_context(deciding, cx.clone()).await,
+            None => deciding.await,
+        };
+        let d = match decided {
             Ok(d) => d,
             Err(r) => return *r,
         };
+        crate::telemetry::otel::tool_outcome(tool_cx.as_ref(), d.decision.outcome.as_str());
         match d.decision.outcome {
             Outcome::Block => {
                 let text = refusal_text(&tool, &d);
