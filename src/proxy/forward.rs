@@ -612,40 +612,7 @@ pub(super) async fn upstream(
             );
         }
     };
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let original_host = parts.headers.get(header::HOST).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    if let Some(ip) = peer {
-        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-    }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(p.scheme));
-    match original_host.or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    }) {
-        Some(h) => {
-            parts.headers.insert("x-forwarded-host", h);
-        }
-        None => {
-            parts.headers.remove("x-forwarded-host");
-        }
-    }
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
+    forwarded_head(p, &mut parts, uri);
     let out = http::Request::from_parts(parts, body);
     let resp = match tokio::time::timeout(p.timeout, client.request(out)).await {
         Ok(Ok(r)) => r,
@@ -680,6 +647,45 @@ pub(super) async fn upstream(
 
 /// The most agent names [`Proxy::agent_ids`] keeps.
 const AGENT_ID_CACHE: usize = 4096;
+
+/// The request head as the upstream gets it: hop-by-hop headers and `Host` removed, `x-forwarded-for` (appended),
+/// `x-forwarded-proto` and `x-forwarded-host` set, the upstream's URI, HTTP/1.1 (the client negotiates up).
+pub(super) fn forwarded_head(p: &Proxy, parts: &mut http::request::Parts, uri: Uri) {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let original_host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Some(ip) = peer {
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static(p.scheme));
+    match original_host.or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    }) {
+        Some(h) => {
+            parts.headers.insert("x-forwarded-host", h);
+        }
+        None => {
+            parts.headers.remove("x-forwarded-host");
+        }
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+}
 
 pub(super) async fn resolve_agent(
     p: &Proxy,

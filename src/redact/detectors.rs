@@ -33,9 +33,9 @@ pub enum Builtin {
 /// How the engine finds a detector's candidates before any pattern runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Find {
-    /// At a position found by the digit-run scan (a group of digits starting a candidate number).
+    /// At a position the digit-run scan marks (a group of digits starting a candidate number).
     Digits,
-    /// At two capital letters followed by two digits (found by the digit-run scan).
+    /// At two capital letters followed by two digits (marked by the digit-run scan).
     CountryCode,
     /// Around one of these literals (found by one Aho-Corasick pass).
     Literals(&'static [&'static str]),

@@ -13,7 +13,8 @@ mod tasks;
 pub(crate) mod wire;
 
 use super::forward::{
-    Proxy, Table, caller, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri, with_decision_id,
+    Proxy, Table, caller, forwarded_head, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri,
+    with_decision_id,
 };
 use super::{ProxyConfig, Route, RouteKind, X_KLA_DECISION, X_KLA_REASON_CODES};
 use crate::auth::Caller;
@@ -21,7 +22,6 @@ use crate::decide::{ActionRequest, Decided};
 use crate::error::{Class, Classify};
 use crate::policy::Outcome;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -30,7 +30,6 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use wire::{Era, Message, Posted, Rejection};
 
@@ -256,35 +255,7 @@ impl Ctx {
             };
         let uri = upstream_uri(&route.upstream, rest, parts.uri.query())
             .map_err(|e| fail(StatusCode::BAD_GATEWAY, format!("route {}: {e}", route.name)))?;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let original_host = parts.headers.get(header::HOST).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        if let Some(ip) = peer {
-            let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                parts.headers.insert("x-forwarded-for", v);
-            }
-        }
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        match original_host {
-            Some(h) => {
-                parts.headers.insert("x-forwarded-host", h);
-            }
-            None => {
-                parts.headers.remove("x-forwarded-host");
-            }
-        }
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        forwarded_head(&self.p, &mut parts, uri);
         let out = http::Request::from_parts(parts, body);
         match tokio::time::timeout(self.p.timeout, client.request(out)).await {
             Ok(Ok(r)) => Ok(r),
