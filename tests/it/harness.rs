@@ -693,3 +693,23 @@ fn the_listening_line_is_found_in_either_log_format() {
     assert_eq!(listening(other), None);
     assert_eq!(listening("kla listening on 127.0.0.1:41234\n"), None);
 }
+
+/// Starts a test peer that prints `listening <port>` as its first line (the Python scripts in tests/py); returns it
+/// and the port.
+pub fn spawn_listening(cmd: &mut std::process::Command, what: &str) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{what}'s first line: {e}"));
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what} said {line:?}"));
+    (child, port)
+}

@@ -8,9 +8,8 @@ use crate::harness::*;
 use kla::auth::Role;
 use kla::proxy::{FileProxy, FileRoute};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const T: &str = "acme-mcp";
@@ -53,21 +52,12 @@ impl McpServer {
     fn start() -> McpServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("executed.jsonl");
-        let mut child = Command::new(python())
-            .arg(repo_path("tests/py/mcp_server.py"))
-            .env("OUT", &log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the MCP server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the server's first line");
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the MCP server said {line:?}"));
+        let (child, port) = spawn_listening(
+            Command::new(python())
+                .arg(repo_path("tests/py/mcp_server.py"))
+                .env("OUT", &log),
+            "the MCP server",
+        );
         McpServer {
             child,
             port,

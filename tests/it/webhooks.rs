@@ -7,9 +7,8 @@ use kla::auth::Role;
 use kla::config::FileWebhook;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const T: &str = "acme-hooks";
@@ -28,24 +27,15 @@ fn python() -> PathBuf {
 
 /// The receiver on `port` (0: any); returns it and its port.
 fn receiver(out: &Path, fail_first: u32, port: u16) -> (Child, u16) {
-    let mut child = Command::new(python())
-        .arg(repo_path("tests/py/webhook_receiver.py"))
-        .env("SECRET", SECRET)
-        .env("OUT", out)
-        .env("FAIL_FIRST", fail_first.to_string())
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the receiver");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("receiver's first line");
-    let port = line
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    let (child, port) = spawn_listening(
+        Command::new(python())
+            .arg(repo_path("tests/py/webhook_receiver.py"))
+            .env("SECRET", SECRET)
+            .env("OUT", out)
+            .env("FAIL_FIRST", fail_first.to_string())
+            .env("PORT", port.to_string()),
+        "the receiver",
+    );
     (child, port)
 }
 

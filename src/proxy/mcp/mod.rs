@@ -13,8 +13,8 @@ mod tasks;
 pub(crate) mod wire;
 
 use super::forward::{
-    Proxy, Table, caller, forwarded_head, resolve_agent, strip_hop_by_hop, upstream_reason, upstream_uri,
-    with_decision_id,
+    Proxy, Table, caller, forwarded_head, resolve_agent, strip_hop_by_hop, trace_id, upstream_reason,
+    upstream_uri, with_decision_id,
 };
 use super::{ProxyConfig, Route, RouteKind, X_KLA_DECISION, X_KLA_REASON_CODES};
 use crate::auth::Caller;
@@ -198,19 +198,6 @@ fn decide_failed(id: &Value, e: &dyn Classify) -> Box<Response> {
         StatusCode::OK,
         &wire::error(id, class.jsonrpc_code(), &message, None),
     ))
-}
-
-/// W3C `traceparent`'s trace id (32 lowercase hex digits, not all zero).
-fn trace_id(headers: &http::HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
-    let mut it = v.split('-');
-    let (_version, trace) = (it.next()?, it.next()?);
-    (trace.len() == 32
-        && trace
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && trace.bytes().any(|b| b != b'0'))
-    .then(|| trace.to_owned())
 }
 
 impl Ctx {
