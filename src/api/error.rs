@@ -25,6 +25,8 @@ pub enum Code {
     Conflict,
     /// 413: body over the configured limit.
     PayloadTooLarge,
+    /// 415: a body whose declared media type cannot be read (the tool-call proxy's actions read JSON).
+    UnsupportedMediaType,
     /// 429: rate limit exceeded.
     RateLimited,
     /// 500: our fault; retry with backoff.
@@ -46,6 +48,7 @@ impl Code {
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Code::BadGateway => StatusCode::BAD_GATEWAY,
@@ -53,11 +56,14 @@ impl Code {
         }
     }
 
-    /// The wire string. Every 5xx is `internal_error`, as in the KLA Control Plane API; 405 and 413 are
+    /// The wire string. Every 5xx is `internal_error`, as in the KLA Control Plane API; 405, 413 and 415 are
     /// `invalid_request`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Code::InvalidRequest | Code::MethodNotAllowed | Code::PayloadTooLarge => "invalid_request",
+            Code::InvalidRequest
+            | Code::MethodNotAllowed
+            | Code::PayloadTooLarge
+            | Code::UnsupportedMediaType => "invalid_request",
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
             Code::NotFound => "not_found",

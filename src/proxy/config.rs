@@ -74,6 +74,16 @@ pub struct FileRoute {
     pub kind: Option<String>,
     /// `mcp` routes: whether `tools/list` hides the tools the policy always blocks for the caller (default true).
     pub hide_blocked_tools: Option<bool>,
+    /// The upstream matches paths without regard to letter case: so are the route's action paths (default false).
+    pub case_insensitive: Option<bool>,
+    /// The upstream treats `/a/` as `/a`: a trailing `/` is dropped before matching and forwarding (default false).
+    pub ignore_trailing_slash: Option<bool>,
+    /// `decide` (default): a call that matches none of the route's actions is the action `http.request`, decided by
+    /// policy. `block`: it is refused.
+    pub unmatched: Option<String>,
+    /// Request headers that can change what a call does (for example `x-account`): they are part of the call an
+    /// approval binds and are shown to the approver.
+    pub significant_headers: Option<Vec<String>>,
 }
 
 /// One entry of a route's `actions`.
@@ -86,7 +96,7 @@ pub struct FileAction {
     pub path: String,
     /// The action name policy decides on.
     pub action: String,
-    /// Context keys taken from the JSON request body by JSON pointer (RFC 6901).
+    /// Context keys: `/pointer` takes a value from the JSON request body (RFC 6901), `?name` a query parameter.
     pub context: Option<BTreeMap<String, String>>,
 }
 
@@ -140,6 +150,33 @@ pub struct Route {
     pub actions: Vec<ActionRoute>,
     /// What speaks behind it.
     pub kind: RouteKind,
+    /// Action paths match without regard to letter case.
+    pub case_insensitive: bool,
+    /// A trailing `/` is dropped before matching and forwarding.
+    pub ignore_trailing_slash: bool,
+    /// What a call that matches none of the actions is.
+    pub unmatched: Unmatched,
+    /// Lower-case names of the headers an approval binds.
+    pub significant_headers: Vec<http::HeaderName>,
+}
+
+/// What a call that matches none of its route's declared actions becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unmatched {
+    /// The action `http.request`, decided by policy.
+    #[default]
+    Decide,
+    /// Refused without a decision.
+    Block,
+}
+
+/// Where a context value of an action comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A JSON pointer into the request body.
+    Body(String),
+    /// A query parameter, by name.
+    Query(String),
 }
 
 /// What a route's upstream speaks.
@@ -172,14 +209,14 @@ pub struct ActionRoute {
     pub path: Vec<Segment>,
     /// Canonical action name.
     pub action: String,
-    /// Context key to JSON pointer into the body.
-    pub context: Vec<(String, String)>,
+    /// Context key and where its value comes from.
+    pub context: Vec<(String, Source)>,
 }
 
 impl ActionRoute {
-    /// Whether deciding this action needs the request body.
+    /// Whether deciding this action reads the request body.
     pub fn needs_body(&self) -> bool {
-        !self.context.is_empty()
+        self.context.iter().any(|(_, s)| matches!(s, Source::Body(_)))
     }
 }
 
@@ -349,12 +386,17 @@ fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError
             if path.iter().any(|s| matches!(s, Segment::Param(p) if *p == k)) {
                 return Err(bad(format!("context key {k:?} is also a path parameter")));
             }
-            if !ptr.starts_with('/') {
+            let source = if ptr.starts_with('/') {
+                Source::Body(ptr)
+            } else if let Some(name) = ptr.strip_prefix('?').filter(|n| !n.is_empty()) {
+                Source::Query(name.to_owned())
+            } else {
                 return Err(bad(format!(
-                    "context {k:?}: {ptr:?} is not a JSON pointer into the body (it starts with '/')"
+                    "context {k:?}: {ptr:?} is neither a JSON pointer into the body (it starts with '/') nor a \
+                     query parameter ('?name')"
                 )));
-            }
-            context.push((k, ptr));
+            };
+            context.push((k, source));
         }
         if actions.iter().any(|e| e.method == method && e.path == path) {
             return Err(bad(format!("{method} {:?} is matched twice", a.path)));
@@ -366,6 +408,19 @@ fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError
             context,
         });
     }
+    let unmatched = match r.unmatched.as_deref() {
+        None | Some("decide") => Unmatched::Decide,
+        Some("block") => Unmatched::Block,
+        Some(o) => return Err(bad(format!("unmatched {o:?} must be decide or block"))),
+    };
+    let mut significant_headers = Vec::new();
+    for h in r.significant_headers.unwrap_or_default() {
+        let name = http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+            .map_err(|_| bad(format!("significant-headers: {h:?} is not a header name")))?;
+        if !significant_headers.contains(&name) {
+            significant_headers.push(name);
+        }
+    }
     Ok(Route {
         name: r.name,
         prefix,
@@ -373,6 +428,10 @@ fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError
         ca_file: r.ca_file,
         actions,
         kind,
+        case_insensitive: r.case_insensitive.unwrap_or(false),
+        ignore_trailing_slash: r.ignore_trailing_slash.unwrap_or(false),
+        unmatched,
+        significant_headers,
     })
 }
 

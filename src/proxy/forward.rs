@@ -4,7 +4,7 @@
 //! `Proxy-Authorization` (shared mode), never from the request body.
 
 use super::hold::HoldEnd;
-use super::{Audit, ProxyConfig, Route, Routes, body_context};
+use super::{Audit, ProxyConfig, Refusal, Route, Routes, Unmatched, target};
 use crate::api::{ApiError, AppState, Code};
 use crate::auth::{Caller, Principal, Role};
 use crate::decide::{ActionRequest, Decided};
@@ -295,11 +295,23 @@ pub(super) fn caller(p: &Proxy, headers: &HeaderMap) -> Result<(Caller, String),
 }
 
 async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_owned();
+    let (mut parts, body) = req.into_parts();
+    // One canonical request target: routes and actions are matched on it, the policy decides on it, and it is
+    // exactly what the upstream receives. What stays ambiguous is refused before anything else.
+    let canonical = target::method(&parts.method)
+        .and_then(|()| target::no_overrides(&parts.headers))
+        .and_then(|()| target::path(parts.uri.path()));
+    let path = match canonical {
+        Ok(p) => p,
+        Err(e) => return ApiError::invalid(e.0).into_response(),
+    };
     let table = p.table.load_full();
-    let Some(m) = table.routes.resolve(&parts.method, &path) else {
-        return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
+    let m = match table.routes.resolve(&parts.method, &path) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return ApiError::not_found(format!("no proxy route owns the path '{path}'")).into_response();
+        }
+        Err(e) => return ApiError::invalid(e.0).into_response(),
     };
     if let super::RouteKind::Mcp { .. } = m.route.kind {
         return super::mcp::handle(&p, &table, m.route, m.rest, parts, body).await;
@@ -313,30 +325,45 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         return ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
     }
     let route = m.route;
+    if m.action.is_none() && route.unmatched == Unmatched::Block {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {} matches none of route {}'s actions, and the route refuses unmatched calls",
+                parts.method, m.path, route.name
+            ),
+        );
+    }
     let mut context = m.context;
-    let (body, bytes) = match m.action.filter(|a| a.needs_body()) {
-        None => (Some(body), None),
-        Some(a) => {
-            let limit = p.app.body_limit;
-            let read = match http_body_util::Limited::new(body, limit).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return ApiError::new(
-                        Code::PayloadTooLarge,
-                        format!(
-                            "the request body is over {limit} bytes, the most action {} reads",
-                            a.action
-                        ),
-                    )
-                    .into_response();
-                }
-                Err(e) => return ApiError::invalid(format!("reading the request body: {e}")).into_response(),
-            };
-            if let Err(e) = body_context(a, &read, &mut context) {
-                return ApiError::invalid(e).into_response();
-            }
-            (None, Some(read))
+    // The whole body is read (under the limit) before deciding: the decision and an approval bind its bytes, and
+    // the upstream receives exactly those bytes.
+    let limit = p.app.body_limit;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "the request body is over {limit} bytes, the most the proxy reads before deciding {}",
+                    m.name
+                ),
+            )
+            .into_response();
         }
+        Err(e) => return ApiError::invalid(format!("reading the request body: {e}")).into_response(),
+    };
+    let tool = match super::call::read(route, m.action, &m.path, &parts, &bytes, &mut context) {
+        Ok(t) => t,
+        Err(Refusal::Invalid(e)) => return ApiError::invalid(e).into_response(),
+        Err(Refusal::Unsupported(e)) => {
+            return ApiError::new(Code::UnsupportedMediaType, e).into_response();
+        }
+    };
+    // The upstream gets the canonical path: the one that was decided.
+    parts.uri = match canonical_uri(&parts.uri, &m.path) {
+        Ok(u) => u,
+        Err(e) => return ApiError::invalid(e).into_response(),
     };
     // `decide` looks agents up by id; a name (sidecar config, or a token's `agent` claim) is resolved in the
     // tenant first. An unknown agent stays as given, so `decide` refuses it.
@@ -353,19 +380,14 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         agent_id: agent,
         action: m.name,
         context,
-        // The call itself, so its record (and the approval bound to it) says which request it was; the query is
-        // left out, as it may carry credentials.
-        tool: Some(json!({"route": route.name, "method": parts.method.as_str(), "path": path})),
+        // The whole call as forwarded (its record, redacted, shows it; an approval is bound to it).
+        tool: Some(tool),
         execution_id: header_str(&parts.headers, X_KLA_EXECUTION_ID),
         trace_id: trace_id(&parts.headers),
         // A held call that timed out on the client's side is retried: one approval lets one call through.
         reuse_approval: true,
     };
-    let body = match (body, bytes) {
-        (Some(b), _) => b,
-        (None, Some(bytes)) => Body::from(bytes),
-        (None, None) => Body::empty(),
-    };
+    let body = Body::from(bytes);
     let respond_async = prefers_async(&parts.headers);
     // No decision, no forward: every failure here is a refusal. Under `audit: overlap` an allowed call is sent
     // while its decision is being made durable, and its answer waits for that.
@@ -612,6 +634,12 @@ pub(super) async fn upstream(
             );
         }
     };
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
     forwarded_head(p, &mut parts, uri);
     let out = http::Request::from_parts(parts, body);
     let resp = match tokio::time::timeout(p.timeout, client.request(out)).await {
@@ -642,7 +670,102 @@ pub(super) async fn upstream(
     };
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
+    if let Some(loc) = rparts.headers.get(header::LOCATION) {
+        match location(loc, route, p.scheme, client_host.as_deref()) {
+            Location::Keep => {}
+            Location::Rewrite(v) => {
+                rparts.headers.insert(header::LOCATION, v);
+            }
+            Location::Outside => {
+                tracing::warn!(route = %route.name, "upstream redirected outside its route; answer withheld");
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "internal_error",
+                    format!(
+                        "the upstream of route {} redirected to a path outside the route, which would bypass kla",
+                        route.name
+                    ),
+                );
+            }
+        }
+    }
     Response::from_parts(rparts, Body::new(rbody))
+}
+
+/// What becomes of an upstream answer's `Location`.
+#[derive(Debug, PartialEq)]
+enum Location {
+    /// It points elsewhere (another origin, or a relative reference that resolves through kla anyway).
+    Keep,
+    /// It pointed at the upstream itself: the same place, as reached through kla.
+    Rewrite(HeaderValue),
+    /// It points at the upstream's origin outside the route's base path: following it would bypass kla.
+    Outside,
+}
+
+/// Maps a `Location` that points at the route's upstream (absolute, scheme-relative or an absolute path) onto the
+/// route's prefix at kla, so clients are not redirected around kla.
+fn location(v: &HeaderValue, route: &Route, scheme: &str, client_host: Option<&str>) -> Location {
+    let Ok(text) = v.to_str() else {
+        return Location::Outside;
+    };
+    let up = &route.upstream;
+    let up_port = up
+        .port_u16()
+        .unwrap_or(if up.scheme_str() == Some("https") { 443 } else { 80 });
+    let same_origin = |u: &Uri| {
+        let port = u
+            .port_u16()
+            .unwrap_or(if u.scheme_str() == Some("https") { 443 } else { 80 });
+        u.host()
+            .is_some_and(|h| up.host().is_some_and(|uh| h.eq_ignore_ascii_case(uh)))
+            && port == up_port
+    };
+    let (absolute, path_and_query) = if text.starts_with('/') && !text.starts_with("//") {
+        (false, text.to_owned())
+    } else {
+        let full = match text.strip_prefix("//") {
+            Some(rest) => format!("{}://{rest}", up.scheme_str().unwrap_or("http")),
+            None => text.to_owned(),
+        };
+        let Ok(u) = full.parse::<Uri>() else {
+            return Location::Keep;
+        };
+        if u.scheme().is_none() || !same_origin(&u) {
+            return Location::Keep;
+        }
+        (
+            true,
+            u.path_and_query().map_or("/".into(), |pq| pq.as_str().to_owned()),
+        )
+    };
+    let base = up.path().trim_end_matches('/');
+    let below = path_and_query
+        .strip_prefix(base)
+        .filter(|b| b.is_empty() || b.starts_with(['/', '?', '#']));
+    let Some(below) = below else {
+        // An absolute path resolves against kla's own origin, so it cannot lead around kla.
+        return if absolute {
+            Location::Outside
+        } else {
+            Location::Keep
+        };
+    };
+    let prefix = if route.prefix == "/" {
+        ""
+    } else {
+        route.prefix.as_str()
+    };
+    let below = if below.is_empty() && prefix.is_empty() {
+        "/"
+    } else {
+        below
+    };
+    let at_kla = match (absolute, client_host) {
+        (true, Some(h)) => format!("{scheme}://{h}{prefix}{below}"),
+        _ => format!("{prefix}{below}"),
+    };
+    HeaderValue::from_str(&at_kla).map_or(Location::Outside, Location::Rewrite)
 }
 
 /// The most agent names [`Proxy::agent_ids`] keeps.
@@ -739,6 +862,17 @@ pub(super) fn upstream_uri(base: &Uri, rest: &str, query: Option<&str>) -> Resul
         pq.push_str(q);
     }
     let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|e| format!("path {pq:?}: {e}"))?);
+    Uri::from_parts(parts).map_err(|e| e.to_string())
+}
+
+/// The request's URI with its path replaced by the canonical one (the query kept as sent).
+fn canonical_uri(uri: &Uri, path: &str) -> Result<Uri, String> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq.parse().map_err(|e| format!("path {pq:?}: {e}"))?);
     Uri::from_parts(parts).map_err(|e| e.to_string())
 }

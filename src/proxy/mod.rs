@@ -4,13 +4,17 @@
 //! handler with its pooled upstream clients ([`Proxy`]); routes of `kind: mcp` are handled by `mcp`. It runs no SQL
 //! and never writes the ledger itself: recording is `decide`'s.
 
+mod call;
 pub mod config;
 mod forward;
 mod hold;
 pub(crate) mod mcp;
+pub mod target;
 
+pub use call::{Refusal, body_context};
 pub use config::{
-    ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment,
+    ActionRoute, Audit, FileAction, FileProxy, FileRoute, ProxyConfig, Route, RouteKind, Segment, Source,
+    Unmatched,
 };
 pub use forward::{Proxy, X_KLA_DECISION, X_KLA_DECISION_ID, X_KLA_REASON_CODES};
 use serde_json::{Map, Value};
@@ -30,13 +34,16 @@ pub struct Routes {
 pub struct Matched<'a> {
     /// Its route.
     pub route: &'a Route,
-    /// The path below the route's prefix (always starting with `/`).
+    /// The canonical path below the route's prefix (always starting with `/`): what the upstream receives below
+    /// its base path.
     pub rest: &'a str,
+    /// The canonical path as kla's clients see it (prefix and `rest`).
+    pub path: String,
     /// Its named action, if one matched.
     pub action: Option<&'a ActionRoute>,
     /// The action name and the context known before reading the body.
     pub name: String,
-    /// `{param}` values, or `{method, path}` for `http.request`.
+    /// `{param}` values (decoded), or `{method, path}` for `http.request`.
     pub context: Map<String, Value>,
 }
 
@@ -74,79 +81,96 @@ impl Routes {
         })
     }
 
-    /// The route and action of a request; `None` when it is outside every route.
-    pub fn resolve<'a>(&'a self, method: &http::Method, path: &'a str) -> Option<Matched<'a>> {
-        let (route, rest) = self.route(path)?;
+    /// The route and action of a request whose method and path are canonical ([`target`]); `Ok(None)` when it is
+    /// outside every route. `Err`: the call differs from a declared action only in letter case or a trailing `/`
+    /// that the route does not say its upstream ignores, or a path parameter does not decode to UTF-8; deciding it
+    /// as `http.request` could let the upstream run the action under another name.
+    pub fn resolve<'a>(
+        &'a self,
+        method: &http::Method,
+        path: &'a str,
+    ) -> Result<Option<Matched<'a>>, target::Ambiguous> {
+        let Some((route, mut rest)) = self.route(path) else {
+            return Ok(None);
+        };
+        if route.ignore_trailing_slash && rest.len() > 1 {
+            rest = rest.strip_suffix('/').unwrap_or(rest);
+        }
+        let full = if route.prefix == "/" {
+            rest.to_owned()
+        } else if rest == "/" && !path.ends_with('/') {
+            route.prefix.clone()
+        } else {
+            format!("{}{rest}", route.prefix)
+        };
         for a in &route.actions {
             if a.method != *method {
                 continue;
             }
-            if let Some(params) = match_template(&a.path, rest) {
-                return Some(Matched {
+            if let Some(params) = match_template(&a.path, rest, route.case_insensitive)? {
+                return Ok(Some(Matched {
                     route,
                     rest,
+                    path: full,
                     action: Some(a),
                     name: a.action.clone(),
                     context: params,
-                });
+                }));
+            }
+        }
+        let loose = rest.strip_suffix('/').filter(|r| !r.is_empty()).unwrap_or(rest);
+        for a in route.actions.iter().filter(|a| a.method == *method) {
+            if let Ok(Some(_)) = match_template(&a.path, loose, true) {
+                return Err(target::Ambiguous(format!(
+                    "{method} {full} differs from action {} of route {} only in letter case or a trailing '/'; \
+                     if the upstream ignores them, say so in the route (case-insensitive, ignore-trailing-slash)",
+                    a.action, route.name
+                )));
             }
         }
         let mut context = Map::new();
         context.insert("method".into(), method.as_str().into());
-        context.insert("path".into(), path.into());
-        Some(Matched {
+        context.insert("path".into(), full.clone().into());
+        Ok(Some(Matched {
             route,
             rest,
+            path: full,
             action: None,
             name: HTTP_REQUEST.into(),
             context,
-        })
+        }))
     }
 }
 
-/// `{param}` values when `path` matches `template` segment by segment (a trailing `/` is not ignored).
-fn match_template(template: &[Segment], path: &str) -> Option<Map<String, Value>> {
-    let rest = path.strip_prefix('/')?;
+/// `{param}` values (percent-decoded) when `path` matches `template` segment by segment (a trailing `/` is not
+/// ignored).
+fn match_template(
+    template: &[Segment],
+    path: &str,
+    case_insensitive: bool,
+) -> Result<Option<Map<String, Value>>, target::Ambiguous> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Ok(None);
+    };
     let segs: Vec<&str> = if rest.is_empty() {
         Vec::new()
     } else {
         rest.split('/').collect()
     };
     if segs.len() != template.len() {
-        return None;
+        return Ok(None);
     }
     let mut params = Map::new();
     for (t, s) in template.iter().zip(segs) {
         match t {
-            Segment::Literal(l) if l == s => {}
+            Segment::Literal(l) if l == s || (case_insensitive && l.eq_ignore_ascii_case(s)) => {}
             Segment::Param(name) if !s.is_empty() => {
-                params.insert(name.clone(), s.into());
+                params.insert(name.clone(), target::decoded_segment(s)?.into());
             }
-            _ => return None,
+            _ => return Ok(None),
         }
     }
-    Some(params)
-}
-
-/// Adds the action's body context (each JSON pointer's value; a pointer that finds nothing is left out, so a rule
-/// sees the key as absent) to `context`. `Err`: the body is not a JSON document.
-pub fn body_context(
-    action: &ActionRoute,
-    body: &[u8],
-    context: &mut Map<String, Value>,
-) -> Result<(), String> {
-    let doc: Value = crate::json::from_slice_unique(body).map_err(|e| {
-        format!(
-            "the request body is not JSON ({e}), and action {} reads its context from it",
-            action.action
-        )
-    })?;
-    for (key, ptr) in &action.context {
-        if let Some(v) = doc.pointer(ptr) {
-            context.insert(key.clone(), v.clone());
-        }
-    }
-    Ok(())
+    Ok(Some(params))
 }
 
 #[cfg(test)]

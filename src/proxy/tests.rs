@@ -33,6 +33,7 @@ fn billing() -> FileRoute {
                 context: None,
             },
         ]),
+        ..FileRoute::default()
     }
 }
 
@@ -101,7 +102,13 @@ fn bad_sections_name_what_is_wrong() {
     if let Some(a) = r.actions.as_mut() {
         a[0].context = Some(BTreeMap::from([("amount".into(), "amount".into())]));
     }
-    assert!(err(file(vec![r])).contains("not a JSON pointer"));
+    assert!(err(file(vec![r])).contains("neither a JSON pointer"));
+    let mut r = billing();
+    r.unmatched = Some("allow".into());
+    assert!(err(file(vec![r])).contains("unmatched"));
+    let mut r = billing();
+    r.significant_headers = Some(vec!["bad header".into()]);
+    assert!(err(file(vec![r])).contains("significant-headers"));
     let mut r = billing();
     if let Some(a) = r.actions.as_mut() {
         a[0].method = "NOT A METHOD".into();
@@ -140,12 +147,17 @@ fn longest_prefix_on_segment_boundaries() {
 #[test]
 fn actions_match_method_and_template() {
     let r = routes();
-    let Some(m) = r.resolve(&http::Method::DELETE, "/billing/customers/c-42") else {
+    let Ok(Some(m)) = r.resolve(&http::Method::DELETE, "/billing/customers/c-42") else {
         panic!("no route")
     };
     assert_eq!(m.name, "delete_customer");
     assert_eq!(m.context.get("id"), Some(&Value::from("c-42")));
-    let Some(m) = r.resolve(&http::Method::GET, "/billing/customers/c-42") else {
+    // Parameters reach the policy decoded, as the upstream's router reads them.
+    let Ok(Some(m)) = r.resolve(&http::Method::DELETE, "/billing/customers/c%2042") else {
+        panic!("no route")
+    };
+    assert_eq!(m.context.get("id"), Some(&Value::from("c 42")));
+    let Ok(Some(m)) = r.resolve(&http::Method::GET, "/billing/customers/c-42") else {
         panic!("no route")
     };
     assert_eq!(m.name, HTTP_REQUEST);
@@ -154,16 +166,46 @@ fn actions_match_method_and_template() {
         m.context.get("path"),
         Some(&Value::from("/billing/customers/c-42"))
     );
-    let Some(m) = r.resolve(&http::Method::DELETE, "/billing/customers/c-42/x") else {
+    let Ok(Some(m)) = r.resolve(&http::Method::DELETE, "/billing/customers/c-42/x") else {
         panic!("no route")
     };
     assert_eq!(m.name, HTTP_REQUEST);
 }
 
 #[test]
+fn near_misses_of_an_action_are_refused_unless_the_route_says_its_upstream_ignores_them() {
+    let r = routes();
+    for path in [
+        "/billing/Customers/c-42",
+        "/billing/customers/c-42/",
+        "/billing/CUSTOMERS/c-42/",
+    ] {
+        assert!(
+            r.resolve(&http::Method::DELETE, path).is_err(),
+            "{path} was not refused"
+        );
+    }
+    let mut loose = billing();
+    loose.case_insensitive = Some(true);
+    loose.ignore_trailing_slash = Some(true);
+    let Ok(Some(p)) = validate(Some(file(vec![loose])), None) else {
+        panic!("valid section refused")
+    };
+    let r = Routes::new(p.routes);
+    let Ok(Some(m)) = r.resolve(&http::Method::DELETE, "/billing/CUSTOMERS/c-42/") else {
+        panic!("not matched")
+    };
+    assert_eq!(m.name, "delete_customer");
+    assert_eq!(
+        (m.rest, m.path.as_str()),
+        ("/CUSTOMERS/c-42", "/billing/CUSTOMERS/c-42")
+    );
+}
+
+#[test]
 fn body_context_reads_pointers() {
     let r = routes();
-    let Some(m) = r.resolve(&http::Method::POST, "/billing/refunds") else {
+    let Ok(Some(m)) = r.resolve(&http::Method::POST, "/billing/refunds") else {
         panic!("no route")
     };
     let Some(a) = m.action else { panic!("no action") };
@@ -172,6 +214,9 @@ fn body_context_reads_pointers() {
     assert_eq!(ctx.get("amount"), Some(&Value::from(900)));
     assert!(body_context(a, b"not json", &mut ctx).is_err());
     assert!(body_context(a, br#"{"amount": 1, "amount": 2}"#, &mut ctx).is_err());
+    // Keys that differ only by case, at any depth: a case-insensitive binder would read either.
+    assert!(body_context(a, br#"{"Amount": 5000, "amount": 50}"#, &mut ctx).is_err());
+    assert!(body_context(a, br#"{"x": [{"To": 1, "to": 2}]}"#, &mut ctx).is_err());
 }
 
 #[test]

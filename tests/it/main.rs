@@ -26,6 +26,7 @@ mod names;
 mod otlp;
 mod policy;
 mod proxy;
+mod proxy_target;
 mod rate_limit;
 mod redaction;
 mod reindex;

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const T: &str = "acme-proxy";
-const AGENT: &str = "proxy-bot";
+pub(crate) const T: &str = "acme-proxy";
+pub(crate) const AGENT: &str = "proxy-bot";
 
 const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}, decision: block, reasonCode: NO_DELETE, message: "customers are not deleted by agents"}
     - {id: big-refund, match: {actions: [execute_refund]}, when: "input.context.amount > 1000", decision: block, reasonCode: BIG_REFUND}
@@ -29,17 +29,17 @@ const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}
 
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    headers: http::HeaderMap,
-    body: Bytes,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 /// A plain HTTP/1.1 upstream on 127.0.0.1:0 that records every request. `/stream` answers in chunks spread over
 /// time, `/slow` waits 3s; everything else echoes `ok <target>`.
-struct Upstream {
-    addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +69,31 @@ async fn serve_one(
         headers: parts.headers,
         body,
     });
+    if let Some(kind) = target.strip_prefix("/api/redirect/") {
+        // Where an upstream may send its client: itself (inside or outside the route's base path), or a path.
+        let host = seen
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let location = match kind {
+            "in" => format!("http://{host}/api/customers/c7?x=1"),
+            "out" => format!("http://{host}/elsewhere"),
+            "path" => "/api/customers/c9".to_owned(),
+            _ => "https://example.com/away".to_owned(),
+        };
+        let resp = http::Response::builder()
+            .status(302)
+            .header("location", location)
+            .body(BodyExt::boxed(Full::new(Bytes::new())))
+            .unwrap();
+        return Ok(resp);
+    }
     if target.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -99,7 +124,7 @@ async fn serve_one(
 }
 
 impl Upstream {
-    async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -121,12 +146,12 @@ impl Upstream {
         Upstream { addr, seen, task }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
 
-fn write_pack(root: &Path) {
+pub(crate) fn write_pack(root: &Path) {
     let dir = root.join("proxy");
     std::fs::create_dir_all(&dir).unwrap();
     let yaml = format!(
@@ -135,7 +160,7 @@ fn write_pack(root: &Path) {
     std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
 }
 
-fn action(method: &str, path: &str, name: &str, context: &[(&str, &str)]) -> FileAction {
+pub(crate) fn action(method: &str, path: &str, name: &str, context: &[(&str, &str)]) -> FileAction {
     FileAction {
         method: method.into(),
         path: path.into(),
@@ -149,7 +174,7 @@ fn action(method: &str, path: &str, name: &str, context: &[(&str, &str)]) -> Fil
     }
 }
 
-fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
+pub(crate) fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
     FileProxy {
         addr: None,
         tenant: Some(T.into()),
@@ -168,6 +193,10 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 ca_file: None,
                 kind: None,
                 hide_blocked_tools: None,
+                case_insensitive: None,
+                ignore_trailing_slash: None,
+                unmatched: None,
+                significant_headers: None,
                 actions: Some(vec![
                     action(
                         "POST",
@@ -193,6 +222,10 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
                 ca_file: None,
                 kind: None,
                 hide_blocked_tools: None,
+                case_insensitive: None,
+                ignore_trailing_slash: None,
+                unmatched: None,
+                significant_headers: None,
                 actions: None,
             },
         ]),
@@ -200,7 +233,7 @@ fn section(agent: Option<&str>, upstream: SocketAddr) -> FileProxy {
 }
 
 /// A server with the proxy in front of `upstream`, the agent registered; (server, proxy base URL, admin token).
-async fn start(
+pub(crate) async fn start(
     agent: Option<&str>,
     upstream: &Upstream,
 ) -> (Server, String, String, tempfile::TempDir, tempfile::TempDir) {
@@ -208,7 +241,7 @@ async fn start(
 }
 
 /// As [`start`], with the proxy section changed by `edit` first.
-async fn start_with(
+pub(crate) async fn start_with(
     agent: Option<&str>,
     upstream: &Upstream,
     edit: impl FnOnce(&mut FileProxy),
@@ -230,7 +263,7 @@ async fn start_with(
     (s, proxy, admin, packs, data)
 }
 
-async fn decision(s: &Server, admin: &str, id: &str) -> Value {
+pub(crate) async fn decision(s: &Server, admin: &str, id: &str) -> Value {
     let r = s.get(&format!("/v1/decisions/{id}"), admin, T).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.body
@@ -261,6 +294,7 @@ async fn allow_forwards(audit: &str) {
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "drop me")
         .header("x-custom", "kept")
+        .header("content-type", "application/json")
         .body(r#"{"amount": 40, "user_id": "u-1"}"#)
         .send()
         .await
@@ -306,9 +340,14 @@ async fn allow_forwards(audit: &str) {
     assert_eq!(d["context"]["user"], "u-1", "{d}");
     assert_eq!(d["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "{d}");
     assert_eq!(d["executionId"], "exec_42", "{d}");
+    // The whole call as forwarded, which an approval binds: its query and its body's bytes too.
+    let sent = br#"{"amount": 40, "user_id": "u-1"}"#;
     assert_eq!(
         d["tool"],
-        json!({"route": "billing", "method": "POST", "path": "/billing/refunds"}),
+        json!({"route": "billing", "method": "POST", "path": "/billing/refunds", "query": "x=1",
+            "body": {"contentType": "application/json", "bytes": sent.len(),
+                "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sent)),
+                "json": {"amount": 40, "user_id": "u-1"}}}),
         "{d}"
     );
 
@@ -364,6 +403,7 @@ async fn warn_block_and_body_rules() {
     // A JSON pointer into the body drives the rule: a big refund is blocked, a small one forwarded.
     let r = c
         .post(format!("{proxy}/billing/refunds"))
+        .header("content-type", "application/json")
         .body(r#"{"amount": 5000, "user_id": "u-2"}"#)
         .send()
         .await
@@ -374,6 +414,7 @@ async fn warn_block_and_body_rules() {
     assert_eq!(up.seen().len(), 1, "a blocked refund reached the upstream");
     let r = c
         .post(format!("{proxy}/billing/refunds"))
+        .header("content-type", "application/json")
         .body(r#"{"amount": 50}"#)
         .send()
         .await
@@ -381,21 +422,31 @@ async fn warn_block_and_body_rules() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.seen().len(), 2);
 
-    // A body an action must read that is not JSON is refused before anything is decided or forwarded.
-    let r = c
-        .post(format!("{proxy}/billing/refunds"))
-        .body("amount=5000")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.headers().get("x-kla-decision-id").is_none());
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "invalid_request", "{body}");
+    // A body an action must read that is not JSON is refused before anything is decided or forwarded: 415 when
+    // its declared type is not JSON (a form-encoded refund reached upstreams as 5000), 400 when it says JSON but
+    // is not.
+    for (ct, status) in [
+        (Some("application/x-www-form-urlencoded"), 415),
+        (None, 415),
+        (Some("text/plain"), 415),
+        (Some("application/json; charset=utf-16"), 415),
+        (Some("application/json"), 400),
+    ] {
+        let mut rq = c.post(format!("{proxy}/billing/refunds")).body("amount=5000");
+        if let Some(ct) = ct {
+            rq = rq.header("content-type", ct);
+        }
+        let r = rq.send().await.unwrap();
+        assert_eq!(r.status(), status, "{ct:?}");
+        assert!(r.headers().get("x-kla-decision-id").is_none());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_request", "{body}");
+    }
     // Over the body limit: 413.
     let big = format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
     let r = c
         .post(format!("{proxy}/billing/refunds"))
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await
@@ -440,6 +491,7 @@ async fn unknown_route_dead_upstream_and_approvals() {
     let r = c
         .post(format!("{proxy}/billing/wires"))
         .header("prefer", "respond-async")
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
@@ -455,6 +507,7 @@ async fn unknown_route_dead_upstream_and_approvals() {
     assert_eq!(a.status, 200, "{}", a.body);
     let r = c
         .post(format!("{proxy}/billing/wires"))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await
@@ -540,6 +593,10 @@ async fn https_upstream_with_a_route_ca_file() {
         ca_file: ca,
         kind: None,
         hide_blocked_tools: None,
+        case_insensitive: None,
+        ignore_trailing_slash: None,
+        unmatched: None,
+        significant_headers: None,
         actions: None,
     };
     let data = tempfile::tempdir().unwrap();
@@ -574,7 +631,7 @@ async fn https_upstream_with_a_route_ca_file() {
 }
 
 /// The pending approvals of the test tenant, waiting until there are `n` (a held call opened its approval).
-async fn pending_approvals(s: &Server, admin: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn pending_approvals(s: &Server, admin: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = s.get("/v1/approvals?status=PENDING", admin, T).await;
@@ -598,7 +655,7 @@ async fn pending_approvals(s: &Server, admin: &str, n: usize) -> Vec<Value> {
     }
 }
 
-async fn vote(s: &Server, approval: &str, verdict: &str) {
+pub(crate) async fn vote(s: &Server, approval: &str, verdict: &str) {
     let approver = s.token(T, Role::Approver);
     let r = send(
         s.req(
@@ -628,7 +685,13 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
     let call = {
         let c = c.clone();
         let url = format!("{proxy}/billing/wires");
-        tokio::spawn(async move { c.post(url).body(r#"{"to":"acme","n":1}"#).send().await })
+        tokio::spawn(async move {
+            c.post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"to":"acme","n":1}"#)
+                .send()
+                .await
+        })
     };
     let pending = pending_approvals(&s, &admin, 1).await;
     let approval = pending[0]["approvalId"].as_str().unwrap().to_owned();
@@ -672,6 +735,7 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
     let r = c
         .post(format!("{proxy}/billing/wires"))
         .header("prefer", "respond-async")
+        .header("content-type", "application/json")
         .body(r#"{"to":"acme","n":1}"#)
         .send()
         .await
@@ -686,7 +750,13 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
     let call = {
         let c = c.clone();
         let url = format!("{proxy}/billing/wires");
-        tokio::spawn(async move { c.post(url).body(r#"{"to":"acme","n":1}"#).send().await })
+        tokio::spawn(async move {
+            c.post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"to":"acme","n":1}"#)
+                .send()
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -713,6 +783,7 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
     let c = client();
     let call = || {
         c.post(format!("{proxy}/billing/wires"))
+            .header("content-type", "application/json")
             .body(r#"{"to":"globex","amount":7}"#)
     };
 
@@ -735,6 +806,7 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
     let r = c
         .post(format!("{proxy}/billing/wires"))
         .header("prefer", "respond-async")
+        .header("content-type", "application/json")
         .body(r#"{"to":"globex","amount":8}"#)
         .send()
         .await
@@ -765,6 +837,7 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
         .unwrap();
     let r = impatient
         .post(format!("{proxy2}/billing/wires"))
+        .header("content-type", "application/json")
         .body(r#"{"to":"initech"}"#)
         .send()
         .await;
@@ -777,6 +850,7 @@ async fn a_retry_after_the_budget_goes_through_exactly_once_and_a_disconnect_for
     // The agent's retry is what goes through, once.
     let r = c
         .post(format!("{proxy2}/billing/wires"))
+        .header("content-type", "application/json")
         .body(r#"{"to":"initech"}"#)
         .send()
         .await
@@ -803,6 +877,7 @@ async fn the_proxy_listener_serves_https_and_http2() {
     let addr = s.listener("proxy").unwrap();
     let r = agent_client
         .post(format!("https://localhost:{}/billing/refunds", addr.port()))
+        .header("content-type", "application/json")
         .body(r#"{"amount": 3, "user_id": "u-9"}"#)
         .send()
         .await
@@ -817,6 +892,7 @@ async fn the_proxy_listener_serves_https_and_http2() {
     // Plain HTTP to a TLS listener is not served.
     let plain = client()
         .post(format!("http://127.0.0.1:{}/billing/refunds", addr.port()))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .await;

@@ -543,6 +543,7 @@ async fn spans_and_proxied_calls_are_recorded_redacted() {
     // A proxied call whose body context carries a card and a secret.
     let r = client()
         .post(format!("http://{}/pay/charges", s.listener("proxy").unwrap()))
+        .header("content-type", "application/json")
         .body(json!({"card": "4111 1111 1111 1111", "note": "password=hunter2-very-secret", "owner": "ceo@vip.example.com"}).to_string())
         .send()
         .await

@@ -72,6 +72,10 @@ async fn kla_exports_its_own_spans_to_its_own_receiver() {
             ca_file: None,
             kind: None,
             hide_blocked_tools: None,
+            case_insensitive: None,
+            ignore_trailing_slash: None,
+            unmatched: None,
+            significant_headers: None,
             actions: Some(vec![FileAction {
                 method: "POST".into(),
                 path: "/refunds".into(),

@@ -571,6 +571,23 @@
     return el('table', { class: 'context' }, el('caption', { class: 'visually-hidden', text: 'Context' }), body);
   }
 
+  // The whole call a proxied action forwards (what the approval binds): request line, significant headers, body.
+  function callView(tool) {
+    if (!tool || typeof tool !== 'object' || !tool.method || !tool.path) return null;
+    const view = { request: tool.method + ' ' + tool.path + (tool.query ? '?' + tool.query : '') };
+    if (tool.headers && typeof tool.headers === 'object') view.headers = tool.headers;
+    const b = tool.body;
+    if (b && typeof b === 'object') {
+      if (b.json !== undefined) view.body = b.json;
+      else if (typeof b.text === 'string') view.body = b.text;
+      else view.body = b.bytes + ' bytes, not shown (sha256 ' + b.sha256 + ')';
+      if (b.contentType) view['content type'] = b.contentType;
+    }
+    const t = contextTable(view);
+    t.classList.add('call');
+    return [el('h4', { text: 'The call' }), t];
+  }
+
   function rulesList(a) {
     const rules = Array.isArray(a.matchedRules) ? a.matchedRules : [];
     const ul = el('ul', { class: 'rules' });
@@ -665,6 +682,7 @@
         votes,
         el('h4', { text: 'Context' }),
         contextTable(a.context),
+        ...(callView(a.tool) || []),
         el('h4', { text: 'Matched rules' }),
         rulesList(a),
         el('details', { class: 'more-meta' }, el('summary', { text: 'Details' }), metaList(a)),
