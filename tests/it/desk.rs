@@ -693,7 +693,12 @@ async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
             &agent_token,
             T,
             json!({"agentId": agent, "action": "execute_refund",
-                   "context": {"amount": 5000, "customer": {"id": "c-7", "tier": "gold"}, "items": ["a", "b"], "note": NOTE}}),
+                   "context": {"amount": 5000, "customer": {"id": "c-7", "tier": "gold"}, "items": ["a", "b"], "note": NOTE},
+                   // The whole call, as the tool-call proxy describes a proxied call.
+                   "tool": {"route": "billing", "method": "POST", "path": "/billing/refunds", "query": "dest=acct-9",
+                            "headers": {"x-account": "ops"},
+                            "body": {"contentType": "application/json", "bytes": 40, "sha256": "ab",
+                                     "json": {"amount": 5000, "destination": "acct-9"}}}}),
         )
         .await;
     assert_eq!(d["decision"], "require_approval", "{d}");
@@ -737,6 +742,15 @@ async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
         "markup from the agent is shown as text: {approved}"
     );
     assert_eq!(card["elementsInContext"], 0, "{approved}");
+    // The approver sees the whole call the approval binds: request line with its query, headers, body.
+    assert_eq!(
+        card["call"]["request"], "POST /billing/refunds?dest=acct-9",
+        "{approved}"
+    );
+    assert_eq!(card["call"]["headers.x-account"], "ops", "{approved}");
+    assert_eq!(card["call"]["body.amount"], "5000", "{approved}");
+    assert_eq!(card["call"]["body.destination"], "acct-9", "{approved}");
+    assert_eq!(card["call"]["content type"], "application/json", "{approved}");
     assert!(
         card["rules"][0]
             .as_str()

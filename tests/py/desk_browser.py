@@ -49,11 +49,18 @@ def visible(driver, css):
     return found[0] if found and found[0].is_displayed() else None
 
 
-def card_text(card):
+def table_rows(card, css):
     rows = {}
-    for tr in card.find_elements(By.CSS_SELECTOR, "table.context tr"):
+    for tr in card.find_elements(By.CSS_SELECTOR, css):
         rows[tr.find_element(By.CSS_SELECTOR, "th").text] = tr.find_element(By.CSS_SELECTOR, "td").text
+    return rows
+
+
+def card_text(card):
+    rows = table_rows(card, "table.context:not(.call) tr")
     return {
+        # The whole call of a proxied action, which the approval binds.
+        "call": table_rows(card, "table.call tr"),
         "action": card.find_element(By.CSS_SELECTOR, "h3 .action").text,
         "agent": card.find_element(By.CSS_SELECTOR, "h3 .agent").text,
         "timeLeft": card.find_element(By.CSS_SELECTOR, "time[data-expires]").text,
