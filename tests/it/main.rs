@@ -6,7 +6,9 @@
 mod agents;
 mod approvals;
 mod auth;
+mod crash;
 mod decisions;
+mod durability;
 mod default_pack;
 mod desk;
 mod errors;
