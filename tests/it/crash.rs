@@ -11,29 +11,8 @@ use kla::auth::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 const T: &str = "acme-crash";
-
-/// The ledger's zero-filled region ahead of the log (docs/ledger-format.md, *Preallocation*).
-const PREALLOC: u64 = 64 << 20;
-
-/// Waits until the ledger's first zero fill is synced. Each slice of it is an `fdatasync` of `entries.log`, which
-/// would also carry records appended in between; once it is done nothing but the append path syncs that file, so
-/// a missing sync there loses what it acknowledged.
-async fn zero_fill_synced(fs: &LazyFs) {
-    let entries = fs.durable().join("data/ledger/entries.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ticks = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        ticks.tick().await;
-        let synced = std::fs::metadata(&entries).map(|m| m.len()).unwrap_or(0);
-        if synced >= PREALLOC {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the ledger's zero fill did not finish: {synced} bytes synced");
-    }
-}
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("kla.yaml");
@@ -64,7 +43,7 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     let cfg = config(cfg_dir.path());
     let args = ["--config", cfg.to_str().unwrap()];
     let p = Process::serve(&data, &args).await;
-    zero_fill_synced(&fs).await;
+    fs.wait_zero_fill("data/ledger").await;
 
     let agent_tok = p.token(T, Role::Agent);
     let approver = p.token(T, Role::Approver);
@@ -82,7 +61,11 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     let mut approvals = Vec::new();
     for i in 0..3 {
         let d = p
-            .decide(&agent_tok, T, json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000 + i}}))
+            .decide(
+                &agent_tok,
+                T,
+                json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000 + i}}),
+            )
             .await;
         assert_eq!(d["decision"], "require_approval", "{d}");
         decisions.push((d["decisionId"].as_str().unwrap().to_owned(), "require_approval"));
@@ -92,8 +75,13 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     let mut resolved = Vec::new();
     for (id, verdict) in approvals.iter().zip(["APPROVED", "DENIED"]) {
         let r = send(
-            p.req(Method::POST, &format!("/v1/approvals/{id}/decision"), &approver, T)
-                .json(&json!({"decision": verdict, "comment": "checked"})),
+            p.req(
+                Method::POST,
+                &format!("/v1/approvals/{id}/decision"),
+                &approver,
+                T,
+            )
+            .json(&json!({"decision": verdict, "comment": "checked"})),
         )
         .await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -103,7 +91,10 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     // Spans: two exports, acknowledged.
     let otlp = p.listener("otlp-http").await;
     let traces = [
-        ("5a1f0000000000000000000000000001", vec!["00000000000000a1", "00000000000000a2"]),
+        (
+            "5a1f0000000000000000000000000001",
+            vec!["00000000000000a1", "00000000000000a2"],
+        ),
         ("5a1f0000000000000000000000000002", vec!["00000000000000b1"]),
     ];
     for (trace, spans) in &traces {
@@ -119,7 +110,11 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     }
     // One last decision, acknowledged right before the cut.
     let d = p
-        .decide(&agent_tok, T, json!({"agentId": agent, "action": "lookup_policy", "context": {"claimId": "last"}}))
+        .decide(
+            &agent_tok,
+            T,
+            json!({"agentId": agent, "action": "lookup_policy", "context": {"claimId": "last"}}),
+        )
         .await;
     decisions.push((d["decisionId"].as_str().unwrap().to_owned(), "allow"));
     let admin = p.token(T, Role::Admin);
@@ -129,7 +124,10 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     // The cut must lose something, or it proves nothing: the index (SQLite's WAL at synchronous=NORMAL) and the
     // ledger's derived files are synced later than the entries.
     let (files, pages, listing) = fs.pending();
-    assert!(files > 0 && pages > 0, "nothing was pending at the cut:\n{listing}");
+    assert!(
+        files > 0 && pages > 0,
+        "nothing was pending at the cut:\n{listing}"
+    );
     p.kill9();
     fs.power_cut();
 
@@ -145,7 +143,10 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     let r = p.get(&format!("/v1/agents/{agent}"), &admin, T).await;
     assert_eq!(r.status, 200, "the registered agent is lost: {}", r.body);
     for (id, outcome) in &decisions {
-        assert!(kind_with("decision", "decisionId", id), "decision {id} is not in the ledger");
+        assert!(
+            kind_with("decision", "decisionId", id),
+            "decision {id} is not in the ledger"
+        );
         let r = p.get(&format!("/v1/decisions/{id}"), &admin, T).await;
         assert_eq!(r.status, 200, "decision {id} is lost: {}", r.body);
         assert_eq!(r.body["decision"], *outcome, "{}", r.body);
@@ -157,7 +158,11 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
         );
         let r = p.get(&format!("/v1/approvals/{id}"), &admin, T).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["status"], *verdict, "the resolution of {id} is lost: {}", r.body);
+        assert_eq!(
+            r.body["status"], *verdict,
+            "the resolution of {id} is lost: {}",
+            r.body
+        );
     }
     let r = p.get(&format!("/v1/approvals/{}", approvals[2]), &admin, T).await;
     assert_eq!(r.body["status"], "PENDING", "{}", r.body);
@@ -175,7 +180,12 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     }
     // What was published before the cut is still a prefix of the log.
     let now = p.checkpoint(&admin, T, &key).await;
-    assert!(now.size >= published.size, "the tree shrank: {} -> {}", published.size, now.size);
+    assert!(
+        now.size >= published.size,
+        "the tree shrank: {} -> {}",
+        published.size,
+        now.size
+    );
     let r = p
         .get(
             &format!("/v1/ledger/consistency?from={}&to={}", published.size, now.size),
@@ -185,7 +195,13 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
-        consistent(published.size, now.size, &published.root, &now.root, &hashes(&r.body["proof"])),
+        consistent(
+            published.size,
+            now.size,
+            &published.root,
+            &now.root,
+            &hashes(&r.body["proof"])
+        ),
         "the checkpoint published before the cut is not a prefix of the log after it: {}",
         r.body
     );

@@ -57,10 +57,16 @@ impl Upstream {
                     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                         let (tx, on_call) = (tx.clone(), on_call.clone());
                         async move {
-                            let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             let note = on_call(&body);
-                            let answer = format!("upstream answer for {}", body["ref"].as_str().unwrap_or("?"));
+                            let answer =
+                                format!("upstream answer for {}", body["ref"].as_str().unwrap_or("?"));
                             let _ = tx.send(Received { body, note });
                             Ok::<_, Infallible>(
                                 http::Response::builder()
@@ -153,6 +159,7 @@ async fn under_strict_audit_the_upstream_only_sees_calls_whose_decision_is_durab
     .await;
     let cfg_dir = tempfile::tempdir().unwrap();
     let (p, proxy) = start(&data, &config(cfg_dir.path(), up.addr, "strict")).await;
+    fs.wait_zero_fill("data/ledger").await;
 
     let refs: Vec<String> = (0..10).map(|i| format!("strict-{i}")).collect();
     // Four one after the other, then six at once (one group commit may carry several).
@@ -173,7 +180,11 @@ async fn under_strict_audit_the_upstream_only_sees_calls_whose_decision_is_durab
     let mut seen = Vec::new();
     for _ in &refs {
         let got = up.next().await;
-        assert_eq!(got.note, "durable", "{:?} reached the upstream before its decision was durable", got.body);
+        assert_eq!(
+            got.note, "durable",
+            "{:?} reached the upstream before its decision was durable",
+            got.body
+        );
         seen.push(got.body["ref"].as_str().unwrap().to_owned());
     }
     seen.sort();
@@ -217,7 +228,11 @@ async fn a_kill_when_the_upstream_receives_a_call_leaves_its_decision_recorded()
     assert_eq!(entry["body"]["decision"], "allow", "{entry}");
     let id = entry["body"]["decisionId"].as_str().unwrap();
     let r = p.get(&format!("/v1/decisions/{id}"), &admin, T).await;
-    assert_eq!(r.status, 200, "the decision is indexed after the restart: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "the decision is indexed after the restart: {}",
+        r.body
+    );
     assert_eq!(r.body["decision"], "allow", "{}", r.body);
     assert_eq!(r.body["context"]["ref"], "killed-0", "{}", r.body);
 }
@@ -245,7 +260,10 @@ async fn under_overlap_audit_a_failed_record_withholds_the_upstream_answer() {
     let body = resp.text().await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(upstream_header, None, "an upstream header leaked");
-    assert!(!body.contains("upstream answer"), "the upstream's answer leaked: {body}");
+    assert!(
+        !body.contains("upstream answer"),
+        "the upstream's answer leaked: {body}"
+    );
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["code"], "internal_error", "{err}");
     assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");

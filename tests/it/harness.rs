@@ -618,7 +618,9 @@ impl Process {
             f["addr"].as_str()?.parse().ok()
         };
         let line = self
-            .wait_log(&format!("`{name}` listening line"), STARTUP, |l| addr(l).is_some())
+            .wait_log(&format!("`{name}` listening line"), STARTUP, |l| {
+                addr(l).is_some()
+            })
             .await;
         addr(&line).expect("listening line")
     }
@@ -848,6 +850,28 @@ impl LazyFs {
         (field("files="), field("pages="), text)
     }
 
+    /// Waits until the first zero fill of the ledger at `ledger` (relative to [`LazyFs::root`]) is synced
+    /// (docs/ledger-format.md, *Preallocation*: 64 MiB). Each slice of it is an `fdatasync` of `entries.log`, which
+    /// also carries records appended in between; once it is done only the append path syncs that file, so a test
+    /// that starts then fails if that sync is missing.
+    pub async fn wait_zero_fill(&self, ledger: &str) {
+        const PREALLOC: u64 = 64 << 20;
+        let entries = self.durable().join(ledger).join("entries.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            ticks.tick().await;
+            let synced = std::fs::metadata(&entries).map(|m| m.len()).unwrap_or(0);
+            if synced >= PREALLOC {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ledger's zero fill did not finish: {synced} bytes synced"
+            );
+        }
+    }
+
     /// While `on`, every write, truncation and sync of a file under `ledger/` fails with EIO.
     pub fn fail_ledger(&self, on: bool) {
         let flag = self.dir.path().join("fail-ledger");
@@ -918,7 +942,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
         }
     }
     !c
