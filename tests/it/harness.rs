@@ -462,6 +462,8 @@ pub struct Process {
     pub api: Api,
     child: Child,
     log: Log,
+    /// Every line kla writes, as it writes it (see [`Process::wait_log`]).
+    lines: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
 }
 
 impl Deref for Process {
@@ -550,6 +552,7 @@ impl Process {
                     },
                     child,
                     log,
+                    lines: tokio::sync::Mutex::new(lines),
                 })
             }
             // Both pipes closed before the line: kla has exited.
@@ -574,6 +577,52 @@ impl Process {
     /// Everything kla has written so far.
     pub fn log(&self) -> String {
         self.log.read()
+    }
+
+    /// kla's process id (for a peer that kills it at a chosen moment).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until kla writes a line that `pred` accepts (or has written one already) and returns it; panics with
+    /// the log if none comes `within`. The wait is on the lines themselves, never a sleep.
+    pub async fn wait_log(&self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let mut lines = self.lines.lock().await;
+        // Every line reaches the log file before the channel: what the file lacks, the channel still holds.
+        if let Some(l) = self.log().lines().find(|l| pred(l)) {
+            return l.to_owned();
+        }
+        let found = tokio::time::timeout(within, async {
+            while let Some(l) = lines.recv().await {
+                if pred(&l) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(l)) => l,
+            _ => panic!("kla logged no {what} within {within:?}:\n{}", self.log()),
+        }
+    }
+
+    /// The address listener `name` (`proxy`, `otlp-http`, ...) bound, from its `"<title> listening"` log line.
+    pub async fn listener(&self, name: &str) -> SocketAddr {
+        let addr = |line: &str| -> Option<SocketAddr> {
+            let v: Value = serde_json::from_str(line).ok()?;
+            let f = &v["fields"];
+            if f["listener"] != name || !f["message"].as_str()?.ends_with(" listening") {
+                return None;
+            }
+            f["addr"].as_str()?.parse().ok()
+        };
+        let line = self
+            .wait_log(&format!("`{name}` listening line"), STARTUP, |l| {
+                addr(l).is_some()
+            })
+            .await;
+        addr(&line).expect("listening line")
     }
 
     /// Sends SIGTERM and waits for it to exit.
@@ -712,4 +761,193 @@ pub fn spawn_listening(cmd: &mut std::process::Command, what: &str) -> (std::pro
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{what} said {line:?}"));
     (child, port)
+}
+
+/// The venv `.ci/run` makes (tests/py/requirements.txt); a missing one fails the test and says how to make it.
+pub fn venv_python() -> PathBuf {
+    let p = repo_path(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
+        p.display()
+    );
+    p
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A disk that forgets what was not synced.
+
+/// A FUSE file system (tests/py/lazyfs.py) mounted on a temp dir: what is written under [`LazyFs::root`] stays in
+/// the daemon's memory until it is `fsync`ed/`fdatasync`ed, and only then reaches [`LazyFs::durable`]. Killing the
+/// daemon ([`LazyFs::power_cut`]) is a power cut: every write not yet synced is lost, which SIGKILL alone never
+/// shows (the page cache outlives a process). [`LazyFs::fail_ledger`] makes the ledger's files refuse writes and
+/// syncs (EIO) while the rest of the data dir keeps working. Unmounted on drop.
+pub struct LazyFs {
+    dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+impl LazyFs {
+    /// Mounts a new, empty one. Needs `/dev/fuse`, root (or fusermount3) and the venv's `mfusepy`.
+    pub fn mount() -> LazyFs {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the crash tests need FUSE (Debian's fuse3 package, which .ci/run installs)"
+        );
+        let dir = tempfile::tempdir().expect("lazyfs dir");
+        for d in ["backing", "mnt"] {
+            std::fs::create_dir(dir.path().join(d)).expect("lazyfs dirs");
+        }
+        let mut fs = LazyFs { dir, daemon: None };
+        fs.start_daemon();
+        fs
+    }
+
+    fn start_daemon(&mut self) {
+        let mut child = Command::new(venv_python())
+            .arg(repo_path("tests/py/lazyfs.py"))
+            .arg(self.durable())
+            .arg(self.root())
+            .arg("--fail-flag")
+            .arg(self.dir.path().join("fail-ledger"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tests/py/lazyfs.py");
+        let mut line = String::new();
+        let read = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        if !matches!(read, Ok(n) if n > 0) || line.trim() != "ready" {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "lazyfs did not mount (said {line:?}, {status:?}); it needs /dev/fuse, root and mfusepy from \
+                 tests/py/requirements.txt (run .ci/run)"
+            );
+        }
+        self.daemon = Some(child);
+    }
+
+    /// Where the file system is mounted: put kla's data dir under it.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// The backing directory: exactly what was synced, as it would be found after a power cut now.
+    pub fn durable(&self) -> PathBuf {
+        self.dir.path().join("backing")
+    }
+
+    /// What a power cut would lose now: (files, pages of 4 KiB) written and not yet synced, and the listing.
+    pub fn pending(&self) -> (u64, u64, String) {
+        let text = std::fs::read_to_string(self.root().join(".lazyfs-pending")).expect("lazyfs control file");
+        let head = text.lines().next().unwrap_or_default();
+        let field = |k: &str| {
+            head.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("lazyfs said {text:?}"))
+        };
+        (field("files="), field("pages="), text)
+    }
+
+    /// Waits until the first zero fill of the ledger at `ledger` (relative to [`LazyFs::root`]) is synced
+    /// (docs/ledger-format.md, *Preallocation*: 64 MiB). Each slice of it is an `fdatasync` of `entries.log`, which
+    /// also carries records appended in between; once it is done only the append path syncs that file, so a test
+    /// that starts then fails if that sync is missing.
+    pub async fn wait_zero_fill(&self, ledger: &str) {
+        const PREALLOC: u64 = 64 << 20;
+        let entries = self.durable().join(ledger).join("entries.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            ticks.tick().await;
+            let synced = std::fs::metadata(&entries).map(|m| m.len()).unwrap_or(0);
+            if synced >= PREALLOC {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ledger's zero fill did not finish: {synced} bytes synced"
+            );
+        }
+    }
+
+    /// While `on`, every write, truncation and sync of a file under `ledger/` fails with EIO.
+    pub fn fail_ledger(&self, on: bool) {
+        let flag = self.dir.path().join("fail-ledger");
+        if on {
+            std::fs::write(flag, b"").expect("fail flag");
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+
+    /// The power cut: the daemon is killed with everything it had not synced, the dead mount detached, and a new
+    /// daemon mounted over what was synced. Kill every process writing here first.
+    pub fn power_cut(&mut self) {
+        self.stop();
+        self.start_daemon();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        // Lazy: a dead FUSE daemon's mount cannot be unmounted the ordinary way while anything looks at it.
+        let _ = Command::new("umount").arg("-l").arg(self.root()).status();
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The records of a ledger's `entries.log` (the framing of docs/ledger-format.md: `u32 LE len`, `u32 LE crc32`,
+/// the bytes), each parsed as its JSON entry, up to the first zero header, incomplete or damaged record. Reads the
+/// file as another process would, while kla runs.
+pub fn ledger_records(ledger_dir: &Path) -> Vec<Value> {
+    let Ok(f) = std::fs::File::open(ledger_dir.join("entries.log")) else {
+        return Vec::new();
+    };
+    let mut r = BufReader::new(f);
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 8];
+        if r.read_exact(&mut head).is_err() {
+            return out;
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > 16 << 20 {
+            return out;
+        }
+        let mut bytes = vec![0u8; len];
+        if r.read_exact(&mut bytes).is_err() || crc32(&bytes) != crc {
+            return out;
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => out.push(v),
+            Err(_) => return out,
+        }
+    }
+}
+
+/// CRC-32 (IEEE, reflected, as zlib and the ledger's framing use it), written here so the reader shares no code
+/// with the writer it checks.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
 }

@@ -6,9 +6,11 @@
 mod agents;
 mod approvals;
 mod auth;
+mod crash;
 mod decisions;
 mod default_pack;
 mod desk;
+mod durability;
 mod errors;
 mod events;
 mod evidence;

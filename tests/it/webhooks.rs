@@ -166,13 +166,18 @@ async fn approval_events_arrive_signed_retried_and_resumed_across_a_restart() {
     );
     assert_eq!(got[2]["event"]["data"]["approvalId"], second.as_str());
     assert_eq!(got[3]["event"]["data"]["status"], "DENIED");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ids: std::collections::BTreeSet<String> = lines(&out)
-        .iter()
+    // A marker after them: deliveries follow the ledger's order, so once it has arrived, a second delivery of any
+    // of the four would have arrived before it (no waiting for something not to happen).
+    let marker = approval(&s, &agent_tok, &agent, 7000).await;
+    let got = verified(&out, 5).await;
+    assert_eq!(got[4]["event"]["data"]["approvalId"], marker.as_str(), "{got:?}");
+    let delivered: Vec<Value> = lines(&out)
+        .into_iter()
         .filter(|l| l["verified"] == true)
-        .filter_map(|l| l["id"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(ids.len(), 4, "no event delivered twice: {:?}", lines(&out));
+    let ids: std::collections::BTreeSet<&str> = delivered.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(ids.len(), 5, "five events: {delivered:?}");
+    assert_eq!(delivered.len(), 5, "no event delivered twice: {delivered:?}");
     s.stop().await;
     let _ = rx.kill();
     let _ = rx.wait();
