@@ -193,8 +193,8 @@ impl Appender {
     /// at the physical end, then `fdatasync`, so that later batches written into it do not
     /// change the file size. Called by the writer only when no request is waiting. Returns
     /// whether a slice was written. A failure (typically ENOSPC: the disk has less free space
-    /// than the chunk) turns preallocation off until restart and is returned for the log;
-    /// appends go on, growing the file.
+    /// than the chunk) turns preallocation off until restart, cuts the zero tail off again
+    /// (giving its space back) and is returned for the log; appends go on, growing the file.
     ///
     /// Why a failure cannot harm acknowledged records: the slice starts at or after the
     /// logical end, so no byte of a record is written (a failed or partial `pwrite` leaves the
@@ -224,11 +224,18 @@ impl Appender {
                 Ok(true)
             }
             Err(e) => {
+                // Off until restart, and the zero tail is given back: on a full disk the space it
+                // took is what the log's next records and the store need.
                 self.chunk = 0;
-                // A partial write may have grown the file (with zeros): know its length, so a clean
-                // shutdown still cuts the tail.
-                if let Ok(m) = files.entries.metadata() {
-                    self.file_len = self.file_len.max(m.len());
+                match files.entries.set_len(self.end_offset) {
+                    Ok(()) => self.file_len = self.end_offset,
+                    // A partial write may have grown the file (with zeros): know its length, so
+                    // a clean shutdown still cuts the tail.
+                    Err(_) => {
+                        if let Ok(m) = files.entries.metadata() {
+                            self.file_len = self.file_len.max(m.len());
+                        }
+                    }
                 }
                 Err(e)
             }
