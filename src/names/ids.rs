@@ -185,6 +185,7 @@ fn bad_char(s: &str, offset: usize) -> Option<IdProblem> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
