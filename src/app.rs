@@ -41,8 +41,10 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Completes when the server has drained and stopped.
     pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// The tool-call proxy, when its listener runs (a reload hands it new routes).
-    proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// The tool-call proxy, when its listener runs (a reload hands it new routes). Weak: the proxy holds the
+    /// app's state and with it the ledger, so a strong handle here (kept by `kla serve` until `done`) would keep the
+    /// ledger open past shutdown; the listener's router owns the proxy and drops it when it has drained.
+    proxy: Option<std::sync::Weak<crate::proxy::Proxy>>,
 }
 
 impl Running {
@@ -51,6 +53,9 @@ impl Running {
     pub fn reload(&self, cfg: &Config) -> anyhow::Result<String> {
         match (&self.proxy, &cfg.proxy) {
             (Some(p), Some(pc)) => {
+                let p = p
+                    .upgrade()
+                    .ok_or_else(|| anyhow::anyhow!("the proxy has stopped (kla is shutting down)"))?;
                 let n = p.reload(pc)?;
                 Ok(format!("proxy routes reloaded ({n})"))
             }
@@ -153,17 +158,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         });
     }
 
-    let agents = Arc::new(Agents::new(store.clone(), recorder.clone(), registry_key));
+    // Everything a caller writes that is recorded (decision contexts, manifests' free text, vote comments) passes
+    // the tenant's redactor first.
+    let redaction = Arc::new(Redaction::new(policy.clone(), &cfg.data_dir));
+    let agents = Arc::new(Agents::new(
+        store.clone(),
+        recorder.clone(),
+        registry_key,
+        redaction.clone(),
+    ));
     let digest_key = DigestKey::load_or_create(&DigestKey::path(&cfg.data_dir))?;
     let approvals = Arc::new(Approvals::new(
         store.clone(),
         recorder.clone(),
         policy.clone(),
         digest_key,
+        redaction.clone(),
     ));
     let expiring = approvals.clone();
     services.spawn("approval-expiry", move |stop| expiring.run_expiry(stop));
-    let redaction = Arc::new(Redaction::new(policy.clone(), &cfg.data_dir));
     let decider = Decider::new(
         policy.clone(),
         recorder.clone(),
@@ -308,7 +321,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         listeners: addrs,
         shutdown,
         done,
-        proxy: proxy.map(|(_, p)| p),
+        proxy: proxy.map(|(_, p)| Arc::downgrade(&p)),
     })
 }
 
@@ -377,6 +390,7 @@ fn ledger_config(cfg: &LedgerSection) -> LedgerConfig {
     let mut lcfg = LedgerConfig::new(cfg.dir.clone());
     lcfg.origin = cfg.origin.clone();
     lcfg.repair = cfg.repair;
+    lcfg.preallocate = cfg.preallocate;
     lcfg
 }
 

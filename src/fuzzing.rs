@@ -1680,7 +1680,7 @@ pub fn seed_corpus(repo: &Path) -> std::io::Result<Vec<Seed>> {
         "request_body",
         "evaluate",
         text(
-            r#"{"agentId":"agt_000000000001","action":"Execute_Refund","context":{"amount":5000,"currency":"EUR"},"tool":{"name":"refunds","description":"Refunds a payment"},"executionId":"ex-42","traceId":"4bf92f3577b34da6a3ce929d0e0e4736"}"#,
+            r#"{"agentId":"agt_000000000001","action":"Execute_Refund","context":{"amount":5000,"currency":"EUR"},"tool":{"name":"refunds","description":"Refunds a payment"},"executionId":"exec_42","traceId":"4bf92f3577b34da6a3ce929d0e0e4736"}"#,
         ),
         Accepted,
     );

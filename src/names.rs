@@ -27,6 +27,10 @@
 //! case-insensitively, so a pattern that could never match a canonical name is refused when the pack loads.
 //!
 //! Pure: no IO, no allocation beyond the returned name.
+//!
+//! [`ids`] holds the same kind of rule for the correlation ids callers hand in (trace and execution ids).
+
+pub mod ids;
 
 use std::fmt;
 

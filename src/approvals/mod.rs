@@ -13,7 +13,8 @@
 //! - at `expiresAt` a pending approval resolves as its `onTimeout` (block unless the rule says allow), also across
 //!   restarts (the expiry service reads pending approvals from the store);
 //! - an approval that reaches its quorum is evaluated once more against the policy active then: a `block` now
-//!   wins over the person's approval.
+//!   wins over the person's approval;
+//! - a vote's comment passes the tenant's redactor before it is recorded, like a decision's context.
 //!
 //! Changes of one approval are serialised by a striped lock in this process (a shared store for several replicas
 //! will need a row lock instead). This module knows no HTTP.
@@ -27,9 +28,11 @@ use crate::error::{Class, Classify};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{AgentRef, Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
 use crate::recorder::{ApprovalChange, ApprovalTerms, PENDING, Record, RecordError, Recorder};
+use crate::redact::{Redaction, Report};
 use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,18 +159,27 @@ pub struct Approvals {
     recorder: Recorder,
     policy: Arc<PolicyManager>,
     key: DigestKey,
+    /// A vote's comment passes the tenant's redactor before it is recorded.
+    redaction: Arc<Redaction>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Wakes callers waiting for an approval to end, by approval id.
     waiters: Mutex<HashMap<String, watch::Sender<Option<Arc<Value>>>>>,
 }
 
 impl Approvals {
-    pub fn new(store: Store, recorder: Recorder, policy: Arc<PolicyManager>, key: DigestKey) -> Approvals {
+    pub fn new(
+        store: Store,
+        recorder: Recorder,
+        policy: Arc<PolicyManager>,
+        key: DigestKey,
+        redaction: Arc<Redaction>,
+    ) -> Approvals {
         Approvals {
             store,
             recorder,
             policy,
             key,
+            redaction,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             waiters: Mutex::new(HashMap::new()),
         }
@@ -378,6 +390,15 @@ impl Approvals {
                 "comment must be at most 2000 characters".into(),
             ));
         }
+        // Recorded for good and shown to every approver, in events and webhooks: a card number or a secret pasted
+        // into a comment is redacted like a decision's context.
+        let comment = comment.map(|c| {
+            let redactor = self.redaction.redactor(&caller.tenant);
+            match redactor.text("comment", &c, &mut Report::default()) {
+                Cow::Borrowed(_) => c,
+                Cow::Owned(r) => r,
+            }
+        });
         let _turn = self.stripe(approval_id).lock().await;
         let (rec, decision) = self.load(caller, approval_id).await?;
         let requester = decision

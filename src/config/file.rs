@@ -168,6 +168,8 @@ pub struct FileLedger {
     pub repair: Option<String>,
     /// Check only what follows the last signed checkpoint at startup.
     pub fast_start: Option<bool>,
+    /// Bytes zero-filled ahead of the log's end; 0: off.
+    pub preallocate: Option<u64>,
 }
 
 /// `policy:`.
@@ -220,6 +222,7 @@ pub const FLAG_PATHS: &[(&str, &str)] = &[
     ("ledger-origin", "ledger.origin"),
     ("ledger-repair", "ledger.repair"),
     ("ledger-fast-start", "ledger.fast-start"),
+    ("ledger-preallocate", "ledger.preallocate"),
     ("log-format", "log.format"),
     ("proxy-addr", "proxy.addr"),
     ("otlp-http-addr", "otlp.http-addr"),
@@ -310,6 +313,7 @@ impl FileConfig {
             ledger_origin: ledger.origin,
             ledger_repair: ledger.repair,
             ledger_fast_start: ledger.fast_start,
+            ledger_preallocate: ledger.preallocate,
             log_format: log.format,
             api_max_connections: limits.max_connections,
             api_idle_timeout: limits.idle_timeout,

@@ -19,6 +19,7 @@ fn defaults_validate() {
     assert_eq!(c.ledger.origin, "kla.local/ledger");
     assert_eq!(c.ledger.repair, RepairMode::Refuse);
     assert!(!c.ledger.fast_start);
+    assert_eq!(c.ledger.preallocate, 64 << 20);
     assert_eq!(c.policy.dir, PathBuf::from("policies"));
     assert!(c.policy.trusted_keys.is_empty());
     assert!(!c.policy.allow_unsigned && !c.policy.allow_rollback);
@@ -57,7 +58,7 @@ fn nested_yaml_is_parsed_into_its_sections() {
          h2-max-concurrent-streams: 4, h2-keepalive-interval: 0s, h2-keepalive-timeout: 1s, \
          max-header-bytes: 4096, max-uri-bytes: 1024}\n\
          auth:\n  external-issuer: {jwks: idp.json, issuer: https://idp/, audience: kla-api}\n\
-         ledger: {origin: kla.example/ledger, repair: truncate, fast-start: true}\n\
+         ledger: {origin: kla.example/ledger, repair: truncate, fast-start: true, preallocate: 0}\n\
          policy:\n  dir: /etc/kla/policies\n  trusted-keys: [a.pub, b.pub]\n  allow-unsigned: true\n  \
          allow-rollback: true\n  deadline: 7ms\n",
     )
@@ -94,6 +95,7 @@ fn nested_yaml_is_parsed_into_its_sections() {
     assert_eq!(c.ledger.origin, "kla.example/ledger");
     assert_eq!(c.ledger.repair, RepairMode::Truncate);
     assert!(c.ledger.fast_start);
+    assert_eq!(c.ledger.preallocate, 0);
     assert_eq!(c.policy.dir, PathBuf::from("/etc/kla/policies"));
     assert_eq!(
         c.policy.trusted_keys,
@@ -167,6 +169,7 @@ fn every_flag_has_a_place_in_the_file() {
             | "api-max-uri-bytes"
             | "events-max-subscribers"
             | "events-max-subscribers-per-tenant" => "3",
+            "ledger-preallocate" => "65536",
             "allow-unsigned" | "allow-pack-rollback" | "ledger-fast-start" => "true",
             "ledger-repair" => "truncate",
             "policy-deadline" => "3ms",
@@ -296,6 +299,10 @@ fn bad_values_are_refused_with_their_key() {
             "policy.deadline (--policy-deadline)",
         ),
         ("ledger: {repair: maybe}\n", "ledger.repair (--ledger-repair)"),
+        (
+            "ledger: {preallocate: 100}\n",
+            "ledger.preallocate (--ledger-preallocate)",
+        ),
         ("log: {format: xml}\n", "log.format (--log-format)"),
         (
             "auth: {external-issuer: {jwks: f.json}}\n",

@@ -6,7 +6,8 @@
 //! 1. **accept**: the caller may ask for decisions (role) and the request is well formed ([`Decider::accept`],
 //!    before the body is read, so a caller without permission learns nothing from its body); the action name
 //!    follows [`crate::names`] and is carried on in its canonical form (a name outside the grammar is refused,
-//!    never guessed at);
+//!    never guessed at); trace and execution ids, recorded as given, must have their exact form
+//!    ([`crate::names::ids`]);
 //! 2. **classify**: the agent is looked up in the caller's tenant, a token bound to an agent acts only as that
 //!    agent, and the policy input document is built;
 //! 3. **evaluate**: the active policy set decides (pure; every failure is a fail-closed `block`);
@@ -80,7 +81,9 @@ pub struct ActionRequest {
     pub context: Map<String, Value>,
     /// The tool description, when the action is a tool call.
     pub tool: Option<Value>,
+    /// `exec_` and lowercase hex ([`crate::names::ids`]); anything else is refused by the accept phase.
     pub execution_id: Option<String>,
+    /// A W3C trace id ([`crate::names::ids`]); anything else is refused by the accept phase.
     pub trace_id: Option<String>,
     /// Whether an earlier approval of this exact action may be used or waited for (see the hold phase): set by
     /// entry points that hold and retry calls, where a person's one approval must let one call through.
@@ -367,15 +370,17 @@ impl Decider {
     }
 }
 
-/// Phase **accept**, part two: the request's fields are well formed; returns the action's canonical name.
+/// Phase **accept**, part two: the request's fields are well formed (the action name, and the trace and execution
+/// ids in their exact forms); returns the action's canonical name.
 pub(crate) fn validate(r: &ActionRequest) -> Result<ActionName, DecideError> {
     check_id("agentId", &r.agent_id)?;
     let action = names::action(&r.action).map_err(|e| DecideError::Invalid(format!("field 'action' {e}")))?;
+    // Recorded as given (outside redaction, see `names::ids`): only their exact form is accepted.
     if let Some(e) = &r.execution_id {
-        check_id("executionId", e)?;
+        names::ids::execution_id(e).map_err(|e| DecideError::Invalid(format!("field 'executionId' {e}")))?;
     }
     if let Some(t) = &r.trace_id {
-        check_id("traceId", t)?;
+        names::ids::trace_id(t).map_err(|e| DecideError::Invalid(format!("field 'traceId' {e}")))?;
     }
     Ok(action)
 }

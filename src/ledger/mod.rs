@@ -20,7 +20,8 @@ pub mod tree;
 pub use entry::{Entry, new_lineage_id};
 pub use evidence::{EvidenceBundle, VerifyReport, verify_bundle};
 pub use log::{
-    Ledger, LedgerConfig, LedgerHealth, RepairMode, VerifySummary, verifier_key_for_dir, verify_ledger_dir,
+    DEFAULT_PREALLOCATE, Ledger, LedgerConfig, LedgerHealth, RepairMode, VerifySummary, verifier_key_for_dir,
+    verify_ledger_dir,
 };
 pub use note::SignedCheckpoint;
 pub use tree::Hash;

@@ -324,6 +324,15 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     if let Err(e) = crate::names::agent(&agent) {
         return ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
     }
+    if let Err(e) = crate::names::ids::execution_header(
+        parts
+            .headers
+            .get_all(X_KLA_EXECUTION_ID)
+            .iter()
+            .map(|v| v.as_bytes()),
+    ) {
+        return ApiError::invalid(format!("header '{X_KLA_EXECUTION_ID}' {e}")).into_response();
+    }
     let route = m.route;
     if m.action.is_none() && route.unmatched == Unmatched::Block {
         return json_error(

@@ -1,9 +1,9 @@
 //! The agent directory: registering agents (ledger first, like every record) and looking them up, for every entry
 //! point that names an agent (decisions now; the proxy and executions next).
 //!
-//! A registration assigns the agent id and version number, records an `agent.registered` entry, and waits for its
-//! index rows, all under a lock on the (tenant, name), so two registrations of one name cannot take the same
-//! version. The store's agent tables are derived from those entries (`recorder::record`), and lookups on the
+//! A registration redacts the manifest's free text (as a decision's context is redacted), assigns the agent id and
+//! version number, records an `agent.registered` entry, and waits for its index rows, all under a lock on the
+//! (tenant, name), so two registrations of one name cannot take the same version. The store's agent tables are derived from those entries (`recorder::record`), and lookups on the
 //! decision path go through a short-lived cache. Knows no HTTP and no SQL.
 
 use super::{Manifest, RegistryError, manifest_hash, new_agent_id, sign_hash};
@@ -11,6 +11,7 @@ use crate::auth::Caller;
 use crate::auth::keys::KeyFile;
 use crate::policy::AgentRef;
 use crate::recorder::{Record, Recorder, Registration};
+use crate::redact::Redaction;
 use crate::store::{AgentRecord, Store};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ pub struct Agents {
     store: Store,
     recorder: Recorder,
     key: KeyFile,
+    /// A manifest's free text passes the tenant's redactor before it is recorded.
+    redaction: Arc<Redaction>,
     cache: RwLock<HashMap<AgentKey, (Arc<AgentRef>, Instant)>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: RandomState,
@@ -63,12 +66,14 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// A directory over `store`, recording through `recorder`, signing manifests with `key`.
-    pub fn new(store: Store, recorder: Recorder, key: KeyFile) -> Agents {
+    /// A directory over `store`, recording through `recorder`, signing manifests with `key`, redacting their free
+    /// text with `redaction`.
+    pub fn new(store: Store, recorder: Recorder, key: KeyFile, redaction: Arc<Redaction>) -> Agents {
         Agents {
             store,
             recorder,
             key,
+            redaction,
             cache: RwLock::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
@@ -128,6 +133,7 @@ impl Agents {
         // the version lookup all see one spelling, so `Claims-Triage` is the agent `claims-triage`, never a second one.
         let manifest = manifest.validate()?;
         caller.require_agent(None, &manifest.name)?;
+        let manifest = manifest.redacted(&self.redaction.redactor(&caller.tenant))?;
         let canonical = manifest.canonical()?;
         let hash = manifest_hash(&canonical);
         let tenant = caller.tenant.to_string();

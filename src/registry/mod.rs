@@ -1,15 +1,18 @@
-//! The agent registry: what a manifest is, how it is validated, canonicalised (RFC 8785 JCS), hashed
-//! (`sha256:<hex>`) and signed with kla's registry key (pure, this file), and the directory that registers agents
-//! through the recorder and looks them up (`directory.rs`). Rows live in `store`, HTTP in `api::agents`.
+//! The agent registry: what a manifest is, how it is validated, redacted (its free text, before anything is
+//! recorded), canonicalised (RFC 8785 JCS), hashed (`sha256:<hex>`) and signed with kla's registry key (pure, this
+//! file), and the directory that registers agents through the recorder and looks them up (`directory.rs`). Rows
+//! live in `store`, HTTP in `api::agents`.
 
 mod directory;
 
 pub use directory::{Agents, Registered};
 
 use crate::names;
+use crate::redact::{Redactor, Report};
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +114,50 @@ impl Manifest {
             }
         }
         if let Some(e) = &self.endpoint {
-            let ok =
-                (e.starts_with("http://") || e.starts_with("https://")) && e.parse::<http::Uri>().is_ok();
+            let uri = e.parse::<http::Uri>().ok();
+            let ok = (e.starts_with("http://") || e.starts_with("https://")) && uri.is_some();
             if !ok {
                 return bad("field 'endpoint' must be an http or https URL".into());
+            }
+            // A manifest is recorded for good: a password in the URL would be too.
+            if uri
+                .as_ref()
+                .and_then(http::Uri::authority)
+                .is_some_and(|a| a.as_str().contains('@'))
+            {
+                return bad("field 'endpoint' must not carry credentials (user:password@)".into());
+            }
+        }
+        Ok(self)
+    }
+
+    /// The manifest as it may be recorded: its free text (`description`, `model`, `owner`) passes the tenant's
+    /// redactor, like a decision's context, because the ledger cannot forget what a registration puts in it. An
+    /// `endpoint` that the redactor would change is refused instead: kla calls it as recorded, so it can neither be
+    /// recorded raw nor be altered. Run after [`Manifest::validate`] and before [`Manifest::canonical`], so the hash
+    /// and signature cover what is stored.
+    pub fn redacted(mut self, redactor: &Redactor) -> Result<Manifest, RegistryError> {
+        let mut report = Report::default();
+        for (key, field) in [
+            ("description", &mut self.description),
+            ("model", &mut self.model),
+            ("owner", &mut self.owner),
+        ] {
+            if let Some(v) = field
+                && let Cow::Owned(r) = redactor.text(key, v, &mut report)
+            {
+                *v = r;
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            let mut found = Report::default();
+            if let Cow::Owned(_) = redactor.text("endpoint", e, &mut found) {
+                let what: Vec<&str> = found.counts.keys().map(String::as_str).collect();
+                return Err(RegistryError::Invalid(format!(
+                    "field 'endpoint' holds what redaction removes ({}); an endpoint is recorded as given, so it \
+                     must hold none",
+                    what.join(", ")
+                )));
             }
         }
         Ok(self)

@@ -14,7 +14,7 @@ async fn decisions_are_stored_idempotent_and_validated() {
     let s = Server::start().await;
     let tok = s.token(T, Role::Agent);
     let agent = s.register(&tok, T, "x").await;
-    let body = json!({"agentId": agent, "action": "delete_customer", "context": {"id": 1}, "traceId": "t-1"});
+    let body = json!({"agentId": agent, "action": "delete_customer", "context": {"id": 1}, "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"});
     let post = |key: &str| {
         s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
             .header("Idempotency-Key", key)
@@ -42,7 +42,7 @@ async fn decisions_are_stored_idempotent_and_validated() {
     assert!(stored.body["createdAt"].is_string(), "{}", stored.body);
     assert_eq!(stored.body["action"], "delete_customer");
     assert_eq!(stored.body["context"], json!({"id": 1}));
-    assert_eq!(stored.body["traceId"], "t-1");
+    assert_eq!(stored.body["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(stored.body["agent"]["id"], agent.as_str());
     assert_eq!(stored.body["agent"]["name"], "x");
     assert!(
@@ -125,7 +125,7 @@ async fn every_answered_decision_is_readable_at_once_by_every_route() {
         let (api, tok, aud, agent) = (api.clone(), tok.clone(), aud.clone(), agent.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
-                let trace = format!("trace-ryw-{w}-{i}");
+                let trace = format!("{:032x}", 0x7259_0000 + w * 1000 + i);
                 let d = api
                     .decide(
                         &tok,

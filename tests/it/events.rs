@@ -184,7 +184,7 @@ async fn sse_sends_each_decision_in_order_with_its_ledger_position_as_id() {
     let mut answers = Vec::new();
     for round in 0..2 {
         for (mut body, expected) in cases(&agent) {
-            body["executionId"] = json!(format!("exec-{round}"));
+            body["executionId"] = json!(format!("exec_{round}"));
             let a = evaluate_in(&s, &tok, T, body).await;
             assert_eq!(a["decision"], expected);
             answers.push(a);
@@ -208,7 +208,7 @@ async fn sse_sends_each_decision_in_order_with_its_ledger_position_as_id() {
         assert_eq!(d["agentName"], "stream-bot");
         assert!(d["action"].is_string());
         assert_eq!(v["executionId"], d["executionId"]);
-        assert!(v["executionId"].as_str().is_some_and(|x| x.starts_with("exec-")));
+        assert!(v["executionId"].as_str().is_some_and(|x| x.starts_with("exec_")));
     }
     let ids: Vec<(u64, u64)> = got
         .iter()
@@ -341,7 +341,7 @@ async fn resume_from_random_positions_has_no_gap_and_no_duplicate_across_a_resta
 #[tokio::test]
 async fn types_and_execution_filters_and_bad_queries() {
     let (s, tok, agent) = Server::with_agent(T, "filter-bot").await;
-    let mut exec1 = Sse::open(&s, "/v1/events?executionId=exec-1", &tok, T, None).await;
+    let mut exec1 = Sse::open(&s, "/v1/events?executionId=exec_1", &tok, T, None).await;
     let mut none = Sse::open(
         &s,
         "/v1/events?types=approval.resolved,approval.expired",
@@ -351,7 +351,7 @@ async fn types_and_execution_filters_and_bad_queries() {
     )
     .await;
     let mut sent = Vec::new();
-    for exec in ["exec-1", "exec-2", "exec-1"] {
+    for exec in ["exec_1", "exec_2", "exec_1"] {
         let (mut body, _) = cases(&agent).swap_remove(0);
         body["executionId"] = json!(exec);
         sent.push(evaluate_in(&s, &tok, T, body).await);
@@ -362,7 +362,7 @@ async fn types_and_execution_filters_and_bad_queries() {
     assert_eq!(got[0].id.as_deref(), Some(id_of(&sent[0]).as_str()));
     assert_eq!(got[1].id.as_deref(), Some(id_of(&sent[2]).as_str()));
     for m in &got {
-        assert_eq!(m.json()["executionId"], "exec-1");
+        assert_eq!(m.json()["executionId"], "exec_1");
     }
     exec1.assert_quiet().await;
     none.assert_quiet().await;
@@ -669,7 +669,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
     .await;
     let mut ws = ws::connect_to(&s, &format!("?token={approver}&tenant={T}")).await;
     for sub in [
-        json!({"type": "subscribe", "executionId": "exec-desk"}),
+        json!({"type": "subscribe", "executionId": "exec_de5c"}),
         json!({"type": "subscribe", "topic": "approvals"}),
     ] {
         ws::say(&mut ws, sub).await;
@@ -681,7 +681,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
         &s,
         &tok,
         T,
-        json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000}, "executionId": "exec-desk"}),
+        json!({"agentId": agent, "action": "execute_refund", "context": {"amount": 5000}, "executionId": "exec_de5c"}),
     )
     .await;
     assert_eq!(a["decision"], "require_approval");
@@ -702,7 +702,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
         ids
     );
     let required = check_envelope(&three[1]);
-    assert_eq!(required["executionId"], "exec-desk");
+    assert_eq!(required["executionId"], "exec_de5c");
     let d = &required["data"];
     assert_eq!(d["approvalId"], approval.as_str());
     assert_eq!(d["decisionId"], a["decisionId"]);
@@ -715,7 +715,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
     assert_eq!(d["reasonCodes"], json!(["AMOUNT_OVER_THRESHOLD"]));
     assert!(d["expiresAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
     let exec = check_envelope(&three[2]);
-    assert_eq!(exec["executionId"], "exec-desk");
+    assert_eq!(exec["executionId"], "exec_de5c");
     assert_eq!(
         exec["data"],
         json!({"approvalId": approval, "action": "execute_refund", "reason": "Refunds over 1000 need approval"})
@@ -750,7 +750,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
     let resolved = desk.events(1).await;
     let v = check_envelope(&resolved[0]);
     assert_eq!(v["type"], "approval.resolved");
-    assert_eq!(v["executionId"], "exec-desk");
+    assert_eq!(v["executionId"], "exec_de5c");
     assert_eq!(v["data"]["approvalId"], approval.as_str());
     assert_eq!(v["data"]["status"], "APPROVED");
     assert_eq!(v["data"]["finalDecision"], "allow");
@@ -907,10 +907,10 @@ mod ws {
         let approver = s.token(T, Role::Approver);
         // A browser's way: token and tenant in the query.
         let mut ws = connect(&url(&s, &format!("?token={approver}&tenant={T}")), &[]).await;
-        say(&mut ws, json!({"type": "subscribe", "executionId": "exec-456"})).await;
+        say(&mut ws, json!({"type": "subscribe", "executionId": "exec_456"})).await;
         assert_eq!(
             hear(&mut ws).await,
-            json!({"type": "subscribed", "executionId": "exec-456"})
+            json!({"type": "subscribed", "executionId": "exec_456"})
         );
         say(&mut ws, json!({"type": "subscribe", "topic": "decisions"})).await;
         assert_eq!(
@@ -924,12 +924,12 @@ mod ws {
         );
 
         let (mut body, _) = cases(&agent).swap_remove(2);
-        body["executionId"] = json!("exec-456");
+        body["executionId"] = json!("exec_456");
         let a = evaluate_in(&s, &tok, T, body).await;
         let made = hear(&mut ws).await;
         assert_eq!(made["type"], "decision.made", "{made}");
         assert_eq!(made["id"], id_of(&a));
-        assert_eq!(made["executionId"], "exec-456");
+        assert_eq!(made["executionId"], "exec_456");
         assert_eq!(made["data"]["decisionId"], a["decisionId"]);
         assert!(made["createdAt"].is_string());
         if let Some(approval) = a["approvalId"].as_str() {
@@ -939,7 +939,7 @@ mod ws {
             assert_eq!(required["data"]["approvalId"], approval);
             let exec = hear(&mut ws).await;
             assert_eq!(exec["type"], "execution.approval_required");
-            assert_eq!(exec["executionId"], "exec-456");
+            assert_eq!(exec["executionId"], "exec_456");
             assert_eq!(exec["data"]["approvalId"], approval);
             assert_eq!(exec["data"]["action"], "execute_refund");
             assert!(exec["data"]["reason"].is_string());
@@ -990,17 +990,17 @@ mod ws {
         let (body, _) = cases(&agent).swap_remove(0);
         evaluate_in(&s, &tok, T, body).await;
         let (mut body, _) = cases(&agent).swap_remove(0);
-        body["executionId"] = json!("exec-456");
+        body["executionId"] = json!("exec_456");
         let b = evaluate_in(&s, &tok, T, body).await;
         let got = hear(&mut ws).await;
         assert_eq!(got["id"], id_of(&b), "only the execution's decision: {got}");
-        say(&mut ws, json!({"type": "unsubscribe", "executionId": "exec-456"})).await;
+        say(&mut ws, json!({"type": "unsubscribe", "executionId": "exec_456"})).await;
         assert_eq!(
             hear(&mut ws).await,
-            json!({"type": "unsubscribed", "executionId": "exec-456"})
+            json!({"type": "unsubscribed", "executionId": "exec_456"})
         );
         let (mut body, _) = cases(&agent).swap_remove(0);
-        body["executionId"] = json!("exec-456");
+        body["executionId"] = json!("exec_456");
         evaluate_in(&s, &tok, T, body).await;
         silent(&mut ws).await;
     }

@@ -194,11 +194,11 @@ async fn evidence_by_execution_and_trace_id_holds_exactly_those_decisions() {
     let aud = s.token(T, Role::Auditor);
     // (executionId, traceId) per decision; the same ids in another tenant must not leak in.
     let plan = [
-        (Some("exec-1"), Some("trace-a")),
-        (Some("exec-1"), Some("trace-b")),
-        (None, Some("trace-a")),
-        (Some("exec-2"), None),
-        (Some("exec-1"), None),
+        (Some("exec_1"), Some("0af7651916cd43dd8448eb211c80319a")),
+        (Some("exec_1"), Some("0af7651916cd43dd8448eb211c80319b")),
+        (None, Some("0af7651916cd43dd8448eb211c80319a")),
+        (Some("exec_2"), None),
+        (Some("exec_1"), None),
         (None, None),
     ];
     let mut made = Vec::new();
@@ -217,16 +217,16 @@ async fn evidence_by_execution_and_trace_id_holds_exactly_those_decisions() {
     s.decide(
         &tok2,
         T2,
-        json!({"agentId": agent2, "action": "lookup_policy", "executionId": "exec-1", "traceId": "trace-a"}),
+        json!({"agentId": agent2, "action": "lookup_policy", "executionId": "exec_1", "traceId": "0af7651916cd43dd8448eb211c80319a"}),
     )
     .await;
 
     let tmp = tempfile::tempdir().unwrap();
     for (param, value) in [
-        ("executionId", "exec-1"),
-        ("executionId", "exec-2"),
-        ("traceId", "trace-a"),
-        ("traceId", "trace-b"),
+        ("executionId", "exec_1"),
+        ("executionId", "exec_2"),
+        ("traceId", "0af7651916cd43dd8448eb211c80319a"),
+        ("traceId", "0af7651916cd43dd8448eb211c80319b"),
     ] {
         let want: BTreeSet<String> = plan
             .iter()
@@ -285,7 +285,7 @@ async fn evidence_by_execution_and_trace_id_holds_exactly_those_decisions() {
             );
         }
     }
-    s.get("/v1/evidence?executionId=exec-none", &aud, T)
+    s.get("/v1/evidence?executionId=exec_0e0e", &aud, T)
         .await
         .assert_error(404, "not_found");
     // Ids are checked like the evaluate fields.

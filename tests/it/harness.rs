@@ -276,6 +276,45 @@ pub fn agent_body(name: &str) -> Value {
     })
 }
 
+/// Every file under a data dir but its keys (the ledger, the SQLite store and its WAL), with its bytes: for tests
+/// that a planted value is stored nowhere raw.
+pub fn data_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read data dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "keys") {
+                    dirs.push(p);
+                }
+            } else {
+                let bytes = std::fs::read(&p).expect("read data file");
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Panics naming the file if any file of the data dir `dir` (see [`data_files`]) holds one of `planted`.
+pub fn assert_nowhere_raw(dir: &Path, planted: &[&str]) {
+    let files = data_files(dir);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("kla.db")),
+        "the store is in the data dir"
+    );
+    for (path, bytes) in &files {
+        for p in planted {
+            assert!(
+                !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
+                "{} holds the planted {p:?}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Three evaluate bodies for `agent` with three different outcomes under the default pack.
 pub fn cases(agent: &str) -> Vec<(Value, &'static str)> {
     vec![
@@ -504,7 +543,17 @@ impl Process {
 
     /// [`Process::start`] with `env` set for kla (e.g. `RUST_LOG`, which then replaces the tests' own).
     pub async fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Process, Exited> {
-        let mut cmd = Command::new(kla_bin());
+        Process::start_in(Command::new(kla_bin()), data_dir, extra, env).await
+    }
+
+    /// [`Process::start_env`] running `cmd`: the `kla` binary, or a wrapper that runs it with the arguments it is
+    /// given (`sh -c '...; exec "$@"' sh <kla>`, to start kla under limits).
+    pub async fn start_in(
+        mut cmd: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Process, Exited> {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -473,7 +473,7 @@ async fn a_token_bound_to_an_agent_reads_only_that_agents_records() {
     let bound_aud = bound_token(&s, A, Role::Auditor, &me);
     let ctx = |agent: &str, i: u32| {
         json!({"agentId": agent, "action": "lookup_policy", "context": {"n": i},
-               "traceId": "t-shared", "executionId": "e-shared"})
+               "traceId": "5a5a0000000000000000000000000001", "executionId": "exec_5a"})
     };
     let mut mine = Vec::new();
     let mut theirs = Vec::new();
@@ -533,7 +533,7 @@ async fn a_token_bound_to_an_agent_reads_only_that_agents_records() {
                 200
             );
         }
-        for q in ["traceId=t-shared", "executionId=e-shared"] {
+        for q in ["traceId=5a5a0000000000000000000000000001", "executionId=exec_5a"] {
             let r = get(&s, &format!("/v1/evidence?{q}"), tok, A).await;
             assert_eq!(r.status, 200, "{}", r.body);
             let got: BTreeSet<String> = r.body["entries"]
@@ -548,7 +548,13 @@ async fn a_token_bound_to_an_agent_reads_only_that_agents_records() {
 
     // The unbound view: everything of the tenant, and the system entries, which bound tokens read too.
     let aud = s.token(A, Role::Auditor);
-    let r = get(&s, "/v1/evidence?traceId=t-shared", &s.token(A, Role::Agent), A).await;
+    let r = get(
+        &s,
+        "/v1/evidence?traceId=5a5a0000000000000000000000000001",
+        &s.token(A, Role::Agent),
+        A,
+    )
+    .await;
     assert_eq!(r.body["entries"].as_array().unwrap().len(), 4, "{}", r.body);
     assert_eq!(
         get(&s, "/v1/agents", &aud, A).await.body["agents"]
@@ -616,7 +622,7 @@ async fn evidence_answers_are_pages_with_a_cursor() {
             &s,
             &tok,
             A,
-            json!({"agentId": agent, "action": "lookup_policy", "context": {"i": i}, "traceId": "t-many"}),
+            json!({"agentId": agent, "action": "lookup_policy", "context": {"i": i}, "traceId": "a0a00000000000000000000000000002"}),
         )
         .await;
         want.push(d["lineageId"].as_str().unwrap().to_owned());
@@ -625,7 +631,13 @@ async fn evidence_answers_are_pages_with_a_cursor() {
         let s = &s;
         let tok = &tok;
         async move {
-            let r = get(s, &format!("/v1/evidence?traceId=t-many{q}"), tok, A).await;
+            let r = get(
+                s,
+                &format!("/v1/evidence?traceId=a0a00000000000000000000000000002{q}"),
+                tok,
+                A,
+            )
+            .await;
             assert_eq!(r.status, 200, "{q}: {}", r.body);
             let next = r.header("x-kla-next-cursor").map(str::to_owned);
             (r.body, next)
@@ -710,9 +722,14 @@ async fn evidence_answers_are_pages_with_a_cursor() {
         "&cursor=ZXZpZGVuY2U6eA".to_owned(), // "evidence:x"
         format!("&cursor={}", foreign.unwrap_or_else(|| "YWdlbnRzOmE".into())),
     ] {
-        get(&s, &format!("/v1/evidence?traceId=t-many{q}"), &tok, A)
-            .await
-            .assert_error(400, "invalid_request");
+        get(
+            &s,
+            &format!("/v1/evidence?traceId=a0a00000000000000000000000000002{q}"),
+            &tok,
+            A,
+        )
+        .await
+        .assert_error(400, "invalid_request");
     }
     s.stop().await;
 }
@@ -806,7 +823,7 @@ async fn large_entries_split_stream_and_evidence_pages_by_bytes() {
             &s,
             &tok,
             A,
-            json!({"agentId": agent, "action": "lookup_policy", "traceId": "t-big",
+            json!({"agentId": agent, "action": "lookup_policy", "traceId": "b1b10000000000000000000000000003",
                    "context": {"blob": format!("{i}{}", "y".repeat(900_000))}}),
         )
         .await;
@@ -831,12 +848,24 @@ async fn large_entries_split_stream_and_evidence_pages_by_bytes() {
     assert_eq!(mth(&all_b.iter().map(Line::leaf).collect::<Vec<_>>()), root);
 
     // Evidence: four of the five fit 4 MiB.
-    let r = get(&s, "/v1/evidence?traceId=t-big", &tok, A).await;
+    let r = get(
+        &s,
+        "/v1/evidence?traceId=b1b10000000000000000000000000003",
+        &tok,
+        A,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let n1 = r.body["entries"].as_array().unwrap().len();
     assert!((1..5).contains(&n1), "{n1}");
     let next = r.header("x-kla-next-cursor").expect("a cursor").to_owned();
-    let r2 = get(&s, &format!("/v1/evidence?traceId=t-big&cursor={next}"), &tok, A).await;
+    let r2 = get(
+        &s,
+        &format!("/v1/evidence?traceId=b1b10000000000000000000000000003&cursor={next}"),
+        &tok,
+        A,
+    )
+    .await;
     assert_eq!(r2.status, 200);
     let got: Vec<String> = [&r.body, &r2.body]
         .iter()

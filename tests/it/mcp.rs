@@ -294,7 +294,7 @@ async fn warn_headers_and_raw_stateless_answers() {
         json!({"name": "export_report", "arguments": {"report_id": "r-9"}}),
     );
     let mut h = stateless_headers("tools/call", Some("export_report"));
-    h.push(("x-kla-execution-id", "exec-42"));
+    h.push(("x-kla-execution-id", "exec_42"));
     h.push((
         "traceparent",
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -316,7 +316,7 @@ async fn warn_headers_and_raw_stateless_answers() {
     assert_eq!(d.status, 200, "{}", d.body);
     assert_eq!(d.body["action"], "export_report", "{}", d.body);
     assert_eq!(d.body["context"], json!({"report_id": "r-9"}), "{}", d.body);
-    assert_eq!(d.body["executionId"], "exec-42", "{}", d.body);
+    assert_eq!(d.body["executionId"], "exec_42", "{}", d.body);
     assert_eq!(
         d.body["traceId"], "0af7651916cd43dd8448eb211c80319c",
         "{}",

@@ -15,12 +15,12 @@ use super::read::LogFiles;
 use crate::ledger::LedgerError;
 use crate::ledger::tree::{self, Frontier, Hash};
 
-/// Size of the zero-filled region the writer keeps ahead of the logical end of
-/// `entries.log` (see "Preallocation" in `docs/ledger-format.md`). When less than half of
-/// it remains, the writer zero-fills up to `end + PREALLOC_CHUNK`, one [`ZERO_SLICE`] per
-/// idle moment.
+/// Default size of the zero-filled region the writer keeps ahead of the logical end of
+/// `entries.log` (see "Preallocation" in `docs/ledger-format.md`; configured by
+/// `LedgerConfig::preallocate`). When less than half of it remains, the writer zero-fills up
+/// to `end + chunk`, one [`ZERO_SLICE`] per idle moment.
 #[cfg(not(test))]
-pub(crate) const PREALLOC_CHUNK: u64 = 64 << 20;
+pub(crate) const PREALLOC_CHUNK: u64 = crate::ledger::log::DEFAULT_PREALLOCATE;
 /// Tiny in tests so that appends cross many chunk boundaries.
 #[cfg(test)]
 pub(crate) const PREALLOC_CHUNK: u64 = 4096;
@@ -48,8 +48,9 @@ pub(crate) struct Appender {
     pub(super) file_len: u64,
     /// Zero-fill the file up to here (set when less than half a chunk remains).
     pub(super) zero_target: u64,
-    /// Cleared after a failed zero-fill: the writer then only grows the file.
-    pub(super) prealloc: bool,
+    /// Bytes kept zero-filled ahead of the logical end; 0: none (configured off, after a
+    /// failed zero-fill, or after the tail was released): the writer then only grows the file.
+    pub(super) chunk: u64,
     pub(super) batch_start: u64,
     pub(super) records: Vec<u8>,
     pub(super) offsets: Vec<u8>,
@@ -63,6 +64,11 @@ impl Appender {
 
     pub(crate) fn root(&self) -> Hash {
         self.frontier.root()
+    }
+
+    /// Sets how many bytes to keep zero-filled ahead of the logical end (0: none).
+    pub(crate) fn preallocate(&mut self, chunk: u64) {
+        self.chunk = chunk;
     }
 
     /// Opens the node level files that the next batch (at most `max_batch` entries) can write
@@ -167,13 +173,12 @@ impl Appender {
 
     /// The next zero-fill step `(offset, length)`, if the preallocated region needs one.
     fn zero_step(&mut self) -> Option<(u64, u64)> {
-        if !self.prealloc {
+        if self.chunk == 0 {
             return None;
         }
-        if self.file_len.saturating_sub(self.end_offset) < PREALLOC_CHUNK / 2
-            && self.zero_target <= self.file_len
+        if self.file_len.saturating_sub(self.end_offset) < self.chunk / 2 && self.zero_target <= self.file_len
         {
-            self.zero_target = self.end_offset + PREALLOC_CHUNK;
+            self.zero_target = self.end_offset + self.chunk;
         }
         (self.zero_target > self.file_len)
             .then(|| (self.file_len, (self.zero_target - self.file_len).min(ZERO_SLICE)))
@@ -187,26 +192,54 @@ impl Appender {
     /// Extends the zero-filled region after the logical end by one slice: `pwrite` of zeros
     /// at the physical end, then `fdatasync`, so that later batches written into it do not
     /// change the file size. Called by the writer only when no request is waiting. Returns
-    /// whether a slice was written. A failure is an error the writer treats like a failed
-    /// batch.
+    /// whether a slice was written. A failure (typically ENOSPC: the disk has less free space
+    /// than the chunk) turns preallocation off until restart, cuts the zero tail off again
+    /// (giving its space back) and is returned for the log; appends go on, growing the file.
+    ///
+    /// Why a failure cannot harm acknowledged records: the slice starts at or after the
+    /// logical end, so no byte of a record is written (a failed or partial `pwrite` leaves the
+    /// region after the end zero or absent). A failed `fdatasync` leaves the page shared with
+    /// the last record in the cache with the right bytes (that record was synced before its
+    /// ack, and its bytes on disk are not rewritten with other values); the next batch writes
+    /// into that page and its own `fdatasync` reports any failure of its own, which refuses
+    /// appends as always.
     pub(crate) fn extend_zeros(&mut self, files: &LogFiles) -> Result<bool, LedgerError> {
         let Some((at, len)) = self.zero_step() else {
             return Ok(false);
         };
         let zeros = vec![0u8; len as usize];
-        // A failure here is treated like a failed batch (the writer refuses appends until restart): the first
-        // slice after a growing append starts inside the page that holds the last acknowledged record, so after
-        // a failed write or sync the state of acknowledged bytes is unknown.
-        files
+        let res = files
             .entries
             .write_all_at(&zeros, at)
-            .map_err(io_err("zero-fill entries"))?;
-        files
-            .entries
-            .sync_data()
-            .map_err(io_err("fdatasync zero-filled entries"))?;
-        self.file_len = at + len;
-        Ok(true)
+            .map_err(io_err("zero-fill entries"))
+            .and_then(|()| {
+                files
+                    .entries
+                    .sync_data()
+                    .map_err(io_err("fdatasync zero-filled entries"))
+            });
+        match res {
+            Ok(()) => {
+                self.file_len = at + len;
+                Ok(true)
+            }
+            Err(e) => {
+                // Off until restart, and the zero tail is given back: on a full disk the space it
+                // took is what the log's next records and the store need.
+                self.chunk = 0;
+                match files.entries.set_len(self.end_offset) {
+                    Ok(()) => self.file_len = self.end_offset,
+                    // A partial write may have grown the file (with zeros): know its length, so
+                    // a clean shutdown still cuts the tail.
+                    Err(_) => {
+                        if let Ok(m) = files.entries.metadata() {
+                            self.file_len = self.file_len.max(m.len());
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Cuts the preallocated zero tail off (clean shutdown), so that a cleanly closed
@@ -221,7 +254,7 @@ impl Appender {
             .map_err(io_err("truncate preallocated tail"))?;
         files.entries.sync_data().map_err(io_err("fdatasync entries"))?;
         self.file_len = self.end_offset;
-        self.prealloc = false;
+        self.chunk = 0;
         Ok(())
     }
 }

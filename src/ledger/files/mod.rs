@@ -11,9 +11,7 @@ mod read;
 mod recover;
 mod verify;
 
-pub(crate) use append::Appender;
-#[cfg(test)]
-pub(crate) use append::PREALLOC_CHUNK;
+pub(crate) use append::{Appender, PREALLOC_CHUNK};
 pub(crate) use layout::{
     CHECKPOINT, ENTRIES, KEY, LOCK, MAX_ENTRY, ORIGIN, read_optional, sync_dir, write_atomic,
 };

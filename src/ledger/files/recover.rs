@@ -249,7 +249,7 @@ pub(crate) fn open_log_files(
         end_offset: pos,
         file_len: entries_len,
         zero_target: 0,
-        prealloc: true,
+        chunk: super::PREALLOC_CHUNK,
         batch_start: trusted,
         records: Vec::new(),
         offsets: Vec::new(),
