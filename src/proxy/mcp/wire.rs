@@ -21,6 +21,11 @@ pub const STATELESS_REVISION: &str = "2026-07-28";
 pub const BATCH_REVISION: &str = "2025-03-26";
 /// The tasks extension's identifier.
 pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+/// Every task id kla makes starts with this, so `tasks/*` for other ids go upstream.
+pub const TASK_PREFIX: &str = "kla-task-";
+/// `params._meta` keys that only correlate a request (progress, W3C trace context), never change what it does: the
+/// one part of a `tools/call` an approval is not bound to, since a client's retry carries new ones.
+const CORRELATION_META: [&str; 4] = ["progressToken", "traceparent", "tracestate", "baggage"];
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// Routing headers; each may appear at most once (two readers must not see two values).
@@ -257,6 +262,13 @@ pub fn check_headers(headers: &HeaderMap, msg: &Message, era: Era) -> Result<(),
         }
     }
     let Some(method) = msg.method() else {
+        // A response names no method: a routing header would tell an intermediary (or a server that routes on
+        // headers) something the body does not say.
+        for h in ["mcp-method", "mcp-name"] {
+            if headers.contains_key(h) {
+                return mismatch(format!("the {h} header is on a message that is not a request"));
+            }
+        }
         return Ok(());
     };
     let is_request = msg.request_id().is_some();
@@ -302,6 +314,172 @@ pub fn check_headers(headers: &HeaderMap, msg: &Message, era: Era) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// What the proxy does with one JSON-RPC message of a POST body. Every message whose method is `tools/call` is
+/// decided or refused, whatever its shape: never forwarded undecided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// A `tools/call` request: decided before anything is forwarded.
+    Decide,
+    /// A `tools/list` request: its answer is filtered (when the route hides blocked tools).
+    ListTools,
+    /// A `server/discover` request: its answer advertises the tasks kla serves.
+    Discover,
+    /// A `tasks/*` request for one of kla's own tasks: answered by kla.
+    OwnTask,
+    /// `notifications/cancelled`: a call held for the request it names is dropped; then forwarded.
+    Cancelled,
+    /// Anything else (other requests, notifications, responses): forwarded as it is.
+    Forward,
+    /// Refused, never forwarded.
+    Refuse(Rejection),
+}
+
+/// Whether `method` is `tools/call` spelled some other way (case, surrounding whitespace): a server that reads
+/// methods loosely would run it as a call, so it is refused rather than forwarded as some other method.
+fn loosely_tools_call(method: &str) -> bool {
+    method != "tools/call" && method.trim().eq_ignore_ascii_case("tools/call")
+}
+
+/// What to do with `msg` (the [`Disposition`]). Inside a batch, kla answers no `tasks/*` and sees no discovery
+/// (both exist only in the stateless era, which has no batches): those go upstream.
+pub fn disposition(msg: &Message, in_batch: bool) -> Disposition {
+    let Some(method) = msg.method() else {
+        return Disposition::Forward;
+    };
+    let id = msg.answer_id();
+    let is_request = msg.request_id().is_some();
+    if loosely_tools_call(method) {
+        return Disposition::Refuse(Rejection::new(
+            INVALID_REQUEST,
+            format!("method {method:?} is not \"tools/call\", and kla forwards no look-alike of it"),
+            id,
+        ));
+    }
+    match method {
+        "tools/call" if is_request => Disposition::Decide,
+        "tools/call" => Disposition::Refuse(Rejection::new(
+            INVALID_REQUEST,
+            "a tools/call without an \"id\" (a notification) is refused: kla decides every call and \
+             answers it, and a notification cannot be answered",
+            Value::Null,
+        )),
+        "tools/list" if is_request => Disposition::ListTools,
+        "server/discover" if is_request && !in_batch => Disposition::Discover,
+        "tasks/get" | "tasks/cancel" | "tasks/update" | "tasks/result" if is_request && !in_batch => {
+            let ours = msg
+                .params()
+                .and_then(|p| p.get("taskId"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with(TASK_PREFIX));
+            if ours {
+                Disposition::OwnTask
+            } else {
+                Disposition::Forward
+            }
+        }
+        "notifications/cancelled" if !in_batch => Disposition::Cancelled,
+        _ => Disposition::Forward,
+    }
+}
+
+/// Refuses a batch carrying a routing header: the headers describe one message, and a batch has several.
+pub fn check_batch_headers(headers: &HeaderMap) -> Result<(), Rejection> {
+    for h in ["mcp-method", "mcp-name"] {
+        if headers.contains_key(h) {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {h} header names one message, and a batch has several"),
+                Value::Null,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything of a `tools/call` request that is forwarded and can change what it does, besides the tool's name and
+/// `arguments` (which are the decision's action and context): the other `params` fields (`_meta` without its
+/// correlation-only keys, see [`CORRELATION_META`]), the `MCP-Protocol-Version` and `Mcp-Param-*` headers (names
+/// lowercased, values as sent), and the request target below the route (`target`, when there is one). An approval
+/// is bound to it (it goes into the decision's `tool`), so a retry that changes any of it is decided anew.
+/// `Err`: a header kla cannot bind (sent twice, or not text).
+pub fn call_binding(
+    headers: &HeaderMap,
+    msg: &Message,
+    target: &str,
+) -> Result<Map<String, Value>, Rejection> {
+    let id = msg.answer_id();
+    let mut out = Map::new();
+    let mut params = msg.params().cloned().unwrap_or_default();
+    params.remove("name");
+    params.remove("arguments");
+    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+        for k in CORRELATION_META {
+            meta.remove(k);
+        }
+        if meta.is_empty() {
+            params.remove("_meta");
+        }
+    }
+    if !params.is_empty() {
+        out.insert("params".into(), Value::Object(params));
+    }
+    let mut bound = Map::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n != "mcp-protocol-version" && !n.starts_with("mcp-param-") {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {n} header appears more than once"),
+                id,
+            ));
+        };
+        let Ok(v) = std::str::from_utf8(v.as_bytes()) else {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {n} header is not UTF-8 text"),
+                id,
+            ));
+        };
+        bound.insert(n.to_owned(), v.into());
+    }
+    if !bound.is_empty() {
+        out.insert("headers".into(), Value::Object(bound));
+    }
+    if !target.is_empty() {
+        out.insert("target".into(), target.into());
+    }
+    Ok(out)
+}
+
+/// Adds the tasks extension to a `server/discover` answer's capabilities (kla serves tasks for the calls it holds,
+/// whatever the upstream serves). `false`: not a discovery result (left as it is).
+pub fn advertise_tasks(answer: &mut Value) -> bool {
+    let Some(caps) = answer
+        .get_mut("result")
+        .and_then(|r| r.get_mut("capabilities"))
+        .and_then(Value::as_object_mut)
+    else {
+        return false;
+    };
+    let ext = caps
+        .entry("extensions")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !ext.is_object() {
+        *ext = Value::Object(Map::new());
+    }
+    match ext.as_object_mut() {
+        Some(e) if !e.contains_key(TASKS_EXTENSION) => {
+            e.insert(TASKS_EXTENSION.into(), json!({}));
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A JSON-RPC error answer.
@@ -374,16 +552,33 @@ impl SseSplitter {
     /// Adds a chunk; returns the events it completed. `Err`: an event grew over [`MAX_SSE_EVENT`].
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, usize> {
         self.buf.extend_from_slice(chunk);
+        let out = self.scan(false);
+        if self.buf.len() > MAX_SSE_EVENT {
+            return Err(self.buf.len());
+        }
+        Ok(out)
+    }
+
+    /// The end of the stream: a `\r` held back (it might have been the first half of `\r\n`) is a line end after
+    /// all, as SSE parsers read it, so it may complete one more event. Returns those events and what is left (an
+    /// event the stream did not end, which SSE clients discard).
+    pub fn finish(&mut self) -> (Vec<Bytes>, Bytes) {
+        let out = self.scan(true);
+        (out, self.rest())
+    }
+
+    fn scan(&mut self, at_end: bool) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut i = self.scanned;
         while i < self.buf.len() {
             let c = self.buf[i];
             if c == b'\n' || c == b'\r' {
-                // A '\r' at the end may be the first half of "\r\n": wait for the next byte.
-                if c == b'\r' && i + 1 == self.buf.len() {
+                let last = i + 1 == self.buf.len();
+                // A '\r' at the end may be the first half of "\r\n": wait for the next byte, unless there is none.
+                if c == b'\r' && last && !at_end {
                     break;
                 }
-                let end = if c == b'\r' && self.buf[i + 1] == b'\n' {
+                let end = if c == b'\r' && !last && self.buf[i + 1] == b'\n' {
                     i + 2
                 } else {
                     i + 1
@@ -401,10 +596,7 @@ impl SseSplitter {
             }
         }
         self.scanned = i;
-        if self.buf.len() > MAX_SSE_EVENT {
-            return Err(self.buf.len());
-        }
-        Ok(out)
+        out
     }
 
     /// What is left at the end of the stream (an unterminated event).
@@ -415,26 +607,98 @@ impl SseSplitter {
     }
 }
 
-/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
-pub fn event_data(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
+/// One SSE event as a client reads it (the WHATWG algorithm): bytes decoded as UTF-8 with replacement, lines ended
+/// by `\r\n`, `\n` or `\r`, a byte order mark dropped at the start of the stream, comments and unknown fields
+/// ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    /// Comment lines (without the `:`), kept so keep-alives still flow.
+    pub comments: Vec<String>,
+    /// The `event` field.
+    pub event: Option<String>,
+    /// The `id` field (a value with NUL is ignored, as clients do).
+    pub id: Option<String>,
+    /// The `retry` field, when all ASCII digits.
+    pub retry: Option<String>,
+    /// The data (its lines joined with `\n`); `None` when the event has no `data` field, so is not dispatched.
+    pub data: Option<String>,
+}
+
+/// Reads one event of [`SseSplitter`]; `first`: it starts the stream (where a byte order mark is dropped).
+pub fn read_event(event: &[u8], first: bool) -> SseEvent {
+    let text = String::from_utf8_lossy(event);
+    let text = if first {
+        text.strip_prefix('\u{feff}').unwrap_or(&text)
+    } else {
+        &text
+    };
+    let mut ev = SseEvent::default();
     let mut data: Option<String> = None;
-    for line in text.split(['\n', '\r']) {
-        if let Some(rest) = line.strip_prefix("data") {
-            let v = rest.strip_prefix(':').map(|r| r.strip_prefix(' ').unwrap_or(r));
-            let Some(v) = v.or(rest.is_empty().then_some("")) else {
-                continue;
-            };
-            match &mut data {
+    for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
+        if line.is_empty() {
+            // The blank line that ends the event (the splitter's events have no other).
+            break;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            ev.comments.push(c.to_owned());
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match &mut data {
                 Some(d) => {
                     d.push('\n');
-                    d.push_str(v);
+                    d.push_str(value);
                 }
-                None => data = Some(v.to_owned()),
+                None => data = Some(value.to_owned()),
+            },
+            "event" => ev.event = Some(value.to_owned()),
+            "id" if !value.contains('\0') => ev.id = Some(value.to_owned()),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                ev.retry = Some(value.to_owned())
             }
+            _ => {}
         }
     }
-    data
+    ev.data = data;
+    ev
+}
+
+/// Writes an event kla read ([`read_event`]) with `data` as its data (or none): only what kla read goes out, so the
+/// client reads what kla read. Empty when there is nothing to write.
+pub fn render_event(ev: &SseEvent, data: Option<&Value>) -> Bytes {
+    let mut out = String::new();
+    for c in &ev.comments {
+        out.push(':');
+        out.push_str(c);
+        out.push('\n');
+    }
+    for (name, v) in [("event", &ev.event), ("id", &ev.id), ("retry", &ev.retry)] {
+        if let Some(v) = v {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(v);
+            out.push('\n');
+        }
+    }
+    if let Some(d) = data {
+        out.push_str("data: ");
+        out.push_str(&d.to_string());
+        out.push('\n');
+    }
+    if out.is_empty() {
+        return Bytes::new();
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
+pub fn event_data(event: &[u8]) -> Option<String> {
+    read_event(event, false).data
 }
 
 /// `event` with its data replaced by `data` (its other fields, such as `id:`, kept). Lines end at `\r\n`, `\n`
