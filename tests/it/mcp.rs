@@ -822,7 +822,7 @@ async fn a_handshake_era_cancel_notification_drops_the_held_call() {
 /// For what no SDK server sends: answers kla must not pass on unread, and proof that a request never arrived.
 struct Scripted {
     port: u16,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -833,6 +833,10 @@ impl Drop for Scripted {
 }
 
 type Answer = (u16, &'static str, Vec<u8>);
+/// A request the scripted upstream received: its method and body.
+type Seen = (String, Vec<u8>);
+/// A refused shape: what it is, the body, extra headers, the JSON-RPC error code.
+type Shape<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, i64);
 
 impl Scripted {
     async fn start(answer: impl Fn(&Value) -> Answer + Send + Sync + 'static) -> Scripted {
@@ -861,7 +865,7 @@ impl Scripted {
         Scripted { port, seen, task }
     }
 
-    fn seen(&self) -> Vec<(String, Vec<u8>)> {
+    fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -899,7 +903,7 @@ async fn every_shape_of_a_tool_call_is_decided_or_refused_and_refusals_never_rea
 
     // JSON-RPC shapes kla refuses (status, JSON-RPC code).
     let stateless_note = stateless_headers("tools/call", Some("lookup_policy"));
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>, i64)> = vec![
+    let cases: Vec<Shape> = vec![
         ("notification", call(None, "tools/call"), vec![], -32600),
         (
             "stateless notification",

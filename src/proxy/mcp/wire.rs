@@ -949,4 +949,184 @@ mod tests {
         let r = replace_data(b"id: 1\r\ndata: a\r\ndata: b\r\n\r\n", &json!(1));
         assert_eq!(&r[..], b"id: 1\ndata: 1\n\n");
     }
+
+    #[test]
+    fn a_stream_is_read_as_sse_clients_read_it() {
+        // A lone CR ending the stream ends a line: the event it completes is read, not passed on raw.
+        let msg = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"hidden"}]}}"#;
+        let stream = format!("event: message\rdata: {msg}\r\r");
+        let mut s = SseSplitter::default();
+        assert!(s.push(stream.as_bytes()).unwrap().is_empty());
+        let (events, rest) = s.finish();
+        assert_eq!(events.len(), 1);
+        assert!(rest.is_empty());
+        let ev = read_event(&events[0], true);
+        assert_eq!(
+            (ev.event.as_deref(), ev.data.as_deref()),
+            (Some("message"), Some(msg))
+        );
+        // An event the stream did not end is left over (clients discard it).
+        let mut s = SseSplitter::default();
+        assert!(s.push(format!("data: {msg}\n").as_bytes()).unwrap().is_empty());
+        let (events, rest) = s.finish();
+        assert!(events.is_empty() && !rest.is_empty());
+        // A byte that is not UTF-8 (in a comment, or anywhere) is read as a replacement character, as clients do.
+        let raw = [
+            &b": \xff\xfe\nevent: message\ndata: "[..],
+            msg.as_bytes(),
+            b"\n\n",
+        ]
+        .concat();
+        let ev = read_event(&raw, false);
+        assert_eq!(ev.data.as_deref(), Some(msg));
+        assert_eq!(ev.comments, [" \u{fffd}\u{fffd}"]);
+        // A byte order mark starts the stream only.
+        let bom = format!("\u{feff}data: {msg}\n\n");
+        assert_eq!(read_event(bom.as_bytes(), true).data.as_deref(), Some(msg));
+        assert_eq!(read_event(bom.as_bytes(), false).data, None);
+        // Fields as the spec reads them: one leading space dropped, no colon = empty value, NUL ids ignored.
+        let ev = read_event(
+            b"data\ndata:  x\nid: a\0b\nretry: 12x\nretry: 30\nfoo: bar\n\n",
+            false,
+        );
+        assert_eq!(ev.data.as_deref(), Some("\n x"));
+        assert_eq!((ev.id, ev.retry.as_deref()), (None, Some("30")));
+        // Rendering writes only what was read.
+        let ev = read_event(b": ping\nid: 7\ndata: {\"a\":\n data: 1}\n\n", false);
+        let out = render_event(&ev, Some(&json!({"b": 2})));
+        assert_eq!(&out[..], b": ping\nid: 7\ndata: {\"b\":2}\n\n");
+        assert!(render_event(&SseEvent::default(), None).is_empty());
+    }
+
+    #[test]
+    fn the_binding_of_a_call_is_everything_but_its_correlation() {
+        let base = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pay",
+            "arguments": {"amount": 5}, "mode": "live",
+            "_meta": {META_VERSION: "2026-07-28", "progressToken": 3, "traceparent": "00-x"}}});
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-param-to", "acct"),
+            ("x-other", "not bound"),
+        ]);
+        let b = call_binding(&h, &msg(base.clone()), "").unwrap();
+        assert_eq!(
+            Value::Object(b.clone()),
+            json!({"params": {"mode": "live", "_meta": {META_VERSION: "2026-07-28"}},
+                "headers": {"mcp-protocol-version": "2026-07-28", "mcp-param-to": "acct"}})
+        );
+        // Correlation changes nothing; anything else does.
+        let mut v = base.clone();
+        v["params"]["_meta"]["progressToken"] = json!("other");
+        v["params"]["_meta"]
+            .as_object_mut()
+            .unwrap()
+            .remove("traceparent");
+        assert_eq!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let mut v = base.clone();
+        v["params"]["mode"] = json!("test");
+        assert_ne!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let mut v = base.clone();
+        v["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("debug");
+        assert_ne!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let h2 = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-param-to", "other")]);
+        assert_ne!(call_binding(&h2, &msg(base.clone()), "").unwrap(), b);
+        assert_ne!(call_binding(&h, &msg(base.clone()), "/x?y=1").unwrap(), b);
+        // A bound header sent twice is refused, not bound to one of its values.
+        let twice = headers(&[("mcp-param-to", "a"), ("mcp-param-to", "b")]);
+        assert_eq!(
+            call_binding(&twice, &msg(base), "").unwrap_err().code,
+            HEADER_MISMATCH
+        );
+    }
+
+    #[test]
+    fn discovery_advertises_tasks() {
+        let mut a = json!({"jsonrpc": "2.0", "id": 1, "result": {"capabilities": {"tools": {}}}});
+        assert!(advertise_tasks(&mut a));
+        assert_eq!(
+            a["result"]["capabilities"]["extensions"][TASKS_EXTENSION],
+            json!({})
+        );
+        assert_eq!(a["result"]["capabilities"]["tools"], json!({}));
+        assert!(!advertise_tasks(&mut a));
+        let mut e = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "m"}});
+        assert!(!advertise_tasks(&mut e));
+    }
+
+    /// A method name: `tools/call` and its look-alikes, and others.
+    fn method() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("tools/call".to_owned()),
+            "[tT][oO][oO][lL][sS]/[cC][aA][lL][lL]",
+            "[ \t]{0,2}tools/call[ \t]{0,2}",
+            Just("tools/list".to_owned()),
+            Just("tasks/get".to_owned()),
+            Just("notifications/cancelled".to_owned()),
+            "[a-z/]{1,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the shape (request, notification, batch member, look-alike method), a message whose method reads
+        /// as `tools/call` is decided or refused, never forwarded, and only an exact `tools/call` request is decided.
+        #[test]
+        fn no_tools_call_is_forwarded_undecided(
+            methods in proptest::collection::vec((method(), proptest::option::of(0u64..3), proptest::bool::ANY), 1..4),
+            batch in proptest::bool::ANY,
+        ) {
+            let msgs: Vec<Value> = methods
+                .iter()
+                .map(|(m, id, string_id)| {
+                    let mut v = json!({"jsonrpc": "2.0", "method": m, "params": {"name": "pay"}});
+                    if let Some(id) = id {
+                        v["id"] = if *string_id { json!(id.to_string()) } else { json!(id) };
+                    }
+                    v
+                })
+                .collect();
+            let body = if batch { Value::Array(msgs) } else { msgs[0].clone() };
+            let parsed = match parse(body.to_string().as_bytes()).unwrap() {
+                Posted::Single(m) => vec![m],
+                Posted::Batch(b) => b,
+            };
+            for m in &parsed {
+                let d = disposition(m, batch);
+                let method = m.method().unwrap();
+                if method.trim().eq_ignore_ascii_case("tools/call") {
+                    proptest::prop_assert!(
+                        matches!(d, Disposition::Decide | Disposition::Refuse(_)),
+                        "{method:?} -> {d:?}"
+                    );
+                    let exact = method == "tools/call" && m.request_id().is_some();
+                    proptest::prop_assert_eq!(d == Disposition::Decide, exact, "{:?} -> {:?}", method, d);
+                } else {
+                    proptest::prop_assert!(!matches!(d, Disposition::Decide), "{method:?} -> {d:?}");
+                }
+            }
+        }
+
+        /// What kla writes of an event is read back by a client as exactly what kla read (so nothing kla did not
+        /// read reaches the client), for any bytes.
+        #[test]
+        fn a_rewritten_event_reads_back_as_kla_read_it(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            first in proptest::bool::ANY,
+        ) {
+            let ev = read_event(&raw, first);
+            let data = ev.data.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok());
+            let out = render_event(&ev, data.as_ref());
+            let mut s = SseSplitter::default();
+            let mut events = s.push(&out).unwrap();
+            let (more, rest) = s.finish();
+            events.extend(more);
+            proptest::prop_assert!(rest.is_empty());
+            proptest::prop_assert!(events.len() <= 1);
+            let again = events.first().map(|e| read_event(e, false)).unwrap_or_default();
+            let expected = SseEvent { data: data.map(|v| v.to_string()), ..ev };
+            proptest::prop_assert_eq!(again, expected);
+        }
+    }
 }
