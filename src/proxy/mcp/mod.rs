@@ -780,7 +780,9 @@ fn unreadable(status: StatusCode, pending: &Pending, extra: Vec<Value>, why: &st
         errors.extend(extra);
         Value::Array(errors)
     } else {
-        errors.swap_remove(0)
+        errors.into_iter().next().unwrap_or_else(|| {
+            wire::error(&Value::Null, Class::UpstreamFailed.jsonrpc_code(), &message, None)
+        })
     };
     json_response(status, &body)
 }
