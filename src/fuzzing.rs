@@ -1564,6 +1564,29 @@ fn mcp_sse(stream: &[u8]) {
             "a replaced event is not one event"
         );
     }
+    // The end of the stream may complete one more event (a held-back '\r'); what an MCP route writes of each event
+    // reads back as it read it, so a client reads nothing the route did not.
+    let mut s = SseSplitter::default();
+    let mut events = s.push(stream).expect("a short stream is under the event limit");
+    events.extend(s.finish().0);
+    for (i, ev) in events.iter().enumerate() {
+        let read = wire::read_event(ev, i == 0);
+        let data = read
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<Value>(d).ok());
+        let out = wire::render_event(&read, data.as_ref());
+        let again = wire::read_event(&out, false);
+        assert_eq!(
+            again.data,
+            data.map(|v| v.to_string()),
+            "a rewritten event carries other data"
+        );
+        assert_eq!(
+            (again.comments, again.event, again.id, again.retry),
+            (read.comments, read.event, read.id, read.retry)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

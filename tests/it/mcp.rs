@@ -98,6 +98,11 @@ struct Kla {
 }
 
 async fn start(up: &McpServer, hide: Option<bool>, hold_budget: Option<&str>) -> Kla {
+    start_at(up.port, hide, hold_budget).await
+}
+
+/// kla in front of the MCP upstream on 127.0.0.1:`port`.
+async fn start_at(port: u16, hide: Option<bool>, hold_budget: Option<&str>) -> Kla {
     let packs = tempfile::tempdir().unwrap();
     write_pack(packs.path());
     let data = tempfile::tempdir().unwrap();
@@ -113,7 +118,7 @@ async fn start(up: &McpServer, hide: Option<bool>, hold_budget: Option<&str>) ->
         routes: Some(vec![FileRoute {
             name: "tools".into(),
             prefix: "/tools".into(),
-            upstream: format!("http://127.0.0.1:{}/mcp", up.port),
+            upstream: format!("http://127.0.0.1:{port}/mcp"),
             kind: Some("mcp".into()),
             hide_blocked_tools: hide,
             ..FileRoute::default()
@@ -746,14 +751,15 @@ async fn a_client_that_disconnects_while_held_has_cancelled() {
     k.resolve(&approval, "APPROVED").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(up.count("wire_money"), 0, "a cancelled call was forwarded");
-    // The approval was not used up by the call that went away: the retry goes through, once.
-    let a = client(
+    // The approval was not used up by the call that went away: the same call again goes through, once.
+    let (status, _, v) = post(
         &k.url,
-        STATELESS,
-        json!([call("wire_money", json!({"amount": 3, "to": "acct-4"}))]),
+        &held,
+        &stateless_headers("tools/call", Some("wire_money")),
     )
     .await;
-    assert_eq!(a[0]["isError"], false, "{a:?}");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], false, "{v}");
     assert_eq!(up.count("wire_money"), 1);
 }
 
@@ -809,4 +815,388 @@ async fn a_handshake_era_cancel_notification_drops_the_held_call() {
     k.resolve(&approval, "APPROVED").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(up.count("wire_money"), 0, "a cancelled call was forwarded");
+}
+
+/// An MCP upstream scripted byte for byte, over loopback: it records every request it receives (method and body)
+/// and answers each with what `answer` returns for the body (read as JSON, else null): status, content type, bytes.
+/// For what no SDK server sends: answers kla must not pass on unread, and proof that a request never arrived.
+struct Scripted {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Answer = (u16, &'static str, Vec<u8>);
+/// A request the scripted upstream received: its method and body.
+type Seen = (String, Vec<u8>);
+/// A refused shape: what it is, the body, extra headers, the JSON-RPC error code.
+type Shape<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, i64);
+
+impl Scripted {
+    async fn start(answer: impl Fn(&Value) -> Answer + Send + Sync + 'static) -> Scripted {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = std::sync::Arc::new(answer);
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |method: axum::http::Method, body: axum::body::Bytes| {
+            let log = log.clone();
+            let answer = answer.clone();
+            async move {
+                log.lock().unwrap().push((method.to_string(), body.to_vec()));
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (status, ctype, bytes) = answer(&v);
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("content-type", ctype)
+                    .body(axum::body::Body::from(bytes))
+                    .unwrap()
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        Scripted { port, seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A JSON-RPC result for `v`'s id.
+fn ok_for(v: &Value, result: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": v["id"], "result": result})
+        .to_string()
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn every_shape_of_a_tool_call_is_decided_or_refused_and_refusals_never_reach_the_upstream() {
+    let up = Scripted::start(|v| {
+        let r =
+            json!({"content": [{"type": "text", "text": "ran"}], "isError": false, "resultType": "complete"});
+        (200, "application/json", ok_for(v, r))
+    })
+    .await;
+    let k = start_at(up.port, None, None).await;
+    let c = reqwest::Client::new();
+    let call = |id: Option<u64>, method: &str| {
+        let mut m = json!({"jsonrpc": "2.0", "method": method,
+            "params": {"name": "lookup_policy", "arguments": {"policy_id": "p"}}});
+        if let Some(id) = id {
+            m["id"] = json!(id);
+        }
+        m
+    };
+    // Control: a tools/call request is decided and forwarded.
+    let (status, headers, v) = post(&k.url, &call(Some(1), "tools/call"), &[]).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(headers.get("x-kla-decision-id").is_some());
+    assert_eq!(up.seen().len(), 1);
+
+    // JSON-RPC shapes kla refuses (status, JSON-RPC code).
+    let stateless_note = stateless_headers("tools/call", Some("lookup_policy"));
+    let cases: Vec<Shape> = vec![
+        ("notification", call(None, "tools/call"), vec![], -32600),
+        (
+            "stateless notification",
+            call(None, "tools/call"),
+            stateless_note,
+            -32600,
+        ),
+        ("look-alike method", call(Some(2), "Tools/Call"), vec![], -32600),
+        ("padded method", call(Some(3), "tools/call "), vec![], -32600),
+        (
+            "batch with a notification-shaped call",
+            json!([call(Some(4), "tools/call"), call(None, "tools/call")]),
+            vec![],
+            -32600,
+        ),
+        (
+            "batch with a routing header",
+            json!([call(Some(5), "tools/call")]),
+            vec![("mcp-method", "tools/call")],
+            -32020,
+        ),
+        (
+            "response with routing headers",
+            json!({"jsonrpc": "2.0", "id": 6, "result": {}}),
+            vec![("mcp-method", "tools/call"), ("mcp-name", "lookup_policy")],
+            -32020,
+        ),
+    ];
+    for (what, body, h, code) in cases {
+        let (status, headers, v) = post(&k.url, &body, &h).await;
+        assert_eq!(status, 400, "{what}: {v}");
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+        assert!(headers.get("x-kla-decision-id").is_none(), "{what}");
+        assert_eq!(up.seen().len(), 1, "{what} reached the upstream");
+    }
+
+    // Methods that carry no body, with one; methods the transport does not define.
+    let body = call(Some(7), "tools/call").to_string();
+    for (method, status) in [
+        (reqwest::Method::GET, 400),
+        (reqwest::Method::DELETE, 400),
+        (reqwest::Method::PUT, 405),
+        (reqwest::Method::PATCH, 405),
+    ] {
+        let r = c
+            .request(method.clone(), &k.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method}");
+        if status == 405 {
+            assert!(
+                r.headers()["allow"].to_str().unwrap().contains("POST"),
+                "{method}"
+            );
+        }
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_request", "{method}: {v}");
+        assert_eq!(up.seen().len(), 1, "{method} with a body reached the upstream");
+    }
+    // A compressed body is refused too: kla would read other bytes than the upstream.
+    let r = c
+        .post(&k.url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(up.seen().len(), 1);
+    // A GET without a body (the server's stream) still reaches the upstream.
+    let r = c
+        .get(&k.url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!((seen[1].0.as_str(), seen[1].1.len()), ("GET", 0));
+}
+
+/// The upstream's `tools/list` answers kla must read to filter, in forms the SDK reads (checked directly against the
+/// upstream) but a naive reader does not.
+#[tokio::test]
+async fn a_tools_list_answer_kla_cannot_read_is_never_passed_on_unfiltered() {
+    let mode = std::sync::Arc::new(std::sync::Mutex::new(""));
+    let m = mode.clone();
+    let up = Scripted::start(move |v| {
+        let tools = json!([{"name": "delete_customer", "inputSchema": {"type": "object"}},
+                           {"name": "lookup_policy", "inputSchema": {"type": "object"}}]);
+        let result = json!({"tools": tools, "resultType": "complete", "ttlMs": 0, "cacheScope": "public"});
+        let msg = json!({"jsonrpc": "2.0", "id": v["id"], "result": result}).to_string();
+        let sse = "text/event-stream";
+        match *m.lock().unwrap() {
+            "nan" => (
+                200,
+                "application/json",
+                msg.replace("\"ttlMs\":0", "\"ttlMs\":0,\"x\":NaN").into_bytes(),
+            ),
+            "nan-sse" => (
+                200,
+                sse,
+                format!(
+                    "data: {}\n\n",
+                    msg.replace("\"ttlMs\":0", "\"ttlMs\":0,\"x\":NaN")
+                )
+                .into_bytes(),
+            ),
+            "lone-cr" => (200, sse, format!("event: message\rdata: {msg}\r\r").into_bytes()),
+            "bad-comment" => (
+                200,
+                sse,
+                [
+                    &b": \xff\xfe\nevent: message\ndata: "[..],
+                    msg.as_bytes(),
+                    b"\n\n",
+                ]
+                .concat(),
+            ),
+            "string-id" => {
+                let id = v["id"].to_string();
+                let msg = msg.replace(&format!("\"id\":{id}"), &format!("\"id\":\"{id}\""));
+                (200, "application/json", msg.into_bytes())
+            }
+            "bom" => (200, sse, format!("\u{feff}data: {msg}\n\n").into_bytes()),
+            "unended" => (200, sse, format!("data: {msg}\n").into_bytes()),
+            "text" => (200, "text/plain", msg.into_bytes()),
+            _ => (200, "application/json", msg.into_bytes()),
+        }
+    })
+    .await;
+    let k = start_at(up.port, None, None).await;
+    let direct = format!("http://127.0.0.1:{}/mcp", up.port);
+    // What kla answers: the filtered listing when it can read the answer (as the SDK would), else an error.
+    for (case, sdk_reads_it, kla_filters_it) in [
+        ("plain", true, true),
+        ("nan", true, false),
+        ("nan-sse", true, false),
+        ("lone-cr", true, true),
+        ("bad-comment", true, true),
+        ("string-id", true, true),
+        ("bom", false, true),
+        ("unended", false, false),
+        ("text", false, false),
+    ] {
+        *mode.lock().unwrap() = case;
+        let raw = client(&direct, STATELESS, json!([{"op": "list"}]))
+            .await
+            .remove(0);
+        assert_eq!(
+            raw["tools"] == json!(["delete_customer", "lookup_policy"]),
+            sdk_reads_it,
+            "{case}: the SDK reading the upstream directly: {raw}"
+        );
+        let a = client(&k.url, STATELESS, json!([{"op": "list"}])).await.remove(0);
+        if kla_filters_it {
+            assert_eq!(a["tools"], json!(["lookup_policy"]), "{case}: {a}");
+        } else {
+            assert!(a.get("error").is_some(), "{case}: {a}");
+            assert!(!a.to_string().contains("delete_customer"), "{case}: {a}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_approval_covers_the_whole_tool_call_not_only_its_arguments() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("0s")).await;
+    let body = |mode: &str, meta: Value| {
+        let mut b = envelope(
+            41,
+            "tools/call",
+            json!({"name": "wire_money", "arguments": {"amount": 5, "to": "acct-9"}, "mode": mode}),
+        );
+        for (key, v) in meta.as_object().unwrap() {
+            b["params"]["_meta"][key] = v.clone();
+        }
+        b
+    };
+    let h = stateless_headers("tools/call", Some("wire_money"));
+    let pending_approval = |v: &Value| {
+        assert_eq!(v["result"]["isError"], true, "{v}");
+        approval_in(v["result"]["content"][0]["text"].as_str().unwrap())
+    };
+    let (_, _, v) = post(&k.url, &body("live", json!({})), &h).await;
+    let approval = pending_approval(&v);
+    k.resolve(&approval, "APPROVED").await;
+    // Another params field, or an Mcp-Param header, differs: not the approved call, so it waits for its own.
+    let (_, _, v) = post(&k.url, &body("dry-run", json!({})), &h).await;
+    assert_ne!(pending_approval(&v), approval);
+    let mut with_param = h.clone();
+    with_param.push(("mcp-param-to", "acct-666"));
+    let (_, headers, v) = post(&k.url, &body("live", json!({})), &with_param).await;
+    assert_ne!(pending_approval(&v), approval);
+    let id = headers["x-kla-decision-id"].to_str().unwrap();
+    let d = k.s.get(&format!("/v1/decisions/{id}"), &k.admin, T).await;
+    assert_eq!(
+        d.body["tool"]["headers"]["mcp-param-to"], "acct-666",
+        "{}",
+        d.body
+    );
+    assert_eq!(d.body["tool"]["params"]["mode"], "live", "{}", d.body);
+    assert_eq!(up.count("wire_money"), 0);
+    // A new progress token or trace context only correlates: the same call goes through, once, on the approval.
+    let meta = json!({"progressToken": "p-7", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"});
+    let (_, headers, v) = post(&k.url, &body("live", meta), &h).await;
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert_eq!(up.count("wire_money"), 1);
+    // The decision shows what the approval was bound to: the tool, its server and the other params.
+    let id = headers["x-kla-decision-id"].to_str().unwrap();
+    let d = k.s.get(&format!("/v1/decisions/{id}"), &k.admin, T).await;
+    let tool = &d.body["tool"];
+    assert_eq!(tool["name"], "wire_money", "{tool}");
+    assert_eq!(tool["server"], "tools", "{tool}");
+    assert_eq!(tool["params"]["mode"], "live", "{tool}");
+    assert_eq!(
+        tool["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"], STATELESS,
+        "{tool}"
+    );
+    assert!(tool["params"]["_meta"].get("progressToken").is_none(), "{tool}");
+    assert_eq!(tool["headers"]["mcp-protocol-version"], STATELESS, "{tool}");
+}
+
+#[tokio::test]
+async fn a_task_nobody_polls_is_cancelled_and_its_call_never_forwarded() {
+    let up = McpServer::start();
+    let k = start(&up, None, Some("1s")).await;
+    let call = with_tasks(envelope(
+        51,
+        "tools/call",
+        json!({"name": "wire_money", "arguments": {"amount": 1250, "to": "acct-7"}}),
+    ));
+    let h = stateless_headers("tools/call", Some("wire_money"));
+    let (_, _, v) = post(&k.url, &call, &h).await;
+    assert_eq!(v["result"]["resultType"], "task", "{v}");
+    assert!(
+        v["result"]["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("poll tasks/get"),
+        "{v}"
+    );
+    let task = v["result"]["taskId"].as_str().unwrap().to_owned();
+    let approval = k.wait_pending(1).await.remove(0);
+    // Like a client that rejected the task: it never polls. Past the window (5 poll intervals) the task is gone.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let g = task_get(&k, &task).await;
+    assert_eq!(g["result"]["status"], "cancelled", "{g}");
+    assert!(
+        g["result"]["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no client polled"),
+        "{g}"
+    );
+    // Approved afterwards: the task's call is not run, and the approval was not used up by it, so the client's
+    // own retry of the same call is what goes through, once.
+    k.resolve(&approval, "APPROVED").await;
+    let (_, _, v) = post(&k.url, &call, &h).await;
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert_eq!(up.count("wire_money"), 1);
+}
+
+#[tokio::test]
+async fn discovery_through_kla_advertises_the_tasks_kla_serves() {
+    let up = McpServer::start();
+    let k = start(&up, None, None).await;
+    let tasks = "io.modelcontextprotocol/tasks";
+    let direct = client(
+        &format!("http://127.0.0.1:{}/mcp", up.port),
+        "auto",
+        json!([{"op": "caps"}]),
+    )
+    .await
+    .remove(0);
+    assert_eq!(direct["protocolVersion"], STATELESS, "{direct}");
+    assert!(
+        direct["capabilities"]["extensions"].get(tasks).is_none(),
+        "{direct}"
+    );
+    let through = client(&k.url, "auto", json!([{"op": "caps"}])).await.remove(0);
+    assert_eq!(through["protocolVersion"], STATELESS, "{through}");
+    assert_eq!(
+        through["capabilities"]["extensions"][tasks],
+        json!({}),
+        "{through}"
+    );
+    // The rest of the upstream's capabilities pass unchanged.
+    assert_eq!(through["capabilities"]["tools"], direct["capabilities"]["tools"]);
 }

@@ -3,9 +3,11 @@
     mcp_client.py URL MODE STEPS_JSON
 
 MODE is `legacy` (the initialize handshake) or a stateless revision such as `2026-07-28`. STEPS_JSON is a list of
-steps, each `{"op": "list"}` or `{"op": "call", "name": ..., "args": {...}, "timeout": seconds?, "progress": bool?}`.
-Prints one JSON line per step: for `list` the tool names and the answer's cacheScope, for `call` the result's
-isError and texts (and progress notifications seen), or `{"error": ...}` when the call raised or timed out."""
+steps, each `{"op": "list"}`, `{"op": "caps"}` or `{"op": "call", "name": ..., "args": {...}, "timeout": seconds?,
+"progress": bool?}`. MODE may also be `auto` (the SDK probes `server/discover`). Prints one JSON line per step: for
+`list` the tool names and the answer's cacheScope, for `caps` the protocol version and the server's capabilities as
+the client understood them, for `call` the result's isError and texts (and progress notifications seen), or
+`{"error": ...}` when the step raised or timed out."""
 
 import json
 import sys
@@ -23,7 +25,14 @@ async def main() -> None:
     async with Client(url, mode=mode, cache=None) as client:
         for step in steps:
             try:
-                if step["op"] == "list":
+                if step["op"] == "caps":
+                    out = {
+                        "protocolVersion": client.protocol_version,
+                        "capabilities": client.server_capabilities.model_dump(
+                            mode="json", by_alias=True, exclude_none=True
+                        ),
+                    }
+                elif step["op"] == "list":
                     r = await client.list_tools()
                     out = {
                         "tools": sorted(t.name for t in r.tools),

@@ -4,7 +4,8 @@
 //!
 //! - **a task** (the client declared the tasks extension on the request, 2026-07-28): answered at once with a task
 //!   kla owns; the hold runs in a spawned task, forwards the call once approved and keeps its result for
-//!   `tasks/get`. `tasks/cancel` drops the hold.
+//!   `tasks/get`. `tasks/cancel` drops the hold, and so does a task its client stops polling (`super::tasks`):
+//!   a call nobody follows is never forwarded.
 //! - **an SSE stream** (the client accepts `text/event-stream`): the answer streams keep-alive comments (and
 //!   `notifications/progress` when the request has a `progressToken`) up to the hold budget, then the forwarded
 //!   call's own answer, or an `isError` result naming the approval and its URL. A client that goes away (or, in the
@@ -153,16 +154,28 @@ async fn final_answer(resp: http::Response<hyper::body::Incoming>, id: &Value) -
     let mut body = resp.into_body();
     if ctype.starts_with("text/event-stream") {
         let mut split = wire::SseSplitter::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("reading the upstream's stream: {e}"))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
+        let mut first = true;
+        let mut done = false;
+        while !done {
+            let events = match body.frame().await {
+                Some(frame) => {
+                    let frame = frame.map_err(|e| format!("reading the upstream's stream: {e}"))?;
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    split
+                        .push(&data)
+                        .map_err(|n| format!("the upstream sent an event over {n} bytes"))?
+                }
+                None => {
+                    done = true;
+                    split.finish().0
+                }
             };
-            let events = split
-                .push(&data)
-                .map_err(|n| format!("the upstream sent an event over {n} bytes"))?;
             for ev in events {
-                let Some(v) = wire::event_data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                let Some(v) = wire::read_event(&ev, std::mem::take(&mut first))
+                    .data
+                    .and_then(|d| serde_json::from_str::<Value>(&d).ok())
                 else {
                     continue;
                 };
@@ -272,9 +285,11 @@ fn as_task(
     let id = msg.answer_id();
     let ttl = Duration::from_secs(terms.timeout_seconds);
     let note = format!(
-        "waiting for a person's approval: {} at {}",
+        "waiting for a person's approval: {} at {}; poll tasks/get at least every {} s or the task is cancelled \
+         and its call not forwarded",
         terms.approval_id,
-        cx.approval_url(&terms.approval_id)
+        cx.approval_url(&terms.approval_id),
+        super::tasks::FOLLOW_POLLS
     );
     let Some((task_id, created, cancel)) = cx.p.mcp.tasks.create(&cx.caller, &cx.agent, note, ttl) else {
         // No room for one more task: the client is told to come back, as without the extension.
@@ -291,13 +306,32 @@ fn as_task(
         // The hold may take as long as the approval may: its expiry ends it in any case.
         let budget = ttl + Duration::from_secs(5);
         let hold = cx.p.hold(&cx.caller, req, &decision_id, &terms, budget);
-        let end = tokio::select! {
-            _ = cancel.cancelled() => return,
-            end = hold => end,
-        };
+        tokio::pin!(hold);
         let tasks = &cx.p.mcp.tasks;
+        // Followed only while polled: at the end of each window without a poll the hold is dropped (the approval
+        // stays unused for the agent's retry), and nothing is forwarded for a client that is not there.
+        let end = loop {
+            let Some(deadline) = tasks.follow_deadline(&task_id) else {
+                return;
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                end = &mut hold => break end,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if !tasks.still_followed(&task_id) {
+                        tracing::info!(task = %task_id, "mcp: a task nobody polls was cancelled; its call is not forwarded");
+                        return;
+                    }
+                }
+            }
+        };
         let done = match end {
             HoldEnd::Go(d) => {
+                // The approval came in; a client that stopped following meanwhile gets nothing run for it.
+                if !tasks.still_followed(&task_id) {
+                    tracing::info!(task = %task_id, "mcp: an approved task nobody polls was cancelled; not forwarded");
+                    return;
+                }
                 tasks.progress(
                     &task_id,
                     format!("approved; forwarded as decision {}", d.decision_id),

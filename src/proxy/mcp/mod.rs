@@ -1,8 +1,12 @@
 //! MCP routes (`kind: mcp`): an MCP server over Streamable HTTP behind the proxy, in both protocol eras (the
 //! handshake era up to 2025-11-25 and the stateless 2026-07-28 revision). kla reads each POST body, refuses what is
 //! not JSON-RPC or whose routing headers disagree with it, decides every `tools/call` (action = the tool's name,
-//! context = its `arguments`) through the governed action, filters `tools/list`, answers `tasks/*` for the tasks it
-//! owns, and passes everything else through untouched (GET streams, DELETE, `Mcp-Session-Id`, `Mcp-Param-*`).
+//! context = its `arguments`, the approval bound to the whole call) through the governed action and refuses any
+//! other shape of one (a notification, a look-alike method), filters `tools/list`, advertises the tasks it serves in
+//! `server/discover`, answers `tasks/*` for the tasks it owns, and passes everything else through untouched (GET
+//! streams, DELETE, `Mcp-Session-Id`, `Mcp-Param-*`). Methods the transport does not define are refused, and so is a
+//! body on GET or DELETE. An upstream answer kla rewrites is passed on only as kla read it: one it cannot read
+//! becomes a JSON-RPC error (fail closed), never the upstream's bytes.
 //!
 //! Owns the MCP wire ([`wire`]), kla's own tasks ([`tasks`]) and holding calls for approval ([`hold`]); reuses
 //! the plain proxy's identity, header and URL helpers (`forward.rs`) and never changes them. No SQL, no ledger
@@ -31,7 +35,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use wire::{Era, Message, Posted, Rejection};
+use wire::{Disposition, Era, Message, Posted, Rejection};
 
 pub(crate) use hold::McpHolds;
 
@@ -90,12 +94,53 @@ pub(super) async fn handle(
         caller,
         agent,
     };
-    if parts.method != Method::POST {
-        // GET streams, DELETE of a session, OPTIONS: the upstream's business, streamed both ways.
-        return match cx.send(parts, body, None).await {
-            Ok(r) => passthrough(r),
-            Err(r) => *r,
+    match parts.method {
+        Method::POST => {}
+        Method::GET | Method::DELETE | Method::OPTIONS => {
+            // GET streams, DELETE of a session, OPTIONS: the upstream's business, streamed both ways. None carries a
+            // body, and one there would reach the upstream undecided (a tools/call in a GET): refused.
+            if http_body_util::Limited::new(body, 0).collect().await.is_err() {
+                return http_error(
+                    crate::api::Code::InvalidRequest,
+                    format!(
+                        "a {} request to an MCP route carries no body (MCP messages are POSTed)",
+                        parts.method
+                    ),
+                );
+            }
+            return match cx.send(parts, Body::empty(), None).await {
+                Ok(r) => passthrough(r),
+                Err(r) => *r,
+            };
+        }
+        _ => {
+            let mut r = http_error(
+                crate::api::Code::MethodNotAllowed,
+                format!(
+                    "method {} is not part of MCP's Streamable HTTP transport (POST, GET, DELETE)",
+                    parts.method
+                ),
+            );
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("POST, GET, DELETE, OPTIONS"),
+            );
+            return r;
+        }
+    }
+    let encoded = parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // kla decides on the bytes it reads; a compressed body would be read one way by kla and another upstream.
+        let r = Rejection {
+            code: wire::INVALID_REQUEST,
+            message: "kla reads MCP request bodies uncompressed (no Content-Encoding)".into(),
+            id: Value::Null,
         };
+        return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, &r);
     }
     let limit = p.app.body_limit;
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
@@ -137,6 +182,11 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
 /// A refused message: a JSON-RPC error, never forwarded.
 fn reject(status: StatusCode, r: &Rejection) -> Response {
     json_response(status, &wire::error(&r.id, r.code, &r.message, None))
+}
+
+/// A refused HTTP request that carries no JSON-RPC message: the API's `{"code","message"}`.
+fn http_error(code: crate::api::Code, message: String) -> Response {
+    crate::api::ApiError::new(code, message).into_response()
 }
 
 /// The upstream's answer, streamed back without hop-by-hop headers.
@@ -283,23 +333,35 @@ impl Ctx {
         if let Err(r) = wire::check_headers(&parts.headers, &msg, era) {
             return reject(StatusCode::BAD_REQUEST, &r);
         }
-        let is_request = msg.request_id().is_some();
-        match msg.method() {
-            Some("tools/call") if is_request => self.tools_call(parts, bytes, msg, era).await,
-            Some("tools/list") if is_request && self.hide_blocked_tools() => {
+        match wire::disposition(&msg, false) {
+            Disposition::Refuse(r) => reject(StatusCode::BAD_REQUEST, &r),
+            Disposition::Decide => self.tools_call(parts, bytes, msg, era).await,
+            Disposition::ListTools if self.hide_blocked_tools() => {
                 self.tools_list(parts, bytes, msg, era).await
             }
-            Some("tasks/get" | "tasks/cancel" | "tasks/update" | "tasks/result")
-                if is_request && tasks::is_ours(&msg) =>
-            {
-                self.p.mcp.tasks.answer(&self.caller, &self.agent, &msg)
-            }
-            Some("notifications/cancelled") => {
+            Disposition::Discover => self.discover(parts, bytes, msg).await,
+            Disposition::OwnTask => self.p.mcp.tasks.answer(&self.caller, &self.agent, &msg),
+            Disposition::Cancelled => {
                 // Handshake era: the client gave up on a request; a call held for it is never forwarded.
                 self.p.mcp.holds.cancelled(&parts.headers, &msg);
                 self.forward(parts, bytes, None).await
             }
-            _ => self.forward(parts, bytes, msg.request_id().cloned()).await,
+            Disposition::ListTools | Disposition::Forward => {
+                self.forward(parts, bytes, msg.request_id().cloned()).await
+            }
+        }
+    }
+
+    /// The request target below the route as it is forwarded (path and query), empty for the route itself.
+    fn target(&self, parts: &Parts) -> String {
+        let rest = if parts.uri.path() == self.route.prefix {
+            ""
+        } else {
+            self.rest.as_str()
+        };
+        match parts.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
         }
     }
 
@@ -348,6 +410,15 @@ impl Ctx {
                 )));
             }
         };
+        // The approval covers the whole call: what else is forwarded that can change its effect goes into `tool`
+        // (so into the action digest), and the decision records it (redacted).
+        let mut tool = Map::new();
+        tool.insert("name".into(), name.into());
+        tool.insert("server".into(), self.route.name.clone().into());
+        match wire::call_binding(&parts.headers, msg, &self.target(parts)) {
+            Ok(bound) => tool.extend(bound),
+            Err(r) => return Err(Box::new(reject(StatusCode::BAD_REQUEST, &r))),
+        }
         let execution_id = parts
             .headers
             .get("x-kla-execution-id")
@@ -359,7 +430,7 @@ impl Ctx {
                 agent_id: self.agent.clone(),
                 action,
                 context,
-                tool: Some(json!({"name": name, "server": self.route.name})),
+                tool: Some(Value::Object(tool)),
                 execution_id,
                 trace_id: trace_id(&parts.headers),
                 // A call held past its client's patience is retried: one approval lets one such call through.
@@ -445,13 +516,28 @@ impl Ctx {
             Err(r) => return *r,
         };
         let set = self.p.app.policy.active();
-        let ids = [id.clone()];
-        rewrite(resp, &id, Vec::new(), move |answer: &mut Value| {
-            if answer.get("id").is_some_and(|i| ids.contains(i)) {
-                wire::filter_tools(answer, era, |t| hidden(&set, &agent, t))
-            } else {
-                false
-            }
+        // Every answer on this response is filtered, whatever id it carries: clients match ids loosely (1.0 or "1"
+        // for 1), so an answer kla skipped for its id could still be read as the listing.
+        rewrite(resp, Pending::one(id), Vec::new(), move |answer: &mut Value| {
+            wire::filter_tools(answer, era, |t| hidden(&set, &agent, t));
+        })
+        .await
+    }
+
+    /// `server/discover` (2026-07-28): the upstream's answer with the tasks extension added to its capabilities,
+    /// since kla answers held calls with tasks of its own (and a client only accepts a task from a server that
+    /// advertised them).
+    async fn discover(&self, mut parts: Parts, bytes: Bytes, msg: Message) -> Response {
+        let id = msg.answer_id();
+        parts
+            .headers
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        let resp = match self.send(parts, Body::from(bytes), Some(&id)).await {
+            Ok(r) => r,
+            Err(r) => return *r,
+        };
+        rewrite(resp, Pending::one(id), Vec::new(), |answer: &mut Value| {
+            wire::advertise_tasks(answer);
         })
         .await
     }
@@ -490,16 +576,32 @@ impl Ctx {
             };
             return reject(StatusCode::BAD_REQUEST, &r);
         }
+        if let Err(r) = wire::check_batch_headers(&parts.headers) {
+            return reject(StatusCode::BAD_REQUEST, &r);
+        }
+        // One message kla refuses (a notification-shaped tools/call, a look-alike method) refuses the batch: nothing
+        // of it is decided or forwarded.
+        for msg in &msgs {
+            if let Disposition::Refuse(r) = wire::disposition(msg, true) {
+                let r = Rejection {
+                    id: Value::Null,
+                    message: format!("the batch was refused: {}", r.message),
+                    ..r
+                };
+                return reject(StatusCode::BAD_REQUEST, &r);
+            }
+        }
         let era = Era::Handshake;
         let mut ours: Vec<Value> = Vec::new();
         let mut upstream: Vec<Value> = Vec::new();
         let mut decisions: Vec<String> = Vec::new();
         let mut warns: Vec<String> = Vec::new();
-        let mut list_ids: Vec<Value> = Vec::new();
+        let mut listing = false;
+        let mut forwarded_ids: Vec<Value> = Vec::new();
         for msg in msgs {
             let id = msg.answer_id();
-            match msg.method() {
-                Some("tools/call") if msg.request_id().is_some() => {
+            match wire::disposition(&msg, true) {
+                Disposition::Decide => {
                     let (tool, mut req) = match self.action_of(&parts, &msg, era) {
                         Ok(r) => r,
                         Err(r) => {
@@ -535,21 +637,28 @@ impl Ctx {
                             if d.decision.outcome == Outcome::Warn {
                                 warns.extend(d.decision.reason_codes.iter().cloned());
                             }
+                            forwarded_ids.push(id);
                             upstream.push(Value::Object(msg.0));
                         }
                     }
                 }
-                Some("tools/list") if msg.request_id().is_some() && self.hide_blocked_tools() => {
-                    list_ids.push(id);
+                Disposition::ListTools if self.hide_blocked_tools() => {
+                    listing = true;
+                    forwarded_ids.push(id);
                     upstream.push(Value::Object(msg.0));
                 }
-                _ => upstream.push(Value::Object(msg.0)),
+                _ => {
+                    if let Some(id) = msg.request_id() {
+                        forwarded_ids.push(id.clone());
+                    }
+                    upstream.push(Value::Object(msg.0));
+                }
             }
         }
         let mut resp = if upstream.is_empty() {
             json_response(StatusCode::OK, &Value::Array(ours))
         } else {
-            let filter = if list_ids.is_empty() {
+            let filter = if !listing {
                 None
             } else {
                 match self.policy_agent(&Value::Null).await {
@@ -574,11 +683,16 @@ impl Ctx {
                 passthrough(r)
             } else {
                 let set = self.p.app.policy.active();
-                rewrite(r, &Value::Null, ours, move |answer: &mut Value| match &filter {
-                    Some(agent) if answer.get("id").is_some_and(|i| list_ids.contains(i)) => {
-                        wire::filter_tools(answer, era, |t| hidden(&set, agent, t))
+                let pending = Pending {
+                    ids: forwarded_ids,
+                    batch: true,
+                };
+                // With a listing in the batch, every answer is filtered (see `tools_list`): a call's result has no
+                // `tools` to lose.
+                rewrite(r, pending, ours, move |answer: &mut Value| {
+                    if let Some(agent) = &filter {
+                        wire::filter_tools(answer, era, |t| hidden(&set, agent, t));
                     }
-                    _ => false,
                 })
                 .await
             }
@@ -618,14 +732,71 @@ async fn answer_of(r: Response) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The upstream's answer with each JSON-RPC message passed through `edit` (which says whether it changed it) and
-/// kla's own `extra` answers added: a JSON answer is read whole (up to [`MAX_REWRITTEN`]) and rewritten, an SSE
-/// stream is rewritten event by event as it streams (kla's answers first). Anything else passes through.
+/// The requests a rewritten answer answers: whom kla answers with a JSON-RPC error when it cannot read the
+/// upstream's answer.
+struct Pending {
+    /// The ids of the requests that went upstream.
+    ids: Vec<Value>,
+    /// Whether the request was a batch (the answer is then an array).
+    batch: bool,
+}
+
+impl Pending {
+    fn one(id: Value) -> Pending {
+        Pending {
+            ids: vec![id],
+            batch: false,
+        }
+    }
+
+    /// The errors that stand for the answers not yet given (`answered` already were).
+    fn errors(&self, answered: &[Value], message: &str) -> Vec<Value> {
+        let code = Class::UpstreamFailed.jsonrpc_code();
+        let mut out: Vec<Value> = self
+            .ids
+            .iter()
+            .filter(|i| !answered.contains(i))
+            .map(|i| wire::error(i, code, message, None))
+            .collect();
+        if out.is_empty() && answered.is_empty() {
+            out.push(wire::error(&Value::Null, code, message, None));
+        }
+        out
+    }
+}
+
+/// The answer when the upstream's cannot be read: JSON-RPC errors (with kla's own `extra` answers of a batch), the
+/// upstream's status kept when it was an error (a client may act on a 404), else 502. Never the upstream's bytes.
+fn unreadable(status: StatusCode, pending: &Pending, extra: Vec<Value>, why: &str) -> Response {
+    tracing::warn!(reason = %why, "mcp: an upstream answer kla must read could not be read; answered with an error");
+    let message = format!("kla could not read the upstream's answer ({why}), so it is not passed on");
+    let status = if status.is_client_error() || status.is_server_error() {
+        status
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let mut errors = pending.errors(&[], &message);
+    let body = if pending.batch {
+        errors.extend(extra);
+        Value::Array(errors)
+    } else {
+        errors.into_iter().next().unwrap_or_else(|| {
+            wire::error(&Value::Null, Class::UpstreamFailed.jsonrpc_code(), &message, None)
+        })
+    };
+    json_response(status, &body)
+}
+
+/// The upstream's answer with each JSON-RPC message passed through `edit`, and kla's own `extra` answers added: a
+/// JSON answer is read whole (up to [`MAX_REWRITTEN`]) and written again, an SSE stream is read event by event as it
+/// streams (kla's answers first) and each event written again from what kla read. So the client reads exactly what
+/// kla read: whatever kla cannot read (not JSON, `NaN`, another content type with a body, a compressed answer, an
+/// event over the size kla reads) ends the answer with JSON-RPC errors instead, never with the upstream's bytes.
 async fn rewrite(
     resp: http::Response<Incoming>,
-    id: &Value,
+    pending: Pending,
     extra: Vec<Value>,
-    mut edit: impl FnMut(&mut Value) -> bool + Send + 'static,
+    mut edit: impl FnMut(&mut Value) + Send + 'static,
 ) -> Response {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -634,107 +805,162 @@ async fn rewrite(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+        .trim()
         .to_ascii_lowercase();
     let encoded = parts
         .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity");
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return json_response(
-            StatusCode::BAD_GATEWAY,
-            &wire::error(
-                id,
-                Class::UpstreamFailed.jsonrpc_code(),
-                "the upstream compressed an answer kla must read",
-                None,
-            ),
-        );
-    }
-    if ctype.starts_with("application/json") {
-        let bytes = match http_body_util::Limited::new(body, MAX_REWRITTEN).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return json_response(
-                    StatusCode::BAD_GATEWAY,
-                    &wire::error(
-                        id,
-                        Class::UpstreamFailed.jsonrpc_code(),
-                        &format!("reading the upstream's answer: {e}"),
-                        None,
-                    ),
-                );
-            }
-        };
-        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-            // Not JSON after all: the client gets it as it was.
-            parts.headers.remove(header::CONTENT_LENGTH);
-            return Response::from_parts(parts, Body::from(bytes));
-        };
-        match &mut v {
-            Value::Array(items) => {
-                items.iter_mut().for_each(|m| {
-                    edit(m);
-                });
-                items.extend(extra);
-            }
-            single => {
-                edit(single);
-                if !extra.is_empty() {
-                    let mut all = vec![single.take()];
-                    all.extend(extra);
-                    *single = Value::Array(all);
-                }
-            }
-        }
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from(v.to_string()));
+        return unreadable(parts.status, &pending, extra, "it is compressed");
     }
     if ctype.starts_with("text/event-stream") {
         parts.headers.remove(header::CONTENT_LENGTH);
         let first: Vec<Result<Bytes, hyper::Error>> = extra.iter().map(|m| Ok(wire::sse_event(m))).collect();
-        let state = (body, wire::SseSplitter::default(), edit, false);
-        let events =
-            futures_util::stream::unfold(state, |(mut body, mut split, mut edit, done)| async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    match body.frame().await {
-                        None => {
-                            let rest = split.rest();
-                            return Some((Ok(rest), (body, split, edit, true)));
+        let state = SseRewrite {
+            body,
+            split: wire::SseSplitter::default(),
+            edit,
+            first: true,
+            answered: Vec::new(),
+            pending,
+            done: false,
+        };
+        let events = futures_util::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let events = match st.body.frame().await {
+                    None => {
+                        st.done = true;
+                        let (events, rest) = st.split.finish();
+                        if !rest.is_empty() {
+                            // An event the stream did not end: SSE clients discard it, and so does kla.
+                            tracing::debug!(bytes = rest.len(), "mcp: upstream stream ended inside an event");
                         }
-                        Some(Err(e)) => return Some((Err(e), (body, split, edit, true))),
-                        Some(Ok(frame)) => {
-                            let Ok(data) = frame.into_data() else {
-                                continue;
-                            };
-                            let Ok(evs) = split.push(&data) else {
-                                tracing::warn!(
-                                    "mcp upstream sent an SSE event over the size kla reads; stream cut"
-                                );
-                                return None;
-                            };
-                            if evs.is_empty() {
-                                continue;
+                        events
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        match st.split.push(&data) {
+                            Ok(evs) => evs,
+                            Err(n) => {
+                                let out = st.fail(&format!("an event over {n} bytes"));
+                                return Some((Ok(out), st));
                             }
-                            let mut out = bytes::BytesMut::new();
-                            for ev in evs {
-                                let changed = wire::event_data(&ev)
-                                    .and_then(|d| serde_json::from_str::<Value>(&d).ok())
-                                    .and_then(|mut v| edit(&mut v).then_some(v));
-                                match changed {
-                                    Some(v) => out.extend_from_slice(&wire::replace_data(&ev, &v)),
-                                    None => out.extend_from_slice(&ev),
-                                }
-                            }
-                            return Some((Ok(out.freeze()), (body, split, edit, false)));
                         }
                     }
+                };
+                if events.is_empty() && !st.done {
+                    continue;
                 }
-            });
+                let out = st.events(events);
+                return Some((Ok(out), st));
+            }
+        });
         let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), events);
         return Response::from_parts(parts, Body::from_stream(stream));
     }
-    Response::from_parts(parts, Body::new(body))
+    let bytes = match http_body_util::Limited::new(body, MAX_REWRITTEN).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return unreadable(parts.status, &pending, extra, &format!("reading it: {e}")),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if !ctype.starts_with("application/json") {
+        if bytes.is_empty() && extra.is_empty() {
+            // Nothing to read (a 202, an empty error): the status and headers are the answer.
+            return Response::from_parts(parts, Body::empty());
+        }
+        if bytes.is_empty() {
+            parts
+                .headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Response::from_parts(parts, Body::from(Value::Array(extra).to_string()));
+        }
+        let why = format!("its content type is {ctype:?}, neither JSON nor an SSE stream");
+        return unreadable(parts.status, &pending, extra, &why);
+    }
+    let mut v = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => v,
+        Err(e) => return unreadable(parts.status, &pending, extra, &format!("not JSON: {e}")),
+    };
+    match &mut v {
+        Value::Array(items) => {
+            items.iter_mut().for_each(&mut edit);
+            items.extend(extra);
+        }
+        single => {
+            edit(single);
+            if !extra.is_empty() {
+                let mut all = vec![single.take()];
+                all.extend(extra);
+                *single = Value::Array(all);
+            }
+        }
+    }
+    Response::from_parts(parts, Body::from(v.to_string()))
+}
+
+/// The state of an SSE answer being rewritten.
+struct SseRewrite<E> {
+    body: Incoming,
+    split: wire::SseSplitter,
+    edit: E,
+    /// The next event starts the stream.
+    first: bool,
+    /// Ids of the answers passed on so far.
+    answered: Vec<Value>,
+    pending: Pending,
+    done: bool,
+}
+
+impl<E: FnMut(&mut Value)> SseRewrite<E> {
+    /// Whole events, written again from what kla read of them.
+    fn events(&mut self, events: Vec<Bytes>) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        for raw in events {
+            let ev = wire::read_event(&raw, std::mem::take(&mut self.first));
+            let data = match ev.data.as_deref() {
+                // No data (a comment, an id): nothing a client dispatches.
+                None | Some("") => None,
+                Some(d) => match serde_json::from_str::<Value>(d) {
+                    Ok(mut v) => {
+                        (self.edit)(&mut v);
+                        if v.get("method").is_none()
+                            && let Some(id) = v.get("id")
+                        {
+                            self.answered.push(id.clone());
+                        }
+                        Some(v)
+                    }
+                    Err(e) => {
+                        out.extend_from_slice(&self.fail(&format!("an event whose data is not JSON: {e}")));
+                        return out.freeze();
+                    }
+                },
+            };
+            out.extend_from_slice(&wire::render_event(&ev, data.as_ref()));
+        }
+        out.freeze()
+    }
+
+    /// Ends the stream with errors for the requests not yet answered.
+    fn fail(&mut self, why: &str) -> Bytes {
+        tracing::warn!(reason = %why, "mcp: an upstream stream kla must read could not be read; ended with errors");
+        self.done = true;
+        let message = format!("kla could not read the upstream's answer ({why}), so it is not passed on");
+        let mut out = bytes::BytesMut::new();
+        for e in self.pending.errors(&self.answered, &message) {
+            out.extend_from_slice(&wire::sse_event(&e));
+        }
+        out.freeze()
+    }
 }

@@ -1,8 +1,10 @@
 //! The tasks kla owns (the tasks extension, `io.modelcontextprotocol/tasks`, 2026-07-28): a `tools/call` held for
 //! approval by a client that declared the extension is answered at once with a task, and the client polls
-//! `tasks/get` until the call was forwarded (or refused). Tasks live in memory, bounded in number and age; their
-//! ids are unguessable and bound to the tenant and agent that made them. `tasks/*` for ids kla did not make pass
-//! through to the upstream.
+//! `tasks/get` until the call was forwarded (or refused). A task is followed only while its client polls it: one
+//! not polled for [`FOLLOW_POLLS`] poll intervals is cancelled, and its call is never forwarded (a client that
+//! rejected the task, or went away, must not have a call run on its behalf). Tasks live in memory, bounded in
+//! number and age; their ids are unguessable and bound to the tenant and agent that made them. `tasks/*` for ids
+//! kla did not make pass through to the upstream.
 
 use super::wire;
 use crate::auth::Caller;
@@ -14,12 +16,19 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Every task id kla makes starts with this, so `tasks/*` for other ids go upstream.
-const PREFIX: &str = "kla-task-";
+use super::wire::TASK_PREFIX as PREFIX;
 /// Tasks kept at once; a call that would need one more is answered without a task.
 const MAX_TASKS: usize = 10_000;
 /// Suggested polling interval.
 const POLL_MS: u64 = 1000;
+/// Poll intervals without a poll (`tasks/get`, `tasks/result`, `tasks/update`) after which a working task is no
+/// longer followed: it is cancelled and its call never forwarded.
+pub(super) const FOLLOW_POLLS: u32 = 5;
+
+/// How long a working task may go unpolled.
+fn follow_window() -> Duration {
+    Duration::from_millis(POLL_MS) * FOLLOW_POLLS
+}
 /// How long a task is kept after its approval could have expired.
 const KEEP_AFTER: Duration = Duration::from_secs(3600);
 
@@ -52,11 +61,24 @@ struct Task {
     /// `completed`: the call's result; `failed`: its JSON-RPC error.
     payload: Option<Value>,
     created: Instant,
+    /// When its client last polled it (or created it).
+    polled: Instant,
     ttl: Duration,
     cancel: CancellationToken,
 }
 
 impl Task {
+    /// No client follows the task: it is cancelled, and the hold of its call dropped.
+    fn abandon(&mut self) {
+        self.cancel.cancel();
+        self.status = Status::Cancelled;
+        self.message = format!(
+            "cancelled: no client polled the task for {} s, so its call was not forwarded",
+            follow_window().as_secs()
+        );
+        self.updated_at = crate::time::now_rfc3339();
+    }
+
     fn wire(&self, id: &str) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("taskId".into(), id.into());
@@ -96,14 +118,6 @@ pub(super) struct Tasks {
     tasks: Mutex<HashMap<String, Task>>,
 }
 
-/// Whether `msg` (a `tasks/*` request) names a task kla made.
-pub(super) fn is_ours(msg: &wire::Message) -> bool {
-    msg.params()
-        .and_then(|p| p.get("taskId"))
-        .and_then(Value::as_str)
-        .is_some_and(|t| t.starts_with(PREFIX))
-}
-
 impl Tasks {
     /// Makes a working task for `caller`'s `agent`, kept `ttl`; returns its id, the `CreateTaskResult` and the token
     /// that `tasks/cancel` fires. `None`: too many tasks.
@@ -131,6 +145,7 @@ impl Tasks {
             updated_at: now,
             payload: None,
             created: Instant::now(),
+            polled: Instant::now(),
             ttl: ttl + KEEP_AFTER,
             cancel: cancel.clone(),
         };
@@ -138,6 +153,27 @@ impl Tasks {
         created.insert("resultType".into(), "task".into());
         tasks.insert(id.clone(), task);
         Some((id, Value::Object(created), cancel))
+    }
+
+    /// When the working task `id` stops being followed unless polled again before; `None`: it is not working.
+    pub(super) fn follow_deadline(&self, id: &str) -> Option<Instant> {
+        let tasks = self.tasks.lock();
+        let t = tasks.get(id).filter(|t| t.status == Status::Working)?;
+        Some(t.polled + follow_window())
+    }
+
+    /// Whether the working task `id` is still followed (polled within the window). One that is not is cancelled
+    /// here (its call is never forwarded); `false` too for a task that is no longer working.
+    pub(super) fn still_followed(&self, id: &str) -> bool {
+        let mut tasks = self.tasks.lock();
+        let Some(t) = tasks.get_mut(id).filter(|t| t.status == Status::Working) else {
+            return false;
+        };
+        if t.polled.elapsed() < follow_window() {
+            return true;
+        }
+        t.abandon();
+        false
     }
 
     /// Records how a task's call ended (unless it was cancelled first).
@@ -193,6 +229,14 @@ impl Tasks {
                 ),
             );
         };
+        if t.status == Status::Working && msg.method() != Some("tasks/cancel") {
+            // Polled: its client still follows it (unless the window had already passed).
+            if t.polled.elapsed() < follow_window() {
+                t.polled = Instant::now();
+            } else {
+                t.abandon();
+            }
+        }
         let answer = match msg.method() {
             Some("tasks/get") => {
                 let mut m = t.wire(task_id);

@@ -21,6 +21,11 @@ pub const STATELESS_REVISION: &str = "2026-07-28";
 pub const BATCH_REVISION: &str = "2025-03-26";
 /// The tasks extension's identifier.
 pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+/// Every task id kla makes starts with this, so `tasks/*` for other ids go upstream.
+pub const TASK_PREFIX: &str = "kla-task-";
+/// `params._meta` keys that only correlate a request (progress, W3C trace context), never change what it does: the
+/// one part of a `tools/call` an approval is not bound to, since a client's retry carries new ones.
+const CORRELATION_META: [&str; 4] = ["progressToken", "traceparent", "tracestate", "baggage"];
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// Routing headers; each may appear at most once (two readers must not see two values).
@@ -257,6 +262,13 @@ pub fn check_headers(headers: &HeaderMap, msg: &Message, era: Era) -> Result<(),
         }
     }
     let Some(method) = msg.method() else {
+        // A response names no method: a routing header would tell an intermediary (or a server that routes on
+        // headers) something the body does not say.
+        for h in ["mcp-method", "mcp-name"] {
+            if headers.contains_key(h) {
+                return mismatch(format!("the {h} header is on a message that is not a request"));
+            }
+        }
         return Ok(());
     };
     let is_request = msg.request_id().is_some();
@@ -302,6 +314,172 @@ pub fn check_headers(headers: &HeaderMap, msg: &Message, era: Era) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// What the proxy does with one JSON-RPC message of a POST body. Every message whose method is `tools/call` is
+/// decided or refused, whatever its shape: never forwarded undecided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// A `tools/call` request: decided before anything is forwarded.
+    Decide,
+    /// A `tools/list` request: its answer is filtered (when the route hides blocked tools).
+    ListTools,
+    /// A `server/discover` request: its answer advertises the tasks kla serves.
+    Discover,
+    /// A `tasks/*` request for one of kla's own tasks: answered by kla.
+    OwnTask,
+    /// `notifications/cancelled`: a call held for the request it names is dropped; then forwarded.
+    Cancelled,
+    /// Anything else (other requests, notifications, responses): forwarded as it is.
+    Forward,
+    /// Refused, never forwarded.
+    Refuse(Rejection),
+}
+
+/// Whether `method` is `tools/call` spelled some other way (case, surrounding whitespace): a server that reads
+/// methods loosely would run it as a call, so it is refused rather than forwarded as some other method.
+fn loosely_tools_call(method: &str) -> bool {
+    method != "tools/call" && method.trim().eq_ignore_ascii_case("tools/call")
+}
+
+/// What to do with `msg` (the [`Disposition`]). Inside a batch, kla answers no `tasks/*` and sees no discovery
+/// (both exist only in the stateless era, which has no batches): those go upstream.
+pub fn disposition(msg: &Message, in_batch: bool) -> Disposition {
+    let Some(method) = msg.method() else {
+        return Disposition::Forward;
+    };
+    let id = msg.answer_id();
+    let is_request = msg.request_id().is_some();
+    if loosely_tools_call(method) {
+        return Disposition::Refuse(Rejection::new(
+            INVALID_REQUEST,
+            format!("method {method:?} is not \"tools/call\", and kla forwards no look-alike of it"),
+            id,
+        ));
+    }
+    match method {
+        "tools/call" if is_request => Disposition::Decide,
+        "tools/call" => Disposition::Refuse(Rejection::new(
+            INVALID_REQUEST,
+            "a tools/call without an \"id\" (a notification) is refused: kla decides every call and \
+             answers it, and a notification cannot be answered",
+            Value::Null,
+        )),
+        "tools/list" if is_request => Disposition::ListTools,
+        "server/discover" if is_request && !in_batch => Disposition::Discover,
+        "tasks/get" | "tasks/cancel" | "tasks/update" | "tasks/result" if is_request && !in_batch => {
+            let ours = msg
+                .params()
+                .and_then(|p| p.get("taskId"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with(TASK_PREFIX));
+            if ours {
+                Disposition::OwnTask
+            } else {
+                Disposition::Forward
+            }
+        }
+        "notifications/cancelled" if !in_batch => Disposition::Cancelled,
+        _ => Disposition::Forward,
+    }
+}
+
+/// Refuses a batch carrying a routing header: the headers describe one message, and a batch has several.
+pub fn check_batch_headers(headers: &HeaderMap) -> Result<(), Rejection> {
+    for h in ["mcp-method", "mcp-name"] {
+        if headers.contains_key(h) {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {h} header names one message, and a batch has several"),
+                Value::Null,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything of a `tools/call` request that is forwarded and can change what it does, besides the tool's name and
+/// `arguments` (which are the decision's action and context): the other `params` fields (`_meta` without its
+/// correlation-only keys, see [`CORRELATION_META`]), the `MCP-Protocol-Version` and `Mcp-Param-*` headers (names
+/// lowercased, values as sent), and the request target below the route (`target`, when there is one). An approval
+/// is bound to it (it goes into the decision's `tool`), so a retry that changes any of it is decided anew.
+/// `Err`: a header kla cannot bind (sent twice, or not text).
+pub fn call_binding(
+    headers: &HeaderMap,
+    msg: &Message,
+    target: &str,
+) -> Result<Map<String, Value>, Rejection> {
+    let id = msg.answer_id();
+    let mut out = Map::new();
+    let mut params = msg.params().cloned().unwrap_or_default();
+    params.remove("name");
+    params.remove("arguments");
+    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+        for k in CORRELATION_META {
+            meta.remove(k);
+        }
+        if meta.is_empty() {
+            params.remove("_meta");
+        }
+    }
+    if !params.is_empty() {
+        out.insert("params".into(), Value::Object(params));
+    }
+    let mut bound = Map::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n != "mcp-protocol-version" && !n.starts_with("mcp-param-") {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {n} header appears more than once"),
+                id,
+            ));
+        };
+        let Ok(v) = std::str::from_utf8(v.as_bytes()) else {
+            return Err(Rejection::new(
+                HEADER_MISMATCH,
+                format!("the {n} header is not UTF-8 text"),
+                id,
+            ));
+        };
+        bound.insert(n.to_owned(), v.into());
+    }
+    if !bound.is_empty() {
+        out.insert("headers".into(), Value::Object(bound));
+    }
+    if !target.is_empty() {
+        out.insert("target".into(), target.into());
+    }
+    Ok(out)
+}
+
+/// Adds the tasks extension to a `server/discover` answer's capabilities (kla serves tasks for the calls it holds,
+/// whatever the upstream serves). `false`: not a discovery result (left as it is).
+pub fn advertise_tasks(answer: &mut Value) -> bool {
+    let Some(caps) = answer
+        .get_mut("result")
+        .and_then(|r| r.get_mut("capabilities"))
+        .and_then(Value::as_object_mut)
+    else {
+        return false;
+    };
+    let ext = caps
+        .entry("extensions")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !ext.is_object() {
+        *ext = Value::Object(Map::new());
+    }
+    match ext.as_object_mut() {
+        Some(e) if !e.contains_key(TASKS_EXTENSION) => {
+            e.insert(TASKS_EXTENSION.into(), json!({}));
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A JSON-RPC error answer.
@@ -374,16 +552,33 @@ impl SseSplitter {
     /// Adds a chunk; returns the events it completed. `Err`: an event grew over [`MAX_SSE_EVENT`].
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, usize> {
         self.buf.extend_from_slice(chunk);
+        let out = self.scan(false);
+        if self.buf.len() > MAX_SSE_EVENT {
+            return Err(self.buf.len());
+        }
+        Ok(out)
+    }
+
+    /// The end of the stream: a `\r` held back (it might have been the first half of `\r\n`) is a line end after
+    /// all, as SSE parsers read it, so it may complete one more event. Returns those events and what is left (an
+    /// event the stream did not end, which SSE clients discard).
+    pub fn finish(&mut self) -> (Vec<Bytes>, Bytes) {
+        let out = self.scan(true);
+        (out, self.rest())
+    }
+
+    fn scan(&mut self, at_end: bool) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut i = self.scanned;
         while i < self.buf.len() {
             let c = self.buf[i];
             if c == b'\n' || c == b'\r' {
-                // A '\r' at the end may be the first half of "\r\n": wait for the next byte.
-                if c == b'\r' && i + 1 == self.buf.len() {
+                let last = i + 1 == self.buf.len();
+                // A '\r' at the end may be the first half of "\r\n": wait for the next byte, unless there is none.
+                if c == b'\r' && last && !at_end {
                     break;
                 }
-                let end = if c == b'\r' && self.buf[i + 1] == b'\n' {
+                let end = if c == b'\r' && !last && self.buf[i + 1] == b'\n' {
                     i + 2
                 } else {
                     i + 1
@@ -401,10 +596,7 @@ impl SseSplitter {
             }
         }
         self.scanned = i;
-        if self.buf.len() > MAX_SSE_EVENT {
-            return Err(self.buf.len());
-        }
-        Ok(out)
+        out
     }
 
     /// What is left at the end of the stream (an unterminated event).
@@ -415,26 +607,98 @@ impl SseSplitter {
     }
 }
 
-/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
-pub fn event_data(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
+/// One SSE event as a client reads it (the WHATWG algorithm): bytes decoded as UTF-8 with replacement, lines ended
+/// by `\r\n`, `\n` or `\r`, a byte order mark dropped at the start of the stream, comments and unknown fields
+/// ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    /// Comment lines (without the `:`), kept so keep-alives still flow.
+    pub comments: Vec<String>,
+    /// The `event` field.
+    pub event: Option<String>,
+    /// The `id` field (a value with NUL is ignored, as clients do).
+    pub id: Option<String>,
+    /// The `retry` field, when all ASCII digits.
+    pub retry: Option<String>,
+    /// The data (its lines joined with `\n`); `None` when the event has no `data` field, so is not dispatched.
+    pub data: Option<String>,
+}
+
+/// Reads one event of [`SseSplitter`]; `first`: it starts the stream (where a byte order mark is dropped).
+pub fn read_event(event: &[u8], first: bool) -> SseEvent {
+    let text = String::from_utf8_lossy(event);
+    let text = if first {
+        text.strip_prefix('\u{feff}').unwrap_or(&text)
+    } else {
+        &text
+    };
+    let mut ev = SseEvent::default();
     let mut data: Option<String> = None;
-    for line in text.split(['\n', '\r']) {
-        if let Some(rest) = line.strip_prefix("data") {
-            let v = rest.strip_prefix(':').map(|r| r.strip_prefix(' ').unwrap_or(r));
-            let Some(v) = v.or(rest.is_empty().then_some("")) else {
-                continue;
-            };
-            match &mut data {
+    for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
+        if line.is_empty() {
+            // The blank line that ends the event (the splitter's events have no other).
+            break;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            ev.comments.push(c.to_owned());
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => match &mut data {
                 Some(d) => {
                     d.push('\n');
-                    d.push_str(v);
+                    d.push_str(value);
                 }
-                None => data = Some(v.to_owned()),
+                None => data = Some(value.to_owned()),
+            },
+            "event" => ev.event = Some(value.to_owned()),
+            "id" if !value.contains('\0') => ev.id = Some(value.to_owned()),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                ev.retry = Some(value.to_owned())
             }
+            _ => {}
         }
     }
-    data
+    ev.data = data;
+    ev
+}
+
+/// Writes an event kla read ([`read_event`]) with `data` as its data (or none): only what kla read goes out, so the
+/// client reads what kla read. Empty when there is nothing to write.
+pub fn render_event(ev: &SseEvent, data: Option<&Value>) -> Bytes {
+    let mut out = String::new();
+    for c in &ev.comments {
+        out.push(':');
+        out.push_str(c);
+        out.push('\n');
+    }
+    for (name, v) in [("event", &ev.event), ("id", &ev.id), ("retry", &ev.retry)] {
+        if let Some(v) = v {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(v);
+            out.push('\n');
+        }
+    }
+    if let Some(d) = data {
+        out.push_str("data: ");
+        out.push_str(&d.to_string());
+        out.push('\n');
+    }
+    if out.is_empty() {
+        return Bytes::new();
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
+pub fn event_data(event: &[u8]) -> Option<String> {
+    read_event(event, false).data
 }
 
 /// `event` with its data replaced by `data` (its other fields, such as `id:`, kept). Lines end at `\r\n`, `\n`
@@ -684,5 +948,185 @@ mod tests {
         assert_eq!(event_data(&r), Some(new.to_string()));
         let r = replace_data(b"id: 1\r\ndata: a\r\ndata: b\r\n\r\n", &json!(1));
         assert_eq!(&r[..], b"id: 1\ndata: 1\n\n");
+    }
+
+    #[test]
+    fn a_stream_is_read_as_sse_clients_read_it() {
+        // A lone CR ending the stream ends a line: the event it completes is read, not passed on raw.
+        let msg = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"hidden"}]}}"#;
+        let stream = format!("event: message\rdata: {msg}\r\r");
+        let mut s = SseSplitter::default();
+        assert!(s.push(stream.as_bytes()).unwrap().is_empty());
+        let (events, rest) = s.finish();
+        assert_eq!(events.len(), 1);
+        assert!(rest.is_empty());
+        let ev = read_event(&events[0], true);
+        assert_eq!(
+            (ev.event.as_deref(), ev.data.as_deref()),
+            (Some("message"), Some(msg))
+        );
+        // An event the stream did not end is left over (clients discard it).
+        let mut s = SseSplitter::default();
+        assert!(s.push(format!("data: {msg}\n").as_bytes()).unwrap().is_empty());
+        let (events, rest) = s.finish();
+        assert!(events.is_empty() && !rest.is_empty());
+        // A byte that is not UTF-8 (in a comment, or anywhere) is read as a replacement character, as clients do.
+        let raw = [
+            &b": \xff\xfe\nevent: message\ndata: "[..],
+            msg.as_bytes(),
+            b"\n\n",
+        ]
+        .concat();
+        let ev = read_event(&raw, false);
+        assert_eq!(ev.data.as_deref(), Some(msg));
+        assert_eq!(ev.comments, [" \u{fffd}\u{fffd}"]);
+        // A byte order mark starts the stream only.
+        let bom = format!("\u{feff}data: {msg}\n\n");
+        assert_eq!(read_event(bom.as_bytes(), true).data.as_deref(), Some(msg));
+        assert_eq!(read_event(bom.as_bytes(), false).data, None);
+        // Fields as the spec reads them: one leading space dropped, no colon = empty value, NUL ids ignored.
+        let ev = read_event(
+            b"data\ndata:  x\nid: a\0b\nretry: 12x\nretry: 30\nfoo: bar\n\n",
+            false,
+        );
+        assert_eq!(ev.data.as_deref(), Some("\n x"));
+        assert_eq!((ev.id, ev.retry.as_deref()), (None, Some("30")));
+        // Rendering writes only what was read.
+        let ev = read_event(b": ping\nid: 7\ndata: {\"a\":\n data: 1}\n\n", false);
+        let out = render_event(&ev, Some(&json!({"b": 2})));
+        assert_eq!(&out[..], b": ping\nid: 7\ndata: {\"b\":2}\n\n");
+        assert!(render_event(&SseEvent::default(), None).is_empty());
+    }
+
+    #[test]
+    fn the_binding_of_a_call_is_everything_but_its_correlation() {
+        let base = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pay",
+            "arguments": {"amount": 5}, "mode": "live",
+            "_meta": {META_VERSION: "2026-07-28", "progressToken": 3, "traceparent": "00-x"}}});
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-param-to", "acct"),
+            ("x-other", "not bound"),
+        ]);
+        let b = call_binding(&h, &msg(base.clone()), "").unwrap();
+        assert_eq!(
+            Value::Object(b.clone()),
+            json!({"params": {"mode": "live", "_meta": {META_VERSION: "2026-07-28"}},
+                "headers": {"mcp-protocol-version": "2026-07-28", "mcp-param-to": "acct"}})
+        );
+        // Correlation changes nothing; anything else does.
+        let mut v = base.clone();
+        v["params"]["_meta"]["progressToken"] = json!("other");
+        v["params"]["_meta"]
+            .as_object_mut()
+            .unwrap()
+            .remove("traceparent");
+        assert_eq!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let mut v = base.clone();
+        v["params"]["mode"] = json!("test");
+        assert_ne!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let mut v = base.clone();
+        v["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("debug");
+        assert_ne!(call_binding(&h, &msg(v), "").unwrap(), b);
+        let h2 = headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-param-to", "other")]);
+        assert_ne!(call_binding(&h2, &msg(base.clone()), "").unwrap(), b);
+        assert_ne!(call_binding(&h, &msg(base.clone()), "/x?y=1").unwrap(), b);
+        // A bound header sent twice is refused, not bound to one of its values.
+        let twice = headers(&[("mcp-param-to", "a"), ("mcp-param-to", "b")]);
+        assert_eq!(
+            call_binding(&twice, &msg(base), "").unwrap_err().code,
+            HEADER_MISMATCH
+        );
+    }
+
+    #[test]
+    fn discovery_advertises_tasks() {
+        let mut a = json!({"jsonrpc": "2.0", "id": 1, "result": {"capabilities": {"tools": {}}}});
+        assert!(advertise_tasks(&mut a));
+        assert_eq!(
+            a["result"]["capabilities"]["extensions"][TASKS_EXTENSION],
+            json!({})
+        );
+        assert_eq!(a["result"]["capabilities"]["tools"], json!({}));
+        assert!(!advertise_tasks(&mut a));
+        let mut e = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "m"}});
+        assert!(!advertise_tasks(&mut e));
+    }
+
+    /// A method name: `tools/call` and its look-alikes, and others.
+    fn method() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("tools/call".to_owned()),
+            "[tT][oO][oO][lL][sS]/[cC][aA][lL][lL]",
+            "[ \t]{0,2}tools/call[ \t]{0,2}",
+            Just("tools/list".to_owned()),
+            Just("tasks/get".to_owned()),
+            Just("notifications/cancelled".to_owned()),
+            "[a-z/]{1,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the shape (request, notification, batch member, look-alike method), a message whose method reads
+        /// as `tools/call` is decided or refused, never forwarded, and only an exact `tools/call` request is decided.
+        #[test]
+        fn no_tools_call_is_forwarded_undecided(
+            methods in proptest::collection::vec((method(), proptest::option::of(0u64..3), proptest::bool::ANY), 1..4),
+            batch in proptest::bool::ANY,
+        ) {
+            let msgs: Vec<Value> = methods
+                .iter()
+                .map(|(m, id, string_id)| {
+                    let mut v = json!({"jsonrpc": "2.0", "method": m, "params": {"name": "pay"}});
+                    if let Some(id) = id {
+                        v["id"] = if *string_id { json!(id.to_string()) } else { json!(id) };
+                    }
+                    v
+                })
+                .collect();
+            let body = if batch { Value::Array(msgs) } else { msgs[0].clone() };
+            let parsed = match parse(body.to_string().as_bytes()).unwrap() {
+                Posted::Single(m) => vec![m],
+                Posted::Batch(b) => b,
+            };
+            for m in &parsed {
+                let d = disposition(m, batch);
+                let method = m.method().unwrap();
+                if method.trim().eq_ignore_ascii_case("tools/call") {
+                    proptest::prop_assert!(
+                        matches!(d, Disposition::Decide | Disposition::Refuse(_)),
+                        "{method:?} -> {d:?}"
+                    );
+                    let exact = method == "tools/call" && m.request_id().is_some();
+                    proptest::prop_assert_eq!(d == Disposition::Decide, exact, "{:?} -> {:?}", method, d);
+                } else {
+                    proptest::prop_assert!(!matches!(d, Disposition::Decide), "{method:?} -> {d:?}");
+                }
+            }
+        }
+
+        /// What kla writes of an event is read back by a client as exactly what kla read (so nothing kla did not
+        /// read reaches the client), for any bytes.
+        #[test]
+        fn a_rewritten_event_reads_back_as_kla_read_it(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            first in proptest::bool::ANY,
+        ) {
+            let ev = read_event(&raw, first);
+            let data = ev.data.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok());
+            let out = render_event(&ev, data.as_ref());
+            let mut s = SseSplitter::default();
+            let mut events = s.push(&out).unwrap();
+            let (more, rest) = s.finish();
+            events.extend(more);
+            proptest::prop_assert!(rest.is_empty());
+            proptest::prop_assert!(events.len() <= 1);
+            let again = events.first().map(|e| read_event(e, false)).unwrap_or_default();
+            let expected = SseEvent { data: data.map(|v| v.to_string()), ..ev };
+            proptest::prop_assert_eq!(again, expected);
+        }
     }
 }
