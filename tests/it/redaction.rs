@@ -606,6 +606,9 @@ struct ProtoGen<'a> {
     trace_id: [u8; 16],
 }
 
+/// One field as built: (number, wire type, the encoded values it can take, repeated, its oneof).
+type Choice = (i32, u64, Vec<Vec<u8>>, bool, Option<i32>);
+
 fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -698,7 +701,7 @@ impl ProtoGen<'_> {
             .clone();
         stack.push(ty.to_owned());
         // Per field: the encoded values it can take (message fields: one per instance of their type).
-        let mut choices: Vec<(i32, u64, Vec<Vec<u8>>, bool, Option<i32>)> = Vec::new();
+        let mut choices: Vec<Choice> = Vec::new();
         let mut fields = m.field.clone();
         fields.sort_by_key(|f| f.number());
         for f in &fields {
