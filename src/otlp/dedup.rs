@@ -9,11 +9,14 @@
 //!
 //! While an export is sealing, its spans are claimed: another export holding one of them (a retry sent before the
 //! first answer) is refused as busy rather than sealed beside it or acknowledged before the first is durable. A
-//! claim becomes remembered only once its entries are durable; dropped without [`Claim::commit`] (refusal,
-//! ledger failure) it is released, so the retry seals the spans.
+//! claimed span is remembered only once the entry holding it is durable ([`Claim::sealed`], per entry, so the
+//! entries of an export that were written before a ledger failure count as sealed); the rest of the claim is
+//! released when it is dropped (refusal, ledger failure, a span too large to seal), so a retry seals them.
 //!
-//! A restart forgets the memory. For one `window` after start, the spans of a trace not seen since are looked up in
-//! the entries the ledger held at start (by the trace index), by the receivers: see [`Seen::recovering`].
+//! A restart would forget the memory, so at start [`Seen::recover`] reads the ledger backwards from its last entry
+//! and remembers the spans of the `trace.spans` entries written within `window` of now (at most half the
+//! configured spans, the newest first); exports wait until it is done. A restart therefore forgets only what the
+//! running process would have forgotten too.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
@@ -40,28 +43,22 @@ pub struct Seen {
     half: usize,
     hasher: RandomState,
     gens: Mutex<Gens>,
-    /// Entries below this ledger index were written before this process started.
-    start_size: u64,
-    /// Until when the entries written before start are looked up.
-    recover_until: Instant,
-    /// Traces already looked up in the entries written before start (cleared when it reaches `half`).
-    recovered: Mutex<HashSet<(u64, [u8; 16])>>,
 }
 
 /// An export's spans are held by another export that is still sealing.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InFlight;
 
-/// The spans an export claimed: released when dropped, remembered once committed.
+/// The spans an export claimed: remembered as each is sealed, the rest released when dropped.
 pub struct Claim {
     seen: Arc<Seen>,
-    keys: Vec<Key>,
+    tenant: u64,
+    keys: HashSet<Key>,
 }
 
 impl Seen {
-    /// Remembers sealed spans for at least `window` or `spans / 2` further spans; `start_size` is the ledger's size
-    /// when the process started.
-    pub fn new(window: Duration, spans: usize, start_size: u64) -> Seen {
+    /// Remembers sealed spans for at least `window` or `spans / 2` further spans.
+    pub fn new(window: Duration, spans: usize) -> Seen {
         let now = Instant::now();
         Seen {
             window,
@@ -73,9 +70,6 @@ impl Seen {
                 since: now,
                 pending: HashSet::new(),
             }),
-            start_size,
-            recover_until: now + window,
-            recovered: Mutex::new(HashSet::new()),
         }
     }
 
@@ -87,51 +81,50 @@ impl Seen {
         Some((tenant, trace.try_into().ok()?, span.try_into().ok()?))
     }
 
-    /// While within `window` of the start and the ledger held entries then: the ledger size at start, below
-    /// which the entries of the traces that [`Seen::to_recover`] names are to be read with [`Seen::remember`].
-    pub fn recovering(&self) -> Option<u64> {
-        (self.start_size > 0 && Instant::now() < self.recover_until).then_some(self.start_size)
-    }
-
-    /// The trace ids of `req` not looked up yet since start (each named once).
-    pub fn to_recover(&self, tenant: &str, req: &ExportTraceServiceRequest) -> Vec<[u8; 16]> {
-        let t = self.tenant_hash(tenant);
-        let mut done = self.recovered.lock();
-        if done.len() >= self.half {
-            done.clear();
-        }
-        let mut out = Vec::new();
-        for sp in req
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans)
-        {
-            if let Ok(trace) = <[u8; 16]>::try_from(sp.trace_id.as_slice())
-                && done.insert((t, trace))
-            {
-                out.push(trace);
+    /// Remembers the spans of the `trace.spans` entries among the first `size` entries of `ledger` written within
+    /// `window` of now, reading backwards from the newest, at most `spans / 2` of them. Returns how many. Blocking
+    /// (file reads): run it off the runtime's workers.
+    pub fn recover(&self, ledger: &crate::ledger::Ledger, size: u64) -> Result<usize, String> {
+        let since = std::time::SystemTime::now()
+            .checked_sub(self.window)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut found = 0usize;
+        let mut g = self.gens.lock();
+        for index in (0..size).rev() {
+            let bytes = ledger.entry(index).map_err(|e| e.to_string())?;
+            let e = crate::ledger::Entry::decode(&bytes).map_err(|e| e.to_string())?;
+            match humantime::parse_rfc3339_weak(&e.time) {
+                Ok(t) if t >= since => {}
+                // Older than the window (entries are appended in time order), or a time kla never writes.
+                _ => break,
+            }
+            if e.kind != crate::recorder::kind::TRACE_SPANS {
+                continue;
+            }
+            let Some(trace) = e.body["traceId"]
+                .as_str()
+                .and_then(|t| hex::decode(t).ok())
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let t = self.tenant_hash(&e.tenant);
+            for h in e.body["spanHashes"].as_array().into_iter().flatten() {
+                if let Some(span) = h["spanId"]
+                    .as_str()
+                    .and_then(|s| hex::decode(s).ok())
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                {
+                    g.cur.insert((t, trace, span));
+                    found += 1;
+                }
+            }
+            if g.cur.len() >= self.half {
+                break;
             }
         }
-        out
-    }
-
-    /// Names `traces` again for lookup (theirs failed).
-    pub fn unmark(&self, tenant: &str, traces: &[[u8; 16]]) {
-        let t = self.tenant_hash(tenant);
-        let mut done = self.recovered.lock();
-        for trace in traces {
-            done.remove(&(t, *trace));
-        }
-    }
-
-    /// Remembers spans found sealed (by entries written before start) as sealed.
-    pub fn remember(&self, tenant: &str, spans: impl IntoIterator<Item = ([u8; 16], [u8; 8])>) {
-        let t = self.tenant_hash(tenant);
-        let mut g = self.gens.lock();
-        for (trace, span) in spans {
-            self.insert(&mut g, (t, trace, span));
-        }
+        g.since = Instant::now();
+        Ok(found)
     }
 
     fn insert(&self, g: &mut Gens, k: Key) {
@@ -152,10 +145,9 @@ impl Seen {
     ) -> Result<(Claim, u64), InFlight> {
         let t = self.tenant_hash(tenant);
         let mut keep = Vec::new();
-        let mut keys = Vec::new();
+        let mut keys = HashSet::new();
         {
             let mut g = self.gens.lock();
-            let mut mine = HashSet::new();
             for sp in req
                 .resource_spans
                 .iter()
@@ -167,7 +159,7 @@ impl Seen {
                     keep.push(true);
                     continue;
                 };
-                if g.cur.contains(&k) || g.prev.contains(&k) || mine.contains(&k) {
+                if g.cur.contains(&k) || g.prev.contains(&k) || keys.contains(&k) {
                     keep.push(false);
                 } else if g.pending.contains(&k) {
                     for k in &keys {
@@ -176,8 +168,7 @@ impl Seen {
                     return Err(InFlight);
                 } else {
                     g.pending.insert(k);
-                    mine.insert(k);
-                    keys.push(k);
+                    keys.insert(k);
                     keep.push(true);
                 }
             }
@@ -194,6 +185,7 @@ impl Seen {
         Ok((
             Claim {
                 seen: self.clone(),
+                tenant: t,
                 keys,
             },
             dropped,
@@ -202,13 +194,15 @@ impl Seen {
 }
 
 impl Claim {
-    /// The claimed spans are durable: remember them as sealed.
-    pub fn commit(mut self) {
-        let keys = std::mem::take(&mut self.keys);
+    /// The entry holding `spans` of `trace` is durable: remember those of them this claim holds as sealed.
+    pub fn sealed(&mut self, trace: [u8; 16], spans: &[[u8; 8]]) {
         let mut g = self.seen.gens.lock();
-        for k in keys {
-            g.pending.remove(&k);
-            self.seen.insert(&mut g, k);
+        for span in spans {
+            let k = (self.tenant, trace, *span);
+            if self.keys.remove(&k) {
+                g.pending.remove(&k);
+                self.seen.insert(&mut g, k);
+            }
         }
     }
 }
@@ -260,31 +254,27 @@ mod tests {
 
     #[test]
     fn a_committed_span_is_dropped_from_later_exports_of_its_tenant_only() {
-        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100, 0));
+        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100));
         let mut a = export(&[(1, 1), (1, 2), (1, 2)]);
-        let (claim, dropped) = seen.claim("t", &mut a).unwrap();
+        let (mut claim, dropped) = seen.claim("t", &mut a).unwrap();
         assert_eq!(
             (dropped, span_ids(&a)),
             (1, vec![1, 2]),
             "a repeat within one export"
         );
-        claim.commit();
+        claim.sealed([1; 16], &[[1; 8], [2; 8]]);
+        drop(claim);
         let mut retry = export(&[(1, 1), (1, 2), (1, 3)]);
         let (claim, dropped) = seen.claim("t", &mut retry).unwrap();
         assert_eq!((dropped, span_ids(&retry)), (2, vec![3]));
         drop(claim);
         let mut other = export(&[(1, 1)]);
         assert_eq!(seen.claim("u", &mut other).unwrap().1, 0, "another tenant's span");
-        assert_eq!(
-            seen.recovering(),
-            None,
-            "an empty ledger at start has nothing to recover"
-        );
     }
 
     #[test]
     fn a_span_being_sealed_refuses_a_concurrent_export_and_a_released_claim_is_sealed_again() {
-        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100, 0));
+        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100));
         let mut first = export(&[(1, 1), (1, 2)]);
         let (claim, _) = seen.claim("t", &mut first).unwrap();
         let mut concurrent = export(&[(1, 3), (1, 2)]);
@@ -298,15 +288,29 @@ mod tests {
         let mut retry = export(&[(1, 1), (1, 2)]);
         let (claim, dropped) = seen.claim("t", &mut retry).unwrap();
         assert_eq!(dropped, 0);
-        claim.commit();
+        drop(claim);
+    }
+
+    #[test]
+    fn only_the_spans_of_durable_entries_are_remembered() {
+        // An export of two traces whose second entry failed: the retry seals only the second trace's spans.
+        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100));
+        let mut e = export(&[(1, 1), (2, 1), (2, 2)]);
+        let (mut claim, _) = seen.claim("t", &mut e).unwrap();
+        claim.sealed([1; 16], &[[1; 8]]);
+        drop(claim);
+        let mut retry = export(&[(1, 1), (2, 1), (2, 2)]);
+        let (_, dropped) = seen.claim("t", &mut retry).unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(retry.resource_spans[0].scope_spans[0].spans.len(), 2);
     }
 
     #[test]
     fn memory_is_two_generations_of_at_most_half_the_spans() {
-        let seen = Arc::new(Seen::new(Duration::from_secs(3600), 4, 0));
+        let seen = Arc::new(Seen::new(Duration::from_secs(3600), 4));
         for s in 1..=6u8 {
             let mut e = export(&[(1, s)]);
-            seen.claim("t", &mut e).unwrap().0.commit();
+            seen.claim("t", &mut e).unwrap().0.sealed([1; 16], &[[s; 8]]);
         }
         {
             let g = seen.gens.lock();
@@ -317,20 +321,5 @@ mod tests {
         let (_, dropped) = seen.claim("t", &mut again).unwrap();
         assert_eq!(span_ids(&again), vec![1]);
         assert_eq!(dropped, 2);
-    }
-
-    #[test]
-    fn after_a_restart_traces_are_named_once_for_lookup_and_found_spans_drop() {
-        let seen = Arc::new(Seen::new(Duration::from_secs(60), 100, 7));
-        assert_eq!(seen.recovering(), Some(7));
-        let mut e = export(&[(1, 1), (2, 1), (1, 2)]);
-        assert_eq!(seen.to_recover("t", &e), vec![[1; 16], [2; 16]]);
-        assert!(
-            seen.to_recover("t", &e).is_empty(),
-            "each trace is looked up once"
-        );
-        seen.remember("t", [([1; 16], [1; 8])]);
-        let (_, dropped) = seen.claim("t", &mut e).unwrap();
-        assert_eq!((dropped, e.resource_spans[0].scope_spans[0].spans.len()), (1, 2));
     }
 }

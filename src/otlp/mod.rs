@@ -137,6 +137,8 @@ struct Inner {
     /// The tenant's span quota.
     spans: Option<RateLimiter>,
     seen: Arc<dedup::Seen>,
+    /// True once `seen` holds what the ledger held at start.
+    seen_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Otlp {
@@ -154,11 +156,20 @@ impl Otlp {
             }
             None => (None, None),
         };
-        let seen = dedup::Seen::new(
-            cfg.idempotency_window,
-            cfg.idempotency_spans,
-            state.recorder.ledger().size(),
-        );
+        let seen = Arc::new(dedup::Seen::new(cfg.idempotency_window, cfg.idempotency_spans));
+        let (ready_tx, seen_ready) = tokio::sync::watch::channel(false);
+        let (recovering, recorder) = (seen.clone(), state.recorder.clone());
+        tokio::task::spawn_blocking(move || {
+            let ledger = recorder.ledger();
+            match recovering.recover(ledger, ledger.size()) {
+                Ok(n) => tracing::debug!(spans = n, "OTLP spans sealed before start remembered"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "reading the spans sealed before start failed; a retried export may seal them again"
+                ),
+            }
+            let _ = ready_tx.send(true);
+        });
         let otlp = Otlp {
             inner: Arc::new(Inner {
                 state,
@@ -168,7 +179,8 @@ impl Otlp {
                 forward: queue,
                 exports: rate.map(RateLimiter::new),
                 spans: cfg.quota.map(RateLimiter::new),
-                seen: Arc::new(seen),
+                seen,
+                seen_ready,
             }),
         };
         (otlp, forwarder)
@@ -269,72 +281,6 @@ impl Otlp {
         }
     }
 
-    /// Reads, from the entries written before this process started, the spans already sealed of the traces in
-    /// `req` not looked up yet, so a retry that crosses a restart is recognised (for one window after start).
-    async fn recover(
-        &self,
-        tenant: &str,
-        req: &ExportTraceServiceRequest,
-        start: u64,
-    ) -> Result<(), OtlpError> {
-        use crate::store::LineageKey;
-        const PAGE: usize = 100;
-        let seen = &self.inner.seen;
-        let recorder = &self.inner.state.recorder;
-        let traces = seen.to_recover(tenant, req);
-        for (i, trace) in traces.iter().enumerate() {
-            let key = LineageKey::Trace(hex::encode(trace));
-            let mut after = None;
-            let found = async {
-                let mut spans = Vec::new();
-                'pages: loop {
-                    let page = recorder
-                        .find_lineage_page(tenant, &key, None, after, PAGE)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    for r in &page {
-                        if r.ledger_index >= start {
-                            break 'pages;
-                        }
-                        if r.kind != crate::recorder::kind::TRACE_SPANS {
-                            continue;
-                        }
-                        let bytes = recorder
-                            .ledger()
-                            .entry(r.ledger_index)
-                            .map_err(|e| e.to_string())?;
-                        let e = crate::ledger::Entry::decode(&bytes).map_err(|e| e.to_string())?;
-                        for h in e.body["spanHashes"].as_array().into_iter().flatten() {
-                            if let Some(id) = h["spanId"]
-                                .as_str()
-                                .and_then(|s| hex::decode(s).ok())
-                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                            {
-                                spans.push((*trace, id));
-                            }
-                        }
-                    }
-                    if page.len() < PAGE {
-                        break;
-                    }
-                    after = page.last().map(|r| r.ledger_index);
-                }
-                Ok::<_, String>(spans)
-            }
-            .await;
-            match found {
-                Ok(spans) => seen.remember(tenant, spans),
-                Err(e) => {
-                    // Looked up again on the retry.
-                    seen.unmark(tenant, &traces[i..]);
-                    tracing::error!(error = %e, tenant = %tenant, "reading the spans sealed before start failed");
-                    return Err(OtlpError::Unavailable("the index cannot be read now".into()));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// One in-flight slot, or [`OtlpError::Busy`].
     fn slot(&self) -> Result<OwnedSemaphorePermit, OtlpError> {
         self.inner
@@ -369,11 +315,14 @@ impl Otlp {
         mut req: ExportTraceServiceRequest,
     ) -> Result<Accepted, OtlpError> {
         let (mut rejected, mut reasons) = walk::reject_invalid(&mut req);
-        if let Some(start) = self.inner.seen.recovering() {
-            self.recover(&tenant, &req, start).await?;
+        // Until the spans sealed before start are remembered, a retry across the restart would not be recognised.
+        let mut ready = self.inner.seen_ready.clone();
+        if !*ready.borrow() {
+            // An error means the recovery task is gone; it has logged why, and exports go on without it.
+            let _ = ready.wait_for(|r| *r).await;
         }
         // Held until the entries are durable; dropped on any failure below, so a retry seals the spans.
-        let (claim, duplicates) = self
+        let (mut claim, duplicates) = self
             .inner
             .seen
             .claim(&tenant, &mut req)
@@ -425,16 +374,23 @@ impl Otlp {
         )
         .await;
         let mut lineage_ids = Vec::with_capacity(results.len());
-        for r in results {
+        let mut failed = None;
+        for (r, (trace, spans)) in results.into_iter().zip(&sealed.ids) {
             match r {
-                Ok(rec) => lineage_ids.push(rec.lineage_id),
-                Err(e) => {
-                    tracing::error!(error = %e, tenant = %tenant, "sealing spans failed; the export is refused");
-                    return Err(OtlpError::Unavailable("the ledger cannot take them now".into()));
+                Ok(rec) => {
+                    // Durable: a retry of this export does not seal these spans again.
+                    claim.sealed(*trace, spans);
+                    lineage_ids.push(rec.lineage_id);
                 }
+                Err(e) => failed = Some(e),
             }
         }
-        claim.commit();
+        if let Some(e) = failed {
+            tracing::error!(error = %e, tenant = %tenant, "sealing spans failed; the export is refused");
+            return Err(OtlpError::Unavailable("the ledger cannot take them now".into()));
+        }
+        // Spans claimed but not sealed (too large) are released with the claim.
+        drop(claim);
         if sealed.spans > 0
             && let Some(q) = &self.inner.forward
         {
