@@ -1240,3 +1240,120 @@ async fn a_retried_export_seals_each_span_once_also_across_a_restart() {
         "only the new span is sealed after the restart"
     );
 }
+
+/// Secrets planted in a span export (values, attribute keys, entity references, events, links, status, nested
+/// values) and in a body that does not decode, sent to the real `kla` binary logging at debug level with forwarding
+/// on: the forward target receives the spans redacted, and nothing kla wrote to stdout or stderr holds a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_spans_are_redacted_and_kla_s_own_log_never_holds_a_planted_secret() {
+    const SECRETS: &[&str] = &[
+        "ceo@vip.example.com",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    ];
+    let down = downstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("kla.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "otlp:\n  http-addr: 127.0.0.1:0\n  grpc-addr: 'off'\n  forward:\n    endpoint: http://{}/v1/traces\n",
+            down.addr
+        ),
+    )
+    .unwrap();
+    let kla = Process::start_env(
+        &data.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[("RUST_LOG", "debug")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kla serve exited: {}", e.log));
+    // The receiver's own "listening" line names its address.
+    let mut addr = None;
+    for _ in 0..500 {
+        addr = kla.log().lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["listener"] == "otlp-http")
+                .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
+        });
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let url = format!(
+        "http://{}/v1/traces",
+        addr.expect("the OTLP/HTTP listener is logged")
+    );
+    let agent = kla.token(T, Role::Agent);
+    let sv = |v: &str| json!({"stringValue": v});
+    let [email, card, ssn, aws, gh] = SECRETS else {
+        unreachable!()
+    };
+    let body = json!({"resourceSpans": [{
+        "resource": {
+            "attributes": [{"key": "owner", "value": sv(email)}, {"key": format!("host {aws}"), "value": sv("h")}],
+            "entityRefs": [{"schemaUrl": format!("https://x/{email}"), "type": format!("svc {email}"), "idKeys": [format!("host {aws}")], "descriptionKeys": [*ssn]}]
+        },
+        "scopeSpans": [{"scope": {"name": format!("lib {gh}")}, "spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60d", "spanId": "eee19b7ec3c1b175",
+            "name": format!("charge {card}"), "kind": 3,
+            "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
+            "attributes": [
+                {"key": *ssn, "value": sv("ssn as a key")},
+                {"key": "nested", "value": {"kvlistValue": {"values": [
+                    {"key": "list", "value": {"arrayValue": {"values": [sv(card)]}}}]}}}
+            ],
+            "events": [{"timeUnixNano": "1544712660500000000", "name": format!("mail {email}"),
+                        "attributes": [{"key": "aws", "value": sv(aws)}]}],
+            "links": [{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+                       "attributes": [{"key": "gh", "value": sv(gh)}]}],
+            "status": {"code": 2, "message": format!("declined {card} for {email}")}
+        }]}]
+    }]});
+    let post = |body: String| {
+        send(
+            client()
+                .post(&url)
+                .bearer_auth(&agent)
+                .header("x-tenant-id", T)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    let r = post(body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A body that does not decode, its error naming a secret where a number belongs.
+    let bad = post(format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"kind":"{email}"}}]}}]}}]}}"#
+    ))
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let got = eventually(|| down.seen.lock().unwrap().first().cloned()).await;
+    let forwarded = serde_json::to_string(&got).unwrap();
+    for secret in SECRETS {
+        assert!(
+            !forwarded.contains(secret),
+            "forwarded raw {secret:?}: {forwarded}"
+        );
+    }
+    assert!(forwarded.contains("[REDACTED:"), "{forwarded}");
+    assert_eq!(got.resource_spans[0].scope_spans[0].spans.len(), 1);
+    let exited = kla.terminate();
+    assert!(exited.success(), "{}", exited.log);
+    assert!(
+        exited.log.contains("DEBUG"),
+        "kla logged at debug level: {}",
+        exited.log
+    );
+    for secret in SECRETS {
+        assert!(
+            !exited.log.contains(secret),
+            "kla's log holds {secret:?}:\n{}",
+            exited.log
+        );
+    }
+}
