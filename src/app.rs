@@ -203,10 +203,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Some(pc) => Some((pc.addr, crate::proxy::Proxy::new(pc, state.clone())?)),
         None => None,
     };
-    let otlp = cfg
-        .otlp
-        .as_ref()
-        .map(|oc| (oc.clone(), crate::otlp::Otlp::new(oc, state.clone())));
+    let otlp = cfg.otlp.as_ref().map(|oc| {
+        (
+            oc.clone(),
+            crate::otlp::Otlp::new(oc, cfg.api.rate_limit, state.clone()),
+        )
+    });
     let router = api::router(state);
 
     let mut to_bind = vec![

@@ -34,10 +34,22 @@ impl RateLimiter {
 
     /// Takes one token for `tenant`; on refusal returns the seconds until one is available (at least 1).
     pub fn check(&self, tenant: &str) -> Result<(), u64> {
-        self.check_at(tenant, Instant::now())
+        self.take_at(tenant, 1, Instant::now())
     }
 
+    /// Takes `n` tokens for `tenant` (a weighted request, e.g. an export's spans); on refusal returns the seconds
+    /// until they are available (at least 1). `n` over the burst passes only on a full bucket and leaves it in
+    /// debt, so a large request is never refused forever and still pays for all it takes.
+    pub fn take(&self, tenant: &str, n: u64) -> Result<(), u64> {
+        self.take_at(tenant, n, Instant::now())
+    }
+
+    #[cfg(test)]
     fn check_at(&self, tenant: &str, now: Instant) -> Result<(), u64> {
+        self.take_at(tenant, 1, now)
+    }
+
+    fn take_at(&self, tenant: &str, n: u64, now: Instant) -> Result<(), u64> {
         let shard = &self.shards[(self.hasher.hash_one(tenant) as usize) % SHARDS];
         let mut map = shard.lock();
         let burst = f64::from(self.cfg.burst);
@@ -51,11 +63,12 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.cfg.rps).min(burst);
         b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let need = (n as f64).min(burst);
+        if b.tokens >= need {
+            b.tokens -= n as f64;
             Ok(())
         } else {
-            Err(((1.0 - b.tokens) / self.cfg.rps).ceil().max(1.0) as u64)
+            Err(((need - b.tokens) / self.cfg.rps).ceil().max(1.0) as u64)
         }
     }
 }
@@ -89,5 +102,19 @@ mod tests {
         assert!(l.check_at("b", t0).is_ok(), "tenant b has its own bucket");
         assert!(l.check_at("a", t0 + Duration::from_millis(500)).is_ok());
         assert!(l.check_at("a", t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn weighted_takes_wait_for_their_tokens_and_a_take_over_the_burst_leaves_debt() {
+        let l = RateLimiter::new(RateLimitConfig { rps: 10.0, burst: 20 });
+        let t0 = Instant::now();
+        assert!(l.take_at("a", 15, t0).is_ok());
+        assert_eq!(l.take_at("a", 15, t0), Err(1), "10 missing at 10/s");
+        assert!(l.take_at("a", 5, t0).is_ok());
+        // Over the burst: only on a full bucket, then 30 in debt (3 s at 10/s before one token).
+        assert_eq!(l.take_at("a", 50, t0 + Duration::from_secs(1)), Err(1));
+        assert!(l.take_at("a", 50, t0 + Duration::from_secs(2)).is_ok());
+        assert_eq!(l.take_at("a", 1, t0 + Duration::from_secs(2)), Err(4));
+        assert!(l.take_at("a", 1, t0 + Duration::from_millis(5100)).is_ok());
     }
 }

@@ -17,6 +17,10 @@ pub const DEFAULT_MAX_BODY: usize = 20 << 20;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Default number of redacted exports waiting to be forwarded; beyond it the oldest is dropped.
 pub const DEFAULT_FORWARD_QUEUE: usize = 1024;
+/// Default time a sealed span is remembered, so an export retried within it is not sealed twice.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+/// Default number of sealed spans remembered at most (all tenants; about 64 bytes each at the most).
+pub const DEFAULT_IDEMPOTENCY_SPANS: usize = 1 << 19;
 
 /// `otlp:` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,6 +38,30 @@ pub struct FileOtlp {
     pub max_in_flight: Option<usize>,
     /// A downstream OTLP endpoint that receives the redacted spans after sealing.
     pub forward: Option<FileForward>,
+    /// A per-tenant quota of spans per second (off when absent).
+    pub quota: Option<FileQuota>,
+    /// How long, and for how many spans, sealed spans are remembered so a retried export is not sealed twice.
+    pub idempotency: Option<FileIdempotency>,
+}
+
+/// `otlp.quota:` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileQuota {
+    /// Spans a tenant may export per second, sustained.
+    pub spans_per_second: f64,
+    /// Spans a tenant may export at once above the rate; default twice the rate.
+    pub burst: Option<u32>,
+}
+
+/// `otlp.idempotency:` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileIdempotency {
+    /// How long a sealed span is remembered at least (unless `spans` is reached first); default 10m.
+    pub window: Option<String>,
+    /// Spans remembered at most, all tenants together; default 524288.
+    pub spans: Option<usize>,
 }
 
 impl FileOtlp {
@@ -43,6 +71,8 @@ impl FileOtlp {
             && self.max_body.is_none()
             && self.max_in_flight.is_none()
             && self.forward.is_none()
+            && self.quota.is_none()
+            && self.idempotency.is_none()
     }
 }
 
@@ -101,6 +131,12 @@ pub struct OtlpConfig {
     pub max_in_flight: usize,
     /// Forwarding, when configured.
     pub forward: Option<ForwardConfig>,
+    /// The per-tenant span quota (`rps` spans per second, `burst` spans), when configured.
+    pub quota: Option<crate::config::RateLimitConfig>,
+    /// How long a sealed span is remembered at least.
+    pub idempotency_window: Duration,
+    /// Sealed spans remembered at most.
+    pub idempotency_spans: usize,
 }
 
 fn invalid(what: impl Into<String>) -> ConfigError {
@@ -152,6 +188,42 @@ pub fn validate(
         return Err(invalid("otlp.max-in-flight must be 1 to 4096"));
     }
     let forward = file.forward.map(forward).transpose()?;
+    let quota = match file.quota {
+        None => None,
+        Some(q) => {
+            if !(q.spans_per_second.is_finite() && q.spans_per_second > 0.0 && q.spans_per_second <= 1e9) {
+                return Err(invalid(
+                    "otlp.quota.spans-per-second must be above 0 and at most 1e9",
+                ));
+            }
+            // Twice the rate by default, at least one span.
+            let burst = q
+                .burst
+                .unwrap_or_else(|| (q.spans_per_second * 2.0).ceil().min(f64::from(u32::MAX)) as u32)
+                .max(1);
+            Some(crate::config::RateLimitConfig {
+                rps: q.spans_per_second,
+                burst,
+            })
+        }
+    };
+    let idem = file.idempotency.unwrap_or_default();
+    let idempotency_window = match idem.window.as_deref() {
+        None => DEFAULT_IDEMPOTENCY_WINDOW,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(86_400) => d,
+            Ok(_) => {
+                return Err(invalid(format!(
+                    "otlp.idempotency.window {s:?} must be 1s to 24h"
+                )));
+            }
+            Err(e) => return Err(invalid(format!("otlp.idempotency.window {s:?}: {e}"))),
+        },
+    };
+    let idempotency_spans = idem.spans.unwrap_or(DEFAULT_IDEMPOTENCY_SPANS);
+    if !(2..=1 << 26).contains(&idempotency_spans) {
+        return Err(invalid("otlp.idempotency.spans must be 2 to 67108864"));
+    }
     Ok(Some(OtlpConfig {
         http_addr,
         grpc_addr,
@@ -159,6 +231,9 @@ pub fn validate(
         max_body,
         max_in_flight,
         forward,
+        quota,
+        idempotency_window,
+        idempotency_spans,
     }))
 }
 
@@ -259,5 +334,47 @@ mod tests {
         for f in bad {
             assert!(validate(Some(f.clone()), None, None).is_err(), "{f:?}");
         }
+        for q in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let f = FileOtlp {
+                quota: Some(FileQuota {
+                    spans_per_second: q,
+                    burst: None,
+                }),
+                ..Default::default()
+            };
+            assert!(validate(Some(f), None, None).is_err(), "{q}");
+        }
+        for (window, spans) in [(Some("0s"), None), (Some("soon"), None), (None, Some(1))] {
+            let f = FileOtlp {
+                idempotency: Some(FileIdempotency {
+                    window: window.map(Into::into),
+                    spans,
+                }),
+                ..Default::default()
+            };
+            assert!(validate(Some(f), None, None).is_err(), "{window:?} {spans:?}");
+        }
+    }
+
+    #[test]
+    fn quota_burst_defaults_to_twice_the_rate_and_idempotency_to_ten_minutes() {
+        let f = FileOtlp {
+            quota: Some(FileQuota {
+                spans_per_second: 500.0,
+                burst: None,
+            }),
+            ..Default::default()
+        };
+        let c = validate(Some(f), None, None).unwrap().unwrap();
+        assert_eq!(c.quota.map(|q| (q.rps, q.burst)), Some((500.0, 1000)));
+        assert_eq!(c.idempotency_window, DEFAULT_IDEMPOTENCY_WINDOW);
+        assert_eq!(c.idempotency_spans, DEFAULT_IDEMPOTENCY_SPANS);
+        assert!(
+            validate(None, Some("off".into()), None)
+                .unwrap()
+                .unwrap()
+                .quota
+                .is_none()
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! OTLP/gRPC: the `TraceService/Export` method, served by tonic's generated service inside the listener's axum
 //! router (so the listener's limits, timeouts and drain apply as on every kla listener). gzip requests are
 //! accepted; the message size limit is checked by tonic on the inflated message. Errors are gRPC statuses from the
-//! error's class (`error::Class::grpc_code`); UNAVAILABLE answers carry a `RetryInfo`-free hint in their message,
-//! and exporters retry UNAVAILABLE with backoff.
+//! error's class (`error::Class::grpc_code`). RESOURCE_EXHAUSTED for a rate or quota and UNAVAILABLE carry the
+//! retry delay as OTLP's throttling defines it: a `google.rpc.RetryInfo` detail in `grpc-status-details-bin` (and
+//! the same `RetryInfo` as `google.rpc.retryinfo-bin` metadata, which some exporters read instead). Without it
+//! OTLP clients treat RESOURCE_EXHAUSTED as final, so an export over `max-body` carries none.
 
 use super::{Otlp, OtlpError};
 use crate::error::Classify;
@@ -18,7 +20,18 @@ use tonic::{Request, Response, Status};
 struct Service(Otlp);
 
 fn status(e: &OtlpError) -> Status {
-    Status::new(tonic::Code::from_i32(e.class().grpc_code()), e.to_string())
+    let code = e.class().grpc_code();
+    let Some(secs) = e.retry_after() else {
+        return Status::new(tonic::Code::from_i32(code), e.to_string());
+    };
+    let message = e.to_string();
+    let details = super::status::encode(code, &message, Some(secs));
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert_bin(
+        "google.rpc.retryinfo-bin",
+        tonic::metadata::MetadataValue::from_bytes(&super::status::retry_info(secs)),
+    );
+    Status::with_details_and_metadata(tonic::Code::from_i32(code), message, details.into(), md)
 }
 
 #[tonic::async_trait]
@@ -35,6 +48,7 @@ impl TraceService for Service {
                 md.get(crate::api::auth::X_TENANT_ID).map(|v| v.as_bytes()),
             )
             .map_err(|e| status(&e))?;
+        self.0.rate(&tenant).map_err(|e| status(&e))?;
         let slot = self.0.slot().map_err(|e| status(&e))?;
         let a = self
             .0

@@ -1,9 +1,10 @@
 //! OTLP/HTTP: `POST /v1/traces` with `application/x-protobuf` or `application/json`, optionally gzip. The answer is
 //! in the request's encoding: an `ExportTraceServiceResponse` (with `partialSuccess` when spans were rejected), or
 //! for errors a `google.rpc.Status` (protobuf requests, as OTLP specifies) or kla's `{"code","message"}` (JSON and
-//! everything else). 503 answers carry `Retry-After`.
+//! everything else). 429 and 503 answers carry `Retry-After`, and in protobuf a `google.rpc.RetryInfo` detail with
+//! the same delay.
 
-use super::{Accepted, Encoding, Otlp, OtlpError, RETRY_AFTER_SECS};
+use super::{Accepted, Encoding, Otlp, OtlpError};
 use crate::error::{Class, Classify};
 use axum::Router;
 use axum::body::Body;
@@ -17,15 +18,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-/// `google.rpc.Status`, the body of OTLP/HTTP errors in protobuf.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
 /// Bodies larger than this (as received) are inflated and decoded off the runtime's workers.
 const BLOCKING_BYTES: usize = 256 << 10;
 
@@ -35,6 +27,7 @@ pub(super) fn router(otlp: Otlp) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             error(
                 None,
+                None,
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("no route for {} (OTLP/HTTP takes POST /v1/traces)", uri.path()),
@@ -42,6 +35,7 @@ pub(super) fn router(otlp: Otlp) -> Router {
         })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             error(
+                None,
                 None,
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request",
@@ -52,22 +46,25 @@ pub(super) fn router(otlp: Otlp) -> Router {
         .with_state(otlp)
 }
 
-fn error(encoding: Option<Encoding>, status: StatusCode, code: &str, message: &str) -> Response {
+/// An error answer; `retry_after` (seconds) becomes `Retry-After` and, in protobuf, a `RetryInfo` detail.
+fn error(
+    encoding: Option<Encoding>,
+    retry_after: Option<u64>,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response {
     let mut resp = match encoding {
         Some(Encoding::Protobuf) => {
             let grpc = match status {
                 StatusCode::BAD_REQUEST => 3,
                 StatusCode::UNAUTHORIZED => 16,
                 StatusCode::FORBIDDEN => 7,
-                StatusCode::PAYLOAD_TOO_LARGE => 8,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => 8,
                 StatusCode::SERVICE_UNAVAILABLE => 14,
                 _ => 13,
             };
-            let body = RpcStatus {
-                code: grpc,
-                message: message.to_owned(),
-            }
-            .encode_to_vec();
+            let body = super::status::encode(grpc, message, retry_after);
             (
                 status,
                 [(header::CONTENT_TYPE, Encoding::Protobuf.content_type())],
@@ -82,9 +79,9 @@ fn error(encoding: Option<Encoding>, status: StatusCode, code: &str, message: &s
         )
             .into_response(),
     };
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+    if let Some(secs) = retry_after {
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -95,9 +92,10 @@ fn otlp_error(encoding: Option<Encoding>, e: &OtlpError) -> Response {
         Class::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
         Class::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized"),
         Class::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+        Class::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "internal_error"),
     };
-    error(encoding, status, code, &e.to_string())
+    error(encoding, e.retry_after(), status, code, &e.to_string())
 }
 
 fn success(encoding: Encoding, a: &Accepted) -> Response {
@@ -133,6 +131,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
     else {
         return error(
             None,
+            None,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request",
             "Content-Type must be application/x-protobuf or application/json",
@@ -148,6 +147,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
         Some(v) => {
             return error(
                 enc,
+                None,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request",
                 &format!("Content-Encoding {v:?} is not supported (gzip or none)"),
@@ -163,7 +163,11 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
         Ok(t) => t,
         Err(e) => return otlp_error(enc, &e),
     };
-    // Taken before the body is read: under backpressure nothing is read, inflated or decoded.
+    // The rate and the slot are taken before the body is read: a throttled or refused export costs no reading,
+    // inflating or decoding.
+    if let Err(e) = otlp.rate(&tenant) {
+        return otlp_error(enc, &e);
+    }
     let slot = match otlp.slot() {
         Ok(s) => s,
         Err(e) => return otlp_error(enc, &e),

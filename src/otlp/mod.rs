@@ -4,26 +4,35 @@
 //! the redacted spans to a downstream collector from a bounded queue (`forward.rs`).
 //!
 //! One path for both receivers ([`Otlp::ingest`]): authenticate (a kla agent token with `x-tenant-id`, or the
-//! listener's fixed tenant), take an in-flight slot (none free: 503 / UNAVAILABLE with a retry hint), reject spans
-//! with invalid ids (partial success), redact, seal, append every entry (durable), then acknowledge and queue the
-//! redacted copy for forwarding. If anything before the append fails nothing is sealed or forwarded; unredacted
+//! listener's fixed tenant), take a token of the tenant's export rate (the API's `rate-limit`, a bucket of its
+//! own; none left: 429 / RESOURCE_EXHAUSTED with the retry delay), take an in-flight slot (none free: 503 /
+//! UNAVAILABLE with a retry hint), reject spans with invalid ids (partial success), drop the spans already sealed
+//! (`dedup.rs`: idempotent exports by span identity), take the remaining spans from the tenant's span quota
+//! (`otlp.quota`; 429 / RESOURCE_EXHAUSTED), redact, seal, append every entry (durable), then acknowledge and queue
+//! the redacted copy for forwarding. If anything before the append fails nothing is sealed or forwarded; unredacted
 //! data is never stored, forwarded or logged. Owns no SQL and no ledger format: it records through
 //! [`crate::recorder::Recorder`] and redacts through [`crate::redact::Redactor`] only.
 
 mod config;
 mod decode;
+mod dedup;
 mod forward;
 mod grpc;
 mod http;
 pub mod seal;
+mod status;
 pub mod walk;
 
-pub use config::{FileForward, FileOtlp, ForwardConfig, ForwardProtocol, OtlpConfig, validate};
+pub use config::{
+    FileForward, FileIdempotency, FileOtlp, FileQuota, ForwardConfig, ForwardProtocol, OtlpConfig, validate,
+};
 pub use decode::{Encoding, decode, gunzip};
 pub use forward::Forwarder;
 
 use crate::api::SharedState;
+use crate::api::ratelimit::RateLimiter;
 use crate::auth::Role;
+use crate::config::RateLimitConfig;
 use crate::recorder::Record;
 use crate::redact::Report;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -54,6 +63,17 @@ pub enum OtlpError {
     /// Every in-flight slot is taken; retry later.
     #[error("too many exports in flight; retry after {RETRY_AFTER_SECS}s")]
     Busy,
+    /// Spans of this export are being sealed by another export (an earlier try still in flight); retry later.
+    #[error("spans of this export are being sealed by another export; retry after {RETRY_AFTER_SECS}s")]
+    Sealing,
+    /// Over the tenant's export rate or span quota; retry after `retry_after` seconds.
+    #[error("{message}")]
+    RateLimited {
+        /// What was exceeded.
+        message: String,
+        /// Seconds until the export would be taken.
+        retry_after: u64,
+    },
     /// The ledger could not take the spans; nothing was sealed or forwarded.
     #[error("the spans could not be sealed: {0}")]
     Unavailable(String),
@@ -67,7 +87,19 @@ impl crate::error::Classify for OtlpError {
             OtlpError::TooLarge(_) => Class::TooLarge,
             OtlpError::Unauthenticated(_) => Class::Unauthenticated,
             OtlpError::Forbidden(_) => Class::Forbidden,
-            OtlpError::Busy | OtlpError::Unavailable(_) => Class::Unavailable,
+            OtlpError::RateLimited { .. } => Class::RateLimited,
+            OtlpError::Busy | OtlpError::Sealing | OtlpError::Unavailable(_) => Class::Unavailable,
+        }
+    }
+}
+
+impl OtlpError {
+    /// Seconds a client should wait before retrying (`Retry-After`, gRPC `RetryInfo`), when a retry can succeed.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            OtlpError::RateLimited { retry_after, .. } => Some(*retry_after),
+            OtlpError::Busy | OtlpError::Sealing | OtlpError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+            _ => None,
         }
     }
 }
@@ -81,6 +113,8 @@ pub struct Accepted {
     pub message: String,
     /// Spans sealed.
     pub sealed: u64,
+    /// Spans not sealed because they already were (a retried export).
+    pub duplicates: u64,
     /// The `lr_...` ids of the entries written, in trace order.
     pub lineage_ids: Vec<String>,
 }
@@ -97,12 +131,24 @@ struct Inner {
     max_body: usize,
     in_flight: Arc<Semaphore>,
     forward: Option<forward::Queue>,
+    /// The tenant's export rate: the API's rate limit, in a bucket of its own so exports never take the
+    /// tenant's API tokens.
+    exports: Option<RateLimiter>,
+    /// The tenant's span quota.
+    spans: Option<RateLimiter>,
+    seen: Arc<dedup::Seen>,
+    /// True once `seen` holds what the ledger held at start.
+    seen_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Otlp {
-    /// The receivers for `cfg`, recording through `state`, and the forwarder to run as a service (when
-    /// `otlp.forward` is configured).
-    pub fn new(cfg: &OtlpConfig, state: SharedState) -> (Otlp, Option<Forwarder>) {
+    /// The receivers for `cfg`, recording through `state`, limiting each tenant's exports to `rate` (the API's
+    /// rate limit, when set), and the forwarder to run as a service (when `otlp.forward` is configured).
+    pub fn new(
+        cfg: &OtlpConfig,
+        rate: Option<RateLimitConfig>,
+        state: SharedState,
+    ) -> (Otlp, Option<Forwarder>) {
         let (queue, forwarder) = match &cfg.forward {
             Some(f) => {
                 let (q, fw) = forward::channel(f.clone());
@@ -110,6 +156,20 @@ impl Otlp {
             }
             None => (None, None),
         };
+        let seen = Arc::new(dedup::Seen::new(cfg.idempotency_window, cfg.idempotency_spans));
+        let (ready_tx, seen_ready) = tokio::sync::watch::channel(false);
+        let (recovering, recorder) = (seen.clone(), state.recorder.clone());
+        tokio::task::spawn_blocking(move || {
+            let ledger = recorder.ledger();
+            match recovering.recover(ledger, ledger.size()) {
+                Ok(n) => tracing::debug!(spans = n, "OTLP spans sealed before start remembered"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "reading the spans sealed before start failed; a retried export may seal them again"
+                ),
+            }
+            let _ = ready_tx.send(true);
+        });
         let otlp = Otlp {
             inner: Arc::new(Inner {
                 state,
@@ -117,6 +177,10 @@ impl Otlp {
                 max_body: cfg.max_body,
                 in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
                 forward: queue,
+                exports: rate.map(RateLimiter::new),
+                spans: cfg.quota.map(RateLimiter::new),
+                seen,
+                seen_ready,
             }),
         };
         (otlp, forwarder)
@@ -206,6 +270,17 @@ impl Otlp {
         Ok(tenant)
     }
 
+    /// One token of `tenant`'s export rate, or [`OtlpError::RateLimited`].
+    fn rate(&self, tenant: &str) -> Result<(), OtlpError> {
+        match &self.inner.exports {
+            Some(l) => l.check(tenant).map_err(|secs| OtlpError::RateLimited {
+                message: format!("export rate limit for tenant '{tenant}' exceeded; retry after {secs}s"),
+                retry_after: secs,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// One in-flight slot, or [`OtlpError::Busy`].
     fn slot(&self) -> Result<OwnedSemaphorePermit, OtlpError> {
         self.inner
@@ -240,12 +315,36 @@ impl Otlp {
         mut req: ExportTraceServiceRequest,
     ) -> Result<Accepted, OtlpError> {
         let (mut rejected, mut reasons) = walk::reject_invalid(&mut req);
+        // Until the spans sealed before start are remembered, a retry across the restart would not be recognised.
+        let mut ready = self.inner.seen_ready.clone();
+        if !*ready.borrow() {
+            // An error means the recovery task is gone; it has logged why, and exports go on without it.
+            let _ = ready.wait_for(|r| *r).await;
+        }
+        // Held until the entries are durable; dropped on any failure below, so a retry seals the spans.
+        let (mut claim, duplicates) = self
+            .inner
+            .seen
+            .claim(&tenant, &mut req)
+            .map_err(|_| OtlpError::Sealing)?;
         let spans: usize = req
             .resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
+        if spans > 0
+            && let Some(quota) = &self.inner.spans
+        {
+            quota
+                .take(&tenant, spans as u64)
+                .map_err(|secs| OtlpError::RateLimited {
+                    message: format!(
+                        "span quota for tenant '{tenant}' exceeded by {spans} span(s); retry after {secs}s"
+                    ),
+                    retry_after: secs,
+                })?;
+        }
         let state = self.inner.state.clone();
         let t = tenant.clone();
         let work = move || {
@@ -275,15 +374,23 @@ impl Otlp {
         )
         .await;
         let mut lineage_ids = Vec::with_capacity(results.len());
-        for r in results {
+        let mut failed = None;
+        for (r, (trace, spans)) in results.into_iter().zip(&sealed.ids) {
             match r {
-                Ok(rec) => lineage_ids.push(rec.lineage_id),
-                Err(e) => {
-                    tracing::error!(error = %e, tenant = %tenant, "sealing spans failed; the export is refused");
-                    return Err(OtlpError::Unavailable("the ledger cannot take them now".into()));
+                Ok(rec) => {
+                    // Durable: a retry of this export does not seal these spans again.
+                    claim.sealed(*trace, spans);
+                    lineage_ids.push(rec.lineage_id);
                 }
+                Err(e) => failed = Some(e),
             }
         }
+        if let Some(e) = failed {
+            tracing::error!(error = %e, tenant = %tenant, "sealing spans failed; the export is refused");
+            return Err(OtlpError::Unavailable("the ledger cannot take them now".into()));
+        }
+        // Spans claimed but not sealed (too large) are released with the claim.
+        drop(claim);
         if sealed.spans > 0
             && let Some(q) = &self.inner.forward
         {
@@ -298,6 +405,7 @@ impl Otlp {
             rejected,
             message,
             sealed: sealed.spans,
+            duplicates,
             lineage_ids,
         })
     }

@@ -30,6 +30,8 @@ pub struct Sealed {
     pub batches: Vec<SpanBatch>,
     /// The same redacted spans as one export, for forwarding.
     pub forward: ExportTraceServiceRequest,
+    /// Per record in `batches`: its trace id and the ids of its spans (what becomes sealed when it is durable).
+    pub ids: Vec<([u8; 16], Vec<[u8; 8]>)>,
     /// Spans rejected as too large to seal, and why (the first few).
     pub rejected: u64,
     pub reasons: Vec<String>,
@@ -39,6 +41,8 @@ pub struct Sealed {
 
 struct Chunk {
     trace: String,
+    trace_id: [u8; 16],
+    span_ids: Vec<[u8; 8]>,
     part: usize,
     proto: Vec<ResourceSpans>,
     json: Vec<Value>,
@@ -116,6 +120,9 @@ pub fn seal(
                         let part = other.map_or(0, |&i| chunks[i].part + 1);
                         chunks.push(Chunk {
                             trace: hex::encode(&span.trace_id),
+                            // Ids were validated before sealing (16 and 8 bytes).
+                            trace_id: span.trace_id.as_slice().try_into().unwrap_or_default(),
+                            span_ids: Vec::new(),
                             part,
                             proto: Vec::new(),
                             json: Vec::new(),
@@ -166,6 +173,8 @@ pub fn seal(
                 }
                 c.hashes
                     .push(json!({"spanId": hex::encode(&span.span_id), "hash": hash}));
+                c.span_ids
+                    .push(span.span_id.as_slice().try_into().unwrap_or_default());
                 c.size += bytes.len();
                 if let Some(Value::Array(spans)) = c
                     .json
@@ -196,6 +205,7 @@ pub fn seal(
             body["part"] = json!(c.part);
         }
         out.forward.resource_spans.extend(c.proto);
+        out.ids.push((c.trace_id, c.span_ids));
         out.batches.push(SpanBatch {
             tenant: tenant.to_owned(),
             trace_id: c.trace,

@@ -1,7 +1,14 @@
 //! What a span carries, visited: validation of ids (the spans OTLP calls invalid are rejected, the rest kept) and
-//! the redaction walk, which hands every string of an export (resource and scope attributes and names, span name,
-//! trace state, status message, attributes, events and links with their attributes, nested arrays and kv-lists)
-//! to one function with the key it sits under, and never ids, timestamps, kinds or flags (they are not strings).
+//! the redaction walk, which hands every string of an export to one function with the key it sits under: resource
+//! and scope attributes, the resource's entity references (type, schema URL, id and description keys), scope name
+//! and version, schema URLs, span name, trace state, status message, attributes, events and links with their
+//! attributes, nested arrays and kv-lists, and every attribute key itself. Never ids, timestamps, kinds, flags,
+//! numbers or bytes (they are not strings).
+//!
+//! An attribute key is text a sender chooses like any value, so it is redacted too (with no key of its own, so key
+//! rules never apply to it, only the detectors). A key that redaction changed is kept unique within its list
+//! (`~2`, `~3`, ... appended), so the list stays a valid OTLP attribute map; an entity reference's id or
+//! description key that named a renamed resource attribute names its new key.
 //!
 //! Generic over that function, so the walk is tested with a closure that plants a marker, and the receivers call
 //! it with the tenant's [`crate::redact::Redactor`].
@@ -12,6 +19,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 /// Attribute prefix of a span's redaction summary: `kla.redaction.<detector>` = number of values replaced.
 pub const SUMMARY_PREFIX: &str = "kla.redaction.";
@@ -19,6 +27,10 @@ pub const SUMMARY_PREFIX: &str = "kla.redaction.";
 /// Nesting depth of attribute values walked; deeper values are replaced by an empty value (protobuf allows
 /// deeper nesting than a ledger entry should hold, and recursion must stay bounded).
 pub const MAX_VALUE_DEPTH: usize = 32;
+
+/// The key a string is redacted under when it is itself a key (an attribute key, an entity reference's id or
+/// description key): none, so only the detectors run on it.
+const NO_KEY: &str = "";
 
 /// The redaction function: `(key, string, report)` to the string to keep.
 pub trait RedactFn: for<'a> FnMut(&str, &'a str, &mut Report) -> Cow<'a, str> {}
@@ -54,23 +66,70 @@ fn value<F: RedactFn>(f: &mut F, key: &str, v: &mut AnyValue, report: &mut Repor
                 value(f, key, item, report, depth + 1);
             }
         }
-        Some(any_value::Value::KvlistValue(kv)) => attributes(f, &mut kv.values, report, depth + 1),
+        Some(any_value::Value::KvlistValue(kv)) => {
+            attributes(f, &mut kv.values, report, depth + 1);
+        }
         // Booleans, numbers and bytes carry no text to redact.
         _ => {}
     }
 }
 
-fn attributes<F: RedactFn>(f: &mut F, attrs: &mut [KeyValue], report: &mut Report, depth: usize) {
-    for kv in attrs {
+/// Redacts a list of attributes: each value under its key as sent (so key rules see what the sender named), then
+/// the key itself. Keys that changed are made unique in the list; returns them as (as sent, as kept).
+fn attributes<F: RedactFn>(
+    f: &mut F,
+    attrs: &mut [KeyValue],
+    report: &mut Report,
+    depth: usize,
+) -> Vec<(String, String)> {
+    let mut changed: Vec<(usize, String)> = Vec::new();
+    for (i, kv) in attrs.iter_mut().enumerate() {
         if let Some(v) = &mut kv.value {
             value(f, &kv.key, v, report, depth);
         }
+        if let Cow::Owned(k) = f(NO_KEY, &kv.key, report) {
+            changed.push((i, k));
+        }
     }
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    // A changed key never takes the name of a key kept as sent, nor of another changed key.
+    let mut taken: HashSet<String> = attrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !changed.iter().any(|(c, _)| c == i))
+        .map(|(_, kv)| kv.key.clone())
+        .collect();
+    let mut renames = Vec::with_capacity(changed.len());
+    for (i, new) in changed {
+        let mut k = new.clone();
+        let mut n = 2u32;
+        while taken.contains(&k) {
+            k = format!("{new}~{n}");
+            n += 1;
+        }
+        taken.insert(k.clone());
+        let old = std::mem::replace(&mut attrs[i].key, k.clone());
+        renames.push((old, k));
+    }
+    renames
 }
 
-/// Redacts a resource's strings.
+/// Redacts a resource's strings: its attributes and its entity references.
 pub fn resource<F: RedactFn>(f: &mut F, r: &mut Resource, report: &mut Report) {
-    attributes(f, &mut r.attributes, report, 0);
+    let renames = attributes(f, &mut r.attributes, report, 0);
+    for e in &mut r.entity_refs {
+        string(f, "otel.entity_ref.type", &mut e.r#type, report);
+        string(f, "otel.entity_ref.schema_url", &mut e.schema_url, report);
+        for k in e.id_keys.iter_mut().chain(e.description_keys.iter_mut()) {
+            // A reference to a renamed attribute follows it; any other is text like the rest.
+            match renames.iter().find(|(old, _)| old == k) {
+                Some((_, new)) => k.clone_from(new),
+                None => string(f, NO_KEY, k, report),
+            }
+        }
+    }
 }
 
 /// Redacts an instrumentation scope's strings.
@@ -215,7 +274,7 @@ pub fn reject_invalid(req: &mut ExportTraceServiceRequest) -> (u64, Vec<String>)
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, EntityRef, KeyValueList};
     use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
 
@@ -250,6 +309,7 @@ mod tests {
             value: Some(any_value::Value::KvlistValue(KeyValueList {
                 values: vec![
                     kv("inner", s(&next())),
+                    kv(&next(), s("clean")),
                     kv(
                         "list",
                         Some(AnyValue {
@@ -273,6 +333,7 @@ mod tests {
             flags: 0x301,
             attributes: vec![
                 kv("plain", s(&next())),
+                kv(&next(), s("clean")),
                 kv("nested", Some(nested)),
                 kv(
                     "n",
@@ -300,12 +361,21 @@ mod tests {
             }),
             ..Default::default()
         };
+        let host_key = next();
+        let resource = Resource {
+            attributes: vec![kv("service.name", s(&next())), kv(&host_key, s(&next()))],
+            entity_refs: vec![EntityRef {
+                schema_url: next(),
+                r#type: next(),
+                // The first names the planted attribute key and follows its rename; the others are text.
+                id_keys: vec![host_key.clone(), next()],
+                description_keys: vec![next()],
+            }],
+            ..Default::default()
+        };
         let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![kv("service.name", s(&next()))],
-                    ..Default::default()
-                }),
+                resource: Some(resource),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
                         name: next(),
@@ -395,15 +465,20 @@ mod tests {
         let (r_report, scopes) = &redacted.resources[0];
         assert_eq!(
             r_report.counts.get("marker"),
-            Some(&2),
-            "service.name and the resource schema URL"
+            Some(&8),
+            "2 attribute values, 1 attribute key, the entity reference's type, schema URL, id key and description \
+             key, and the resource schema URL"
         );
+        // The entity reference's id key that named the renamed attribute names its new key.
+        let res = req.resource_spans[0].resource.as_ref().unwrap();
+        assert_eq!(res.entity_refs[0].id_keys[0], res.attributes[1].key);
+        assert!(res.attributes[1].key.starts_with("[R]"));
         assert_eq!(
             scopes[0].0.counts.get("marker"),
             Some(&4),
             "scope name, version, attribute, schema URL"
         );
-        assert_eq!(scopes[0].1[0].counts.get("marker"), Some(&11));
+        assert_eq!(scopes[0].1[0].counts.get("marker"), Some(&13));
         let summary: Vec<_> = b
             .attributes
             .iter()
@@ -413,7 +488,7 @@ mod tests {
         assert_eq!(summary[0].key, "kla.redaction.marker");
         assert_eq!(
             summary[0].value.as_ref().and_then(|v| v.value.clone()),
-            Some(any_value::Value::IntValue(11))
+            Some(any_value::Value::IntValue(13))
         );
     }
 
@@ -489,7 +564,7 @@ mod tests {
         let mut attrs = vec![kv("deep", Some(v))];
         let mut visits = 0;
         let mut f = redact_fn(|_: &str, v: &str, _: &mut Report| {
-            visits += 1;
+            visits += usize::from(v == "leaf");
             Cow::Borrowed(v)
         });
         attributes(&mut f, &mut attrs, &mut Report::default(), 0);
@@ -498,5 +573,39 @@ mod tests {
             "the leaf lies beyond the walked depth and is cut, not visited"
         );
         assert!(!format!("{attrs:?}").contains("leaf"));
+    }
+
+    #[test]
+    fn redacted_keys_stay_unique_and_references_follow_them() {
+        // "PLANTED" becomes "[R]", which a key kept as sent already holds; "PLANTED~2" becomes "[R]~2", which the
+        // first rename took.
+        let mut r = Resource {
+            attributes: vec![
+                kv("PLANTED", s("a")),
+                kv("[R]", s("b")),
+                kv("PLANTED~2", s("c")),
+                kv("x", s("d")),
+            ],
+            entity_refs: vec![EntityRef {
+                id_keys: vec!["PLANTED".into(), "x".into()],
+                description_keys: vec!["PLANTED~2".into(), "PLANTED-free".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut f = redact_fn(replace_marker);
+        let mut report = Report::default();
+        resource(&mut f, &mut r, &mut report);
+        let keys: Vec<&str> = r.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["[R]~2", "[R]", "[R]~2~2", "x"]);
+        let values: Vec<_> = r.attributes.iter().map(|kv| kv.value.clone()).collect();
+        assert_eq!(
+            values,
+            vec![s("a"), s("b"), s("c"), s("d")],
+            "values stay with their keys"
+        );
+        assert_eq!(r.entity_refs[0].id_keys, ["[R]~2", "x"]);
+        assert_eq!(r.entity_refs[0].description_keys, ["[R]~2~2", "[R]-free"]);
+        assert_eq!(report.counts.get("marker"), Some(&3));
     }
 }

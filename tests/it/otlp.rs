@@ -882,3 +882,478 @@ async fn a_ledger_failure_answers_503_and_seals_and_forwards_nothing() {
     assert!(down.seen.lock().unwrap().is_empty(), "nothing is forwarded");
     s.stop().await;
 }
+
+/// `google.rpc.Status` with its details, as OTLP error bodies and `grpc-status-details-bin` carry it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+/// The retry delay (seconds) of the one `RetryInfo` detail of an encoded `google.rpc.Status`.
+fn retry_delay(status: &[u8]) -> i64 {
+    let st = RpcStatus::decode(status).unwrap();
+    assert_eq!(st.details.len(), 1, "{st:?}");
+    assert_eq!(st.details[0].type_url, "type.googleapis.com/google.rpc.RetryInfo");
+    RetryInfo::decode(st.details[0].value.as_slice())
+        .unwrap()
+        .retry_delay
+        .unwrap()
+        .seconds
+}
+
+/// A gRPC export of `req` as `tenant`'s agent.
+async fn grpc_export(
+    s: &Server,
+    tok: &str,
+    tenant: &str,
+    req: ExportTraceServiceRequest,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let mut client =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(
+            format!("http://{}", grpc_addr(s)),
+        )
+        .await
+        .unwrap();
+    let mut r = tonic::Request::new(req);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {tok}").parse().unwrap());
+    r.metadata_mut().insert("x-tenant-id", tenant.parse().unwrap());
+    client.export(r).await.map(|r| r.into_inner())
+}
+
+fn spans_of(n: u8, trace: u8) -> Vec<Span> {
+    (1..=n).map(|i| span([trace; 16], i, "q")).collect()
+}
+
+/// A tenant over its span quota (`otlp.quota`) is answered 429 with `Retry-After` (JSON: `rate_limited`;
+/// protobuf: `google.rpc.Status` RESOURCE_EXHAUSTED with a `RetryInfo` of the same delay) and over gRPC
+/// RESOURCE_EXHAUSTED with `RetryInfo` in its details and as `google.rpc.retryinfo-bin`; nothing of a refused
+/// export is sealed; another tenant is not affected; the quota refills. The API's rate limit applies to exports
+/// as a bucket of its own: a throttled exporter leaves the tenant's API calls alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_quota_or_rate_is_answered_429_and_resource_exhausted_with_the_retry_delay() {
+    const OTHER: &str = "acme-otlp-2";
+    let s = server(|o| {
+        o.quota = Some(kla::otlp::FileQuota {
+            spans_per_second: 2.0,
+            burst: Some(3),
+        })
+    })
+    .await;
+    let agent = s.token(T, Role::Agent);
+    let a = Some((agent.as_str(), T));
+    let r = post(
+        &s,
+        export(spans_of(3, 0x31)).encode_to_vec(),
+        "application/x-protobuf",
+        a,
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The bucket is empty: two more spans need 1 s at 2 spans/s.
+    let r = post(
+        &s,
+        serde_json::to_vec(&export(spans_of(2, 0x32))).unwrap(),
+        "application/json",
+        a,
+        false,
+    )
+    .await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("span quota"), "{}", r.text());
+    let r = post(
+        &s,
+        export(spans_of(2, 0x33)).encode_to_vec(),
+        "application/x-protobuf",
+        a,
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(
+        RpcStatus::decode(r.bytes.as_slice()).unwrap().code,
+        8,
+        "RESOURCE_EXHAUSTED"
+    );
+    assert_eq!(retry_delay(&r.bytes), 1);
+    let err = grpc_export(&s, &agent, T, export(spans_of(2, 0x34)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(retry_delay(err.details()), 1);
+    let bin = err
+        .metadata()
+        .get_bin("google.rpc.retryinfo-bin")
+        .expect("RetryInfo as metadata")
+        .to_bytes()
+        .unwrap();
+    assert_eq!(RetryInfo::decode(bin).unwrap().retry_delay.unwrap().seconds, 1);
+    for t in [0x32u8, 0x33, 0x34] {
+        trace(&s, &agent, T, &hex::encode([t; 16]))
+            .await
+            .assert_error(404, "not_found");
+    }
+    // Another tenant has a quota of its own.
+    let other = s.token(OTHER, Role::Agent);
+    let r = post(
+        &s,
+        export(spans_of(3, 0x35)).encode_to_vec(),
+        "application/x-protobuf",
+        Some((&other, OTHER)),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Once refilled (the delay it was given), the export is taken.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    grpc_export(&s, &agent, T, export(spans_of(2, 0x34)))
+        .await
+        .unwrap();
+    assert_eq!(
+        trace(&s, &agent, T, &hex::encode([0x34u8; 16])).await.body["spans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(s);
+
+    // The export rate: the API's rate limit (1/s, burst 1 here), in a bucket of its own.
+    let s = Server::start_with(|c| {
+        c.otlp_http_addr = Some("127.0.0.1:0".into());
+        c.otlp_grpc_addr = Some("127.0.0.1:0".into());
+        c.rate_limit_rps = Some(1.0);
+        c.rate_limit_burst = Some(1);
+    })
+    .await;
+    let agent = s.token(T, Role::Agent);
+    let a = Some((agent.as_str(), T));
+    let r = post(
+        &s,
+        export(spans_of(1, 0x36)).encode_to_vec(),
+        "application/x-protobuf",
+        a,
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(
+        &s,
+        export(spans_of(1, 0x37)).encode_to_vec(),
+        "application/json",
+        a,
+        false,
+    )
+    .await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.text().contains("export rate"), "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let err = grpc_export(&s, &agent, T, export(spans_of(1, 0x37)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(retry_delay(err.details()), 1);
+    // The tenant's API bucket is untouched by its exports.
+    let got = trace(&s, &agent, T, &hex::encode([0x36u8; 16])).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+}
+
+/// The official Python exporters honour kla's throttling: with a quota of one span per second, the second of two
+/// one-span exports is answered 429 with `Retry-After: 1` (HTTP) or RESOURCE_EXHAUSTED with `RetryInfo` of 1 s
+/// (gRPC); the exporter waits exactly that long (its log says so), retries, succeeds, and every span is sealed
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_exporters_wait_out_the_retry_delay_kla_gives_and_every_span_is_sealed_once() {
+    let s = server(|o| {
+        o.quota = Some(kla::otlp::FileQuota {
+            spans_per_second: 1.0,
+            burst: Some(1),
+        })
+    })
+    .await;
+    let agent = s.token(T, Role::Agent);
+    for (protocol, endpoint, said) in [
+        ("http", http_url(&s), "Too Many Requests"),
+        ("grpc", grpc_addr(&s).to_string(), "RESOURCE_EXHAUSTED"),
+    ] {
+        let out = python_export(protocol, endpoint, &agent, T, false).await;
+        assert_eq!(out["ok"], true, "{protocol}: {out}");
+        let warnings: Vec<&str> = out["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(said) && w.contains("retrying in 1.00s")),
+            "{protocol}: the exporter waited the delay kla gave: {warnings:?}"
+        );
+        let got = trace(&s, &agent, T, out["traceId"].as_str().unwrap()).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let mut ids: Vec<&str> = got.body["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|sp| sp["span"]["spanId"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        let mut want: Vec<&str> = out["spanIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        want.sort_unstable();
+        assert_eq!(ids, want, "{protocol}: each span sealed once");
+        // The next protocol starts from an empty bucket too.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+}
+
+/// Span ids, in ledger order, of every span of a trace as served.
+async fn sealed_span_ids(s: &Server, tok: &str, trace_id: [u8; 16]) -> Vec<String> {
+    let got = trace(s, tok, T, &hex::encode(trace_id)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.body["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sp| sp["span"]["spanId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Exports are idempotent by span identity: a retried export (HTTP protobuf, JSON, gRPC) is acknowledged and seals
+/// only its spans not sealed yet; a span repeated within an export is sealed once; the same ids in another tenant
+/// are that tenant's own spans; and after a restart the spans sealed before it are still recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_export_seals_each_span_once_also_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = raw(data.path());
+        c.otlp_http_addr = Some("127.0.0.1:0".into());
+        c.otlp_grpc_addr = Some("127.0.0.1:0".into());
+        c
+    };
+    let tr = [0x41u8; 16];
+    let s = Server::start_cfg(cfg(), None).await;
+    let agent = s.token(T, Role::Agent);
+    let a = Some((agent.as_str(), T));
+    let first = export(vec![span(tr, 1, "a"), span(tr, 2, "b"), span(tr, 2, "b again")]);
+    let r = post(&s, first.encode_to_vec(), "application/x-protobuf", a, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(&s, first.encode_to_vec(), "application/x-protobuf", a, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.bytes.is_empty(), "a plain success, no partial success");
+    let retry = export(vec![span(tr, 1, "a"), span(tr, 2, "b"), span(tr, 3, "c")]);
+    let r = post(
+        &s,
+        serde_json::to_vec(&retry).unwrap(),
+        "application/json",
+        a,
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    grpc_export(&s, &agent, T, retry.clone()).await.unwrap();
+    let one = |b: u8| hex::encode([b; 8]);
+    assert_eq!(sealed_span_ids(&s, &agent, tr).await, [one(1), one(2), one(3)]);
+    // Another tenant's spans with the same ids are its own.
+    const OTHER: &str = "acme-otlp-2";
+    let other = s.token(OTHER, Role::Agent);
+    let r = post(
+        &s,
+        retry.encode_to_vec(),
+        "application/x-protobuf",
+        Some((&other, OTHER)),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        trace(&s, &other, OTHER, &hex::encode(tr)).await.body["spans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    s.stop().await;
+    // The last handle of the ledger may still be closing on a connection task when stop returns (a race of the
+    // ledger's release watch, not of OTLP): wait until its lock is free.
+    let lock = std::fs::File::open(data.path().join("ledger").join("LOCK")).unwrap();
+    for _ in 0..500 {
+        if lock.try_lock().is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(lock);
+
+    let s = Server::start_cfg(cfg(), None).await;
+    let agent = s.token(T, Role::Agent);
+    let again = export(vec![span(tr, 1, "a"), span(tr, 3, "c"), span(tr, 4, "d")]);
+    let r = post(
+        &s,
+        again.encode_to_vec(),
+        "application/x-protobuf",
+        Some((&agent, T)),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    grpc_export(&s, &agent, T, again).await.unwrap();
+    assert_eq!(
+        sealed_span_ids(&s, &agent, tr).await,
+        [one(1), one(2), one(3), one(4)],
+        "only the new span is sealed after the restart"
+    );
+}
+
+/// Secrets planted in a span export (values, attribute keys, entity references, events, links, status, nested
+/// values) and in a body that does not decode, sent to the real `kla` binary logging at debug level with forwarding
+/// on: the forward target receives the spans redacted, and nothing kla wrote to stdout or stderr holds a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_spans_are_redacted_and_kla_s_own_log_never_holds_a_planted_secret() {
+    const SECRETS: &[&str] = &[
+        "ceo@vip.example.com",
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    ];
+    let down = downstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("kla.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "otlp:\n  http-addr: 127.0.0.1:0\n  grpc-addr: 'off'\n  forward:\n    endpoint: http://{}/v1/traces\n",
+            down.addr
+        ),
+    )
+    .unwrap();
+    let kla = Process::start_env(
+        &data.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[("RUST_LOG", "debug")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kla serve exited: {}", e.log));
+    // The receiver's own "listening" line names its address.
+    let mut addr = None;
+    for _ in 0..500 {
+        addr = kla.log().lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["listener"] == "otlp-http")
+                .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
+        });
+        if addr.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let url = format!(
+        "http://{}/v1/traces",
+        addr.expect("the OTLP/HTTP listener is logged")
+    );
+    let agent = kla.token(T, Role::Agent);
+    let sv = |v: &str| json!({"stringValue": v});
+    let [email, card, ssn, aws, gh] = SECRETS else {
+        unreachable!()
+    };
+    let body = json!({"resourceSpans": [{
+        "resource": {
+            "attributes": [{"key": "owner", "value": sv(email)}, {"key": format!("host {aws}"), "value": sv("h")}],
+            "entityRefs": [{"schemaUrl": format!("https://x/{email}"), "type": format!("svc {email}"), "idKeys": [format!("host {aws}")], "descriptionKeys": [*ssn]}]
+        },
+        "scopeSpans": [{"scope": {"name": format!("lib {gh}")}, "spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60d", "spanId": "eee19b7ec3c1b175",
+            "name": format!("charge {card}"), "kind": 3,
+            "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
+            "attributes": [
+                {"key": *ssn, "value": sv("ssn as a key")},
+                {"key": "nested", "value": {"kvlistValue": {"values": [
+                    {"key": "list", "value": {"arrayValue": {"values": [sv(card)]}}}]}}}
+            ],
+            "events": [{"timeUnixNano": "1544712660500000000", "name": format!("mail {email}"),
+                        "attributes": [{"key": "aws", "value": sv(aws)}]}],
+            "links": [{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+                       "attributes": [{"key": "gh", "value": sv(gh)}]}],
+            "status": {"code": 2, "message": format!("declined {card} for {email}")}
+        }]}]
+    }]});
+    let post = |body: String| {
+        send(
+            client()
+                .post(&url)
+                .bearer_auth(&agent)
+                .header("x-tenant-id", T)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    let r = post(body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A body that does not decode, its error naming a secret where a number belongs.
+    let bad = post(format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"kind":"{email}"}}]}}]}}]}}"#
+    ))
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let got = eventually(|| down.seen.lock().unwrap().first().cloned()).await;
+    let forwarded = serde_json::to_string(&got).unwrap();
+    for secret in SECRETS {
+        assert!(
+            !forwarded.contains(secret),
+            "forwarded raw {secret:?}: {forwarded}"
+        );
+    }
+    assert!(forwarded.contains("[REDACTED:"), "{forwarded}");
+    assert_eq!(got.resource_spans[0].scope_spans[0].spans.len(), 1);
+    let exited = kla.terminate();
+    assert!(exited.success(), "{}", exited.log);
+    assert!(
+        exited.log.contains("DEBUG"),
+        "kla logged at debug level: {}",
+        exited.log
+    );
+    for secret in SECRETS {
+        assert!(
+            !exited.log.contains(secret),
+            "kla's log holds {secret:?}:\n{}",
+            exited.log
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! decided on the values as given (a rule on the raw value matches), while the ledger entry, evidence, the store's
 //! rows and files, the event stream and the approval hold none of them and the entry names the detectors. Also the
 //! labelled accuracy corpus (tests/corpus/redaction, generated with Faker) and a property test that no planted value
-//! survives the redactor.
+//! survives the redactor. For OTLP, a secret in every string-bearing field of the trace protos, enumerated from
+//! their descriptors (tests/data/otlp-proto), is neither served nor stored.
 
 use crate::harness::*;
 use kla::auth::Role;
@@ -562,6 +563,368 @@ async fn spans_and_proxied_calls_are_recorded_redacted() {
             assert!(
                 !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
                 "{name} holds the planted {p:?}"
+            );
+        }
+    }
+}
+
+/// The OTLP trace protos (tests/data/otlp-proto/README.md says where they come from).
+const OTLP_DESCRIPTORS: &[u8] = include_bytes!("../data/otlp-proto/trace_service.desc");
+
+/// Message types of a descriptor set by full name (`.opentelemetry.proto.trace.v1.Span`), nested ones included.
+fn message_types(set: &prost_types::FileDescriptorSet) -> BTreeMap<String, prost_types::DescriptorProto> {
+    fn add(
+        out: &mut BTreeMap<String, prost_types::DescriptorProto>,
+        scope: &str,
+        m: &prost_types::DescriptorProto,
+    ) {
+        let name = format!("{scope}.{}", m.name());
+        for n in &m.nested_type {
+            add(out, &name, n);
+        }
+        out.insert(name, m.clone());
+    }
+    let mut out = BTreeMap::new();
+    for f in &set.file {
+        for m in &f.message_type {
+            add(&mut out, &format!(".{}", f.package()), m);
+        }
+    }
+    out
+}
+
+/// Builds protobuf messages from descriptors alone, with a distinct secret in every string it writes. A message
+/// type is built as several instances so that together they set every field (one per oneof alternative, and
+/// every instance of a singular sub-message); repeated fields hold every instance of their element. A type is
+/// entered at most twice on one path, so recursive values (arrays of kv-lists of arrays) are covered to depth 2.
+struct ProtoGen<'a> {
+    types: &'a BTreeMap<String, prost_types::DescriptorProto>,
+    /// Each secret written, with the field path it sits at.
+    planted: Vec<(String, String)>,
+    /// `(message type, field)` of every string field written.
+    string_fields: std::collections::BTreeSet<(String, String)>,
+    next_id: u64,
+    trace_id: [u8; 16],
+}
+
+/// One field as built: (number, wire type, the encoded values it can take, repeated, its oneof).
+type Choice = (i32, u64, Vec<Vec<u8>>, bool, Option<i32>);
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn tag(out: &mut Vec<u8>, field: i32, wire: u64) {
+    varint(out, ((field as u64) << 3) | wire);
+}
+
+impl ProtoGen<'_> {
+    fn secret(&mut self, path: &str) -> String {
+        let s = format!("planted{}@vip.example.com", self.planted.len());
+        self.planted.push((path.to_owned(), s.clone()));
+        s
+    }
+
+    /// The bytes an id field needs to be valid, by name; other bytes are arbitrary.
+    fn bytes(&mut self, field: &str) -> Vec<u8> {
+        match field {
+            "trace_id" => self.trace_id.to_vec(),
+            "span_id" | "parent_span_id" => {
+                self.next_id += 1;
+                self.next_id.to_be_bytes().to_vec()
+            }
+            _ => vec![0xde, 0xad],
+        }
+    }
+
+    /// One scalar of `field` (non-zero, so a re-encoding keeps it), with its wire type.
+    fn scalar(&mut self, ty: &str, f: &prost_types::FieldDescriptorProto, path: &str) -> (u64, Vec<u8>) {
+        use prost_types::field_descriptor_proto::Type;
+        let mut v = Vec::new();
+        let wire = match f.r#type() {
+            Type::String => {
+                self.string_fields.insert((ty.to_owned(), f.name().to_owned()));
+                let s = self.secret(path);
+                varint(&mut v, s.len() as u64);
+                v.extend_from_slice(s.as_bytes());
+                2
+            }
+            Type::Bytes => {
+                let b = self.bytes(f.name());
+                varint(&mut v, b.len() as u64);
+                v.extend_from_slice(&b);
+                2
+            }
+            Type::Double => {
+                v.extend_from_slice(&1.5f64.to_le_bytes());
+                1
+            }
+            Type::Fixed64 | Type::Sfixed64 => {
+                v.extend_from_slice(&1_764_633_600_000_000_000u64.to_le_bytes());
+                1
+            }
+            Type::Float => {
+                v.extend_from_slice(&1.5f32.to_le_bytes());
+                5
+            }
+            Type::Fixed32 | Type::Sfixed32 => {
+                v.extend_from_slice(&1u32.to_le_bytes());
+                5
+            }
+            // Varints: ints, bools and enums, 1 (true, the first non-default enum value).
+            Type::Int32 | Type::Int64 | Type::Uint32 | Type::Uint64 | Type::Bool | Type::Enum => {
+                varint(&mut v, 1);
+                0
+            }
+            Type::Sint32 | Type::Sint64 => {
+                varint(&mut v, 2);
+                0
+            }
+            Type::Group | Type::Message => unreachable!("not a scalar"),
+        };
+        (wire, v)
+    }
+
+    /// The instances of message `ty` at `path` (empty when `ty` is already twice on the path).
+    fn instances(&mut self, ty: &str, path: &str, stack: &mut Vec<String>) -> Vec<Vec<u8>> {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        if stack.iter().filter(|t| *t == ty).count() >= 2 {
+            return Vec::new();
+        }
+        let m = self
+            .types
+            .get(ty)
+            .unwrap_or_else(|| panic!("no type {ty}"))
+            .clone();
+        stack.push(ty.to_owned());
+        // Per field: the encoded values it can take (message fields: one per instance of their type).
+        let mut choices: Vec<Choice> = Vec::new();
+        let mut fields = m.field.clone();
+        fields.sort_by_key(|f| f.number());
+        for f in &fields {
+            let at = format!("{path}.{}", f.name());
+            let repeated = f.label() == Label::Repeated;
+            let oneof = f.oneof_index;
+            if f.r#type() == Type::Message {
+                let sub = self.instances(f.type_name(), &at, stack);
+                let framed = sub
+                    .into_iter()
+                    .map(|b| {
+                        let mut v = Vec::new();
+                        varint(&mut v, b.len() as u64);
+                        v.extend_from_slice(&b);
+                        v
+                    })
+                    .collect();
+                choices.push((f.number(), 2, framed, repeated, oneof));
+            } else {
+                let (wire, v) = self.scalar(ty, f, &at);
+                choices.push((f.number(), wire, vec![v], repeated, oneof));
+            }
+        }
+        stack.pop();
+        // One instance per alternative of the largest oneof, per instance of the most varied singular message.
+        let mut oneofs: BTreeMap<i32, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut count = 1;
+        for (i, (_, _, vals, repeated, oneof)) in choices.iter().enumerate() {
+            if let Some(o) = oneof {
+                let alts = oneofs.entry(*o).or_default();
+                alts.extend((0..vals.len()).map(|k| (i, k)));
+                count = count.max(alts.len());
+            } else if !repeated {
+                count = count.max(vals.len());
+            }
+        }
+        (0..count)
+            .map(|n| {
+                let mut out = Vec::new();
+                for (i, (num, wire, vals, repeated, oneof)) in choices.iter().enumerate() {
+                    let picked: Vec<&Vec<u8>> = match oneof {
+                        Some(o) => {
+                            let alts = &oneofs[o];
+                            let (fi, k) = alts[n % alts.len()];
+                            if fi == i { vec![&vals[k]] } else { vec![] }
+                        }
+                        None if *repeated => vals.iter().collect(),
+                        None if vals.is_empty() => vec![],
+                        None => vec![&vals[n % vals.len()]],
+                    };
+                    for v in picked {
+                        tag(&mut out, *num, *wire);
+                        out.extend_from_slice(v);
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+/// Every JSON object key of `v` (the crate's serde form of a message of type `ty`) is a field of `ty` in the
+/// descriptors: a field the crate has and the descriptors lack fails here.
+fn check_json_fields(
+    types: &BTreeMap<String, prost_types::DescriptorProto>,
+    ty: &str,
+    v: &Value,
+    path: &str,
+) {
+    let Value::Object(o) = v else { return };
+    let m = &types[ty];
+    for (k, x) in o {
+        let f = m
+            .field
+            .iter()
+            .find(|f| f.json_name() == k)
+            .unwrap_or_else(|| panic!("{path}.{k}: the crate's {ty} has a field the descriptors lack"));
+        if f.r#type() == prost_types::field_descriptor_proto::Type::Message {
+            match x {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check_json_fields(types, f.type_name(), item, &format!("{path}.{k}[{i}]"));
+                    }
+                }
+                _ => check_json_fields(types, f.type_name(), x, &format!("{path}.{k}")),
+            }
+        }
+    }
+}
+
+/// Every string-bearing field of the OTLP trace protos, enumerated from their descriptors (not from kla's walk),
+/// carries a distinct planted secret into one export over OTLP/HTTP (protobuf, and the same spans again in the
+/// JSON mapping): none of them is served by `GET /v1/traces/{id}` or the evidence bundle, or stored in any file
+/// of the data dir, and the sealed span still has unique attribute keys. The descriptors and the crate's types
+/// are checked to hold the same fields, so a field added to OTLP fails here until it is covered.
+#[tokio::test]
+async fn every_string_field_of_the_otlp_trace_protos_is_redacted() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(OTLP_DESCRIPTORS).unwrap();
+    let types = message_types(&set);
+    const REQUEST: &str = ".opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest";
+    // Every string field reachable from the export request, from the descriptors.
+    let mut reachable = std::collections::BTreeSet::new();
+    let mut todo = vec![REQUEST.to_owned()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(t) = todo.pop() {
+        if !seen.insert(t.clone()) {
+            continue;
+        }
+        for f in &types[&t].field {
+            match f.r#type() {
+                prost_types::field_descriptor_proto::Type::String => {
+                    reachable.insert((t.clone(), f.name().to_owned()));
+                }
+                prost_types::field_descriptor_proto::Type::Message => todo.push(f.type_name().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    assert!(reachable.len() >= 14, "{reachable:?}");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = raw(data.path());
+    cfg.otlp_http_addr = Some("127.0.0.1:0".into());
+    cfg.otlp_grpc_addr = Some("off".into());
+    let s = Server::start_cfg(cfg, None).await;
+    let agent = s.token(T, Role::Agent);
+    let admin = s.token(T, Role::Admin);
+    let url = format!("http://{}/v1/traces", s.listener("otlp-http").unwrap());
+    let mut planted = Vec::new();
+    for (n, json) in [(1u8, false), (2u8, true)] {
+        let mut g = ProtoGen {
+            types: &types,
+            planted: Vec::new(),
+            string_fields: Default::default(),
+            next_id: u64::from(n) << 32,
+            trace_id: [n; 16],
+        };
+        let mut exports = g.instances(REQUEST, "export", &mut Vec::new());
+        assert_eq!(exports.len(), 1);
+        let bytes = exports.remove(0);
+        assert_eq!(
+            g.string_fields, reachable,
+            "every string field of the protos is planted"
+        );
+        // The crate's types know every field the descriptors have (prost drops unknown fields, so the message
+        // would re-encode shorter), and no other (a field the crate has would show in its JSON form).
+        let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            req.encode_to_vec().len(),
+            bytes.len(),
+            "the descriptors have a field the crate's types lack: regenerate or update"
+        );
+        let as_json = serde_json::to_value(&req).unwrap();
+        check_json_fields(&types, REQUEST, &as_json, "export");
+        for (_, secret) in &g.planted {
+            assert!(
+                as_json.to_string().contains(secret.as_str()),
+                "{secret} reaches the decoded export"
+            );
+        }
+        let (ct, body) = if json {
+            ("application/json", as_json.to_string().into_bytes())
+        } else {
+            ("application/x-protobuf", bytes)
+        };
+        let r = send(
+            client()
+                .post(&url)
+                .bearer_auth(&agent)
+                .header("x-tenant-id", T)
+                .header("content-type", ct)
+                .body(body),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.body.get("partialSuccess").is_none(), "{}", r.text());
+        let id = hex::encode([n; 16]);
+        let got = s.get(&format!("/v1/traces/{id}"), &admin, T).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let served = got.body.to_string();
+        let ev = s.get(&format!("/v1/evidence?traceId={id}"), &admin, T).await;
+        assert_eq!(ev.status, 200, "{}", ev.text());
+        let evidence = ev.body.to_string();
+        for (path, secret) in &g.planted {
+            assert!(
+                !served.contains(secret.as_str()),
+                "{path} is served raw: {served}"
+            );
+            assert!(
+                !evidence.contains(secret.as_str()),
+                "{path} is in the evidence raw"
+            );
+        }
+        // The sealed span is still a valid OTLP document: attribute keys unique in every list.
+        fn unique_keys(v: &Value) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::Array(attrs)) = o.get("attributes").or_else(|| o.get("values")) {
+                        let keys: Vec<&str> = attrs.iter().filter_map(|kv| kv["key"].as_str()).collect();
+                        let set: std::collections::BTreeSet<_> = keys.iter().collect();
+                        assert_eq!(set.len(), keys.len(), "duplicate keys {keys:?}");
+                    }
+                    o.values().for_each(unique_keys);
+                }
+                Value::Array(a) => a.iter().for_each(unique_keys),
+                _ => {}
+            }
+        }
+        unique_keys(&got.body);
+        assert!(served.contains("[REDACTED:EMAIL]"), "{served}");
+        planted.extend(g.planted);
+    }
+    s.stop().await;
+    let mut files = Vec::new();
+    files_text(data.path(), &mut files);
+    for (name, bytes) in files {
+        for (path, secret) in &planted {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{name} holds {path}'s planted {secret:?}"
             );
         }
     }

@@ -3,10 +3,13 @@
 Environment: PROTOCOL (http or grpc), ENDPOINT (http: the full /v1/traces URL; grpc: host:port), TOKEN and
 TENANT (sent as Authorization: Bearer and x-tenant-id; empty TOKEN sends neither), GZIP (1: compress exports). Spans carry attributes of every
 kind the SDK has (string, bool, int, float and arrays of each), events with attributes, a link and a resource.
-Prints {"traceId": ..., "spanIds": [...], "linkedTraceId": ..., "ok": true|false} once the exporter returned.
+Prints {"traceId": ..., "spanIds": [...], "linkedTraceId": ..., "ok": true|false, "warnings": [...]} once the
+exporter returned; "warnings" are the messages the OpenTelemetry packages logged at WARNING or above (a retry after a
+throttled export says so there, with the delay it waited).
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -54,7 +57,20 @@ def exporter():
     return OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers, timeout=10, compression=compression)
 
 
+class Collect(logging.Handler):
+    """Keeps every message logged to it."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def main():
+    collected = Collect()
+    logging.getLogger("opentelemetry").addHandler(collected)
     resource = Resource.create({"service.name": "py-agent", "deployment.environment": "test", "host.cores": 2})
     provider = TracerProvider(resource=resource)
     rec = Recording(exporter())
@@ -88,7 +104,7 @@ def main():
         trace_id = format(root.get_span_context().trace_id, "032x")
     provider.shutdown()
     ok = bool(rec.results) and all(r == SpanExportResult.SUCCESS for r in rec.results)
-    print(json.dumps({"traceId": trace_id, "spanIds": span_ids, "linkedTraceId": format(linked.trace_id, "032x"), "ok": ok}))
+    print(json.dumps({"traceId": trace_id, "spanIds": span_ids, "linkedTraceId": format(linked.trace_id, "032x"), "ok": ok, "warnings": collected.messages}))
     sys.stdout.flush()
 
 
