@@ -133,7 +133,10 @@ struct Inner {
     signer: NoteSigner,
     checkpoint: RwLock<Option<SignedCheckpoint>>,
     cp_lock: tokio::sync::Mutex<()>,
-    _lock: File,
+    /// The data dir's lock, closed by `drop` before `released` is set.
+    lock: Option<File>,
+    /// Set once the writer has stopped and the lock is closed, so a waiter may open the ledger again at once.
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -142,6 +145,8 @@ impl Drop for Inner {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        drop(self.lock.take());
+        self.released.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -152,13 +157,15 @@ pub struct Ledger {
 }
 
 /// Tells when every handle of a ledger is gone (and its directory lock with them).
-pub struct Released(std::sync::Weak<Inner>);
+pub struct Released(Arc<std::sync::atomic::AtomicBool>);
 
 impl Released {
-    /// Waits until no handle of the ledger is left, at most `within`; whether none is.
+    /// Waits until no handle of the ledger is left and its writer and lock are closed, at most `within`; whether
+    /// they are. (The last handle's count reaches zero before its drop has closed the lock, so the count alone
+    /// would let a restart find the directory still locked.)
     pub async fn wait(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        while self.0.strong_count() > 0 {
+        while !self.0.load(std::sync::atomic::Ordering::Acquire) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -475,7 +482,7 @@ pub fn batch_scheduling() -> std::io::Result<()> {
 impl Ledger {
     /// A watch on this ledger's release (shutdown waits on it, so the data dir is free when the server is done).
     pub fn released(&self) -> Released {
-        Released(Arc::downgrade(&self.inner))
+        Released(self.inner.released.clone())
     }
 
     /// Opens (creating if needed) the ledger in `cfg.dir`, recovering from a crash.
@@ -552,7 +559,8 @@ impl Ledger {
                 signer,
                 checkpoint: RwLock::new(checkpoint),
                 cp_lock: tokio::sync::Mutex::new(()),
-                _lock: lock,
+                lock: Some(lock),
+                released: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
         })
     }
