@@ -584,9 +584,9 @@ fn browser() -> Browser {
             chromedriver,
         },
         (chromium, driver, selenium) => panic!(
-            "the Desk's browser test needs Chromium ({}), chromedriver ({}) and {} with Selenium ({}): run .ci/run, \
-             which installs the Debian packages chromium and chromium-driver and makes the venv from \
-             tests/py/requirements.txt",
+            "the Desk's browser test needs Chromium ({}), chromedriver ({}) and {} with Selenium ({}): run scripts/test \
+             (the README's test command), which installs the Debian packages chromium and chromium-driver and \
+             makes the venv from tests/py/requirements.txt",
             found(chromium.is_some()),
             found(driver.is_some()),
             python.display(),

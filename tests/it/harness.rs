@@ -812,12 +812,12 @@ pub fn spawn_listening(cmd: &mut std::process::Command, what: &str) -> (std::pro
     (child, port)
 }
 
-/// The venv `.ci/run` makes (tests/py/requirements.txt); a missing one fails the test and says how to make it.
+/// The venv `scripts/test` makes (tests/py/requirements.txt); a missing one fails the test and says how to make it.
 pub fn venv_python() -> PathBuf {
     let p = repo_path(".venv/bin/python");
     assert!(
         p.exists(),
-        "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
+        "{} is missing: run scripts/test (the README's test command), which makes it from tests/py/requirements.txt",
         p.display()
     );
     p
@@ -870,7 +870,7 @@ impl LazyFs {
             let status = child.wait();
             panic!(
                 "lazyfs did not mount (said {line:?}, {status:?}); it needs /dev/fuse, root and mfusepy from \
-                 tests/py/requirements.txt (run .ci/run)"
+                 tests/py/requirements.txt (run scripts/test, which installs them)"
             );
         }
         self.daemon = Some(child);

@@ -23,15 +23,6 @@ const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}
 "#;
 
 /// The venv `.ci/run` makes (tests/py/requirements.txt, with `mcp`).
-fn python() -> PathBuf {
-    let p = repo_path(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
-        p.display()
-    );
-    p
-}
 
 /// The SDK's MCP server on 127.0.0.1; killed on drop.
 struct McpServer {
@@ -53,7 +44,7 @@ impl McpServer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("executed.jsonl");
         let (child, port) = spawn_listening(
-            Command::new(python())
+            Command::new(venv_python())
                 .arg(repo_path("tests/py/mcp_server.py"))
                 .env("OUT", &log),
             "the MCP server",
@@ -139,7 +130,7 @@ async fn start_at(port: u16, hide: Option<bool>, hold_budget: Option<&str>) -> K
 
 /// Runs the SDK client through kla; one JSON answer per step.
 async fn client(url: &str, mode: &str, steps: Value) -> Vec<Value> {
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(venv_python())
         .arg(repo_path("tests/py/mcp_client.py"))
         .arg(url)
         .arg(mode)

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,21 +177,12 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no attribute {key} in {span}"))
 }
 
-fn python() -> PathBuf {
-    let p = repo_path(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
-        p.display()
-    );
-    p
-}
 
 /// Runs tests/py/otlp_export.py; returns what it printed.
 async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &str, gzip: bool) -> Value {
     let (protocol, token, tenant) = (protocol.to_owned(), token.to_owned(), tenant.to_owned());
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python())
+        std::process::Command::new(venv_python())
             .arg(repo_path("tests/py/otlp_export.py"))
             .env("PROTOCOL", protocol)
             .env("ENDPOINT", endpoint)

@@ -435,12 +435,7 @@ impl Drop for Starlette {
 
 impl Starlette {
     fn start() -> Starlette {
-        let python = repo_path(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
-            python.display()
-        );
+        let python = venv_python();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("ran.jsonl");
         let (child, port) = spawn_listening(

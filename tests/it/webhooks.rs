@@ -7,7 +7,7 @@ use kla::auth::Role;
 use kla::config::FileWebhook;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -15,20 +15,11 @@ const T: &str = "acme-hooks";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// The venv `.ci/run` makes (tests/py/requirements.txt).
-fn python() -> PathBuf {
-    let p = repo_path(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run .ci/run (or python3 -m venv .venv && .venv/bin/pip install -r tests/py/requirements.txt)",
-        p.display()
-    );
-    p
-}
 
 /// The receiver on `port` (0: any); returns it and its port.
 fn receiver(out: &Path, fail_first: u32, port: u16) -> (Child, u16) {
     let (child, port) = spawn_listening(
-        Command::new(python())
+        Command::new(venv_python())
             .arg(repo_path("tests/py/webhook_receiver.py"))
             .env("SECRET", SECRET)
             .env("OUT", out)
