@@ -585,22 +585,39 @@ pub fn iban_checksum(chars: &[u8]) -> bool {
     r == 1
 }
 
-/// An IBAN in `s` (the pattern's match at `start`), in either case, bare or printed in groups (spaces or dashes).
+/// An IBAN in `s` (the pattern's match at `start`), in one case (upper or lower), bare or printed in groups. In
+/// capitals with spaces any grouping is read; in lower case or with dashes only the printed form, fours with one
+/// separator, so that the parts of a UUID or a sentence's next word are not read as the rest of one.
 fn iban(text: &str, start: usize, s: &str) -> Option<(usize, usize)> {
     let want = iban_length(s.get(..2)?.to_ascii_uppercase().as_bytes())?;
     let mut chars = Vec::with_capacity(want);
-    let mut end = 0;
+    let (mut end, mut group, mut groups, mut seps) = (0, 0usize, Vec::new(), Vec::new());
     for (i, b) in s.bytes().enumerate() {
         if b == b' ' || b == b'-' {
+            groups.push(group);
+            group = 0;
+            seps.push(b);
             continue;
         }
         chars.push(b.to_ascii_uppercase());
+        group += 1;
         if chars.len() == want {
             end = i + 1;
             break;
         }
     }
     if chars.len() != want {
+        return None;
+    }
+    let printed = &s.as_bytes()[..end];
+    let lower = printed.iter().any(u8::is_ascii_lowercase);
+    if lower && printed.iter().any(u8::is_ascii_uppercase) {
+        return None;
+    }
+    if (lower || seps.contains(&b'-'))
+        && !seps.is_empty()
+        && (groups.iter().any(|&g| g != 4) || group > 4 || seps.iter().any(|&x| x != seps[0]))
+    {
         return None;
     }
     if text

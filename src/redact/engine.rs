@@ -1082,6 +1082,9 @@ mod tests {
             check(&format!("to {input} ok"), "to [REDACTED:IBAN] ok", &["iban"]);
         }
         untouched("de89370400440532013001 and span be71096123456769");
+        // Not printed as an IBAN: parts of a UUID and the next word, mixed case, groups other than fours.
+        untouched("request f6092583-ac80-43f2-ba34-ef454c325438 done");
+        untouched("De89370400440532013000 and de89 37040044 0532013000 and DE89-37040044-0532013000");
     }
 
     #[test]
