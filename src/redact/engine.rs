@@ -984,6 +984,7 @@ mod tests {
             );
         }
         check("o'brien@example.com", "[REDACTED:EMAIL]", &["email"]);
+        untouched(&format!("jane@foo-.com and jane@{}.com", "a".repeat(64)));
         check("'jane@example.com'", "'[REDACTED:EMAIL]'", &["email"]);
         untouched(r#"say "hi" "@example.com" and {"k":"@handle.io"} and pkg@1.2.3 and @名前"#);
     }
