@@ -6,6 +6,9 @@
 //!   the prefilter's pass alone (the redactor returns its input borrowed);
 //! * `redact/clean/regex_alternation` — baseline: the same detectors' patterns as one alternation for the
 //!   `regex` crate, scanning the same text;
+//! * `redact/clean_unicode/kla` — 1 MiB of log lines in German, Japanese, French and Russian with nothing to redact
+//!   but characters the detectors normalise (full-width digits and punctuation, narrow no-break spaces, dashes):
+//!   the digit pass, the normalised view and the scan over it (the redactor still returns its input borrowed);
 //! * `redact/hits/kla` — 1 MiB where every prefilter fires: each line holds an email, a card, an SSN, a phone
 //!   number, an IBAN, a JWT, AWS, GitHub, OpenAI, Slack and Google keys, a `password=` and a bearer token, plus
 //!   look-alikes that the validators refuse;
@@ -24,6 +27,22 @@ fn clean_text() -> String {
         "order ORD-2026-004512 shipped to warehouse 7 in 3 parcels; version 10.2.14 of the client, build 1764645333\n",
         "commit 3f2a9c1e8b7d6f5a4c3b2a1908f7e6d5c4b3a291 merged by the release job; uuid 123e4567-e89b-12d3-a456-426614174000\n",
         "The agent summarised the quarterly report for the finance team and asked for approval of the refund policy.\n",
+    ];
+    let mut s = String::with_capacity(SIZE + 256);
+    let mut i = 0;
+    while s.len() < SIZE {
+        s.push_str(lines[i % lines.len()]);
+        i += 1;
+    }
+    s
+}
+
+fn unicode_text() -> String {
+    let lines = [
+        "2026-12-02T03:15:33Z INFO Bestellung ORD-2026-004512 an Lager 7 übergeben, 3 Pakete, Größe L – Status „geliefert“\n",
+        "注文番号：２０２６－００４５１２、金額：￥１２，３４０（税込）。お客様への連絡は完了しました。\n",
+        "Montant total : 1\u{202f}234\u{202f}567,89 € — facture INV-202601-00012 réglée le 02/12/2026 à 14 h 05\n",
+        "Заказ № 4512 отправлен; трек 4bf92f3577b34da6a3ce929d0e0e4736, вес 12,5 кг, версия 10.2.14\n",
     ];
     let mut s = String::with_capacity(SIZE + 256);
     let mut i = 0;
@@ -70,7 +89,20 @@ fn baseline() -> Regex {
 fn bench(c: &mut Criterion) {
     let redactor = Redactor::builtin();
     let re = baseline();
-    for (name, text) in [("clean", clean_text()), ("hits", hits_text())] {
+    for (name, text) in [
+        ("clean", clean_text()),
+        ("clean_unicode", unicode_text()),
+        ("hits", hits_text()),
+    ] {
+        if name != "hits" {
+            let mut r = Report::default();
+            let _ = redactor.text("message", &text, &mut r);
+            assert!(
+                r.is_empty(),
+                "the {name} text has something to redact: {:?}",
+                r.counts
+            );
+        }
         let mut g = c.benchmark_group(format!("redact/{name}"));
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function("kla", |b| {

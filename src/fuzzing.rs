@@ -1903,6 +1903,26 @@ pub fn seed_corpus(repo: &Path) -> std::io::Result<Vec<Seed>> {
             Refused,
         ),
         ("pem-cut", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg", Refused),
+        (
+            "spelled-otherwise",
+            "card ４１１１\u{a0}1111\u{2013}1111 1111, ssn １２３.４５.６７８９, mail jane＠bücher.de",
+            Refused,
+        ),
+        (
+            "glued-and-invisible",
+            "cc_4111\u{200b}111111111111 ref#123-45-6789 /cards/5555555555554444 番号378282246310005",
+            Refused,
+        ),
+        (
+            "quoted-and-keyed",
+            "\"john doe\"@example.com SSN: 123456789 aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            Refused,
+        ),
+        (
+            "ids-and-lookalikes",
+            "trace 4111111111111111abcdef0123456789 span be71096123456769 uploaded 123456789 bytes 東京",
+            Accepted,
+        ),
     ] {
         add("redactor", name, text(s), v);
     }
@@ -2086,8 +2106,10 @@ fn otlp_seeds() -> Vec<(&'static str, Vec<u8>, Verdict)> {
 }
 
 /// The redactor (`crate::redact`) over any text, and over it as JSON when it parses: never panics; what it returns
-/// changes it reports, and what it reports nothing for it returns borrowed; a JSON value stays JSON of the same type.
-/// Accepted when nothing was redacted, refused when something was.
+/// changes it reports, and what it reports nothing for it returns borrowed; a JSON value stays JSON of the same type;
+/// and a text spelled in full-width characters (every printable ASCII character and the space) is found exactly as
+/// the text itself, since the detectors read the normalised view. Accepted when nothing was redacted, refused when
+/// something was.
 pub fn redactor(data: &[u8]) -> Verdict {
     use crate::redact::{Redactor, Report};
     let Ok(s) = std::str::from_utf8(data) else {
@@ -2102,6 +2124,23 @@ pub fn redactor(data: &[u8]) -> Verdict {
         "report {:?} for {s:?} -> {out:?}",
         report.counts
     );
+    let trimmed = s.trim_start();
+    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
+        let wide: String = s
+            .chars()
+            .map(|c| match c {
+                ' ' => '\u{3000}',
+                '!'..='~' => char::from_u32(c as u32 + 0xFEE0).unwrap_or(c),
+                c => c,
+            })
+            .collect();
+        let mut wide_report = Report::default();
+        let wide_out = r.text("", &wide, &mut wide_report);
+        assert_eq!(
+            wide_report.counts, report.counts,
+            "{s:?} -> {out:?}, but its full-width spelling -> {wide_out:?}"
+        );
+    }
     if let Ok(v) = serde_json::from_str::<Value>(s) {
         let mut vr = Report::default();
         let red = r.value_report(&v, &mut vr);

@@ -21,6 +21,7 @@ pub enum Builtin {
     Jwt,
     PemPrivateKey,
     AwsAccessKey,
+    AwsSecretKey,
     GithubToken,
     OpenaiKey,
     AnthropicKey,
@@ -45,12 +46,13 @@ pub(crate) enum Find {
 
 impl Builtin {
     /// Every built-in detector, in priority order (on equal spans the earlier one names the match).
-    pub const ALL: [Builtin; 17] = [
+    pub const ALL: [Builtin; 18] = [
         Builtin::PemPrivateKey,
         Builtin::Jwt,
         Builtin::AnthropicKey,
         Builtin::OpenaiKey,
         Builtin::GithubToken,
+        Builtin::AwsSecretKey,
         Builtin::AwsAccessKey,
         Builtin::SlackToken,
         Builtin::GoogleApiKey,
@@ -78,6 +80,7 @@ impl Builtin {
             Builtin::Jwt => "jwt",
             Builtin::PemPrivateKey => "pem_private_key",
             Builtin::AwsAccessKey => "aws_access_key",
+            Builtin::AwsSecretKey => "aws_secret_key",
             Builtin::GithubToken => "github_token",
             Builtin::OpenaiKey => "openai_key",
             Builtin::AnthropicKey => "anthropic_key",
@@ -110,9 +113,14 @@ impl Builtin {
             Builtin::Iban => Find::CountryCode,
             Builtin::Ipv6 => Find::Scan,
             Builtin::Email => Find::Literals(&["@"]),
-            Builtin::Jwt => Find::Literals(&["eyJ"]),
+            // A JSON header's first bytes in base64url: `{"` is `eyJ`; `{ ` is `eyA`; `{\n`, `{\r`, `{\t` are `ewo`,
+            // `ew0`, `ewk`.
+            Builtin::Jwt => Find::Literals(&["eyJ", "eyA", "ewo", "ew0", "ewk"]),
             Builtin::PemPrivateKey => Find::Literals(&["-----BEGIN"]),
             Builtin::AwsAccessKey => Find::Literals(&["AKIA", "ASIA"]),
+            // A secret access key has no prefix of its own: it is looked for near its evidence (see
+            // `aws_secret_near`).
+            Builtin::AwsSecretKey => Find::Literals(&["secret", "AKIA", "ASIA"]),
             Builtin::GithubToken => Find::Literals(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
             // One trigger for both vendors: the Anthropic pattern is tried first (priority order).
             Builtin::OpenaiKey | Builtin::AnthropicKey => Find::Literals(&["sk-"]),
@@ -133,14 +141,6 @@ impl Builtin {
         }
     }
 
-    /// How far before a trigger a match may start (bytes).
-    pub(crate) fn reach_back(self) -> usize {
-        match self {
-            Builtin::Email => 64,
-            _ => 0,
-        }
-    }
-
     /// How far after its start a match may end (bytes).
     pub(crate) fn reach(self) -> usize {
         match self {
@@ -148,33 +148,44 @@ impl Builtin {
             Builtin::Jwt | Builtin::Bearer => 16 * 1024,
             Builtin::Email => 64 + 1 + 255,
             Builtin::Ipv6 => 64,
+            Builtin::AwsSecretKey => AWS_SECRET_AFTER_KEYWORD,
             _ => 512,
         }
     }
 
     fn pattern(self) -> &'static str {
         match self {
-            // Whole addresses: the engine widens the window around the `@`.
-            Builtin::Email => {
-                r"[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
-            }
+            // Whole addresses (the benchmark's baseline); the engine walks back over the local part from the `@`
+            // (see `email_at`) and runs `EMAIL_DOMAIN` after it.
+            // Unbounded repetitions: counted ones over Unicode classes compile to automata of megabytes.
+            Builtin::Email => concat!(
+                r"[\p{L}\p{N}._%+'\-]+@(?:[\p{L}\p{N}][\p{L}\p{N}\p{M}\-]*\.)+",
+                r"(?:[Xx][Nn]--[A-Za-z0-9\-]+|\p{L}[\p{L}\p{M}]+)"
+            ),
             Builtin::Phone => concat!(
                 r"\A(?:",
                 r"(?:(?:\+1|001)[ .\-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}",
                 r"|\+[1-9][0-9]{0,2}[ .\-]?(?:[0-9][ .\-]?){6,12}[0-9]",
                 r")(?:[ ]?(?:x|ext\.?)[ ]?[0-9]{1,6})?"
             ),
-            Builtin::Card => r"\A[0-9](?:[ \-]?[0-9]){11,22}",
-            Builtin::Ssn => r"\A[0-9]{3}[ \-][0-9]{2}[ \-][0-9]{4}",
-            Builtin::Iban => r"\A[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,34}",
+            // Groups with up to three separator characters between them (`4111  1111`, `4111 - 1111`); `card`
+            // keeps the groups printed with one and the same separator.
+            Builtin::Card => r"\A[0-9](?:[ \t\-.]{0,3}[0-9]){11,22}",
+            // Dashes, spaces or dots, or bare (a bare one needs evidence: see `ssn_evidence`).
+            Builtin::Ssn => r"\A[0-9]{3}(?:[ \-.][0-9]{2}[ \-.][0-9]{4}|[0-9]{6})",
+            Builtin::Iban => r"\A[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,34}",
             Builtin::Ipv4 => r"\A(?:[0-9]{1,3}\.){3}[0-9]{1,3}",
             Builtin::Ipv6 => r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:%[0-9a-z]{1,16})?",
-            Builtin::Jwt => r"\AeyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
-            // The nearest END line; a key cut short (no END) is redacted to the end of its base64 body.
-            Builtin::PemPrivateKey => {
-                r"\A-----BEGIN[ A-Z0-9]*PRIVATE KEY-----(?:(?s:.*?)-----END[ A-Z0-9]*PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*)"
-            }
+            Builtin::Jwt => r"\Ae[yw][A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
+            // PEM keys and OpenPGP armored private key blocks, to the nearest END line; a key cut short (no END) is
+            // redacted over its armor headers (`Version: ...`) to the end of its base64 body.
+            Builtin::PemPrivateKey => concat!(
+                r"\A-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----(?:(?s:.*?)-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----",
+                r"|(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z][A-Za-z0-9\-]*: [^\r\n\\]*)*[A-Za-z0-9+/=\s\\]*)"
+            ),
             Builtin::AwsAccessKey => r"\A(?:AKIA|ASIA)[A-Z0-9]{16}",
+            // Exactly 40 characters of standard base64 (group 1), found near its evidence.
+            Builtin::AwsSecretKey => r"(?:\A|[^A-Za-z0-9/+])([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|\z)",
             Builtin::GithubToken => r"\A(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,244})",
             Builtin::OpenaiKey => r"\Ask-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}",
             Builtin::AnthropicKey => r"\Ask-ant-[a-z]{2,10}[0-9]{2}-[A-Za-z0-9_\-]{32,200}",
@@ -187,6 +198,12 @@ impl Builtin {
             ),
             Builtin::Bearer => r"(?i)\Abearer[ \t]+([A-Za-z0-9._~+/=\-]{8,4096})",
         }
+    }
+
+    /// Whether it looks for its match around its trigger rather than at it (a secret access key near its keyword
+    /// or its access key id): the trigger stays open to the other detectors.
+    pub(crate) fn nearby(self) -> bool {
+        self == Builtin::AwsSecretKey
     }
 
     /// Whether the match to replace is capture group 1 (a credential after its keyword) rather than the whole match.
@@ -204,13 +221,20 @@ impl Builtin {
         let alnum = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
         match self {
             Builtin::Email => {
-                let at = s.find('@')?;
+                let at = s.rfind('@')?;
                 let local = &s[..at];
-                if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+                let quoted = local.ends_with('"');
+                if quoted {
+                    // `"john doe"@…`: any characters between the quotes, but some letter or digit (so the `":"`
+                    // between a JSON key and a value `"@handle.io"` is not a local part).
+                    if !local.chars().any(char::is_alphanumeric) {
+                        return None;
+                    }
+                } else if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
                     return None;
                 }
-                // A longer word around it is not an address (the pattern's classes end at the right places).
-                if before.is_some_and(|c| c.is_alphanumeric() || "._%+-".contains(c)) {
+                // A longer word around it is not an address.
+                if before.is_some_and(|c| c.is_alphanumeric() || !quoted && c != '\'' && is_local_char(c)) {
                     return None;
                 }
                 if after_at(end).is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_') {
@@ -222,9 +246,11 @@ impl Builtin {
             Builtin::Ssn => {
                 let d: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
                 let sep: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_digit()).collect();
-                if sep.len() != 2 || sep[0] != sep[1] || alnum(after_at(end)) {
+                let printed = sep.is_empty() || sep.len() == 2 && sep[0] == sep[1];
+                if !printed || in_identifier(text, start, end) {
                     return None;
                 }
+                // A bare one also needs evidence, which the engine checks (`ssn_evidence`).
                 ssn_digits(&d).then_some((start, end))
             }
             Builtin::Phone => {
@@ -267,6 +293,17 @@ impl Builtin {
                 }
                 let addr = s.split('%').next()?;
                 addr.parse::<std::net::Ipv6Addr>().ok().map(|_| (start, end))
+            }
+            Builtin::AwsSecretKey => {
+                let after = text[end..].chars().next();
+                let b64 =
+                    |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '+');
+                // Random: both cases and a digit or `/`/`+` (a hex digest or a word never is).
+                let mixed = s.bytes().any(|b| b.is_ascii_uppercase())
+                    && s.bytes().any(|b| b.is_ascii_lowercase())
+                    && s.bytes().any(|b| b.is_ascii_digit() || b == b'/' || b == b'+');
+                (s.len() == 40 && mixed && !b64(before) && !b64(after) && after != Some('='))
+                    .then_some((start, end))
             }
             Builtin::Jwt => {
                 if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
@@ -385,24 +422,28 @@ fn maestro(d: &[u8]) -> bool {
 }
 
 /// A card number in `s` (the pattern's match at `start`): the first groups whose digits form a valid number, grouped
-/// as cards are printed (no separators; fours; Amex and Diners 4-6-5 / 4-6-4), all with the same separator.
+/// as cards are printed (no separators; fours; Amex and Diners 4-6-5 / 4-6-4), all with the same separator (one to
+/// three characters: `4111 1111`, `4111.1111`, `4111\t1111`, `4111  1111`, `4111 - 1111`).
 fn card(text: &str, start: usize, s: &str) -> Option<(usize, usize)> {
-    // Groups of digits (the pattern puts single separators between digits), up to a change of separator.
+    // Groups of digits, up to a change of separator.
+    let b = s.as_bytes();
     let mut groups: Vec<(usize, usize)> = Vec::new();
-    let (mut sep, mut g0, mut mixed) = (None, 0, false);
-    for (i, b) in s.bytes().enumerate() {
-        if !b.is_ascii_digit() {
-            groups.push((g0, i));
-            if sep.is_some_and(|x| x != b) {
-                mixed = true;
-                break;
-            }
-            sep = Some(b);
-            g0 = i + 1;
+    let mut sep: Option<&[u8]> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let g0 = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
         }
-    }
-    if !mixed {
-        groups.push((g0, s.len()));
+        groups.push((g0, i));
+        let s0 = i;
+        while i < b.len() && !b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if sep.is_some_and(|x| x != &b[s0..i]) {
+            break;
+        }
+        sep = Some(&b[s0..i]);
     }
     for k in (1..=groups.len()).rev() {
         let take = &groups[..k];
@@ -420,8 +461,7 @@ fn card(text: &str, start: usize, s: &str) -> Option<(usize, usize)> {
         if !grouped {
             continue;
         }
-        let next = text[start + end..].chars().next();
-        if next.is_some_and(|c| c.is_alphanumeric()) {
+        if in_identifier(text, start, start + end) {
             continue;
         }
         if card_issuer(&digits) && luhn(&digits) {
@@ -545,15 +585,22 @@ pub fn iban_checksum(chars: &[u8]) -> bool {
     r == 1
 }
 
+/// An IBAN in `s` (the pattern's match at `start`), in one case (upper or lower), bare or printed in groups. In
+/// capitals with spaces any grouping is read; in lower case or with dashes only the printed form, fours with one
+/// separator, so that the parts of a UUID or a sentence's next word are not read as the rest of one.
 fn iban(text: &str, start: usize, s: &str) -> Option<(usize, usize)> {
-    let want = iban_length(s.get(..2)?.as_bytes())?;
+    let want = iban_length(s.get(..2)?.to_ascii_uppercase().as_bytes())?;
     let mut chars = Vec::with_capacity(want);
-    let mut end = 0;
+    let (mut end, mut group, mut groups, mut seps) = (0, 0usize, Vec::new(), Vec::new());
     for (i, b) in s.bytes().enumerate() {
-        if b == b' ' {
+        if b == b' ' || b == b'-' {
+            groups.push(group);
+            group = 0;
+            seps.push(b);
             continue;
         }
-        chars.push(b);
+        chars.push(b.to_ascii_uppercase());
+        group += 1;
         if chars.len() == want {
             end = i + 1;
             break;
@@ -562,14 +609,232 @@ fn iban(text: &str, start: usize, s: &str) -> Option<(usize, usize)> {
     if chars.len() != want {
         return None;
     }
-    if text[start + end..]
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_alphanumeric())
+    let printed = &s.as_bytes()[..end];
+    let lower = printed.iter().any(u8::is_ascii_lowercase);
+    if lower && printed.iter().any(u8::is_ascii_uppercase) {
+        return None;
+    }
+    if (lower || seps.contains(&b'-'))
+        && !seps.is_empty()
+        && (groups.iter().any(|&g| g != 4) || group > 4 || seps.iter().any(|&x| x != seps[0]))
+    {
+        return None;
+    }
+    if text
+        .as_bytes()
+        .get(start + end)
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
+        return None;
+    }
+    // Lower case and all hex digits at an id's length: a span id or a digest (`be71…` is Belgium's length), not an
+    // IBAN, which is printed in capitals.
+    let compact = &text[start..start + end];
+    if compact.len() == want
+        && HEX_ID_LENS.contains(&want)
+        && compact
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return None;
     }
     iban_checksum(&chars).then_some((start, start + end))
+}
+
+/// Lengths of hex identifiers: span ids (16), object ids (24), trace ids and MD5 (32), SHA-1 (40), SHA-224 (56),
+/// SHA-256 (64), SHA-384 (96), SHA-512 (128).
+const HEX_ID_LENS: [usize; 8] = [16, 24, 32, 40, 56, 64, 96, 128];
+
+/// Evidence that the number `text[start..end]` is part of an identifier rather than a number of its own: the run of
+/// ASCII letters and digits it continues is a hex id of a standard length (a span or trace id, a digest, an object
+/// id), or it lies inside a UUID. Nothing else is evidence: a card after `cc_`, `ref#`, `/cards/`, `ORD-`, a letter
+/// or any non-ASCII text is still a card.
+pub(crate) fn in_identifier(text: &str, start: usize, end: usize) -> bool {
+    let b = text.as_bytes();
+    let mut l = start;
+    while l > 0 && b[l - 1].is_ascii_alphanumeric() && start - l <= 128 {
+        l -= 1;
+    }
+    let mut r = end;
+    while r < b.len() && b[r].is_ascii_alphanumeric() && r - end <= 128 {
+        r += 1;
+    }
+    let hex_id =
+        (l < start || r > end) && HEX_ID_LENS.contains(&(r - l)) && b[l..r].iter().all(u8::is_ascii_hexdigit);
+    hex_id || in_uuid(b, start, end)
+}
+
+/// Whether `b[start..end]` lies inside a UUID (`8-4-4-4-12` hex digits).
+fn in_uuid(b: &[u8], start: usize, end: usize) -> bool {
+    let is_uuid = |u: &[u8]| {
+        u.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+    };
+    end - start <= 36 && (end.saturating_sub(36)..=start).any(|l| b.get(l..l + 36).is_some_and(is_uuid))
+}
+
+/// How far before a bare SSN its evidence may be (bytes): `SSN: `, `social security number of the customer is `.
+const SSN_KEYWORD_REACH: usize = 48;
+
+/// Evidence for a bare nine-digit SSN at `start`: the text just before it names one.
+pub(crate) fn ssn_evidence(text: &str, start: usize) -> bool {
+    let mut from = start.saturating_sub(SSN_KEYWORD_REACH);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    names_ssn(&text[from..start])
+}
+
+/// Whether `s` names a Social Security number: `ssn` as a word or a part of a name (`SSN:`, `ssn=`, `user_ssn`,
+/// `userSsn`, `SSNs`; not `classname`), or `social security` in any spelling of the space.
+pub(crate) fn names_ssn(s: &str) -> bool {
+    let b = s.as_bytes();
+    for i in 0..b.len().saturating_sub(2) {
+        if !b[i..i + 3].eq_ignore_ascii_case(b"ssn") {
+            continue;
+        }
+        let camel = |x: u8, y: u8| x.is_ascii_lowercase() && y.is_ascii_uppercase();
+        let starts = i == 0 || !b[i - 1].is_ascii_alphabetic() || camel(b[i - 1], b[i]);
+        let ends = match b.get(i + 3) {
+            None => true,
+            Some(b's') => b.get(i + 4).is_none_or(|c| !c.is_ascii_alphabetic()),
+            Some(&c) => !c.is_ascii_alphabetic() || camel(b[i + 2], c),
+        };
+        if starts && ends {
+            return true;
+        }
+    }
+    let lower = s.to_ascii_lowercase();
+    [
+        "social security",
+        "social_security",
+        "socialsecurity",
+        "social-security",
+        "soc. sec",
+        "soc sec",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+}
+
+/// How far after a `secret` keyword an AWS secret access key may start (bytes): `aws_secret_access_key = `,
+/// `"SecretAccessKey": "`.
+const AWS_SECRET_AFTER_KEYWORD: usize = 100;
+/// How far from an access key id (`AKIA…`, `ASIA…`) its secret may be, either side (bytes): the next line of a
+/// credentials file, another member of the same object.
+const AWS_SECRET_NEAR_ID: usize = 256;
+
+/// An AWS secret access key near the evidence at `p`: 40 characters of base64 that mix cases and digits, within
+/// [`AWS_SECRET_AFTER_KEYWORD`] after a `secret` keyword (`aws_secret_access_key=`, a credentials file's line,
+/// `SecretAccessKey`) or within [`AWS_SECRET_NEAR_ID`] of an access key id. A 40-character string without such
+/// evidence is not one (it is as likely an id or a digest).
+pub(crate) fn aws_secret_near(text: &str, p: usize) -> Option<(usize, usize)> {
+    let floor = |i: usize| {
+        let mut i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let id = text[p..].starts_with("AKIA") || text[p..].starts_with("ASIA");
+    let (ws, we) = if id {
+        (
+            floor(p.saturating_sub(AWS_SECRET_NEAR_ID)),
+            floor(p + 20 + AWS_SECRET_NEAR_ID),
+        )
+    } else {
+        (p, floor(p + AWS_SECRET_AFTER_KEYWORD))
+    };
+    let w = &text[ws..we];
+    let re = pattern(Builtin::AwsSecretKey);
+    let mut at = 0;
+    while let Some(c) = re.captures_at(w, at) {
+        let g = c.get(1)?;
+        if let Some(r) = Builtin::AwsSecretKey.validate(text, ws + g.start(), ws + g.end()) {
+            return Some(r);
+        }
+        at = g.end();
+    }
+    None
+}
+
+/// A character of an address's local part (unquoted): letters, digits and combining marks of any script, `._%+-'`.
+pub(crate) fn is_local_char(c: char) -> bool {
+    c.is_alphanumeric() || "._%+-'".contains(c) || ('\u{300}'..='\u{36f}').contains(&c)
+}
+
+/// An address's domain after its `@`: labels of letters, digits and marks of any script (IDN as written, or its
+/// `xn--` form), and a top-level domain of letters. Label lengths and ends are checked by `email_at` (counted
+/// repetitions over Unicode classes would compile to automata of megabytes).
+static EMAIL_DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    // A constant pattern, checked by the unit tests.
+    Regex::new(concat!(
+        r"\A(?:[\p{L}\p{N}][\p{L}\p{N}\p{M}\-]*\.)+",
+        r"(?:[Xx][Nn]--[A-Za-z0-9\-]+|\p{L}[\p{L}\p{M}]+)"
+    ))
+    .expect("the email domain pattern compiles")
+});
+
+/// The address around the `@` at `p`, validated: the local part walked back from it (a dot-atom of at most 64 bytes,
+/// or a quoted string, `\"…\"` in JSON-escaped text), the domain matched after it.
+pub(crate) fn email_at(text: &str, p: usize) -> Option<(usize, usize)> {
+    let mut dom_end = (p + 1 + 255).min(text.len());
+    while !text.is_char_boundary(dom_end) {
+        dom_end -= 1;
+    }
+    let m = EMAIL_DOMAIN.find(text.get(p + 1..dom_end)?)?;
+    // Labels of at most 63 characters, none ending with `-` (the TLD and an `xn--` label included).
+    if m.as_str()
+        .split('.')
+        .any(|l| l.chars().count() > 63 || l.ends_with('-'))
+    {
+        return None;
+    }
+    let end = p + 1 + m.end();
+    let head = &text[..p];
+    let start = if head.ends_with('"') {
+        quoted_local(head)?
+    } else {
+        let mut st = p;
+        for (i, c) in head.char_indices().rev() {
+            if p - i > 64 || !is_local_char(c) {
+                break;
+            }
+            st = i;
+        }
+        // A quote before the address (`'jane@x.io'`) is not part of it.
+        while head[st..].starts_with('\'') {
+            st += 1;
+        }
+        st
+    };
+    if start == p {
+        return None;
+    }
+    Builtin::Email.validate(text, start, end)
+}
+
+/// Where the quoted local part that `head` ends with starts: its opening quote (or the backslash before it, when
+/// the quotes are JSON-escaped), within 66 bytes and on the same line.
+fn quoted_local(head: &str) -> Option<usize> {
+    let b = head.as_bytes();
+    let close = b.len().checked_sub(1)?;
+    let mut i = close;
+    while i > 0 && close - i < 66 {
+        i -= 1;
+        match b[i] {
+            b'"' => {
+                let escaped = i > 0 && b[i - 1] == b'\\' && b[close - 1] == b'\\';
+                return Some(if escaped { i - 1 } else { i });
+            }
+            b'\r' | b'\n' => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use super::Report;
 use super::detectors::{self, Builtin, Find};
+use super::fold;
 use super::rules::Action;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -89,14 +90,24 @@ const OTHER: u8 = 0;
 const DIGIT: u8 = 1;
 const SEP: u8 = 2;
 const OPEN: u8 = 3;
+/// A byte of a non-ASCII character: the text needs its normalised view (`fold`).
+const HIGH: u8 = 4;
+/// Separator bytes a run of digits may hold between two digits (`4111 - 1111`).
+const MAX_SEPS: u8 = 3;
 static CLASS: [u8; 256] = {
     let mut t = [OTHER; 256];
+    let mut h = 0x80;
+    while h < 256 {
+        t[h] = HIGH;
+        h += 1;
+    }
     let mut i = b'0';
     while i <= b'9' {
         t[i as usize] = DIGIT;
         i += 1;
     }
     t[b' ' as usize] = SEP;
+    t[b'\t' as usize] = SEP;
     t[b'-' as usize] = SEP;
     t[b'.' as usize] = SEP;
     t[b')' as usize] = SEP;
@@ -227,63 +238,34 @@ impl Engine {
         }
     }
 
-    /// Every place to replace in `text`, in order, without overlaps.
-    fn scan(&self, text: &str) -> Vec<Found> {
+    /// Every place to replace in `text` (found under `key`), in order, without overlaps.
+    ///
+    /// The built-in detectors read the text's normalised view (see `fold`) when it has one, and their matches are
+    /// mapped back to the original characters; custom detectors read the text as given.
+    fn scan(&self, text: &str, key: &str) -> Vec<Found> {
         let mut found = Vec::new();
-        let bytes = text.as_bytes();
-        if let Some((ac, per)) = &self.triggers {
-            let mut covered = 0;
-            for m in ac.find_iter(text) {
-                let p = m.start();
-                if p < covered {
-                    continue;
+        let digits = !self.numeric.is_empty() || self.iban;
+        // The digit pass reads every byte, so it also says whether any is non-ASCII: ASCII text, the common case,
+        // is its own view and pays nothing more.
+        let high = if digits {
+            self.digit_runs(text, key, &mut found)
+        } else {
+            !text.is_ascii()
+        };
+        match if high { fold::fold(text) } else { None } {
+            Some(view) => {
+                found.clear();
+                let mut in_view = Vec::new();
+                if digits {
+                    self.digit_runs(&view.text, key, &mut in_view);
                 }
-                for &b in &per[m.pattern().as_usize()] {
-                    if let Some((s, e)) = at_trigger(b, text, p) {
-                        found.push(Found {
-                            start: s,
-                            end: e,
-                            det: Det::Builtin(b),
-                        });
-                        // A credential after its keyword may itself be a vendor key, whose trigger lies inside
-                        // it: let that detector name it.
-                        if !b.replaces_group() {
-                            covered = e;
-                        }
-                        break;
-                    }
-                }
+                self.scan_literals(&view.text, &mut in_view);
+                found.extend(in_view.into_iter().map(|f| {
+                    let (start, end) = view.original(f.start, f.end);
+                    Found { start, end, ..f }
+                }));
             }
-        }
-        if self.email {
-            let mut covered = 0;
-            for p in memchr::memchr_iter(b'@', bytes) {
-                if p < covered {
-                    continue;
-                }
-                if let Some((s, e)) = at_trigger(Builtin::Email, text, p) {
-                    found.push(Found {
-                        start: s,
-                        end: e,
-                        det: Det::Builtin(Builtin::Email),
-                    });
-                    covered = e;
-                }
-            }
-        }
-        if !self.numeric.is_empty() || self.iban {
-            self.digit_runs(text, bytes, &mut found);
-        }
-        if self.ipv6 {
-            for m in detectors::pattern(Builtin::Ipv6).find_iter(text) {
-                if let Some((s, e)) = Builtin::Ipv6.validate(text, m.start(), m.end()) {
-                    found.push(Found {
-                        start: s,
-                        end: e,
-                        det: Det::Builtin(Builtin::Ipv6),
-                    });
-                }
-            }
+            None => self.scan_literals(text, &mut found),
         }
         for (i, c) in self.custom.iter().enumerate() {
             for m in c.regex.find_iter(text) {
@@ -311,9 +293,71 @@ impl Engine {
         found
     }
 
-    /// The digit-run prefilter and the numeric detectors at the group starts of each long enough run.
-    fn digit_runs(&self, text: &str, bytes: &[u8], found: &mut Vec<Found>) {
+    /// The built-in detectors found by literal triggers, the `@` and the IPv6 scan, over `text` (a view).
+    fn scan_literals(&self, text: &str, found: &mut Vec<Found>) {
+        if let Some((ac, per)) = &self.triggers {
+            let mut covered = 0;
+            for m in ac.find_iter(text) {
+                let p = m.start();
+                if p < covered {
+                    continue;
+                }
+                for &b in &per[m.pattern().as_usize()] {
+                    if let Some((s, e)) = at_trigger(b, text, p) {
+                        found.push(Found {
+                            start: s,
+                            end: e,
+                            det: Det::Builtin(b),
+                        });
+                        // A detector that looks around its evidence leaves the trigger to the others.
+                        if b.nearby() {
+                            continue;
+                        }
+                        // A credential after its keyword may itself be a vendor key, whose trigger lies inside
+                        // it: let that detector name it.
+                        if !b.replaces_group() {
+                            covered = e;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if self.email {
+            let mut covered = 0;
+            for p in memchr::memchr_iter(b'@', text.as_bytes()) {
+                if p < covered {
+                    continue;
+                }
+                if let Some((s, e)) = detectors::email_at(text, p) {
+                    found.push(Found {
+                        start: s,
+                        end: e,
+                        det: Det::Builtin(Builtin::Email),
+                    });
+                    covered = e;
+                }
+            }
+        }
+        if self.ipv6 {
+            for m in detectors::pattern(Builtin::Ipv6).find_iter(text) {
+                if let Some((s, e)) = Builtin::Ipv6.validate(text, m.start(), m.end()) {
+                    found.push(Found {
+                        start: s,
+                        end: e,
+                        det: Det::Builtin(Builtin::Ipv6),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The digit-run prefilter and the numeric detectors at the group starts of each long enough run; returns
+    /// whether `text` holds any non-ASCII byte.
+    fn digit_runs(&self, text: &str, key: &str, found: &mut Vec<Found>) -> bool {
+        let bytes = text.as_bytes();
         let n = bytes.len();
+        let mut high = false;
         let mut run_start = usize::MAX;
         let (mut digits, mut seps, mut last_digit_end) = (0usize, 0u8, 0usize);
         let mut covered = 0usize;
@@ -331,9 +375,8 @@ impl Engine {
                 }
                 if self.iban
                     && i >= 2
-                    && !bytes[i - 1].is_ascii_digit()
-                    && bytes[i - 1].is_ascii_uppercase()
-                    && bytes[i - 2].is_ascii_uppercase()
+                    && bytes[i - 1].is_ascii_alphabetic()
+                    && bytes[i - 2].is_ascii_alphabetic()
                     && (i < 3 || !bytes[i - 3].is_ascii_alphanumeric())
                     && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
                 {
@@ -352,12 +395,13 @@ impl Engine {
                 digits += 1;
                 seps = 0;
                 last_digit_end = i + 1;
-            } else if run_start != usize::MAX && (class == SEP || class == OPEN) && seps < 2 {
+            } else if run_start != usize::MAX && (class == SEP || class == OPEN) && seps < MAX_SEPS {
                 seps += 1;
             } else {
+                high |= class == HIGH;
                 if run_start != usize::MAX {
                     if digits >= self.min_digits {
-                        self.numbers(text, run_start, last_digit_end, digits, &mut covered, found);
+                        self.numbers(text, key, run_start, last_digit_end, digits, &mut covered, found);
                     }
                     run_start = usize::MAX;
                 }
@@ -370,14 +414,17 @@ impl Engine {
             i += 1;
         }
         if run_start != usize::MAX && digits >= self.min_digits {
-            self.numbers(text, run_start, last_digit_end, digits, &mut covered, found);
+            self.numbers(text, key, run_start, last_digit_end, digits, &mut covered, found);
         }
+        high
     }
 
     /// Tries the numeric detectors at each group start of the run `text[start..end]`.
+    #[allow(clippy::too_many_arguments)] // one scan's state, passed down rather than kept in a struct per call
     fn numbers(
         &self,
         text: &str,
+        key: &str,
         start: usize,
         end: usize,
         digits: usize,
@@ -392,10 +439,17 @@ impl Engine {
         let mut left = digits;
         while g < end {
             let b = bytes[g];
-            let group_start = g == start || CLASS[bytes[g - 1] as usize] >= SEP;
-            if g >= *covered && group_start && CLASS[b as usize] != SEP && !(g == start && joined(bytes, g)) {
+            let group_start = g == start || matches!(CLASS[bytes[g - 1] as usize], SEP | OPEN);
+            if g >= *covered && group_start && CLASS[b as usize] != SEP {
+                let glued = g == start && joined(bytes, g);
                 let w = &text[g..floor(text, g + NUMBER_REACH)];
                 for &det in &self.numeric {
+                    // Cards and SSNs ask their validator whether they are part of an identifier
+                    // (`detectors::in_identifier`, which needs evidence); phone numbers and addresses keep to
+                    // numbers that stand on their own.
+                    if glued && matches!(det, Builtin::Phone | Builtin::Ipv4) {
+                        continue;
+                    }
                     // The shape a pattern needs, checked on bytes first: most runs of digits in clean text
                     // (timestamps, ids, counts) fail here without running a pattern.
                     if !shape(det, &bytes[g..], left) {
@@ -403,6 +457,7 @@ impl Engine {
                     }
                     if let Some(m) = detectors::pattern(det).find(w)
                         && let Some((s, e)) = det.validate(text, g, g + m.end())
+                        && (det != Builtin::Ssn || ssn_printed_or_named(text, key, s, e))
                     {
                         found.push(Found {
                             start: s,
@@ -445,14 +500,15 @@ impl Engine {
         }
     }
 
-    /// `text` with every detected datum replaced (no key rules: the caller applies those).
+    /// `text`, found under `key`, with every detected datum replaced (no key rules: the caller applies those).
     pub(crate) fn redact_str<'a>(
         &self,
+        key: &str,
         text: &'a str,
-        key: Option<&HmacKey>,
+        hk: Option<&HmacKey>,
         report: &mut Report,
     ) -> Cow<'a, str> {
-        let found = self.scan(text);
+        let found = self.scan(text, key);
         if found.is_empty() {
             return Cow::Borrowed(text);
         }
@@ -460,7 +516,7 @@ impl Engine {
         let mut last = 0;
         for f in &found {
             out.push_str(&text[last..f.start]);
-            out.push_str(&self.replacement(f.det, &text[f.start..f.end], key));
+            out.push_str(&self.replacement(f.det, &text[f.start..f.end], hk));
             last = f.end;
             report.add(self.name(f.det));
         }
@@ -509,7 +565,7 @@ impl Engine {
                 }
             };
         }
-        self.redact_str(s, hk, report)
+        self.redact_str(key, s, hk, report)
     }
 
     /// A JSON value found under `key` (arrays pass their key on to their items).
@@ -534,7 +590,7 @@ impl Engine {
                     return Cow::Borrowed(v);
                 }
                 let text = n.to_string();
-                match self.redact_str(&text, hk, report) {
+                match self.redact_str(key, &text, hk, report) {
                     Cow::Borrowed(_) => Cow::Borrowed(v),
                     Cow::Owned(o) => Cow::Owned(Value::String(o)),
                 }
@@ -555,7 +611,7 @@ impl Engine {
             Value::Object(m) => {
                 let mut out: Option<Map<String, Value>> = None;
                 for (i, (k, x)) in m.iter().enumerate() {
-                    let new_key = self.redact_str(k, hk, report);
+                    let new_key = self.redact_str("", k, hk, report);
                     let new_val: Option<Cow<'_, Value>> = match self.key_rule(k) {
                         Some((KeyAction::Allow, _)) => Some(Cow::Borrowed(x)),
                         Some((KeyAction::Redact(a), glob)) if !x.is_null() => {
@@ -597,7 +653,8 @@ impl Engine {
 /// The spellings a literal trigger is searched for: vendor prefixes as written; keywords in lower case, upper
 /// case, capitalised and the usual camel case (`apiKey`).
 fn case_variants(b: Builtin, l: &str) -> Vec<String> {
-    if !matches!(b, Builtin::Password | Builtin::Bearer) {
+    let keyword = matches!(b, Builtin::Password | Builtin::Bearer | Builtin::AwsSecretKey);
+    if !keyword || l.bytes().any(|c| c.is_ascii_uppercase()) {
         return vec![l.to_string()];
     }
     let mut cap = l.to_string();
@@ -620,14 +677,9 @@ fn shape(det: Builtin, b: &[u8], left: usize) -> bool {
         Builtin::Card => left >= 12 && d(0),
         Builtin::Ssn => {
             left >= 9
-                && d(0)
-                && d(1)
-                && d(2)
-                && sep(3, b" -")
-                && d(4)
-                && d(5)
-                && sep(6, b" -")
-                && (7..11).all(d)
+                && (0..3).all(d)
+                && (sep(3, b" -.") && d(4) && d(5) && sep(6, b" -.") && (7..11).all(d)
+                    || (3..9).all(d) && !d(9))
         }
         Builtin::Phone => {
             left >= 10 && (matches!(b.first(), Some(b'(' | b'+')) || d(0) && d(1) && d(2) && sep(3, b" .-"))
@@ -667,8 +719,8 @@ fn whole_value(a: Action, v: &Value, hk: Option<&HmacKey>) -> String {
     }
 }
 
-/// Whether the number starting at `g` continues an identifier (`ORD-1234…`, `a1234…`): then it is part of that
-/// identifier, not a number of its own.
+/// Whether the number starting at `g` is glued to what precedes it (`ORD-1234…`, `a1234…`): phone numbers and
+/// IPv4 addresses are then left alone (cards and SSNs are not: see `detectors::in_identifier`).
 fn joined(bytes: &[u8], g: usize) -> bool {
     let Some(&p) = g.checked_sub(1).and_then(|i| bytes.get(i)) else {
         return false;
@@ -696,22 +748,12 @@ pub(crate) fn floor(s: &str, i: usize) -> usize {
 
 /// A match of `b` around the trigger at `p`, validated.
 fn at_trigger(b: Builtin, text: &str, p: usize) -> Option<(usize, usize)> {
-    let re = detectors::pattern(b);
-    if b == Builtin::Email {
-        // The local part ends at the `@`: walk back over its characters.
-        let bytes = text.as_bytes();
-        let mut s = p;
-        while s > 0 && p - s < b.reach_back() && is_local(bytes[s - 1]) {
-            s -= 1;
-        }
-        let w_end = floor(text, p + b.reach());
-        let m = re.find(&text[s..w_end])?;
-        let (ms, me) = (s + m.start(), s + m.end());
-        if ms > p || me <= p {
-            return None;
-        }
-        return b.validate(text, ms, me);
+    match b {
+        Builtin::Email => return detectors::email_at(text, p),
+        Builtin::AwsSecretKey => return detectors::aws_secret_near(text, p),
+        _ => {}
     }
+    let re = detectors::pattern(b);
     let w = &text[p..floor(text, p + b.reach())];
     let (ms, me) = if b.replaces_group() {
         let c = re.captures(w)?;
@@ -724,8 +766,19 @@ fn at_trigger(b: Builtin, text: &str, p: usize) -> Option<(usize, usize)> {
     b.validate(text, ms, me)
 }
 
-fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+/// An SSN is not a part of a longer dotted or dashed number (a version, a fraction of a second); a bare nine-digit
+/// one also needs evidence: the key it is found under or the text just before it names an SSN. Printed ones
+/// (`123-45-6789`, `123 45 6789`, `123.45.6789`) need none.
+fn ssn_printed_or_named(text: &str, key: &str, s: usize, e: usize) -> bool {
+    let b = text.as_bytes();
+    let glue = |c: Option<&u8>| c.is_some_and(|c| matches!(c, b'.' | b'-' | b'/' | b','));
+    let digit = |c: Option<&u8>| c.is_some_and(u8::is_ascii_digit);
+    if s >= 2 && glue(b.get(s - 1)) && digit(b.get(s - 2)) || glue(b.get(e)) && digit(b.get(e + 1)) {
+        return false;
+    }
+    b[s..e].iter().any(|c| !c.is_ascii_digit())
+        || detectors::names_ssn(key)
+        || detectors::ssn_evidence(text, s)
 }
 
 /// A tenant's hashing key: the Collector's `hmac_key` string, whose bytes key HMAC-SHA256.
@@ -814,7 +867,225 @@ mod tests {
         untouched("card 4111 1111 1111 1112");
         untouched("1764645333123456 and 1764645333123456789");
         untouched("4111 1111 11 11 1111 and 41111 1111 1111 111");
-        untouched("ref a4111111111111111 and ORD-4111111111111111");
+        untouched("4111.1111 1111-1111 and 4111 1111\t1111 1111");
+    }
+
+    #[test]
+    fn cards_with_any_separator_or_digits_are_cards() {
+        for input in [
+            "4111.1111.1111.1111",
+            "4111\t1111\t1111\t1111",
+            "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+            "4111\u{202f}1111\u{2009}1111\u{2009}1111",
+            "4111\u{2013}1111\u{2013}1111\u{2013}1111",
+            "4111\u{2212}1111\u{2212}1111\u{2212}1111",
+            "4111  1111  1111  1111",
+            "4111 - 1111 - 1111 - 1111",
+            "４１１１ １１１１ １１１１ １１１１",
+            "４１１１１１１１１１１１１１１１",
+            "٤١١١١١١١١١١١١١١١",
+            "41\u{200b}11 1111 11\u{200d}11 1111",
+            "3782\u{a0}822463\u{a0}10005",
+        ] {
+            check(&format!("pay {input} now"), "pay [REDACTED:CARD] now", &["card"]);
+        }
+        untouched("４１１１ １１１１ １１１１ １１１２");
+        untouched("4111\u{a0}1111\u{2013}1111 1111");
+    }
+
+    #[test]
+    fn a_number_is_part_of_an_identifier_only_with_evidence() {
+        // Any prefix, glued or not, leaves a card a card and an SSN an SSN.
+        for (input, expected, fired) in [
+            ("cc_4111111111111111", "cc_[REDACTED:CARD]", "card"),
+            ("ref#4111111111111111", "ref#[REDACTED:CARD]", "card"),
+            (
+                "GET /cards/4111111111111111/charges",
+                "GET /cards/[REDACTED:CARD]/charges",
+                "card",
+            ),
+            ("ORD-4111111111111111", "ORD-[REDACTED:CARD]", "card"),
+            ("a4111111111111111", "a[REDACTED:CARD]", "card"),
+            ("4111111111111111x", "[REDACTED:CARD]x", "card"),
+            ("番号4111111111111111", "番号[REDACTED:CARD]", "card"),
+            (
+                "Kartennummer→4111111111111111←",
+                "Kartennummer→[REDACTED:CARD]←",
+                "card",
+            ),
+            ("4111111111111111番", "[REDACTED:CARD]番", "card"),
+            ("cc_123-45-6789", "cc_[REDACTED:SSN]", "ssn"),
+            ("ref#123-45-6789", "ref#[REDACTED:SSN]", "ssn"),
+            ("/people/123-45-6789", "/people/[REDACTED:SSN]", "ssn"),
+            ("社会保障番号123-45-6789", "社会保障番号[REDACTED:SSN]", "ssn"),
+        ] {
+            check(input, expected, &[fired]);
+        }
+        // Evidence: the digits sit in a hex id of a standard length, or in a UUID.
+        untouched("span 4111111111111111abcdef0123456789 end");
+        untouched("digest deadbeefcafe00004111111111111111 end");
+        untouched("sha1 ab4111111111111111cdef012345678901234567");
+        untouched("id 41111111-1111-1111-1111-111111111111");
+        untouched("uuid 123e4567-e89b-12d3-a456-426614174000");
+    }
+
+    #[test]
+    fn ssns_dotted_full_width_and_bare_with_evidence() {
+        check("ssn 123.45.6789.", "ssn [REDACTED:SSN].", &["ssn"]);
+        check("１２３-４５-６７８９", "[REDACTED:SSN]", &["ssn"]);
+        check("123\u{2013}45\u{2013}6789", "[REDACTED:SSN]", &["ssn"]);
+        check("SSN: 123456789", "SSN: [REDACTED:SSN]", &["ssn"]);
+        check("ＳＳＮ １２３４５６７８９", "ＳＳＮ [REDACTED:SSN]", &["ssn"]);
+        check("user_ssn=078051120;", "user_ssn=[REDACTED:SSN];", &["ssn"]);
+        check("customerSsn 078051120", "customerSsn [REDACTED:SSN]", &["ssn"]);
+        check(
+            "her social security number is 078051120",
+            "her social security number is [REDACTED:SSN]",
+            &["ssn"],
+        );
+        // The key a value sits under is evidence too.
+        let mut r = Report::default();
+        assert_eq!(
+            Redactor::builtin().text("ssn", "078051120", &mut r),
+            "[REDACTED:SSN]"
+        );
+        let v = json!({"customer": {"SSN": 78051120, "ssn": 123456789, "n": 123456789}});
+        assert_eq!(
+            Redactor::builtin().value(&v).as_ref(),
+            &json!({"customer": {"SSN": 78051120, "ssn": "[REDACTED:SSN]", "n": 123456789}})
+        );
+        // Without evidence a nine-digit number is a number; with it, the SSN rules still apply.
+        untouched("sent 123456789 bytes in 1764645333.123456789 s");
+        untouched("classname 123456789 and ssn 1764645333.123456789 and ssn 987654321 and ssn 123-45-0000");
+        untouched("ssn 123.45.6789.1 v1.123.45.6789");
+    }
+
+    #[test]
+    fn emails_in_other_scripts_and_with_quoted_local_parts() {
+        for input in [
+            "jane＠example.com",
+            "jane﹫example.com",
+            "ｊａｎｅ．ｄｏｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            "jane@exämple.de",
+            "josé.núñez@münchen.de",
+            "用户@例子.广告",
+            "почта@пример.рф",
+            "jane@xn--mnchen-3ya.de",
+            "jane@example.xn--p1ai",
+            "\"john doe\"@example.com",
+            "\"john..doe\"@example.com",
+            "\\\"john doe\\\"@example.com",
+            "jane\u{200b}@example.com",
+        ] {
+            check(
+                &format!("mail {input} now"),
+                "mail [REDACTED:EMAIL] now",
+                &["email"],
+            );
+        }
+        check("o'brien@example.com", "[REDACTED:EMAIL]", &["email"]);
+        untouched(&format!("jane@foo-.com and jane@{}.com", "a".repeat(64)));
+        check("'jane@example.com'", "'[REDACTED:EMAIL]'", &["email"]);
+        untouched(r#"say "hi" "@example.com" and {"k":"@handle.io"} and pkg@1.2.3 and @名前"#);
+    }
+
+    #[test]
+    fn aws_secret_access_keys_need_evidence() {
+        let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        check(
+            &format!("aws_secret_access_key = {key}"),
+            "aws_secret_access_key = [REDACTED:AWS_SECRET_KEY]",
+            &["aws_secret_key"],
+        );
+        check(
+            &format!("export AWS_SECRET_ACCESS_KEY={key}"),
+            "export AWS_SECRET_ACCESS_KEY=[REDACTED:AWS_SECRET_KEY]",
+            &["aws_secret_key"],
+        );
+        check(
+            &format!("[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = {key}\n"),
+            "[default]\naws_access_key_id = [REDACTED:AWS_ACCESS_KEY]\naws_secret_access_key = [REDACTED:AWS_SECRET_KEY]\n",
+            &["aws_access_key", "aws_secret_key"],
+        );
+        check(
+            &format!("creds AKIAIOSFODNN7EXAMPLE {key} ok"),
+            "creds [REDACTED:AWS_ACCESS_KEY] [REDACTED:AWS_SECRET_KEY] ok",
+            &["aws_access_key", "aws_secret_key"],
+        );
+        check(
+            &format!("{key}:AKIAIOSFODNN7EXAMPLE"),
+            "[REDACTED:AWS_SECRET_KEY]:[REDACTED:AWS_ACCESS_KEY]",
+            &["aws_access_key", "aws_secret_key"],
+        );
+        check(
+            &format!("SecretAccessKey: {key}, secret=hunter2"),
+            "SecretAccessKey: [REDACTED:AWS_SECRET_KEY], secret=[REDACTED:PASSWORD]",
+            &["aws_secret_key", "password"],
+        );
+        // No evidence, or not a random 40-character string: left alone.
+        untouched(&format!("object {key} stored"));
+        untouched("secret sauce: commit 3f2a9c1e8b7d6f5a4c3b2a1908f7e6d5c4b3a291");
+        untouched(&format!("secret {key}A and secret /{key}="));
+        untouched(&format!(
+            "the secret is kept far away from here, {} {key}",
+            "x".repeat(100)
+        ));
+    }
+
+    #[test]
+    fn jwts_whose_header_has_whitespace() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for header in [
+            r#"{ "alg": "HS256", "typ": "JWT" }"#,
+            "{\n  \"alg\": \"RS256\"\n}",
+            "{\r\n\"alg\":\"none\"}",
+            "{\t\"typ\":\"JWT\"}",
+        ] {
+            let jwt = format!("{}.{}.c2lnbmF0dXJl", b64(header), b64(r#"{"sub":"1234"}"#));
+            check(&format!("t={jwt} end"), "t=[REDACTED:JWT] end", &["jwt"]);
+        }
+        untouched("the framework and the homework: ewok.ewok.ewok");
+    }
+
+    #[test]
+    fn pgp_private_key_blocks() {
+        let block = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\nComment: backup\n\nlQOYBF8dVKgBCADa\n=Xb3q\n-----END PGP PRIVATE KEY BLOCK-----";
+        check(
+            &format!("key {block} tail"),
+            "key [REDACTED:PEM_PRIVATE_KEY] tail",
+            &["pem_private_key"],
+        );
+        check(
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF8dVKgBCADa+/=",
+            "[REDACTED:PEM_PRIVATE_KEY]",
+            &["pem_private_key"],
+        );
+        check(
+            r"-----BEGIN PGP PRIVATE KEY BLOCK-----\nComment: x\n\nlQOYBF8dVKgBCADa",
+            "[REDACTED:PEM_PRIVATE_KEY]",
+            &["pem_private_key"],
+        );
+        untouched("-----BEGIN PGP PUBLIC KEY BLOCK-----\nmQENBF8d\n-----END PGP PUBLIC KEY BLOCK-----");
+    }
+
+    #[test]
+    fn ibans_in_lower_case_with_dashes_or_full_width() {
+        for input in [
+            "de89370400440532013000",
+            "de89 3704 0044 0532 0130 00",
+            "DE89-3704-0044-0532-0130-00",
+            "gb82-west-1234-5698-7654-32",
+            "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00",
+            "ＤＥ８９３７０４００４４０５３２０１３０００",
+            "BE71096123456769",
+        ] {
+            check(&format!("to {input} ok"), "to [REDACTED:IBAN] ok", &["iban"]);
+        }
+        untouched("de89370400440532013001 and span be71096123456769");
+        // Not printed as an IBAN: parts of a UUID and the next word, mixed case, groups other than fours.
+        untouched("request f6092583-ac80-43f2-ba34-ef454c325438 done");
+        untouched("De89370400440532013000 and de89 37040044 0532013000 and DE89-37040044-0532013000");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - `detectors`: the built-in detectors (PII and secrets) with their validation (Luhn, SSN rules, IBAN mod 97,
 //!   decodable JWT headers, vendor key formats);
 //! - `rules`: a policy pack's `redaction:` section and how the sections of the active packs combine;
+//! - `fold`: the normalised view the built-in detectors read (compatibility digits and `@`, Unicode spaces and
+//!   dashes, invisible characters removed) and the way back to the original's byte ranges;
 //! - `engine`: the scanner (a literal and digit-run prefilter before any pattern), key rules, JSON in strings.
 //!
 //! [`Redactor`] is pure: no IO, and borrowed output (no allocation) when nothing is found. [`Redaction`], the
@@ -14,6 +16,7 @@
 
 mod detectors;
 mod engine;
+mod fold;
 mod rules;
 
 pub use detectors::{Builtin, iban_checksum, luhn, pattern_source, ssn_digits};

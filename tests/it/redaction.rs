@@ -274,6 +274,7 @@ const VALIDATED: &[&str] = &[
     "jwt",
     "pem_private_key",
     "aws_access_key",
+    "aws_secret_key",
     "github_token",
     "openai_key",
     "anthropic_key",
@@ -287,7 +288,10 @@ fn the_labelled_corpus_meets_the_recall_and_false_positive_targets() {
     let r = Redactor::builtin();
     // detector -> (planted, found, reported, reported beyond the labels)
     let mut stats: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
+    // evasion form -> (planted, found, the values missed)
+    let mut forms: BTreeMap<String, (u64, u64, Vec<String>)> = BTreeMap::new();
     let (mut look, mut look_fp) = (0u64, Vec::new());
+    let mut look_kinds: BTreeMap<String, u64> = BTreeMap::new();
     for line in text.lines() {
         let item: Value = serde_json::from_str(line).unwrap();
         let input = item["text"].as_str().unwrap();
@@ -295,6 +299,9 @@ fn the_labelled_corpus_meets_the_recall_and_false_positive_targets() {
         let out = r.text("", input, &mut report);
         if item["lookalike"] == true {
             look += 1;
+            *look_kinds
+                .entry(item["kind"].as_str().unwrap().to_string())
+                .or_default() += 1;
             if !report.is_empty() {
                 look_fp.push(format!("{} {input:?} -> {out:?}", item["kind"]));
             }
@@ -307,10 +314,20 @@ fn the_labelled_corpus_meets_the_recall_and_false_positive_targets() {
             *labelled.entry(det).or_default() += 1;
             let st = stats.entry(det.to_string()).or_default();
             st.0 += 1;
-            if !out.contains(value) && report.counts.contains_key(det) {
+            let hit = !out.contains(value) && report.counts.contains_key(det);
+            if hit {
                 st.1 += 1;
             } else if std::env::var_os("KLA_CORPUS_VERBOSE").is_some() {
                 eprintln!("missed {det}: {input:?} -> {out:?}");
+            }
+            if let Some(form) = item["form"].as_str() {
+                let f = forms.entry(form.to_string()).or_default();
+                f.0 += 1;
+                if hit {
+                    f.1 += 1;
+                } else {
+                    f.2.push(format!("{input:?} -> {out:?}"));
+                }
             }
         }
         for (det, n) in &report.counts {
@@ -336,13 +353,37 @@ fn the_labelled_corpus_meets_the_recall_and_false_positive_targets() {
         };
         println!("{det:<16} {planted:>7} {recall:>8.4} {precision:>9.4}");
     }
+    println!("{:<24} {:>7} {:>8}", "evasion form", "planted", "recall");
+    for (form, (planted, found, _)) in &forms {
+        println!("{form:<24} {planted:>7} {:>8.4}", *found as f64 / *planted as f64);
+    }
     let fp_rate = look_fp.len() as f64 / look as f64;
     println!(
-        "look-alikes: {look}, changed: {} (rate {fp_rate:.5})",
+        "look-alikes: {look} of {} kinds, changed: {} (rate {fp_rate:.5})",
+        look_kinds.len(),
         look_fp.len()
     );
     for f in &look_fp {
         println!("  look-alike changed: {f}");
+    }
+    // Every spelling a detector must see through is found, every time.
+    assert!(forms.len() >= 30, "{} evasion forms", forms.len());
+    for (form, (planted, _, missed)) in &forms {
+        assert!(*planted >= 50, "{form} has {planted} planted values");
+        assert!(missed.is_empty(), "{form}: missed {missed:#?}");
+    }
+    for kind in [
+        "bare_nine_digits",
+        "b64_40_no_evidence",
+        "card_in_hex_id",
+        "lower_span_id_like_iban",
+        "cjk_fullwidth",
+        "fr_amount_nbsp",
+    ] {
+        assert!(
+            look_kinds.get(kind).is_some_and(|n| *n >= 100),
+            "{kind}: {look_kinds:?}"
+        );
     }
     for det in VALIDATED {
         let (planted, found, _, _) = stats.get(*det).copied().unwrap_or_default();
@@ -356,11 +397,8 @@ fn the_labelled_corpus_meets_the_recall_and_false_positive_targets() {
         let recall = found as f64 / planted.max(1) as f64;
         assert!(recall >= floor, "{det}: recall {recall:.4} < {floor}");
     }
-    assert!(look >= 5000, "{look} look-alikes");
-    assert!(
-        fp_rate <= 0.001,
-        "false-positive rate {fp_rate:.5} > 0.1%: {look_fp:#?}"
-    );
+    assert!(look >= 7000, "{look} look-alikes");
+    assert!(look_fp.is_empty(), "look-alikes changed: {look_fp:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -926,6 +964,238 @@ async fn every_string_field_of_the_otlp_trace_protos_is_redacted() {
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{name} holds {path}'s planted {secret:?}"
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Spellings that hid values from the detectors.
+
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const AWS_SECRET_2: &str = "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY";
+
+/// One example per evasion form: (form, the text sent, the values that must not be recorded, the detector).
+fn evasion_examples() -> Vec<(&'static str, String, Vec<String>, &'static str)> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let fw = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                '!'..='~' => char::from_u32(c as u32 + 0xFEE0).unwrap(),
+                c => c,
+            })
+            .collect()
+    };
+    let one = |form, text: &str, det| (form, text.to_string(), vec![text.to_string()], det);
+    let inside = |form, text: String, value: &str, det| (form, text, vec![value.to_string()], det);
+    let jwt = format!(
+        "{}.{}.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg",
+        b64(r#"{ "alg": "HS256", "typ": "JWT" }"#),
+        b64(r#"{"sub":"user-42","name":"Jane Roe"}"#)
+    );
+    let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF8dVKgBCADaR3x9Qm1vZ2lQ2Fq7\nZm9vYmFyYmF6cXV4\n=Xb3q\n-----END PGP PRIVATE KEY BLOCK-----";
+    vec![
+        one("card with dots", "4111.1111.1111.1111", "card"),
+        one("card with tabs", "5555\t5555\t5555\t4444", "card"),
+        one(
+            "card with no-break spaces",
+            "4012\u{a0}8888\u{a0}8888\u{a0}1881",
+            "card",
+        ),
+        one(
+            "card with en dashes",
+            "5105\u{2013}1051\u{2013}0510\u{2013}5100",
+            "card",
+        ),
+        one("card with double spaces", "6011  1111  1111  1117", "card"),
+        one("card in full-width digits", &fw("3566 0020 2036 0505"), "card"),
+        inside(
+            "card after cc_",
+            "cc_4000056655665556".into(),
+            "4000056655665556",
+            "card",
+        ),
+        inside(
+            "card after ref#",
+            "ref#2223003122003222".into(),
+            "2223003122003222",
+            "card",
+        ),
+        inside(
+            "card in a URL path",
+            "GET /v1/cards/6011000990139424/charges".into(),
+            "6011000990139424",
+            "card",
+        ),
+        inside(
+            "card after non-ASCII text",
+            "番号5200828282828210".into(),
+            "5200828282828210",
+            "card",
+        ),
+        inside("SSN after cc_", "cc_219-09-9999".into(), "219-09-9999", "ssn"),
+        inside("SSN after ref#", "ref#457-55-5462".into(), "457-55-5462", "ssn"),
+        inside(
+            "SSN after non-ASCII text",
+            "社会保障番号078-05-1120".into(),
+            "078-05-1120",
+            "ssn",
+        ),
+        one("dotted SSN", "536.22.8726", "ssn"),
+        inside("bare SSN", "SSN: 123456780".into(), "123456780", "ssn"),
+        one("full-width SSN", &fw("234-56-7891"), "ssn"),
+        one(
+            "email with a full-width at",
+            "ceo\u{ff20}vip.example.com",
+            "email",
+        ),
+        one("email with an IDN domain", "jürgen@bücher-müller.de", "email"),
+        one(
+            "email with a quoted local part",
+            "\"jane q. public\"@example.org",
+            "email",
+        ),
+        inside(
+            "AWS secret key as key=value",
+            format!("AWS_SECRET_ACCESS_KEY={AWS_SECRET}"),
+            AWS_SECRET,
+            "aws_secret_key",
+        ),
+        (
+            "AWS credentials file",
+            format!(
+                "[default]\naws_access_key_id = AKIAI44QH8DHBEXAMPLE\naws_secret_access_key = {AWS_SECRET_2}\n"
+            ),
+            vec!["AKIAI44QH8DHBEXAMPLE".into(), AWS_SECRET_2.into()],
+            "aws_secret_key",
+        ),
+        (
+            "bare AWS secret key beside its key id",
+            "ASIAY34FZKBOKMUTVV7A jE9xLq2Rw8Tz0Vb4Nc6Md1Kf3Gh5Jp7Ss9Ua2Wd+".into(),
+            vec![
+                "ASIAY34FZKBOKMUTVV7A".into(),
+                "jE9xLq2Rw8Tz0Vb4Nc6Md1Kf3Gh5Jp7Ss9Ua2Wd+".into(),
+            ],
+            "aws_secret_key",
+        ),
+        one("JWT whose header encodes to eyAi", &jwt, "jwt"),
+        inside(
+            "PGP private key block",
+            format!("backup {pgp} end"),
+            "lQOYBF8dVKgBCADaR3x9Qm1vZ2lQ2Fq7",
+            "pem_private_key",
+        ),
+        one("IBAN in lower case", "gb82west12345698765432", "iban"),
+        one("IBAN with dashes", "FR14-2004-1010-0505-0001-3M02-606", "iban"),
+    ]
+}
+
+/// Each example, alone, is found by its detector, and replaced whole (the text around it kept).
+#[test]
+fn every_evasion_form_is_found_by_its_detector() {
+    let r = Redactor::builtin();
+    for (form, text, values, det) in evasion_examples() {
+        let mut report = Report::default();
+        let out = r.text("note", &text, &mut report);
+        assert!(
+            report.counts.contains_key(det),
+            "{form}: {det} did not fire on {text:?} -> {out:?} ({:?})",
+            report.counts
+        );
+        for v in &values {
+            assert!(!out.contains(v.as_str()), "{form}: {v:?} survived in {out:?}");
+        }
+    }
+}
+
+/// The raw bytes of `v` and its JSON-escaped form (a tab is stored as `\t`).
+fn spellings(v: &str) -> [String; 2] {
+    let escaped = serde_json::to_string(v).unwrap();
+    [v.to_string(), escaped.trim_matches('"').to_string()]
+}
+
+/// Through the running server: a decision whose context holds every example and a span whose attributes do are
+/// recorded with none of the values, in what the API serves and in every file of the data dir.
+#[tokio::test]
+async fn evasion_forms_never_reach_the_record() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = raw(data.path());
+    cfg.otlp_http_addr = Some("127.0.0.1:0".into());
+    cfg.otlp_grpc_addr = Some("off".into());
+    let s = Server::start_cfg(cfg, None).await;
+    let tok = s.token(T, Role::Agent);
+    let admin = s.token(T, Role::Admin);
+    let agent = s.register(&tok, T, "evasive-bot").await;
+    let examples = evasion_examples();
+    let context: serde_json::Map<String, Value> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, (_, text, _, _))| (format!("note{i}"), Value::String(text.clone())))
+        .collect();
+    let answer = s
+        .decide(
+            &tok,
+            T,
+            json!({"agentId": agent, "action": "file_ticket", "context": context}),
+        )
+        .await;
+    let lineage = answer["lineageId"].as_str().expect("recorded").to_owned();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let attributes: Vec<Value> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, (_, text, _, _))| json!({"key": format!("note.{i}"), "value": {"stringValue": text}}))
+        .collect();
+    let export = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": trace_id, "spanId": "00f067aa0ba902b7", "name": "file_ticket", "kind": 1,
+        "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
+        "attributes": attributes,
+    }]}]}]});
+    let r = send(
+        client()
+            .post(format!("http://{}/v1/traces", s.listener("otlp-http").unwrap()))
+            .bearer_auth(&tok)
+            .header("x-tenant-id", T)
+            .header("content-type", "application/json")
+            .body(export.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let entry = s.get(&format!("/v1/lineage/{lineage}"), &admin, T).await;
+    assert_eq!(entry.status, 200, "{}", entry.body);
+    let spans = s.get(&format!("/v1/traces/{trace_id}"), &admin, T).await;
+    assert_eq!(spans.status, 200, "{}", spans.body);
+    let counts = &entry.body["body"]["redaction"];
+    for (form, _, values, det) in &examples {
+        assert!(counts[*det].as_u64().is_some_and(|n| n > 0), "{form}: {counts}");
+        for v in values {
+            for sp in spellings(v) {
+                assert!(
+                    !entry.body.to_string().contains(&sp),
+                    "{form}: the entry holds {sp:?}"
+                );
+                assert!(
+                    !spans.body.to_string().contains(&sp),
+                    "{form}: the spans hold {sp:?}"
+                );
+            }
+        }
+    }
+    s.stop().await;
+    let mut files = Vec::new();
+    files_text(data.path(), &mut files);
+    for (name, bytes) in &files {
+        for (form, _, values, _) in &examples {
+            for v in values {
+                for sp in spellings(v) {
+                    assert!(
+                        !bytes.windows(sp.len()).any(|w| w == sp.as_bytes()),
+                        "{name} holds {form}'s {sp:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -5,9 +5,14 @@
 Each line is {"text": ..., "labels": [{"detector": ..., "value": ...}]}: a sentence holding planted values, each
 labelled with the detector that must find it. Lines with "lookalike": true hold only values that must stay
 untouched (UUIDs, trace and span ids, git SHAs, timestamps, version numbers, order numbers, amounts, IPv4
-addresses, which are off by default). The Rust test tests/it/redaction_corpus.rs reads the file. Personal data comes
+addresses, which are off by default). The Rust test tests/it/redaction.rs reads the file. Personal data comes
 from Faker; secret formats (keys, tokens, JWTs, PEM blocks) are built here from random characters, in the vendors'
 published shapes. Deterministic: fixed seed and fixed date ranges, so a re-run rewrites the same file.
+
+After those, the evasion forms: lines with a "form" name the spelling a detector must see through (separators,
+full-width or other scripts' digits, identifier-like prefixes, IDN and quoted addresses, secret shapes without a
+prefix), N_FORM of each; and the look-alikes of those forms, which must stay untouched. They are generated after the
+first part from the same random stream, so the first part of the file does not change when forms are added.
 """
 
 import base64
@@ -205,6 +210,227 @@ def lookalike():
     return sentence(v), kind
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Evasion forms and their look-alikes.
+
+N_FORM = 60  # labelled lines per evasion form
+N_FORM_LOOKALIKE = 150  # look-alike lines per kind
+
+intl = {loc: Faker(loc) for loc in ["ru_RU", "el_GR", "ja_JP", "zh_CN", "de_DE"]}
+for i, f in enumerate(intl.values()):
+    f.seed_instance(SEED + 100 + i)
+
+FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in map(chr, range(0x21, 0x7F))}
+ARABIC_INDIC = {str(d): chr(0x660 + d) for d in range(10)}
+DEVANAGARI = {str(d): chr(0x966 + d) for d in range(10)}
+
+
+def translate(s, table):
+    return "".join(table.get(c, c) for c in s)
+
+
+def card16():
+    return fake.credit_card_number(card_type=random.choice(["visa16", "mastercard", "discover", "jcb16"]))
+
+
+def in_sentence(v):
+    return random.choice(["{v}", "paid with {v} today", "value={v}", "the customer said: {v}.", "[{v}]"]).format(v=v)
+
+
+def idn_domain():
+    loc = random.choice(["ru_RU", "el_GR", "ja_JP", "zh_CN", "de_DE"])
+    word = intl[loc].word().replace(" ", "").lower()
+    tld = {"ru_RU": ["рф", "ru", "com"], "el_GR": ["ελ", "gr"], "ja_JP": ["jp", "com"], "zh_CN": ["中国", "cn"],
+           "de_DE": ["de", "at"]}[loc]
+    return "%s.%s" % (word, random.choice(tld))
+
+
+def aws_secret():
+    while True:
+        s = rand(ALNUM + "/+", 40)
+        if any(c.isupper() for c in s) and any(c.islower() for c in s) and any(c.isdigit() or c in "/+" for c in s):
+            return s
+
+
+def aws_id():
+    return random.choice(["AKIA", "ASIA"]) + rand(string.ascii_uppercase + "234567", 16)
+
+
+def jwt_spaced():
+    header = {"alg": random.choice(["HS256", "RS256", "ES256", "none"]), "typ": "JWT"}
+    style = random.choice(["space", "indent", "crlf", "tab"])
+    if style == "space":
+        h = "{ " + json.dumps(header)[1:-1] + " }"
+    elif style == "indent":
+        h = json.dumps(header, indent=2)
+    elif style == "crlf":
+        h = json.dumps(header, indent=1).replace("\n", "\r\n")
+    else:
+        h = "{\t" + json.dumps(header)[1:]
+    payload = {"sub": str(fake.random_int(1, 10**6)), "name": fake.name()}
+    sig = b64url(bytes(random.getrandbits(8) for _ in range(32)))
+    return ".".join([b64url(h.encode()), b64url(json.dumps(payload).encode()), sig])
+
+
+def pgp_block(cut=False):
+    body = base64.b64encode(bytes(random.getrandbits(8) for _ in range(random.randint(200, 900)))).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    head = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n"
+    if random.random() < 0.6:
+        head += "Version: GnuPG v%d\n" % random.randint(1, 2)
+    if random.random() < 0.4:
+        head += "Comment: %s\n" % fake.sentence(nb_words=3)
+    text = head + "\n" + "\n".join(lines) + "\n=" + rand(ALNUM, 4)
+    return text if cut else text + "\n-----END PGP PRIVATE KEY BLOCK-----"
+
+
+def iban_form(form):
+    v = random.choice(list(eu.values())).iban()
+    if form == "lower":
+        return v.lower()
+    if form == "lower_spaced":
+        return group(v.lower(), [4] * 9, " ")
+    if form == "dashes":
+        return group(v, [4] * 9, "-")
+    return group(v, [4] * 9, "\u00a0")  # nbsp
+
+
+def bare_ssn():
+    return fake.ssn().replace("-", "")
+
+
+# form name -> (detector, generator of (text, [(detector, value)]))
+FORMS = {
+    "card_dot": ("card", lambda: group(card16(), [4] * 4, ".")),
+    "card_tab": ("card", lambda: group(card16(), [4] * 4, "\t")),
+    "card_nbsp": ("card", lambda: group(card16(), [4] * 4, random.choice(["\u00a0", "\u202f", "\u2009"]))),
+    "card_en_dash": ("card", lambda: group(card16(), [4] * 4, random.choice(["\u2013", "\u2212", "\u2010"]))),
+    "card_double_space": ("card", lambda: group(card16(), [4] * 4, "  ")),
+    "card_spaced_dash": ("card", lambda: group(card16(), [4] * 4, " - ")),
+    "card_fullwidth": ("card", lambda: translate(random.choice([card16(), group(card16(), [4] * 4, " ")]), FULLWIDTH)),
+    "card_other_script": ("card", lambda: translate(card16(), random.choice([ARABIC_INDIC, DEVANAGARI]))),
+    "card_zero_width": ("card", lambda: group(card16(), [4] * 4, random.choice(["\u200b", "\u200d", "\u00ad"]))),
+    "card_prefix_cc": ("card", lambda: (card16(), "cc_{v}")),
+    "card_prefix_ref": ("card", lambda: (card16(), "ref#{v}")),
+    "card_url_path": ("card", lambda: (card16(), "GET https://api.example.com/v1/cards/{v}/charges")),
+    "card_after_non_ascii": ("card", lambda: (card16(), random.choice(["番号{v}", "номер{v}", "Karte→{v}", "carte n°{v}"]))),
+    "card_after_letter": ("card", lambda: (card16(), random.choice(["a{v}", "ORD-{v}", "card{v}"]))),
+    "ssn_dotted": ("ssn", lambda: fake.ssn().replace("-", ".")),
+    "ssn_fullwidth": ("ssn", lambda: translate(fake.ssn(), FULLWIDTH)),
+    "ssn_bare_keyword": ("ssn", lambda: (bare_ssn(), random.choice(
+        ["SSN: {v}", "ssn={v}", "user_ssn {v}", "customerSsn={v}", "social security number {v}", "SSN#{v}"]))),
+    "ssn_fullwidth_bare": ("ssn", lambda: (translate(bare_ssn(), FULLWIDTH), random.choice(["ＳＳＮ：{v}", "SSN {v}"]))),
+    "ssn_prefix": ("ssn", lambda: (fake.ssn(), random.choice(["cc_{v}", "ref#{v}", "/people/{v}", "社会保障番号{v}"]))),
+    "email_fullwidth_at": ("email", lambda: fake.email().replace("@", random.choice(["＠", "﹫"]))),
+    "email_fullwidth": ("email", lambda: translate(fake.email(), FULLWIDTH)),
+    "email_idn": ("email", lambda: "%s@%s" % (fake.user_name(), idn_domain())),
+    "email_punycode": ("email", lambda: "%s@%s" % (fake.user_name(), idn_domain().encode("idna").decode())),
+    "email_quoted": ("email", lambda: '"%s%s%s"@%s' % (fake.first_name(), random.choice([" ", "..", " (x) "]),
+                                                        fake.last_name(), fake.domain_name())),
+    "aws_secret_kv": ("aws_secret_key", lambda: (aws_secret(), random.choice(
+        ["aws_secret_access_key = {v}", "AWS_SECRET_ACCESS_KEY={v}", 'export AWS_SECRET_ACCESS_KEY="{v}"',
+         'response {{"SecretAccessKey": "{v}", "Expiration": "2026-12-02"}} tail', "secret key: {v}"]))),
+    "jwt_spaced_header": ("jwt", jwt_spaced),
+    "pgp_private_key": ("pem_private_key", lambda: pgp_block(cut=random.random() < 0.2)),
+    "iban_lower": ("iban", lambda: iban_form("lower")),
+    "iban_lower_spaced": ("iban", lambda: iban_form("lower_spaced")),
+    "iban_dashes": ("iban", lambda: iban_form("dashes")),
+    "iban_nbsp": ("iban", lambda: iban_form("nbsp")),
+}
+
+
+def form_line(name):
+    det, gen = FORMS[name]
+    g = gen()
+    v, template = g if isinstance(g, tuple) else (g, None)
+    text = template.format(v=v) if template else in_sentence(v)
+    return {"text": text, "labels": [{"detector": det, "value": v}], "form": name}
+
+
+def aws_pair_lines():
+    # Two shapes whose evidence is the access key id: a credentials file and a bare pair.
+    out = []
+    for _ in range(N_FORM):
+        i, s = aws_id(), aws_secret()
+        text = "[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\nregion = us-east-1\n" % (
+            random.choice(["default", "prod", "ci"]), i, s)
+        out.append({"text": text, "labels": [{"detector": "aws_access_key", "value": i},
+                                             {"detector": "aws_secret_key", "value": s}], "form": "aws_credentials_file"})
+    for _ in range(N_FORM):
+        i, s = aws_id(), aws_secret()
+        text = random.choice(["creds {i} {s}", "{i}:{s}", "keys: {s} / {i}"]).format(i=i, s=s)
+        out.append({"text": text, "labels": [{"detector": "aws_access_key", "value": i},
+                                             {"detector": "aws_secret_key", "value": s}], "form": "aws_secret_bare_pair"})
+    return out
+
+
+def luhn_ok(digits):
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        v = int(d)
+        if i % 2 == 1:
+            v *= 2
+            if v > 9:
+                v -= 9
+        total += v
+    return total % 10 == 0
+
+
+def iban_ok(s):
+    t = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in t)) % 97 == 1
+
+
+def form_lookalike():
+    kind = random.choice([
+        "bare_nine_digits", "nine_digits_after_word", "b64_40_no_evidence", "hex40_near_secret", "card_in_hex_id",
+        "card_in_uuid", "long_dotted_version", "lower_span_id_like_iban", "json_at_handle", "cjk_fullwidth",
+        "fr_amount_nbsp", "ewo_words", "fullwidth_date",
+    ])
+    if kind == "bare_nine_digits":
+        v = random.choice(["uploaded %d bytes", "order %d shipped", "count=%d", "took %d ns"]) % random.randint(10**8, 10**9 - 1)
+    elif kind == "nine_digits_after_word":
+        v = random.choice(["classname %d", "lessons %d", "assigned %d", "session %d"]) % random.randint(10**8, 10**9 - 1)
+    elif kind == "b64_40_no_evidence":
+        v = random.choice(["object {t} stored", "etag {t}", "cursor={t}", "sig {t} ok"]).format(t=aws_secret())
+    elif kind == "hex40_near_secret":
+        v = "the secret sauce is in commit %040x" % random.getrandbits(160)
+    elif kind == "card_in_hex_id":
+        pan = card16()
+        filler = "%016x" % random.getrandbits(64)
+        while not any(c in "abcdef" for c in filler):
+            filler = "%016x" % random.getrandbits(64)
+        v = "trace_id=%s" % (pan + filler if random.random() < 0.5 else filler + pan)
+    elif kind == "card_in_uuid":
+        u = str(uuid.UUID(int=random.getrandbits(128), version=4))
+        v = "request %s done" % u
+    elif kind == "long_dotted_version":
+        a, b, c = fake.ssn().split("-")
+        v = random.choice(["v1.{a}.{b}.{c}", "{a}.{b}.{c}.7", "build 2.{a}.{b}.{c}"]).format(a=a, b=b, c=c)
+    elif kind == "lower_span_id_like_iban":
+        # Belgium's IBAN is 16 characters of hex digits: as a lower-case span id it is an id.
+        while True:
+            s = "BE%02d%012d" % (random.randint(2, 98), random.randint(0, 10**12 - 1))
+            if iban_ok(s):
+                break
+        v = "span_id=%s" % s.lower()
+    elif kind == "json_at_handle":
+        v = random.choice(['log "user":"@%s.%s" sent', 'handles "a" "@%s.%s"', "@%s.%s mentioned"]) % (
+            fake.user_name(), random.choice(["io", "dev", "com"]))
+    elif kind == "cjk_fullwidth":
+        f = intl[random.choice(["ja_JP", "zh_CN"])]
+        v = "%s 订单号：%s，金额：￥%s。" % (f.sentence(), translate("%d-%06d" % (random.randint(2019, 2027), random.randint(0, 999999)), FULLWIDTH),
+                                 translate(format(random.randint(100, 10**7), ","), FULLWIDTH))
+    elif kind == "fr_amount_nbsp":
+        v = "total %s €" % format(random.randint(10**3, 10**12), ",").replace(",", random.choice(["\u00a0", "\u202f"]))
+    elif kind == "ewo_words":
+        v = random.choice(["the framework and the homework", "a firework show", "eyAlign=center", "ewok village"])
+    else:
+        d = fake.date_between(datetime(2000, 1, 1), datetime(2026, 12, 1))
+        v = translate(d.strftime(random.choice(["%Y-%m-%d", "%Y/%m/%d %H:%M"])), FULLWIDTH)
+    return {"text": v, "labels": [], "lookalike": True, "kind": kind}
+
+
 def main():
     out = []
     for det, gen in GENERATORS.items():
@@ -224,6 +450,12 @@ def main():
     for _ in range(N_LOOKALIKE):
         text, kind = lookalike()
         out.append({"text": text, "labels": [], "lookalike": True, "kind": kind})
+    for name in FORMS:
+        for _ in range(N_FORM):
+            out.append(form_line(name))
+    out.extend(aws_pair_lines())
+    for _ in range(N_FORM_LOOKALIKE * 13):
+        out.append(form_lookalike())
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.jsonl")
     with open(path, "w") as f:
         for o in out:
