@@ -332,12 +332,8 @@ mod tests {
         let ledger =
             Ledger::open(crate::ledger::LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
         let store = Store::open(tmp.path()).expect("store");
-        let rec = Recorder::new(ledger, store);
-        let c = rusqlite::Connection::open(tmp.path().join("kla.db")).expect("db");
-        c.execute_batch(
-            "CREATE TRIGGER injected_fault BEFORE INSERT ON decisions BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-        )
-        .expect("trigger");
+        let rec = Recorder::new(ledger, store.clone());
+        store.fail_decision_inserts(true).await.expect("trigger");
         let r = rec
             .record(decision("dec_retry"))
             .await
@@ -345,7 +341,7 @@ mod tests {
         // Let the transaction fail (commit it now instead of after the linger), then heal the store before reading.
         rec.index.hurry_all();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        c.execute_batch("DROP TRIGGER injected_fault;").expect("drop");
+        store.fail_decision_inserts(false).await.expect("drop");
         let got = rec.decision_record("acme", "dec_retry").await.expect("read");
         assert_eq!(
             got.map(|d| d.ledger_index),

@@ -180,3 +180,20 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+impl Store {
+    /// Makes every insert into `decisions` fail (`true`) or succeed again (`false`) through a trigger, so tests
+    /// of the index's failure path stay without SQL of their own.
+    pub(crate) async fn fail_decision_inserts(&self, fail: bool) -> Result<()> {
+        self.write(move |c| {
+            c.execute_batch(if fail {
+                "CREATE TRIGGER injected_fault BEFORE INSERT ON decisions BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+            } else {
+                "DROP TRIGGER injected_fault;"
+            })?;
+            Ok(())
+        })
+        .await
+    }
+}
