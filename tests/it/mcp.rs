@@ -22,8 +22,6 @@ const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}
     - {id: hold-wire, match: {actions: [wire_money]}, decision: require_approval, reasonCode: WIRE, approval: {timeout: 15m}}
 "#;
 
-/// The venv `.ci/run` makes (tests/py/requirements.txt, with `mcp`).
-
 /// The SDK's MCP server on 127.0.0.1; killed on drop.
 struct McpServer {
     child: Child,

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 const T: &str = "acme-hooks";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// The venv `.ci/run` makes (tests/py/requirements.txt).
-
 /// The receiver on `port` (0: any); returns it and its port.
 fn receiver(out: &Path, fail_first: u32, port: u16) -> (Child, u16) {
     let (child, port) = spawn_listening(
