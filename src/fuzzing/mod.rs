@@ -31,7 +31,7 @@ pub use pack::{FILE_MARK, pack, pack_input, when_expr};
 pub use redactor::redactor;
 pub use request_body::request_body;
 pub use seeds::{Seed, seed_corpus};
-pub use token::{TOKEN_IDP, sign_token, token, token_idp_key, token_local_key};
+pub use token::{INTERNALS, TOKEN_IDP, sign_token, token, token_idp_key, token_local_key};
 
 use ed25519_dalek::SigningKey;
 use serde_json::Value;

@@ -49,8 +49,9 @@ pub fn sign_token(header: &[u8], claims: &[u8], key: &SigningKey) -> String {
     format!("{msg}.{}", B64URL.encode(sig.to_bytes()))
 }
 
-/// Words of Rust, serde, base64 and jsonwebtoken that a refusal must not show the caller.
-const INTERNALS: &[&str] = &[
+/// Words of Rust, serde, base64 and jsonwebtoken that a refusal must not show the caller (also what the token
+/// refusals of the integration tests are checked against).
+pub const INTERNALS: &[&str] = &[
     "Error(",
     "Error {",
     "ErrorKind",

@@ -177,7 +177,6 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no attribute {key} in {span}"))
 }
 
-
 /// Runs tests/py/otlp_export.py; returns what it printed.
 async fn python_export(protocol: &str, endpoint: String, token: &str, tenant: &str, gzip: bool) -> Value {
     let (protocol, token, tenant) = (protocol.to_owned(), token.to_owned(), tenant.to_owned());
