@@ -9,8 +9,8 @@
 //! `ledger` (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error
 //! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; `webhooks` (signed
 //! pushes of the event stream); `proxy` (the tool-call proxy: routes, actions, forwarding); `otlp` (OTLP trace
-//! receivers, span redaction and sealing, forwarding); and, hidden, `fuzzing` (the fuzz targets over every parser of
-//! outside bytes).
+//! receivers, span redaction and sealing, forwarding); and, hidden and only with the `fuzzing` feature, `fuzzing` (the fuzz
+//! targets over every parser of outside bytes).
 pub mod api;
 pub mod app;
 pub mod approvals;
@@ -21,6 +21,7 @@ pub mod decide;
 pub mod desk;
 pub mod error;
 pub mod events;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;

@@ -50,8 +50,8 @@ const COMPOSITION: &[&str] = &["app", "cli"];
 /// every domain module already stays below the edges; an entry here is debt, never a way to land new code.
 const EDGE_IMPORT_EXCEPTIONS: &[(&str, &str, &str)] = &[];
 
-/// Pairs of top-level modules that import each other today: `(a, b, reason)`. Each is a circle issue 25 item 2
-/// ("the core out of the edges") removes; delete the entry in the commit that breaks the circle.
+/// Pairs of top-level modules that import each other today: `(a, b, reason)`. Each is a circle that moving the
+/// shared state out of `api/` (the core out of the edges) removes; delete the entry in the commit that breaks it.
 const CYCLE_EXCEPTIONS: &[(&str, &str, &str)] = &[
     (
         "api",
@@ -86,8 +86,8 @@ const CYCLE_EXCEPTIONS: &[(&str, &str, &str)] = &[
 ];
 
 /// The size limit of a source file's non-test code, in lines (test items inside the file do not count): a file
-/// past it is split by concern. Every file meets it today but the four in [`SIZE_EXCEPTIONS`]; the next largest,
-/// `config/mod.rs`, `redact/engine.rs` and `ledger/log.rs`, are at 750-790.
+/// past it is split by concern. Every file meets it today but those in [`SIZE_EXCEPTIONS`]; the next largest,
+/// `config/mod.rs` and `ledger/log.rs`, are at 750-790.
 const MAX_LINES: usize = 800;
 
 /// Files over [`MAX_LINES`] today: `(file, ceiling, reason)`. The ceiling is today's size rounded up to the next
@@ -98,13 +98,13 @@ const SIZE_EXCEPTIONS: &[(&str, usize, &str)] = &[
         "src/proxy/mcp/mod.rs",
         975,
         "MCP runs the tool-call phases itself beside plain HTTP's; one set of phases with MCP as an adapter \
-         (issue 25 item 1) leaves it parsing and rendering only",
+         leaves it parsing and rendering only",
     ),
     (
         "src/proxy/forward.rs",
         900,
         "plain HTTP's handler holds the tool-call phases, the upstream client, identity and header rewriting; \
-         issue 25 item 1 gives each its own file",
+         each gets its own file once the phases are shared",
     ),
     (
         "src/policy/engine.rs",
@@ -113,10 +113,20 @@ const SIZE_EXCEPTIONS: &[(&str, usize, &str)] = &[
          split compile from run",
     ),
     (
+        "src/redact/detectors.rs",
+        850,
+        "every detector's pattern, validator and evidence rule in one file: split secrets from personal data",
+    ),
+    (
+        "src/redact/engine.rs",
+        825,
+        "the prefilter, the normalised view's scan and the JSON walk in one file: the JSON walk in its own file",
+    ),
+    (
         "src/approvals/mod.rs",
         850,
-        "the rules, votes, resolutions, expiry service and long-poll waits in one file: typed bodies (issue 25 \
-         item 3) and the expiry service in its own file",
+        "the rules, votes, resolutions, expiry service and long-poll waits in one file: typed record bodies \
+         and the expiry service in its own file",
     ),
 ];
 

@@ -21,7 +21,9 @@ mod ws;
 
 pub use error::{ApiError, ApiResult, Code};
 // For the fuzz targets (`crate::fuzzing`): the body parsers exactly as the handlers call them.
+#[cfg(feature = "fuzzing")]
 pub(crate) use decisions::parse_evaluate;
+#[cfg(feature = "fuzzing")]
 pub(crate) use json::parse as parse_body;
 
 use crate::auth::Authenticator;

@@ -18,15 +18,6 @@ const RULES: &str = r#"    - {id: big-refunds, match: {actions: [execute_refund]
     - {id: restart-expiry, match: {actions: [rotate_keys]}, decision: require_approval, reasonCode: ROTATE, approval: {timeout: 3s}}
 "#;
 
-fn write_pack(root: &Path, rules: &str) {
-    let dir = root.join("desk");
-    std::fs::create_dir_all(&dir).expect("pack dir");
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: desk, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{rules}"
-    );
-    std::fs::write(dir.join("pack.yaml"), yaml).expect("pack");
-}
-
 fn config(data: &Path, packs: &Path) -> kla::config::RawConfig {
     let mut c = raw(data);
     c.policies = Some(packs.to_owned());
@@ -46,7 +37,7 @@ struct Desk {
 impl Desk {
     async fn start() -> Desk {
         let packs = tempfile::tempdir().expect("packs");
-        write_pack(packs.path(), RULES);
+        write_pack(packs.path(), "desk", RULES);
         let data = tempfile::tempdir().expect("data");
         let s = Server::start_cfg(config(data.path(), packs.path()), None).await;
         let agent_tok = s.token(T, Role::Agent);
@@ -78,17 +69,7 @@ impl Desk {
     }
 
     async fn vote(&self, token: &str, approval: &str, decision: &str, comment: &str) -> Resp {
-        send(
-            self.s
-                .req(
-                    Method::POST,
-                    &format!("/v1/approvals/{approval}/decision"),
-                    token,
-                    T,
-                )
-                .json(&json!({"decision": decision, "comment": comment})),
-        )
-        .await
+        self.s.vote(token, T, approval, decision, Some(comment)).await
     }
 
     async fn approval(&self, approval: &str) -> Value {
@@ -219,16 +200,7 @@ async fn a_denial_blocks_and_only_approvers_and_admins_other_than_the_asker_deci
     }
     // Another tenant's approver does not see it at all.
     let stranger = d.s.token("other-tenant", Role::Approver);
-    let r = send(
-        d.s.req(
-            Method::POST,
-            &format!("/v1/approvals/{id}/decision"),
-            &stranger,
-            "other-tenant",
-        )
-        .json(&json!({"decision": "APPROVED"})),
-    )
-    .await;
+    let r = d.s.vote(&stranger, "other-tenant", &id, "APPROVED", None).await;
     r.assert_error(404, "not_found");
     // Malformed answers.
     d.vote(&d.s.token(T, Role::Approver), &id, "approved", "")
@@ -327,11 +299,7 @@ async fn of_twenty_concurrent_conflicting_decisions_exactly_one_wins() {
         let id = id.clone();
         let verdict = if i % 2 == 0 { "APPROVED" } else { "DENIED" };
         tasks.push(tokio::spawn(async move {
-            let r = send(
-                api.req(Method::POST, &format!("/v1/approvals/{id}/decision"), &tok, T)
-                    .json(&json!({"decision": verdict, "comment": format!("vote {i}")})),
-            )
-            .await;
+            let r = api.vote(&tok, T, &id, verdict, Some(&format!("vote {i}"))).await;
             (verdict, r)
         }));
     }
@@ -426,10 +394,7 @@ async fn a_block_rule_added_while_a_person_looked_wins_over_the_approval() {
     let blocked = format!(
         "{RULES}    - {{id: frozen-user, match: {{actions: [execute_refund]}}, when: \"input.context.user_id == \\\"usr_bad\\\"\", decision: block, reasonCode: USER_FROZEN}}\n"
     );
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: desk, version: 1.0.1}}\nspec:\n  defaultDecision: allow\n  rules:\n{blocked}"
-    );
-    std::fs::write(d.packs.path().join("desk").join("pack.yaml"), yaml).expect("pack");
+    write_pack_file(d.packs.path(), "desk", &pack_yaml("desk", "1.0.1", &blocked));
     let r = send(d.s.req(Method::POST, "/v1/policies/reload", &d.s.token(T, Role::Admin), T)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = d

@@ -8,7 +8,6 @@
 use crate::harness::*;
 use crate::verifier::{consistent, hashes};
 use kla::auth::Role;
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -74,16 +73,7 @@ async fn a_power_cut_loses_no_acknowledged_decision_approval_or_span() {
     // Resolutions: one approved, one denied, one left pending.
     let mut resolved = Vec::new();
     for (id, verdict) in approvals.iter().zip(["APPROVED", "DENIED"]) {
-        let r = send(
-            p.req(
-                Method::POST,
-                &format!("/v1/approvals/{id}/decision"),
-                &approver,
-                T,
-            )
-            .json(&json!({"decision": verdict, "comment": "checked"})),
-        )
-        .await;
+        let r = p.vote(&approver, T, id, verdict, Some("checked")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["status"], verdict, "{}", r.body);
         resolved.push((id.clone(), verdict));

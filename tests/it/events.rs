@@ -625,12 +625,7 @@ const DESK_RULES: &str = r#"    - {id: big-refunds, match: {actions: [execute_re
 "#;
 
 async fn desk_server(packs: &std::path::Path) -> Server {
-    let dir = packs.join("desk");
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: desk, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{DESK_RULES}"
-    );
-    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
+    write_pack(packs, "desk", DESK_RULES);
     let packs = packs.to_owned();
     Server::start_with(move |c| {
         c.policies = Some(packs);
@@ -736,16 +731,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
     assert_eq!(heard[2], three[2].json());
 
     // A person approves: approval.resolved, on both, once on the WebSocket though both subscriptions match.
-    let r = send(
-        s.req(
-            Method::POST,
-            &format!("/v1/approvals/{approval}/decision"),
-            &approver,
-            T,
-        )
-        .json(&json!({"decision": "APPROVED", "comment": "fine"})),
-    )
-    .await;
+    let r = s.vote(&approver, T, &approval, "APPROVED", Some("fine")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let resolved = desk.events(1).await;
     let v = check_envelope(&resolved[0]);
@@ -767,16 +753,7 @@ async fn approvals_reach_sse_and_the_websocket_in_the_desk_s_and_the_execution_a
     )
     .await;
     let quorum = q["approvalId"].as_str().unwrap();
-    let r = send(
-        s.req(
-            Method::POST,
-            &format!("/v1/approvals/{quorum}/decision"),
-            &approver,
-            T,
-        )
-        .json(&json!({"decision": "APPROVED"})),
-    )
-    .await;
+    let r = s.vote(&approver, T, quorum, "APPROVED", None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let w = evaluate_in(
         &s,

@@ -129,16 +129,7 @@ async fn approval_comments_are_recorded_and_served_redacted() {
             format!("ok, rotate {AWS} and {TOKEN} after"),
         ),
     ] {
-        let r = send(
-            s.req(
-                Method::POST,
-                &format!("/v1/approvals/{approval}/decision"),
-                &approver,
-                T,
-            )
-            .json(&json!({"decision": verdict, "comment": comment})),
-        )
-        .await;
+        let r = s.vote(&approver, T, approval, verdict, Some(&comment)).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["status"], verdict, "{}", r.body);
         assert_clean("the vote's answer", &r.text());
@@ -151,16 +142,7 @@ async fn approval_comments_are_recorded_and_served_redacted() {
             r.body
         );
         // The same answer again returns what is stored.
-        let again = send(
-            s.req(
-                Method::POST,
-                &format!("/v1/approvals/{approval}/decision"),
-                &approver,
-                T,
-            )
-            .json(&json!({"decision": verdict, "comment": comment})),
-        )
-        .await;
+        let again = s.vote(&approver, T, approval, verdict, Some(&comment)).await;
         assert_eq!(again.status, 200, "{}", again.body);
         assert_clean("the stored vote", &again.text());
     }

@@ -109,23 +109,15 @@ async fn evaluate_refuses_trace_and_execution_ids_outside_their_form() {
     assert_nowhere_raw(data.path(), &PLANTED);
 }
 
-fn write_pack(root: &std::path::Path) {
-    let dir = root.join("ids");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("pack.yaml"),
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {name: ids, version: 1.0.0}\nspec:\n  \
-         defaultDecision: allow\n  rules:\n    - {id: no-delete, match: {actions: [delete_customer]}, \
-         decision: block, reasonCode: NO_DELETE}\n",
-    )
-    .unwrap();
-}
-
 #[tokio::test]
 async fn the_proxy_refuses_a_malformed_execution_header_before_deciding_or_forwarding() {
     let mut up = Upstream::start().await;
     let packs = tempfile::tempdir().unwrap();
-    write_pack(packs.path());
+    write_pack(
+        packs.path(),
+        "ids",
+        "    - {id: no-delete, match: {actions: [delete_customer]}, decision: block, reasonCode: NO_DELETE}\n",
+    );
     let data = tempfile::tempdir().unwrap();
     let mut c = raw(data.path());
     c.policies = Some(packs.path().to_owned());

@@ -8,7 +8,7 @@ use crate::harness::*;
 use kla::auth::Role;
 use kla::proxy::{FileProxy, FileRoute};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -21,8 +21,6 @@ const RULES: &str = r#"    - {id: no-delete, match: {actions: [delete_customer]}
     - {id: flag-export, match: {actions: [export_report]}, decision: warn, reasonCode: EXPORT_FLAGGED}
     - {id: hold-wire, match: {actions: [wire_money]}, decision: require_approval, reasonCode: WIRE, approval: {timeout: 15m}}
 "#;
-
-/// The venv `.ci/run` makes (tests/py/requirements.txt, with `mcp`).
 
 /// The SDK's MCP server on 127.0.0.1; killed on drop.
 struct McpServer {
@@ -71,15 +69,6 @@ impl McpServer {
     }
 }
 
-fn write_pack(root: &Path) {
-    let dir = root.join("mcp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: mcp, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{RULES}"
-    );
-    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
-}
-
 /// kla with an MCP route `/tools` in front of `up` (sidecar mode); returns the server and the route's URL.
 struct Kla {
     s: Server,
@@ -95,7 +84,7 @@ async fn start(up: &McpServer, hide: Option<bool>, hold_budget: Option<&str>) ->
 /// kla in front of the MCP upstream on 127.0.0.1:`port`.
 async fn start_at(port: u16, hide: Option<bool>, hold_budget: Option<&str>) -> Kla {
     let packs = tempfile::tempdir().unwrap();
-    write_pack(packs.path());
+    write_pack(packs.path(), "mcp", RULES);
     let data = tempfile::tempdir().unwrap();
     let mut c = raw(data.path());
     c.policies = Some(packs.path().to_owned());
@@ -541,17 +530,10 @@ impl Kla {
     /// A person (not the agent) decides the approval.
     async fn resolve(&self, approval: &str, decision: &str) {
         let approver = self.s.token(T, Role::Approver);
-        let r = send(
-            self.s
-                .req(
-                    reqwest::Method::POST,
-                    &format!("/v1/approvals/{approval}/decision"),
-                    &approver,
-                    T,
-                )
-                .json(&json!({"decision": decision, "comment": "checked by a person"})),
-        )
-        .await;
+        let r = self
+            .s
+            .vote(&approver, T, approval, decision, Some("checked by a person"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
 }

@@ -5,7 +5,6 @@ use crate::harness::*;
 use kla::auth::{self, Role, keys};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::path::Path;
 use std::time::Duration;
 
 const T: &str = "acme-names";
@@ -16,15 +15,6 @@ const RULES: &str = r#"    - {id: no-customer-deletes, match: {actions: [delete_
     - {id: no-purge, when: "input.action == \"purge_cache\"", decision: block, reasonCode: NO_PURGE}
     - {id: triage-no-export, match: {actions: [export_claims], agents: [Claims-Triage]}, decision: block, reasonCode: NO_EXPORT}
 "#;
-
-fn write_pack(root: &Path, name: &str, rules: &str) {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{rules}"
-    );
-    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
-}
 
 /// A server over unsigned packs in a temp dir (kept alive by the returned guard).
 async fn server(packs: &[(&str, &str)]) -> (Server, tempfile::TempDir) {

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,15 +150,6 @@ impl Upstream {
     }
 }
 
-pub(crate) fn write_pack(root: &Path) {
-    let dir = root.join("proxy");
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = format!(
-        "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {{name: proxy, version: 1.0.0}}\nspec:\n  defaultDecision: allow\n  rules:\n{RULES}"
-    );
-    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
-}
-
 pub(crate) fn action(method: &str, path: &str, name: &str, context: &[(&str, &str)]) -> FileAction {
     FileAction {
         method: method.into(),
@@ -247,7 +237,7 @@ pub(crate) async fn start_with(
     edit: impl FnOnce(&mut FileProxy),
 ) -> (Server, String, String, tempfile::TempDir, tempfile::TempDir) {
     let packs = tempfile::tempdir().unwrap();
-    write_pack(packs.path());
+    write_pack(packs.path(), "proxy", RULES);
     let data = tempfile::tempdir().unwrap();
     let mut c = raw(data.path());
     c.policies = Some(packs.path().to_owned());
@@ -657,16 +647,7 @@ pub(crate) async fn pending_approvals(s: &Server, admin: &str, n: usize) -> Vec<
 
 pub(crate) async fn vote(s: &Server, approval: &str, verdict: &str) {
     let approver = s.token(T, Role::Approver);
-    let r = send(
-        s.req(
-            http::Method::POST,
-            &format!("/v1/approvals/{approval}/decision"),
-            &approver,
-            T,
-        )
-        .json(&json!({"decision": verdict, "comment": "checked"})),
-    )
-    .await;
+    let r = s.vote(&approver, T, approval, verdict, Some("checked")).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -959,7 +940,7 @@ async fn sighup_reloads_the_routes_without_dropping_connections() {
     let up = Upstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    write_pack(tmp.path());
+    write_pack(tmp.path(), "proxy", RULES);
     let config = tmp.path().join("kla.yaml");
     std::fs::write(&config, proxy_yaml(up.addr, &["one"])).unwrap();
     let proxy_port = free_port();

@@ -31,10 +31,8 @@ const PLANTED: &[&str] = &[
     "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
 ];
 
-fn write_pack(root: &Path) {
-    let dir = root.join("redact");
-    std::fs::create_dir_all(&dir).unwrap();
-    let yaml = r#"apiVersion: kla.dev/v1
+/// The redaction pack: a custom detector and a rule that holds mail to VIP recipients.
+const PACK: &str = r#"apiVersion: kla.dev/v1
 kind: PolicyPack
 metadata: {name: redact-test, version: 1.0.0}
 spec:
@@ -50,8 +48,6 @@ spec:
       reasonCode: VIP_RECIPIENT
       approval: {timeout: 15m}
 "#;
-    std::fs::write(dir.join("pack.yaml"), yaml).unwrap();
-}
 
 /// Reads the SSE stream until `needle` has been seen `times` times or 10 s passed; returns what arrived.
 async fn sse_until(resp: &mut reqwest::Response, needle: &str, times: usize) -> String {
@@ -89,7 +85,7 @@ fn files_text(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 #[tokio::test]
 async fn a_decision_is_made_on_raw_values_and_recorded_redacted_everywhere() {
     let packs = tempfile::tempdir().unwrap();
-    write_pack(packs.path());
+    write_pack_file(packs.path(), "redact", PACK);
     let data = tempfile::tempdir().unwrap();
     let mut cfg = raw(data.path());
     cfg.policies = Some(packs.path().to_owned());
@@ -204,13 +200,11 @@ async fn a_decision_is_made_on_raw_values_and_recorded_redacted_everywhere() {
 #[tokio::test]
 async fn hashing_uses_a_per_tenant_key_made_0600_on_first_use() {
     let packs = tempfile::tempdir().unwrap();
-    let dir = packs.path().join("hash");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("pack.yaml"),
+    write_pack_file(
+        packs.path(),
+        "hash",
         "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {name: hash, version: 1.0.0}\nspec:\n  defaultDecision: allow\n  redaction: {detectors: {email: hash}}\n",
-    )
-    .unwrap();
+    );
     let data = tempfile::tempdir().unwrap();
     let mut cfg = raw(data.path());
     cfg.policies = Some(packs.path().to_owned());
@@ -501,7 +495,7 @@ async fn ok_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test]
 async fn spans_and_proxied_calls_are_recorded_redacted() {
     let packs = tempfile::tempdir().unwrap();
-    write_pack(packs.path());
+    write_pack_file(packs.path(), "redact", PACK);
     let data = tempfile::tempdir().unwrap();
     let (up, _task) = ok_upstream().await;
     let mut cfg = raw(data.path());

@@ -44,13 +44,11 @@ async fn kla_exports_its_own_spans_to_its_own_receiver() {
         }
     });
     let packs = tempfile::tempdir().unwrap();
-    let dir = packs.path().join("telemetry");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("pack.yaml"),
+    write_pack_file(
+        packs.path(),
+        "telemetry",
         "apiVersion: kla.dev/v1\nkind: PolicyPack\nmetadata: {name: telemetry, version: 1.0.0}\nspec:\n  defaultDecision: allow\n  rules: []\n",
-    )
-    .unwrap();
+    );
     let grpc = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

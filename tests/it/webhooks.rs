@@ -5,7 +5,6 @@
 use crate::harness::*;
 use kla::auth::Role;
 use kla::config::FileWebhook;
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command};
@@ -13,8 +12,6 @@ use std::time::{Duration, Instant};
 
 const T: &str = "acme-hooks";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// The venv `.ci/run` makes (tests/py/requirements.txt).
 
 /// The receiver on `port` (0: any); returns it and its port.
 fn receiver(out: &Path, fail_first: u32, port: u16) -> (Child, u16) {
@@ -79,16 +76,7 @@ async fn approval(s: &Server, agent_tok: &str, agent: &str, amount: u64) -> Stri
 }
 
 async fn decide(s: &Server, id: &str, verdict: &str) {
-    let r = send(
-        s.req(
-            Method::POST,
-            &format!("/v1/approvals/{id}/decision"),
-            &s.token(T, Role::Approver),
-            T,
-        )
-        .json(&json!({"decision": verdict})),
-    )
-    .await;
+    let r = s.vote(&s.token(T, Role::Approver), T, id, verdict, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 

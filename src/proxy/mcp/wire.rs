@@ -696,13 +696,16 @@ pub fn render_event(ev: &SseEvent, data: Option<&Value>) -> Bytes {
     Bytes::from(out)
 }
 
-/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none.
+/// The `data` of one event (its `data:` lines joined with `\n`); `None` when it has none. Only the tests and the
+/// fuzz targets use it and [`replace_data`]; the proxy reads with [`read_event`] and writes with [`render_event`].
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn event_data(event: &[u8]) -> Option<String> {
     read_event(event, false).data
 }
 
 /// `event` with its data replaced by `data` (its other fields, such as `id:`, kept). Lines end at `\r\n`, `\n`
 /// or a lone `\r`, as SSE clients read them: otherwise a `data:` line after a lone `\r` would pass unreplaced.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn replace_data(event: &[u8], data: &Value) -> Bytes {
     let text = String::from_utf8_lossy(event);
     let mut out = String::new();

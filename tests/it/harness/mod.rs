@@ -2,7 +2,11 @@
 
 //! The one set of helpers every test module uses: starting kla (in process with [`Server`], or the real binary
 //! with [`Process`]), minting tokens, and sending requests through an [`Api`] that reads each answer whole into a
-//! [`Resp`].
+//! [`Resp`]; `pack` writes the unsigned policy packs tests start kla with.
+
+mod pack;
+
+pub use pack::{pack_yaml, write_pack, write_pack_file};
 
 use crate::verifier::{Cp, VKey, parse_vkey, verify_checkpoint};
 use kla::auth::{self, Role, keys};
@@ -54,6 +58,24 @@ impl Api {
     }
 
     /// An authenticated GET, read whole.
+    /// Casts `decision` (`APPROVED` or `DENIED`) on `approval` as `token`'s holder, with `comment` when given (the
+    /// key is left out otherwise); the answer whole.
+    pub async fn vote(
+        &self,
+        token: &str,
+        tenant: &str,
+        approval: &str,
+        decision: &str,
+        comment: Option<&str>,
+    ) -> Resp {
+        let mut body = serde_json::json!({ "decision": decision });
+        if let Some(c) = comment {
+            body["comment"] = c.into();
+        }
+        let path = format!("/v1/approvals/{approval}/decision");
+        send(self.req(Method::POST, &path, token, tenant).json(&body)).await
+    }
+
     pub async fn get(&self, path: &str, token: &str, tenant: &str) -> Resp {
         send(self.req(Method::GET, path, token, tenant)).await
     }
