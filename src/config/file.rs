@@ -1,50 +1,18 @@
 //! The YAML file of `kla serve --config`: one nested section per component, unknown keys refused at every level.
-//! It is read into [`FileConfig`] and flattened into a [`RawConfig`], the form of the flags, so that flags and file
-//! merge key by key and one validation covers both.
+//! It is read straight into a [`RawConfig`], the form of the flags, by following the dotted places of [`KEYS`], so
+//! that flags and file merge key by key and one validation covers both. The sections are those places' prefixes;
+//! errors name them as serde names the fields of nested structs (`api.tls: unknown field `chain`, expected `cert`
+//! or `key` at line 2 column 26`). Sections owned by other modules (`proxy:`, `otlp:`) and the list `webhooks:` are
+//! read whole with their own serde types.
 
-use super::{ConfigError, RawConfig};
+use super::declare::ValueSource;
+use super::{ConfigError, KEYS, RawConfig};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// The config file as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    /// `data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// `log`.
-    pub log: Option<FileLog>,
-    /// `api`.
-    pub api: Option<FileApi>,
-    /// `auth`.
-    pub auth: Option<FileAuth>,
-    /// `ledger`.
-    pub ledger: Option<FileLedger>,
-    /// `policy`.
-    pub policy: Option<FilePolicy>,
-    /// `events`.
-    pub events: Option<FileEvents>,
-    /// `webhooks`: only in the file (a list, with secrets).
-    pub webhooks: Option<Vec<FileWebhook>>,
-    /// `proxy`: the tool-call proxy (only in the file: routes are a list).
-    pub proxy: Option<crate::proxy::FileProxy>,
-    /// `otlp`: the OTLP receivers.
-    pub otlp: Option<crate::otlp::FileOtlp>,
-    /// `telemetry`: kla's own spans.
-    pub telemetry: Option<FileTelemetry>,
-}
-
-/// `telemetry:`, where kla exports its own spans.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileTelemetry {
-    /// OTLP endpoint URL.
-    pub endpoint: Option<String>,
-    /// `grpc` or `http`.
-    pub protocol: Option<String>,
-    /// `service.name`.
-    pub service_name: Option<String>,
-}
+use std::sync::OnceLock;
 
 /// One entry of `webhooks:`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -70,30 +38,6 @@ pub struct FileWebhook {
     pub retry_initial: Option<String>,
 }
 
-/// `log:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileLog {
-    /// `text` or `json`.
-    pub format: Option<String>,
-}
-
-/// `api:`, the REST API listener and its request limits.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileApi {
-    /// Listen address.
-    pub addr: Option<String>,
-    /// HTTPS.
-    pub tls: Option<FileTls>,
-    /// Connection cap and timeouts.
-    pub limits: Option<FileLimits>,
-    /// Largest request body in bytes.
-    pub body_limit: Option<usize>,
-    /// Per-tenant token bucket.
-    pub rate_limit: Option<FileRateLimit>,
-}
-
 /// `tls:` of a listener.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -102,234 +46,6 @@ pub struct FileTls {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
-}
-
-/// `limits:` of a listener (durations in humantime syntax).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileLimits {
-    /// Open connections at most.
-    pub max_connections: Option<usize>,
-    /// Close a connection with no request in progress after this long.
-    pub idle_timeout: Option<String>,
-    /// Time to the end of a request's headers.
-    pub header_timeout: Option<String>,
-    /// Time a request body may take.
-    pub body_timeout: Option<String>,
-    /// HTTP/2 streams at once per connection.
-    pub h2_max_concurrent_streams: Option<u32>,
-    /// HTTP/2 ping interval (`0s`: none).
-    pub h2_keepalive_interval: Option<String>,
-    /// HTTP/2 ping answer timeout.
-    pub h2_keepalive_timeout: Option<String>,
-    /// Largest request header block in bytes.
-    pub max_header_bytes: Option<usize>,
-    /// Longest request target in bytes.
-    pub max_uri_bytes: Option<usize>,
-}
-
-/// `api.rate-limit:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileRateLimit {
-    /// Refill per second; 0 is off.
-    pub rps: Option<f64>,
-    /// Bucket size.
-    pub burst: Option<u32>,
-}
-
-/// `auth:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileAuth {
-    /// An external OAuth issuer whose tokens kla accepts.
-    pub external_issuer: Option<FileExternalIssuer>,
-}
-
-/// `auth.external-issuer:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileExternalIssuer {
-    /// JWKS file.
-    pub jwks: Option<PathBuf>,
-    /// Expected `iss`.
-    pub issuer: Option<String>,
-    /// Expected `aud`.
-    pub audience: Option<String>,
-}
-
-/// `ledger:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileLedger {
-    /// Checkpoint origin line.
-    pub origin: Option<String>,
-    /// `none` or `truncate`.
-    pub repair: Option<String>,
-    /// Check only what follows the last signed checkpoint at startup.
-    pub fast_start: Option<bool>,
-    /// Bytes zero-filled ahead of the log's end; 0: off.
-    pub preallocate: Option<u64>,
-}
-
-/// `policy:`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FilePolicy {
-    /// A pack directory or a folder of packs.
-    pub dir: Option<PathBuf>,
-    /// Public keys trusted to sign packs.
-    pub trusted_keys: Option<Vec<PathBuf>>,
-    /// Load unsigned packs.
-    pub allow_unsigned: Option<bool>,
-    /// Load a signed pack older than its name's floor.
-    pub allow_rollback: Option<bool>,
-    /// Evaluation deadline (humantime).
-    pub deadline: Option<String>,
-}
-
-/// `events:`, the event stream (durations in humantime syntax).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileEvents {
-    /// How far back a resume may start.
-    pub retention: Option<String>,
-    /// Heartbeat interval of idle streams.
-    pub heartbeat: Option<String>,
-    /// Subscribers of the server at most.
-    pub max_subscribers: Option<usize>,
-    /// Subscribers of one tenant at most.
-    pub max_subscribers_per_tenant: Option<usize>,
-}
-
-/// Where each flag lives in the file; a flag's name written as a top-level key (the file's form before it had
-/// sections) gets this path in its error.
-pub const FLAG_PATHS: &[(&str, &str)] = &[
-    ("api-addr", "api.addr"),
-    ("tls-cert", "api.tls.cert"),
-    ("tls-key", "api.tls.key"),
-    ("body-limit", "api.body-limit"),
-    ("rate-limit-rps", "api.rate-limit.rps"),
-    ("rate-limit-burst", "api.rate-limit.burst"),
-    ("jwks", "auth.external-issuer.jwks"),
-    ("jwt-issuer", "auth.external-issuer.issuer"),
-    ("jwt-audience", "auth.external-issuer.audience"),
-    ("policies", "policy.dir"),
-    ("trusted-key", "policy.trusted-keys"),
-    ("allow-unsigned", "policy.allow-unsigned"),
-    ("allow-pack-rollback", "policy.allow-rollback"),
-    ("policy-deadline", "policy.deadline"),
-    ("ledger-origin", "ledger.origin"),
-    ("ledger-repair", "ledger.repair"),
-    ("ledger-fast-start", "ledger.fast-start"),
-    ("ledger-preallocate", "ledger.preallocate"),
-    ("log-format", "log.format"),
-    ("proxy-addr", "proxy.addr"),
-    ("otlp-http-addr", "otlp.http-addr"),
-    ("otlp-grpc-addr", "otlp.grpc-addr"),
-    ("otel-endpoint", "telemetry.endpoint"),
-    ("otel-protocol", "telemetry.protocol"),
-    ("otel-service-name", "telemetry.service-name"),
-    ("api-max-connections", "api.limits.max-connections"),
-    ("api-idle-timeout", "api.limits.idle-timeout"),
-    ("api-header-timeout", "api.limits.header-timeout"),
-    ("api-body-timeout", "api.limits.body-timeout"),
-    (
-        "api-h2-max-concurrent-streams",
-        "api.limits.h2-max-concurrent-streams",
-    ),
-    ("api-h2-keepalive-interval", "api.limits.h2-keepalive-interval"),
-    ("api-h2-keepalive-timeout", "api.limits.h2-keepalive-timeout"),
-    ("api-max-header-bytes", "api.limits.max-header-bytes"),
-    ("api-max-uri-bytes", "api.limits.max-uri-bytes"),
-    ("events-retention", "events.retention"),
-    ("events-heartbeat", "events.heartbeat"),
-    ("events-max-subscribers", "events.max-subscribers"),
-    (
-        "events-max-subscribers-per-tenant",
-        "events.max-subscribers-per-tenant",
-    ),
-];
-
-impl FileConfig {
-    /// Parses the file's text; errors name the key with its line and column.
-    pub fn parse(text: &str) -> Result<FileConfig, String> {
-        serde_yaml::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            let hint = FLAG_PATHS
-                .iter()
-                .find(|(flag, _)| message.contains(&format!("unknown field `{flag}`")))
-                .map(|(flag, path)| format!(" (`{flag}` is a flag; in the file it is `{path}`)"));
-            message + hint.as_deref().unwrap_or("")
-        })
-    }
-
-    /// The file in the flags' form.
-    pub fn into_raw(self) -> RawConfig {
-        let log = self.log.unwrap_or_default();
-        let api = self.api.unwrap_or_default();
-        let tls = api.tls.unwrap_or_default();
-        let rate = api.rate_limit.unwrap_or_default();
-        let limits = api.limits.unwrap_or_default();
-        let issuer = self.auth.unwrap_or_default().external_issuer.unwrap_or_default();
-        let ledger = self.ledger.unwrap_or_default();
-        let policy = self.policy.unwrap_or_default();
-        let events = self.events.unwrap_or_default();
-        // `proxy.addr` is the flag `--proxy-addr`'s place; the rest of `proxy:` has no flag.
-        let mut proxy = self.proxy;
-        let proxy_addr = proxy.as_mut().and_then(|p| p.addr.take());
-        let proxy = proxy.filter(|p| !p.is_empty());
-        // `otlp.http-addr` / `otlp.grpc-addr` are the flags' places; the rest of `otlp:` has no flag.
-        let mut otlp = self.otlp;
-        let otlp_http_addr = otlp.as_mut().and_then(|o| o.http_addr.take());
-        let otlp_grpc_addr = otlp.as_mut().and_then(|o| o.grpc_addr.take());
-        let otlp = otlp.filter(|o| !o.is_empty());
-        let telemetry = self.telemetry.unwrap_or_default();
-        RawConfig {
-            otel_endpoint: telemetry.endpoint,
-            otel_protocol: telemetry.protocol,
-            otel_service_name: telemetry.service_name,
-            otlp_http_addr,
-            otlp_grpc_addr,
-            otlp,
-            proxy_addr,
-            proxy,
-            webhooks: self.webhooks.unwrap_or_default(),
-            data_dir: self.data_dir,
-            api_addr: api.addr,
-            tls_cert: tls.cert,
-            tls_key: tls.key,
-            rate_limit_rps: rate.rps,
-            rate_limit_burst: rate.burst,
-            body_limit: api.body_limit,
-            jwks: issuer.jwks,
-            jwt_issuer: issuer.issuer,
-            jwt_audience: issuer.audience,
-            policies: policy.dir,
-            trusted_key: policy.trusted_keys.unwrap_or_default(),
-            allow_unsigned: policy.allow_unsigned,
-            allow_pack_rollback: policy.allow_rollback,
-            policy_deadline: policy.deadline,
-            ledger_origin: ledger.origin,
-            ledger_repair: ledger.repair,
-            ledger_fast_start: ledger.fast_start,
-            ledger_preallocate: ledger.preallocate,
-            log_format: log.format,
-            api_max_connections: limits.max_connections,
-            api_idle_timeout: limits.idle_timeout,
-            api_header_timeout: limits.header_timeout,
-            api_body_timeout: limits.body_timeout,
-            api_h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
-            api_h2_keepalive_interval: limits.h2_keepalive_interval,
-            api_h2_keepalive_timeout: limits.h2_keepalive_timeout,
-            api_max_header_bytes: limits.max_header_bytes,
-            api_max_uri_bytes: limits.max_uri_bytes,
-            events_retention: events.retention,
-            events_heartbeat: events.heartbeat,
-            events_max_subscribers: events.max_subscribers,
-            events_max_subscribers_per_tenant: events.max_subscribers_per_tenant,
-        }
-    }
 }
 
 impl RawConfig {
@@ -345,8 +61,271 @@ impl RawConfig {
         })
     }
 
-    /// Parses the text of a config file into the flags' form.
+    /// Parses the text of a config file into the flags' form; errors name the key with its line and column.
     pub fn from_yaml(text: &str) -> Result<RawConfig, String> {
-        FileConfig::parse(text).map(FileConfig::into_raw)
+        /// The whole file, as the top-level section.
+        struct File(RawConfig);
+        impl<'de> Deserialize<'de> for File {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<File, D::Error> {
+                let mut raw = RawConfig::default();
+                Fields::of(&mut raw, "")?.deserialize(d)?;
+                Ok(File(raw))
+            }
+        }
+        match serde_yaml::from_str::<File>(text) {
+            Ok(File(mut raw)) => {
+                raw.lift();
+                Ok(raw)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let hint = KEYS.iter().filter(|k| k.doc.is_some()).find_map(|k| {
+                    let flag = k.flag();
+                    (flag != k.path && message.contains(&format!("unknown field `{flag}`")))
+                        .then(|| format!(" (`{flag}` is a flag; in the file it is `{}`)", k.path))
+                });
+                Err(message + hint.as_deref().unwrap_or(""))
+            }
+        }
+    }
+}
+
+/// Where a flag's value goes in the file, when that differs from the flag's name.
+pub(super) fn file_place(flag: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .find(|k| k.doc.is_some() && k.flag() == flag)
+        .map(|k| k.path)
+        .filter(|path| *path != flag)
+}
+
+/// A section of the file: the dotted prefix of some keys' places (`""` for the top level).
+pub(super) struct Section {
+    /// serde's name for it in errors: `FileConfig` for the top level, else `File` and its last segment in
+    /// CamelCase (`FileRateLimit` for `api.rate-limit`).
+    pub name: String,
+    /// Its keys and sub-sections, in the order of [`KEYS`].
+    pub children: Vec<Child>,
+    /// The children's names, for "expected one of" in errors.
+    pub names: Vec<&'static str>,
+}
+
+/// A key or sub-section of a [`Section`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Child {
+    /// Its name in the section (`max-connections`).
+    pub name: &'static str,
+    /// Its dotted place (`api.limits.max-connections`).
+    pub path: &'static str,
+    /// A key (read by [`RawConfig::read_key`]) rather than a sub-section.
+    pub leaf: bool,
+}
+
+impl Section {
+    fn named(path: &str) -> Section {
+        let last = path.rsplit('.').next().unwrap_or(path);
+        let name = if path.is_empty() {
+            "FileConfig".to_owned()
+        } else {
+            let camel: String = last
+                .split('-')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            format!("File{camel}")
+        };
+        Section {
+            name,
+            children: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+}
+
+/// Every section of the file, by dotted place, built once from [`KEYS`] (keys lifted out of another module's
+/// section are read by that section's own type, so they add nothing here).
+pub(super) fn sections() -> &'static HashMap<&'static str, Section> {
+    static SECTIONS: OnceLock<HashMap<&'static str, Section>> = OnceLock::new();
+    SECTIONS.get_or_init(|| {
+        let mut map: HashMap<&'static str, Section> = HashMap::new();
+        for key in KEYS.iter().filter(|k| !k.embedded) {
+            let path = key.path;
+            let mut start = 0;
+            loop {
+                let end = path[start..].find('.').map_or(path.len(), |i| start + i);
+                let parent = if start == 0 { "" } else { &path[..start - 1] };
+                let section = map.entry(parent).or_insert_with(|| Section::named(parent));
+                let name = &path[start..end];
+                if !section.children.iter().any(|c| c.name == name) {
+                    section.children.push(Child {
+                        name,
+                        path: &path[..end],
+                        leaf: end == path.len(),
+                    });
+                    section.names.push(name);
+                }
+                if end == path.len() {
+                    break;
+                }
+                start = end + 1;
+            }
+        }
+        map
+    })
+}
+
+/// A section's value, which may be absent (`~`) like the `Option` of a nested struct.
+struct Seed<'a> {
+    raw: &'a mut RawConfig,
+    path: &'static str,
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("option")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        Fields::of(self.raw, self.path)?.deserialize(d)
+    }
+}
+
+/// A section's mapping: each key read into its field, each sub-section walked in turn.
+struct Fields<'a> {
+    raw: &'a mut RawConfig,
+    section: &'static Section,
+}
+
+impl<'a> Fields<'a> {
+    fn of<E: de::Error>(raw: &'a mut RawConfig, path: &str) -> Result<Fields<'a>, E> {
+        match sections().get(path) {
+            Some(section) => Ok(Fields { raw, section }),
+            None => Err(E::custom(format_args!("no section {path}"))),
+        }
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let (name, names) = (self.section.name.as_str(), self.section.names.as_slice());
+        d.deserialize_struct(name, names, self)
+    }
+}
+
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "struct {}", self.section.name)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let children = &self.section.children;
+        let mut seen = vec![false; children.len()];
+        while let Some(i) = map.next_key_seed(Name(self.section))? {
+            let child = children[i];
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(de::Error::duplicate_field(child.name));
+            }
+            if child.leaf {
+                self.raw.read_key(child.path, &mut FromMap(&mut map))?;
+            } else {
+                map.next_value_seed(Seed {
+                    raw: &mut *self.raw,
+                    path: child.path,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// serde's positional form of a struct: the children in order.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let children = &self.section.children;
+        for (i, child) in children.iter().enumerate() {
+            let present = if child.leaf {
+                self.raw.read_key(child.path, &mut FromSeq(&mut seq))?
+            } else {
+                seq.next_element_seed(Seed {
+                    raw: &mut *self.raw,
+                    path: child.path,
+                })?
+                .is_some()
+            };
+            if !present {
+                let expected = format!("struct {} with {} elements", self.section.name, children.len());
+                return Err(de::Error::invalid_length(i, &expected.as_str()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A key of a section: the index of its child, or the error naming what the section accepts.
+struct Name(&'static Section);
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("field identifier")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+        let n = self.0.children.len();
+        usize::try_from(v).ok().filter(|i| *i < n).ok_or_else(|| {
+            E::invalid_value(
+                de::Unexpected::Unsigned(v),
+                &format!("field index 0 <= i < {n}").as_str(),
+            )
+        })
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+        self.0
+            .children
+            .iter()
+            .position(|c| c.name == v)
+            .ok_or_else(|| E::unknown_field(v, &self.0.names))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<usize, E> {
+        self.visit_str(&String::from_utf8_lossy(v))
+    }
+}
+
+/// A key's value in a mapping.
+struct FromMap<'a, A>(&'a mut A);
+
+impl<'de, A: MapAccess<'de>> ValueSource<'de> for FromMap<'_, A> {
+    type Error = A::Error;
+    fn value<T: Deserialize<'de>>(&mut self) -> Result<Option<T>, A::Error> {
+        self.0.next_value().map(Some)
+    }
+}
+
+/// A key's value as the next element of a section written as a sequence.
+struct FromSeq<'a, A>(&'a mut A);
+
+impl<'de, A: SeqAccess<'de>> ValueSource<'de> for FromSeq<'_, A> {
+    type Error = A::Error;
+    fn value<T: Deserialize<'de>>(&mut self) -> Result<Option<T>, A::Error> {
+        self.0.next_element()
     }
 }

@@ -1,16 +1,19 @@
 //! Configuration in two stages. What a user writes is either `kla serve` flags ([`RawConfig`], flat, every field
-//! optional) or a YAML file with one nested section per component ([`FileConfig`], unknown keys refused at every
-//! level), which is flattened into a [`RawConfig`] so the two merge key by key: flags override file keys, file keys
-//! override the embedded defaults. [`RawConfig::validate`] turns the merge into [`Config`], the validated, typed
-//! result: one section per component, each handed to that component by `app`. This module reads the config file
-//! and nothing else; it never touches the process environment (tests pass values in).
+//! optional) or a YAML file with one nested section per component (unknown keys refused at every level), which is
+//! read into a [`RawConfig`] too so the two merge key by key: flags override file keys, file keys override the
+//! embedded defaults. Each key is declared once, in `keys.rs`: the flag, its place in the file, the merge and the
+//! docs table's row all come from that list ([`KEYS`]; the machinery is in `declare.rs`, the file reader in
+//! `file.rs`). [`RawConfig::validate`] turns the merge into [`Config`], the validated, typed result: one section
+//! per component, each handed to that component by `app`. This module reads the config file and nothing else; it
+//! never touches the process environment (tests pass values in).
 
+mod declare;
 mod file;
+mod keys;
 
-pub use file::{
-    FLAG_PATHS, FileApi, FileAuth, FileConfig, FileEvents, FileExternalIssuer, FileLedger, FileLimits,
-    FileLog, FilePolicy, FileRateLimit, FileTls, FileWebhook,
-};
+pub use declare::{Key, KeyDoc, markdown_table};
+pub use file::{FileTls, FileWebhook};
+pub use keys::{KEYS, RawConfig};
 
 use crate::ledger::RepairMode;
 pub use crate::server::{Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
@@ -29,7 +32,7 @@ pub enum ConfigError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The file is not valid YAML for [`FileConfig`].
+    /// The file is not valid YAML for the config file's sections (`file.rs`).
     #[error("config {path}: {message}")]
     Parse {
         /// Path of the file.
@@ -44,147 +47,6 @@ pub enum ConfigError {
 
 /// Largest accepted `body-limit`: well under the ledger's 16 MiB entry limit, so any accepted body can be recorded.
 pub const MAX_BODY_LIMIT: usize = 8 * 1024 * 1024;
-
-/// The settings of `kla serve` in the flags' form: one flat, optional field per flag. A config file is read into
-/// this form too ([`RawConfig::from_file`]); its nested path for each flag is in [`FLAG_PATHS`].
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct RawConfig {
-    /// Data directory (SQLite store, ledger, keys). Default `./kla-data`.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Address of the REST API. Default `127.0.0.1:8700`.
-    #[arg(long)]
-    pub api_addr: Option<String>,
-    /// PEM certificate chain: serve HTTPS (needs --tls-key).
-    #[arg(long)]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long)]
-    pub tls_key: Option<PathBuf>,
-    /// Requests per second per tenant (token bucket refill); 0 turns rate limiting off. Default 0.
-    #[arg(long)]
-    pub rate_limit_rps: Option<f64>,
-    /// Bucket size per tenant. Default: max(1, rps).
-    #[arg(long)]
-    pub rate_limit_burst: Option<u32>,
-    /// Largest accepted request body in bytes. Default 1 MiB.
-    #[arg(long)]
-    pub body_limit: Option<usize>,
-    /// JWKS file of an external OAuth issuer whose tokens kla accepts.
-    #[arg(long)]
-    pub jwks: Option<PathBuf>,
-    /// Expected `iss` of external tokens (required with --jwks).
-    #[arg(long)]
-    pub jwt_issuer: Option<String>,
-    /// Expected `aud` of external tokens (required with --jwks).
-    #[arg(long)]
-    pub jwt_audience: Option<String>,
-    /// A policy pack directory or a folder of packs. Default `./policies`.
-    #[arg(long)]
-    pub policies: Option<PathBuf>,
-    /// Public key trusted to sign policy packs (repeatable). Default: kla's embedded default-pack key.
-    #[arg(long = "trusted-key")]
-    pub trusted_key: Vec<PathBuf>,
-    /// Load unsigned packs (local development only; logs a warning). `--allow-unsigned=false` turns off a `true`
-    /// from the config file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub allow_unsigned: Option<bool>,
-    /// Load a signed pack older than the newest version of its name kla has activated (a rollback; logs a
-    /// warning). `--allow-pack-rollback=false` turns off a `true` from the config file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub allow_pack_rollback: Option<bool>,
-    /// Policy evaluation deadline, e.g. `5ms`. Default 5ms.
-    #[arg(long)]
-    pub policy_deadline: Option<String>,
-    /// Ledger origin line of signed checkpoints. Default `kla.local/ledger`.
-    #[arg(long)]
-    pub ledger_origin: Option<String>,
-    /// `truncate`: cut a damaged ledger tail (never below the last signed checkpoint) instead of refusing to start.
-    #[arg(long)]
-    pub ledger_repair: Option<String>,
-    /// Skip the full ledger check at startup: only what follows the last signed checkpoint is checked (run
-    /// `kla ledger verify` separately). For very large logs; by default damage anywhere refuses startup.
-    /// `--ledger-fast-start=false` turns off a `true` from the config file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub ledger_fast_start: Option<bool>,
-    /// Bytes of zeros the ledger keeps written ahead of its last entry, so an append's fdatasync need not update
-    /// the file size (docs/ledger-format.md, "Preallocation"). `0` turns it off (for small disks). Default 64 MiB.
-    #[arg(long)]
-    pub ledger_preallocate: Option<u64>,
-    /// Log format: `text` or `json`. Default `text`.
-    #[arg(long)]
-    pub log_format: Option<String>,
-    /// Open API connections at most; at the cap new ones wait in the listen backlog. Default 1024.
-    #[arg(long)]
-    pub api_max_connections: Option<usize>,
-    /// Close an API connection with no request in progress after this long, e.g. `60s`. Default 60s.
-    #[arg(long)]
-    pub api_idle_timeout: Option<String>,
-    /// Time from connecting to the end of the first request's headers (and on HTTP/1 from a request's first byte
-    /// to the end of its headers). Default 10s.
-    #[arg(long)]
-    pub api_header_timeout: Option<String>,
-    /// Time a request body may take to arrive. Default 30s.
-    #[arg(long)]
-    pub api_body_timeout: Option<String>,
-    /// HTTP/2 streams open at once per API connection. Default 100.
-    #[arg(long)]
-    pub api_h2_max_concurrent_streams: Option<u32>,
-    /// HTTP/2 keep-alive ping interval; `0s` sends none. Default 20s.
-    #[arg(long)]
-    pub api_h2_keepalive_interval: Option<String>,
-    /// How long an HTTP/2 keep-alive ping may go unanswered. Default 20s.
-    #[arg(long)]
-    pub api_h2_keepalive_timeout: Option<String>,
-    /// Largest request header block in bytes (431 over it). Default 65536.
-    #[arg(long)]
-    pub api_max_header_bytes: Option<usize>,
-    /// Longest request target in bytes (414 over it). Default 8192.
-    #[arg(long)]
-    pub api_max_uri_bytes: Option<usize>,
-    /// How far back an event stream may resume (`Last-Event-ID`), e.g. `7d`; older positions get
-    /// `resync_required`. Default 7 days.
-    #[arg(long)]
-    pub events_retention: Option<String>,
-    /// Heartbeat interval of idle event streams (SSE comment, WebSocket ping). Default 15s.
-    #[arg(long)]
-    pub events_heartbeat: Option<String>,
-    /// Event stream subscribers (SSE and WebSocket) of the whole server at most; beyond, 503. Default 4096.
-    #[arg(long)]
-    pub events_max_subscribers: Option<usize>,
-    /// Event stream subscribers of one tenant at most; beyond, 429. Default 1024.
-    #[arg(long)]
-    pub events_max_subscribers_per_tenant: Option<usize>,
-    /// Webhooks, from the config file only (`webhooks:`).
-    #[arg(skip)]
-    pub webhooks: Vec<FileWebhook>,
-    /// Address of the tool-call proxy listener (it only starts when the file's `proxy:` has routes). Default
-    /// `127.0.0.1:8701`.
-    #[arg(long)]
-    pub proxy_addr: Option<String>,
-    /// The tool-call proxy, from the config file only (`proxy:`).
-    #[arg(skip)]
-    pub proxy: Option<crate::proxy::FileProxy>,
-    /// Address of the OTLP/HTTP receiver, or `off` (giving this or `--otlp-grpc-addr` or the file's `otlp:` starts
-    /// the receivers). Default `127.0.0.1:4318`.
-    #[arg(long)]
-    pub otlp_http_addr: Option<String>,
-    /// Address of the OTLP/gRPC receiver, or `off`. Default `127.0.0.1:4317`.
-    #[arg(long)]
-    pub otlp_grpc_addr: Option<String>,
-    /// The OTLP receivers, from the config file (`otlp:`; its addresses are the two flags' places).
-    #[arg(skip)]
-    pub otlp: Option<crate::otlp::FileOtlp>,
-    /// OTLP endpoint kla exports its own spans to (decisions, proxied calls, approvals); off when unset.
-    #[arg(long)]
-    pub otel_endpoint: Option<String>,
-    /// `grpc` (default) or `http` (OTLP/HTTP protobuf) for `--otel-endpoint`.
-    #[arg(long)]
-    pub otel_protocol: Option<String>,
-    /// `service.name` of kla's own spans. Default `kla`.
-    #[arg(long)]
-    pub otel_service_name: Option<String>,
-}
 
 /// The validated configuration: one section per component.
 #[derive(Debug, Clone)]
@@ -332,8 +194,8 @@ pub struct EventsSection {
 
 /// `"api.addr (--api-addr)"`: both names of a setting, for error messages.
 fn key(flag: &str) -> String {
-    match FLAG_PATHS.iter().find(|(f, _)| *f == flag) {
-        Some((_, path)) => format!("{path} (--{flag})"),
+    match file::file_place(flag) {
+        Some(path) => format!("{path} (--{flag})"),
         None => format!("--{flag}"),
     }
 }
@@ -343,66 +205,6 @@ fn invalid(flag: &str, what: impl std::fmt::Display) -> ConfigError {
 }
 
 impl RawConfig {
-    /// `self` with every unset field taken from `base`.
-    pub fn over(self, base: RawConfig) -> RawConfig {
-        RawConfig {
-            data_dir: self.data_dir.or(base.data_dir),
-            api_addr: self.api_addr.or(base.api_addr),
-            tls_cert: self.tls_cert.or(base.tls_cert),
-            tls_key: self.tls_key.or(base.tls_key),
-            rate_limit_rps: self.rate_limit_rps.or(base.rate_limit_rps),
-            rate_limit_burst: self.rate_limit_burst.or(base.rate_limit_burst),
-            body_limit: self.body_limit.or(base.body_limit),
-            jwks: self.jwks.or(base.jwks),
-            jwt_issuer: self.jwt_issuer.or(base.jwt_issuer),
-            jwt_audience: self.jwt_audience.or(base.jwt_audience),
-            policies: self.policies.or(base.policies),
-            trusted_key: if self.trusted_key.is_empty() {
-                base.trusted_key
-            } else {
-                self.trusted_key
-            },
-            allow_unsigned: self.allow_unsigned.or(base.allow_unsigned),
-            allow_pack_rollback: self.allow_pack_rollback.or(base.allow_pack_rollback),
-            policy_deadline: self.policy_deadline.or(base.policy_deadline),
-            ledger_origin: self.ledger_origin.or(base.ledger_origin),
-            ledger_repair: self.ledger_repair.or(base.ledger_repair),
-            ledger_fast_start: self.ledger_fast_start.or(base.ledger_fast_start),
-            ledger_preallocate: self.ledger_preallocate.or(base.ledger_preallocate),
-            log_format: self.log_format.or(base.log_format),
-            api_max_connections: self.api_max_connections.or(base.api_max_connections),
-            api_idle_timeout: self.api_idle_timeout.or(base.api_idle_timeout),
-            api_header_timeout: self.api_header_timeout.or(base.api_header_timeout),
-            api_body_timeout: self.api_body_timeout.or(base.api_body_timeout),
-            api_h2_max_concurrent_streams: self
-                .api_h2_max_concurrent_streams
-                .or(base.api_h2_max_concurrent_streams),
-            api_h2_keepalive_interval: self.api_h2_keepalive_interval.or(base.api_h2_keepalive_interval),
-            api_h2_keepalive_timeout: self.api_h2_keepalive_timeout.or(base.api_h2_keepalive_timeout),
-            api_max_header_bytes: self.api_max_header_bytes.or(base.api_max_header_bytes),
-            api_max_uri_bytes: self.api_max_uri_bytes.or(base.api_max_uri_bytes),
-            events_retention: self.events_retention.or(base.events_retention),
-            events_heartbeat: self.events_heartbeat.or(base.events_heartbeat),
-            events_max_subscribers: self.events_max_subscribers.or(base.events_max_subscribers),
-            events_max_subscribers_per_tenant: self
-                .events_max_subscribers_per_tenant
-                .or(base.events_max_subscribers_per_tenant),
-            webhooks: if self.webhooks.is_empty() {
-                base.webhooks
-            } else {
-                self.webhooks
-            },
-            proxy_addr: self.proxy_addr.or(base.proxy_addr),
-            proxy: self.proxy.or(base.proxy),
-            otlp_http_addr: self.otlp_http_addr.or(base.otlp_http_addr),
-            otlp_grpc_addr: self.otlp_grpc_addr.or(base.otlp_grpc_addr),
-            otlp: self.otlp.or(base.otlp),
-            otel_endpoint: self.otel_endpoint.or(base.otel_endpoint),
-            otel_protocol: self.otel_protocol.or(base.otel_protocol),
-            otel_service_name: self.otel_service_name.or(base.otel_service_name),
-        }
-    }
-
     /// Validates and fills defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("kla-data"));

@@ -150,15 +150,16 @@ fn a_flag_name_used_as_a_file_key_is_refused_with_its_place_in_the_file() {
 
 #[test]
 fn every_flag_has_a_place_in_the_file() {
-    // Each FLAG_PATHS entry, written at its nested path, reaches the same RawConfig field as the flag.
+    // Each flag of KEYS, written at its nested path, reaches the same RawConfig field as the flag.
     #[derive(clap::Parser)]
     struct Flags {
         #[command(flatten)]
         raw: RawConfig,
     }
     use clap::Parser as _;
-    for (flag, path) in FLAG_PATHS {
-        let value = match *flag {
+    for key in KEYS.iter().filter(|k| k.doc.is_some()) {
+        let (flag, path) = (&key.flag(), key.path);
+        let value = match flag.as_str() {
             "api-addr" => "127.0.0.1:1",
             "rate-limit-rps"
             | "rate-limit-burst"
@@ -186,8 +187,8 @@ fn every_flag_has_a_place_in_the_file() {
                 text += "\n";
             }
         }
-        text += if *flag == "trusted-key" { " [x]\n" } else { " " };
-        if *flag != "trusted-key" {
+        text += if flag == "trusted-key" { " [x]\n" } else { " " };
+        if flag != "trusted-key" {
             text += value;
             text += "\n";
         }
@@ -200,7 +201,10 @@ fn every_flag_has_a_place_in_the_file() {
         } else {
             format!("--{flag}={value}")
         };
-        let from_flag = format!("{:?}", Flags::try_parse_from(["kla", &arg]).expect(flag).raw);
+        let from_flag = format!(
+            "{:?}",
+            Flags::try_parse_from(["kla", &arg]).expect(flag.as_str()).raw
+        );
         assert_eq!(from_file, from_flag, "{flag} at {path}");
     }
 }
@@ -425,5 +429,60 @@ fn the_events_section_has_defaults_bounds_and_a_file_form() {
     assert!(
         RawConfig::from_yaml("events: {ring: 5}\n").is_err(),
         "unknown keys are refused"
+    );
+}
+
+#[test]
+fn the_flags_are_the_keys_declared_as_flags() {
+    // clap's derive names each flag after its field; KEYS says which fields are flags (those with a docs row).
+    let cmd = <RawConfig as clap::Args>::augment_args(clap::Command::new("kla"));
+    let from_clap: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect();
+    let from_keys: Vec<String> = KEYS
+        .iter()
+        .filter(|k| k.doc.is_some())
+        .map(|k| k.flag())
+        .collect();
+    assert_eq!(from_clap, from_keys);
+}
+
+#[test]
+fn no_key_is_also_a_section() {
+    // A place that is both a key and a section would make the file reader pick one silently.
+    let read: Vec<&str> = KEYS.iter().filter(|k| !k.embedded).map(|k| k.path).collect();
+    for a in &read {
+        assert_eq!(read.iter().filter(|b| *b == a).count(), 1, "{a} declared twice");
+        assert!(
+            !read.iter().any(|b| b.starts_with(&format!("{a}."))),
+            "{a} is a key and a section"
+        );
+    }
+    // A key lifted out of another module's section sits directly inside a section read whole.
+    for k in KEYS.iter().filter(|k| k.embedded) {
+        let (section, _) = k.path.rsplit_once('.').expect("a lifted key is inside a section");
+        assert!(
+            read.contains(&section),
+            "{} is not inside a section read whole",
+            k.path
+        );
+    }
+}
+
+#[test]
+fn the_docs_settings_table_is_generated_from_the_keys() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+        .expect("docs/config.md");
+    let (begin, end) = (
+        "<!-- settings table: generated from src/config/keys.rs by `cargo test --lib config` -->\n",
+        "<!-- end of settings table -->",
+    );
+    let start = doc.find(begin).expect("the table's start marker") + begin.len();
+    let stop = doc[start..].find(end).expect("the table's end marker") + start;
+    let expected = markdown_table();
+    assert!(
+        doc[start..stop] == expected,
+        "docs/config.md's settings table differs from src/config/keys.rs; replace it with:\n\n{expected}"
     );
 }
