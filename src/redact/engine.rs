@@ -245,10 +245,10 @@ impl Engine {
     fn scan(&self, text: &str, key: &str) -> Vec<Found> {
         let mut found = Vec::new();
         let digits = !self.numeric.is_empty() || self.iban;
-        // The digit pass reads every byte, so it also says whether any is non-ASCII: ASCII text, the common case,
-        // is its own view and pays nothing more.
+        // The digit pass reads every byte, so it also says whether any is non-ASCII (it stops at the first): ASCII
+        // text, the common case, is its own view and pays nothing more.
         let high = if digits {
-            self.digit_runs(text, key, &mut found)
+            self.digit_runs(text, key, &mut found, true)
         } else {
             !text.is_ascii()
         };
@@ -257,7 +257,7 @@ impl Engine {
                 found.clear();
                 let mut in_view = Vec::new();
                 if digits {
-                    self.digit_runs(&view.text, key, &mut in_view);
+                    self.digit_runs(&view.text, key, &mut in_view, false);
                 }
                 self.scan_literals(&view.text, &mut in_view);
                 found.extend(in_view.into_iter().map(|f| {
@@ -265,7 +265,14 @@ impl Engine {
                     Found { start, end, ..f }
                 }));
             }
-            None => self.scan_literals(text, &mut found),
+            None => {
+                if high && digits {
+                    // Non-ASCII text that is its own view: the pass stopped early, so it runs again over all of it.
+                    found.clear();
+                    self.digit_runs(text, key, &mut found, false);
+                }
+                self.scan_literals(text, &mut found);
+            }
         }
         for (i, c) in self.custom.iter().enumerate() {
             for m in c.regex.find_iter(text) {
@@ -353,8 +360,9 @@ impl Engine {
     }
 
     /// The digit-run prefilter and the numeric detectors at the group starts of each long enough run; returns
-    /// whether `text` holds any non-ASCII byte.
-    fn digit_runs(&self, text: &str, key: &str, found: &mut Vec<Found>) -> bool {
+    /// whether `text` holds any non-ASCII byte, stopping at the first one when `stop_at_high` (then `found` is
+    /// incomplete).
+    fn digit_runs(&self, text: &str, key: &str, found: &mut Vec<Found>, stop_at_high: bool) -> bool {
         let bytes = text.as_bytes();
         let n = bytes.len();
         let mut high = false;
@@ -398,7 +406,12 @@ impl Engine {
             } else if run_start != usize::MAX && (class == SEP || class == OPEN) && seps < MAX_SEPS {
                 seps += 1;
             } else {
-                high |= class == HIGH;
+                if class == HIGH {
+                    if stop_at_high {
+                        return true;
+                    }
+                    high = true;
+                }
                 if run_start != usize::MAX {
                     if digits >= self.min_digits {
                         self.numbers(text, key, run_start, last_digit_end, digits, &mut covered, found);

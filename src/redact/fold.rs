@@ -8,119 +8,163 @@
 //! came from, so that a match in the view maps back to a range of the original that covers every character of it.
 //! Other characters (letters of any script, an IDN domain's labels) are kept as they are.
 
-/// Non-ASCII characters that read as one decimal digit: `(first, last, digit of first)`, consecutive code points
-/// being consecutive digits. Every character with a decimal digit value in Unicode 14 (all scripts' digits, the
-/// mathematical digits, full-width digits) plus those whose NFKC form is one ASCII digit (superscripts, subscripts,
-/// circled digits); generated with Python's `unicodedata`.
-const DIGITS: &[(u32, u32, u8)] = &[
-    (0xB2, 0xB3, 2),
-    (0xB9, 0xB9, 1),
-    (0x660, 0x669, 0),
-    (0x6F0, 0x6F9, 0),
-    (0x7C0, 0x7C9, 0),
-    (0x966, 0x96F, 0),
-    (0x9E6, 0x9EF, 0),
-    (0xA66, 0xA6F, 0),
-    (0xAE6, 0xAEF, 0),
-    (0xB66, 0xB6F, 0),
-    (0xBE6, 0xBEF, 0),
-    (0xC66, 0xC6F, 0),
-    (0xCE6, 0xCEF, 0),
-    (0xD66, 0xD6F, 0),
-    (0xDE6, 0xDEF, 0),
-    (0xE50, 0xE59, 0),
-    (0xED0, 0xED9, 0),
-    (0xF20, 0xF29, 0),
-    (0x1040, 0x1049, 0),
-    (0x1090, 0x1099, 0),
-    (0x17E0, 0x17E9, 0),
-    (0x1810, 0x1819, 0),
-    (0x1946, 0x194F, 0),
-    (0x19D0, 0x19D9, 0),
-    (0x1A80, 0x1A89, 0),
-    (0x1A90, 0x1A99, 0),
-    (0x1B50, 0x1B59, 0),
-    (0x1BB0, 0x1BB9, 0),
-    (0x1C40, 0x1C49, 0),
-    (0x1C50, 0x1C59, 0),
-    (0x2070, 0x2070, 0),
-    (0x2074, 0x2079, 4),
-    (0x2080, 0x2089, 0),
-    (0x2460, 0x2468, 1),
-    (0x24EA, 0x24EA, 0),
-    (0xA620, 0xA629, 0),
-    (0xA8D0, 0xA8D9, 0),
-    (0xA900, 0xA909, 0),
-    (0xA9D0, 0xA9D9, 0),
-    (0xA9F0, 0xA9F9, 0),
-    (0xAA50, 0xAA59, 0),
-    (0xABF0, 0xABF9, 0),
-    (0xFF10, 0xFF19, 0),
-    (0x104A0, 0x104A9, 0),
-    (0x10D30, 0x10D39, 0),
-    (0x11066, 0x1106F, 0),
-    (0x110F0, 0x110F9, 0),
-    (0x11136, 0x1113F, 0),
-    (0x111D0, 0x111D9, 0),
-    (0x112F0, 0x112F9, 0),
-    (0x11450, 0x11459, 0),
-    (0x114D0, 0x114D9, 0),
-    (0x11650, 0x11659, 0),
-    (0x116C0, 0x116C9, 0),
-    (0x11730, 0x11739, 0),
-    (0x118E0, 0x118E9, 0),
-    (0x11950, 0x11959, 0),
-    (0x11C50, 0x11C59, 0),
-    (0x11D50, 0x11D59, 0),
-    (0x11DA0, 0x11DA9, 0),
-    (0x16A60, 0x16A69, 0),
-    (0x16AC0, 0x16AC9, 0),
-    (0x16B50, 0x16B59, 0),
-    (0x1D7CE, 0x1D7D7, 0),
-    (0x1D7D8, 0x1D7E1, 0),
-    (0x1D7E2, 0x1D7EB, 0),
-    (0x1D7EC, 0x1D7F5, 0),
-    (0x1D7F6, 0x1D7FF, 0),
-    (0x1E140, 0x1E149, 0),
-    (0x1E2F0, 0x1E2F9, 0),
-    (0x1E950, 0x1E959, 0),
-    (0x1FBF0, 0x1FBF9, 0),
+/// What a range of non-ASCII characters reads as.
+#[derive(Debug, Clone, Copy)]
+enum To {
+    /// This ASCII byte.
+    Byte(u8),
+    /// A decimal digit: this one for the range's first character, the next ones for the characters after it.
+    Digit(u8),
+    /// The ASCII character whose full-width form it is (NFKC maps U+FF01..U+FF5E one to one).
+    FullWidth,
+    /// Nothing: an invisible format character.
+    Drop,
+}
+
+/// Every non-ASCII character the view rewrites, in ranges sorted by code point:
+/// - digits: every character with a decimal digit value in Unicode 14 (all scripts' digits, the mathematical
+///   digits) and those whose NFKC form is one ASCII digit (superscripts, subscripts, circled digits), generated with
+///   Python's `unicodedata`;
+/// - the full-width forms of ASCII (digits, letters, `＠`, `．`, `－`, ...);
+/// - every Unicode space (Zs) as a space; hyphens, dashes and minus signs as `-`; the full stops NFKC or IDNA read as
+///   `.`; `﹫` as `@`;
+/// - invisible format characters (soft hyphen, zero-width spaces and joiners, direction marks and isolates, word
+///   joiner, byte order mark), removed: a number or an address reads the same without them.
+const FOLDS: &[(u32, u32, To)] = &[
+    (0xA0, 0xA0, To::Byte(b' ')),
+    (0xAD, 0xAD, To::Drop),
+    (0xB2, 0xB3, To::Digit(2)),
+    (0xB9, 0xB9, To::Digit(1)),
+    (0x34F, 0x34F, To::Drop),
+    (0x61C, 0x61C, To::Drop),
+    (0x660, 0x669, To::Digit(0)),
+    (0x6F0, 0x6F9, To::Digit(0)),
+    (0x7C0, 0x7C9, To::Digit(0)),
+    (0x966, 0x96F, To::Digit(0)),
+    (0x9E6, 0x9EF, To::Digit(0)),
+    (0xA66, 0xA6F, To::Digit(0)),
+    (0xAE6, 0xAEF, To::Digit(0)),
+    (0xB66, 0xB6F, To::Digit(0)),
+    (0xBE6, 0xBEF, To::Digit(0)),
+    (0xC66, 0xC6F, To::Digit(0)),
+    (0xCE6, 0xCEF, To::Digit(0)),
+    (0xD66, 0xD6F, To::Digit(0)),
+    (0xDE6, 0xDEF, To::Digit(0)),
+    (0xE50, 0xE59, To::Digit(0)),
+    (0xED0, 0xED9, To::Digit(0)),
+    (0xF20, 0xF29, To::Digit(0)),
+    (0x1040, 0x1049, To::Digit(0)),
+    (0x1090, 0x1099, To::Digit(0)),
+    (0x1680, 0x1680, To::Byte(b' ')),
+    (0x17E0, 0x17E9, To::Digit(0)),
+    (0x180E, 0x180E, To::Drop),
+    (0x1810, 0x1819, To::Digit(0)),
+    (0x1946, 0x194F, To::Digit(0)),
+    (0x19D0, 0x19D9, To::Digit(0)),
+    (0x1A80, 0x1A89, To::Digit(0)),
+    (0x1A90, 0x1A99, To::Digit(0)),
+    (0x1B50, 0x1B59, To::Digit(0)),
+    (0x1BB0, 0x1BB9, To::Digit(0)),
+    (0x1C40, 0x1C49, To::Digit(0)),
+    (0x1C50, 0x1C59, To::Digit(0)),
+    (0x2000, 0x200A, To::Byte(b' ')),
+    (0x200B, 0x200F, To::Drop),
+    (0x2010, 0x2015, To::Byte(b'-')),
+    (0x2024, 0x2024, To::Byte(b'.')),
+    (0x202A, 0x202E, To::Drop),
+    (0x202F, 0x202F, To::Byte(b' ')),
+    (0x2043, 0x2043, To::Byte(b'-')),
+    (0x205F, 0x205F, To::Byte(b' ')),
+    (0x2060, 0x2064, To::Drop),
+    (0x2066, 0x206F, To::Drop),
+    (0x2070, 0x2070, To::Digit(0)),
+    (0x2074, 0x2079, To::Digit(4)),
+    (0x2080, 0x2089, To::Digit(0)),
+    (0x2212, 0x2212, To::Byte(b'-')),
+    (0x2460, 0x2468, To::Digit(1)),
+    (0x24EA, 0x24EA, To::Digit(0)),
+    (0x2E3A, 0x2E3B, To::Byte(b'-')),
+    (0x3000, 0x3000, To::Byte(b' ')),
+    (0x3002, 0x3002, To::Byte(b'.')),
+    (0xA620, 0xA629, To::Digit(0)),
+    (0xA8D0, 0xA8D9, To::Digit(0)),
+    (0xA900, 0xA909, To::Digit(0)),
+    (0xA9D0, 0xA9D9, To::Digit(0)),
+    (0xA9F0, 0xA9F9, To::Digit(0)),
+    (0xAA50, 0xAA59, To::Digit(0)),
+    (0xABF0, 0xABF9, To::Digit(0)),
+    (0xFE52, 0xFE52, To::Byte(b'.')),
+    (0xFE58, 0xFE58, To::Byte(b'-')),
+    (0xFE63, 0xFE63, To::Byte(b'-')),
+    (0xFE6B, 0xFE6B, To::Byte(b'@')),
+    (0xFEFF, 0xFEFF, To::Drop),
+    (0xFF01, 0xFF5E, To::FullWidth),
+    (0xFF61, 0xFF61, To::Byte(b'.')),
+    (0x104A0, 0x104A9, To::Digit(0)),
+    (0x10D30, 0x10D39, To::Digit(0)),
+    (0x11066, 0x1106F, To::Digit(0)),
+    (0x110F0, 0x110F9, To::Digit(0)),
+    (0x11136, 0x1113F, To::Digit(0)),
+    (0x111D0, 0x111D9, To::Digit(0)),
+    (0x112F0, 0x112F9, To::Digit(0)),
+    (0x11450, 0x11459, To::Digit(0)),
+    (0x114D0, 0x114D9, To::Digit(0)),
+    (0x11650, 0x11659, To::Digit(0)),
+    (0x116C0, 0x116C9, To::Digit(0)),
+    (0x11730, 0x11739, To::Digit(0)),
+    (0x118E0, 0x118E9, To::Digit(0)),
+    (0x11950, 0x11959, To::Digit(0)),
+    (0x11C50, 0x11C59, To::Digit(0)),
+    (0x11D50, 0x11D59, To::Digit(0)),
+    (0x11DA0, 0x11DA9, To::Digit(0)),
+    (0x16A60, 0x16A69, To::Digit(0)),
+    (0x16AC0, 0x16AC9, To::Digit(0)),
+    (0x16B50, 0x16B59, To::Digit(0)),
+    (0x1D7CE, 0x1D7D7, To::Digit(0)),
+    (0x1D7D8, 0x1D7E1, To::Digit(0)),
+    (0x1D7E2, 0x1D7EB, To::Digit(0)),
+    (0x1D7EC, 0x1D7F5, To::Digit(0)),
+    (0x1D7F6, 0x1D7FF, To::Digit(0)),
+    (0x1E140, 0x1E149, To::Digit(0)),
+    (0x1E2F0, 0x1E2F9, To::Digit(0)),
+    (0x1E950, 0x1E959, To::Digit(0)),
+    (0x1FBF0, 0x1FBF9, To::Digit(0)),
 ];
+
+/// One bit per block of 256 code points below U+20000: set when the block holds a character of [`FOLDS`], so the
+/// letters of most scripts are passed over without a lookup.
+const BLOCKS: [u64; 8] = {
+    let mut bits = [0u64; 8];
+    let mut i = 0;
+    while i < FOLDS.len() {
+        let mut block = FOLDS[i].0 >> 8;
+        while block <= FOLDS[i].1 >> 8 {
+            bits[(block / 64) as usize] |= 1 << (block % 64);
+            block += 1;
+        }
+        i += 1;
+    }
+    bits
+};
 
 /// What a non-ASCII character reads as: `None` kept as it is, `Some(None)` removed (invisible), `Some(Some(b))` the
 /// ASCII byte `b`.
 fn fold_char(c: char) -> Option<Option<u8>> {
     let u = c as u32;
-    let ascii = |b: u8| Some(Some(b));
-    match u {
-        // Full-width forms of ASCII (NFKC maps them one to one): digits, letters, `＠`, `．`, `－`, ...
-        0xFF01..=0xFF5E => ascii((u - 0xFF01 + 0x21) as u8),
-        // Every Unicode space (Zs) but the ASCII one.
-        0xA0 | 0x1680 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000 => ascii(b' '),
-        // Hyphens, dashes and minus signs.
-        0x2010..=0x2015 | 0x2043 | 0x2212 | 0xFE58 | 0xFE63 | 0x2E3A | 0x2E3B => ascii(b'-'),
-        // Full stops that NFKC (or IDNA's label separators) read as `.`.
-        0x2024 | 0x3002 | 0xFE52 | 0xFF61 => ascii(b'.'),
-        0xFE6B => ascii(b'@'),
-        // Invisible format characters (soft hyphen, zero-width spaces and joiners, direction marks, word joiner,
-        // byte order mark): a number or an address reads the same with them removed.
-        0xAD
-        | 0x34F
-        | 0x61C
-        | 0x180E
-        | 0x200B..=0x200F
-        | 0x202A..=0x202E
-        | 0x2060..=0x2064
-        | 0x2066..=0x206F
-        | 0xFEFF => Some(None),
-        _ => {
-            let i = DIGITS.partition_point(|&(_, last, _)| last < u);
-            match DIGITS.get(i) {
-                Some(&(first, _, d0)) if first <= u => ascii(b'0' + d0 + (u - first) as u8),
-                _ => None,
-            }
-        }
+    let block = u >> 8;
+    if block >= 512 || BLOCKS[(block / 64) as usize] & (1 << (block % 64)) == 0 {
+        return None;
     }
+    let i = FOLDS.partition_point(|&(_, last, _)| last < u);
+    let &(first, _, to) = FOLDS.get(i).filter(|r| r.0 <= u)?;
+    // Within a range, `u - first` is small (ranges are at most 94 characters long).
+    let k = (u - first) as u8;
+    Some(match to {
+        To::Byte(b) => Some(b),
+        To::Digit(d) => Some(b'0' + d + k),
+        To::FullWidth => Some(0x21 + k),
+        To::Drop => None,
+    })
 }
 
 /// One rewritten character of the original.
@@ -148,10 +192,15 @@ pub(crate) struct Folded {
 pub(crate) fn fold(s: &str) -> Option<Folded> {
     let mut out: Option<Folded> = None;
     let mut copied = 0;
-    for (i, c) in s.char_indices() {
-        if c.is_ascii() {
-            continue;
-        }
+    let bytes = s.as_bytes();
+    let mut next = 0;
+    // Only non-ASCII characters can change: hop from one to the next.
+    while let Some(off) = bytes.get(next..).and_then(|b| b.iter().position(|&x| x >= 0x80)) {
+        let i = next + off;
+        let Some(c) = s.get(i..).and_then(|t| t.chars().next()) else {
+            break;
+        };
+        next = i + c.len_utf8();
         let Some(to) = fold_char(c) else { continue };
         let f = out.get_or_insert_with(|| Folded {
             text: String::with_capacity(s.len()),
@@ -217,6 +266,23 @@ pub(crate) fn view(s: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn the_table_is_sorted_and_every_character_in_it_folds() {
+        for w in FOLDS.windows(2) {
+            assert!(w[0].1 < w[1].0, "{:x?} overlaps or precedes {:x?}", w[0], w[1]);
+        }
+        for &(first, last, _) in FOLDS {
+            assert!(last - first < 94);
+            for u in first..=last {
+                let c = char::from_u32(u).unwrap();
+                assert!(fold_char(c).is_some(), "U+{u:04X}");
+            }
+        }
+        assert_eq!(fold_char('é'), None);
+        assert_eq!(fold_char('я'), None);
+        assert_eq!(fold_char('\u{1F600}'), None);
+    }
 
     #[test]
     fn digits_of_every_kind_read_as_ascii_digits() {
