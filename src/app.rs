@@ -75,7 +75,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // One kla per data dir: taken before anything else touches the dir (the store clears in-flight idempotency
     // reservations on open, which would break a running server's guarantees).
-    let dir_lock = lock_data_dir(&cfg.data_dir)?;
+    let dir_lock = lock_data_dir(&cfg.data_dir).await?;
     let store = Store::open(&cfg.store.dir).context("opening the store")?;
     let token_key = keys::load_or_create(&keys::token_key_path(&cfg.data_dir))?;
     let registry_key = keys::load_or_create(&keys::registry_key_path(&cfg.data_dir))?;
@@ -327,8 +327,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Takes an exclusive lock on `<data-dir>/kla.lock` for the life of the server.
-fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+/// Takes an exclusive lock on `<data-dir>/kla.lock` for the life of the server. A lock that frees within a moment
+/// is waited for: a child process spawned by the same program (a test's peer, an embedding's helper) briefly
+/// shares every descriptor between its fork and its exec, so a lock just released by a stopped server can still
+/// be held for that instant. Another kla keeps it, and is refused.
+async fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("kla.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -336,9 +339,16 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    f.try_lock()
-        .map_err(|_| anyhow::anyhow!("data dir {} is in use by another kla process", dir.display()))?;
-    Ok(f)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        if f.try_lock().is_ok() {
+            return Ok(f);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("data dir {} is in use by another kla process", dir.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Checks the whole log (checksums, leaf and node hashes, checkpoint root and signature) and then opens it.

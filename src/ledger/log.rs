@@ -500,8 +500,14 @@ impl Ledger {
             .mode(0o600)
             .open(dir.join(files::LOCK))
             .map_err(LedgerError::io("open lock file"))?;
-        if lock.try_lock().is_err() {
-            return Err(LedgerError::Locked(dir.display().to_string()));
+        // A lock that frees within a moment is waited for: a child process spawned by the same program briefly
+        // shares every descriptor between its fork and its exec, so a just-closed ledger can still be locked.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while lock.try_lock().is_err() {
+            if std::time::Instant::now() >= deadline {
+                return Err(LedgerError::Locked(dir.display().to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         match read_origin(&dir)? {
             Some(o) if o != cfg.origin => {
