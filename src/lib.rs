@@ -10,7 +10,8 @@
 //! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; `webhooks` (signed
 //! pushes of the event stream); `proxy` (the tool-call proxy: routes, actions, forwarding); `otlp` (OTLP trace
 //! receivers, span redaction and sealing, forwarding); and, hidden and only with the `fuzzing` feature, `fuzzing` (the fuzz
-//! targets over every parser of outside bytes).
+//! targets over every parser of outside bytes); in unit tests only, `test_support` (set-ups that several unit tests
+//! share).
 pub mod api;
 pub mod app;
 pub mod approvals;
@@ -36,5 +37,7 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod time;
 pub mod webhooks;

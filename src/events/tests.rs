@@ -3,10 +3,10 @@
 //! does not hold an entry; resync; caps; heartbeats; the follower pausing and resuming.
 
 use super::*;
-use crate::ledger::{Entry, Ledger, LedgerConfig};
+use crate::ledger::Entry;
 use crate::policy::Outcome;
 use crate::recorder::{DecisionEntry, OpenedApproval, Record, Recorder};
-use crate::store::Store;
+use crate::test_support::recorder::TempRecorder;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +28,7 @@ impl Drop for Rig {
 }
 
 async fn rig(cfg: HubConfig) -> Rig {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let ledger = Ledger::open(LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
-    let recorder = Recorder::new(ledger, Store::open(tmp.path()).expect("store"));
+    let TempRecorder { recorder, dir, .. } = TempRecorder::new();
     let closing = CancellationToken::new();
     let hub = Hub::new(recorder.clone(), cfg, closing.clone());
     let stop = CancellationToken::new();
@@ -40,7 +38,7 @@ async fn rig(cfg: HubConfig) -> Rig {
         hub,
         stop,
         closing,
-        _tmp: tmp,
+        _tmp: dir,
     }
 }
 

@@ -223,25 +223,11 @@ impl Drop for Claim {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use crate::test_support::otlp::{self, span};
 
+    /// One resource without attributes holding spans `(trace, id)`.
     fn export(ids: &[(u8, u8)]) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: ids
-                        .iter()
-                        .map(|(t, s)| Span {
-                            trace_id: vec![*t; 16],
-                            span_id: vec![*s; 8],
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
+        otlp::export([(None, ids.iter().map(|&(t, s)| span(t, s)).collect())])
     }
 
     fn span_ids(req: &ExportTraceServiceRequest) -> Vec<u8> {

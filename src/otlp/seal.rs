@@ -224,52 +224,28 @@ pub fn span_hash(span_json: &Value) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use crate::test_support::otlp::{self, kv, service, string};
     use opentelemetry_proto::tonic::trace::v1::Span;
 
+    /// Span `id` of trace `trace`, named `op<id>`, with attribute `a` = `attr`.
     fn span(trace: u8, id: u8, attr: &str) -> Span {
         Span {
-            trace_id: vec![trace; 16],
-            span_id: vec![id; 8],
             name: format!("op{id}"),
             start_time_unix_nano: 1_700_000_000_000_000_000,
             end_time_unix_nano: 1_700_000_000_000_000_500,
-            attributes: vec![KeyValue {
-                key: "a".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(attr.into())),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
+            attributes: vec![kv("a", string(attr))],
+            ..otlp::span(trace, id)
         }
     }
 
+    /// One resource per item, the `i`th of service `svc<i>`.
     fn export(spans: Vec<Vec<Span>>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: spans
+        otlp::export(
+            spans
                 .into_iter()
                 .enumerate()
-                .map(|(i, spans)| ResourceSpans {
-                    resource: Some(Resource {
-                        attributes: vec![KeyValue {
-                            key: "service.name".into(),
-                            value: Some(AnyValue {
-                                value: Some(any_value::Value::StringValue(format!("svc{i}"))),
-                            }),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    scope_spans: vec![ScopeSpans {
-                        spans,
-                        ..Default::default()
-                    }],
-                    schema_url: String::new(),
-                })
-                .collect(),
-        }
+                .map(|(i, spans)| (Some(service(&format!("svc{i}"))), spans)),
+        )
     }
 
     fn pack() -> PackRef {

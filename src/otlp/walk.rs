@@ -274,25 +274,12 @@ pub fn reject_invalid(req: &mut ExportTraceServiceRequest) -> (u64, Vec<String>)
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::test_support::otlp::{self, kv, string as s};
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, EntityRef, KeyValueList};
+    use opentelemetry_proto::tonic::trace::v1::Status;
     use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
 
     const MARK: &str = "PLANTED";
-
-    fn s(v: &str) -> Option<AnyValue> {
-        Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        })
-    }
-
-    fn kv(k: &str, v: Option<AnyValue>) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: v,
-            ..Default::default()
-        }
-    }
 
     fn planted(n: usize) -> String {
         format!("{MARK}-{n}")
@@ -373,22 +360,18 @@ mod tests {
             }],
             ..Default::default()
         };
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: next(),
-                        version: next(),
-                        attributes: vec![kv("scope.attr", s(&next()))],
-                        ..Default::default()
-                    }),
-                    spans: vec![span],
-                    schema_url: next(),
-                }],
-                schema_url: next(),
-            }],
-        };
+        let mut req = otlp::export([(Some(resource), vec![span])]);
+        // The scope and both schema URLs, numbered in the order they are written.
+        let resource_spans = &mut req.resource_spans[0];
+        let scope_spans = &mut resource_spans.scope_spans[0];
+        scope_spans.scope = Some(InstrumentationScope {
+            name: next(),
+            version: next(),
+            attributes: vec![kv("scope.attr", s(&next()))],
+            ..Default::default()
+        });
+        scope_spans.schema_url = next();
+        resource_spans.schema_url = next();
         (req, n)
     }
 

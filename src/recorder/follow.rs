@@ -159,7 +159,7 @@ mod tests {
     use super::super::Record;
     use super::*;
     use crate::policy::PolicyEvent;
-    use crate::store::Store;
+    use crate::test_support::recorder::TempRecorder;
     use std::time::Duration;
 
     fn event(i: usize) -> Record {
@@ -169,18 +169,13 @@ mod tests {
         })
     }
 
-    async fn recorder(dir: &std::path::Path) -> Recorder {
-        let ledger = Ledger::open(crate::ledger::LedgerConfig::new(dir.join("ledger"))).expect("ledger");
-        Recorder::new(ledger, Store::open(dir).expect("store"))
-    }
-
     /// A follower started at 0 sees every entry in ledger order, those recorded before it started and after,
     /// including more than one read batch while it was not reading, and a follower from a later position starts
     /// exactly there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn followers_see_every_entry_in_order_from_their_position() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let rec = recorder(tmp.path()).await;
+        let t = TempRecorder::new();
+        let rec = &t.recorder;
         for i in 0..3 {
             rec.record(event(i)).await.expect("record");
         }
@@ -213,8 +208,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_position_beyond_the_log_is_refused() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let rec = recorder(tmp.path()).await;
+        let t = TempRecorder::new();
+        let rec = &t.recorder;
         rec.record(event(0)).await.expect("record");
         assert!(rec.follow(1).is_ok(), "the end of the log is a valid position");
         assert!(matches!(

@@ -270,6 +270,7 @@ pub fn entry_agent(e: &Entry) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
     use crate::policy::{Outcome, PolicyEvent};
+    use crate::test_support::recorder::{TempRecorder, open_ledger};
     use std::time::Duration;
 
     fn decision(id: &str) -> Record {
@@ -295,16 +296,16 @@ mod tests {
     /// directory lock a restart in the same process needs), after committing what was queued.
     #[tokio::test]
     async fn dropping_the_last_recorder_ends_the_index_writer_and_releases_the_ledger() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger_dir = dir.path().join("ledger");
-        let open = || Ledger::open(crate::ledger::LedgerConfig::new(ledger_dir.clone()));
-        let store = Store::open(dir.path()).expect("store");
-        let rec = Recorder::new(open().expect("ledger"), store.clone());
+        let TempRecorder {
+            recorder: rec,
+            store,
+            dir,
+        } = TempRecorder::new();
         let r = rec.record(activation()).await.expect("recorded");
         drop(rec);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let reopened = loop {
-            match open() {
+            match open_ledger(dir.path()) {
                 Ok(l) => break l,
                 Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -328,11 +329,11 @@ mod tests {
     /// again) finds the decision.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_after_a_failed_index_transaction_wait_for_its_retry() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let ledger =
-            Ledger::open(crate::ledger::LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
-        let store = Store::open(tmp.path()).expect("store");
-        let rec = Recorder::new(ledger, store.clone());
+        let TempRecorder {
+            recorder: rec,
+            store,
+            dir: _dir,
+        } = TempRecorder::new();
         store.fail_decision_inserts(true).await.expect("trigger");
         let r = rec
             .record(decision("dec_retry"))
@@ -355,10 +356,8 @@ mod tests {
     /// commit (agent registrations, policy events) gets it at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_and_waiting_callers_do_not_wait_for_the_index_linger() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let ledger =
-            Ledger::open(crate::ledger::LedgerConfig::new(tmp.path().join("ledger"))).expect("ledger");
-        let rec = Recorder::new(ledger, Store::open(tmp.path()).expect("store"));
+        let t = TempRecorder::new();
+        let rec = &t.recorder;
         for i in 0..3 {
             let id = format!("dec_{i}");
             let r = rec.record(decision(&id)).await.expect("answered once durable");
