@@ -240,12 +240,12 @@ impl Store {
     pub async fn get_approval(&self, tenant: &str, approval_id: &str) -> Result<Option<ApprovalRecord>> {
         let (t, a) = (tenant.to_owned(), approval_id.to_owned());
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM approvals WHERE approval_id = ?1 AND tenant = ?2"
             ))?
             .query_row(params![a, t], from_row)
             .optional()
-            .map_err(read_error)?)
+            .map_err(read_error)
         })
         .await
     }
@@ -273,12 +273,12 @@ impl Store {
     ) -> Result<Option<ApprovalRecord>> {
         let (t, d) = (tenant.to_owned(), decision_id.to_owned());
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM approvals WHERE tenant = ?1 AND decision_id = ?2"
             ))?
             .query_row(params![t, d], from_row)
             .optional()
-            .map_err(read_error)?)
+            .map_err(read_error)
         })
         .await
     }
