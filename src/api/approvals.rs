@@ -4,7 +4,7 @@
 use super::auth::Caller;
 use super::json::{ApiPath, ApiQuery, RawJson};
 use super::{ApiError, ApiResult, SharedState, page};
-use crate::approvals::{ListQuery, STATUSES, Verdict};
+use crate::approvals::{ApprovalStatus, ListQuery, Verdict};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -54,9 +54,12 @@ async fn list(
             },
         )
         .await?;
-    let mut counts: Map<String, Value> = STATUSES.iter().map(|s| ((*s).to_owned(), json!(0))).collect();
+    let mut counts: Map<String, Value> = ApprovalStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), json!(0)))
+        .collect();
     for (status, n) in p.counts {
-        counts.insert(status, n.into());
+        counts.insert(status.as_str().to_owned(), n.into());
     }
     Ok(Json(json!({
         "approvals": p.approvals,

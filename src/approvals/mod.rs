@@ -21,16 +21,20 @@
 
 mod digest;
 
+/// An approval's status. Defined beside the store's rows, which (with the recorder that fills them) sit below this
+/// module; this is the name the rest of kla uses.
+pub use crate::store::ApprovalStatus;
 pub use digest::DigestKey;
 
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{AgentRef, Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
-use crate::recorder::{ApprovalChange, ApprovalTerms, PENDING, Record, RecordError, Recorder};
+use crate::recorder::{ApprovalChange, ApprovalTerms, Record, RecordError, Recorder};
 use crate::redact::{Redaction, Report};
 use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
 use parking_lot::Mutex;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -50,12 +54,6 @@ const STRIPES: usize = 64;
 /// How long after its resolution an approval still lets its action through once (a call held past its client's
 /// patience is retried by the agent; a much later call of the same action asks again).
 pub const REUSE_WINDOW: Duration = Duration::from_secs(60 * 60);
-/// The statuses an approval can have.
-pub const STATUSES: [&str; 5] = [PENDING, APPROVED, DENIED, EXPIRED, CANCELED];
-const APPROVED: &str = "APPROVED";
-const DENIED: &str = "DENIED";
-const EXPIRED: &str = "EXPIRED";
-const CANCELED: &str = "CANCELED";
 
 /// Why an approval could not be read or decided.
 #[derive(Debug, thiserror::Error)]
@@ -102,20 +100,25 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// From the KLA Execution API's `decision` field.
+    /// From the KLA Execution API's `decision` field (`APPROVED` or `DENIED`, spelled as the statuses they lead to).
     pub fn parse(s: &str) -> Option<Verdict> {
-        match s {
-            APPROVED => Some(Verdict::Approved),
-            DENIED => Some(Verdict::Denied),
+        match ApprovalStatus::parse(s)? {
+            ApprovalStatus::Approved => Some(Verdict::Approved),
+            ApprovalStatus::Denied => Some(Verdict::Denied),
             _ => None,
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The status this answer resolves an approval to (once the quorum is reached, for an approval).
+    fn status(self) -> ApprovalStatus {
         match self {
-            Verdict::Approved => APPROVED,
-            Verdict::Denied => DENIED,
+            Verdict::Approved => ApprovalStatus::Approved,
+            Verdict::Denied => ApprovalStatus::Denied,
         }
+    }
+
+    fn as_str(self) -> &'static str {
+        self.status().as_str()
     }
 }
 
@@ -124,7 +127,7 @@ pub struct Page {
     /// Approval objects, oldest first.
     pub approvals: Vec<Value>,
     /// Approvals per status (of the agent, when the list names one).
-    pub counts: Vec<(String, u64)>,
+    pub counts: Vec<(ApprovalStatus, u64)>,
     /// Pass as `cursor` for the next page; `None` on the last.
     pub next_cursor: Option<String>,
 }
@@ -132,6 +135,7 @@ pub struct Page {
 /// What a list asks for.
 #[derive(Debug, Default)]
 pub struct ListQuery {
+    /// As the caller wrote it; checked against [`ApprovalStatus`]'s spellings (after the caller's role).
     pub status: Option<String>,
     pub agent_id: Option<String>,
     pub limit: usize,
@@ -276,7 +280,7 @@ impl Approvals {
         let window = i64::try_from(REUSE_WINDOW.as_millis()).unwrap_or(i64::MAX);
         let mut pending = None;
         for rec in found {
-            if rec.status == PENDING {
+            if rec.status == ApprovalStatus::Pending {
                 if pending.is_none() && rec.row.expires_ms > now {
                     pending = Some(rec);
                 }
@@ -288,8 +292,11 @@ impl Approvals {
                 .as_deref()
                 .and_then(crate::time::parse_rfc3339_ms)
                 .unwrap_or(0);
-            let allowed = matches!(state.final_decision.as_deref(), Some("allow" | "warn"));
-            if allowed && matches!(rec.status.as_str(), APPROVED | EXPIRED) && now - resolved_ms <= window {
+            let allowed = matches!(state.final_decision, Some(Outcome::Allow | Outcome::Warn));
+            if allowed
+                && matches!(rec.status, ApprovalStatus::Approved | ApprovalStatus::Expired)
+                && now - resolved_ms <= window
+            {
                 return Ok(Earlier::Approved {
                     approval_id: rec.row.approval_id,
                     turn,
@@ -317,26 +324,25 @@ impl Approvals {
         &self,
         tenant: &str,
         decision_id: &str,
-    ) -> Result<Option<(String, Value)>, ApprovalError> {
+    ) -> Result<Option<(ApprovalStatus, Value)>, ApprovalError> {
         self.recorder.index_barrier().await;
         let Some(rec) = self.store.approval_of_decision(tenant, decision_id).await? else {
             return Ok(None);
         };
         let decision = self.decision_entry(&rec)?;
-        Ok(Some((rec.status.clone(), render(&rec, &decision))))
+        Ok(Some((rec.status, render(&rec, &decision))))
     }
 
     /// One page of the caller's tenant's approvals, oldest first.
     pub async fn list(&self, caller: &Caller, q: ListQuery) -> Result<Page, ApprovalError> {
         caller.require(&[Role::Approver, Role::Admin, Role::Auditor])?;
-        if let Some(s) = &q.status
-            && !STATUSES.contains(&s.as_str())
-        {
-            return Err(ApprovalError::Invalid(format!(
-                "status must be one of {}",
-                STATUSES.join(", ")
-            )));
-        }
+        let status = match q.status.as_deref() {
+            None => None,
+            Some(s) => Some(ApprovalStatus::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = ApprovalStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApprovalError::Invalid(format!("status must be one of {}", all.join(", ")))
+            })?),
+        };
         let after = match &q.cursor {
             None => None,
             Some(c) => Some(
@@ -347,7 +353,7 @@ impl Approvals {
         let limit = q.limit.clamp(1, MAX_PAGE);
         self.recorder.index_barrier().await;
         let filter = ApprovalFilter {
-            status: q.status,
+            status,
             agent_id: q.agent_id.clone(),
             after,
         };
@@ -414,9 +420,9 @@ impl Approvals {
             .into());
         }
         let state = State::of(&rec)?;
-        if rec.status != PENDING {
+        if rec.status != ApprovalStatus::Pending {
             let stored = render(&rec, &decision);
-            if rec.status == verdict.as_str() {
+            if rec.status == verdict.status() {
                 return Ok(stored);
             }
             return Err(ApprovalError::Conflict {
@@ -446,13 +452,16 @@ impl Approvals {
         let mut votes = state.votes;
         votes.push(json!({"subject": subject, "role": role, "decision": verdict.as_str(), "comment": comment, "at": now}));
         let terms = terms_of(&decision).ok_or_else(|| ApprovalError::Damaged(approval_id.into()))?;
-        let approvals = votes.iter().filter(|v| v["decision"] == APPROVED).count() as u32;
+        let approvals = votes
+            .iter()
+            .filter(|v| v["decision"] == ApprovalStatus::Approved.as_str())
+            .count() as u32;
         let by = json!({"subject": subject, "role": role});
         let change = match verdict {
             Verdict::Denied => self.resolution(
                 &rec,
                 &decision,
-                DENIED,
+                ApprovalStatus::Denied,
                 Some(by),
                 comment,
                 votes,
@@ -470,7 +479,7 @@ impl Approvals {
                 self.resolution(
                     &rec,
                     &decision,
-                    APPROVED,
+                    ApprovalStatus::Approved,
                     Some(by),
                     comment,
                     votes,
@@ -480,22 +489,22 @@ impl Approvals {
             }
             Verdict::Approved => {
                 let mut body = base_body(&rec, &decision);
-                body.insert("status".into(), PENDING.into());
+                body.insert("status".into(), ApprovalStatus::Pending.as_str().into());
                 body.insert("by".into(), by);
-                body.insert("vote".into(), APPROVED.into());
+                body.insert("vote".into(), verdict.as_str().into());
                 body.insert("comment".into(), comment.into());
                 body.insert("votes".into(), Value::Array(votes));
                 body.insert("approvers".into(), terms.approvers.into());
                 ApprovalChange {
                     tenant: rec.row.tenant.clone(),
                     approval_id: rec.row.approval_id.clone(),
-                    status: PENDING.into(),
+                    status: ApprovalStatus::Pending,
                     body: Value::Object(body),
                 }
             }
         };
         let rec = self.apply(rec, &decision, change).await?;
-        crate::telemetry::otel::approval_vote(&rec.row.tenant, verdict.as_str(), &rec.status);
+        crate::telemetry::otel::approval_vote(&rec.row.tenant, verdict.as_str(), rec.status.as_str());
         Ok(render(&rec, &decision))
     }
 
@@ -523,7 +532,7 @@ impl Approvals {
                 .store
                 .get_approval(tenant, approval_id)
                 .await?
-                .is_some_and(|r| r.status == PENDING);
+                .is_some_and(|r| r.status == ApprovalStatus::Pending);
             if !pending {
                 break;
             }
@@ -579,7 +588,7 @@ impl Approvals {
         let Some(rec) = self.store.get_approval(tenant, approval_id).await? else {
             return Ok(());
         };
-        if rec.status != PENDING || crate::time::now_ms() < rec.row.expires_ms {
+        if rec.status != ApprovalStatus::Pending || crate::time::now_ms() < rec.row.expires_ms {
             return Ok(());
         }
         let decision = self.decision_entry(&rec)?;
@@ -599,7 +608,16 @@ impl Approvals {
             OnTimeout::Block => Outcome::Block,
         };
         let votes = State::of(&rec)?.votes;
-        let change = self.resolution(&rec, decision, EXPIRED, None, None, votes, outcome, None);
+        let change = self.resolution(
+            &rec,
+            decision,
+            ApprovalStatus::Expired,
+            None,
+            None,
+            votes,
+            outcome,
+            None,
+        );
         self.apply(rec, decision, change).await
     }
 
@@ -614,9 +632,9 @@ impl Approvals {
     ) -> Result<ApprovalRecord, ApprovalError> {
         let state = serde_json_canonicalizer::to_string(&change.body)
             .map_err(|e| ApprovalError::Ledger(LedgerError::InvalidEntry(e.to_string())))?;
-        rec.status = change.status.clone();
+        rec.status = change.status;
         rec.state = Some(state);
-        let ended = (rec.status != PENDING).then(|| Arc::new(render(&rec, decision)));
+        let ended = (rec.status != ApprovalStatus::Pending).then(|| Arc::new(render(&rec, decision)));
         let waiters = &self.waiters;
         let id = &rec.row.approval_id;
         self.recorder
@@ -636,7 +654,7 @@ impl Approvals {
         &self,
         rec: &ApprovalRecord,
         decision: &Entry,
-        status: &str,
+        status: ApprovalStatus,
         by: Option<Value>,
         comment: Option<String>,
         votes: Vec<Value>,
@@ -644,7 +662,7 @@ impl Approvals {
         recheck: Option<Value>,
     ) -> ApprovalChange {
         let mut body = base_body(rec, decision);
-        body.insert("status".into(), status.into());
+        body.insert("status".into(), status.as_str().into());
         body.insert("resolvedBy".into(), by.unwrap_or(Value::Null));
         body.insert("resolvedAt".into(), crate::time::now_rfc3339().into());
         body.insert("comment".into(), comment.into());
@@ -654,7 +672,7 @@ impl Approvals {
         ApprovalChange {
             tenant: rec.row.tenant.clone(),
             approval_id: rec.row.approval_id.clone(),
-            status: status.into(),
+            status,
             body: Value::Object(body),
         }
     }
@@ -726,7 +744,8 @@ impl Approvals {
 /// What an approval's last change says beyond its status.
 struct State {
     votes: Vec<Value>,
-    final_decision: Option<String>,
+    /// `None` while pending, and for a value that is not an outcome (which then lets nothing through).
+    final_decision: Option<Outcome>,
     resolved_at: Option<String>,
 }
 
@@ -747,7 +766,7 @@ impl State {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
-            final_decision: v.get("finalDecision").and_then(Value::as_str).map(str::to_owned),
+            final_decision: v.get("finalDecision").and_then(|o| Outcome::deserialize(o).ok()),
             resolved_at: v.get("resolvedAt").and_then(Value::as_str).map(str::to_owned),
         })
     }
@@ -789,7 +808,8 @@ fn render(rec: &ApprovalRecord, decision: &Entry) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    let final_decision = if rec.status == PENDING {
+    let pending = rec.status == ApprovalStatus::Pending;
+    let final_decision = if pending {
         Value::Null
     } else {
         field("finalDecision")
@@ -816,7 +836,7 @@ fn render(rec: &ApprovalRecord, decision: &Entry) -> Value {
         "expiresAt": rec.row.expires_at,
         "resolvedAt": field("resolvedAt"),
         "resolvedBy": field("resolvedBy"),
-        "comment": if rec.status == PENDING { Value::Null } else { field("comment") },
+        "comment": if pending { Value::Null } else { field("comment") },
         "approvers": terms["approvers"],
         "votes": votes,
         "onTimeout": terms["onTimeout"],

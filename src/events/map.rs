@@ -12,8 +12,11 @@
 //! to announce: it gives `decision.made` only. An entry whose body lacks what its events need gives none.
 
 use super::event::{Event, EventId, EventType};
+use crate::approvals::ApprovalStatus;
 use crate::ledger::Entry;
+use crate::policy::Outcome;
 use crate::recorder::kind;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use kind::{APPROVAL_RESOLVED, APPROVAL_VOTED};
@@ -38,6 +41,11 @@ pub(super) const EVENT_KINDS: &[(&str, &[EventType])] = &[
 
 fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Value::as_str)
+}
+
+/// The outcome a decision or matched rule names under `decision`; `None` when it names none kla knows.
+fn outcome(v: &Value) -> Option<Outcome> {
+    v.get("decision").and_then(|o| Outcome::deserialize(o).ok())
 }
 
 /// The events of the entry at `ledger_index`, in id order.
@@ -84,9 +92,9 @@ pub fn events_of_entry(ledger_index: u64, e: &Entry) -> Vec<Event> {
             if s(b, "approvalId").is_none() || !b.is_object() {
                 return Vec::new();
             }
-            let kind = match (e.kind.as_str(), s(b, "status")) {
+            let kind = match (e.kind.as_str(), s(b, "status").and_then(ApprovalStatus::parse)) {
                 (APPROVAL_VOTED, _) => EventType::ApprovalVoted,
-                (_, Some("EXPIRED")) => EventType::ApprovalExpired,
+                (_, Some(ApprovalStatus::Expired)) => EventType::ApprovalExpired,
                 _ => EventType::ApprovalResolved,
             };
             vec![made(
@@ -137,7 +145,7 @@ fn decision_events(b: &Value) -> Option<DecisionEvents<'_>> {
     if let Some(x) = execution_id {
         made.insert("executionId".into(), x.into());
     }
-    let approval = (s(b, "decision") == Some("require_approval"))
+    let approval = (outcome(b) == Some(Outcome::RequireApproval))
         .then(|| b.get("approval"))
         .flatten()
         .and_then(|a| {
@@ -188,7 +196,7 @@ fn reason(b: &Value) -> String {
         .unwrap_or_default();
     let rule = rules
         .iter()
-        .find(|m| s(m, "decision") == Some("require_approval"))
+        .find(|m| outcome(m) == Some(Outcome::RequireApproval))
         .or(rules.first());
     rule.and_then(|m| s(m, "message").or_else(|| s(m, "reasonCode")))
         .or_else(|| {

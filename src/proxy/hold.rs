@@ -6,10 +6,12 @@
 //! on its behalf; the approval stays, and the agent's retry of the same call is decided with it.
 
 use super::Proxy;
+use crate::approvals::ApprovalStatus;
 use crate::auth::Caller;
 use crate::decide::{ActionRequest, Decided};
 use crate::policy::Outcome;
 use crate::recorder::ApprovalTerms;
+use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -69,15 +71,16 @@ impl Proxy {
                     expires_at: terms.expires_at,
                 };
             }
-            let refused = |decision_id: &str, status: &str, codes: Vec<String>, message: String| {
-                HoldEnd::Refused(Refusal {
-                    decision_id: decision_id.to_owned(),
-                    approval_id: terms.approval_id.clone(),
-                    status: status.to_owned(),
-                    reason_codes: codes,
-                    message,
-                })
-            };
+            let refused =
+                |decision_id: &str, status: Option<ApprovalStatus>, codes: Vec<String>, message: String| {
+                    HoldEnd::Refused(Refusal {
+                        decision_id: decision_id.to_owned(),
+                        approval_id: terms.approval_id.clone(),
+                        status: status.map_or("", ApprovalStatus::as_str).to_owned(),
+                        reason_codes: codes,
+                        message,
+                    })
+                };
             if let Err(e) = approvals
                 .wait(&caller.tenant, &terms.approval_id, remaining)
                 .await
@@ -85,7 +88,7 @@ impl Proxy {
                 tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: waiting failed; refusing");
                 return refused(
                     &decision_id,
-                    "",
+                    None,
                     Vec::new(),
                     format!("the approval could not be followed: {e}"),
                 );
@@ -96,18 +99,19 @@ impl Proxy {
                     tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: reading failed; refusing");
                     return refused(
                         &decision_id,
-                        "",
+                        None,
                         Vec::new(),
                         format!("the approval could not be read: {e}"),
                     );
                 }
             };
-            let status = approval["status"].as_str().unwrap_or_default().to_owned();
-            if status == crate::recorder::PENDING {
+            // Read once into kla's types; a status or outcome that does not read refuses the call (fail closed).
+            let status = approval["status"].as_str().and_then(ApprovalStatus::parse);
+            if status == Some(ApprovalStatus::Pending) {
                 continue;
             }
-            let final_decision = approval["finalDecision"].as_str().unwrap_or_default();
-            if !matches!(final_decision, "allow" | "warn") {
+            let final_decision = Outcome::deserialize(&approval["finalDecision"]).ok();
+            if !matches!(final_decision, Some(Outcome::Allow | Outcome::Warn)) {
                 let codes = approval["reasonCodes"]
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
@@ -120,15 +124,20 @@ impl Proxy {
                     .as_str()
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default();
-                let message = match status.as_str() {
-                    "DENIED" => format!("approval {} was denied{by}{comment}", terms.approval_id),
-                    "EXPIRED" => format!("approval {} expired unanswered", terms.approval_id),
+                let message = match status {
+                    Some(ApprovalStatus::Denied) => {
+                        format!("approval {} was denied{by}{comment}", terms.approval_id)
+                    }
+                    Some(ApprovalStatus::Expired) => {
+                        format!("approval {} expired unanswered", terms.approval_id)
+                    }
                     _ => format!(
-                        "approval {} is {status}, and the policy now blocks the call",
-                        terms.approval_id
+                        "approval {} is {}, and the policy now blocks the call",
+                        terms.approval_id,
+                        status.map_or("", ApprovalStatus::as_str)
                     ),
                 };
-                return refused(&decision_id, &status, codes, message);
+                return refused(&decision_id, status, codes, message);
             }
             // Approved: decide again. The policy active now has the last word, and the decision that lets the call
             // through is the one that uses this approval up.
@@ -142,7 +151,7 @@ impl Proxy {
                     tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: re-decision failed; refusing");
                     return refused(
                         &decision_id,
-                        &status,
+                        status,
                         Vec::new(),
                         format!("the approved call could not be decided: {e}"),
                     );
@@ -161,7 +170,7 @@ impl Proxy {
                     None => {
                         return refused(
                             &decision_id,
-                            &status,
+                            status,
                             d.decision.reason_codes,
                             "no approval to wait for".into(),
                         );
@@ -171,7 +180,7 @@ impl Proxy {
                     let codes = d.decision.reason_codes.clone();
                     return refused(
                         &decision_id,
-                        &status,
+                        status,
                         codes,
                         format!(
                             "approval {} was given, but the policy now blocks the call",

@@ -9,7 +9,8 @@ use super::RecordError;
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Outcome, PolicyEvent};
 use crate::store::{
-    AgentVersionRow, ApprovalRow, ApprovalUpdate, ApprovalUse, DecisionRecord, IndexRows, LineageRecord,
+    AgentVersionRow, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse, DecisionRecord, IndexRows,
+    LineageRecord,
 };
 use serde_json::{Value, json};
 
@@ -30,9 +31,6 @@ pub mod kind {
     /// The redacted spans of one trace from one OTLP export.
     pub const TRACE_SPANS: &str = "trace.spans";
 }
-
-/// The status of an approval that is still open.
-pub const PENDING: &str = "PENDING";
 
 /// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
 pub const SYSTEM_TENANT: &str = "_system";
@@ -67,12 +65,13 @@ pub struct OpenedApproval {
     pub action_digest: Option<String>,
 }
 
-/// A change of an approval's state: a vote short of the quorum (`status` still `PENDING`) or its resolution.
+/// A change of an approval's state: a vote short of the quorum (`status` still [`ApprovalStatus::Pending`]) or its
+/// resolution.
 pub struct ApprovalChange {
     pub tenant: String,
     pub approval_id: String,
-    /// `PENDING` (a vote), `APPROVED`, `DENIED`, `EXPIRED` or `CANCELED`.
-    pub status: String,
+    /// [`ApprovalStatus::Pending`] for a vote, the final status for a resolution.
+    pub status: ApprovalStatus,
     /// The approval's whole state after the change (it becomes the entry's body).
     pub body: Value,
 }
@@ -137,7 +136,7 @@ pub(super) enum Keys {
     Approval {
         approval_id: String,
         decision_id: Option<String>,
-        status: String,
+        status: ApprovalStatus,
         state: String,
     },
     Spans {
@@ -162,7 +161,7 @@ impl Record {
             Record::AgentRegistered(_) => kind::AGENT_REGISTERED,
             Record::Policy(PolicyEvent::Activated { .. }) => kind::POLICY_ACTIVATED,
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
-            Record::Approval(a) if a.status == PENDING => kind::APPROVAL_VOTED,
+            Record::Approval(a) if a.status == ApprovalStatus::Pending => kind::APPROVAL_VOTED,
             Record::Approval(_) => kind::APPROVAL_RESOLVED,
             Record::Spans(_) => kind::TRACE_SPANS,
         }
@@ -255,7 +254,8 @@ fn str_field(v: &Value, k: &str) -> Option<String> {
 }
 
 /// The index keys of a decoded entry (re-indexing and index retries): the same as its record gave when it was
-/// written. An entry whose body lacks what its kind needs is indexed by its lineage row only.
+/// written. An entry whose body lacks what its kind needs (or names an approval status this kla does not know) is
+/// indexed by its lineage row only.
 pub(super) fn keys_of_entry(e: &Entry) -> Keys {
     let b = &e.body;
     let keys = match e.kind.as_str() {
@@ -284,7 +284,10 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
             Some(Keys::Approval {
                 decision_id: str_field(b, "decisionId"),
                 approval_id: str_field(b, "approvalId")?,
-                status: str_field(b, "status")?,
+                status: b
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .and_then(ApprovalStatus::parse)?,
                 state: serde_json_canonicalizer::to_string(b).ok()?,
             })
         })(),
@@ -528,13 +531,13 @@ mod tests {
             Record::Approval(ApprovalChange {
                 tenant: "acme".into(),
                 approval_id: "appr_1".into(),
-                status: PENDING.into(),
+                status: ApprovalStatus::Pending,
                 body: json!({"approvalId": "appr_1", "decisionId": "dec_1", "status": "PENDING", "votes": [{"subject": "a"}]}),
             }),
             Record::Approval(ApprovalChange {
                 tenant: "acme".into(),
                 approval_id: "appr_1".into(),
-                status: "APPROVED".into(),
+                status: ApprovalStatus::Approved,
                 body: json!({"approvalId": "appr_1", "status": "APPROVED", "finalDecision": "allow"}),
             }),
             Record::AgentRegistered(Registration {

@@ -2,9 +2,94 @@
 //! `require_approval` decision's entry (which holds the approval's terms) and moved on by each `approval.*`
 //! entry, which carries the approval's whole new state; an update applies only when it comes from a later ledger
 //! entry than the last one applied, so replaying the ledger at startup is idempotent and keeps ledger order.
+//!
+//! [`ApprovalStatus`] is defined here, beside the rows that carry it, because the store and the recorder (which
+//! fills these rows) sit below `approvals`; the rest of kla names it `approvals::ApprovalStatus`. The `status`
+//! column holds its one spelling, bound from the enum, and a spelling this kla does not know reads back as
+//! [`StoreError::Corrupt`], never as a guess.
 
-use super::{Result, Store};
-use rusqlite::{OptionalExtension, params};
+use super::{Result, Store, StoreError};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, ToSql, params};
+use serde::{Deserialize, Serialize};
+
+/// An approval's status: one spelling on the wire (the API's approval objects and list filter), in the ledger's
+/// `approval.*` entries and in the store's `status` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApprovalStatus {
+    /// Open: waiting for votes (a vote short of the quorum leaves it pending).
+    Pending,
+    /// The quorum approved it (the re-check may still have blocked the action: see `finalDecision`).
+    Approved,
+    /// An approver denied it.
+    Denied,
+    /// Its time ran out; it resolved as its `onTimeout`.
+    Expired,
+    /// Withdrawn before anyone decided it.
+    Canceled,
+}
+
+impl ApprovalStatus {
+    /// Every status, in the order lists and counts show them.
+    pub const ALL: [ApprovalStatus; 5] = [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Denied,
+        ApprovalStatus::Expired,
+        ApprovalStatus::Canceled,
+    ];
+
+    /// The one spelling (`PENDING`, `APPROVED`, `DENIED`, `EXPIRED`, `CANCELED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "PENDING",
+            ApprovalStatus::Approved => "APPROVED",
+            ApprovalStatus::Denied => "DENIED",
+            ApprovalStatus::Expired => "EXPIRED",
+            ApprovalStatus::Canceled => "CANCELED",
+        }
+    }
+
+    /// The status spelled `s` exactly; `None` for anything else (no case folding).
+    pub fn parse(s: &str) -> Option<ApprovalStatus> {
+        ApprovalStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for ApprovalStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
+    }
+}
+
+/// A stored status this kla does not know (a newer kla wrote it, or the file was changed).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown approval status {0:?}")]
+pub(super) struct UnknownStatus(String);
+
+impl FromSql for ApprovalStatus {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        ApprovalStatus::parse(s).ok_or_else(|| FromSqlError::Other(Box::new(UnknownStatus(s.to_owned()))))
+    }
+}
+
+/// A row read failed: an unknown status is a corrupt value (kla's fault, no retry helps), the rest is SQLite's.
+fn read_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<UnknownStatus>() => {
+            StoreError::Corrupt(format!("approvals.status: {inner}"))
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
 
 /// A new approval, from its decision's entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +127,7 @@ pub struct ApprovalUse {
 pub struct ApprovalUpdate {
     pub approval_id: String,
     pub tenant: String,
-    /// `PENDING`, `APPROVED`, `DENIED`, `EXPIRED` or `CANCELED`.
-    pub status: String,
+    pub status: ApprovalStatus,
     /// The entry's body (canonical JSON): the approval's whole state after the change.
     pub state: String,
     /// Ledger index of the entry.
@@ -54,7 +138,7 @@ pub struct ApprovalUpdate {
 #[derive(Debug, Clone)]
 pub struct ApprovalRecord {
     pub row: ApprovalRow,
-    pub status: String,
+    pub status: ApprovalStatus,
     /// The body of the last `approval.*` entry applied; `None` while nothing has happened to it.
     pub state: Option<String>,
     /// The decision that used the approval up, once one has.
@@ -64,11 +148,16 @@ pub struct ApprovalRecord {
 /// Which approvals a list returns.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalFilter {
-    pub status: Option<String>,
+    pub status: Option<ApprovalStatus>,
     pub agent_id: Option<String>,
     /// Those whose decision entry comes after this ledger index (the page cursor).
     pub after: Option<u64>,
 }
+
+/// Pending approvals due by `?1`, soonest first, at most `?2`; `?3` is [`ApprovalStatus::Pending`], which lets
+/// SQLite use the partial index `approvals_due` (its `WHERE` spells the same status; a test checks the plan).
+const DUE: &str = "SELECT tenant, approval_id FROM approvals WHERE status = ?3 AND expires_ms <= ?1
+                   ORDER BY expires_ms LIMIT ?2";
 
 const COLS: &str = "approval_id, tenant, decision_id, agent_id, action, execution_id, created_at, expires_at,
                     expires_ms, decision_index, status, state, action_digest, used_by";
@@ -106,7 +195,7 @@ pub(super) fn index_approvals(
             "INSERT OR IGNORE INTO approvals(approval_id, tenant, decision_id, agent_id, action, execution_id,
                                              created_at, expires_at, expires_ms, decision_index, status, state,
                                              updated_index, action_digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'PENDING', NULL, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12, NULL, ?10, ?11)",
         )?
         .execute(params![
             a.approval_id,
@@ -119,7 +208,8 @@ pub(super) fn index_approvals(
             a.expires_at,
             a.expires_ms,
             a.decision_index as i64,
-            a.action_digest
+            a.action_digest,
+            ApprovalStatus::Pending
         ])?;
     }
     if let Some(u) = used {
@@ -150,11 +240,12 @@ impl Store {
     pub async fn get_approval(&self, tenant: &str, approval_id: &str) -> Result<Option<ApprovalRecord>> {
         let (t, a) = (tenant.to_owned(), approval_id.to_owned());
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM approvals WHERE approval_id = ?1 AND tenant = ?2"
             ))?
             .query_row(params![a, t], from_row)
-            .optional()?)
+            .optional()
+            .map_err(read_error)
         })
         .await
     }
@@ -169,7 +260,7 @@ impl Store {
                  ORDER BY decision_index DESC LIMIT 16"
             ))?;
             let rows = st.query_map(params![t, d], from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(read_error)
         })
         .await
     }
@@ -182,11 +273,12 @@ impl Store {
     ) -> Result<Option<ApprovalRecord>> {
         let (t, d) = (tenant.to_owned(), decision_id.to_owned());
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM approvals WHERE tenant = ?1 AND decision_id = ?2"
             ))?
             .query_row(params![t, d], from_row)
-            .optional()?)
+            .optional()
+            .map_err(read_error)
         })
         .await
     }
@@ -218,13 +310,17 @@ impl Store {
                 ],
                 from_row,
             )?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(read_error)
         })
         .await
     }
 
     /// How many approvals of a tenant (of one agent, when given) are in each status.
-    pub async fn approval_counts(&self, tenant: &str, agent_id: Option<&str>) -> Result<Vec<(String, u64)>> {
+    pub async fn approval_counts(
+        &self,
+        tenant: &str,
+        agent_id: Option<&str>,
+    ) -> Result<Vec<(ApprovalStatus, u64)>> {
         let t = tenant.to_owned();
         let a = agent_id.map(str::to_owned);
         self.read(move |c| {
@@ -233,7 +329,7 @@ impl Store {
                  GROUP BY status",
             )?;
             let rows = st.query_map(params![t, a], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(read_error)
         })
         .await
     }
@@ -246,22 +342,194 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<(String, String)>, Option<i64>)> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT tenant, approval_id FROM approvals WHERE status = 'PENDING' AND expires_ms <= ?1
-                 ORDER BY expires_ms LIMIT ?2",
-            )?;
+            let mut st = c.prepare_cached(DUE)?;
             let due = st
-                .query_map(params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+                .query_map(
+                    params![
+                        now_ms,
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        ApprovalStatus::Pending
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let next: Option<i64> = c
                 .prepare_cached(
-                    "SELECT MIN(expires_ms) FROM approvals WHERE status = 'PENDING' AND expires_ms > ?1",
+                    "SELECT MIN(expires_ms) FROM approvals WHERE status = ?2 AND expires_ms > ?1",
                 )?
-                .query_row(params![now_ms], |r| r.get(0))?;
+                .query_row(params![now_ms, ApprovalStatus::Pending], |r| r.get(0))?;
             Ok((due, next))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::error::{Class, Classify};
+
+    #[test]
+    fn each_status_has_one_spelling_on_the_wire_and_in_sql() {
+        let spelled: Vec<&str> = ApprovalStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(spelled, ["PENDING", "APPROVED", "DENIED", "EXPIRED", "CANCELED"]);
+        for s in ApprovalStatus::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(
+                serde_json::from_value::<ApprovalStatus>(s.as_str().into()).unwrap(),
+                s
+            );
+            assert_eq!(ApprovalStatus::parse(s.as_str()), Some(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        // Exact spellings only: no case folding, no trimming.
+        for bad in ["pending", "Approved", " DENIED", "CANCELLED", ""] {
+            assert_eq!(ApprovalStatus::parse(bad), None, "{bad:?}");
+            assert!(
+                serde_json::from_value::<ApprovalStatus>(bad.into()).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn row(id: &str, expires_ms: i64, decision_index: u64) -> ApprovalRow {
+        ApprovalRow {
+            approval_id: id.into(),
+            tenant: "acme".into(),
+            decision_id: format!("dec_{id}"),
+            agent_id: "agt_1".into(),
+            action: "pay".into(),
+            execution_id: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            expires_at: "2026-01-01T00:15:00.000Z".into(),
+            expires_ms,
+            decision_index,
+            action_digest: Some("hmac-sha256:00".into()),
+        }
+    }
+
+    async fn index(store: &Store, created: Option<ApprovalRow>, updated: Option<ApprovalUpdate>) {
+        store
+            .write_index(move |c| {
+                let tx = c.transaction()?;
+                index_approvals(&tx, created.as_ref(), updated.as_ref(), None)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn statuses_are_stored_and_read_back_through_the_enum() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        index(&store, Some(row("appr_1", 1_000, 1)), None).await;
+        index(&store, Some(row("appr_2", 2_000, 2)), None).await;
+        let a = store.get_approval("acme", "appr_1").await.unwrap().unwrap();
+        assert_eq!(a.status, ApprovalStatus::Pending);
+        // Both are due at 5_000; none is due at 500, and the next one expires at 1_000.
+        let (due, _) = store.due_approvals(5_000, 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(
+            store.due_approvals(500, 10).await.unwrap(),
+            (Vec::new(), Some(1_000))
+        );
+
+        let update = ApprovalUpdate {
+            approval_id: "appr_1".into(),
+            tenant: "acme".into(),
+            status: ApprovalStatus::Denied,
+            state: "{}".into(),
+            ledger_index: 3,
+        };
+        index(&store, None, Some(update)).await;
+        let a = store.get_approval("acme", "appr_1").await.unwrap().unwrap();
+        assert_eq!(a.status, ApprovalStatus::Denied);
+        let (due, _) = store.due_approvals(5_000, 10).await.unwrap();
+        assert_eq!(due, [("acme".to_owned(), "appr_2".to_owned())]);
+        let denied = ApprovalFilter {
+            status: Some(ApprovalStatus::Denied),
+            ..ApprovalFilter::default()
+        };
+        let listed = store.list_approvals("acme", &denied, 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].row.approval_id, "appr_1");
+        let mut counts = store.approval_counts("acme", None).await.unwrap();
+        counts.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(
+            counts,
+            [(ApprovalStatus::Denied, 1), (ApprovalStatus::Pending, 1)]
+        );
+
+        // A truncation that cuts the change sets the approval back to pending.
+        store.truncate_index(3).await.unwrap();
+        let a = store.get_approval("acme", "appr_1").await.unwrap().unwrap();
+        assert_eq!(a.status, ApprovalStatus::Pending);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_status_is_a_corrupt_value_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        index(&store, Some(row("appr_1", 1_000, 1)), None).await;
+        store
+            .write_index(|c| {
+                c.execute(
+                    "UPDATE approvals SET status = 'pending' WHERE approval_id = 'appr_1'",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let corrupt = |e: StoreError| {
+            assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+            assert_eq!(e.class(), Class::Internal);
+            assert!(e.to_string().contains("\"pending\""), "{e}");
+        };
+        corrupt(store.get_approval("acme", "appr_1").await.unwrap_err());
+        corrupt(
+            store
+                .approval_of_decision("acme", "dec_appr_1")
+                .await
+                .unwrap_err(),
+        );
+        corrupt(
+            store
+                .unused_approvals("acme", "hmac-sha256:00")
+                .await
+                .unwrap_err(),
+        );
+        corrupt(
+            store
+                .list_approvals("acme", &ApprovalFilter::default(), 10)
+                .await
+                .unwrap_err(),
+        );
+        corrupt(store.approval_counts("acme", None).await.unwrap_err());
+        // The expiry service only looks for the pending spelling: the unknown row is not due.
+        assert_eq!(store.due_approvals(5_000, 10).await.unwrap(), (Vec::new(), None));
+    }
+
+    #[tokio::test]
+    async fn the_due_query_uses_the_partial_index_of_pending_approvals() {
+        // The schema's `approvals_due` index is partial on the pending spelling; a status bound from the enum must
+        // still let the planner use it, or the expiry service scans every approval each tick.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plan = |status: ApprovalStatus| {
+            store.read(move |c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {DUE}"))?;
+                let rows = st.query_map(params![5_000i64, 10i64, status], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+        };
+        let pending = plan(ApprovalStatus::Pending).await.unwrap();
+        assert!(pending.iter().any(|p| p.contains("approvals_due")), "{pending:?}");
+        // The plan follows the bound value: another status cannot use the partial index.
+        let denied = plan(ApprovalStatus::Denied).await.unwrap();
+        assert!(!denied.iter().any(|p| p.contains("approvals_due")), "{denied:?}");
     }
 }

@@ -238,9 +238,9 @@ impl Store {
             // A state change that was cut goes back to pending (the expiry service resolves it again if its time
             // ran out): the entries that held earlier changes are not replayed by a truncation.
             tx.execute(
-                "UPDATE approvals SET status = 'PENDING', state = NULL, updated_index = decision_index
+                "UPDATE approvals SET status = ?2, state = NULL, updated_index = decision_index
                  WHERE updated_index >= ?1",
-                [size as i64],
+                params![size as i64, super::ApprovalStatus::Pending],
             )?;
             n += tx.execute(
                 "DELETE FROM agent_versions WHERE lineage_id IS NULL OR lineage_id NOT IN (SELECT lineage_id FROM lineage)",

@@ -19,7 +19,9 @@ mod packs;
 mod webhooks;
 
 pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
-pub use approvals::{ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalUpdate, ApprovalUse};
+pub use approvals::{
+    ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse,
+};
 pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineageRecord};
 pub use events::EventPositions;
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};

@@ -512,9 +512,12 @@ async fn the_list_is_oldest_first_with_counts_filters_and_pages() {
     assert_eq!(r.body["approvals"].as_array().map(Vec::len), Some(5));
     let r = d.s.get("/v1/approvals?agentId=agt_other", &approver, T).await;
     assert_eq!(r.body["approvals"].as_array().map(Vec::len), Some(0));
-    d.s.get("/v1/approvals?status=MAYBE", &approver, T)
-        .await
-        .assert_error(400, "invalid_request");
+    // A status is matched by its one spelling, exactly.
+    for bad in ["MAYBE", "pending", "Approved"] {
+        d.s.get(&format!("/v1/approvals?status={bad}"), &approver, T)
+            .await
+            .assert_error(400, "invalid_request");
+    }
     d.s.get("/v1/approvals?cursor=xyz", &approver, T)
         .await
         .assert_error(400, "invalid_request");
