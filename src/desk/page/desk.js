@@ -384,6 +384,7 @@
       case 'approval.required':
         announce('New approval: ' + (d.action || '') + ' by ' + (d.agentName || d.agentId || 'an agent'));
         scheduleRefresh(0);
+        if (d.approvalId) expectPending(d.approvalId, 1);
         break;
       case 'approval.voted':
         scheduleRefresh(0);
@@ -412,6 +413,16 @@
   // ------------------------------------------------------------------------------------------------------------
   // The pending list. Refreshes are serialised and coalesced: one runs at a time and, if events came during it,
   // one more runs after it, so the last refresh always starts after the last event.
+
+  // The stream announces an approval as soon as its entry is durable; the list is read from the index, which may
+  // trail it by a moment on a busy server. Until the announced approval is listed (or resolved), look again.
+  function expectPending(id, attempt) {
+    setTimeout(() => {
+      if (!state.session || state.pending.has(id) || attempt > 5) return;
+      scheduleRefresh(0);
+      expectPending(id, attempt + 1);
+    }, 500 * attempt);
+  }
 
   function scheduleRefresh(delay) {
     clearTimeout(state.refreshTimer);
