@@ -33,6 +33,15 @@ impl From<target::Ambiguous> for Refusal {
     }
 }
 
+/// Whether a message's body is encoded (any `Content-Encoding` but `identity`, on any of its header lines): kla
+/// decides on the bytes it reads, and an encoded body would be read one way by kla and another by the upstream.
+pub(super) fn compressed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// The call's declared media type, lower-cased, without parameters; and whether its charset (if any) is UTF-8.
 fn media_type(parts: &Parts) -> Option<(String, bool)> {
     let v = parts.headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
@@ -202,9 +211,7 @@ fn body_doc(
             a.action
         )));
     }
-    if let Some(enc) = parts.headers.get(http::header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
+    if compressed(&parts.headers) {
         return Err(Refusal::Unsupported(format!(
             "action {} reads its context from the body, which kla does not decompress: send it without \
              Content-Encoding",
@@ -288,6 +295,22 @@ fn case_twins(v: &Value, at: &mut String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoding_on_any_header_line_counts() {
+        let mut h = http::HeaderMap::new();
+        assert!(!compressed(&h));
+        h.append(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        assert!(!compressed(&h));
+        h.append(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        assert!(compressed(&h));
+    }
 
     #[test]
     fn query_values_are_numbers_only_when_written_as_json_numbers() {

@@ -128,12 +128,7 @@ pub(super) async fn handle(
             return r;
         }
     }
-    let encoded = parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    if super::call::compressed(&parts.headers) {
         // kla decides on the bytes it reads; a compressed body would be read one way by kla and another upstream.
         let r = Rejection {
             code: wire::INVALID_REQUEST,
@@ -807,12 +802,7 @@ async fn rewrite(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let encoded = parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    if super::call::compressed(&parts.headers) {
         return unreadable(parts.status, &pending, extra, "it is compressed");
     }
     if ctype.starts_with("text/event-stream") {
