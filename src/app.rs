@@ -87,7 +87,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         )?),
         None => None,
     };
-    let auth = Authenticator::new(token_key.public_pem.as_bytes(), external)?;
+    let auth = Authenticator::new(token_key.public_pem.as_bytes(), external.clone())?;
     let shutdown = CancellationToken::new();
     // Dropped on an early return below, which stops whatever was already spawned.
     let mut services = Services::new();
@@ -200,7 +200,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         desk: crate::desk::Desk::new(token_key.private_pem.clone(), cfg.api.listener.tls.is_some()),
     });
     let proxy = match &cfg.proxy {
-        Some(pc) => Some((pc.addr, crate::proxy::Proxy::new(pc, state.clone())?)),
+        Some(pc) => {
+            // Only what the proxy uses, from the same parts: its own token verifier (same keys) and decider.
+            let handles = crate::proxy::Handles {
+                decider: Decider::new(
+                    state.policy.clone(),
+                    state.recorder.clone(),
+                    state.agents.clone(),
+                    state.redaction.clone(),
+                    state.approvals.clone(),
+                ),
+                auth: Authenticator::new(token_key.public_pem.as_bytes(), external)?,
+                agents: state.agents.clone(),
+                approvals: state.approvals.clone(),
+                policy: state.policy.clone(),
+                body_limit: cfg.api.body_limit,
+            };
+            Some((pc.addr, crate::proxy::Proxy::new(pc, handles)?))
+        }
         None => None,
     };
     let otlp = cfg.otlp.as_ref().map(|oc| {

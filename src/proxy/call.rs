@@ -35,7 +35,7 @@ impl From<target::Ambiguous> for Refusal {
 
 /// Whether a message's body is encoded (any `Content-Encoding` but `identity`, on any of its header lines): kla
 /// decides on the bytes it reads, and an encoded body would be read one way by kla and another by the upstream.
-pub(super) fn compressed(headers: &http::HeaderMap) -> bool {
+pub(crate) fn compressed(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::CONTENT_ENCODING)
         .iter()

@@ -62,7 +62,7 @@ impl Proxy {
         let deadline = Instant::now() + budget;
         let mut decision_id = decision_id.to_owned();
         let mut terms = terms.clone();
-        let approvals = &self.app.approvals;
+        let approvals = &self.core.approvals;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -141,8 +141,8 @@ impl Proxy {
             }
             // Approved: decide again. The policy active now has the last word, and the decision that lets the call
             // through is the one that uses this approval up.
-            let decided = match self.app.decider.accept(caller) {
-                Ok(a) => self.app.decider.decide(a, req.clone()).await,
+            let decided = match self.core.decider.accept(caller) {
+                Ok(a) => self.core.decider.decide(a, req.clone()).await,
                 Err(e) => Err(e),
             };
             let d = match decided {

@@ -1,5 +1,6 @@
 use super::config::{FileAction, FileProxy, FileRoute, validate};
 use super::*;
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn file(routes: Vec<FileRoute>) -> FileProxy {

@@ -1,5 +1,5 @@
 //! Holding a `tools/call` that needs a person's approval, in the two ways MCP clients can wait (both on top of
-//! the proxy's hold, `super::super::hold`, which re-decides the call once approved and lets one call through per
+//! the proxy's shared hold loop, `crate::proxy::hold`, which re-decides the call once approved and lets one call through per
 //! approval):
 //!
 //! - **a task** (the client declared the tasks extension on the request, 2026-07-28): answered at once with a task
@@ -15,11 +15,14 @@
 //! Anyone else gets the `isError` answer naming the approval at once; the same call made again once approved goes
 //! through once.
 
+use super::Ctx;
+use super::answer::{MAX_REWRITTEN, answer_of};
 use super::tasks::TaskEnd;
 use super::wire::{self, Era, Message};
-use super::{Ctx, MAX_REWRITTEN, json_response};
-use crate::decide::{ActionRequest, Decided};
-use crate::proxy::hold::HoldEnd;
+use crate::decide::ActionRequest;
+use crate::proxy::hold::{HoldEnd, Refusal};
+use crate::proxy::respond::json as json_response;
+use crate::recorder::ApprovalTerms;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -68,7 +71,7 @@ fn session_of(headers: &http::HeaderMap) -> String {
 
 impl McpHolds {
     /// No call held yet.
-    pub(crate) fn new(_cfg: &super::ProxyConfig) -> McpHolds {
+    pub(crate) fn new(_cfg: &crate::proxy::ProxyConfig) -> McpHolds {
         McpHolds {
             held: Mutex::new(HashMap::new()),
         }
@@ -111,16 +114,7 @@ impl McpHolds {
 }
 
 /// The text of an answer for a call whose approval is still pending.
-pub(super) fn pending_text(cx: &Ctx, tool: &str, d: &Decided) -> String {
-    let (approval, expires) = d
-        .approval
-        .as_ref()
-        .map(|a| (a.approval_id.as_str(), a.expires_at.as_str()))
-        .unwrap_or(("", ""));
-    pending(cx, tool, approval, expires, &d.decision_id)
-}
-
-fn pending(cx: &Ctx, tool: &str, approval: &str, expires: &str, decision_id: &str) -> String {
+pub(super) fn pending(cx: &Ctx, tool: &str, approval: &str, expires: &str, decision_id: &str) -> String {
     format!(
         "kla is holding the call of tool '{tool}' for a person's approval: approval {approval} at {} (expires \
          {expires}). It was not forwarded. Make the same call again once it is approved and it goes through once. \
@@ -129,7 +123,8 @@ fn pending(cx: &Ctx, tool: &str, approval: &str, expires: &str, decision_id: &st
     )
 }
 
-fn refused_text(tool: &str, r: &crate::proxy::hold::Refusal) -> String {
+/// The text of an answer for a held call that was refused.
+pub(super) fn refused_text(tool: &str, r: &Refusal) -> String {
     let codes = if r.reason_codes.is_empty() {
         String::new()
     } else {
@@ -197,61 +192,53 @@ async fn final_answer(resp: http::Response<hyper::body::Incoming>, id: &Value) -
         .ok_or_else(|| format!("the upstream answered HTTP {status} without a JSON-RPC answer"))
 }
 
-/// Answers a `require_approval` call (one that uses no earlier approval).
-pub(super) async fn held(
-    cx: &Ctx,
-    parts: Parts,
-    bytes: Bytes,
-    msg: Message,
-    era: Era,
-    req: ActionRequest,
-    d: Decided,
-) -> Response {
-    let id = msg.answer_id();
-    let tool = msg
-        .params()
-        .and_then(|p| p.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let Some(terms) = d.approval.clone() else {
-        return json_response(
-            StatusCode::OK,
-            &wire::error(
-                &id,
-                -32603,
-                "a require_approval decision without its approval",
-                None,
-            ),
-        );
-    };
-    let accepts_sse = parts
-        .headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
-    let resp = if msg.declares_tasks() && era == Era::Stateless {
-        as_task(cx, parts, bytes, msg, req, d.decision_id.clone(), terms, tool)
-    } else if accepts_sse && !cx.p.hold_budget.is_zero() {
-        on_stream(
-            cx,
-            parts,
-            bytes,
-            msg,
-            era,
-            req,
-            d.decision_id.clone(),
-            terms,
-            tool,
-        )
-    } else {
-        json_response(
-            StatusCode::OK,
-            &wire::tool_error(&id, &pending_text(cx, &tool, &d), era),
-        )
-    };
-    super::super::forward::with_decision_id(resp, &d.decision_id)
+/// How a client waits for a held call, when it can.
+pub(super) enum Wait {
+    /// A task kla owns (the client declared the tasks extension, 2026-07-28).
+    Task,
+    /// A held SSE answer (the client accepts `text/event-stream` and the hold budget is not zero).
+    Stream,
+}
+
+/// A held `tools/call`, all a spawned hold needs.
+pub(super) struct Held {
+    pub parts: Parts,
+    pub bytes: Bytes,
+    pub msg: Message,
+    pub era: Era,
+    pub req: ActionRequest,
+    /// The held call's decision (`require_approval`).
+    pub decision_id: String,
+    pub terms: ApprovalTerms,
+    /// The tool as the client named it.
+    pub tool: String,
+}
+
+impl Wait {
+    /// How the client of `msg` can wait; `None`: it is answered as pending at once.
+    pub(super) fn of(cx: &Ctx, parts: &Parts, msg: &Message, era: Era) -> Option<Wait> {
+        let accepts_sse = parts
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+        if msg.declares_tasks() && era == Era::Stateless {
+            Some(Wait::Task)
+        } else if accepts_sse && !cx.p.hold_budget.is_zero() {
+            Some(Wait::Stream)
+        } else {
+            None
+        }
+    }
+
+    /// The answer that starts the wait; the hold runs in a spawned task.
+    pub(super) fn start(self, cx: &Ctx, h: Held) -> Response {
+        match self {
+            Wait::Task => as_task(cx, h),
+            Wait::Stream => on_stream(cx, h),
+        }
+    }
 }
 
 /// The request body to forward for a task kla owns: the tasks extension taken out of the client's declared
@@ -271,17 +258,17 @@ fn without_tasks(bytes: &Bytes) -> Bytes {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn as_task(
-    cx: &Ctx,
-    parts: Parts,
-    bytes: Bytes,
-    msg: Message,
-    req: ActionRequest,
-    decision_id: String,
-    terms: crate::recorder::ApprovalTerms,
-    tool: String,
-) -> Response {
+fn as_task(cx: &Ctx, h: Held) -> Response {
+    let Held {
+        parts,
+        bytes,
+        msg,
+        req,
+        decision_id,
+        terms,
+        tool,
+        ..
+    } = h;
     let id = msg.answer_id();
     let ttl = Duration::from_secs(terms.timeout_seconds);
     let note = format!(
@@ -349,7 +336,7 @@ fn as_task(
                         },
                         Err(e) => TaskEnd::Failed(json!({"code": -32002, "message": e})),
                     },
-                    Err(r) => match super::answer_of(*r).await.and_then(|a| a.get("error").cloned()) {
+                    Err(r) => match answer_of(*r).await.and_then(|a| a.get("error").cloned()) {
                         Some(e) => TaskEnd::Failed(e),
                         None => TaskEnd::Failed(json!({"code": -32002, "message": "the upstream failed"})),
                     },
@@ -377,18 +364,17 @@ fn tool_result(text: &str) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true, "resultType": "complete"})
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_stream(
-    cx: &Ctx,
-    parts: Parts,
-    bytes: Bytes,
-    msg: Message,
-    era: Era,
-    req: ActionRequest,
-    decision_id: String,
-    terms: crate::recorder::ApprovalTerms,
-    tool: String,
-) -> Response {
+fn on_stream(cx: &Ctx, h: Held) -> Response {
+    let Held {
+        parts,
+        bytes,
+        msg,
+        era,
+        req,
+        decision_id,
+        terms,
+        tool,
+    } = h;
     let id = msg.answer_id();
     let progress = msg.progress_token().cloned();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
@@ -440,7 +426,7 @@ fn on_stream(
                         Ok(a) => a,
                         Err(e) => wire::error(&id, -32002, &e, None),
                     },
-                    Err(r) => super::answer_of(*r)
+                    Err(r) => answer_of(*r)
                         .await
                         .unwrap_or_else(|| wire::error(&id, -32002, "the upstream failed", None)),
                 }

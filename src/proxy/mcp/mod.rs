@@ -8,32 +8,41 @@
 //! body on GET or DELETE. An upstream answer kla rewrites is passed on only as kla read it: one it cannot read
 //! becomes a JSON-RPC error (fail closed), never the upstream's bytes.
 //!
-//! Owns the MCP wire ([`wire`]), kla's own tasks ([`tasks`]) and holding calls for approval ([`hold`]); reuses
-//! the plain proxy's identity, header and URL helpers (`forward.rs`) and never changes them. No SQL, no ledger
-//! writes of its own: every decision is `decide`'s.
+//! The MCP adapter of the tool-call phases (`crate::proxy::pipeline`): every `tools/call`, alone or in a batch, runs
+//! the same phases as a plain HTTP call (decide strict or under `audit: overlap`, hold, forward, respond); this
+//! module only reads the call from its JSON-RPC message and renders the answers (a JSON-RPC result, an `isError`
+//! tool result, an SSE stream, a task). Owns the MCP wire ([`wire`]), the answers it rewrites ([`answer`]), kla's
+//! own tasks ([`tasks`]) and how a held call waits ([`hold`]); identity, upstream transport and decision headers
+//! are the proxy's (`identity`, `upstream`, `respond`). No SQL, no ledger writes of its own: every decision is
+//! `decide`'s.
 
+mod answer;
 mod hold;
 mod tasks;
 pub(crate) mod wire;
 
-use super::forward::{
-    Proxy, Table, caller, forwarded_head, resolve_agent, strip_hop_by_hop, trace_id, upstream_reason,
-    upstream_uri, with_decision_id,
-};
-use super::{ProxyConfig, Route, RouteKind, X_KLA_DECISION, X_KLA_REASON_CODES};
+use super::config::{ProxyConfig, Route, RouteKind};
+use super::hold::Refusal as HoldRefusal;
+use super::identity::Identified;
+use super::pipeline::{Adapter, ToolCall};
+use super::respond::{self, Code};
+use super::upstream::{Table, UpstreamError};
+use super::{Proxy, X_KLA_DECISION_ID};
 use crate::auth::Caller;
 use crate::decide::{ActionRequest, Decided};
 use crate::error::{Class, Classify};
 use crate::policy::Outcome;
+use crate::recorder::ApprovalTerms;
+use answer::{Pending, answer_of, passthrough, rewrite};
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use wire::{Disposition, Era, Message, Posted, Rejection};
 
@@ -55,9 +64,6 @@ impl McpState {
     }
 }
 
-/// The largest upstream answer kla rewrites (a `tools/list` to filter, a task's result): bigger ones fail.
-const MAX_REWRITTEN: usize = 16 * 1024 * 1024;
-
 /// One request on an MCP route, after its route and caller are known. Owned, so a held call's task can keep it.
 #[derive(Clone)]
 pub(super) struct Ctx {
@@ -70,29 +76,23 @@ pub(super) struct Ctx {
     agent: String,
 }
 
-/// The MCP route's handler (dispatched from the proxy's one handler).
+/// The MCP route's handler (dispatched from the proxy's one handler once the caller is identified).
 pub(super) async fn handle(
     p: &Arc<Proxy>,
     table: &Arc<Table>,
     route: &Route,
     rest: &str,
+    who: Identified,
     parts: Parts,
     body: Body,
 ) -> Response {
-    let (caller, agent) = match caller(p, &parts.headers) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    if let Err(e) = crate::names::agent(&agent) {
-        return crate::api::ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
-    }
     let cx = Ctx {
         p: p.clone(),
         table: table.clone(),
         route: route.clone(),
         rest: rest.to_owned(),
-        caller,
-        agent,
+        caller: who.caller,
+        agent: who.agent,
     };
     match parts.method {
         Method::POST => {}
@@ -101,7 +101,7 @@ pub(super) async fn handle(
             // body, and one there would reach the upstream undecided (a tools/call in a GET): refused.
             if http_body_util::Limited::new(body, 0).collect().await.is_err() {
                 return http_error(
-                    crate::api::Code::InvalidRequest,
+                    Code::InvalidRequest,
                     format!(
                         "a {} request to an MCP route carries no body (MCP messages are POSTed)",
                         parts.method
@@ -115,7 +115,7 @@ pub(super) async fn handle(
         }
         _ => {
             let mut r = http_error(
-                crate::api::Code::MethodNotAllowed,
+                Code::MethodNotAllowed,
                 format!(
                     "method {} is not part of MCP's Streamable HTTP transport (POST, GET, DELETE)",
                     parts.method
@@ -137,7 +137,7 @@ pub(super) async fn handle(
         };
         return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, &r);
     }
-    let limit = p.app.body_limit;
+    let limit = p.core.body_limit;
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -164,41 +164,14 @@ pub(super) async fn handle(
     }
 }
 
-/// A JSON answer.
-fn json_response(status: StatusCode, v: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
-    )
-        .into_response()
-}
-
 /// A refused message: a JSON-RPC error, never forwarded.
 fn reject(status: StatusCode, r: &Rejection) -> Response {
-    json_response(status, &wire::error(&r.id, r.code, &r.message, None))
+    respond::json(status, &wire::error(&r.id, r.code, &r.message, None))
 }
 
 /// A refused HTTP request that carries no JSON-RPC message: the API's `{"code","message"}`.
-fn http_error(code: crate::api::Code, message: String) -> Response {
-    crate::api::ApiError::new(code, message).into_response()
-}
-
-/// The upstream's answer, streamed back without hop-by-hop headers.
-fn passthrough(resp: http::Response<Incoming>) -> Response {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
-}
-
-fn flag_warn(resp: &mut Response, d: &Decided) {
-    if d.decision.outcome == Outcome::Warn {
-        resp.headers_mut()
-            .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
-        if let Ok(v) = HeaderValue::from_str(&d.decision.reason_codes.join(",")) {
-            resp.headers_mut().insert(X_KLA_REASON_CODES, v);
-        }
-    }
+fn http_error(code: Code, message: String) -> Response {
+    respond::error(code, message)
 }
 
 /// The text of a refusal: the enforced rules that decided it (pack/rule, reason code, message), else the
@@ -230,7 +203,7 @@ fn refusal_text(tool: &str, d: &Decided) -> String {
 }
 
 /// A refused decision (it could not be made, so nothing is forwarded) as a JSON-RPC error.
-fn decide_failed(id: &Value, e: &dyn Classify) -> Box<Response> {
+fn decide_failed(id: &Value, e: &dyn Classify) -> Value {
     let class = e.class();
     let message = match class {
         Class::Unavailable | Class::Internal => {
@@ -239,44 +212,23 @@ fn decide_failed(id: &Value, e: &dyn Classify) -> Box<Response> {
         }
         _ => e.to_string(),
     };
-    Box::new(json_response(
-        StatusCode::OK,
-        &wire::error(id, class.jsonrpc_code(), &message, None),
-    ))
+    wire::error(id, class.jsonrpc_code(), &message, None)
 }
 
 impl Ctx {
     fn approval_url(&self, approval_id: &str) -> String {
-        format!(
-            "{}/v1/approvals/{approval_id}",
-            self.p.api_base.get().map(String::as_str).unwrap_or("")
-        )
+        self.p.approval_url(approval_id)
     }
 
     /// Sends a request upstream (the body as given) and waits for its response headers. `Err`: the answer to give,
     /// a JSON-RPC error when the request has an `id`.
     async fn send(
         &self,
-        mut parts: Parts,
+        parts: Parts,
         body: Body,
         id: Option<&Value>,
     ) -> Result<http::Response<Incoming>, Box<Response>> {
         let route = &self.route;
-        let fail = |status: StatusCode, message: String| {
-            Box::new(match id {
-                Some(id) => json_response(
-                    status,
-                    &wire::error(id, Class::UpstreamFailed.jsonrpc_code(), &message, None),
-                ),
-                None => json_response(status, &json!({"code": "internal_error", "message": message})),
-            })
-        };
-        let Some(client) = self.table.clients.get(&route.name) else {
-            return Err(fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("route {} has no client", route.name),
-            ));
-        };
         // An MCP server has one endpoint URL: the route's prefix itself is the upstream URL as configured (no
         // trailing '/' added, which servers answer with a redirect clients do not follow).
         let rest =
@@ -285,32 +237,24 @@ impl Ctx {
             } else {
                 self.rest.as_str()
             };
-        let uri = upstream_uri(&route.upstream, rest, parts.uri.query())
-            .map_err(|e| fail(StatusCode::BAD_GATEWAY, format!("route {}: {e}", route.name)))?;
-        forwarded_head(&self.p, &mut parts, uri);
-        let out = http::Request::from_parts(parts, body);
-        match tokio::time::timeout(self.p.timeout, client.request(out)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                tracing::warn!(route = %route.name, error = %e, "mcp upstream failed");
-                Err(fail(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "the upstream of route {} failed: {}",
-                        route.name,
-                        upstream_reason(&e)
+        self.p
+            .upstreams
+            .send(&self.table, route, rest, parts, body)
+            .await
+            .map_err(|e| {
+                let message = e.message(&route.name);
+                let status = e.status();
+                if let UpstreamError::NoClient = e {
+                    tracing::error!(route = %route.name, "mcp: a route without its client");
+                }
+                Box::new(match id {
+                    Some(id) => respond::json(
+                        status,
+                        &wire::error(id, Class::UpstreamFailed.jsonrpc_code(), &message, None),
                     ),
-                ))
-            }
-            Err(_) => Err(fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the upstream of route {} did not answer within {}",
-                    route.name,
-                    humantime::format_duration(self.p.timeout)
-                ),
-            )),
-        }
+                    None => respond::json_error(status, "internal_error", message),
+                })
+            })
     }
 
     fn hide_blocked_tools(&self) -> bool {
@@ -376,7 +320,7 @@ impl Ctx {
     ) -> Result<(String, ActionRequest), Box<Response>> {
         let id = msg.answer_id();
         let invalid = |m: &str| {
-            Err(Box::new(json_response(
+            Err(Box::new(respond::json(
                 StatusCode::BAD_REQUEST,
                 &wire::error(&id, wire::INVALID_PARAMS, m, None),
             )))
@@ -399,7 +343,7 @@ impl Ctx {
                 let text = format!(
                     "kla refused the call of tool '{name}': its name {e}, so no policy can decide it"
                 );
-                return Err(Box::new(json_response(
+                return Err(Box::new(respond::json(
                     StatusCode::OK,
                     &wire::tool_error(&id, &text, era),
                 )));
@@ -414,11 +358,6 @@ impl Ctx {
             Ok(bound) => tool.extend(bound),
             Err(r) => return Err(Box::new(reject(StatusCode::BAD_REQUEST, &r))),
         }
-        let execution_id = parts
-            .headers
-            .get("x-kla-execution-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         Ok((
             name.to_owned(),
             ActionRequest {
@@ -426,74 +365,36 @@ impl Ctx {
                 action,
                 context,
                 tool: Some(Value::Object(tool)),
-                execution_id,
-                trace_id: trace_id(&parts.headers),
+                execution_id: respond::execution_id(&parts.headers),
+                trace_id: respond::trace_id(&parts.headers),
                 // A call held past its client's patience is retried: one approval lets one such call through.
                 reuse_approval: true,
             },
         ))
     }
 
-    /// Decides one tool call, with its agent resolved to an id in `req` (a hold decides it again). `Err`: the
-    /// answer (no decision could be made).
-    async fn decide(&self, id: &Value, req: &mut ActionRequest) -> Result<Decided, Box<Response>> {
-        req.agent_id = resolve_agent(&self.p, req.agent_id.clone())
-            .await
-            .map_err(|e| decide_failed(id, &e))?;
-        let accepted = self
-            .p
-            .app
-            .decider
-            .accept(&self.caller)
-            .map_err(|e| decide_failed(id, &e))?;
-        self.p
-            .app
-            .decider
-            .decide(accepted, req.clone())
-            .await
-            .map_err(|e| decide_failed(id, &e))
-    }
-
+    /// A `tools/call` alone in its POST: the phases run over it, and its answer is the HTTP answer.
     async fn tools_call(&self, parts: Parts, bytes: Bytes, msg: Message, era: Era) -> Response {
         let id = msg.answer_id();
-        let (tool, mut req) = match self.action_of(&parts, &msg, era) {
+        let (tool, req) = match self.action_of(&parts, &msg, era) {
             Ok(r) => r,
             Err(r) => return *r,
         };
-        // kla's own `execute_tool` span (telemetry on): the decision runs in its context, so it is the parent.
-        let tool_cx = crate::telemetry::otel::tool_call(
-            &tool,
-            &self.route.name,
-            parts.headers.get("traceparent").and_then(|v| v.to_str().ok()),
-        );
-        let deciding = self.decide(&id, &mut req);
-        let decided = match &tool_cx {
-            Some(cx) => opentelemetry::context::FutureExt::with_context(deciding, cx.clone()).await,
-            None => deciding.await,
+        let call = ToolCall {
+            caller: &self.caller,
+            route: &self.route,
+            tool: &tool,
+            req,
         };
-        let d = match decided {
-            Ok(d) => d,
-            Err(r) => return *r,
+        let mut a = Single {
+            cx: self,
+            parts: Some(parts),
+            bytes,
+            msg: Some(msg),
+            era,
+            id,
         };
-        crate::telemetry::otel::tool_outcome(tool_cx.as_ref(), d.decision.outcome.as_str());
-        match d.decision.outcome {
-            Outcome::Block => {
-                let text = refusal_text(&tool, &d);
-                with_decision_id(
-                    json_response(StatusCode::OK, &wire::tool_error(&id, &text, era)),
-                    &d.decision_id,
-                )
-            }
-            Outcome::RequireApproval if d.used_approval.is_none() => {
-                hold::held(self, parts, bytes, msg, era, req, d).await
-            }
-            // Allowed, or a retry that uses an approval already given up.
-            Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
-                let mut resp = self.forward(parts, bytes, Some(id)).await;
-                flag_warn(&mut resp, &d);
-                with_decision_id(resp, &d.decision_id)
-            }
-        }
+        self.p.run(call, &mut a).await
     }
 
     async fn tools_list(&self, mut parts: Parts, bytes: Bytes, msg: Message, era: Era) -> Response {
@@ -510,7 +411,7 @@ impl Ctx {
             Ok(r) => r,
             Err(r) => return *r,
         };
-        let set = self.p.app.policy.active();
+        let set = self.p.core.policy.active();
         // Every answer on this response is filtered, whatever id it carries: clients match ids loosely (1.0 or "1"
         // for 1), so an answer kla skipped for its id could still be read as the listing.
         rewrite(resp, Pending::one(id), Vec::new(), move |answer: &mut Value| {
@@ -539,24 +440,21 @@ impl Ctx {
 
     /// The caller's agent as the policy sees it (for `tools/list` filtering). `Err`: the answer.
     async fn policy_agent(&self, id: &Value) -> Result<crate::policy::AgentRef, Box<Response>> {
-        let agent_id = resolve_agent(&self.p, self.agent.clone())
+        let failed = |e: &dyn Classify| Box::new(respond::json(StatusCode::OK, &decide_failed(id, e)));
+        let identity = &self.p.identity;
+        let agent_id = identity
+            .resolve(self.agent.clone())
             .await
-            .map_err(|e| decide_failed(id, &e))?;
-        self.p
-            .app
-            .decider
-            .accept(&self.caller)
-            .map_err(|e| decide_failed(id, &e))?;
-        let a = self
-            .p
-            .app
-            .agents
+            .map_err(|e| failed(&e))?;
+        self.p.core.decider.accept(&self.caller).map_err(|e| failed(&e))?;
+        let a = identity
+            .agents()
             .get(&self.caller.tenant, &agent_id)
             .await
-            .map_err(|e| decide_failed(id, &e))?;
+            .map_err(|e| failed(&e))?;
         self.caller
             .require_agent(Some(&a.id), &a.name)
-            .map_err(|e| decide_failed(id, &e))?;
+            .map_err(|e| failed(&e))?;
         Ok(crate::policy::AgentRef::clone(&a))
     }
 
@@ -587,20 +485,16 @@ impl Ctx {
             }
         }
         let era = Era::Handshake;
-        let mut ours: Vec<Value> = Vec::new();
-        let mut upstream: Vec<Value> = Vec::new();
-        let mut decisions: Vec<String> = Vec::new();
-        let mut warns: Vec<String> = Vec::new();
+        let mut out = Batch::default();
         let mut listing = false;
-        let mut forwarded_ids: Vec<Value> = Vec::new();
         for msg in msgs {
             let id = msg.answer_id();
             match wire::disposition(&msg, true) {
                 Disposition::Decide => {
-                    let (tool, mut req) = match self.action_of(&parts, &msg, era) {
+                    let (tool, req) = match self.action_of(&parts, &msg, era) {
                         Ok(r) => r,
                         Err(r) => {
-                            ours.push(answer_of(*r).await.unwrap_or_else(|| {
+                            out.ours.push(answer_of(*r).await.unwrap_or_else(|| {
                                 wire::error(
                                     &id,
                                     wire::INVALID_PARAMS,
@@ -611,47 +505,44 @@ impl Ctx {
                             continue;
                         }
                     };
-                    let d = match self.decide(&id, &mut req).await {
-                        Ok(d) => d,
-                        Err(r) => {
-                            ours.push(answer_of(*r).await.unwrap_or_else(|| {
-                                wire::error(&id, -32603, "no decision could be made", None)
-                            }));
-                            continue;
-                        }
+                    let call = ToolCall {
+                        caller: &self.caller,
+                        route: &self.route,
+                        tool: &tool,
+                        req,
                     };
-                    decisions.push(d.decision_id.clone());
-                    match d.decision.outcome {
-                        Outcome::Block => ours.push(wire::tool_error(&id, &refusal_text(&tool, &d), era)),
-                        // A batch cannot be held open for one of its calls: the approval is opened and named, and
-                        // the same call sent again once approved goes through.
-                        Outcome::RequireApproval if d.used_approval.is_none() => {
-                            ours.push(wire::tool_error(&id, &hold::pending_text(self, &tool, &d), era))
-                        }
-                        Outcome::RequireApproval | Outcome::Allow | Outcome::Warn => {
-                            if d.decision.outcome == Outcome::Warn {
-                                warns.extend(d.decision.reason_codes.iter().cloned());
-                            }
-                            forwarded_ids.push(id);
-                            upstream.push(Value::Object(msg.0));
-                        }
-                    }
+                    let mut a = InBatch {
+                        cx: self,
+                        parts: &parts,
+                        msg: Some(msg),
+                        id,
+                        era,
+                        out: &mut out,
+                    };
+                    self.p.run(call, &mut a).await;
                 }
                 Disposition::ListTools if self.hide_blocked_tools() => {
                     listing = true;
-                    forwarded_ids.push(id);
-                    upstream.push(Value::Object(msg.0));
+                    out.forwarded_ids.push(id);
+                    out.upstream.push(Value::Object(msg.0));
                 }
                 _ => {
                     if let Some(id) = msg.request_id() {
-                        forwarded_ids.push(id.clone());
+                        out.forwarded_ids.push(id.clone());
                     }
-                    upstream.push(Value::Object(msg.0));
+                    out.upstream.push(Value::Object(msg.0));
                 }
             }
         }
+        let Batch {
+            ours,
+            upstream,
+            decisions,
+            warns,
+            forwarded_ids,
+        } = out;
         let mut resp = if upstream.is_empty() {
-            json_response(StatusCode::OK, &Value::Array(ours))
+            respond::json(StatusCode::OK, &Value::Array(ours))
         } else {
             let filter = if !listing {
                 None
@@ -673,11 +564,11 @@ impl Ctx {
             };
             if r.status() == StatusCode::ACCEPTED && !ours.is_empty() {
                 // Only notifications and responses went upstream: kla's answers are the whole answer.
-                json_response(StatusCode::OK, &Value::Array(ours))
+                respond::json(StatusCode::OK, &Value::Array(ours))
             } else if filter.is_none() && ours.is_empty() {
                 passthrough(r)
             } else {
-                let set = self.p.app.policy.active();
+                let set = self.p.core.policy.active();
                 let pending = Pending {
                     ids: forwarded_ids,
                     batch: true,
@@ -692,24 +583,189 @@ impl Ctx {
                 .await
             }
         };
-        flag_warn_codes(&mut resp, &warns);
+        if !warns.is_empty() {
+            respond::flag_warn(&mut resp, &warns);
+        }
         if let Ok(v) = HeaderValue::from_str(&decisions.join(","))
             && !decisions.is_empty()
         {
-            resp.headers_mut().insert(super::X_KLA_DECISION_ID, v);
+            resp.headers_mut().insert(X_KLA_DECISION_ID, v);
         }
         resp
     }
 }
 
-fn flag_warn_codes(resp: &mut Response, codes: &[String]) {
-    if codes.is_empty() {
-        return;
+/// A `tools/call` alone in its POST, between its reading and its answer.
+struct Single<'a> {
+    cx: &'a Ctx,
+    /// The request to forward (or hold), until it is.
+    parts: Option<Parts>,
+    bytes: Bytes,
+    msg: Option<Message>,
+    era: Era,
+    /// The id kla's answers carry.
+    id: Value,
+}
+
+impl Single<'_> {
+    fn answer(&self, body: &Value, decision_id: &str) -> Response {
+        respond::with_decision_id(respond::json(StatusCode::OK, body), decision_id)
     }
-    resp.headers_mut()
-        .insert(X_KLA_DECISION, HeaderValue::from_static("warn"));
-    if let Ok(v) = HeaderValue::from_str(&codes.join(",")) {
-        resp.headers_mut().insert(X_KLA_REASON_CODES, v);
+}
+
+impl Adapter for Single<'_> {
+    type Answer = Response;
+
+    fn traceparent(&self) -> Option<&str> {
+        self.parts.as_ref()?.headers.get("traceparent")?.to_str().ok()
+    }
+
+    async fn forward(&mut self) -> Response {
+        let Some(parts) = self.parts.take() else {
+            return respond::json(
+                StatusCode::OK,
+                &wire::error(&self.id, -32603, "the call was consumed without an answer", None),
+            );
+        };
+        let id = std::mem::take(&mut self.id);
+        self.cx
+            .forward(parts, std::mem::take(&mut self.bytes), Some(id))
+            .await
+    }
+
+    fn respond(&mut self, answer: Response, d: &Decided) -> Response {
+        respond::decided(answer, &d.decision, &d.decision_id)
+    }
+
+    fn undecided(&mut self, e: &dyn Classify, _sent: bool) -> Response {
+        respond::json(StatusCode::OK, &decide_failed(&self.id, e))
+    }
+
+    fn broken(&mut self, what: &'static str, decision_id: &str) -> Response {
+        self.answer(&wire::error(&self.id, -32603, what, None), decision_id)
+    }
+
+    fn blocked(&mut self, tool: &str, d: &Decided) -> Response {
+        let text = refusal_text(tool, d);
+        self.answer(&wire::tool_error(&self.id, &text, self.era), &d.decision_id)
+    }
+
+    fn pending(&mut self, tool: &str, decision_id: &str, approval_id: &str, expires_at: &str) -> Response {
+        let text = hold::pending(self.cx, tool, approval_id, expires_at, decision_id);
+        self.answer(&wire::tool_error(&self.id, &text, self.era), decision_id)
+    }
+
+    fn refused(&mut self, tool: &str, r: &HoldRefusal) -> Response {
+        let text = hold::refused_text(tool, r);
+        self.answer(&wire::tool_error(&self.id, &text, self.era), &r.decision_id)
+    }
+
+    /// A task kla owns (the client declared the tasks extension) or a held SSE answer (the client accepts one and
+    /// the hold budget is not zero), each waiting in a spawned task; anyone else is answered as pending at once.
+    async fn hold(&mut self, _p: &Proxy, call: ToolCall<'_>, d: Decided, terms: ApprovalTerms) -> Response {
+        let (Some(parts), Some(msg)) = (self.parts.take(), self.msg.take()) else {
+            return self.broken("the call was consumed before its hold", &d.decision_id);
+        };
+        let Some(how) = hold::Wait::of(self.cx, &parts, &msg, self.era) else {
+            return self.pending(call.tool, &d.decision_id, &terms.approval_id, &terms.expires_at);
+        };
+        let held = hold::Held {
+            parts,
+            bytes: std::mem::take(&mut self.bytes),
+            msg,
+            era: self.era,
+            req: call.req,
+            decision_id: d.decision_id.clone(),
+            terms,
+            tool: call.tool.to_owned(),
+        };
+        respond::with_decision_id(how.start(self.cx, held), &d.decision_id)
+    }
+}
+
+/// What a batch collects from its calls.
+#[derive(Default)]
+struct Batch {
+    /// kla's own answers.
+    ours: Vec<Value>,
+    /// The messages that go upstream, as a smaller batch.
+    upstream: Vec<Value>,
+    /// Every decision made, in order.
+    decisions: Vec<String>,
+    /// The reason codes of the `warn`s forwarded.
+    warns: Vec<String>,
+    /// The ids of the requests sent upstream.
+    forwarded_ids: Vec<Value>,
+}
+
+/// One `tools/call` of a batch. Its forward only queues it for the batch's one upstream request, which is sent
+/// once every call is decided; so it never overlaps, and nothing of a batch waits for an approval.
+struct InBatch<'a> {
+    cx: &'a Ctx,
+    parts: &'a Parts,
+    msg: Option<Message>,
+    id: Value,
+    era: Era,
+    out: &'a mut Batch,
+}
+
+impl InBatch<'_> {
+    fn answer(&mut self, body: Value, decision_id: &str) {
+        self.out.decisions.push(decision_id.to_owned());
+        self.out.ours.push(body);
+    }
+}
+
+impl Adapter for InBatch<'_> {
+    type Answer = ();
+
+    fn traceparent(&self) -> Option<&str> {
+        self.parts.headers.get("traceparent")?.to_str().ok()
+    }
+
+    fn overlaps(&self) -> bool {
+        false
+    }
+
+    async fn forward(&mut self) {
+        if let Some(msg) = self.msg.take() {
+            self.out.forwarded_ids.push(std::mem::take(&mut self.id));
+            self.out.upstream.push(Value::Object(msg.0));
+        }
+    }
+
+    fn respond(&mut self, (): (), d: &Decided) {
+        self.out.decisions.push(d.decision_id.clone());
+        if d.decision.outcome == Outcome::Warn {
+            self.out.warns.extend(d.decision.reason_codes.iter().cloned());
+        }
+    }
+
+    fn undecided(&mut self, e: &dyn Classify, _sent: bool) {
+        self.out.ours.push(decide_failed(&self.id, e));
+    }
+
+    fn broken(&mut self, what: &'static str, decision_id: &str) {
+        let body = wire::error(&self.id, -32603, what, None);
+        self.answer(body, decision_id);
+    }
+
+    fn blocked(&mut self, tool: &str, d: &Decided) {
+        let body = wire::tool_error(&self.id, &refusal_text(tool, d), self.era);
+        self.answer(body, &d.decision_id);
+    }
+
+    /// A batch cannot be held open for one of its calls: the approval is opened and named, and the same call sent
+    /// again once approved goes through.
+    fn pending(&mut self, tool: &str, decision_id: &str, approval_id: &str, expires_at: &str) {
+        let text = hold::pending(self.cx, tool, approval_id, expires_at, decision_id);
+        let body = wire::tool_error(&self.id, &text, self.era);
+        self.answer(body, decision_id);
+    }
+
+    fn refused(&mut self, tool: &str, r: &HoldRefusal) {
+        let body = wire::tool_error(&self.id, &hold::refused_text(tool, r), self.era);
+        self.answer(body, &r.decision_id);
     }
 }
 
@@ -718,239 +774,5 @@ fn hidden(set: &crate::policy::PolicySet, agent: &crate::policy::AgentRef, tool:
     match crate::names::action(tool) {
         Ok(a) => set.always_blocks(agent, a.as_str()).is_some(),
         Err(_) => true,
-    }
-}
-
-/// The JSON-RPC message of an answer kla built itself.
-async fn answer_of(r: Response) -> Option<Value> {
-    let bytes = r.into_body().collect().await.ok()?.to_bytes();
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// The requests a rewritten answer answers: whom kla answers with a JSON-RPC error when it cannot read the
-/// upstream's answer.
-struct Pending {
-    /// The ids of the requests that went upstream.
-    ids: Vec<Value>,
-    /// Whether the request was a batch (the answer is then an array).
-    batch: bool,
-}
-
-impl Pending {
-    fn one(id: Value) -> Pending {
-        Pending {
-            ids: vec![id],
-            batch: false,
-        }
-    }
-
-    /// The errors that stand for the answers not yet given (`answered` already were).
-    fn errors(&self, answered: &[Value], message: &str) -> Vec<Value> {
-        let code = Class::UpstreamFailed.jsonrpc_code();
-        let mut out: Vec<Value> = self
-            .ids
-            .iter()
-            .filter(|i| !answered.contains(i))
-            .map(|i| wire::error(i, code, message, None))
-            .collect();
-        if out.is_empty() && answered.is_empty() {
-            out.push(wire::error(&Value::Null, code, message, None));
-        }
-        out
-    }
-}
-
-/// The answer when the upstream's cannot be read: JSON-RPC errors (with kla's own `extra` answers of a batch), the
-/// upstream's status kept when it was an error (a client may act on a 404), else 502. Never the upstream's bytes.
-fn unreadable(status: StatusCode, pending: &Pending, extra: Vec<Value>, why: &str) -> Response {
-    tracing::warn!(reason = %why, "mcp: an upstream answer kla must read could not be read; answered with an error");
-    let message = format!("kla could not read the upstream's answer ({why}), so it is not passed on");
-    let status = if status.is_client_error() || status.is_server_error() {
-        status
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    let mut errors = pending.errors(&[], &message);
-    let body = if pending.batch {
-        errors.extend(extra);
-        Value::Array(errors)
-    } else {
-        errors.into_iter().next().unwrap_or_else(|| {
-            wire::error(&Value::Null, Class::UpstreamFailed.jsonrpc_code(), &message, None)
-        })
-    };
-    json_response(status, &body)
-}
-
-/// The upstream's answer with each JSON-RPC message passed through `edit`, and kla's own `extra` answers added: a
-/// JSON answer is read whole (up to [`MAX_REWRITTEN`]) and written again, an SSE stream is read event by event as it
-/// streams (kla's answers first) and each event written again from what kla read. So the client reads exactly what
-/// kla read: whatever kla cannot read (not JSON, `NaN`, another content type with a body, a compressed answer, an
-/// event over the size kla reads) ends the answer with JSON-RPC errors instead, never with the upstream's bytes.
-async fn rewrite(
-    resp: http::Response<Incoming>,
-    pending: Pending,
-    extra: Vec<Value>,
-    mut edit: impl FnMut(&mut Value) + Send + 'static,
-) -> Response {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let ctype = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if super::call::compressed(&parts.headers) {
-        return unreadable(parts.status, &pending, extra, "it is compressed");
-    }
-    if ctype.starts_with("text/event-stream") {
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let first: Vec<Result<Bytes, hyper::Error>> = extra.iter().map(|m| Ok(wire::sse_event(m))).collect();
-        let state = SseRewrite {
-            body,
-            split: wire::SseSplitter::default(),
-            edit,
-            first: true,
-            answered: Vec::new(),
-            pending,
-            done: false,
-        };
-        let events = futures_util::stream::unfold(state, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            loop {
-                let events = match st.body.frame().await {
-                    None => {
-                        st.done = true;
-                        let (events, rest) = st.split.finish();
-                        if !rest.is_empty() {
-                            // An event the stream did not end: SSE clients discard it, and so does kla.
-                            tracing::debug!(bytes = rest.len(), "mcp: upstream stream ended inside an event");
-                        }
-                        events
-                    }
-                    Some(Err(e)) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        match st.split.push(&data) {
-                            Ok(evs) => evs,
-                            Err(n) => {
-                                let out = st.fail(&format!("an event over {n} bytes"));
-                                return Some((Ok(out), st));
-                            }
-                        }
-                    }
-                };
-                if events.is_empty() && !st.done {
-                    continue;
-                }
-                let out = st.events(events);
-                return Some((Ok(out), st));
-            }
-        });
-        let stream = futures_util::StreamExt::chain(futures_util::stream::iter(first), events);
-        return Response::from_parts(parts, Body::from_stream(stream));
-    }
-    let bytes = match http_body_util::Limited::new(body, MAX_REWRITTEN).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return unreadable(parts.status, &pending, extra, &format!("reading it: {e}")),
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    if !ctype.starts_with("application/json") {
-        if bytes.is_empty() && extra.is_empty() {
-            // Nothing to read (a 202, an empty error): the status and headers are the answer.
-            return Response::from_parts(parts, Body::empty());
-        }
-        if bytes.is_empty() {
-            parts
-                .headers
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return Response::from_parts(parts, Body::from(Value::Array(extra).to_string()));
-        }
-        let why = format!("its content type is {ctype:?}, neither JSON nor an SSE stream");
-        return unreadable(parts.status, &pending, extra, &why);
-    }
-    let mut v = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v) => v,
-        Err(e) => return unreadable(parts.status, &pending, extra, &format!("not JSON: {e}")),
-    };
-    match &mut v {
-        Value::Array(items) => {
-            items.iter_mut().for_each(&mut edit);
-            items.extend(extra);
-        }
-        single => {
-            edit(single);
-            if !extra.is_empty() {
-                let mut all = vec![single.take()];
-                all.extend(extra);
-                *single = Value::Array(all);
-            }
-        }
-    }
-    Response::from_parts(parts, Body::from(v.to_string()))
-}
-
-/// The state of an SSE answer being rewritten.
-struct SseRewrite<E> {
-    body: Incoming,
-    split: wire::SseSplitter,
-    edit: E,
-    /// The next event starts the stream.
-    first: bool,
-    /// Ids of the answers passed on so far.
-    answered: Vec<Value>,
-    pending: Pending,
-    done: bool,
-}
-
-impl<E: FnMut(&mut Value)> SseRewrite<E> {
-    /// Whole events, written again from what kla read of them.
-    fn events(&mut self, events: Vec<Bytes>) -> Bytes {
-        let mut out = bytes::BytesMut::new();
-        for raw in events {
-            let ev = wire::read_event(&raw, std::mem::take(&mut self.first));
-            let data = match ev.data.as_deref() {
-                // No data (a comment, an id): nothing a client dispatches.
-                None | Some("") => None,
-                Some(d) => match serde_json::from_str::<Value>(d) {
-                    Ok(mut v) => {
-                        (self.edit)(&mut v);
-                        if v.get("method").is_none()
-                            && let Some(id) = v.get("id")
-                        {
-                            self.answered.push(id.clone());
-                        }
-                        Some(v)
-                    }
-                    Err(e) => {
-                        out.extend_from_slice(&self.fail(&format!("an event whose data is not JSON: {e}")));
-                        return out.freeze();
-                    }
-                },
-            };
-            out.extend_from_slice(&wire::render_event(&ev, data.as_ref()));
-        }
-        out.freeze()
-    }
-
-    /// Ends the stream with errors for the requests not yet answered.
-    fn fail(&mut self, why: &str) -> Bytes {
-        tracing::warn!(reason = %why, "mcp: an upstream stream kla must read could not be read; ended with errors");
-        self.done = true;
-        let message = format!("kla could not read the upstream's answer ({why}), so it is not passed on");
-        let mut out = bytes::BytesMut::new();
-        for e in self.pending.errors(&self.answered, &message) {
-            out.extend_from_slice(&wire::sse_event(&e));
-        }
-        out.freeze()
     }
 }

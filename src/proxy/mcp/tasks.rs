@@ -219,7 +219,7 @@ impl Tasks {
             .get_mut(task_id)
             .filter(|t| t.tenant == *caller.tenant && t.agent == agent && t.created.elapsed() < t.ttl);
         let Some(t) = found else {
-            return super::json_response(
+            return crate::proxy::respond::json(
                 StatusCode::OK,
                 &wire::error(
                     &id,
@@ -266,6 +266,6 @@ impl Tasks {
                 ),
             },
         };
-        super::json_response(StatusCode::OK, &answer)
+        crate::proxy::respond::json(StatusCode::OK, &answer)
     }
 }
