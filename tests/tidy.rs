@@ -95,18 +95,6 @@ const MAX_LINES: usize = 800;
 /// entry must go).
 const SIZE_EXCEPTIONS: &[(&str, usize, &str)] = &[
     (
-        "src/proxy/mcp/mod.rs",
-        975,
-        "MCP runs the tool-call phases itself beside plain HTTP's; one set of phases with MCP as an adapter \
-         leaves it parsing and rendering only",
-    ),
-    (
-        "src/proxy/forward.rs",
-        900,
-        "plain HTTP's handler holds the tool-call phases, the upstream client, identity and header rewriting; \
-         each gets its own file once the phases are shared",
-    ),
-    (
         "src/policy/engine.rs",
         850,
         "compiling `when`s to RVM programs, the per-thread VMs and the deadline/retry evaluation in one file: \
