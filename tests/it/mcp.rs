@@ -1173,3 +1173,105 @@ async fn discovery_through_kla_advertises_the_tasks_kla_serves() {
     // The rest of the upstream's capabilities pass unchanged.
     assert_eq!(through["capabilities"]["tools"], direct["capabilities"]["tools"]);
 }
+
+/// Waits (up to 10 s) until the upstream has executed `tool` `n` times.
+async fn executed_times(up: &McpServer, tool: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while up.count(tool) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream executed {tool} {} times, not {n}",
+            up.count(tool)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `audit: overlap` on an MCP route, as on plain HTTP routes: an allowed or warned `tools/call` is sent upstream
+/// while its decision is made durable, and its answer (with the decision's id) is released only once it is; a
+/// blocked call never reaches the upstream. With a ledger that refuses appends, the call reaches the upstream (the
+/// overlap path, not a refusal before sending) but its answer is withheld: a JSON-RPC error, nothing of the
+/// upstream's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overlap_audit_a_tool_call_is_sent_while_its_decision_is_recorded() {
+    let up = McpServer::start();
+    let fs = LazyFs::mount();
+    let data = fs.root().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kla.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  addr: 127.0.0.1:0\n  tenant: {T}\n  agent: {AGENT}\n  timeout: 10s\n  audit: overlap\n  \
+             routes:\n    - name: tools\n      prefix: /tools\n      upstream: http://127.0.0.1:{}/mcp\n      \
+             kind: mcp\n",
+            up.port
+        ),
+    )
+    .unwrap();
+    // The repository's default pack: `delete_*` is blocked, the other tools here are allowed.
+    let p = Process::serve(&data, &["--config", cfg.to_str().unwrap()]).await;
+    let admin = p.token(T, Role::Admin);
+    p.register(&admin, T, AGENT).await;
+    let url = format!("http://{}/tools", p.listener("proxy").await);
+
+    // Allowed: forwarded, the upstream's answer with the decision, which is durable and indexed.
+    for (id, tool, args) in [
+        (1, "lookup_policy", json!({"policy_id": "p-7"})),
+        (2, "export_report", json!({"report_id": "r-7"})),
+    ] {
+        let body = envelope(id, "tools/call", json!({"name": tool, "arguments": args}));
+        let (status, headers, v) = post(&url, &body, &stateless_headers("tools/call", Some(tool))).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["id"], id, "{v}");
+        assert_eq!(v["result"]["isError"], false, "{v}");
+        assert_eq!(up.count(tool), 1, "{tool}");
+        let decision = headers["x-kla-decision-id"].to_str().unwrap();
+        let d = p.get(&format!("/v1/decisions/{decision}"), &admin, T).await;
+        assert_eq!(d.status, 200, "{}", d.body);
+        assert_eq!(d.body["action"], tool, "{}", d.body);
+        assert_eq!(d.body["decision"], "allow", "{}", d.body);
+    }
+
+    // Blocked: kla's refusal, and the upstream never sees the call.
+    let body = envelope(
+        3,
+        "tools/call",
+        json!({"name": "delete_customer", "arguments": {"customer_id": "c-7"}}),
+    );
+    let (status, headers, v) = post(
+        &url,
+        &body,
+        &stateless_headers("tools/call", Some("delete_customer")),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(headers.get("x-kla-decision-id").is_some());
+
+    // The record fails: the call was sent (overlap), its answer is withheld.
+    fs.fail_ledger(true);
+    let body = envelope(
+        4,
+        "tools/call",
+        json!({"name": "lookup_policy", "arguments": {"policy_id": "p-withheld"}}),
+    );
+    let (_, headers, v) = post(
+        &url,
+        &body,
+        &stateless_headers("tools/call", Some("lookup_policy")),
+    )
+    .await;
+    assert_eq!(v["id"], 4, "{v}");
+    assert!(v["error"]["code"].is_i64(), "{v}");
+    assert!(v.get("result").is_none(), "the upstream's answer leaked: {v}");
+    assert!(!v.to_string().contains("p-withheld: active"), "{v}");
+    assert!(headers.get("x-kla-decision-id").is_none());
+    executed_times(&up, "lookup_policy", 2).await;
+    p.wait_log("the withheld-answer error", Duration::from_secs(10), |l| {
+        l.contains("its answer is withheld")
+    })
+    .await;
+    fs.fail_ledger(false);
+    assert_eq!(up.count("delete_customer"), 0);
+}

@@ -286,7 +286,7 @@ impl Ctx {
                 self.forward(parts, bytes, None).await
             }
             Disposition::ListTools | Disposition::Forward => {
-                self.forward(parts, bytes, msg.request_id().cloned()).await
+                self.forward(parts, bytes, msg.request_id()).await
             }
         }
     }
@@ -304,8 +304,8 @@ impl Ctx {
         }
     }
 
-    async fn forward(&self, parts: Parts, bytes: Bytes, id: Option<Value>) -> Response {
-        match self.send(parts, Body::from(bytes), id.as_ref()).await {
+    async fn forward(&self, parts: Parts, bytes: Bytes, id: Option<&Value>) -> Response {
+        match self.send(parts, Body::from(bytes), id).await {
             Ok(r) => passthrough(r),
             Err(r) => *r,
         }
@@ -627,9 +627,9 @@ impl Adapter for Single<'_> {
                 &wire::error(&self.id, -32603, "the call was consumed without an answer", None),
             );
         };
-        let id = std::mem::take(&mut self.id);
+        // The id stays: under `audit: overlap` a failed record is still answered to it.
         self.cx
-            .forward(parts, std::mem::take(&mut self.bytes), Some(id))
+            .forward(parts, std::mem::take(&mut self.bytes), Some(&self.id))
             .await
     }
 
