@@ -1275,3 +1275,35 @@ async fn under_overlap_audit_a_tool_call_is_sent_while_its_decision_is_recorded(
     fs.fail_ledger(false);
     assert_eq!(up.count("delete_customer"), 0);
 }
+
+/// The identify phase is the proxy's, the same on MCP routes as on plain HTTP ones: an `x-kla-execution-id` that
+/// is not exactly one kla execution id is refused (400 `invalid_request` naming the header) before anything is
+/// decided or forwarded, where it used to reach the upstream with the call.
+#[tokio::test]
+async fn a_malformed_execution_header_is_refused_before_deciding_or_forwarding() {
+    let up = McpServer::start();
+    let k = start(&up, None, None).await;
+    let body = envelope(
+        1,
+        "tools/call",
+        json!({"name": "lookup_policy", "arguments": {"policy_id": "p-1"}}),
+    );
+    for bad in ["exec-456", "exec_XYZ", "exec_42, exec_43"] {
+        let mut h = stateless_headers("tools/call", Some("lookup_policy"));
+        h.push(("x-kla-execution-id", bad));
+        let (status, headers, v) = post(&k.url, &body, &h).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_eq!(v["code"], "invalid_request", "{bad}: {v}");
+        let m = v["message"].as_str().unwrap_or_default();
+        assert!(m.contains("header 'x-kla-execution-id'"), "{bad}: {m}");
+        assert!(headers.get("x-kla-decision-id").is_none(), "{bad} was decided");
+    }
+    // The same call with a well-formed id is decided and forwarded.
+    let mut h = stateless_headers("tools/call", Some("lookup_policy"));
+    h.push(("x-kla-execution-id", "exec_42"));
+    let (status, headers, v) = post(&k.url, &body, &h).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert!(headers.get("x-kla-decision-id").is_some());
+    assert_eq!(up.count("lookup_policy"), 1);
+}
