@@ -5,10 +5,11 @@
 
 use super::hold::HoldEnd;
 use super::{Audit, ProxyConfig, Refusal, Route, Routes, Unmatched, target};
-use crate::api::{ApiError, AppState, Code};
+use crate::api::ApiState;
 use crate::auth::{Caller, Principal, Role};
 use crate::decide::{ActionRequest, Decided};
 use crate::policy::Outcome;
+use crate::server::{ApiError, Code};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,7 @@ pub(super) type Upstream = Client<HttpsConnector<HttpConnector>, Body>;
 /// The proxy: its routes, one pooled upstream client per route, and the API's state (its decider and token
 /// verification).
 pub struct Proxy {
-    pub(super) app: Arc<AppState>,
+    pub(super) app: Arc<ApiState>,
     pub(super) tenant: Arc<str>,
     agent: Option<Arc<str>>,
     /// The routes and their clients; swapped whole by a reload, so a call in flight keeps the table it started with.
@@ -61,7 +62,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the proxy and its upstream clients (reading each route's `ca-file`).
-    pub fn new(cfg: &ProxyConfig, app: Arc<AppState>) -> anyhow::Result<Arc<Proxy>> {
+    pub fn new(cfg: &ProxyConfig, app: Arc<ApiState>) -> anyhow::Result<Arc<Proxy>> {
         Ok(Arc::new(Proxy {
             table: arc_swap::ArcSwap::from_pointee(Table::new(cfg)?),
             app,

@@ -84,7 +84,7 @@ pub(super) async fn handle(
         Err(r) => return *r,
     };
     if let Err(e) = crate::names::agent(&agent) {
-        return crate::api::ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
+        return crate::server::ApiError::forbidden(format!("agent '{agent}': {e}")).into_response();
     }
     let cx = Ctx {
         p: p.clone(),
@@ -101,7 +101,7 @@ pub(super) async fn handle(
             // body, and one there would reach the upstream undecided (a tools/call in a GET): refused.
             if http_body_util::Limited::new(body, 0).collect().await.is_err() {
                 return http_error(
-                    crate::api::Code::InvalidRequest,
+                    crate::server::Code::InvalidRequest,
                     format!(
                         "a {} request to an MCP route carries no body (MCP messages are POSTed)",
                         parts.method
@@ -115,7 +115,7 @@ pub(super) async fn handle(
         }
         _ => {
             let mut r = http_error(
-                crate::api::Code::MethodNotAllowed,
+                crate::server::Code::MethodNotAllowed,
                 format!(
                     "method {} is not part of MCP's Streamable HTTP transport (POST, GET, DELETE)",
                     parts.method
@@ -180,8 +180,8 @@ fn reject(status: StatusCode, r: &Rejection) -> Response {
 }
 
 /// A refused HTTP request that carries no JSON-RPC message: the API's `{"code","message"}`.
-fn http_error(code: crate::api::Code, message: String) -> Response {
-    crate::api::ApiError::new(code, message).into_response()
+fn http_error(code: crate::server::Code, message: String) -> Response {
+    crate::server::ApiError::new(code, message).into_response()
 }
 
 /// The upstream's answer, streamed back without hop-by-hop headers.
