@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 const DOMAIN: &[&str] = &[
     "approvals",
     "auth",
+    "coord",
     "decide",
     "error",
     "events",
