@@ -2,7 +2,7 @@
 //! shutdown: on SIGINT/SIGTERM (or the handle's trigger) it stops accepting, drains in-flight requests, stops the
 //! background services in reverse start order, runs the final steps (index flush, final checkpoint), and returns.
 
-use crate::api::{self, AppState};
+use crate::api::{self, ApiState};
 use crate::approvals::{Approvals, DigestKey};
 use crate::auth::{Authenticator, ExternalIssuer, keys};
 use crate::config::{Config, EventsSection, LedgerSection, PolicySection};
@@ -87,7 +87,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         )?),
         None => None,
     };
-    let auth = Authenticator::new(token_key.public_pem.as_bytes(), external.clone())?;
+    let auth = Arc::new(Authenticator::new(token_key.public_pem.as_bytes(), external)?);
     let shutdown = CancellationToken::new();
     // Dropped on an early return below, which stops whatever was already spawned.
     let mut services = Services::new();
@@ -184,10 +184,51 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         redaction.clone(),
         approvals.clone(),
     );
-    let state = Arc::new(AppState {
+    // Each edge receives only the handles it uses; nothing outside `api/` sees the API's state.
+    let otlp = cfg.otlp.as_ref().map(|oc| {
+        let handles = crate::otlp::Handles {
+            auth: auth.clone(),
+            redaction: redaction.clone(),
+            policy: policy.clone(),
+            recorder: recorder.clone(),
+        };
+        (
+            oc.clone(),
+            crate::otlp::Otlp::new(oc, cfg.api.rate_limit, handles),
+        )
+    });
+    let desk = crate::desk::Desk::new(
+        auth.clone(),
+        store.clone(),
+        token_key.private_pem.clone(),
+        cfg.api.listener.tls.is_some(),
+        cfg.api.body_limit,
+    );
+    let proxy = match &cfg.proxy {
+        Some(pc) => {
+            // The proxy's decider is built from the same shared parts as the API's.
+            let handles = crate::proxy::Handles {
+                decider: Decider::new(
+                    policy.clone(),
+                    recorder.clone(),
+                    agents.clone(),
+                    redaction.clone(),
+                    approvals.clone(),
+                ),
+                auth: auth.clone(),
+                agents: agents.clone(),
+                approvals: approvals.clone(),
+                policy: policy.clone(),
+                body_limit: cfg.api.body_limit,
+            };
+            Some((pc.addr, crate::proxy::Proxy::new(pc, handles)?))
+        }
+        None => None,
+    };
+    let state = Arc::new(ApiState {
         store: store.clone(),
         auth,
-        limiter: cfg.api.rate_limit.map(api::ratelimit::RateLimiter::new),
+        limiter: cfg.api.rate_limit.map(crate::server::RateLimiter::new),
         body_limit: cfg.api.body_limit,
         started: Instant::now(),
         recorder: recorder.clone(),
@@ -195,38 +236,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         agents,
         decider,
         approvals,
-        redaction,
         events,
-        desk: crate::desk::Desk::new(token_key.private_pem.clone(), cfg.api.listener.tls.is_some()),
     });
-    let proxy = match &cfg.proxy {
-        Some(pc) => {
-            // Only what the proxy uses, from the same parts: its own token verifier (same keys) and decider.
-            let handles = crate::proxy::Handles {
-                decider: Decider::new(
-                    state.policy.clone(),
-                    state.recorder.clone(),
-                    state.agents.clone(),
-                    state.redaction.clone(),
-                    state.approvals.clone(),
-                ),
-                auth: Authenticator::new(token_key.public_pem.as_bytes(), external)?,
-                agents: state.agents.clone(),
-                approvals: state.approvals.clone(),
-                policy: state.policy.clone(),
-                body_limit: cfg.api.body_limit,
-            };
-            Some((pc.addr, crate::proxy::Proxy::new(pc, handles)?))
-        }
-        None => None,
-    };
-    let otlp = cfg.otlp.as_ref().map(|oc| {
-        (
-            oc.clone(),
-            crate::otlp::Otlp::new(oc, cfg.api.rate_limit, state.clone()),
-        )
-    });
-    let router = api::router(state);
+    let router = api::router(state, crate::desk::routes(desk));
 
     let mut to_bind = vec![
         Listener::from_config("api", &cfg.api.listener, router)

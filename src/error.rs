@@ -2,7 +2,7 @@
 //!
 //! Each module keeps its own error enum (thiserror) and implements [`Classify`] for it; the edges render the
 //! class in their own protocol: the REST API as `{"code","message"}` with the KLA Control Plane API's codes
-//! (`api::error`), and, as they arrive, MCP JSON-RPC errors and OTLP/gRPC statuses through [`Class::jsonrpc_code`]
+//! (`server::error`), and, as they arrive, MCP JSON-RPC errors and OTLP/gRPC statuses through [`Class::jsonrpc_code`]
 //! and [`Class::grpc_code`]. No edge matches on another module's variants: adding a variant means classifying it
 //! here, not at every call site. This module knows no protocol types.
 

@@ -18,6 +18,7 @@ pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod decide;
 pub mod desk;
 pub mod error;

@@ -1,6 +1,6 @@
 //! The invariants of ARCHITECTURE.md that a test can check by reading the source tree (rust-analyzer's
-//! `xtask/src/tidy.rs` is the model): SQL only in `src/store/`, domain modules never importing an edge, no two
-//! top-level modules importing each other, a `//!` doc on every source file, a size limit on non-test code, and
+//! `xtask/src/tidy.rs` is the model): SQL only in `src/store/`, domain modules never importing an edge, edges
+//! importing no other edge but `server`, no two top-level modules importing each other, a `//!` doc on every source file, a size limit on non-test code, and
 //! no `unwrap()` on a non-test path.
 //!
 //! It reads files only (no server, no kla types), so it is its own small test binary rather than a module of
@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 const DOMAIN: &[&str] = &[
     "approvals",
     "auth",
+    "coord",
     "decide",
     "error",
     "events",
@@ -50,40 +51,18 @@ const COMPOSITION: &[&str] = &["app", "cli"];
 /// every domain module already stays below the edges; an entry here is debt, never a way to land new code.
 const EDGE_IMPORT_EXCEPTIONS: &[(&str, &str, &str)] = &[];
 
-/// Pairs of top-level modules that import each other today: `(a, b, reason)`. Each is a circle that moving the
-/// shared state out of `api/` (the core out of the edges) removes; delete the entry in the commit that breaks it.
-const CYCLE_EXCEPTIONS: &[(&str, &str, &str)] = &[
-    (
-        "api",
-        "desk",
-        "AppState (api/mod.rs) holds the Desk and mounts its routes; desk/ takes SharedState, ApiError and the \
-         session cookie's names from api/ (moves with AppState out of api/)",
-    ),
-    (
-        "config",
-        "otlp",
-        "config embeds otlp's file and validated sections and calls its validate; otlp uses ConfigError and \
-         RateLimitConfig (goes when each component owns its section)",
-    ),
-    (
-        "config",
-        "proxy",
-        "config embeds proxy's file and validated sections and calls its validate; proxy uses ConfigError (goes \
-         when each component owns its section)",
-    ),
-    (
-        "config",
-        "server",
-        "config re-exports server's Limits and header caps; server's Listener takes config's ListenerConfig and \
-         TlsConfig (goes when the listener owns its section)",
-    ),
-    (
-        "policy",
-        "redact",
-        "a pack's `redaction:` section is compiled by redact; redact's Redaction reads the active PolicySet from \
-         PolicyManager (goes when redaction receives its rules as a handle)",
-    ),
-];
+/// Pairs of top-level modules that import each other today: `(a, b, reason)`. Empty: every top-level module
+/// depends one way; an entry here is debt, never a way to land new code.
+const CYCLE_EXCEPTIONS: &[(&str, &str, &str)] = &[];
+
+/// The edges that may import another edge: `(from, to, reason)`. Every edge receives its handles from the
+/// composition root and shares HTTP plumbing only through `server`; anything else one edge needs of another
+/// belongs in the domain or in `server`.
+const EDGE_TO_EDGE: &[(&str, &str, &str)] = &[(
+    "api",
+    "desk",
+    "the API accepts the Desk's session cookie on /v1 (its name and parser are the Desk's)",
+)];
 
 /// The size limit of a source file's non-test code, in lines (test items inside the file do not count): a file
 /// past it is split by concern. Every file meets it today but those in [`SIZE_EXCEPTIONS`]; the next largest,
@@ -182,6 +161,47 @@ fn domain_modules_never_import_an_edge() {
             .iter()
             .map(|&i| EDGE_IMPORT_EXCEPTIONS[i])
             .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn edges_import_only_the_server_of_the_other_edges() {
+    let mut bad = Vec::new();
+    let mut used = BTreeSet::new();
+    for f in sources() {
+        let Some(top) = f.top_module() else { continue };
+        if !EDGES.contains(&top.as_str()) || top == "server" || f.test_file {
+            continue;
+        }
+        for (line, target) in f.crate_imports_outside_tests() {
+            if target == top || target == "server" || !EDGES.contains(&target.as_str()) {
+                continue;
+            }
+            match EDGE_TO_EDGE
+                .iter()
+                .position(|(a, b, _)| *a == top && *b == target)
+            {
+                Some(i) => {
+                    used.insert(i);
+                }
+                None => bad.push(format!(
+                    "{}:{line}: edge `{top}` imports edge `crate::{target}`",
+                    f.rel
+                )),
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "\nAn edge imports another edge (edges: {EDGES:?}). Each edge gets its handles from the composition root; \
+         shared HTTP plumbing lives in `server`, shared rules in the domain:\n  {}\n",
+        bad.join("\n  ")
+    );
+    let stale: Vec<_> = (0..EDGE_TO_EDGE.len()).filter(|i| !used.contains(i)).collect();
+    assert!(
+        stale.is_empty(),
+        "\nEDGE_TO_EDGE entries that no longer apply (remove them): {:?}\n",
+        stale.iter().map(|&i| EDGE_TO_EDGE[i]).collect::<Vec<_>>()
     );
 }
 

@@ -1,10 +1,10 @@
 //! `/v1/agents`: the agent registry (the KLA Control Plane API's "Register an Agent").
 
 use super::auth::Caller;
-use super::json::{ApiPath, ApiQuery, RawJson};
 use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
 use crate::registry::{Manifest, RegistryError};
+use crate::server::json::{ApiPath, ApiQuery, RawJson};
 use crate::store::{AgentRecord, AgentVersionRecord};
 use axum::extract::State;
 use axum::http::StatusCode;

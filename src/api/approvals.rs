@@ -2,9 +2,9 @@
 //! the reads a Desk needs). Parse, call [`crate::approvals::Approvals`], render; the rules live there.
 
 use super::auth::Caller;
-use super::json::{ApiPath, ApiQuery, RawJson};
 use super::{ApiError, ApiResult, SharedState, page};
 use crate::approvals::{ApprovalStatus, ListQuery, Verdict};
+use crate::server::json::{ApiPath, ApiQuery, RawJson};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};

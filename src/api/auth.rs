@@ -10,17 +10,12 @@
 use super::{ApiError, SharedState};
 pub use crate::auth::Caller;
 use axum::extract::{FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::Method;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
 
-/// Tenant header of the KLA Control Plane API.
-pub const X_TENANT_ID: &str = "x-tenant-id";
-/// The Decision Desk's session cookie (`HttpOnly`, `SameSite=Strict`).
-pub const DESK_COOKIE: &str = "kla_desk";
-/// The header (value `1`) that every state-changing request authenticated by [`DESK_COOKIE`] must carry.
-pub const X_KLA_DESK: &str = "x-kla-desk";
-
+use crate::desk::{DESK_COOKIE, X_KLA_DESK, desk_cookie};
+pub use crate::server::X_TENANT_ID;
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
@@ -44,20 +39,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub(super) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The value of the Desk's session cookie among the request's `Cookie` headers, if any.
-pub fn desk_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            (name.trim() == DESK_COOKIE).then(|| value.trim())
-        })
-        .filter(|v| !v.is_empty())
 }
 
 /// Whether a request may change state, so that a cookie-authenticated one needs [`X_KLA_DESK`].

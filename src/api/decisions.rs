@@ -5,11 +5,11 @@
 //! the ledger; if it cannot be recorded the answer is an error, which callers must treat as `block`.
 
 use super::auth::Caller;
-use super::json::{ApiPath, ApiQuery, RawJson};
 use super::{ApiError, ApiResult, SharedState};
 use crate::decide::ActionRequest;
 use crate::policy::{MatchedRule, Outcome, PackRef};
 use crate::recorder::entry_agent;
+use crate::server::json::{ApiPath, ApiQuery, RawJson};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -83,7 +83,7 @@ async fn evaluate(State(s): State<SharedState>, caller: Caller, body: RawJson) -
 /// The body of `decisions.evaluate` as the governed action takes it (its fields are checked by `decide`'s accept
 /// phase). Also the request-body fuzz target's entry point.
 pub(crate) fn parse_evaluate(body: &[u8]) -> Result<ActionRequest, ApiError> {
-    let req: EvaluateRequest = super::json::parse(body)?;
+    let req: EvaluateRequest = crate::server::json::parse(body)?;
     Ok(ActionRequest {
         agent_id: req.agent_id,
         action: req.action,

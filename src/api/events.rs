@@ -5,10 +5,10 @@
 //! `crate::events`; this file parses, checks and frames.
 
 use super::auth::Caller;
-use super::json::ApiQuery;
 use super::{ApiError, ApiResult, Code, SharedState};
 use crate::auth::Role;
 use crate::events::{EventId, Filter, Interest, Step, SubscribeError, TypeSet, sse_heartbeat};
+use crate::server::json::ApiQuery;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;

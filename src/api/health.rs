@@ -1,8 +1,7 @@
 //! Health endpoints, without auth: `/admin/health` (status, build facts, ledger state), `/healthz` (live), `/readyz`
 //! (store writable and ledger taking appends).
 
-use super::error::Code;
-use super::{ApiError, SharedState};
+use super::{ApiError, Code, SharedState};
 use crate::ledger::LedgerHealth;
 use crate::store::Store;
 use axum::Json;

@@ -4,8 +4,8 @@
 //! can succeed; any other answer is recorded.
 
 use super::auth::Caller;
-use super::json::read_body;
 use super::{ApiError, SharedState};
+use crate::server::json::read_body;
 use crate::store::{IdempotencyBegin, StoredResponse};
 use axum::body::Body;
 use axum::extract::{Request, State};

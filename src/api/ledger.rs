@@ -8,11 +8,11 @@
 //! routes take [`Monitor`], every other handler the plain [`Caller`], which refuses the operator.
 
 use super::auth::Caller;
-use super::json::{ApiPath, ApiQuery};
 use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
 use crate::ledger::{Entry, Hash, Ledger, LedgerError};
 use crate::recorder::{SYSTEM_TENANT, entry_agent};
+use crate::server::json::{ApiPath, ApiQuery};
 use crate::store::{LineageKey, LineageRecord};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;

@@ -4,11 +4,11 @@
 //! one agent sees only that agent's decisions (spans belong to no agent).
 
 use super::auth::Caller;
-use super::json::{ApiPath, ApiQuery};
 use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
 use crate::ledger::Entry;
 use crate::recorder::kind;
+use crate::server::json::{ApiPath, ApiQuery};
 use crate::store::LineageKey;
 use axum::extract::State;
 use axum::routing::get;

@@ -136,7 +136,7 @@ async fn accept(
             "the operator role may read only /v1/ledger/entries, checkpoint, key and consistency",
         ));
     }
-    super::ratelimit::check(&s, &caller)?;
+    super::check_rate(&s, &caller)?;
     caller.require(&SUBSCRIBERS)?;
     let ws = ws.map_err(|e| {
         ApiError::invalid(format!(
@@ -261,7 +261,7 @@ fn handle(sub: &mut Subscription, text: &str) -> String {
 }
 
 fn answer(sub: &mut Subscription, text: &str) -> ApiResult<String> {
-    let m: ClientMessage = super::json::parse(text.as_bytes())?;
+    let m: ClientMessage = crate::server::json::parse(text.as_bytes())?;
     let target = || -> ApiResult<Target> {
         match (&m.execution_id, &m.topic) {
             (Some(x), None) => {

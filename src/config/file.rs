@@ -38,16 +38,6 @@ pub struct FileWebhook {
     pub retry_initial: Option<String>,
 }
 
-/// `tls:` of a listener.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileTls {
-    /// PEM certificate chain.
-    pub cert: Option<PathBuf>,
-    /// PEM private key.
-    pub key: Option<PathBuf>,
-}
-
 impl RawConfig {
     /// Reads a YAML config file (nested sections) into the flags' form.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {

@@ -12,12 +12,13 @@ mod file;
 mod keys;
 
 pub use declare::{Key, KeyDoc, markdown_table};
-pub use file::{FileTls, FileWebhook};
+pub use file::FileWebhook;
 pub use keys::{KEYS, RawConfig};
 
 use crate::ledger::RepairMode;
-pub use crate::server::{Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
-use std::net::SocketAddr;
+pub use crate::server::{
+    FileTls, Limits, ListenerConfig, MAX_HEADER_BYTES, MAX_URI_BYTES, RateLimitConfig, TlsConfig,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,35 +94,6 @@ pub struct ApiSection {
     pub body_limit: usize,
     /// Per-tenant rate limit, when on.
     pub rate_limit: Option<RateLimitConfig>,
-}
-
-/// One listener: address, optional TLS, connection limits.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Bind address (port 0 picks a free port).
-    pub addr: SocketAddr,
-    /// HTTPS, when set.
-    pub tls: Option<TlsConfig>,
-    /// Connection cap and timeouts.
-    pub limits: Limits,
-}
-
-/// TLS files.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
-/// Per-tenant token bucket.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitConfig {
-    /// Refill rate.
-    pub rps: f64,
-    /// Bucket size.
-    pub burst: u32,
 }
 
 /// Token verification.
@@ -293,8 +265,10 @@ impl RawConfig {
                 self.events_max_subscribers_per_tenant,
             )?,
             webhooks: webhooks(self.webhooks)?,
-            proxy: crate::proxy::config::validate(self.proxy, self.proxy_addr)?,
-            otlp: crate::otlp::validate(self.otlp, self.otlp_http_addr, self.otlp_grpc_addr)?,
+            proxy: crate::proxy::config::validate(self.proxy, self.proxy_addr)
+                .map_err(ConfigError::Invalid)?,
+            otlp: crate::otlp::validate(self.otlp, self.otlp_http_addr, self.otlp_grpc_addr)
+                .map_err(ConfigError::Invalid)?,
             telemetry: crate::telemetry::otel::validate(
                 self.otel_endpoint,
                 self.otel_protocol,

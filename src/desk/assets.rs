@@ -2,7 +2,7 @@
 //! (`Cache-Control: no-cache`) and get `304 Not Modified` while the binary is the same, so an upgraded kla never
 //! serves a stale script beside a new page.
 
-use crate::api::ApiError;
+use crate::server::ApiError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};

@@ -14,29 +14,57 @@
 mod assets;
 mod session;
 
-use crate::api::SharedState;
+use crate::auth::Authenticator;
+use crate::server::json::BodyLimit;
+use crate::store::Store;
 use axum::Router;
+use axum::extract::FromRef;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use std::sync::Arc;
 
-pub use session::SESSION_TTL;
+pub use session::{DESK_COOKIE, SESSION_TTL, X_KLA_DESK, desk_cookie};
 
-/// What the Desk's sign-in needs from the server it runs in.
+/// What the Desk's sign-in needs from the server it runs in: token verification, kla's signing key, and the store
+/// (only to record a sign-in link's single use).
 pub struct Desk {
+    auth: Arc<Authenticator>,
+    store: Store,
     /// kla's token signing key (PEM), which mints the session a link is exchanged for.
     signing_pem: String,
     /// Whether the listener serves HTTPS, so the session cookie is `Secure`.
     secure_cookie: bool,
+    /// The API listener's body limit (the sign-in's JSON body).
+    body_limit: usize,
 }
 
+/// The Desk's router state.
+pub(crate) type SharedDesk = Arc<Desk>;
+
 impl Desk {
-    /// The Desk of a server whose token key is `signing_pem`, serving HTTPS if `tls`.
-    pub fn new(signing_pem: String, tls: bool) -> Desk {
+    /// The Desk of a server whose token key is `signing_pem`, on the API listener (HTTPS if `tls`, bodies up to
+    /// `body_limit`).
+    pub fn new(
+        auth: Arc<Authenticator>,
+        store: Store,
+        signing_pem: String,
+        tls: bool,
+        body_limit: usize,
+    ) -> Desk {
         Desk {
+            auth,
+            store,
             signing_pem,
             secure_cookie: tls,
+            body_limit,
         }
+    }
+}
+
+impl FromRef<SharedDesk> for BodyLimit {
+    fn from_ref(d: &SharedDesk) -> BodyLimit {
+        BodyLimit(d.body_limit)
     }
 }
 
@@ -45,8 +73,8 @@ impl Desk {
 pub const CSP: &str =
     "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'";
 
-/// The Desk's routes, merged into the API router (beside `/v1`, not under its pipeline).
-pub fn routes() -> Router<SharedState> {
+/// The Desk's routes, mounted on the API listener beside `/v1` (not under its pipeline).
+pub fn routes(desk: Desk) -> Router {
     Router::new()
         .route("/desk", get(assets::page))
         .route("/desk/", get(assets::page))
@@ -54,6 +82,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/desk/session", get(session::current).post(session::exchange))
         .route("/desk/logout", post(session::logout))
         .layer(axum::middleware::map_response(security_headers))
+        .with_state(Arc::new(desk))
 }
 
 /// Headers on every `/desk` answer, errors included.

@@ -4,17 +4,36 @@
 //! The POSTs need `x-kla-desk: 1`, as cookie-authenticated `/v1` writes do: a page of another site can make a
 //! browser post a form here (signing it in as someone else), but not with a custom header.
 
-use crate::api::SharedState;
-use crate::api::auth::{DESK_COOKIE, X_KLA_DESK, desk_cookie};
-use crate::api::json::RawJson;
-use crate::api::{ApiError, ApiResult};
+use super::SharedDesk;
 use crate::auth::{self, Principal};
+use crate::server::json::RawJson;
+use crate::server::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::State;
+use axum::http::header::COOKIE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The Decision Desk's session cookie (`HttpOnly`, `SameSite=Strict`).
+pub const DESK_COOKIE: &str = "kla_desk";
+/// The header (value `1`) that every state-changing request authenticated by [`DESK_COOKIE`] must carry.
+pub const X_KLA_DESK: &str = "x-kla-desk";
+
+/// The value of the Desk's session cookie among the request's `Cookie` headers, if any.
+pub fn desk_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            (name.trim() == DESK_COOKIE).then(|| value.trim())
+        })
+        .filter(|v| !v.is_empty())
+}
 
 /// How long a Desk session lasts (the cookie's `Max-Age` and the session token's `exp`).
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
@@ -78,7 +97,7 @@ fn no_store(resp: &mut Response) {
 
 /// `POST /desk/session {"code"}`: a valid, unused link's code becomes a session for its tenant, subject and role.
 pub(super) async fn exchange(
-    State(s): State<SharedState>,
+    State(s): State<SharedDesk>,
     headers: HeaderMap,
     body: RawJson,
 ) -> ApiResult<Response> {
@@ -100,18 +119,18 @@ pub(super) async fn exchange(
             "this sign-in link has already been used; ask for a new one (kla token --desk)",
         ));
     }
-    let token = auth::mint_desk_session(s.desk.signing_pem.as_bytes(), &link, SESSION_TTL)?;
+    let token = auth::mint_desk_session(s.signing_pem.as_bytes(), &link, SESSION_TTL)?;
     let session = s.auth.verify(&token)?;
     tracing::info!(tenant, subject = %p.subject, role = p.role.as_str(), "Decision Desk sign-in");
     let mut resp = Json(SessionInfo::of(&session)).into_response();
     resp.headers_mut()
-        .insert(header::SET_COOKIE, cookie(Some(&token), s.desk.secure_cookie)?);
+        .insert(header::SET_COOKIE, cookie(Some(&token), s.secure_cookie)?);
     no_store(&mut resp);
     Ok(resp)
 }
 
 /// `GET /desk/session`: who the session cookie signs in, or 401.
-pub(super) async fn current(State(s): State<SharedState>, headers: HeaderMap) -> ApiResult<Response> {
+pub(super) async fn current(State(s): State<SharedDesk>, headers: HeaderMap) -> ApiResult<Response> {
     let token =
         desk_cookie(&headers).ok_or_else(|| ApiError::unauthorized("not signed in to the Decision Desk"))?;
     let p = s
@@ -127,11 +146,11 @@ pub(super) async fn current(State(s): State<SharedState>, headers: HeaderMap) ->
 
 /// `POST /desk/logout`: clears the cookie in this browser. The session token itself stays valid until it
 /// expires, but nothing can read it: it lived only in the `HttpOnly` cookie.
-pub(super) async fn logout(State(s): State<SharedState>, headers: HeaderMap) -> ApiResult<Response> {
+pub(super) async fn logout(State(s): State<SharedDesk>, headers: HeaderMap) -> ApiResult<Response> {
     require_desk_header(&headers)?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
-        .insert(header::SET_COOKIE, cookie(None, s.desk.secure_cookie)?);
+        .insert(header::SET_COOKIE, cookie(None, s.secure_cookie)?);
     no_store(&mut resp);
     Ok(resp)
 }

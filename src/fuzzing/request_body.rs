@@ -2,12 +2,12 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, Code};
 use crate::error::{Class, Classify};
 use crate::ledger::Entry;
 use crate::policy::{AgentRef, Decision, POLICY_ERROR};
 use crate::recorder::DecisionBody;
 use crate::registry::{Manifest, RegistryError};
+use crate::server::{ApiError, Code};
 
 use super::{Verdict, canonical_json, same_json, verdict};
 
@@ -117,7 +117,7 @@ fn evaluate_body(data: &[u8]) -> Verdict {
 }
 
 fn register_body(data: &[u8]) -> Verdict {
-    let manifest: Manifest = match crate::api::parse_body(data) {
+    let manifest: Manifest = match crate::server::json::parse(data) {
         Ok(m) => m,
         Err(e) => {
             refused_as_invalid(&e, "a manifest");
@@ -138,7 +138,7 @@ fn register_body(data: &[u8]) -> Verdict {
     let canonical = valid
         .canonical()
         .unwrap_or_else(|e| panic!("a valid manifest has no canonical form: {e}"));
-    let again: Manifest = crate::api::parse_body(canonical.as_bytes())
+    let again: Manifest = crate::server::json::parse(canonical.as_bytes())
         .unwrap_or_else(|e| panic!("a canonical manifest does not parse: {e}"));
     let again = again
         .validate()

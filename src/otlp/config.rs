@@ -2,7 +2,6 @@
 //! run only when the section sets something or one of `--otlp-http-addr` / `--otlp-grpc-addr` (the file's
 //! `otlp.http-addr` / `otlp.grpc-addr`) is given.
 
-use crate::config::ConfigError;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -132,18 +131,18 @@ pub struct OtlpConfig {
     /// Forwarding, when configured.
     pub forward: Option<ForwardConfig>,
     /// The per-tenant span quota (`rps` spans per second, `burst` spans), when configured.
-    pub quota: Option<crate::config::RateLimitConfig>,
+    pub quota: Option<crate::server::RateLimitConfig>,
     /// How long a sealed span is remembered at least.
     pub idempotency_window: Duration,
     /// Sealed spans remembered at most.
     pub idempotency_spans: usize,
 }
 
-fn invalid(what: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid(what.into())
+fn invalid(what: impl Into<String>) -> String {
+    what.into()
 }
 
-fn addr(v: Option<&str>, default: &str, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+fn addr(v: Option<&str>, default: &str, key: &str) -> Result<Option<SocketAddr>, String> {
     match v.unwrap_or(default) {
         "off" => Ok(None),
         s => s
@@ -159,7 +158,7 @@ pub fn validate(
     file: Option<FileOtlp>,
     http_flag: Option<String>,
     grpc_flag: Option<String>,
-) -> Result<Option<OtlpConfig>, ConfigError> {
+) -> Result<Option<OtlpConfig>, String> {
     if file.is_none() && http_flag.is_none() && grpc_flag.is_none() {
         return Ok(None);
     }
@@ -201,7 +200,7 @@ pub fn validate(
                 .burst
                 .unwrap_or_else(|| (q.spans_per_second * 2.0).ceil().min(f64::from(u32::MAX)) as u32)
                 .max(1);
-            Some(crate::config::RateLimitConfig {
+            Some(crate::server::RateLimitConfig {
                 rps: q.spans_per_second,
                 burst,
             })
@@ -237,7 +236,7 @@ pub fn validate(
     }))
 }
 
-fn forward(f: FileForward) -> Result<ForwardConfig, ConfigError> {
+fn forward(f: FileForward) -> Result<ForwardConfig, String> {
     let endpoint: http::Uri = f
         .endpoint
         .parse()

@@ -45,7 +45,7 @@ impl TraceService for Service {
             .0
             .authorize(
                 md.get("authorization").map(|v| v.as_bytes()),
-                md.get(crate::api::auth::X_TENANT_ID).map(|v| v.as_bytes()),
+                md.get(crate::server::X_TENANT_ID).map(|v| v.as_bytes()),
             )
             .map_err(|e| status(&e))?;
         self.0.rate(&tenant).map_err(|e| status(&e))?;

@@ -42,7 +42,7 @@ pub(super) fn router(otlp: Otlp) -> Router {
                 &format!("method {method} is not allowed on /v1/traces (use POST)"),
             )
         })
-        .layer(axum::middleware::from_fn(crate::api::request_id::layer))
+        .layer(axum::middleware::from_fn(crate::server::request_id::layer))
         .with_state(otlp)
 }
 
@@ -156,9 +156,7 @@ async fn export(State(otlp): State<Otlp>, headers: HeaderMap, body: Body) -> Res
     };
     let tenant = match otlp.authorize(
         headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
-        headers
-            .get(crate::api::auth::X_TENANT_ID)
-            .map(HeaderValue::as_bytes),
+        headers.get(crate::server::X_TENANT_ID).map(HeaderValue::as_bytes),
     ) {
         Ok(t) => t,
         Err(e) => return otlp_error(enc, &e),

@@ -29,12 +29,10 @@ pub use config::{
 pub use decode::{Encoding, decode, gunzip};
 pub use forward::Forwarder;
 
-use crate::api::SharedState;
-use crate::api::ratelimit::RateLimiter;
 use crate::auth::Role;
-use crate::config::RateLimitConfig;
 use crate::recorder::Record;
 use crate::redact::Report;
+use crate::server::{RateLimitConfig, RateLimiter};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -119,6 +117,20 @@ pub struct Accepted {
     pub lineage_ids: Vec<String>,
 }
 
+/// What the receivers use of the core, built by `app`: token verification, the redactors, the active packs (whose
+/// digests each sealed batch names) and the recorder that seals.
+#[derive(Clone)]
+pub struct Handles {
+    /// Token verification (agent tokens).
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The tenants' redactors.
+    pub redaction: Arc<crate::redact::Redaction>,
+    /// The active policy set.
+    pub policy: Arc<crate::policy::PolicyManager>,
+    /// Seals span batches into the ledger.
+    pub recorder: crate::recorder::Recorder,
+}
+
 /// The receivers' shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct Otlp {
@@ -126,7 +138,7 @@ pub struct Otlp {
 }
 
 struct Inner {
-    state: SharedState,
+    state: Handles,
     tenant: Option<Arc<str>>,
     max_body: usize,
     in_flight: Arc<Semaphore>,
@@ -144,11 +156,7 @@ struct Inner {
 impl Otlp {
     /// The receivers for `cfg`, recording through `state`, limiting each tenant's exports to `rate` (the API's
     /// rate limit, when set), and the forwarder to run as a service (when `otlp.forward` is configured).
-    pub fn new(
-        cfg: &OtlpConfig,
-        rate: Option<RateLimitConfig>,
-        state: SharedState,
-    ) -> (Otlp, Option<Forwarder>) {
+    pub fn new(cfg: &OtlpConfig, rate: Option<RateLimitConfig>, state: Handles) -> (Otlp, Option<Forwarder>) {
         let (queue, forwarder) = match &cfg.forward {
             Some(f) => {
                 let (q, fw) = forward::channel(f.clone());

@@ -720,3 +720,17 @@ fn discover(root: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     }
     Ok(dirs)
 }
+
+/// Redaction follows the active packs' `redaction:` sections through this handle (`policy` depends on `redact`,
+/// never the other way).
+impl crate::redact::RuleSource for PolicyManager {
+    fn active_rules(&self) -> Arc<dyn crate::redact::ActiveRules> {
+        self.active()
+    }
+}
+
+impl crate::redact::ActiveRules for PolicySet {
+    fn pack_rules(&self) -> Vec<Option<&crate::redact::PackRules>> {
+        self.packs().iter().map(|p| p.redaction()).collect()
+    }
+}

@@ -2,7 +2,6 @@
 //! refuses anything the proxy could only fail on later (a bad upstream, an action name outside the grammar, a path
 //! template with a malformed `{param}`, a JSON pointer that is not one), so a running proxy never guesses.
 
-use crate::config::ConfigError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,7 +36,7 @@ pub struct FileProxy {
     /// is being made durable, and the upstream's answer released only once it is.
     pub audit: Option<String>,
     /// HTTPS for the proxy listener (agents that reach kla over a network).
-    pub tls: Option<crate::config::FileTls>,
+    pub tls: Option<crate::server::FileTls>,
     /// The routes; the listener only starts when there is at least one.
     pub routes: Option<Vec<FileRoute>>,
 }
@@ -118,7 +117,7 @@ pub struct ProxyConfig {
     /// When a call may reach its upstream, relative to its decision's durability.
     pub audit: Audit,
     /// HTTPS for the listener.
-    pub tls: Option<crate::config::TlsConfig>,
+    pub tls: Option<crate::server::TlsConfig>,
     /// Routes, in config order.
     pub routes: Vec<Route>,
 }
@@ -220,24 +219,19 @@ impl ActionRoute {
     }
 }
 
-fn duration(v: &Option<String>, default: Duration, key: &str) -> Result<Duration, ConfigError> {
+fn duration(v: &Option<String>, default: Duration, key: &str) -> Result<Duration, String> {
     match v {
         None => Ok(default),
         Some(s) => match humantime::parse_duration(s) {
             Ok(d) if d >= Duration::from_millis(10) && d <= Duration::from_secs(3600) => Ok(d),
-            Ok(_) => Err(ConfigError::Invalid(format!(
-                "proxy.{key} {s:?} must be 10ms to 1h"
-            ))),
-            Err(e) => Err(ConfigError::Invalid(format!("proxy.{key} {s:?}: {e}"))),
+            Ok(_) => Err(format!("proxy.{key} {s:?} must be 10ms to 1h")),
+            Err(e) => Err(format!("proxy.{key} {s:?}: {e}")),
         },
     }
 }
 
 /// Validates `proxy:` (with `--proxy-addr` folded into `addr`). `None`: no routes, so no proxy listener.
-pub fn validate(
-    file: Option<FileProxy>,
-    addr_flag: Option<String>,
-) -> Result<Option<ProxyConfig>, ConfigError> {
+pub fn validate(file: Option<FileProxy>, addr_flag: Option<String>) -> Result<Option<ProxyConfig>, String> {
     let file = file.unwrap_or_default();
     let addr_text = addr_flag.or(file.addr.clone());
     let routes_in = file.routes.clone().unwrap_or_default();
@@ -248,22 +242,18 @@ pub fn validate(
         .as_deref()
         .unwrap_or(DEFAULT_ADDR)
         .parse()
-        .map_err(|e| ConfigError::Invalid(format!("proxy.addr (--proxy-addr): {e}")))?;
+        .map_err(|e| format!("proxy.addr (--proxy-addr): {e}"))?;
     let tenant = file
         .tenant
         .clone()
-        .ok_or_else(|| ConfigError::Invalid("proxy.tenant is required when proxy has routes".into()))?;
+        .ok_or_else(|| "proxy.tenant is required when proxy has routes".to_owned())?;
     if !crate::auth::tenant_name_ok(&tenant) || tenant.starts_with('_') {
-        return Err(ConfigError::Invalid(format!(
-            "proxy.tenant {tenant:?} is not a tenant name"
-        )));
+        return Err(format!("proxy.tenant {tenant:?} is not a tenant name"));
     }
     if let Some(a) = &file.agent
         && a.trim().is_empty()
     {
-        return Err(ConfigError::Invalid(
-            "proxy.agent must name an agent (or be left out)".into(),
-        ));
+        return Err("proxy.agent must name an agent (or be left out)".into());
     }
     let mut routes: Vec<Route> = Vec::with_capacity(routes_in.len());
     for (i, r) in routes_in.into_iter().enumerate() {
@@ -277,21 +267,19 @@ pub fn validate(
         timeout: duration(&file.timeout, Duration::from_secs(30), "timeout")?,
         tls: match file.tls {
             None => None,
-            Some(crate::config::FileTls {
+            Some(crate::server::FileTls {
                 cert: Some(cert),
                 key: Some(key),
-            }) => Some(crate::config::TlsConfig { cert, key }),
+            }) => Some(crate::server::TlsConfig { cert, key }),
             Some(_) => {
-                return Err(ConfigError::Invalid("proxy.tls needs both cert and key".into()));
+                return Err("proxy.tls needs both cert and key".into());
             }
         },
         audit: match file.audit.as_deref() {
             None | Some("strict") => Audit::Strict,
             Some("overlap") => Audit::Overlap,
             Some(other) => {
-                return Err(ConfigError::Invalid(format!(
-                    "proxy.audit {other:?} must be strict or overlap"
-                )));
+                return Err(format!("proxy.audit {other:?} must be strict or overlap"));
             }
         },
         hold_budget: match file.hold_budget.as_deref().map(humantime::parse_duration) {
@@ -303,8 +291,8 @@ pub fn validate(
     }))
 }
 
-fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, ConfigError> {
-    let bad = |what: String| ConfigError::Invalid(format!("proxy.routes[{i}] ({}): {what}", r.name));
+fn route(i: usize, r: FileRoute, earlier: &[Route]) -> Result<Route, String> {
+    let bad = |what: String| format!("proxy.routes[{i}] ({}): {what}", r.name);
     if r.name.is_empty()
         || r.name.len() > 64
         || !r

@@ -21,7 +21,7 @@ pub(crate) struct Identity {
     tenant: Arc<str>,
     /// The agent of a sidecar; `None` in shared mode (each call names its agent by its token).
     agent: Option<Arc<str>>,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     agents: Arc<Agents>,
     /// Agent names resolved to ids (a registered name keeps its id: agents are never renamed or removed), so a
     /// call does not list the tenant's agents. Bounded; cleared when full.
@@ -39,7 +39,7 @@ impl Identity {
     pub(crate) fn new(
         tenant: Arc<str>,
         agent: Option<Arc<str>>,
-        auth: Authenticator,
+        auth: Arc<Authenticator>,
         agents: Arc<Agents>,
     ) -> Identity {
         Identity {

@@ -50,7 +50,7 @@ pub struct Handles {
     /// Decides and records every tool call.
     pub decider: Decider,
     /// Verifies the agent tokens of shared mode.
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     /// Agent names to ids, and the agent a `tools/list` is filtered for.
     pub agents: Arc<Agents>,
     /// Approvals a held call follows.

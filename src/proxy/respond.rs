@@ -3,10 +3,10 @@
 //! `Prefer: respond-async`, and the `{"code","message"}` errors of the KLA Control Plane API. The one file of
 //! `proxy/` that renders API errors, so where they come from changes in one place.
 
-use crate::api::ApiError;
-pub(crate) use crate::api::Code;
 use crate::error::Classify;
 use crate::policy::{Decision, Outcome};
+use crate::server::ApiError;
+pub(crate) use crate::server::Code;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};

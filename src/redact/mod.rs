@@ -9,7 +9,8 @@
 //! - `engine`: the scanner (a literal and digit-run prefilter before any pattern), key rules, JSON in strings.
 //!
 //! [`Redactor`] is pure: no IO, and borrowed output (no allocation) when nothing is found. [`Redaction`], the
-//! handle `app` builds once, is the edge: it reads the active packs' rules from the [`PolicyManager`] and keeps each
+//! handle `app` builds once, is the edge: it reads the active packs' rules through a [`RuleSource`] (the policy
+//! manager implements it, so `policy` depends on `redact` and never the other way) and keeps each
 //! tenant's hashing key in the data dir (`keys/redaction/<tenant>.key`, created 0600 on first use). This module
 //! must not touch HTTP, SQL or the ledger; callers hand in every string with the key it sits under (`""` when it
 //! has none) and collect what fired in a [`Report`].
@@ -26,7 +27,6 @@ pub use rules::{
 };
 
 use crate::error::{Class, Classify};
-use crate::policy::{PolicyManager, PolicySet};
 use arc_swap::ArcSwapOption;
 use engine::Engine;
 use parking_lot::RwLock;
@@ -60,14 +60,26 @@ impl Classify for RedactError {
     }
 }
 
+/// The active packs' `redaction:` sections, in pack order: one immutable set (the policy set that holds them).
+pub trait ActiveRules: Send + Sync {
+    /// Each active pack's rules (`None`: the pack has no `redaction:` section, so it adds nothing).
+    fn pack_rules(&self) -> Vec<Option<&PackRules>>;
+}
+
+/// Where the active rules come from (the policy manager, handed in by `app`).
+pub trait RuleSource: Send + Sync {
+    /// The set active now; the same `Arc` as long as it has not changed, so the merged engine is cached by it.
+    fn active_rules(&self) -> Arc<dyn ActiveRules>;
+}
+
 /// Where redactors come from: built once by `app` and shared by every recording path (the decision pipeline, the
 /// OTLP receivers). Owns the per-tenant hashing keys and follows the active packs' `redaction:` rules.
 pub struct Redaction {
-    policy: Option<Arc<PolicyManager>>,
+    policy: Option<Arc<dyn RuleSource>>,
     /// `<data-dir>/keys/redaction`; `None`: no keys, so `hash` masks.
     keys_dir: Option<PathBuf>,
     /// The engine of the policy set it was built for (holding the set, so its address is not reused).
-    cached: ArcSwapOption<(Arc<PolicySet>, Arc<Engine>)>,
+    cached: ArcSwapOption<(Arc<dyn ActiveRules>, Arc<Engine>)>,
     tenant_keys: RwLock<HashMap<String, Arc<HmacKey>>>,
 }
 
@@ -90,7 +102,7 @@ static DEFAULTS: LazyLock<Arc<Engine>> = LazyLock::new(|| Arc::new(rules::merge(
 
 impl Redaction {
     /// Redaction under the rules of `policy`'s active packs, with tenant keys under `data_dir/keys/redaction`.
-    pub fn new(policy: Arc<PolicyManager>, data_dir: &Path) -> Redaction {
+    pub fn new(policy: Arc<dyn RuleSource>, data_dir: &Path) -> Redaction {
         Redaction {
             policy: Some(policy),
             keys_dir: Some(data_dir.join("keys").join("redaction")),
@@ -120,14 +132,14 @@ impl Redaction {
         let Some(policy) = &self.policy else {
             return DEFAULTS.clone();
         };
-        let set = policy.active();
+        let set = policy.active_rules();
+        // Compared by address only (the data pointer; a vtable pointer may differ between codegen units).
         if let Some(c) = &*self.cached.load()
-            && Arc::ptr_eq(&c.0, &set)
+            && std::ptr::eq(Arc::as_ptr(&c.0).cast::<()>(), Arc::as_ptr(&set).cast::<()>())
         {
             return c.1.clone();
         }
-        let packs: Vec<Option<&PackRules>> = set.packs().iter().map(|p| p.redaction()).collect();
-        let engine = Arc::new(rules::merge(&packs));
+        let engine = Arc::new(rules::merge(&set.pack_rules()));
         self.cached.store(Some(Arc::new((set, engine.clone()))));
         engine
     }

@@ -2,20 +2,20 @@
 //! point that names an agent (decisions now; the proxy and executions next).
 //!
 //! A registration redacts the manifest's free text (as a decision's context is redacted), assigns the agent id and
-//! version number, records an `agent.registered` entry, and waits for its index rows, all under a lock on the
-//! (tenant, name), so two registrations of one name cannot take the same version. The store's agent tables are derived from those entries (`recorder::record`), and lookups on the
+//! version number, records an `agent.registered` entry, and waits for its index rows, all under the turn of the
+//! (tenant, name) (`crate::coord`), so two registrations of one name cannot take the same version. The store's agent tables are derived from those entries (`recorder::record`), and lookups on the
 //! decision path go through a short-lived cache. Knows no HTTP and no SQL.
 
 use super::{Manifest, RegistryError, manifest_hash, new_agent_id, sign_hash};
 use crate::auth::Caller;
 use crate::auth::keys::KeyFile;
+use crate::coord::Turns;
 use crate::policy::AgentRef;
 use crate::recorder::{Record, Recorder, Registration};
 use crate::redact::Redaction;
 use crate::store::{AgentRecord, Store};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,6 @@ use std::time::{Duration, Instant};
 const AGENT_TTL: Duration = Duration::from_secs(5);
 /// Most agents cached; the cache is cleared when full (it refills from the store).
 const CACHE_MAX: usize = 100_000;
-/// Registration locks, striped by (tenant, name).
-const STRIPES: usize = 64;
 
 /// (tenant, agent id).
 type AgentKey = (Arc<str>, Box<str>);
@@ -58,8 +56,8 @@ pub struct Agents {
     /// A manifest's free text passes the tenant's redactor before it is recorded.
     redaction: Arc<Redaction>,
     cache: RwLock<HashMap<AgentKey, (Arc<AgentRef>, Instant)>>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
-    hasher: RandomState,
+    /// One registration of a (tenant, name) at a time.
+    turns: Turns,
     /// What this process registered, per (tenant, name): a registration takes the newer of this and the index,
     /// so a version is never reused even while an index commit is being retried.
     latest: Mutex<HashMap<(String, String), Latest>>,
@@ -75,8 +73,7 @@ impl Agents {
             key,
             redaction,
             cache: RwLock::new(HashMap::new()),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: RandomState::new(),
+            turns: Turns::new(),
             latest: Mutex::new(HashMap::new()),
         }
     }
@@ -138,7 +135,7 @@ impl Agents {
         let hash = manifest_hash(&canonical);
         let tenant = caller.tenant.to_string();
         let name = manifest.name.clone();
-        let _lock = self.stripe(&tenant, &name).lock().await;
+        let _turn = self.turns.take(&(tenant.as_str(), name.as_str())).await;
         let stored = {
             self.recorder.index_barrier().await;
             self.store.latest_agent_version(&tenant, &name).await?
@@ -210,9 +207,5 @@ impl Agents {
         self.cache
             .write()
             .remove(&(tenant.clone(), Box::<str>::from(agent_id)));
-    }
-
-    fn stripe(&self, tenant: &str, name: &str) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(self.hasher.hash_one((tenant, name)) as usize) % STRIPES]
     }
 }

@@ -20,7 +20,7 @@ pub(super) fn new_request_id() -> String {
 }
 
 /// The client's request id if it is one the API would keep (1-128 of `[A-Za-z0-9-_.:]`).
-fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(super) fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     let v = headers.get(X_REQUEST_ID)?;
     let b = v.as_bytes();
     let sane =

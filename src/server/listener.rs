@@ -2,19 +2,49 @@
 //! shutdown stopped and drained together.
 
 use super::conn::{self, Activity, Expiry, Limits, Tracked};
-use crate::config::{ListenerConfig, TlsConfig};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+
+/// One listener's validated settings: address, optional TLS, connection limits.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Bind address (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// HTTPS, when set.
+    pub tls: Option<TlsConfig>,
+    /// Connection cap and timeouts.
+    pub limits: Limits,
+}
+
+/// TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `tls:` of a listener in the config file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileTls {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
 
 /// One listener to bind. Any tower service can be served by mounting it in a router
 /// (`Router::new().fallback_service(svc)`).

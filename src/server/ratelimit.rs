@@ -1,14 +1,20 @@
-//! Per-tenant token buckets. Sharded so tenants rarely contend; no lock is held across an await.
+//! Per-tenant token buckets, shared by the listeners that limit tenants (the REST API, the OTLP receivers). Sharded so tenants rarely contend; no lock is held across an await.
 
-use super::auth::Caller;
-use super::{ApiError, Code, SharedState};
-use crate::config::RateLimitConfig;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 const SHARDS: usize = 16;
+
+/// Per-tenant token bucket (`rate-limit-rps`, `rate-limit-burst`; OTLP's `otlp.quota`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// Refill rate.
+    pub rps: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
 
 struct Bucket {
     tokens: f64,
@@ -71,20 +77,6 @@ impl RateLimiter {
             Err(((need - b.tokens) / self.cfg.rps).ceil().max(1.0) as u64)
         }
     }
-}
-
-/// `Err` with a 429 (and `Retry-After`) when the caller's tenant has no token left.
-pub(super) fn check(state: &SharedState, caller: &Caller) -> Result<(), ApiError> {
-    if let Some(limiter) = &state.limiter
-        && let Err(secs) = limiter.check(&caller.tenant)
-    {
-        let msg = format!(
-            "rate limit for tenant '{}' exceeded; retry after {secs}s",
-            caller.tenant
-        );
-        return Err(ApiError::new(Code::RateLimited, msg).with_retry_after(secs));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! messages that name the field, and 413 (code `invalid_request`) for bodies over the limit. Every body is refused
 //! if any object in it repeats a key.
 
-use super::{ApiError, Code, SharedState};
-use axum::extract::{FromRequest, Request};
+use super::{ApiError, Code};
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
@@ -56,16 +56,24 @@ impl RawJson {
     }
 }
 
-impl FromRequest<SharedState> for RawJson {
+/// The largest body a router's JSON bodies may have: its state provides it (`FromRef`), so [`RawJson`] works in any
+/// router whose state knows its limit.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+impl<S: Send + Sync> FromRequest<S> for RawJson
+where
+    BodyLimit: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
-        read_json_body(req, state).await.map(RawJson)
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_json_body(req, BodyLimit::from_ref(state)).await.map(RawJson)
     }
 }
 
 /// Checks the content type and reads the body within the limit.
-async fn read_json_body(req: Request, state: &SharedState) -> Result<bytes::Bytes, ApiError> {
+async fn read_json_body(req: Request, limit: BodyLimit) -> Result<bytes::Bytes, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -75,7 +83,7 @@ async fn read_json_body(req: Request, state: &SharedState) -> Result<bytes::Byte
             )));
         }
     }
-    let bytes = read_body(req.into_body(), state.body_limit).await?;
+    let bytes = read_body(req.into_body(), limit.0).await?;
     if bytes.is_empty() {
         return Err(ApiError::invalid("request body is empty; expected a JSON object"));
     }
