@@ -19,24 +19,26 @@
 //! Changes of one approval are serialised by a striped lock in this process (a shared store for several replicas
 //! will need a row lock instead). This module knows no HTTP.
 
+mod chain;
 mod digest;
+mod view;
 
 /// An approval's status. Defined beside the store's rows, which (with the recorder that fills them) sit below this
 /// module; this is the name the rest of kla uses.
 pub use crate::store::ApprovalStatus;
 pub use digest::DigestKey;
+use view::{Opened, approval_of, change_of, render, terms_of, votes_of};
 
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
 use crate::recorder::body::{
-    self, ApprovalChangeBody, ApprovalOf, ApprovalResolved, ApprovalVoted, Principal, Recheck, RecordBody,
-    Vote,
+    self, ApprovalChangeBody, ApprovalResolved, ApprovalVoted, Principal, Recheck, RecordBody, Vote,
 };
 use crate::recorder::{ApprovalChange, ApprovalTerms, Record, RecordError, Recorder};
 use crate::redact::{Redaction, Report};
-use crate::store::{ApprovalFilter, ApprovalRecord, LineageKey, LineageRecord, Store, StoreError};
+use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::borrow::Cow;
@@ -336,51 +338,6 @@ impl Approvals {
         };
         let decision = self.decision_entry(&rec)?;
         Ok(Some((rec.status, render(&rec, &decision))))
-    }
-
-    /// A decision's lineage entries `records` (a page of them, read through the index barrier) with, when one of
-    /// them went through on an earlier approval (a held or retried tool call: its body names `usesApproval`), that
-    /// approval's chain: the decision that opened it and its `approval.*` entries (at most `limit`, only `agent`'s
-    /// for an agent-bound reader). In ledger order, without duplicates: the evidence of such a decision.
-    pub async fn with_used_approval(
-        &self,
-        tenant: &str,
-        agent: Option<&str>,
-        mut records: Vec<LineageRecord>,
-        limit: usize,
-    ) -> Result<Vec<LineageRecord>, ApprovalError> {
-        let ledger = self.recorder.ledger();
-        let mut used = None;
-        for r in records
-            .iter()
-            .filter(|r| r.kind == crate::recorder::kind::DECISION)
-        {
-            let e = Entry::decode(&ledger.entry(r.ledger_index)?)?;
-            let d = body::Decision::of_entry(&e).map_err(LedgerError::from)?;
-            if let Some(a) = d.uses_approval {
-                used = Some(a);
-            }
-        }
-        let Some(approval) = used else {
-            return Ok(records);
-        };
-        let Some(opened) = self.store.get_approval(tenant, &approval).await? else {
-            return Ok(records);
-        };
-        let chain = self
-            .recorder
-            .find_lineage_page(
-                tenant,
-                &LineageKey::Decision(opened.row.decision_id),
-                agent,
-                None,
-                limit,
-            )
-            .await?;
-        records.extend(chain);
-        records.sort_by_key(|r| r.ledger_index);
-        records.dedup_by_key(|r| r.ledger_index);
-        Ok(records)
     }
 
     /// One page of the caller's tenant's approvals, oldest first.
@@ -790,88 +747,4 @@ impl Approvals {
         approval_id.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
-}
-
-/// The decision entry that opened an approval.
-struct Opened {
-    tenant: String,
-    lineage_id: String,
-    body: body::Decision,
-}
-
-/// The approval's last change as the store keeps it; `None` while nothing has happened to it.
-fn change_of(rec: &ApprovalRecord) -> Result<Option<ApprovalChangeBody>, ApprovalError> {
-    rec.state
-        .as_deref()
-        .map(|s| {
-            ApprovalChangeBody::of_state(rec.status, s)
-                .map_err(|_| ApprovalError::Damaged(rec.row.approval_id.clone()))
-        })
-        .transpose()
-}
-
-/// Every vote so far.
-fn votes_of(rec: &ApprovalRecord) -> Result<Vec<Vote>, ApprovalError> {
-    Ok(change_of(rec)?.map(|c| c.votes().to_vec()).unwrap_or_default())
-}
-
-fn terms_of(decision: &Opened) -> Option<ApprovalTerms> {
-    decision.body.approval.clone()
-}
-
-/// The approval and its action, as every `approval.*` entry repeats them.
-fn approval_of(rec: &ApprovalRecord, decision: &Opened) -> ApprovalOf {
-    ApprovalOf {
-        approval_id: rec.row.approval_id.clone(),
-        decision_id: rec.row.decision_id.clone(),
-        agent_id: rec.row.agent_id.clone(),
-        agent_name: Some(decision.body.agent.name.clone()),
-        action: rec.row.action.clone(),
-        execution_id: rec.row.execution_id.clone(),
-    }
-}
-
-/// The approval object of the API: the decision entry's action and terms, and the last change's state.
-fn render(rec: &ApprovalRecord, decision: &Opened) -> Value {
-    let b = &decision.body;
-    // A state that does not read back shows as nothing having happened (reads stay available; changes refuse it).
-    let change = change_of(rec).ok().flatten();
-    let resolved = change.as_ref().and_then(ApprovalChangeBody::resolved);
-    let votes = change.as_ref().map(ApprovalChangeBody::votes).unwrap_or_default();
-    let terms = b.approval.as_ref();
-    let policy: Vec<Value> = b
-        .policy
-        .iter()
-        .map(|p| json!({"name": p.name, "version": p.version, "digest": p.digest}))
-        .collect();
-    let pending = rec.status == ApprovalStatus::Pending;
-    json!({
-        "approvalId": rec.row.approval_id,
-        "decisionId": rec.row.decision_id,
-        "lineageId": decision.lineage_id,
-        "tenant": rec.row.tenant,
-        "agentId": rec.row.agent_id,
-        "agent": b.agent,
-        "action": rec.row.action,
-        "context": b.context,
-        "tool": b.tool,
-        "executionId": rec.row.execution_id,
-        "toolCallId": b.tool.as_ref().and_then(|t| t.get("callId")).cloned().unwrap_or(Value::Null),
-        "matchedRules": b.matched_rules,
-        "reasonCodes": b.reason_codes,
-        "policy": policy,
-        "actionDigest": terms.map(|t| &t.action_digest),
-        "status": rec.status,
-        "createdAt": rec.row.created_at,
-        "expiresAt": rec.row.expires_at,
-        "resolvedAt": resolved.map(|r| &r.resolved_at),
-        "resolvedBy": resolved.and_then(|r| r.resolved_by.as_ref()),
-        "comment": if pending { None } else { resolved.and_then(|r| r.comment.as_ref()) },
-        "approvers": terms.map(|t| t.approvers),
-        "votes": votes,
-        "onTimeout": terms.map(|t| t.on_timeout),
-        "finalDecision": if pending { None } else { resolved.map(|r| r.final_decision) },
-        "recheck": resolved.and_then(|r| r.recheck.as_ref()),
-        "requestedBy": b.principal,
-    })
 }

@@ -1,7 +1,8 @@
 //! The one path by which kla writes its tamper-evident record, and the one way the rest of kla reads its index.
 //!
-//! The recorder turns a [`Record`] (a decision, an agent registration, a policy activation or refusal; approvals,
-//! spans and executions next) into a versioned ledger [`Entry`], appends it durably (the ledger acknowledges only
+//! The recorder turns a [`Record`] (a decision, an agent registration, a policy activation or refusal, an
+//! approval change, a span batch; executions next) into a versioned ledger [`Entry`] whose body is its kind's
+//! typed body ([`body`]), appends it durably (the ledger acknowledges only
 //! after fsync), and then queues its index rows so it can be found by lineage, decision, trace or execution id.
 //!
 //! **One write order for every kind: ledger first, index second.** The ledger is the source of truth and the
