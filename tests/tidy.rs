@@ -89,12 +89,6 @@ const SIZE_EXCEPTIONS: &[(&str, usize, &str)] = &[
         825,
         "the prefilter, the normalised view's scan and the JSON walk in one file: the JSON walk in its own file",
     ),
-    (
-        "src/approvals/mod.rs",
-        850,
-        "the rules, votes, resolutions, expiry service and long-poll waits in one file: typed record bodies \
-         and the expiry service in its own file",
-    ),
 ];
 
 /// Where SQL may appear: the store is the only module that knows it.

@@ -8,7 +8,7 @@ use super::auth::Caller;
 use super::{ApiError, ApiResult, SharedState};
 use crate::decide::ActionRequest;
 use crate::policy::{MatchedRule, Outcome, PackRef};
-use crate::recorder::entry_agent;
+use crate::recorder::body::{self, RecordBody};
 use crate::server::json::{ApiPath, ApiQuery, RawJson};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -126,20 +126,23 @@ async fn get_one(
             })?,
     };
     // Another agent's decision, for a token bound to one agent, is the same 404 as an unknown id.
+    let not_found = || ApiError::not_found(format!("unknown decisionId '{decision_id}'"));
     let (rec, entry) = s
         .recorder
         .decision_entry(&caller.tenant, &decision_id)
         .await?
-        .filter(|(_, e)| caller.may_read(&e.tenant, entry_agent(e)))
-        .ok_or_else(|| ApiError::not_found(format!("unknown decisionId '{decision_id}'")))?;
-    let mut body = entry.body;
-    let opened = body
-        .get("approval")
-        .and_then(|a| a.get("approvalId"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+        .ok_or_else(not_found)?;
+    // A stored decision that does not read as one is damage (kla's fault), not the caller's.
+    let decision = body::Decision::of_entry(&entry).map_err(ApiError::internal)?;
+    if !caller.may_read(&entry.tenant, Some((&decision.agent.id, &decision.agent.name))) {
+        return Err(not_found());
+    }
+    let opened = decision.approval.map(|a| a.approval_id);
     let (final_decision, approval) = match opened {
-        None => (body.get("decision").cloned().unwrap_or(Value::Null), Value::Null),
+        None => (
+            serde_json::to_value(decision.decision).unwrap_or(Value::Null),
+            Value::Null,
+        ),
         Some(approval_id) => {
             let ended = if wait.is_zero() {
                 None
@@ -160,6 +163,8 @@ async fn get_one(
             }
         }
     };
+    // The body as recorded (every field it holds), with the index's and the approval's additions.
+    let mut body = entry.body;
     if let Some(o) = body.as_object_mut() {
         o.insert("lineageId".into(), rec.lineage_id.into());
         o.insert("ledgerIndex".into(), rec.ledger_index.into());

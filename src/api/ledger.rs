@@ -56,7 +56,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Monitor {
 
 /// Whether the caller may read this entry: a system entry, or one [`Caller::may_read`] allows.
 fn readable(caller: &Caller, e: &Entry) -> bool {
-    e.tenant == SYSTEM_TENANT || caller.may_read(&e.tenant, entry_agent(e))
+    if e.tenant == SYSTEM_TENANT {
+        return true;
+    }
+    let agent = entry_agent(e);
+    caller.may_read(
+        &e.tenant,
+        agent.as_ref().map(|(id, name)| (id.as_str(), name.as_str())),
+    )
 }
 
 /// A lineage entry visible to the caller: the tenant's own (only its agent's, for a bound token), or a system entry
@@ -285,47 +292,6 @@ struct EvidenceQuery {
     cursor: Option<String>,
 }
 
-/// A decision that went through on an earlier approval (a held or retried tool call) is evidenced with that
-/// approval's chain: the decision that opened it and its `approval.*` entries, in ledger order before it.
-async fn with_used_approval(
-    s: &SharedState,
-    caller: &Caller,
-    mut records: Vec<crate::store::LineageRecord>,
-    limit: usize,
-) -> ApiResult<Vec<crate::store::LineageRecord>> {
-    let ledger = s.recorder.ledger();
-    let mut used = None;
-    for r in records
-        .iter()
-        .filter(|r| r.kind == crate::recorder::kind::DECISION)
-    {
-        let e = crate::ledger::Entry::decode(&ledger.entry(r.ledger_index)?)?;
-        if let Some(a) = e.body.get("usesApproval").and_then(serde_json::Value::as_str) {
-            used = Some(a.to_owned());
-        }
-    }
-    let Some(approval) = used else {
-        return Ok(records);
-    };
-    let Some(opened) = s.store.get_approval(&caller.tenant, &approval).await? else {
-        return Ok(records);
-    };
-    let chain = s
-        .recorder
-        .find_lineage_page(
-            &caller.tenant,
-            &LineageKey::Decision(opened.row.decision_id),
-            caller.principal.agent.as_deref(),
-            None,
-            limit,
-        )
-        .await?;
-    records.extend(chain);
-    records.sort_by_key(|r| r.ledger_index);
-    records.dedup_by_key(|r| r.ledger_index);
-    Ok(records)
-}
-
 /// Scope of evidence cursors (a cursor names the last ledger index of its page).
 const EVIDENCE_CURSOR: &str = "evidence";
 
@@ -380,7 +346,11 @@ async fn evidence(
                 .find_lineage_page(&caller.tenant, &key, agent, after, limit + 1)
                 .await?;
             if let (LineageKey::Decision(_), None) = (&key, after) {
-                found = with_used_approval(&s, &caller, found, limit + 1).await?;
+                // A decision that went through on an earlier approval is evidenced with that approval's chain.
+                found = s
+                    .approvals
+                    .with_used_approval(&caller.tenant, agent, found, limit + 1)
+                    .await?;
             }
             found
         }

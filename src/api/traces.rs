@@ -7,7 +7,8 @@ use super::auth::Caller;
 use super::{ApiError, ApiResult, SharedState, page};
 use crate::auth::Role;
 use crate::ledger::Entry;
-use crate::recorder::kind;
+use crate::recorder::Kind;
+use crate::recorder::body::{self, RecordBody};
 use crate::server::json::{ApiPath, ApiQuery};
 use crate::store::LineageKey;
 use axum::extract::State;
@@ -88,17 +89,17 @@ async fn trace(
     for (r, bytes) in records.iter().zip(&entries) {
         // A stored entry that does not decode is damage (kla's fault).
         let e = Entry::decode(bytes).map_err(ApiError::internal)?;
-        match e.kind.as_str() {
-            kind::TRACE_SPANS => {
-                let hashes = e.body["spanHashes"].as_array().cloned().unwrap_or_default();
+        match Kind::parse(&e.kind) {
+            Some(Kind::TraceSpans) => {
+                let b = body::TraceSpans::of_entry(&e).map_err(ApiError::internal)?;
                 let mut n = 0usize;
-                for rs in e.body["resourceSpans"].as_array().into_iter().flatten() {
+                for rs in &b.resource_spans {
                     for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                         for span in ss["spans"].as_array().into_iter().flatten() {
                             spans.push(json!({
                                 "lineageId": r.lineage_id,
                                 "ledgerIndex": r.ledger_index,
-                                "hash": hashes.get(n).map(|h| h["hash"].clone()).unwrap_or(Value::Null),
+                                "hash": b.span_hashes.get(n).map(|h| &h.hash),
                                 "resource": rs["resource"],
                                 "scope": ss["scope"],
                                 "span": span,
@@ -108,15 +109,18 @@ async fn trace(
                     }
                 }
             }
-            kind::DECISION => decisions.push(json!({
-                "lineageId": r.lineage_id,
-                "ledgerIndex": r.ledger_index,
-                "decisionId": e.body["decisionId"],
-                "action": e.body["action"],
-                "decision": e.body["decision"],
-                "agentId": e.body["agent"]["id"],
-                "time": e.time,
-            })),
+            Some(Kind::Decision) => {
+                let b = body::Decision::of_entry(&e).map_err(ApiError::internal)?;
+                decisions.push(json!({
+                    "lineageId": r.lineage_id,
+                    "ledgerIndex": r.ledger_index,
+                    "decisionId": b.decision_id,
+                    "action": b.action,
+                    "decision": b.decision,
+                    "agentId": b.agent.id,
+                    "time": e.time,
+                }));
+            }
             _ => {}
         }
     }

@@ -19,22 +19,27 @@
 //! Changes of one approval are serialised by a striped lock in this process (a shared store for several replicas
 //! will need a row lock instead). This module knows no HTTP.
 
+mod chain;
 mod digest;
+mod view;
 
 /// An approval's status. Defined beside the store's rows, which (with the recorder that fills them) sit below this
 /// module; this is the name the rest of kla uses.
 pub use crate::store::ApprovalStatus;
 pub use digest::DigestKey;
+use view::{Opened, approval_of, change_of, render, terms_of, votes_of};
 
 use crate::auth::{AuthError, Caller, Role};
 use crate::error::{Class, Classify};
 use crate::ledger::{Entry, LedgerError};
-use crate::policy::{AgentRef, Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
+use crate::policy::{Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
+use crate::recorder::body::{
+    self, ApprovalChangeBody, ApprovalResolved, ApprovalVoted, Principal, Recheck, RecordBody, Vote,
+};
 use crate::recorder::{ApprovalChange, ApprovalTerms, Record, RecordError, Recorder};
 use crate::redact::{Redaction, Report};
 use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -286,13 +291,15 @@ impl Approvals {
                 }
                 continue;
             }
-            let state = State::of(&rec)?;
-            let resolved_ms = state
-                .resolved_at
-                .as_deref()
-                .and_then(crate::time::parse_rfc3339_ms)
+            let state = change_of(&rec)?;
+            let resolved = state.as_ref().and_then(ApprovalChangeBody::resolved);
+            let resolved_ms = resolved
+                .and_then(|r| crate::time::parse_rfc3339_ms(&r.resolved_at))
                 .unwrap_or(0);
-            let allowed = matches!(state.final_decision, Some(Outcome::Allow | Outcome::Warn));
+            let allowed = matches!(
+                resolved.map(|r| r.final_decision),
+                Some(Outcome::Allow | Outcome::Warn)
+            );
             if allowed
                 && matches!(rec.status, ApprovalStatus::Approved | ApprovalStatus::Expired)
                 && now - resolved_ms <= window
@@ -407,19 +414,14 @@ impl Approvals {
         });
         let _turn = self.stripe(approval_id).lock().await;
         let (rec, decision) = self.load(caller, approval_id).await?;
-        let requester = decision
-            .body
-            .get("principal")
-            .and_then(|p| p.get("subject"))
-            .and_then(Value::as_str);
-        if requester == Some(&*caller.principal.subject) {
+        if decision.body.principal.subject == *caller.principal.subject {
             return Err(AuthError::Forbidden(format!(
                 "'{}' asked for this action and may not decide its approval",
                 caller.principal.subject
             ))
             .into());
         }
-        let state = State::of(&rec)?;
+        let votes = votes_of(&rec)?;
         if rec.status != ApprovalStatus::Pending {
             let stored = render(&rec, &decision);
             if rec.status == verdict.status() {
@@ -439,24 +441,28 @@ impl Approvals {
         }
         let subject = caller.principal.subject.to_string();
         let role = caller.principal.role.as_str();
-        if verdict == Verdict::Approved
-            && state
-                .votes
-                .iter()
-                .any(|v| v.get("subject").and_then(Value::as_str) == Some(&subject))
-        {
+        if verdict == Verdict::Approved && votes.iter().any(|v| v.subject == subject) {
             // The same person approving twice counts once.
             return Ok(render(&rec, &decision));
         }
         let now = crate::time::now_rfc3339();
-        let mut votes = state.votes;
-        votes.push(json!({"subject": subject, "role": role, "decision": verdict.as_str(), "comment": comment, "at": now}));
+        let mut votes = votes;
+        votes.push(Vote {
+            subject: subject.clone(),
+            role: role.to_owned(),
+            decision: verdict.status(),
+            comment: comment.clone(),
+            at: now,
+        });
         let terms = terms_of(&decision).ok_or_else(|| ApprovalError::Damaged(approval_id.into()))?;
         let approvals = votes
             .iter()
-            .filter(|v| v["decision"] == ApprovalStatus::Approved.as_str())
+            .filter(|v| v.decision == ApprovalStatus::Approved)
             .count() as u32;
-        let by = json!({"subject": subject, "role": role});
+        let by = Principal {
+            subject,
+            role: role.to_owned(),
+        };
         let change = match verdict {
             Verdict::Denied => self.resolution(
                 &rec,
@@ -475,7 +481,10 @@ impl Approvals {
                     Outcome::Warn => Outcome::Warn,
                     Outcome::Allow | Outcome::RequireApproval => Outcome::Allow,
                 };
-                let recheck = json!({"decision": recheck.outcome, "reasonCodes": recheck.reason_codes});
+                let recheck = Recheck {
+                    decision: recheck.outcome,
+                    reason_codes: recheck.reason_codes,
+                };
                 self.resolution(
                     &rec,
                     &decision,
@@ -487,21 +496,18 @@ impl Approvals {
                     Some(recheck),
                 )
             }
-            Verdict::Approved => {
-                let mut body = base_body(&rec, &decision);
-                body.insert("status".into(), ApprovalStatus::Pending.as_str().into());
-                body.insert("by".into(), by);
-                body.insert("vote".into(), verdict.as_str().into());
-                body.insert("comment".into(), comment.into());
-                body.insert("votes".into(), Value::Array(votes));
-                body.insert("approvers".into(), terms.approvers.into());
-                ApprovalChange {
-                    tenant: rec.row.tenant.clone(),
-                    approval_id: rec.row.approval_id.clone(),
+            Verdict::Approved => ApprovalChange {
+                tenant: rec.row.tenant.clone(),
+                body: ApprovalChangeBody::Voted(ApprovalVoted {
+                    of: approval_of(&rec, &decision),
                     status: ApprovalStatus::Pending,
-                    body: Value::Object(body),
-                }
-            }
+                    by,
+                    vote: verdict.status(),
+                    comment,
+                    votes,
+                    approvers: terms.approvers,
+                }),
+            },
         };
         let rec = self.apply(rec, &decision, change).await?;
         crate::telemetry::otel::approval_vote(&rec.row.tenant, verdict.as_str(), rec.status.as_str());
@@ -600,14 +606,14 @@ impl Approvals {
     async fn expire_locked(
         &self,
         rec: ApprovalRecord,
-        decision: &Entry,
+        decision: &Opened,
     ) -> Result<ApprovalRecord, ApprovalError> {
         let terms = terms_of(decision).ok_or_else(|| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
         let outcome = match terms.on_timeout {
             OnTimeout::Allow => Outcome::Allow,
             OnTimeout::Block => Outcome::Block,
         };
-        let votes = State::of(&rec)?.votes;
+        let votes = votes_of(&rec)?;
         let change = self.resolution(
             &rec,
             decision,
@@ -627,12 +633,12 @@ impl Approvals {
     async fn apply(
         &self,
         mut rec: ApprovalRecord,
-        decision: &Entry,
+        decision: &Opened,
         change: ApprovalChange,
     ) -> Result<ApprovalRecord, ApprovalError> {
-        let state = serde_json_canonicalizer::to_string(&change.body)
+        let state = String::from_utf8(change.body.canonical()?)
             .map_err(|e| ApprovalError::Ledger(LedgerError::InvalidEntry(e.to_string())))?;
-        rec.status = change.status;
+        rec.status = change.body.status();
         rec.state = Some(state);
         let ended = (rec.status != ApprovalStatus::Pending).then(|| Arc::new(render(&rec, decision)));
         let waiters = &self.waiters;
@@ -653,44 +659,39 @@ impl Approvals {
     fn resolution(
         &self,
         rec: &ApprovalRecord,
-        decision: &Entry,
+        decision: &Opened,
         status: ApprovalStatus,
-        by: Option<Value>,
+        by: Option<Principal>,
         comment: Option<String>,
-        votes: Vec<Value>,
+        votes: Vec<Vote>,
         final_decision: Outcome,
-        recheck: Option<Value>,
+        recheck: Option<Recheck>,
     ) -> ApprovalChange {
-        let mut body = base_body(rec, decision);
-        body.insert("status".into(), status.as_str().into());
-        body.insert("resolvedBy".into(), by.unwrap_or(Value::Null));
-        body.insert("resolvedAt".into(), crate::time::now_rfc3339().into());
-        body.insert("comment".into(), comment.into());
-        body.insert("votes".into(), Value::Array(votes));
-        body.insert("finalDecision".into(), final_decision.as_str().into());
-        body.insert("recheck".into(), recheck.unwrap_or(Value::Null));
         ApprovalChange {
             tenant: rec.row.tenant.clone(),
-            approval_id: rec.row.approval_id.clone(),
-            status,
-            body: Value::Object(body),
+            body: ApprovalChangeBody::Resolved(ApprovalResolved {
+                of: approval_of(rec, decision),
+                status,
+                resolved_by: by,
+                resolved_at: crate::time::now_rfc3339(),
+                comment,
+                votes,
+                final_decision,
+                recheck,
+            }),
         }
     }
 
     /// The recorded action evaluated against the policy active now.
-    fn recheck(&self, decision: &Entry) -> Decision {
+    fn recheck(&self, decision: &Opened) -> Decision {
         let b = &decision.body;
-        let agent: AgentRef = serde_json::from_value(b["agent"].clone()).unwrap_or_default();
         let input = EvalInput {
-            agent,
-            action: b["action"].as_str().unwrap_or_default().to_owned(),
-            context: b.get("context").cloned().unwrap_or_else(|| json!({})),
-            tool: b.get("tool").filter(|t| !t.is_null()).cloned(),
-            execution: b
-                .get("executionId")
-                .and_then(Value::as_str)
-                .map(|id| json!({ "id": id })),
-            principal: b.get("principal").cloned().unwrap_or(Value::Null),
+            agent: b.agent.clone(),
+            action: b.action.clone(),
+            context: b.context.clone(),
+            tool: b.tool.clone().filter(|t| !t.is_null()),
+            execution: b.execution_id.as_ref().map(|id| json!({ "id": id })),
+            principal: serde_json::to_value(&b.principal).unwrap_or(Value::Null),
             tenant: decision.tenant.clone(),
             now: crate::time::now_rfc3339(),
         };
@@ -705,7 +706,7 @@ impl Approvals {
         &self,
         caller: &Caller,
         approval_id: &str,
-    ) -> Result<(ApprovalRecord, Entry), ApprovalError> {
+    ) -> Result<(ApprovalRecord, Opened), ApprovalError> {
         let not_found = || ApprovalError::NotFound(format!("unknown approvalId '{approval_id}'"));
         if !approval_id.starts_with("appr_") || approval_id.len() > 64 {
             return Err(not_found());
@@ -718,19 +719,26 @@ impl Approvals {
             .ok_or_else(not_found)?;
         let decision = self.decision_entry(&rec)?;
         // Another agent's approval, for a token bound to one agent, is the same 404 as an unknown id.
-        if !caller.may_read(&decision.tenant, crate::recorder::entry_agent(&decision)) {
+        let agent = &decision.body.agent;
+        if !caller.may_read(&decision.tenant, Some((&agent.id, &agent.name))) {
             return Err(not_found());
         }
         Ok((rec, decision))
     }
 
-    fn decision_entry(&self, rec: &ApprovalRecord) -> Result<Entry, ApprovalError> {
+    fn decision_entry(&self, rec: &ApprovalRecord) -> Result<Opened, ApprovalError> {
         let bytes = self.recorder.ledger().entry(rec.row.decision_index)?;
         let e = Entry::decode(&bytes)?;
-        if e.body.get("decisionId").and_then(Value::as_str) != Some(rec.row.decision_id.as_str()) {
-            return Err(ApprovalError::Damaged(rec.row.approval_id.clone()));
+        let damaged = || ApprovalError::Damaged(rec.row.approval_id.clone());
+        let body = body::Decision::of_entry(&e).map_err(|_| damaged())?;
+        if body.decision_id != rec.row.decision_id {
+            return Err(damaged());
         }
-        Ok(e)
+        Ok(Opened {
+            tenant: e.tenant,
+            lineage_id: e.lineage_id,
+            body,
+        })
     }
 
     fn stripe(&self, approval_id: &str) -> &tokio::sync::Mutex<()> {
@@ -739,109 +747,4 @@ impl Approvals {
         approval_id.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
-}
-
-/// What an approval's last change says beyond its status.
-struct State {
-    votes: Vec<Value>,
-    /// `None` while pending, and for a value that is not an outcome (which then lets nothing through).
-    final_decision: Option<Outcome>,
-    resolved_at: Option<String>,
-}
-
-impl State {
-    fn of(rec: &ApprovalRecord) -> Result<State, ApprovalError> {
-        let Some(s) = &rec.state else {
-            return Ok(State {
-                votes: Vec::new(),
-                final_decision: None,
-                resolved_at: None,
-            });
-        };
-        let v: Value =
-            serde_json::from_str(s).map_err(|_| ApprovalError::Damaged(rec.row.approval_id.clone()))?;
-        Ok(State {
-            votes: v
-                .get("votes")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            final_decision: v.get("finalDecision").and_then(|o| Outcome::deserialize(o).ok()),
-            resolved_at: v.get("resolvedAt").and_then(Value::as_str).map(str::to_owned),
-        })
-    }
-}
-
-fn terms_of(decision: &Entry) -> Option<ApprovalTerms> {
-    serde_json::from_value(decision.body.get("approval")?.clone()).ok()
-}
-
-/// The fields every `approval.*` entry repeats, so each stands on its own in the ledger and the event stream.
-fn base_body(rec: &ApprovalRecord, decision: &Entry) -> serde_json::Map<String, Value> {
-    let b = &decision.body;
-    let mut m = serde_json::Map::new();
-    m.insert("approvalId".into(), rec.row.approval_id.clone().into());
-    m.insert("decisionId".into(), rec.row.decision_id.clone().into());
-    m.insert("agentId".into(), rec.row.agent_id.clone().into());
-    m.insert("agentName".into(), b["agent"]["name"].clone());
-    m.insert("action".into(), rec.row.action.clone().into());
-    m.insert("executionId".into(), rec.row.execution_id.clone().into());
-    m
-}
-
-/// The approval object of the API: the decision entry's action and terms, and the last change's state.
-fn render(rec: &ApprovalRecord, decision: &Entry) -> Value {
-    let b = &decision.body;
-    let state: Value = rec
-        .state
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
-    let terms = b.get("approval").cloned().unwrap_or(Value::Null);
-    let field = |k: &str| state.get(k).cloned().unwrap_or(Value::Null);
-    let policy: Vec<Value> = b
-        .get("policy")
-        .and_then(Value::as_array)
-        .map(|ps| {
-            ps.iter()
-                .map(|p| json!({"name": p["name"], "version": p["version"], "digest": p["digest"]}))
-                .collect()
-        })
-        .unwrap_or_default();
-    let pending = rec.status == ApprovalStatus::Pending;
-    let final_decision = if pending {
-        Value::Null
-    } else {
-        field("finalDecision")
-    };
-    let votes = state.get("votes").cloned().unwrap_or_else(|| json!([]));
-    json!({
-        "approvalId": rec.row.approval_id,
-        "decisionId": rec.row.decision_id,
-        "lineageId": decision.lineage_id,
-        "tenant": rec.row.tenant,
-        "agentId": rec.row.agent_id,
-        "agent": b.get("agent"),
-        "action": rec.row.action,
-        "context": b.get("context"),
-        "tool": b.get("tool"),
-        "executionId": rec.row.execution_id,
-        "toolCallId": b.get("tool").and_then(|t| t.get("callId")).cloned().unwrap_or(Value::Null),
-        "matchedRules": b.get("matchedRules"),
-        "reasonCodes": b.get("reasonCodes"),
-        "policy": policy,
-        "actionDigest": terms["actionDigest"],
-        "status": rec.status,
-        "createdAt": rec.row.created_at,
-        "expiresAt": rec.row.expires_at,
-        "resolvedAt": field("resolvedAt"),
-        "resolvedBy": field("resolvedBy"),
-        "comment": if pending { Value::Null } else { field("comment") },
-        "approvers": terms["approvers"],
-        "votes": votes,
-        "onTimeout": terms["onTimeout"],
-        "finalDecision": final_decision,
-        "recheck": field("recheck"),
-        "requestedBy": b.get("principal"),
-    })
 }

@@ -56,16 +56,20 @@ fn decision(tenant: &str, i: usize, agent: &str, execution: Option<&str>) -> Rec
     let mut body = json!({
         "action": "execute_refund",
         "agent": {"id": format!("agt_{agent}"), "name": agent},
+        "context": {},
         "decision": outcome,
         "decisionId": format!("dec_{tenant}_{i}"),
         "executionId": execution,
         "matchedRules": [],
+        "principal": {"role": "agent", "subject": "s"},
         "reasonCodes": ["R"],
         "requiresDeskApproval": outcome == "require_approval",
+        "wouldDecide": outcome,
     });
     if outcome == "require_approval" {
-        body["approval"] =
-            json!({"approvalId": format!("appr_{i}"), "expiresAt": "2026-12-01T00:15:00.000Z"});
+        body["approval"] = json!({"approvalId": format!("appr_{i}"), "expiresAt": "2026-12-01T00:15:00.000Z",
+                                  "actionDigest": "hmac-sha256:00", "approvers": 1, "onTimeout": "block",
+                                  "timeoutSeconds": 900});
     }
     Record::Decision(DecisionEntry {
         tenant: tenant.into(),
@@ -98,7 +102,9 @@ async fn unindexed_approval(rec: &Recorder, tenant: &str, agent_id: &str, i: usi
         tenant: tenant.into(),
         time: crate::time::now_rfc3339(),
         body: json!({"approvalId": format!("appr_{i}"), "agentId": agent_id, "status": "APPROVED",
-                     "executionId": null}),
+                     "executionId": null, "decisionId": format!("dec_{i}"), "agentName": null,
+                     "action": "execute_refund", "resolvedBy": null, "resolvedAt": "2026-12-01T00:01:00.000Z",
+                     "comment": null, "votes": [], "finalDecision": "allow", "recheck": null}),
     };
     rec.ledger()
         .append(e.encode().expect("encode"))

@@ -91,17 +91,17 @@ pub fn otlp(data: &[u8]) -> Verdict {
     for b in &sealed.batches {
         let body = serde_json_canonicalizer::to_vec(&b.body).expect("a sealed body has a canonical form");
         assert!(!body.is_empty());
-        let spans: Vec<&Value> = b.body["resourceSpans"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let spans: Vec<&Value> = b
+            .body
+            .resource_spans
+            .iter()
             .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
             .flat_map(|s| s["spans"].as_array().into_iter().flatten())
             .collect();
-        let hashes = b.body["spanHashes"].as_array().expect("span hashes");
+        let hashes = &b.body.span_hashes;
         assert_eq!(spans.len(), hashes.len());
         for (sp, h) in spans.iter().zip(hashes) {
-            assert_eq!(h["hash"], seal::span_hash(sp), "a span hash does not recompute");
+            assert_eq!(h.hash, seal::span_hash(sp), "a span hash does not recompute");
             assert_eq!(sp["traceId"], b.trace_id.as_str());
         }
     }

@@ -18,6 +18,7 @@
 //! configured spans, the newest first); exports wait until it is done. A restart therefore forgets only what the
 //! running process would have forgotten too.
 
+use crate::recorder::body::{RecordBody, TraceSpans};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -101,18 +102,19 @@ impl Seen {
             if e.kind != crate::recorder::kind::TRACE_SPANS {
                 continue;
             }
-            let Some(trace) = e.body["traceId"]
-                .as_str()
-                .and_then(|t| hex::decode(t).ok())
+            let Ok(body) = <TraceSpans as RecordBody>::of_entry(&e) else {
+                continue;
+            };
+            let Some(trace) = hex::decode(&body.trace_id)
+                .ok()
                 .and_then(|b| <[u8; 16]>::try_from(b).ok())
             else {
                 continue;
             };
             let t = self.tenant_hash(&e.tenant);
-            for h in e.body["spanHashes"].as_array().into_iter().flatten() {
-                if let Some(span) = h["spanId"]
-                    .as_str()
-                    .and_then(|s| hex::decode(s).ok())
+            for h in &body.span_hashes {
+                if let Some(span) = hex::decode(&h.span_id)
+                    .ok()
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 {
                     g.cur.insert((t, trace, span));

@@ -10,6 +10,7 @@
 use super::walk::Redacted;
 use crate::policy::PackRef;
 use crate::recorder::SpanBatch;
+use crate::recorder::body::{SealPack, SpanHash, TraceSpans};
 use crate::redact::Report;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
@@ -46,7 +47,7 @@ struct Chunk {
     part: usize,
     proto: Vec<ResourceSpans>,
     json: Vec<Value>,
-    hashes: Vec<Value>,
+    hashes: Vec<SpanHash>,
     report: Report,
     size: usize,
     last: Option<(usize, Option<usize>)>,
@@ -70,9 +71,13 @@ pub fn seal(
     redacted: &Redacted,
     packs: &[&PackRef],
 ) -> Sealed {
-    let packs: Vec<Value> = packs
+    let packs: Vec<SealPack> = packs
         .iter()
-        .map(|p| json!({"name": p.name, "version": p.version, "digest": p.digest}))
+        .map(|p| SealPack {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            digest: p.digest.clone(),
+        })
         .collect();
     let mut out = Sealed::default();
     let mut chunks: Vec<Chunk> = Vec::new();
@@ -171,8 +176,10 @@ pub fn seal(
                 if let Some(report) = span_reports.get(pi) {
                     c.report.merge(report);
                 }
-                c.hashes
-                    .push(json!({"spanId": hex::encode(&span.span_id), "hash": hash}));
+                c.hashes.push(SpanHash {
+                    span_id: hex::encode(&span.span_id),
+                    hash,
+                });
                 c.span_ids
                     .push(span.span_id.as_slice().try_into().unwrap_or_default());
                 c.size += bytes.len();
@@ -194,16 +201,14 @@ pub fn seal(
         }
     }
     for c in chunks {
-        let mut body = json!({
-            "traceId": c.trace,
-            "resourceSpans": c.json,
-            "spanHashes": c.hashes,
-            "redaction": c.report.counts,
-            "packs": packs,
-        });
-        if c.part > 0 {
-            body["part"] = json!(c.part);
-        }
+        let body = TraceSpans {
+            trace_id: c.trace.clone(),
+            resource_spans: c.json,
+            span_hashes: c.hashes,
+            redaction: c.report.counts,
+            packs: packs.clone(),
+            part: (c.part > 0).then_some(c.part as u64),
+        };
         out.forward.resource_spans.extend(c.proto);
         out.ids.push((c.trace_id, c.span_ids));
         out.batches.push(SpanBatch {
@@ -280,7 +285,7 @@ mod tests {
         let t1 = &sealed.batches[0];
         assert_eq!(t1.trace_id, hex::encode([1u8; 16]));
         assert_eq!(t1.tenant, "acme");
-        let b = &t1.body;
+        let b = &serde_json::to_value(&t1.body).unwrap();
         assert_eq!(
             b["resourceSpans"].as_array().unwrap().len(),
             2,
@@ -316,7 +321,10 @@ mod tests {
         assert_eq!(b["spanHashes"][0]["spanId"], hex::encode([1u8; 8]));
         assert_eq!(b["spanHashes"][0]["hash"], span_hash(span0));
         assert!(b.get("part").is_none());
-        assert_eq!(sealed.batches[1].body["redaction"], json!({}));
+        assert_eq!(
+            serde_json::to_value(&sealed.batches[1].body).unwrap()["redaction"],
+            json!({})
+        );
         // The forward copy holds the same spans.
         let fwd: usize = sealed
             .forward
@@ -342,9 +350,9 @@ mod tests {
         assert_eq!((sealed.spans, sealed.rejected), (3, 1));
         assert!(sealed.reasons[0].contains("spans[3]"), "{:?}", sealed.reasons);
         assert_eq!(sealed.batches.len(), 2);
-        assert_eq!(sealed.batches[1].body["part"], 1);
+        assert_eq!(sealed.batches[1].body.part, Some(1));
         for b in &sealed.batches {
-            assert!(canonical(&b.body).len() < ENTRY_BUDGET + 1024);
+            assert!(canonical(&serde_json::to_value(&b.body).unwrap()).len() < ENTRY_BUDGET + 1024);
         }
     }
 }

@@ -19,6 +19,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, least restrictive first.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Allow,
+        Outcome::Warn,
+        Outcome::RequireApproval,
+        Outcome::Block,
+    ];
+
+    /// The outcome spelled `s` exactly (`allow`, `warn`, `require_approval`, `block`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
     /// The snake_case name used in packs and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,7 +83,7 @@ impl OnTimeout {
 }
 
 /// Approval parameters carried by a `require_approval` rule into the decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalSpec {
     /// The timeout as written in the pack (humantime syntax, e.g. `15m`, `1h 30m`).
@@ -80,12 +93,16 @@ pub struct ApprovalSpec {
     /// Outcome applied when the timeout expires.
     pub on_timeout: OnTimeout,
     /// Distinct approvers needed; any denial denies. Left out of the wire form when one.
-    #[serde(skip_serializing_if = "is_one")]
+    #[serde(skip_serializing_if = "is_one", default = "one")]
     pub approvers: u32,
 }
 
 fn is_one(n: &u32) -> bool {
     *n == 1
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The agent asking for a decision (`input.agent`).
@@ -141,7 +158,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// One rule that matched, as reported in a [`Decision`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchedRule {
     /// Rule id (unique within its pack).
@@ -153,17 +170,17 @@ pub struct MatchedRule {
     /// The rule's reason code.
     pub reason_code: String,
     /// The rule's message, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// True when the rule (or its pack) is in shadow mode and did not affect the outcome.
     pub shadow: bool,
     /// Approval parameters of a `require_approval` rule.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalSpec>,
 }
 
 /// Identity of a loaded pack, as reported in every decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PackRef {
     /// `metadata.name`.

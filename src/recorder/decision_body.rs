@@ -355,6 +355,11 @@ mod tests {
             let entry = Entry::encode_with_body(1, "decision", "lr_00", "acme", "2026-11-23T00:00:00.000Z", &bytes);
             let back = Entry::decode(&entry).expect("canonical entry decodes");
             prop_assert_eq!(back.body["decisionId"].as_str(), Some(ids.0.as_str()));
+            // The typed body reads what the direct writer wrote and writes the same bytes back.
+            use crate::recorder::body::RecordBody;
+            let typed = crate::recorder::body::Decision::of_entry(&back).expect("reads as a decision body");
+            let again = typed.canonical().expect("canonical");
+            prop_assert_eq!(String::from_utf8_lossy(&again), String::from_utf8_lossy(&bytes));
         }
     }
 

@@ -1,7 +1,8 @@
 //! The one path by which kla writes its tamper-evident record, and the one way the rest of kla reads its index.
 //!
-//! The recorder turns a [`Record`] (a decision, an agent registration, a policy activation or refusal; approvals,
-//! spans and executions next) into a versioned ledger [`Entry`], appends it durably (the ledger acknowledges only
+//! The recorder turns a [`Record`] (a decision, an agent registration, a policy activation or refusal, an
+//! approval change, a span batch; executions next) into a versioned ledger [`Entry`] whose body is its kind's
+//! typed body ([`body`]), appends it durably (the ledger acknowledges only
 //! after fsync), and then queues its index rows so it can be found by lineage, decision, trace or execution id.
 //!
 //! **One write order for every kind: ledger first, index second.** The ledger is the source of truth and the
@@ -14,6 +15,7 @@
 //! be visible to the next write of their kind (registrations) wait for their index rows. [`Recorder::follow`]
 //! follows recorded entries in ledger order (`follow.rs`). The recorder knows no HTTP.
 
+pub mod body;
 mod decision_body;
 mod follow;
 mod index;
@@ -23,13 +25,13 @@ mod reindex;
 pub use decision_body::{ApprovalTerms, DecisionBody};
 pub use follow::{FollowError, Followed, Follower};
 pub use record::{
-    ApprovalChange, DecisionEntry, OpenedApproval, Record, Registration, SYSTEM_TENANT, SpanBatch, kind,
+    ApprovalChange, DecisionEntry, Kind, OpenedApproval, Record, Registration, SYSTEM_TENANT, SpanBatch, kind,
 };
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
 use crate::store::{AgentRecord, DecisionRecord, LineageKey, LineageRecord, Store, StoreError};
 use index::Index;
-use record::{Body, Header, index_rows};
+use record::{Header, index_rows};
 
 /// Errors of recording and of index reads: the ledger or the store failed (kla's side).
 #[derive(Debug, thiserror::Error)]
@@ -102,18 +104,7 @@ impl Recorder {
         let lineage_id = new_lineage_id();
         let time = crate::time::now_rfc3339();
         let v = crate::ledger::entry::ENTRY_VERSION;
-        let bytes = match body {
-            Body::Canonical(b) => Entry::encode_with_body(v, kind, &lineage_id, &tenant, &time, &b),
-            Body::Value(body) => Entry {
-                v,
-                kind: kind.to_owned(),
-                lineage_id: lineage_id.clone(),
-                tenant: tenant.clone(),
-                time: time.clone(),
-                body,
-            }
-            .encode()?,
-        };
+        let bytes = Entry::encode_with_body(v, kind, &lineage_id, &tenant, &time, &body.0);
         let ledger_index = self.ledger.append(bytes).await?;
         let recorded = Recorded {
             lineage_id,
@@ -246,21 +237,25 @@ impl Recorder {
     }
 }
 
-/// The agent (id, name) an entry belongs to: a decision's `agent`, a registration's agent; `None` for every
-/// other kind (policy events belong to no agent) and for a body without them.
-pub fn entry_agent(e: &Entry) -> Option<(&str, &str)> {
-    fn s<'a>(v: &'a serde_json::Value, k: &str) -> Option<&'a str> {
-        v.get(k).and_then(serde_json::Value::as_str)
-    }
-    let b = &e.body;
-    match e.kind.as_str() {
-        kind::DECISION => {
-            let a = b.get("agent")?;
-            Some((s(a, "id")?, s(a, "name")?))
+/// The agent (id, name) an entry belongs to: a decision's `agent`, a registration's agent, an approval change's
+/// agent; `None` for every other kind (policy events and spans belong to no agent) and for a body that does not
+/// read as its kind's.
+pub fn entry_agent(e: &Entry) -> Option<(String, String)> {
+    use body::RecordBody;
+    match Kind::parse(&e.kind)? {
+        Kind::Decision => body::Decision::of_entry(e)
+            .ok()
+            .map(|b| (b.agent.id, b.agent.name)),
+        Kind::AgentRegistered => {
+            let b = body::AgentRegistered::of_entry(e).ok()?;
+            let name = b.name()?.to_owned();
+            Some((b.agent_id, name))
         }
-        kind::AGENT_REGISTERED => Some((s(b, "agentId")?, s(b.get("manifest")?, "name")?)),
-        kind::APPROVAL_VOTED | kind::APPROVAL_RESOLVED => Some((s(b, "agentId")?, s(b, "agentName")?)),
-        _ => None,
+        Kind::ApprovalVoted | Kind::ApprovalResolved => {
+            let of = body::ApprovalChangeBody::of_entry(e).ok()?.of().clone();
+            Some((of.agent_id, of.agent_name?))
+        }
+        Kind::PolicyActivated | Kind::PolicyRefused | Kind::TraceSpans => None,
     }
 }
 
@@ -283,7 +278,7 @@ mod tests {
             execution_id: None,
             approval: None,
             uses_approval: None,
-            body: format!(r#"{{"decisionId":"{id}"}}"#).into_bytes(),
+            body: crate::recorder::body::samples::decision_with_id(id, false),
         })
     }
 

@@ -6,30 +6,83 @@
 //! both give the same rows for every kind.
 
 use super::RecordError;
+use super::body::{self, ApprovalChangeBody, RecordBody};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Outcome, PolicyEvent};
 use crate::store::{
     AgentVersionRow, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse, DecisionRecord, IndexRows,
     LineageRecord,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// Entry kind strings, as they appear in the ledger.
+/// Entry kind strings, as they appear in the ledger (each is [`Kind::as_str`] of its kind).
 pub mod kind {
+    use super::Kind;
     /// A policy decision.
-    pub const DECISION: &str = "decision";
+    pub const DECISION: &str = Kind::Decision.as_str();
     /// A new agent or a new version of one.
-    pub const AGENT_REGISTERED: &str = "agent.registered";
+    pub const AGENT_REGISTERED: &str = Kind::AgentRegistered.as_str();
     /// A policy set became active.
-    pub const POLICY_ACTIVATED: &str = "policy.activated";
+    pub const POLICY_ACTIVATED: &str = Kind::PolicyActivated.as_str();
     /// A pack was refused (the previous set stays active).
-    pub const POLICY_REFUSED: &str = "policy.refused";
+    pub const POLICY_REFUSED: &str = Kind::PolicyRefused.as_str();
     /// An approver's vote that did not yet reach the approval's quorum.
-    pub const APPROVAL_VOTED: &str = "approval.voted";
+    pub const APPROVAL_VOTED: &str = Kind::ApprovalVoted.as_str();
     /// An approval's final state: approved, denied, expired or canceled.
-    pub const APPROVAL_RESOLVED: &str = "approval.resolved";
+    pub const APPROVAL_RESOLVED: &str = Kind::ApprovalResolved.as_str();
     /// The redacted spans of one trace from one OTLP export.
-    pub const TRACE_SPANS: &str = "trace.spans";
+    pub const TRACE_SPANS: &str = Kind::TraceSpans.as_str();
+}
+
+/// The kinds of entry kla records. Every `match` over it is exhaustive (the body type in `body.rs`, the index
+/// keys here, the events in `events::map`), so a new kind does not compile until each place handles it; see
+/// ARCHITECTURE.md's "Adding a record kind".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Decision,
+    AgentRegistered,
+    PolicyActivated,
+    PolicyRefused,
+    ApprovalVoted,
+    ApprovalResolved,
+    TraceSpans,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 7] = [
+        Kind::Decision,
+        Kind::AgentRegistered,
+        Kind::PolicyActivated,
+        Kind::PolicyRefused,
+        Kind::ApprovalVoted,
+        Kind::ApprovalResolved,
+        Kind::TraceSpans,
+    ];
+
+    /// The kind string, as entries hold it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::AgentRegistered => "agent.registered",
+            Kind::PolicyActivated => "policy.activated",
+            Kind::PolicyRefused => "policy.refused",
+            Kind::ApprovalVoted => "approval.voted",
+            Kind::ApprovalResolved => "approval.resolved",
+            Kind::TraceSpans => "trace.spans",
+        }
+    }
+
+    /// The kind spelled `s` exactly; `None` for a kind this kla does not know.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Tenant recorded on entries that belong to no tenant (policy activations and refusals).
@@ -65,15 +118,12 @@ pub struct OpenedApproval {
     pub action_digest: Option<String>,
 }
 
-/// A change of an approval's state: a vote short of the quorum (`status` still [`ApprovalStatus::Pending`]) or its
-/// resolution.
+/// A change of an approval's state: a vote short of the quorum (an `approval.voted` entry, the status still
+/// [`ApprovalStatus::Pending`]) or its resolution (`approval.resolved`).
 pub struct ApprovalChange {
     pub tenant: String,
-    pub approval_id: String,
-    /// [`ApprovalStatus::Pending`] for a vote, the final status for a resolution.
-    pub status: ApprovalStatus,
     /// The approval's whole state after the change (it becomes the entry's body).
-    pub body: Value,
+    pub body: ApprovalChangeBody,
 }
 
 /// An agent version to record. The registrar assigns the id and version number before the entry is written.
@@ -95,8 +145,8 @@ pub struct SpanBatch {
     pub tenant: String,
     /// Lowercase hex, 32 digits.
     pub trace_id: String,
-    /// The entry body: `traceId`, `resourceSpans` (OTLP JSON), `spanHashes`, `redaction`, `packs`.
-    pub body: Value,
+    /// The entry body.
+    pub body: body::TraceSpans,
 }
 
 /// One thing to record.
@@ -113,11 +163,8 @@ pub enum Record {
     Spans(SpanBatch),
 }
 
-/// An entry body: bytes already in canonical form, or a JSON value the ledger encodes.
-pub(super) enum Body {
-    Canonical(Vec<u8>),
-    Value(Value),
-}
+/// An entry body in canonical (RFC 8785) form.
+pub(super) struct Body(pub Vec<u8>);
 
 /// What an entry's index rows need beyond its header (lineage id, tenant, kind, time, position).
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +174,7 @@ pub(super) enum Keys {
         decision_id: String,
         agent_id: String,
         action: String,
-        outcome: String,
+        outcome: Outcome,
         trace_id: Option<String>,
         execution_id: Option<String>,
         approval: Option<OpenedApproval>,
@@ -161,8 +208,7 @@ impl Record {
             Record::AgentRegistered(_) => kind::AGENT_REGISTERED,
             Record::Policy(PolicyEvent::Activated { .. }) => kind::POLICY_ACTIVATED,
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
-            Record::Approval(a) if a.status == ApprovalStatus::Pending => kind::APPROVAL_VOTED,
-            Record::Approval(_) => kind::APPROVAL_RESOLVED,
+            Record::Approval(a) => a.body.kind().as_str(),
             Record::Spans(_) => kind::TRACE_SPANS,
         }
     }
@@ -190,12 +236,12 @@ impl Record {
     pub(super) fn into_parts(self) -> Result<(Body, Keys), RecordError> {
         Ok(match self {
             Record::Decision(d) => (
-                Body::Canonical(d.body),
+                Body(d.body),
                 Keys::Decision {
                     decision_id: d.decision_id,
                     agent_id: d.agent_id,
                     action: d.action,
-                    outcome: d.outcome.as_str().to_owned(),
+                    outcome: d.outcome,
                     trace_id: d.trace_id,
                     execution_id: d.execution_id,
                     approval: d.approval,
@@ -203,32 +249,25 @@ impl Record {
                 },
             ),
             Record::Approval(a) => {
-                let state = serde_json_canonicalizer::to_string(&a.body)
+                let bytes = a.body.canonical()?;
+                let state = String::from_utf8(bytes.clone())
                     .map_err(|e| LedgerError::InvalidEntry(format!("approval: {e}")))?;
-                let decision_id = str_field(&a.body, "decisionId");
-                (
-                    Body::Value(a.body),
-                    Keys::Approval {
-                        decision_id,
-                        approval_id: a.approval_id,
-                        status: a.status,
-                        state,
-                    },
-                )
+                let keys = approval_keys(&a.body, state);
+                (Body(bytes), keys)
             }
             Record::AgentRegistered(r) => {
                 let manifest: Value = serde_json::from_str(&r.manifest)
                     .map_err(|e| LedgerError::InvalidEntry(format!("manifest: {e}")))?;
-                let body = json!({
-                    "agentId": r.agent_id,
-                    "version": r.version,
-                    "manifest": manifest,
-                    "manifestHash": r.manifest_hash,
-                    "signature": r.signature,
-                    "signatureKeyId": r.signature_key_id,
-                });
+                let body = body::AgentRegistered {
+                    agent_id: r.agent_id.clone(),
+                    version: r.version,
+                    manifest,
+                    manifest_hash: r.manifest_hash.clone(),
+                    signature: r.signature.clone(),
+                    signature_key_id: r.signature_key_id.clone(),
+                };
                 (
-                    Body::Value(body),
+                    Body(body.canonical()?),
                     Keys::Agent {
                         agent_id: r.agent_id,
                         name: r.name,
@@ -240,71 +279,66 @@ impl Record {
                     },
                 )
             }
-            Record::Spans(b) => (Body::Value(b.body), Keys::Spans { trace_id: b.trace_id }),
-            Record::Policy(ev) => (
-                Body::Value(serde_json::to_value(&ev).map_err(|e| LedgerError::InvalidEntry(e.to_string()))?),
-                Keys::None,
-            ),
+            Record::Spans(b) => (Body(b.body.canonical()?), Keys::Spans { trace_id: b.trace_id }),
+            Record::Policy(ev) => (Body(ev.canonical()?), Keys::None),
         })
     }
 }
 
-fn str_field(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).map(str::to_owned)
+/// An approval change's index keys; `state` is its canonical body.
+fn approval_keys(b: &ApprovalChangeBody, state: String) -> Keys {
+    Keys::Approval {
+        approval_id: b.of().approval_id.clone(),
+        decision_id: Some(b.of().decision_id.clone()),
+        status: b.status(),
+        state,
+    }
 }
 
 /// The index keys of a decoded entry (re-indexing and index retries): the same as its record gave when it was
-/// written. An entry whose body lacks what its kind needs (or names an approval status this kla does not know) is
-/// indexed by its lineage row only.
+/// written. An entry whose body does not read as its kind's typed body (`body.rs`), or of a kind this kla does not
+/// know, is indexed by its lineage row only.
 pub(super) fn keys_of_entry(e: &Entry) -> Keys {
-    let b = &e.body;
-    let keys = match e.kind.as_str() {
-        kind::DECISION => (|| {
-            Some(Keys::Decision {
-                decision_id: str_field(b, "decisionId")?,
-                agent_id: b
-                    .get("agent")
-                    .and_then(|a| str_field(a, "id"))
-                    .unwrap_or_default(),
-                action: str_field(b, "action").unwrap_or_default(),
-                outcome: str_field(b, "decision").unwrap_or_default(),
-                trace_id: str_field(b, "traceId"),
-                execution_id: str_field(b, "executionId"),
-                approval: b.get("approval").and_then(|t| {
-                    Some(OpenedApproval {
-                        approval_id: str_field(t, "approvalId")?,
-                        expires_at: str_field(t, "expiresAt")?,
-                        action_digest: str_field(t, "actionDigest"),
-                    })
-                }),
-                uses_approval: str_field(b, "usesApproval"),
-            })
-        })(),
-        kind::APPROVAL_VOTED | kind::APPROVAL_RESOLVED => (|| {
-            Some(Keys::Approval {
-                decision_id: str_field(b, "decisionId"),
-                approval_id: str_field(b, "approvalId")?,
-                status: b
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .and_then(ApprovalStatus::parse)?,
-                state: serde_json_canonicalizer::to_string(b).ok()?,
-            })
-        })(),
-        kind::TRACE_SPANS => str_field(b, "traceId").map(|trace_id| Keys::Spans { trace_id }),
-        kind::AGENT_REGISTERED => (|| {
-            let manifest = b.get("manifest")?;
+    let Some(kind) = Kind::parse(&e.kind) else {
+        return Keys::None;
+    };
+    let keys = match kind {
+        Kind::Decision => body::Decision::of_entry(e).ok().map(|b| Keys::Decision {
+            decision_id: b.decision_id,
+            agent_id: b.agent.id,
+            action: b.action,
+            outcome: b.decision,
+            trace_id: b.trace_id,
+            execution_id: b.execution_id,
+            approval: b.approval.map(|t| OpenedApproval {
+                approval_id: t.approval_id,
+                expires_at: t.expires_at,
+                action_digest: Some(t.action_digest),
+            }),
+            uses_approval: b.uses_approval,
+        }),
+        Kind::ApprovalVoted | Kind::ApprovalResolved => ApprovalChangeBody::of_entry(e).ok().and_then(|b| {
+            Some(approval_keys(
+                &b,
+                serde_json_canonicalizer::to_string(&e.body).ok()?,
+            ))
+        }),
+        Kind::TraceSpans => body::TraceSpans::of_entry(e)
+            .ok()
+            .map(|b| Keys::Spans { trace_id: b.trace_id }),
+        Kind::AgentRegistered => body::AgentRegistered::of_entry(e).ok().and_then(|b| {
             Some(Keys::Agent {
-                agent_id: str_field(b, "agentId")?,
-                name: str_field(manifest, "name")?,
-                version: b.get("version")?.as_i64()?,
-                manifest: serde_json_canonicalizer::to_string(manifest).ok()?,
-                manifest_hash: str_field(b, "manifestHash")?,
-                signature: str_field(b, "signature")?,
-                key_id: str_field(b, "signatureKeyId")?,
+                name: b.name()?.to_owned(),
+                manifest: serde_json_canonicalizer::to_string(&b.manifest).ok()?,
+                agent_id: b.agent_id,
+                version: b.version,
+                manifest_hash: b.manifest_hash,
+                signature: b.signature,
+                key_id: b.signature_key_id,
             })
-        })(),
-        _ => None,
+        }),
+        // Policy events have no index rows beyond their lineage row.
+        Kind::PolicyActivated | Kind::PolicyRefused => None,
     };
     keys.unwrap_or(Keys::None)
 }
@@ -445,32 +479,58 @@ mod tests {
     use crate::ledger::entry::ENTRY_VERSION;
     use crate::policy::{Outcome, PolicyEvent};
     use crate::recorder::DecisionBody;
+    use crate::recorder::body::samples;
+    use serde_json::json;
+
+    /// The list test of "Adding a record kind" for the index: a real entry of every kind gives the index keys
+    /// its kind needs (a kind added to `Kind` fails to compile here until it says which).
+    #[test]
+    fn every_kind_has_its_index_keys() {
+        for kind in Kind::ALL {
+            let keys = keys_of_entry(&samples::entry(kind));
+            let expected = match kind {
+                Kind::Decision => matches!(
+                    keys,
+                    Keys::Decision {
+                        approval: Some(_),
+                        ..
+                    }
+                ),
+                Kind::AgentRegistered => matches!(keys, Keys::Agent { .. }),
+                Kind::ApprovalVoted => matches!(
+                    keys,
+                    Keys::Approval {
+                        status: ApprovalStatus::Pending,
+                        ..
+                    }
+                ),
+                Kind::ApprovalResolved => matches!(
+                    keys,
+                    Keys::Approval {
+                        status: ApprovalStatus::Approved,
+                        ..
+                    }
+                ),
+                Kind::TraceSpans => matches!(keys, Keys::Spans { .. }),
+                Kind::PolicyActivated | Kind::PolicyRefused => keys == Keys::None,
+            };
+            assert!(expected, "{kind}: {keys:?}");
+        }
+    }
 
     /// Encodes a record as the recorder does and decodes it as re-indexing does.
     fn round_trip(r: Record) -> (Keys, Keys, &'static str) {
         let kind = r.kind();
         let tenant = r.tenant().to_owned();
         let (body, keys) = r.into_parts().expect("parts");
-        let bytes = match body {
-            Body::Canonical(b) => Entry::encode_with_body(
-                ENTRY_VERSION,
-                kind,
-                "lr_1",
-                &tenant,
-                "2026-12-01T00:00:00.000Z",
-                &b,
-            ),
-            Body::Value(body) => Entry {
-                v: ENTRY_VERSION,
-                kind: kind.to_owned(),
-                lineage_id: "lr_1".into(),
-                tenant,
-                time: "2026-12-01T00:00:00.000Z".into(),
-                body,
-            }
-            .encode()
-            .expect("encode"),
-        };
+        let bytes = Entry::encode_with_body(
+            ENTRY_VERSION,
+            kind,
+            "lr_1",
+            &tenant,
+            "2026-12-01T00:00:00.000Z",
+            &body.0,
+        );
         let back = keys_of_entry(&Entry::decode(&bytes).expect("decode"));
         (keys, back, kind)
     }
@@ -530,15 +590,11 @@ mod tests {
             }),
             Record::Approval(ApprovalChange {
                 tenant: "acme".into(),
-                approval_id: "appr_1".into(),
-                status: ApprovalStatus::Pending,
-                body: json!({"approvalId": "appr_1", "decisionId": "dec_1", "status": "PENDING", "votes": [{"subject": "a"}]}),
+                body: samples::voted(),
             }),
             Record::Approval(ApprovalChange {
                 tenant: "acme".into(),
-                approval_id: "appr_1".into(),
-                status: ApprovalStatus::Approved,
-                body: json!({"approvalId": "appr_1", "status": "APPROVED", "finalDecision": "allow"}),
+                body: samples::resolved(),
             }),
             Record::AgentRegistered(Registration {
                 tenant: "acme".into(),
@@ -558,7 +614,7 @@ mod tests {
             Record::Spans(SpanBatch {
                 tenant: "acme".into(),
                 trace_id: "5b8efff798038103d269b633813fc60c".into(),
-                body: json!({"traceId": "5b8efff798038103d269b633813fc60c", "resourceSpans": []}),
+                body: samples::spans(),
             }),
         ];
         let mut kinds = Vec::new();

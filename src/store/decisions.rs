@@ -1,10 +1,45 @@
 //! Decisions and the lineage index. Both are derived from the ledger (the source of truth) and can be rebuilt
 //! from it: `lineage_count_and_max` tells startup where to resume.
+//!
+//! A decision's outcome is `policy::Outcome` in the rows as everywhere else: the `decision` column holds its one
+//! spelling (`allow`, `warn`, `require_approval`, `block`), bound from the enum, and a spelling this kla does not
+//! know reads back as [`StoreError::Corrupt`]. The store may name the policy's value types (the dependency runs
+//! one way: `policy` knows no store).
 
 use super::agents::AgentVersionRow;
 use super::approvals::{ApprovalRow, ApprovalUpdate, ApprovalUse, index_approvals};
-use super::{Result, Store};
-use rusqlite::{OptionalExtension, params};
+use super::{Result, Store, StoreError};
+use crate::policy::Outcome;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, ToSql, params};
+
+impl ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
+    }
+}
+
+/// A stored outcome this kla does not know (a newer kla wrote it, or the file was changed).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown decision outcome {0:?}")]
+struct UnknownOutcome(String);
+
+impl FromSql for Outcome {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Outcome::parse(s).ok_or_else(|| FromSqlError::Other(Box::new(UnknownOutcome(s.to_owned()))))
+    }
+}
+
+/// A decision row read failed: an unknown outcome is a corrupt value (kla's fault), the rest is SQLite's.
+fn read_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<UnknownOutcome>() => {
+            StoreError::Corrupt(format!("decisions.decision: {inner}"))
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
 
 /// A stored decision.
 #[derive(Debug, Clone)]
@@ -15,8 +50,8 @@ pub struct DecisionRecord {
     /// Agent the decision was for.
     pub agent_id: String,
     pub action: String,
-    /// `allow`, `warn`, `require_approval` or `block`.
-    pub decision: String,
+    /// The enforced outcome.
+    pub decision: Outcome,
     /// Lineage id of its ledger entry.
     pub lineage_id: String,
     /// Ledger index of its entry (which holds the full decision).
@@ -98,7 +133,7 @@ impl Store {
     pub async fn get_decision(&self, tenant: &str, decision_id: &str) -> Result<Option<DecisionRecord>> {
         let (t, d) = (tenant.to_owned(), decision_id.to_owned());
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_row(
                 "SELECT decision_id, tenant, agent_id, action, decision, lineage_id, ledger_index, created_at
                  FROM decisions WHERE tenant = ?1 AND decision_id = ?2",
                 params![t, d],
@@ -115,7 +150,8 @@ impl Store {
                     })
                 },
             )
-            .optional()?)
+            .optional()
+            .map_err(read_error)
         })
         .await
     }

@@ -535,3 +535,36 @@ async fn the_list_is_oldest_first_with_counts_filters_and_pages() {
     );
     assert_eq!(r.body["counts"]["PENDING"], 0);
 }
+
+/// Every entry a real server wrote for a quorum's life (registration, policy activation, the decision that opens
+/// the approval, a vote short of the quorum, the resolution) reads as its kind's typed body and writes back the
+/// very bytes the ledger holds.
+#[tokio::test]
+async fn every_recorded_entry_reads_as_its_typed_body_and_writes_back_its_bytes() {
+    let d = Desk::start().await;
+    let (_, id) = d.ask("close_account", json!({"account": "a-9"})).await;
+    let r = d
+        .vote(&d.s.token(T, Role::Approver), &id, "APPROVED", "one")
+        .await;
+    assert_eq!(r.body["status"], "PENDING", "{}", r.body);
+    let r = d.vote(&d.s.token(T, Role::Admin), &id, "DENIED", "no").await;
+    assert_eq!(r.body["status"], "DENIED", "{}", r.body);
+    let r =
+        d.s.get("/v1/ledger/entries?start=0", &d.s.token(T, Role::Admin), T)
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let kinds: std::collections::BTreeSet<String> = r
+        .text()
+        .lines()
+        .map(|line| crate::records::assert_typed_round_trip(line).as_str().to_owned())
+        .collect();
+    for k in [
+        "agent.registered",
+        "policy.activated",
+        "decision",
+        "approval.voted",
+        "approval.resolved",
+    ] {
+        assert!(kinds.contains(k), "no {k} entry among {kinds:?}");
+    }
+}

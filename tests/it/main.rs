@@ -33,6 +33,7 @@ mod preallocate;
 mod proxy;
 mod proxy_target;
 mod rate_limit;
+mod records;
 mod redaction;
 mod reindex;
 mod restart;

@@ -711,6 +711,11 @@ async fn a_held_call_is_forwarded_once_when_approved_and_refused_when_denied() {
             ("decision".to_owned(), id.clone()),
         ]
     );
+    // Each of them (a decision that opened an approval, its resolution, a decision that used it up) reads as its
+    // typed body and writes back the stored bytes.
+    for e in r.body["entries"].as_array().unwrap() {
+        crate::records::assert_typed_round_trip(e["entry"].as_str().unwrap());
+    }
 
     // The same call again needs a new approval: the first one let one call through.
     let r = c
