@@ -161,15 +161,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // Everything a caller writes that is recorded (decision contexts, manifests' free text, vote comments) passes
     // the tenant's redactor first.
     let redaction = Arc::new(Redaction::new(policy.clone(), &cfg.data_dir));
-    let agents = Arc::new(Agents::new(
-        store.clone(),
-        recorder.clone(),
-        registry_key,
-        redaction.clone(),
-    ));
+    let agents = Arc::new(Agents::new(recorder.clone(), registry_key, redaction.clone()));
     let digest_key = DigestKey::load_or_create(&DigestKey::path(&cfg.data_dir))?;
     let approvals = Arc::new(Approvals::new(
-        store.clone(),
         recorder.clone(),
         policy.clone(),
         digest_key,

@@ -33,7 +33,13 @@ impl Approvals {
         let Some(approval) = used else {
             return Ok(records);
         };
-        let Some(opened) = self.store.get_approval(tenant, &approval).await? else {
+        let Some(opened) = self
+            .recorder
+            .indexed()
+            .await
+            .get_approval(tenant, &approval)
+            .await?
+        else {
             return Ok(records);
         };
         let chain = self

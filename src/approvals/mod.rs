@@ -30,6 +30,7 @@ pub use digest::DigestKey;
 use view::{Opened, approval_of, change_of, render, terms_of, votes_of};
 
 use crate::auth::{AuthError, Caller, Role};
+use crate::coord::{Turn, Turns, Wakeups};
 use crate::error::{Class, Classify};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Decision, EvalInput, OnTimeout, Outcome, PolicyManager};
@@ -38,14 +39,11 @@ use crate::recorder::body::{
 };
 use crate::recorder::{ApprovalChange, ApprovalTerms, Record, RecordError, Recorder};
 use crate::redact::{Redaction, Report};
-use crate::store::{ApprovalFilter, ApprovalRecord, Store, StoreError};
-use parking_lot::Mutex;
+use crate::store::{ApprovalFilter, ApprovalRecord, StoreError};
 use serde_json::{Value, json};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How long an approval waits when its rule gives no `approval.timeout`.
@@ -54,8 +52,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const MAX_PAGE: usize = 1000;
 /// How often the expiry service looks for approvals whose time ran out, at the most.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
-/// Lock stripes serialising changes of one approval.
-const STRIPES: usize = 64;
 /// How long after its resolution an approval still lets its action through once (a call held past its client's
 /// patience is retried by the agent; a much later call of the same action asks again).
 pub const REUSE_WINDOW: Duration = Duration::from_secs(60 * 60);
@@ -152,10 +148,7 @@ pub struct ListQuery {
 pub enum Earlier<'a> {
     /// Approved (or expired as allowed), not used, resolved within [`REUSE_WINDOW`]: the call goes through on it.
     /// The guard keeps every other call of this action out until the use is durable and indexed.
-    Approved {
-        approval_id: String,
-        turn: tokio::sync::MutexGuard<'a, ()>,
-    },
+    Approved { approval_id: String, turn: Turn<'a> },
     /// Still pending: the call waits for it rather than opening a second approval of the same action.
     Pending(ApprovalTerms),
     /// Nothing to use: the call opens its own approval.
@@ -164,33 +157,35 @@ pub enum Earlier<'a> {
 
 /// The approvals of every tenant. Built once by `app`.
 pub struct Approvals {
-    store: Store,
+    /// Writes approval changes and reads the approvals index (only past its barrier).
     recorder: Recorder,
     policy: Arc<PolicyManager>,
     key: DigestKey,
     /// A vote's comment passes the tenant's redactor before it is recorded.
     redaction: Arc<Redaction>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Wakes callers waiting for an approval to end, by approval id.
-    waiters: Mutex<HashMap<String, watch::Sender<Option<Arc<Value>>>>>,
+    /// One change of an approval at a time, by approval id.
+    changes: Turns,
+    /// One use of an approved action at a time, by action digest (held until the use is indexed).
+    uses: Turns,
+    /// Wakes callers waiting for an approval to end, by approval id, with the approval as it ended.
+    ended: Wakeups<Arc<Value>>,
 }
 
 impl Approvals {
     pub fn new(
-        store: Store,
         recorder: Recorder,
         policy: Arc<PolicyManager>,
         key: DigestKey,
         redaction: Arc<Redaction>,
     ) -> Approvals {
         Approvals {
-            store,
             recorder,
             policy,
             key,
             redaction,
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            waiters: Mutex::new(HashMap::new()),
+            changes: Turns::new(),
+            uses: Turns::new(),
+            ended: Wakeups::new(),
         }
     }
 
@@ -276,11 +271,15 @@ impl Approvals {
             &input.context,
             input.tool.as_ref(),
         );
-        let turn = self.stripe(&digest).lock().await;
+        let turn = self.uses.take(digest.as_str()).await;
         // Resolutions and uses are indexed before they are answered (a use before its guard is released), but an
         // approval just opened may still be on its way to the index: wait for what is queued.
-        self.recorder.index_barrier().await;
-        let found = self.store.unused_approvals(&input.tenant, &digest).await?;
+        let found = self
+            .recorder
+            .indexed()
+            .await
+            .unused_approvals(&input.tenant, &digest)
+            .await?;
         let now = crate::time::now_ms();
         let window = i64::try_from(REUSE_WINDOW.as_millis()).unwrap_or(i64::MAX);
         let mut pending = None;
@@ -332,8 +331,13 @@ impl Approvals {
         tenant: &str,
         decision_id: &str,
     ) -> Result<Option<(ApprovalStatus, Value)>, ApprovalError> {
-        self.recorder.index_barrier().await;
-        let Some(rec) = self.store.approval_of_decision(tenant, decision_id).await? else {
+        let Some(rec) = self
+            .recorder
+            .indexed()
+            .await
+            .approval_of_decision(tenant, decision_id)
+            .await?
+        else {
             return Ok(None);
         };
         let decision = self.decision_entry(&rec)?;
@@ -358,16 +362,13 @@ impl Approvals {
             ),
         };
         let limit = q.limit.clamp(1, MAX_PAGE);
-        self.recorder.index_barrier().await;
         let filter = ApprovalFilter {
             status,
             agent_id: q.agent_id.clone(),
             after,
         };
-        let rows = self
-            .store
-            .list_approvals(&caller.tenant, &filter, limit + 1)
-            .await?;
+        let index = self.recorder.indexed().await;
+        let rows = index.list_approvals(&caller.tenant, &filter, limit + 1).await?;
         let more = rows.len() > limit;
         let mut approvals = Vec::with_capacity(rows.len().min(limit));
         let mut last = None;
@@ -376,8 +377,7 @@ impl Approvals {
             last = Some(rec.row.decision_index);
             approvals.push(render(&rec, &decision));
         }
-        let counts = self
-            .store
+        let counts = index
             .approval_counts(&caller.tenant, q.agent_id.as_deref())
             .await?;
         Ok(Page {
@@ -412,7 +412,7 @@ impl Approvals {
                 Cow::Owned(r) => r,
             }
         });
-        let _turn = self.stripe(approval_id).lock().await;
+        let _turn = self.changes.take(approval_id).await;
         let (rec, decision) = self.load(caller, approval_id).await?;
         if decision.body.principal.subject == *caller.principal.subject {
             return Err(AuthError::Forbidden(format!(
@@ -526,36 +526,26 @@ impl Approvals {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut ended = None;
         loop {
-            let mut rx = self
-                .waiters
-                .lock()
-                .entry(approval_id.to_owned())
-                .or_insert_with(|| watch::channel(None).0)
-                .subscribe();
+            let mut waiter = self.ended.subscribe(approval_id);
             // Read after subscribing: a resolution between the read and the wait still wakes us.
-            self.recorder.index_barrier().await;
             let pending = self
-                .store
+                .recorder
+                .indexed()
+                .await
                 .get_approval(tenant, approval_id)
                 .await?
                 .is_some_and(|r| r.status == ApprovalStatus::Pending);
             if !pending {
                 break;
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            match tokio::time::timeout_at(deadline, waiter.changed()).await {
                 Err(_) => break,
-                Ok(Ok(())) => {
-                    if let Some(a) = rx.borrow_and_update().clone() {
-                        ended = Some(a);
-                        break;
-                    }
+                Ok(Some(a)) => {
+                    ended = Some(a);
+                    break;
                 }
-                Ok(Err(_)) => continue,
+                Ok(None) => continue,
             }
-        }
-        let mut w = self.waiters.lock();
-        if w.get(approval_id).is_some_and(|tx| tx.receiver_count() == 0) {
-            w.remove(approval_id);
         }
         Ok(ended)
     }
@@ -567,7 +557,12 @@ impl Approvals {
             // No index barrier: an approval not indexed yet has at least a second to go (timeouts are whole
             // seconds), and a barrier every tick would break up the index writer's batches under load.
             let mut next_ms = None;
-            match self.store.due_approvals(crate::time::now_ms(), 64).await {
+            match self
+                .recorder
+                .index_as_is()
+                .due_approvals(crate::time::now_ms(), 64)
+                .await
+            {
                 Ok((due, next)) => {
                     next_ms = next;
                     for (tenant, id) in due {
@@ -590,8 +585,14 @@ impl Approvals {
     }
 
     async fn expire(&self, tenant: &str, approval_id: &str) -> Result<(), ApprovalError> {
-        let _turn = self.stripe(approval_id).lock().await;
-        let Some(rec) = self.store.get_approval(tenant, approval_id).await? else {
+        let _turn = self.changes.take(approval_id).await;
+        // Due approvals come from the index itself, so their rows are there; a change since is behind this turn.
+        let Some(rec) = self
+            .recorder
+            .index_as_is()
+            .get_approval(tenant, approval_id)
+            .await?
+        else {
             return Ok(());
         };
         if rec.status != ApprovalStatus::Pending || crate::time::now_ms() < rec.row.expires_ms {
@@ -641,14 +642,12 @@ impl Approvals {
         rec.status = change.body.status();
         rec.state = Some(state);
         let ended = (rec.status != ApprovalStatus::Pending).then(|| Arc::new(render(&rec, decision)));
-        let waiters = &self.waiters;
+        let wakeups = &self.ended;
         let id = &rec.row.approval_id;
         self.recorder
             .record_then(Record::Approval(change), move |_| {
-                if let Some(a) = ended
-                    && let Some(tx) = waiters.lock().remove(id)
-                {
-                    let _ = tx.send(Some(a));
+                if let Some(a) = ended {
+                    wakeups.notify(id, a);
                 }
             })
             .await?;
@@ -711,9 +710,10 @@ impl Approvals {
         if !approval_id.starts_with("appr_") || approval_id.len() > 64 {
             return Err(not_found());
         }
-        self.recorder.index_barrier().await;
         let rec = self
-            .store
+            .recorder
+            .indexed()
+            .await
             .get_approval(&caller.tenant, approval_id)
             .await?
             .ok_or_else(not_found)?;
@@ -739,12 +739,5 @@ impl Approvals {
             lineage_id: e.lineage_id,
             body,
         })
-    }
-
-    fn stripe(&self, approval_id: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        approval_id.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
     }
 }

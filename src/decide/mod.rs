@@ -395,7 +395,7 @@ enum Held<'a> {
     /// The approved approval this decision uses up; `turn` is held until the use is recorded.
     Uses {
         approval_id: String,
-        turn: tokio::sync::MutexGuard<'a, ()>,
+        turn: crate::coord::Turn<'a>,
     },
 }
 

@@ -230,10 +230,39 @@ impl Recorder {
         Ok(Some((rec, entry)))
     }
 
-    /// Waits until the index holds every entry recorded before this call (registrations read the newest version
-    /// of a name through it).
+    /// Waits until the index holds every entry recorded before this call. For readers that go through this
+    /// recorder's own read methods (the event stream); modules that read the store's index take [`Recorder::indexed`].
     pub async fn index_barrier(&self) {
         self.index.barrier().await;
+    }
+
+    /// The index past the barrier: it holds every entry recorded before this call (read-your-writes). The domain
+    /// modules that read index rows themselves (approvals, registrations) hold no `Store` and read only through
+    /// this, so a read that forgot the barrier does not compile.
+    pub async fn indexed(&self) -> Indexed<'_> {
+        self.index.barrier().await;
+        Indexed { store: &self.store }
+    }
+
+    /// The index as it is now, possibly a batch behind the ledger: for readers whose rows were indexed long ago
+    /// (the approval expiry service's due approvals), each call saying why.
+    pub fn index_as_is(&self) -> Indexed<'_> {
+        Indexed { store: &self.store }
+    }
+}
+
+/// A read handle on the index, obtained from [`Recorder::indexed`] (past the barrier) or
+/// [`Recorder::index_as_is`]. With several replicas on one sequenced ledger, passing the barrier becomes "the index
+/// has integrated up to the sequence this replica has seen" (docs/replicas.md).
+pub struct Indexed<'a> {
+    store: &'a Store,
+}
+
+impl std::ops::Deref for Indexed<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.store
     }
 }
 

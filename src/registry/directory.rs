@@ -13,7 +13,7 @@ use crate::coord::Turns;
 use crate::policy::AgentRef;
 use crate::recorder::{Record, Recorder, Registration};
 use crate::redact::Redaction;
-use crate::store::{AgentRecord, Store};
+use crate::store::AgentRecord;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +50,6 @@ struct Latest {
 
 /// Registers and looks up agents. Cheap to share behind an `Arc`.
 pub struct Agents {
-    store: Store,
     recorder: Recorder,
     key: KeyFile,
     /// A manifest's free text passes the tenant's redactor before it is recorded.
@@ -64,11 +63,10 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// A directory over `store`, recording through `recorder`, signing manifests with `key`, redacting their free
+    /// A directory reading and recording through `recorder`, signing manifests with `key`, redacting their free
     /// text with `redaction`.
-    pub fn new(store: Store, recorder: Recorder, key: KeyFile, redaction: Arc<Redaction>) -> Agents {
+    pub fn new(recorder: Recorder, key: KeyFile, redaction: Arc<Redaction>) -> Agents {
         Agents {
-            store,
             recorder,
             key,
             redaction,
@@ -87,8 +85,10 @@ impl Agents {
         {
             return Ok(a.clone());
         }
+        // No barrier: a registration is answered only once indexed, so every agent a caller can name is there.
         let rec = self
-            .store
+            .recorder
+            .index_as_is()
             .get_agent(tenant, agent_id)
             .await?
             .ok_or_else(|| RegistryError::UnknownAgent(agent_id.to_owned()))?;
@@ -111,7 +111,8 @@ impl Agents {
 
     /// One agent of a tenant with every version.
     pub async fn record(&self, tenant: &str, agent_id: &str) -> Result<AgentRecord, RegistryError> {
-        self.store
+        self.recorder
+            .index_as_is()
             .get_agent(tenant, agent_id)
             .await?
             .ok_or_else(|| RegistryError::UnknownAgent(agent_id.to_owned()))
@@ -119,7 +120,7 @@ impl Agents {
 
     /// Every agent of a tenant, by name.
     pub async fn list(&self, tenant: &str) -> Result<Vec<AgentRecord>, RegistryError> {
-        Ok(self.store.list_agents(tenant).await?)
+        Ok(self.recorder.index_as_is().list_agents(tenant).await?)
     }
 
     /// Registers `manifest` for the caller's tenant: a new name is a new agent (version 1); a known name (compared
@@ -136,10 +137,12 @@ impl Agents {
         let tenant = caller.tenant.to_string();
         let name = manifest.name.clone();
         let _turn = self.turns.take(&(tenant.as_str(), name.as_str())).await;
-        let stored = {
-            self.recorder.index_barrier().await;
-            self.store.latest_agent_version(&tenant, &name).await?
-        };
+        let stored = self
+            .recorder
+            .indexed()
+            .await
+            .latest_agent_version(&tenant, &name)
+            .await?;
         let remembered = self.latest.lock().get(&(tenant.clone(), name.clone())).cloned();
         let newest = match (stored, remembered) {
             (Some((agent_id, version, manifest_hash)), Some(r)) if r.version <= version => Some(Latest {
