@@ -1,6 +1,7 @@
 //! The invariants of ARCHITECTURE.md that a test can check by reading the source tree (rust-analyzer's
 //! `xtask/src/tidy.rs` is the model): SQL only in `src/store/`, domain modules never importing an edge, edges
-//! importing no other edge but `server`, no two top-level modules importing each other, a `//!` doc on every source file, a size limit on non-test code, and
+//! importing no other edge but `server`, no two top-level modules importing each other, the tool-call phases named
+//! alike in `proxy/pipeline.rs`, ARCHITECTURE.md and docs/request-lifecycle.md, a `//!` doc on every source file, a size limit on non-test code, and
 //! no `unwrap()` on a non-test path.
 //!
 //! It reads files only (no server, no kla types), so it is its own small test binary rather than a module of
@@ -770,6 +771,69 @@ fn raw_string_start(b: &[u8], i: usize) -> Option<usize> {
     j += 1;
     let hashes = b[j..].iter().take_while(|&&c| c == b'#').count();
     (b.get(j + hashes) == Some(&b'"')).then_some(hashes)
+}
+
+/// The phases of a tool call, in order, as `src/proxy/pipeline.rs`'s module doc lists them (`N. **name**`).
+fn pipeline_phases() -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("src/proxy/pipeline.rs")).expect("pipeline.rs");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("//! "))
+        .filter_map(|l| {
+            let (n, rest) = l.split_once(". **")?;
+            n.trim().parse::<u32>().ok()?;
+            Some(rest.split_once("**")?.0.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_proxy_phases_have_one_set_of_names_in_the_code_and_the_docs() {
+    let code = pipeline_phases();
+    assert!(
+        code.len() >= 7,
+        "pipeline.rs lists its phases as `N. **name**`: {code:?}"
+    );
+    // docs/request-lifecycle.md: the first column of the proxy's phase table, in order (the budget's row is the
+    // place of a phase to come, in parentheses).
+    let lifecycle = std::fs::read_to_string(root().join("docs/request-lifecycle.md")).expect("lifecycle");
+    let section = lifecycle
+        .split("## The tool-call proxy's phases")
+        .nth(1)
+        .expect("docs/request-lifecycle.md has the proxy's phases");
+    let documented: Vec<String> = section
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split_once(" |").map(|(c, _)| c.trim().to_string()))
+        .filter(|c| c != "phase" && !c.starts_with("---") && !c.starts_with('('))
+        .collect();
+    assert_eq!(
+        documented, code,
+        "docs/request-lifecycle.md's phase table and pipeline.rs disagree"
+    );
+    // ARCHITECTURE.md's code map names each phase in bold where its code lives.
+    let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let proxy = arch
+        .split("- **`proxy/`**")
+        .nth(1)
+        .and_then(|s| s.split("\n- **").next())
+        .expect("ARCHITECTURE.md's code map has proxy/");
+    let missing: Vec<&String> = code
+        .iter()
+        .filter(|p| !proxy.contains(&format!("**{p}**")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's proxy/ entry does not name the phases {missing:?}"
+    );
+    // Each phase the adapter implements says so in its doc (`Phase **name**`).
+    let pipeline = std::fs::read_to_string(root().join("src/proxy/pipeline.rs")).expect("pipeline.rs");
+    for p in ["forward", "respond", "hold"] {
+        assert!(
+            pipeline.contains(&format!("Phase **{p}**")),
+            "Adapter's {p} is not documented as its phase"
+        );
+    }
 }
 
 fn root() -> PathBuf {
