@@ -200,15 +200,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let proxy = match &cfg.proxy {
         Some(pc) => {
-            // The proxy's decider is built from the same shared parts as the API's.
             let handles = crate::proxy::Handles {
-                decider: Decider::new(
-                    policy.clone(),
-                    recorder.clone(),
-                    agents.clone(),
-                    redaction.clone(),
-                    approvals.clone(),
-                ),
+                decider: decider.clone(),
                 auth: auth.clone(),
                 agents: agents.clone(),
                 approvals: approvals.clone(),

@@ -122,7 +122,8 @@ struct Call<'a> {
     trace_id: Option<String>,
 }
 
-/// Decides actions. Built once by `app`, shared by every entry point.
+/// Decides actions. Built once by `app`, shared by every entry point (a clone shares the same parts).
+#[derive(Clone)]
 pub struct Decider {
     policy: Arc<PolicyManager>,
     recorder: Recorder,
