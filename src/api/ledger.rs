@@ -315,14 +315,7 @@ async fn evidence(
         ));
     }
     let limit = page::limit(q.limit)?;
-    let after = match &q.cursor {
-        Some(c) => Some(
-            page::position(EVIDENCE_CURSOR, c)?
-                .parse::<u64>()
-                .map_err(|_| ApiError::invalid("cursor is not one this endpoint returned"))?,
-        ),
-        None => None,
-    };
+    let after = page::after_index(EVIDENCE_CURSOR, q.cursor.as_deref())?;
     let mut records = match &q.lineage_id {
         Some(l) => {
             let r = find(&s, &caller, l).await?;

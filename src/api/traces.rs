@@ -53,14 +53,7 @@ async fn trace(
     caller.require(&[Role::Agent, Role::Admin, Role::Auditor, Role::Approver])?;
     let trace_id = normalize(&trace_id)?;
     let limit = page::limit(q.limit)?;
-    let after = match &q.cursor {
-        Some(c) => Some(
-            page::position(TRACE_CURSOR, c)?
-                .parse::<u64>()
-                .map_err(|_| ApiError::invalid("cursor is not one this endpoint returned"))?,
-        ),
-        None => None,
-    };
+    let after = page::after_index(TRACE_CURSOR, q.cursor.as_deref())?;
     let agent = caller.principal.agent.as_deref();
     let mut records = s
         .recorder
