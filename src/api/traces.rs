@@ -54,17 +54,8 @@ async fn trace(
     let trace_id = normalize(&trace_id)?;
     let limit = page::limit(q.limit)?;
     let after = page::after_index(TRACE_CURSOR, q.cursor.as_deref())?;
-    let agent = caller.principal.agent.as_deref();
-    let mut records = s
-        .recorder
-        .find_lineage_page(
-            &caller.tenant,
-            &LineageKey::Trace(trace_id.clone()),
-            agent,
-            after,
-            limit + 1,
-        )
-        .await?;
+    let key = LineageKey::Trace(trace_id.clone());
+    let mut records = super::ledger::lineage_page(&s, &caller, &key, after, limit).await?;
     if records.is_empty() && after.is_none() {
         return Err(ApiError::not_found(format!("unknown traceId '{trace_id}'")));
     }

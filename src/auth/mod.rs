@@ -753,14 +753,17 @@ mod tests {
     fn desk_links_and_sessions_are_told_apart_from_api_tokens() {
         let (_dir, auth, local_pem, idp_pem) = setup();
         let ttl = Duration::from_secs(600);
-        let code = mint_desk_link(
-            local_pem.as_bytes(),
-            "acme".into(),
-            Role::Approver,
-            "alice".into(),
-            ttl,
-        )
-        .unwrap();
+        let mint_link = || {
+            mint_desk_link(
+                local_pem.as_bytes(),
+                "acme".into(),
+                Role::Approver,
+                "alice".into(),
+                ttl,
+            )
+            .unwrap()
+        };
+        let code = mint_link();
         assert!(matches!(auth.verify(&code), Err(AuthError::InvalidToken(m)) if m.contains("sign-in link")));
         let link = auth.verify_desk_link(&code).unwrap();
         assert!(
@@ -771,14 +774,7 @@ mod tests {
         assert_eq!(&*link.principal.subject, "alice");
         assert_eq!(link.principal.role, Role::Approver);
         assert_eq!(&*link.principal.tenants, ["acme".to_owned()]);
-        let other = mint_desk_link(
-            local_pem.as_bytes(),
-            "acme".into(),
-            Role::Approver,
-            "alice".into(),
-            ttl,
-        )
-        .unwrap();
+        let other = mint_link();
         assert_ne!(auth.verify_desk_link(&other).unwrap().jti, link.jti);
 
         let session = mint_desk_session(local_pem.as_bytes(), &link, ttl).unwrap();
