@@ -216,6 +216,16 @@ fn decide_failed(id: &Value, e: &dyn Classify) -> Value {
 }
 
 impl Ctx {
+    /// This request's call of `tool`, deciding `req`, as the pipeline's phases take it.
+    fn call<'a>(&'a self, tool: &'a str, req: ActionRequest) -> ToolCall<'a> {
+        ToolCall {
+            caller: &self.caller,
+            route: &self.route,
+            tool,
+            req,
+        }
+    }
+
     fn approval_url(&self, approval_id: &str) -> String {
         self.p.approval_url(approval_id)
     }
@@ -380,12 +390,7 @@ impl Ctx {
             Ok(r) => r,
             Err(r) => return *r,
         };
-        let call = ToolCall {
-            caller: &self.caller,
-            route: &self.route,
-            tool: &tool,
-            req,
-        };
+        let call = self.call(&tool, req);
         let mut a = Single {
             cx: self,
             parts: Some(parts),
@@ -505,12 +510,7 @@ impl Ctx {
                             continue;
                         }
                     };
-                    let call = ToolCall {
-                        caller: &self.caller,
-                        route: &self.route,
-                        tool: &tool,
-                        req,
-                    };
+                    let call = self.call(&tool, req);
                     let mut a = InBatch {
                         cx: self,
                         parts: &parts,
