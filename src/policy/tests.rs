@@ -261,6 +261,9 @@ fn refusal(pack: &str, extra: &[(&str, &str)]) -> String {
     unsigned(dir.path()).unwrap_err().to_string()
 }
 
+/// A pack's files besides `pack.yaml`: (path, text).
+type Extra<'a> = &'a [(&'a str, &'a str)];
+
 /// The pack is refused with a message that contains every one of `needles`.
 fn assert_refused(pack: &str, extra: &[(&str, &str)], needles: &[&str]) {
     let e = refusal(pack, extra);
@@ -270,7 +273,7 @@ fn assert_refused(pack: &str, extra: &[(&str, &str)], needles: &[&str]) {
 #[test]
 fn invalid_packs_are_refused_naming_file_rule_and_line() {
     // (the rules of pack.yaml, other files, what the refusal names)
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[(&str, Extra, &[&str])] = &[
         // Unknown key on a rule (line 9 of the generated pack.yaml).
         (
             "    - id: r1\n      decison: block\n",
