@@ -130,11 +130,7 @@ async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = page::limit(q.limit)?;
-    let after = q
-        .cursor
-        .as_deref()
-        .map(|c| page::position(AGENTS_CURSOR, c))
-        .transpose()?;
+    let after = page::after(AGENTS_CURSOR, q.cursor.as_deref())?;
     let agent = caller.principal.agent.as_deref();
     // One more than the page, to know whether another page follows.
     let mut agents = s

@@ -37,11 +37,7 @@ async fn list(
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Value>> {
     let limit = page::limit(q.limit)?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| page::position(APPROVALS_CURSOR, c))
-        .transpose()?;
+    let cursor = page::after(APPROVALS_CURSOR, q.cursor.as_deref())?;
     let p = s
         .approvals
         .list(

@@ -12,7 +12,7 @@ use crate::server::json::ApiQuery;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
@@ -141,15 +141,10 @@ async fn stream(
         let frame = st.step().await?;
         Some((Ok::<_, Infallible>(frame), st))
     });
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let mut resp = crate::server::sse::response(Body::from_stream(body));
     // Proxies that buffer responses (nginx) would hold events back.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
 }
 

@@ -13,7 +13,7 @@ use crate::auth::Role;
 use crate::ledger::{Entry, Hash, Ledger, LedgerError};
 use crate::recorder::{SYSTEM_TENANT, entry_agent};
 use crate::server::json::{ApiPath, ApiQuery};
-use crate::store::{LineageKey, LineageRecord};
+use crate::store::{LineageKey, LineagePage, LineageRecord};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
@@ -281,6 +281,24 @@ fn entry_lines(ledger: &Ledger, caller: &Caller, start: u64, end: u64) -> Result
     Ok(out)
 }
 
+/// The page of the entries selected by `key` that `caller` may read, after ledger index `after`, with one entry more
+/// than `limit` when another page follows.
+pub(super) async fn lineage_page(
+    s: &SharedState,
+    caller: &Caller,
+    key: &LineageKey,
+    after: Option<u64>,
+    limit: usize,
+) -> ApiResult<Vec<LineageRecord>> {
+    let page = LineagePage {
+        key,
+        agent: caller.principal.agent.as_deref(),
+        after,
+        limit: limit + 1,
+    };
+    Ok(s.recorder.find_lineage_page(&caller.tenant, page).await?)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct EvidenceQuery {
@@ -315,14 +333,7 @@ async fn evidence(
         ));
     }
     let limit = page::limit(q.limit)?;
-    let after = match &q.cursor {
-        Some(c) => Some(
-            page::position(EVIDENCE_CURSOR, c)?
-                .parse::<u64>()
-                .map_err(|_| ApiError::invalid("cursor is not one this endpoint returned"))?,
-        ),
-        None => None,
-    };
+    let after = page::after_index(EVIDENCE_CURSOR, q.cursor.as_deref())?;
     let mut records = match &q.lineage_id {
         Some(l) => {
             let r = find(&s, &caller, l).await?;
@@ -340,11 +351,7 @@ async fn evidence(
                 (None, None, None) => return Err(ApiError::invalid("no selector given")),
             };
             let agent = caller.principal.agent.as_deref();
-            // One more than the page, to know whether another page follows.
-            let mut found = s
-                .recorder
-                .find_lineage_page(&caller.tenant, &key, agent, after, limit + 1)
-                .await?;
+            let mut found = lineage_page(&s, &caller, &key, after, limit).await?;
             if let (LineageKey::Decision(_), None) = (&key, after) {
                 // A decision that went through on an earlier approval is evidenced with that approval's chain.
                 found = s

@@ -45,15 +45,31 @@ pub fn cursor(scope: &str, position: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{scope}:{position}"))
 }
 
+/// The answer to a cursor this endpoint did not issue.
+fn not_ours() -> ApiError {
+    ApiError::invalid("cursor is not one this endpoint returned")
+}
+
 /// The position a cursor of `scope` names; 400 for anything this endpoint did not issue.
 pub fn position(scope: &str, cursor: &str) -> ApiResult<String> {
-    let bad = || ApiError::invalid("cursor is not one this endpoint returned");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| not_ours())?;
+    let text = String::from_utf8(bytes).map_err(|_| not_ours())?;
     match text.split_once(':') {
         Some((s, p)) if s == scope && !p.is_empty() => Ok(p.to_owned()),
-        _ => Err(bad()),
+        _ => Err(not_ours()),
     }
+}
+
+/// Where a page starts: after the position the request's cursor of `scope` names, or at the beginning without one.
+pub fn after(scope: &str, cursor: Option<&str>) -> ApiResult<Option<String>> {
+    cursor.map(|c| position(scope, c)).transpose()
+}
+
+/// Where a page over ledger indexes starts: after the index the request's cursor of `scope` names.
+pub fn after_index(scope: &str, cursor: Option<&str>) -> ApiResult<Option<u64>> {
+    after(scope, cursor)?
+        .map(|p| p.parse::<u64>().map_err(|_| not_ours()))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -69,6 +85,14 @@ mod tests {
         for bad in ["", "!!", "YWdlbnRz", "YWdlbnRzOg"] {
             assert!(position("agents", bad).is_err(), "{bad}");
         }
+        assert_eq!(after("agents", None).unwrap(), None);
+        assert_eq!(after("agents", Some(&c)).unwrap().as_deref(), Some("billing-bot"));
+        assert_eq!(
+            after_index("evidence", Some(&cursor("evidence", "7"))).unwrap(),
+            Some(7)
+        );
+        assert!(after_index("evidence", Some(&cursor("evidence", "x"))).is_err());
+        assert!(after_index("evidence", Some(&c)).is_err());
     }
 
     #[test]

@@ -53,25 +53,9 @@ async fn trace(
     caller.require(&[Role::Agent, Role::Admin, Role::Auditor, Role::Approver])?;
     let trace_id = normalize(&trace_id)?;
     let limit = page::limit(q.limit)?;
-    let after = match &q.cursor {
-        Some(c) => Some(
-            page::position(TRACE_CURSOR, c)?
-                .parse::<u64>()
-                .map_err(|_| ApiError::invalid("cursor is not one this endpoint returned"))?,
-        ),
-        None => None,
-    };
-    let agent = caller.principal.agent.as_deref();
-    let mut records = s
-        .recorder
-        .find_lineage_page(
-            &caller.tenant,
-            &LineageKey::Trace(trace_id.clone()),
-            agent,
-            after,
-            limit + 1,
-        )
-        .await?;
+    let after = page::after_index(TRACE_CURSOR, q.cursor.as_deref())?;
+    let key = LineageKey::Trace(trace_id.clone());
+    let mut records = super::ledger::lineage_page(&s, &caller, &key, after, limit).await?;
     if records.is_empty() && after.is_none() {
         return Err(ApiError::not_found(format!("unknown traceId '{trace_id}'")));
     }

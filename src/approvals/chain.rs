@@ -4,7 +4,7 @@
 use super::{ApprovalError, Approvals};
 use crate::ledger::{Entry, LedgerError};
 use crate::recorder::body::{self, RecordBody};
-use crate::store::{LineageKey, LineageRecord};
+use crate::store::{LineageKey, LineagePage, LineageRecord};
 
 impl Approvals {
     /// A decision's lineage entries `records` (a page of them, read through the index barrier) with, when one of
@@ -46,10 +46,12 @@ impl Approvals {
             .recorder
             .find_lineage_page(
                 tenant,
-                &LineageKey::Decision(opened.row.decision_id),
-                agent,
-                None,
-                limit,
+                LineagePage {
+                    key: &LineageKey::Decision(opened.row.decision_id),
+                    agent,
+                    after: None,
+                    limit,
+                },
             )
             .await?;
         records.extend(chain);

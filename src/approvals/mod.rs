@@ -234,13 +234,7 @@ impl Approvals {
         );
         Some(ApprovalTerms {
             approval_id: crate::time::sortable_id("appr_"),
-            action_digest: self.key.action_digest(
-                &input.tenant,
-                &input.agent.id,
-                &input.action,
-                &input.context,
-                input.tool.as_ref(),
-            ),
+            action_digest: self.digest_of(input),
             expires_at: crate::time::ms_rfc3339(expires_ms),
             on_timeout,
             approvers,
@@ -248,29 +242,22 @@ impl Approvals {
         })
     }
 
-    /// The keyed digest of an action, as the hold phase binds an approval to it.
-    pub fn action_digest(
-        &self,
-        tenant: &str,
-        agent_id: &str,
-        action: &str,
-        context: &Value,
-        tool: Option<&Value>,
-    ) -> String {
-        self.key.action_digest(tenant, agent_id, action, context, tool)
+    /// The keyed digest of the action in `input`, as the hold phase binds an approval to it.
+    fn digest_of(&self, input: &EvalInput) -> String {
+        self.key.action_digest(
+            &input.tenant,
+            &input.agent.id,
+            &input.action,
+            &input.context,
+            input.tool.as_ref(),
+        )
     }
 
     /// The earlier approval a new call of the action in `input` may use or wait for (see [`Earlier`]). The newest
     /// usable approval wins; the guard of [`Earlier::Approved`] must be held until the decision that uses it is
     /// recorded.
     pub async fn earlier(&self, input: &EvalInput) -> Result<Earlier<'_>, ApprovalError> {
-        let digest = self.key.action_digest(
-            &input.tenant,
-            &input.agent.id,
-            &input.action,
-            &input.context,
-            input.tool.as_ref(),
-        );
+        let digest = self.digest_of(input);
         let turn = self.uses.take(digest.as_str()).await;
         // Resolutions and uses are indexed before they are answered (a use before its guard is released), but an
         // approval just opened may still be on its way to the index: wait for what is queued.

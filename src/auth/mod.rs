@@ -561,7 +561,15 @@ pub fn mint(
                 .into(),
         ));
     }
-    sign(private_pem, tenants, role, subject, agent, ttl, None)
+    let grant = Grant {
+        tenants,
+        role,
+        subject,
+        agent,
+        ttl,
+        desk: None,
+    };
+    sign(private_pem, grant)
 }
 
 /// Mints an operator token: role `operator`, no tenants, no agent (see the module docs).
@@ -570,7 +578,15 @@ pub fn mint_operator(
     subject: String,
     ttl: std::time::Duration,
 ) -> Result<String, AuthError> {
-    sign(private_pem, Vec::new(), Role::Operator, subject, None, ttl, None)
+    let grant = Grant {
+        tenants: Vec::new(),
+        role: Role::Operator,
+        subject,
+        agent: None,
+        ttl,
+        desk: None,
+    };
+    sign(private_pem, grant)
 }
 
 /// Mints a Decision Desk sign-in link's code for `subject` acting as `role` (approver or admin) in `tenant`: a
@@ -628,26 +644,37 @@ fn mint_desk(
             "tenant {tenant:?} is not allowed for a Decision Desk sign-in"
         )));
     }
-    sign(
-        private_pem,
-        vec![tenant],
+    let grant = Grant {
+        tenants: vec![tenant],
         role,
         subject,
-        None,
+        agent: None,
         ttl,
-        Some((desk, jti)),
-    )
+        desk: Some((desk, jti)),
+    };
+    sign(private_pem, grant)
 }
 
-fn sign(
-    private_pem: &[u8],
+/// What a token minted by kla grants, checked by the `mint` function that builds it.
+struct Grant {
     tenants: Vec<String>,
     role: Role,
     subject: String,
     agent: Option<String>,
     ttl: std::time::Duration,
+    /// A Decision Desk token's use and, for a sign-in link, its single-use id.
     desk: Option<(DeskUse, Option<String>)>,
-) -> Result<String, AuthError> {
+}
+
+fn sign(private_pem: &[u8], grant: Grant) -> Result<String, AuthError> {
+    let Grant {
+        tenants,
+        role,
+        subject,
+        agent,
+        ttl,
+        desk,
+    } = grant;
     let (desk, jti) = desk.unzip();
     let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| AuthError::Key(e.to_string()))?;
     let now = now_secs();
@@ -753,14 +780,17 @@ mod tests {
     fn desk_links_and_sessions_are_told_apart_from_api_tokens() {
         let (_dir, auth, local_pem, idp_pem) = setup();
         let ttl = Duration::from_secs(600);
-        let code = mint_desk_link(
-            local_pem.as_bytes(),
-            "acme".into(),
-            Role::Approver,
-            "alice".into(),
-            ttl,
-        )
-        .unwrap();
+        let mint_link = || {
+            mint_desk_link(
+                local_pem.as_bytes(),
+                "acme".into(),
+                Role::Approver,
+                "alice".into(),
+                ttl,
+            )
+            .unwrap()
+        };
+        let code = mint_link();
         assert!(matches!(auth.verify(&code), Err(AuthError::InvalidToken(m)) if m.contains("sign-in link")));
         let link = auth.verify_desk_link(&code).unwrap();
         assert!(
@@ -771,14 +801,7 @@ mod tests {
         assert_eq!(&*link.principal.subject, "alice");
         assert_eq!(link.principal.role, Role::Approver);
         assert_eq!(&*link.principal.tenants, ["acme".to_owned()]);
-        let other = mint_desk_link(
-            local_pem.as_bytes(),
-            "acme".into(),
-            Role::Approver,
-            "alice".into(),
-            ttl,
-        )
-        .unwrap();
+        let other = mint_link();
         assert_ne!(auth.verify_desk_link(&other).unwrap().jti, link.jti);
 
         let session = mint_desk_session(local_pem.as_bytes(), &link, ttl).unwrap();

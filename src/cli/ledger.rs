@@ -206,6 +206,14 @@ mod tests {
         .expect("encode")
     }
 
+    /// What `kla verify` prints for `bundle`, and its exit code.
+    fn report(bundle: &impl serde::Serialize, vkey: &str) -> (ExitCode, String) {
+        let bytes = serde_json::to_vec(bundle).expect("json");
+        let mut out = Vec::new();
+        let code = report_bundle(&mut out, &bytes, vkey).expect("report");
+        (code, String::from_utf8(out).expect("utf8"))
+    }
+
     #[tokio::test]
     async fn verify_and_bundle_commands_report_and_exit() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -232,24 +240,14 @@ mod tests {
         assert_eq!(resolve_key(key_file.to_str().expect("path")).expect("key"), vkey);
         assert_eq!(resolve_key(&vkey).expect("key"), vkey);
 
-        let bytes = serde_json::to_vec(&bundle).expect("json");
-        let mut out = Vec::new();
-        assert_eq!(
-            report_bundle(&mut out, &bytes, &vkey).expect("r"),
-            ExitCode::SUCCESS
-        );
-        let text = String::from_utf8(out).expect("utf8");
+        let (code, text) = report(&bundle, &vkey);
+        assert_eq!(code, ExitCode::SUCCESS);
         assert!(text.contains("VERIFIED: 1 entries"), "{text}");
 
         let mut bad = bundle.clone();
         bad.entries[0].entry = bad.entries[0].entry.replacen("\"i\":3", "\"i\":4", 1);
-        let bytes = serde_json::to_vec(&bad).expect("json");
-        let mut out = Vec::new();
-        assert_eq!(
-            report_bundle(&mut out, &bytes, &vkey).expect("r"),
-            ExitCode::FAILURE
-        );
-        let text = String::from_utf8(out).expect("utf8");
+        let (code, text) = report(&bad, &vkey);
+        assert_eq!(code, ExitCode::FAILURE);
         assert!(
             text.contains("bundle entry 3") && text.contains(&bundle.entries[0].lineage_id),
             "{text}"

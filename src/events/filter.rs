@@ -188,6 +188,11 @@ mod tests {
     use crate::events::event::EventId;
     use serde_json::json;
 
+    /// A `decision.made` event of `tenant` for `agent` (id, name), of no execution.
+    fn made(tenant: &str, agent: (Option<&str>, Option<&str>)) -> Event {
+        ev(EventType::DecisionMade, tenant, agent, None)
+    }
+
     fn ev(kind: EventType, tenant: &str, agent: (Option<&str>, Option<&str>), exec: Option<&str>) -> Event {
         Event {
             id: EventId::new(1, 0),
@@ -211,14 +216,9 @@ mod tests {
     #[test]
     fn other_tenants_events_never_match() {
         let mut f = Filter::new("acme".into(), None, None, all());
-        assert!(f.matches(&ev(EventType::DecisionMade, "acme", (Some("a"), Some("n")), None)));
-        assert!(!f.matches(&ev(
-            EventType::DecisionMade,
-            "acme2",
-            (Some("a"), Some("n")),
-            None
-        )));
-        assert!(!f.matches(&ev(EventType::DecisionMade, "_system", (None, None), None)));
+        assert!(f.matches(&made("acme", (Some("a"), Some("n")))));
+        assert!(!f.matches(&made("acme2", (Some("a"), Some("n")))));
+        assert!(!f.matches(&made("_system", (None, None))));
     }
 
     #[test]
@@ -226,20 +226,10 @@ mod tests {
         let mut f = Filter::new("acme".into(), Some("Claims-Bot".into()), None, all());
         let voted = ev(EventType::ApprovalVoted, "acme", (Some("agt_1"), None), None);
         assert!(!f.matches(&voted), "the id is not known yet");
-        assert!(f.matches(&ev(
-            EventType::DecisionMade,
-            "acme",
-            (Some("agt_1"), Some("claims-bot")),
-            None
-        )));
+        assert!(f.matches(&made("acme", (Some("agt_1"), Some("claims-bot")))));
         assert!(f.matches(&voted), "learned from the decision");
         assert!(!f.matches(&ev(EventType::ApprovalVoted, "acme", (Some("agt_2"), None), None)));
-        assert!(!f.matches(&ev(
-            EventType::DecisionMade,
-            "acme",
-            (Some("agt_2"), Some("other")),
-            None
-        )));
+        assert!(!f.matches(&made("acme", (Some("agt_2"), Some("other")))));
         assert!(!f.matches(&ev(EventType::ApprovalResolved, "acme", (None, None), None)));
         // Bound by id, or with the id resolved up front.
         let mut by_id = Filter::new("acme".into(), Some("agt_9".into()), None, all());

@@ -8,6 +8,7 @@ use super::hub::Inner;
 use super::map::{EVENT_KINDS, events_of_entry};
 use crate::ledger::Entry;
 use crate::recorder::RecordError;
+use crate::store::EventWindow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,7 +175,15 @@ impl Subscription {
         let mut found = None;
         for attempt in 0..INDEX_TRIES {
             let p = recorder
-                .event_positions(self.filter.tenant(), &kinds, from, window_end, PAGE)
+                .event_positions(
+                    self.filter.tenant(),
+                    EventWindow {
+                        kinds: &kinds,
+                        from,
+                        to: window_end,
+                        limit: PAGE,
+                    },
+                )
                 .await?;
             if p.complete {
                 found = Some((Some(p.indices), p.end));

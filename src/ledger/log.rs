@@ -2,7 +2,6 @@
 //! signed checkpoints. The only part of the ledger that does IO.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,19 +192,8 @@ fn load_or_create_key(dir: &Path) -> Result<SigningKey, LedgerError> {
     let pem = key
         .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .map_err(|e| LedgerError::Key(format!("encode: {e}")))?;
-    let tmp = dir.join(format!("{}.tmp", files::KEY));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(LedgerError::io("create ledger key"))?;
-    f.write_all(pem.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(LedgerError::io("write ledger key"))?;
-    std::fs::rename(&tmp, &path).map_err(LedgerError::io("rename ledger key"))?;
-    files::sync_dir(dir)?;
+    // Owner-only (0600), and whole or absent after a crash.
+    files::write_atomic(dir, files::KEY, pem.as_bytes())?;
     tracing::info!(path = %path.display(), "created ledger signing key");
     Ok(key)
 }

@@ -34,6 +34,11 @@ pub enum IdKind {
 }
 
 impl IdKind {
+    /// The refusal of an id of this kind for `problem`.
+    fn refuse<T>(self, problem: IdProblem) -> Result<T, IdError> {
+        Err(IdError { kind: self, problem })
+    }
+
     /// The form in one sentence, for error messages.
     pub fn form(self) -> &'static str {
         match self {
@@ -87,12 +92,7 @@ impl std::error::Error for IdError {}
 
 /// Checks a W3C trace id.
 pub fn trace_id(s: &str) -> Result<(), IdError> {
-    let err = |problem| {
-        Err(IdError {
-            kind: IdKind::Trace,
-            problem,
-        })
-    };
+    let err = |problem| IdKind::Trace.refuse(problem);
     if s.is_empty() {
         return err(IdProblem::Empty);
     }
@@ -110,12 +110,7 @@ pub fn trace_id(s: &str) -> Result<(), IdError> {
 
 /// Checks a kla execution id.
 pub fn execution_id(s: &str) -> Result<(), IdError> {
-    let err = |problem| {
-        Err(IdError {
-            kind: IdKind::Execution,
-            problem,
-        })
-    };
+    let err = |problem| IdKind::Execution.refuse(problem);
     if s.is_empty() {
         return err(IdProblem::Empty);
     }
@@ -141,12 +136,7 @@ pub fn execution_header<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Resul
     let Some(first) = values.next() else {
         return Ok(None);
     };
-    let err = |problem| {
-        Err(IdError {
-            kind: IdKind::Execution,
-            problem,
-        })
-    };
+    let err = |problem| IdKind::Execution.refuse(problem);
     if values.next().is_some() {
         return err(IdProblem::Repeated);
     }

@@ -19,6 +19,11 @@ fn pack_yaml(name: &str, default: &str, mode: &str, rules: &str) -> String {
     )
 }
 
+/// A pack named `name` that allows by default, in enforce mode, with these rules.
+fn enforcing(name: &str, rules: &str) -> String {
+    pack_yaml(name, "allow", "enforce", rules)
+}
+
 const PAYMENTS: &str = r#"apiVersion: kla.dev/v1
 kind: PolicyPack
 metadata: {name: payments-guardrails, version: 1.0.0}
@@ -109,7 +114,7 @@ fn brief_example_pack_works_as_written() {
 #[test]
 fn each_outcome_and_message() {
     let rules = "    - {id: r-allow, match: {actions: [a_allow]}, decision: allow, reasonCode: OK_RULE}\n    - {id: r-warn, match: {actions: [a_warn]}, decision: warn, message: careful}\n    - {id: r-appr, match: {actions: [a_appr]}, decision: require_approval, approval: {timeout: 1h 30m}}\n    - {id: r-block, match: {actions: [a_block]}, decision: block}\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let dir = pack_dir(&enforcing("p", rules), &[]);
     let set = set_of(&[dir.path()]);
     let d = set.evaluate(&act("a_allow"));
     assert_eq!((d.outcome, codes(&d)), (Outcome::Allow, vec!["OK_RULE"]));
@@ -129,19 +134,12 @@ fn each_outcome_and_message() {
 #[test]
 fn most_restrictive_wins_across_two_packs_and_all_matches_reported() {
     let a = pack_dir(
-        &pack_yaml(
-            "a",
-            "allow",
-            "enforce",
-            "    - {id: w, match: {actions: [pay]}, decision: warn}\n",
-        ),
+        &enforcing("a", "    - {id: w, match: {actions: [pay]}, decision: warn}\n"),
         &[],
     );
     let b = pack_dir(
-        &pack_yaml(
+        &enforcing(
             "b",
-            "allow",
-            "enforce",
             "    - {id: x, match: {actions: [\"pa*\"]}, decision: require_approval}\n    - {id: y, decision: allow}\n",
         ),
         &[],
@@ -160,10 +158,8 @@ fn most_restrictive_wins_across_two_packs_and_all_matches_reported() {
 #[test]
 fn shadow_rule_and_shadow_pack_never_change_the_answer() {
     let enforce = pack_dir(
-        &pack_yaml(
+        &enforcing(
             "e",
-            "allow",
-            "enforce",
             "    - {id: s, match: {actions: [go]}, decision: block, mode: shadow}\n    - {id: w, match: {actions: [go]}, decision: warn}\n",
         ),
         &[],
@@ -217,7 +213,7 @@ fn default_decision_per_pack_max_over_packs() {
 #[test]
 fn globs_over_actions_and_agent_ids_or_names() {
     let rules = "    - {id: g, match: {actions: [\"db.*.drop\", \"rm_?\", \"{get,put}_secret\"], agents: [\"ops-*\"]}, decision: block}\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let dir = pack_dir(&enforcing("p", rules), &[]);
     let set = set_of(&[dir.path()]);
     let b = |action: &str, agent: &str| set.evaluate(&input(action, agent, serde_json::json!({}))).outcome;
     assert_eq!(b("db.users.drop", "ops-1"), Outcome::Block);
@@ -227,10 +223,8 @@ fn globs_over_actions_and_agent_ids_or_names() {
     assert_eq!(b("db.users.drop", "dev-1"), Outcome::Allow);
     // Agent name matches too: input() names agents "<id>-name".
     let by_name = pack_dir(
-        &pack_yaml(
+        &enforcing(
             "n",
-            "allow",
-            "enforce",
             "    - {id: n, match: {agents: [\"bot-name\"]}, decision: warn}\n",
         ),
         &[],
@@ -250,7 +244,7 @@ fn globs_over_actions_and_agent_ids_or_names() {
 fn when_list_means_all_must_hold_and_rego_modules_are_visible() {
     let rules = "    - id: both\n      match: {actions: [pay]}\n      when:\n        - input.context.amount > 10\n        - data.lib.is_vip(input.principal)\n      decision: block\n";
     let lib = "package lib\n\nis_vip(p) if p.tier == \"gold\"\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[("lib.rego", lib)]);
+    let dir = pack_dir(&enforcing("p", rules), &[("lib.rego", lib)]);
     let set = set_of(&[dir.path()]);
     let mut i = input("pay", "a", serde_json::json!({"amount": 50}));
     i.principal = serde_json::json!({"tier": "gold"});
@@ -267,90 +261,74 @@ fn refusal(pack: &str, extra: &[(&str, &str)]) -> String {
     unsigned(dir.path()).unwrap_err().to_string()
 }
 
+/// A pack's files besides `pack.yaml`: (path, text).
+type Extra<'a> = &'a [(&'a str, &'a str)];
+
+/// The pack is refused with a message that contains every one of `needles`.
+fn assert_refused(pack: &str, extra: &[(&str, &str)], needles: &[&str]) {
+    let e = refusal(pack, extra);
+    assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+}
+
 #[test]
 fn invalid_packs_are_refused_naming_file_rule_and_line() {
-    // Unknown key on a rule (line 9 of the generated pack.yaml).
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    - id: r1\n      decison: block\n"),
-        &[],
-    );
-    assert!(
-        e.contains("pack.yaml:9") && e.contains("rule 'r1'") && e.contains("decison"),
-        "{e}"
-    );
-    // Bad glob.
-    let e = refusal(
-        &pack_yaml(
-            "p",
-            "allow",
-            "enforce",
+    // (the rules of pack.yaml, other files, what the refusal names)
+    let cases: &[(&str, Extra, &[&str])] = &[
+        // Unknown key on a rule (line 9 of the generated pack.yaml).
+        (
+            "    - id: r1\n      decison: block\n",
+            &[],
+            &["pack.yaml:9", "rule 'r1'", "decison"],
+        ),
+        // Bad glob.
+        (
             "    - id: ok\n      decision: warn\n    - id: globby\n      match: {actions: [\"del_[\"]}\n      decision: block\n",
+            &[],
+            &["pack.yaml:10", "rule 'globby'", "bad glob"],
         ),
-        &[],
-    );
-    assert!(
-        e.contains("pack.yaml:10") && e.contains("rule 'globby'") && e.contains("bad glob"),
-        "{e}"
-    );
-    // Rego that does not compile, in a rules/ file.
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    []\n"),
-        &[(
-            "rules/x.yaml",
-            "rules:\n  - id: first\n    decision: warn\n  - id: bad-rego\n    when: \"input.x >>> 3\"\n    decision: block\n",
-        )],
-    );
-    assert!(
-        e.contains("rules/x.yaml:4") && e.contains("rule 'bad-rego'") && e.contains("Rego"),
-        "{e}"
-    );
-    // Duplicate id across pack.yaml and a rules file.
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    - {id: dup, decision: warn}\n"),
-        &[(
-            "rules/y.yaml",
-            "rules:\n  - id: other\n    decision: warn\n  - id: dup\n    decision: block\n",
-        )],
-    );
-    assert!(
-        e.contains("rules/y.yaml:4") && e.contains("rule 'dup'") && e.contains("duplicate"),
-        "{e}"
-    );
-    // Duplicate id within one file: the second occurrence's line.
-    let e = refusal(
-        &pack_yaml(
-            "p",
-            "allow",
-            "enforce",
+        // Rego that does not compile, in a rules/ file.
+        (
+            "    []\n",
+            &[(
+                "rules/x.yaml",
+                "rules:\n  - id: first\n    decision: warn\n  - id: bad-rego\n    when: \"input.x >>> 3\"\n    decision: block\n",
+            )],
+            &["rules/x.yaml:4", "rule 'bad-rego'", "Rego"],
+        ),
+        // Duplicate id across pack.yaml and a rules file.
+        (
+            "    - {id: dup, decision: warn}\n",
+            &[(
+                "rules/y.yaml",
+                "rules:\n  - id: other\n    decision: warn\n  - id: dup\n    decision: block\n",
+            )],
+            &["rules/y.yaml:4", "rule 'dup'", "duplicate"],
+        ),
+        // Duplicate id within one file: the second occurrence's line.
+        (
             "    - {id: twice, decision: warn}\n    - {id: twice, decision: block}\n",
+            &[],
+            &["pack.yaml:9", "rule 'twice'", "duplicate"],
         ),
-        &[],
-    );
-    assert!(
-        e.contains("pack.yaml:9") && e.contains("rule 'twice'") && e.contains("duplicate"),
-        "{e}"
-    );
-    // Unknown top-level key, bad pack-level Rego module, approval on a non-approval rule.
-    let e = refusal(
-        &format!("{}extra: 1\n", pack_yaml("p", "allow", "enforce", "    []\n")),
-        &[],
-    );
-    assert!(e.contains("pack.yaml:") && e.contains("extra"), "{e}");
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    []\n"),
-        &[("lib.rego", "package x\nthis is not rego\n")],
-    );
-    assert!(e.contains("lib.rego") && e.contains("Rego"), "{e}");
-    let e = refusal(
-        &pack_yaml(
-            "p",
-            "allow",
-            "enforce",
+        // Bad pack-level Rego module.
+        (
+            "    []\n",
+            &[("lib.rego", "package x\nthis is not rego\n")],
+            &["lib.rego", "Rego"],
+        ),
+        // Approval on a non-approval rule.
+        (
             "    - {id: ap, decision: block, approval: {timeout: 5m}}\n",
+            &[],
+            &["rule 'ap'", "approval"],
         ),
-        &[],
-    );
-    assert!(e.contains("rule 'ap'") && e.contains("approval"), "{e}");
+    ];
+    for (rules, extra, needles) in cases {
+        assert_refused(&enforcing("p", rules), extra, needles);
+    }
+    // Unknown top-level key.
+    let extra_key = format!("{}extra: 1\n", enforcing("p", "    []\n"));
+    assert_refused(&extra_key, &[], &["pack.yaml:", "extra"]);
 }
 
 #[test]
@@ -363,18 +341,15 @@ fn a_rego_module_may_not_declare_the_reserved_when_package() {
         "package kla_when\n\nholds if true\n",
         "package kla_when.holds\n\nx := 1\n",
     ] {
-        let e = refusal(
-            &pack_yaml("p", "allow", "enforce", rules),
+        assert_refused(
+            &enforcing("p", rules),
             &[("lib/helpers.rego", lib)],
-        );
-        assert!(
-            e.contains("lib/helpers.rego") && e.contains("kla_when") && e.contains("reserved"),
-            "{e}"
+            &["lib/helpers.rego", "kla_when", "reserved"],
         );
     }
     // A package that merely starts with the same letters is fine.
     let dir = pack_dir(
-        &pack_yaml("p", "allow", "enforce", rules),
+        &enforcing("p", rules),
         &[("lib.rego", "package kla_whenever\n\nx := 1\n")],
     );
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Allow);
@@ -389,13 +364,10 @@ fn a_rego_module_may_not_declare_the_reserved_library_package() {
         "package kla_lib\n\nnumber(x) := x if is_string(x)\n",
         "package kla_lib.extra\n\nx := 1\n",
     ] {
-        let e = refusal(
-            &pack_yaml("p", "allow", "enforce", rules),
+        assert_refused(
+            &enforcing("p", rules),
             &[("lib/helpers.rego", lib)],
-        );
-        assert!(
-            e.contains("lib/helpers.rego") && e.contains("kla_lib") && e.contains("reserved"),
-            "{e}"
+            &["lib/helpers.rego", "kla_lib", "reserved"],
         );
     }
 }
@@ -415,7 +387,7 @@ const LIB_PROBES: &str = r#"    - {id: has, match: {actions: [has]}, when: 'kla_
 #[test]
 fn kla_lib_helpers_are_defined_only_on_well_typed_values() {
     use serde_json::json;
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", LIB_PROBES), &[]);
+    let dir = pack_dir(&enforcing("p", LIB_PROBES), &[]);
     let set = set_of(&[dir.path()]);
     let holds = |probe: &str, context: serde_json::Value| {
         let d = set.evaluate(&input(probe, "a", context.clone()));
@@ -525,7 +497,7 @@ fn kla_lib_is_importable_from_a_packs_rego_modules() {
     let lib =
         "package helpers\n\nimport data.kla_lib\n\nbig if kla_lib.nonneg_number(input.context.amount) > 10\n";
     let rules = "    - {id: big, match: {actions: [pay]}, when: data.helpers.big, decision: block}\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[("lib.rego", lib)]);
+    let dir = pack_dir(&enforcing("p", rules), &[("lib.rego", lib)]);
     let set = set_of(&[dir.path()]);
     let pay = |amount: serde_json::Value| {
         set.evaluate(&input("pay", "a", serde_json::json!({ "amount": amount })))
@@ -570,7 +542,7 @@ fn assert_when_refused(when: &str, lib: Option<&str>, why: &str) {
         "    - id: ok\n      when: input.context.n > 1\n      decision: warn\n    - id: bad\n      match: {{actions: [x]}}\n      when: \"{when}\"\n      decision: block\n"
     );
     let extra: Vec<(&str, &str)> = lib.map(|l| ("lib.rego", l)).into_iter().collect();
-    let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &extra);
+    let e = refusal(&enforcing("p", &rules), &extra);
     assert!(
         e.contains("pack.yaml:11") && e.contains("rule 'bad'") && e.contains(why),
         "{when}: {e}"
@@ -588,7 +560,7 @@ fn non_deterministic_builtins_are_refused() {
     assert_when_refused("data.lib.late", Some(lib), "non-deterministic");
     // Time from the input is the deterministic way.
     let rules = "    - {id: late, when: \"time.parse_rfc3339_ns(input.now) > 0\", decision: warn}\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let dir = pack_dir(&enforcing("p", rules), &[]);
     assert_eq!(set_of(&[dir.path()]).evaluate(&act("x")).outcome, Outcome::Warn);
 }
 
@@ -615,8 +587,21 @@ fn a_when_that_could_suspend_the_vm_is_refused() {
     // Rules that may recurse run in the VM's suspendable mode; a host await there would end the
     // run suspended, not with an answer.
     let rules = "    - {id: waits, when: \"__builtin_host_await(1, 2) == 1\", decision: block}\n";
-    let e = refusal(&pack_yaml("p", "allow", "enforce", rules), &[]);
-    assert!(e.contains("rule 'waits'") && e.contains("without a host"), "{e}");
+    assert_refused(&enforcing("p", rules), &[], &["rule 'waits'", "without a host"]);
+}
+
+/// A pack with no rules of its own and the Rego `module` in `file` is refused naming `needles`.
+fn assert_module_refused(file: &str, module: &str, needles: &[&str]) {
+    assert_refused(&enforcing("p", "    []\n"), &[(file, module)], needles);
+}
+
+/// A refusal that must come before regorus parses anything: well under the seconds a parse takes.
+fn assert_quick(started: std::time::Instant) {
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A `when` whose `[` nest `depth` deep around `input.context.n` (one more level with the rule body).
@@ -639,26 +624,19 @@ fn deeply_nested_rego_is_refused_before_it_reaches_the_parser() {
         "brackets ('[', '{') nest more than 10 deep at line 1",
     );
     let module = format!("package deep\n\nx := {}1{}\n", "{".repeat(30), "}".repeat(30));
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    []\n"),
-        &[("deep.rego", &module)],
+    assert_module_refused(
+        "deep.rego",
+        &module,
+        &["deep.rego", "nest more than 10 deep at line 3"],
     );
-    assert!(
-        e.contains("deep.rego") && e.contains("nest more than 10 deep at line 3"),
-        "{e}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_quick(started);
 
     // At the limit it compiles and decides.
     let rules = format!(
         "    - id: deep\n      when: \"{}\"\n      decision: block\n",
         nested_when(MAX_REGO_NESTING - 1)
     );
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let dir = pack_dir(&enforcing("p", &rules), &[]);
     let set = set_of(&[dir.path()]);
     assert_eq!(
         set.evaluate(&input("x", "a", serde_json::json!({"n": 1})))
@@ -680,16 +658,12 @@ fn many_deep_nests_together_are_refused_by_the_packs_budget() {
             )
         })
         .collect();
-    let e = refusal(&pack_yaml("p", "allow", "enforce", &rules), &[]);
-    assert!(
-        e.contains("rule 'r28'") && e.contains("nests brackets more than 4 deep too often"),
-        "{e}"
+    assert_refused(
+        &enforcing("p", &rules),
+        &[],
+        &["rule 'r28'", "nests brackets more than 4 deep too often"],
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_quick(started);
     // Modules and `when`s share the one budget.
     let module = format!(
         "package lib\n\n{}",
@@ -697,11 +671,7 @@ fn many_deep_nests_together_are_refused_by_the_packs_budget() {
             .map(|i| format!("x{i} := {}1{}\n", "[".repeat(9), "]".repeat(9)))
             .collect::<String>()
     );
-    let e = refusal(
-        &pack_yaml("p", "allow", "enforce", "    []\n"),
-        &[("lib.rego", &module)],
-    );
-    assert!(e.contains("lib.rego") && e.contains("too often"), "{e}");
+    assert_module_refused("lib.rego", &module, &["lib.rego", "too often"]);
 }
 
 #[test]
@@ -782,6 +752,12 @@ fn verify(dir: &Path, key: &TrustedKey) -> Result<CompiledPack, PolicyError> {
     load_pack(dir, std::slice::from_ref(key), false)
 }
 
+/// The pack in `dir` is refused under `key` with a message that contains `needle`.
+fn assert_unverified(dir: &Path, key: &TrustedKey, needle: &str) {
+    let e = verify(dir, key).unwrap_err().to_string();
+    assert!(e.contains(needle), "{e}");
+}
+
 #[test]
 fn signed_pack_loads_and_reports_signer_and_digest() {
     let (dir, signer) = signed_pack();
@@ -804,24 +780,20 @@ fn tampered_added_removed_unsigned_and_wrong_key_are_refused() {
     let p = dir.path().join("rules/more.yaml");
     let original = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, original.replace("warn", "allow")).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("rules/more.yaml was changed"), "{e}");
+    assert_unverified(dir.path(), &key, "rules/more.yaml was changed");
     std::fs::write(&p, &original).unwrap();
     verify(dir.path(), &key).unwrap();
     // Added.
     write(dir.path(), "rules/evil.yaml", "rules: []\n");
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("rules/evil.yaml was added"), "{e}");
+    assert_unverified(dir.path(), &key, "rules/evil.yaml was added");
     std::fs::remove_file(dir.path().join("rules/evil.yaml")).unwrap();
     // Removed.
     std::fs::remove_file(&p).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("rules/more.yaml was removed"), "{e}");
+    assert_unverified(dir.path(), &key, "rules/more.yaml was removed");
     std::fs::write(&p, &original).unwrap();
     // Wrong key.
     let other = PackSigner::generate().public();
-    let e = verify(dir.path(), &other).unwrap_err().to_string();
-    assert!(e.contains("not trusted"), "{e}");
+    assert_unverified(dir.path(), &other, "not trusted");
     // Signature bytes forged (valid base64, wrong signature).
     let sig_path = dir.path().join(SIGNATURE_FILE);
     let sig = std::fs::read_to_string(&sig_path).unwrap();
@@ -829,12 +801,10 @@ fn tampered_added_removed_unsigned_and_wrong_key_are_refused() {
     let mut forged = doc.clone();
     forged["manifest"]["version"] = "9.9.9".into();
     std::fs::write(&sig_path, serde_json::to_string(&forged).unwrap()).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("does not verify"), "{e}");
+    assert_unverified(dir.path(), &key, "does not verify");
     // Unsigned.
     std::fs::remove_file(&sig_path).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("unsigned"), "{e}");
+    assert_unverified(dir.path(), &key, "unsigned");
     // allow_unsigned accepts it (dev only).
     let p = load_pack(dir.path(), &[key], true).unwrap();
     assert_eq!(p.pack_ref().signer_key_id, None);
@@ -850,34 +820,29 @@ fn manifest_and_path_tricks_are_refused() {
     // A symlink to a file outside the pack, and a symlinked rules/ directory.
     let link = dir.path().join("rules/link.yaml");
     std::os::unix::fs::symlink(outside.path().join("x.yaml"), &link).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("symlinks are not allowed"), "{e}");
+    assert_unverified(dir.path(), &key, "symlinks are not allowed");
     std::fs::remove_file(&link).unwrap();
     let rules = dir.path().join("rules");
     std::fs::rename(&rules, outside.path().join("rules")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("rules"), &rules).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("symlinks are not allowed"), "{e}");
+    assert_unverified(dir.path(), &key, "symlinks are not allowed");
     std::fs::remove_file(&rules).unwrap();
     std::fs::rename(outside.path().join("rules"), &rules).unwrap();
     verify(dir.path(), &key).unwrap();
     // Hidden and nested files are covered by the manifest like any other.
     write(dir.path(), "docs/.hidden/notes.txt", "x");
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("docs/.hidden/notes.txt was added"), "{e}");
+    assert_unverified(dir.path(), &key, "docs/.hidden/notes.txt was added");
     std::fs::remove_dir_all(dir.path().join("docs")).unwrap();
     // Validly signed manifests that do not describe this pack: another name, a path outside it.
     let files = PackFiles::read_dir(dir.path()).unwrap();
     let sig = sign_files(&files, "other-pack", "1.0.0", &signer).unwrap();
     std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("manifest names other-pack@1.0.0"), "{e}");
+    assert_unverified(dir.path(), &key, "manifest names other-pack@1.0.0");
     let mut escaped = files.clone();
     escaped.files.insert("../x.yaml".into(), b"rules: []\n".to_vec());
     let sig = sign_files(&escaped, "payments-guardrails", "1.0.0", &signer).unwrap();
     std::fs::write(dir.path().join(SIGNATURE_FILE), sig).unwrap();
-    let e = verify(dir.path(), &key).unwrap_err().to_string();
-    assert!(e.contains("file ../x.yaml was removed"), "{e}");
+    assert_unverified(dir.path(), &key, "file ../x.yaml was removed");
 }
 
 #[test]
@@ -894,32 +859,27 @@ fn shipped_default_and_example_packs_verify_with_committed_keys() {
 
 // ----- manager -----------------------------------------------------------------------------
 
+/// Pack `name` with one rule `r` that gives `action` the `decision`.
+fn rule_pack(name: &str, action: &str, decision: &str) -> String {
+    enforcing(
+        name,
+        &format!("    - {{id: r, match: {{actions: [{action}]}}, decision: {decision}}}\n"),
+    )
+}
+
+/// Writes `rule_pack(name, action, decision)` as `dir/pack.yaml`.
+fn write_rule_pack(dir: &Path, name: &str, action: &str, decision: &str) {
+    write(dir, "pack.yaml", &rule_pack(name, action, decision));
+}
+
 #[test]
 fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
     let root = tempfile::tempdir().unwrap();
     let signer = PackSigner::generate();
     let a = root.path().join("a");
     let b = root.path().join("b");
-    write(
-        &a,
-        "pack.yaml",
-        &pack_yaml(
-            "a",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [x]}, decision: warn}\n",
-        ),
-    );
-    write(
-        &b,
-        "pack.yaml",
-        &pack_yaml(
-            "b",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [y]}, decision: warn}\n",
-        ),
-    );
+    write_rule_pack(&a, "a", "x", "warn");
+    write_rule_pack(&b, "b", "y", "warn");
     sign_pack_dir(&a, &signer).unwrap();
     sign_pack_dir(&b, &signer).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -929,28 +889,10 @@ fn reload_keeps_last_good_pack_when_new_version_is_refused_and_emits_events() {
     assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
 
     // New version of `a`: valid and signed, makes x a block.
-    write(
-        &a,
-        "pack.yaml",
-        &pack_yaml(
-            "a",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [x]}, decision: block}\n",
-        ),
-    );
+    write_rule_pack(&a, "a", "x", "block");
     sign_pack_dir(&a, &signer).unwrap();
     // `b` gets tampered after signing: refused, last good `b` stays.
-    write(
-        &b,
-        "pack.yaml",
-        &pack_yaml(
-            "b",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [y]}, decision: allow}\n",
-        ),
-    );
+    write_rule_pack(&b, "b", "y", "allow");
     let st = m.reload();
     assert_eq!(st.packs.len(), 2);
     assert_eq!(st.refused.len(), 1);
@@ -977,16 +919,7 @@ fn a_pack_name_clash_keeps_the_active_packs() {
     let signer = PackSigner::generate();
     let pack = |dir: &str, name: &str, action: &str| {
         let d = root.path().join(dir);
-        write(
-            &d,
-            "pack.yaml",
-            &pack_yaml(
-                name,
-                "allow",
-                "enforce",
-                &format!("    - {{id: r, match: {{actions: [{action}]}}, decision: block}}\n"),
-            ),
-        );
+        write_rule_pack(&d, name, action, "block");
         sign_pack_dir(&d, &signer).unwrap();
     };
     pack("b", "bee", "x");
@@ -1043,7 +976,7 @@ fn fail_closed_on_engine_error() {
     let rules = format!(
         "    - {{id: spin, match: {{actions: [x]}}, when: \"{slow}\", decision: allow}}\n    - {{id: ok, match: {{actions: [y]}}, when: \"input.context.n > 1\", decision: warn}}\n"
     );
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let dir = pack_dir(&enforcing("p", &rules), &[]);
     let set = PolicySet::new(
         vec![Arc::new(unsigned(dir.path()).unwrap())],
         Duration::from_secs(120),
@@ -1065,7 +998,7 @@ fn fail_closed_on_engine_error() {
 fn fail_closed_on_deadline_overrun() {
     let slow = slow_when();
     let rules = format!("    - {{id: slow, match: {{actions: [x]}}, when: \"{slow}\", decision: allow}}\n");
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", &rules), &[]);
+    let dir = pack_dir(&enforcing("p", &rules), &[]);
     let pack = Arc::new(unsigned(dir.path()).unwrap());
     let set = PolicySet::new(vec![pack.clone()], Duration::from_millis(5));
     let d = set.evaluate(&act("x"));
@@ -1087,7 +1020,7 @@ fn a_preempted_evaluation_is_not_failed_for_the_deadline_but_a_second_overrun_is
     // The thread sleeps (as when the OS preempts it) past the deadline while using no CPU: the
     // evaluation runs again and decides. If it overruns again, it fails closed.
     let rules = "    - {id: big, match: {actions: [x]}, when: \"input.context.n > 1\", decision: warn, reasonCode: BIG}\n";
-    let dir = pack_dir(&pack_yaml("p", "allow", "enforce", rules), &[]);
+    let dir = pack_dir(&enforcing("p", rules), &[]);
     let set = PolicySet::new(
         vec![Arc::new(unsigned(dir.path()).unwrap())],
         Duration::from_millis(20),
@@ -1204,7 +1137,7 @@ mod prop {
             n in 0..10i64,
         ) {
             prop_assume!(extra.decision >= default);
-            let other_dir = pack_dir(&pack_yaml("other", "allow", "enforce", &render(&other)), &[]);
+            let other_dir = pack_dir(&enforcing("other", &render(&other)), &[]);
             let before = pack_dir(&pack_yaml("p", OUTCOMES[default], "enforce", &render(&base)), &[]);
             let mut more = base.clone();
             more.push(extra);
@@ -1226,16 +1159,7 @@ fn watcher_reloads_after_a_change() {
     let root = tempfile::tempdir().unwrap();
     let signer = PackSigner::generate();
     let a = root.path().join("a");
-    write(
-        &a,
-        "pack.yaml",
-        &pack_yaml(
-            "a",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [x]}, decision: warn}\n",
-        ),
-    );
+    write_rule_pack(&a, "a", "x", "warn");
     sign_pack_dir(&a, &signer).unwrap();
     let m = Arc::new(PolicyManager::new(
         PolicyConfig::new(root.path(), vec![signer.public()]),
@@ -1243,16 +1167,7 @@ fn watcher_reloads_after_a_change() {
     ));
     let _watch = m.watch().unwrap();
     assert_eq!(m.evaluate(&act("x")).outcome, Outcome::Warn);
-    write(
-        &a,
-        "pack.yaml",
-        &pack_yaml(
-            "a",
-            "allow",
-            "enforce",
-            "    - {id: r, match: {actions: [x]}, decision: block}\n",
-        ),
-    );
+    write_rule_pack(&a, "a", "x", "block");
     sign_pack_dir(&a, &signer).unwrap();
     let start = std::time::Instant::now();
     while m.evaluate(&act("x")).outcome != Outcome::Block {
@@ -1296,10 +1211,8 @@ fn an_activation_the_audit_hook_cannot_record_does_not_happen() {
     write(
         &dir,
         "pack.yaml",
-        &pack_yaml(
+        &enforcing(
             "p",
-            "allow",
-            "enforce",
             "    - {id: r, match: {actions: [x]}, decision: warn, reasonCode: V1}\n",
         ),
     );
@@ -1338,16 +1251,7 @@ fn the_watcher_follows_a_policies_directory_that_is_replaced() {
     let signer = PackSigner::generate();
     let a = root.path().join("a");
     let mk = |dir: &Path, d: &str| {
-        write(
-            dir,
-            "pack.yaml",
-            &pack_yaml(
-                "a",
-                "allow",
-                "enforce",
-                &format!("    - {{id: r, match: {{actions: [x]}}, decision: {d}}}\n"),
-            ),
-        );
+        write_rule_pack(dir, "a", "x", d);
         sign_pack_dir(dir, &signer).unwrap();
     };
     mk(&a, "warn");
@@ -1411,13 +1315,7 @@ fn a_file_swapped_for_a_fifo_or_symlink_after_listing_is_refused_without_blockin
 }
 
 fn versioned_pack(dir: &Path, version: &str, decision: &str) {
-    let yaml = pack_yaml(
-        "p",
-        "allow",
-        "enforce",
-        &format!("    - {{id: r, match: {{actions: [x]}}, decision: {decision}}}\n"),
-    )
-    .replace("version: 1.0.0", &format!("version: {version}"));
+    let yaml = rule_pack("p", "x", decision).replace("version: 1.0.0", &format!("version: {version}"));
     write(dir, "pack.yaml", &yaml);
 }
 
@@ -1563,10 +1461,8 @@ impl crate::policy::PackFloors for BrokenFloors {
 #[test]
 fn always_blocks_only_for_unconditional_enforced_block_rules() {
     let p = pack_dir(
-        &pack_yaml(
+        &enforcing(
             "ab",
-            "allow",
-            "enforce",
             "    - {id: never, match: {actions: [\"delete_*\"], agents: [bot-1]}, decision: block, reasonCode: NO}\n    - {id: big, match: {actions: [refund]}, when: \"input.context.amount > 10\", decision: block}\n    - {id: quiet, match: {actions: [wipe]}, decision: block, mode: shadow}\n    - {id: hold, match: {actions: [wire]}, decision: require_approval, approval: {timeout: 1m}}\n",
         ),
         &[],

@@ -81,27 +81,32 @@ impl Proxy {
                         message,
                     })
                 };
+            // kla could not go on with the approval (`step` failed with `e`): the call is refused (fail closed).
+            let failed = |decision_id: &str, status, step: &str, message: &str, e: &dyn std::fmt::Display| {
+                tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: {step} failed; refusing");
+                refused(decision_id, status, Vec::new(), format!("{message}: {e}"))
+            };
             if let Err(e) = approvals
                 .wait(&caller.tenant, &terms.approval_id, remaining)
                 .await
             {
-                tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: waiting failed; refusing");
-                return refused(
+                return failed(
                     &decision_id,
                     None,
-                    Vec::new(),
-                    format!("the approval could not be followed: {e}"),
+                    "waiting",
+                    "the approval could not be followed",
+                    &e,
                 );
             }
             let approval = match approvals.get(caller, &terms.approval_id).await {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: reading failed; refusing");
-                    return refused(
+                    return failed(
                         &decision_id,
                         None,
-                        Vec::new(),
-                        format!("the approval could not be read: {e}"),
+                        "reading",
+                        "the approval could not be read",
+                        &e,
                     );
                 }
             };
@@ -148,13 +153,8 @@ impl Proxy {
             let d = match decided {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(error = %e, approval = %terms.approval_id, "proxy hold: re-decision failed; refusing");
-                    return refused(
-                        &decision_id,
-                        status,
-                        Vec::new(),
-                        format!("the approved call could not be decided: {e}"),
-                    );
+                    let message = "the approved call could not be decided";
+                    return failed(&decision_id, status, "re-decision", message, &e);
                 }
             };
             decision_id = d.decision_id.clone();

@@ -11,7 +11,7 @@
 
 use super::{RecordError, Recorder};
 use crate::ledger::{Entry, Ledger, LedgerError};
-use crate::store::EventPositions;
+use crate::store::{EventPositions, EventWindow};
 use std::collections::VecDeque;
 use tokio::sync::watch;
 
@@ -131,19 +131,16 @@ impl Follower {
 }
 
 impl Recorder {
-    /// Where `tenant`'s entries of `kinds` are among ledger positions `[from, to)`, at most `limit` of them, for a
+    /// Where `tenant`'s entries of the `window` are, for a
     /// consumer that catches up from disk (see [`EventPositions`]: the answer says whether the index holds every
     /// entry of the window yet). Does not pass the index barrier: callers pass it once ([`Recorder::index_barrier`])
     /// and rely on `complete` after that.
     pub async fn event_positions(
         &self,
         tenant: &str,
-        kinds: &[&str],
-        from: u64,
-        to: u64,
-        limit: usize,
+        window: EventWindow<'_>,
     ) -> Result<EventPositions, RecordError> {
-        Ok(self.store.event_positions(tenant, kinds, from, to, limit).await?)
+        Ok(self.store.event_positions(tenant, window).await?)
     }
 }
 

@@ -29,7 +29,7 @@ pub use record::{
 };
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
-use crate::store::{AgentRecord, DecisionRecord, LineageKey, LineageRecord, Store, StoreError};
+use crate::store::{AgentRecord, DecisionRecord, LineageKey, LineagePage, LineageRecord, Store, StoreError};
 use index::Index;
 use record::{Header, index_rows};
 
@@ -177,21 +177,15 @@ impl Recorder {
         Ok(self.store.find_lineage(tenant, key, limit).await?)
     }
 
-    /// One page of a tenant's lineage entries selected by `key`, in ledger order after index `after`, at most
-    /// `limit`; with `agent` (an id or name) only that agent's decisions (read-your-writes).
+    /// One page of a tenant's lineage entries (see [`LineagePage`]), once the index holds every recorded entry
+    /// (read-your-writes).
     pub async fn find_lineage_page(
         &self,
         tenant: &str,
-        key: &LineageKey,
-        agent: Option<&str>,
-        after: Option<u64>,
-        limit: usize,
+        page: LineagePage<'_>,
     ) -> Result<Vec<LineageRecord>, RecordError> {
         self.index.barrier().await;
-        Ok(self
-            .store
-            .find_lineage_page(tenant, key, agent, after, limit)
-            .await?)
+        Ok(self.store.find_lineage_page(tenant, page).await?)
     }
 
     /// One page of a tenant's agents by name, each with its latest version only: named after `after`, at most

@@ -909,30 +909,30 @@ mod tests {
     #[test]
     fn a_number_is_part_of_an_identifier_only_with_evidence() {
         // Any prefix, glued or not, leaves a card a card and an SSN an SSN.
-        for (input, expected, fired) in [
-            ("cc_4111111111111111", "cc_[REDACTED:CARD]", "card"),
-            ("ref#4111111111111111", "ref#[REDACTED:CARD]", "card"),
-            (
-                "GET /cards/4111111111111111/charges",
-                "GET /cards/[REDACTED:CARD]/charges",
-                "card",
-            ),
-            ("ORD-4111111111111111", "ORD-[REDACTED:CARD]", "card"),
-            ("a4111111111111111", "a[REDACTED:CARD]", "card"),
-            ("4111111111111111x", "[REDACTED:CARD]x", "card"),
-            ("番号4111111111111111", "番号[REDACTED:CARD]", "card"),
-            (
-                "Kartennummer→4111111111111111←",
-                "Kartennummer→[REDACTED:CARD]←",
-                "card",
-            ),
-            ("4111111111111111番", "[REDACTED:CARD]番", "card"),
-            ("cc_123-45-6789", "cc_[REDACTED:SSN]", "ssn"),
-            ("ref#123-45-6789", "ref#[REDACTED:SSN]", "ssn"),
-            ("/people/123-45-6789", "/people/[REDACTED:SSN]", "ssn"),
-            ("社会保障番号123-45-6789", "社会保障番号[REDACTED:SSN]", "ssn"),
+        let cards = [
+            "cc_4111111111111111",
+            "ref#4111111111111111",
+            "GET /cards/4111111111111111/charges",
+            "ORD-4111111111111111",
+            "a4111111111111111",
+            "4111111111111111x",
+            "番号4111111111111111",
+            "Kartennummer→4111111111111111←",
+            "4111111111111111番",
+        ];
+        let ssns = [
+            "cc_123-45-6789",
+            "ref#123-45-6789",
+            "/people/123-45-6789",
+            "社会保障番号123-45-6789",
+        ];
+        for (inputs, number, label, fired) in [
+            (&cards[..], "4111111111111111", "[REDACTED:CARD]", "card"),
+            (&ssns[..], "123-45-6789", "[REDACTED:SSN]", "ssn"),
         ] {
-            check(input, expected, &[fired]);
+            for input in inputs {
+                check(input, &input.replace(number, label), &[fired]);
+            }
         }
         // Evidence: the digits sit in a hex id of a standard length, or in a UUID.
         untouched("span 4111111111111111abcdef0123456789 end");

@@ -10,6 +10,7 @@ mod listener;
 pub mod ratelimit;
 pub mod request_id;
 mod services;
+pub mod sse;
 
 pub use conn::{BodyTimeout, Limits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use error::{ApiError, ApiResult, Code};

@@ -238,12 +238,22 @@ pub(super) fn index_approvals(
 impl Store {
     /// An approval of a tenant.
     pub async fn get_approval(&self, tenant: &str, approval_id: &str) -> Result<Option<ApprovalRecord>> {
-        let (t, a) = (tenant.to_owned(), approval_id.to_owned());
+        self.approval_where(tenant, "approval_id", approval_id).await
+    }
+
+    /// The approval of a tenant whose `column` (one of the table's unique keys) holds `value`.
+    async fn approval_where(
+        &self,
+        tenant: &str,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<ApprovalRecord>> {
+        let (t, v) = (tenant.to_owned(), value.to_owned());
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {COLS} FROM approvals WHERE approval_id = ?1 AND tenant = ?2"
+                "SELECT {COLS} FROM approvals WHERE tenant = ?1 AND {column} = ?2"
             ))?
-            .query_row(params![a, t], from_row)
+            .query_row(params![t, v], from_row)
             .optional()
             .map_err(read_error)
         })
@@ -271,16 +281,7 @@ impl Store {
         tenant: &str,
         decision_id: &str,
     ) -> Result<Option<ApprovalRecord>> {
-        let (t, d) = (tenant.to_owned(), decision_id.to_owned());
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {COLS} FROM approvals WHERE tenant = ?1 AND decision_id = ?2"
-            ))?
-            .query_row(params![t, d], from_row)
-            .optional()
-            .map_err(read_error)
-        })
-        .await
+        self.approval_where(tenant, "decision_id", decision_id).await
     }
 
     /// One page of a tenant's approvals, oldest first, at most `limit`.

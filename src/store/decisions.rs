@@ -105,6 +105,17 @@ pub enum LineageKey {
     Execution(String),
 }
 
+/// Which page of a tenant's lineage entries to read: those selected by `key`, after ledger index `after` (all when
+/// `None`), at most `limit`. With `agent` (an agent's id or name, as a token's `agent` claim names it), only the
+/// entries of decisions for that agent: entries of no agent are left out.
+#[derive(Debug, Clone, Copy)]
+pub struct LineagePage<'a> {
+    pub key: &'a LineageKey,
+    pub agent: Option<&'a str>,
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
 fn lineage_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LineageRecord> {
     Ok(LineageRecord {
         lineage_id: r.get(0)?,
@@ -177,21 +188,24 @@ impl Store {
         key: &LineageKey,
         limit: usize,
     ) -> Result<Vec<LineageRecord>> {
-        self.find_lineage_page(tenant, key, None, None, limit).await
+        let page = LineagePage {
+            key,
+            agent: None,
+            after: None,
+            limit,
+        };
+        self.find_lineage_page(tenant, page).await
     }
 
-    /// One page of the lineage entries of a tenant selected by `key`, in ledger order: those after ledger index
-    /// `after` (all when `None`), at most `limit`. With `agent` (an agent's id or name, as a token's `agent`
-    /// claim names it), only the entries of decisions for that agent: entries of no agent are left out.
-    pub async fn find_lineage_page(
-        &self,
-        tenant: &str,
-        key: &LineageKey,
-        agent: Option<&str>,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<LineageRecord>> {
+    /// One page of the lineage entries of a tenant, in ledger order (see [`LineagePage`]).
+    pub async fn find_lineage_page(&self, tenant: &str, page: LineagePage<'_>) -> Result<Vec<LineageRecord>> {
         use rusqlite::types::Value as V;
+        let LineagePage {
+            key,
+            agent,
+            after,
+            limit,
+        } = page;
         let t = tenant.to_owned();
         let key = key.clone();
         let agent = agent.map(str::to_owned);

@@ -17,17 +17,25 @@ pub struct EventPositions {
     pub complete: bool,
 }
 
+/// Which entries to look for: those whose kind is one of `kinds`, among ledger positions `[from, to)`, at most
+/// `limit` of them.
+#[derive(Debug, Clone, Copy)]
+pub struct EventWindow<'a> {
+    pub kinds: &'a [&'a str],
+    pub from: u64,
+    pub to: u64,
+    pub limit: usize,
+}
+
 impl Store {
-    /// The ledger indices of `tenant`'s entries whose kind is one of `kinds`, among positions `[from, to)`, at
-    /// most `limit`, with whether the index is complete for the window.
-    pub async fn event_positions(
-        &self,
-        tenant: &str,
-        kinds: &[&str],
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> Result<EventPositions> {
+    /// The ledger indices of `tenant`'s entries in `window`, with whether the index is complete for the window.
+    pub async fn event_positions(&self, tenant: &str, window: EventWindow<'_>) -> Result<EventPositions> {
+        let EventWindow {
+            kinds,
+            from,
+            to,
+            limit,
+        } = window;
         let tenant = tenant.to_owned();
         let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
         // Ledger positions fit in i64 (the ledger counts its entries).
@@ -108,6 +116,22 @@ mod tests {
         }
     }
 
+    /// `acme`'s entries of `kinds` among the positions `window`, at most `limit`.
+    async fn positions(
+        store: &Store,
+        kinds: &[&str],
+        window: std::ops::Range<u64>,
+        limit: usize,
+    ) -> EventPositions {
+        let window = EventWindow {
+            kinds,
+            from: window.start,
+            to: window.end,
+            limit,
+        };
+        store.event_positions("acme", window).await.unwrap()
+    }
+
     #[tokio::test]
     async fn positions_of_a_tenant_s_kinds_in_pages_and_gaps_reported() {
         let tmp = tempfile::tempdir().unwrap();
@@ -122,7 +146,7 @@ mod tests {
         ];
         store.index_entries(rows).await.unwrap();
         let kinds = ["decision", "approval.resolved"];
-        let all = store.event_positions("acme", &kinds, 0, 6, 10).await.unwrap();
+        let all = positions(&store, &kinds, 0..6, 10).await;
         assert_eq!(
             all,
             EventPositions {
@@ -131,29 +155,26 @@ mod tests {
                 complete: true
             }
         );
-        let page = store.event_positions("acme", &kinds, 0, 6, 2).await.unwrap();
+        let page = positions(&store, &kinds, 0..6, 2).await;
         assert_eq!((page.indices, page.end), (vec![1, 4], 5));
-        let rest = store.event_positions("acme", &kinds, 5, 6, 2).await.unwrap();
+        let rest = positions(&store, &kinds, 5..6, 2).await;
         assert_eq!(rest.indices, vec![5]);
-        let only = store
-            .event_positions("acme", &["decision"], 2, 6, 10)
-            .await
-            .unwrap();
+        let only = positions(&store, &["decision"], 2..6, 10).await;
         assert_eq!(only.indices, vec![5]);
         // Position 7 has no row yet (6 does not either): the window is incomplete.
         store
             .index_entries(vec![row(7, "acme", "decision")])
             .await
             .unwrap();
-        let gap = store.event_positions("acme", &kinds, 4, 8, 10).await.unwrap();
+        let gap = positions(&store, &kinds, 4..8, 10).await;
         assert!(!gap.complete && gap.indices.is_empty());
         store
             .index_entries(vec![row(6, "acme", "decision")])
             .await
             .unwrap();
-        let healed = store.event_positions("acme", &kinds, 4, 8, 10).await.unwrap();
+        let healed = positions(&store, &kinds, 4..8, 10).await;
         assert_eq!((healed.indices, healed.complete), (vec![4, 5, 6, 7], true));
-        let empty = store.event_positions("acme", &kinds, 8, 8, 10).await.unwrap();
+        let empty = positions(&store, &kinds, 8..8, 10).await;
         assert_eq!((empty.indices.len(), empty.end, empty.complete), (0, 8, true));
     }
 }

@@ -22,8 +22,8 @@ pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
 pub use approvals::{
     ApprovalFilter, ApprovalRecord, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse,
 };
-pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineageRecord};
-pub use events::EventPositions;
+pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineagePage, LineageRecord};
+pub use events::{EventPositions, EventWindow};
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 
 use parking_lot::Mutex;

@@ -10,25 +10,37 @@ use serde_json::{Value, json};
 const T: &str = "acme-prod";
 
 /// Evaluates `action` with `context` and asserts the decision and its reason codes; returns the body.
-async fn decide(
-    s: &Server,
-    tok: &str,
-    agent: &str,
-    action: &str,
-    context: Value,
-    want: &str,
-    codes: &[&str],
-) -> Value {
-    let r = s.evaluate(tok, T, agent, action, context.clone()).await;
-    assert_eq!(r.status, 200, "{action} {context}: {}", r.body);
-    assert_eq!(r.body["decision"], want, "{action} {context}: {}", r.body);
-    assert_eq!(
-        r.body["reasonCodes"],
-        json!(codes),
-        "{action} {context}: {}",
+/// An agent of tenant `T` with its own token, asking the default pack.
+struct Asker<'a> {
+    s: &'a Server,
+    tok: String,
+    agent: String,
+}
+
+impl<'a> Asker<'a> {
+    /// Registers the agent `name` with a new agent token.
+    async fn new(s: &'a Server, name: &str) -> Asker<'a> {
+        let tok = s.token(T, Role::Agent);
+        let agent = s.register(&tok, T, name).await;
+        Asker { s, tok, agent }
+    }
+
+    /// Asks about `action` in `context`; asserts the decision `want` with the reason `codes`, returns the answer.
+    async fn decide(&self, action: &str, context: Value, want: &str, codes: &[&str]) -> Value {
+        let r = self
+            .s
+            .evaluate(&self.tok, T, &self.agent, action, context.clone())
+            .await;
+        assert_eq!(r.status, 200, "{action} {context}: {}", r.body);
+        assert_eq!(r.body["decision"], want, "{action} {context}: {}", r.body);
+        assert_eq!(
+            r.body["reasonCodes"],
+            json!(codes),
+            "{action} {context}: {}",
+            r.body
+        );
         r.body
-    );
-    r.body
+    }
 }
 
 fn rule_ids(body: &Value) -> Vec<&str> {
@@ -43,8 +55,7 @@ fn rule_ids(body: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn payment_amounts_of_the_wrong_type_or_sign_are_blocked() {
     let s = Server::start().await;
-    let tok = s.token(T, Role::Agent);
-    let agent = s.register(&tok, T, "billing").await;
+    let a = Asker::new(&s, "billing").await;
     // Each of these was allowed: true counted as 1, "5" was converted, negatives are below any limit.
     for amount in [
         json!(true),
@@ -58,65 +69,39 @@ async fn payment_amounts_of_the_wrong_type_or_sign_are_blocked() {
         json!(-5000),
         json!(-0.01),
     ] {
-        let body = decide(
-            &s,
-            &tok,
-            &agent,
-            "execute_payment",
-            json!({"amount": amount}),
-            "block",
-            &["INVALID_AMOUNT"],
-        )
-        .await;
+        let body = a
+            .decide(
+                "execute_payment",
+                json!({"amount": amount}),
+                "block",
+                &["INVALID_AMOUNT"],
+            )
+            .await;
         assert_eq!(rule_ids(&body), ["invalid-payment-amount"], "{amount}: {body}");
         assert_eq!(body["matchedRules"][0]["pack"], "kla-default");
     }
     // Good values decide as before.
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "execute_refund",
-        json!({"amount": 20}),
-        "allow",
-        &[],
-    )
-    .await;
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "execute_refund",
-        json!({"amount": 0}),
-        "allow",
-        &[],
-    )
-    .await;
-    let body = decide(
-        &s,
-        &tok,
-        &agent,
-        "vendor_payment",
-        json!({"amount": 1250.5}),
-        "require_approval",
-        &["AMOUNT_OVER_THRESHOLD"],
-    )
-    .await;
+    a.decide("execute_refund", json!({"amount": 20}), "allow", &[])
+        .await;
+    a.decide("execute_refund", json!({"amount": 0}), "allow", &[])
+        .await;
+    let body = a
+        .decide(
+            "vendor_payment",
+            json!({"amount": 1250.5}),
+            "require_approval",
+            &["AMOUNT_OVER_THRESHOLD"],
+        )
+        .await;
     assert_eq!(body["requiresDeskApproval"], true);
-    decide(
-        &s,
-        &tok,
-        &agent,
+    a.decide(
         "transfer_funds",
         json!({"amount": 1e308}),
         "require_approval",
         &["AMOUNT_OVER_THRESHOLD"],
     )
     .await;
-    decide(
-        &s,
-        &tok,
-        &agent,
+    a.decide(
         "execute_payment",
         json!({"currency": "EUR"}),
         "require_approval",
@@ -125,10 +110,11 @@ async fn payment_amounts_of_the_wrong_type_or_sign_are_blocked() {
     .await;
     // A number JSON cannot hold as a finite double never reaches the policy.
     let r = send(
-        s.req(Method::POST, "/v1/decisions.evaluate", &tok, T)
+        s.req(Method::POST, "/v1/decisions.evaluate", &a.tok, T)
             .header("content-type", "application/json")
             .body(format!(
-                r#"{{"agentId":"{agent}","action":"execute_payment","context":{{"amount":1e400}}}}"#
+                r#"{{"agentId":"{}","action":"execute_payment","context":{{"amount":1e400}}}}"#,
+                a.agent
             )),
     )
     .await;
@@ -138,53 +124,21 @@ async fn payment_amounts_of_the_wrong_type_or_sign_are_blocked() {
 #[tokio::test]
 async fn email_recipients_in_cc_or_bcc_and_malformed_fields_do_not_pass_as_internal() {
     let s = Server::start().await;
-    let tok = s.token(T, Role::Agent);
-    let agent = s.register(&tok, T, "mailer").await;
-    let warn = ["EXTERNAL_EMAIL"];
+    let a = Asker::new(&s, "mailer").await;
+    let email = |context, want, codes| a.decide("send_email", context, want, codes);
     // External recipients only in cc or bcc were allowed.
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "send_email",
+    for context in [
         json!({"from": "a@acme.com", "to": ["b@acme.com"], "cc": ["x@gmail.com"]}),
-        "warn",
-        &warn,
-    )
-    .await;
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "send_email",
         json!({"from": "a@acme.com", "bcc": ["x@gmail.com"]}),
-        "warn",
-        &warn,
-    )
-    .await;
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "send_email",
         json!({"from": "a@acme.com", "to": ["x@Partner.EXAMPLE"]}),
-        "warn",
-        &warn,
-    )
-    .await;
+    ] {
+        email(context, "warn", &["EXTERNAL_EMAIL"]).await;
+    }
     // Domains are compared lowercased, so mixed case is still internal.
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "send_email",
-        json!({"from": "a@partner.example", "to": ["x@Partner.EXAMPLE"], "cc": ["y@PARTNER.example"]}),
-        "allow",
-        &[],
-    )
-    .await;
+    let mixed_case =
+        json!({"from": "a@partner.example", "to": ["x@Partner.EXAMPLE"], "cc": ["y@PARTNER.example"]});
+    email(mixed_case, "allow", &[]).await;
     // Fields the rule cannot read: each of these was allowed (or only warned).
-    let invalid = ["INVALID_EMAIL_FIELDS"];
     for context in [
         json!({"to": ["x@gmail.com"]}),
         json!({"from": 5, "to": ["x@gmail.com"]}),
@@ -198,14 +152,10 @@ async fn email_recipients_in_cc_or_bcc_and_malformed_fields_do_not_pass_as_inter
         json!({"from": "a@acme.com", "to": [], "cc": [], "bcc": []}),
         json!({"from": "a@acme.com"}),
     ] {
-        let body = decide(&s, &tok, &agent, "send_email", context.clone(), "block", &invalid).await;
+        let body = email(context.clone(), "block", &["INVALID_EMAIL_FIELDS"]).await;
         assert_eq!(rule_ids(&body), ["invalid-email-fields"], "{context}: {body}");
     }
-    decide(
-        &s,
-        &tok,
-        &agent,
-        "send_email",
+    email(
         json!({"from": "a@acme.com", "to": ["b@acme.com", "c@ACME.com"]}),
         "allow",
         &[],

@@ -133,12 +133,7 @@ async fn kla_verify_refuses_an_evidence_bundle_that_repeats_a_key() {
             .args(["--key", key.trim()])
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        (out.status.success(), output_text(&out))
     };
     let good = bundle.body.to_string();
     let (ok, out) = verify("good.json", &good);
@@ -184,12 +179,7 @@ fn kla_pack_eval_refuses_input_that_repeats_a_key() {
             .arg(&path)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        (out.status.success(), output_text(&out))
     };
     let (ok, out) = input("ok.json", r#"{"amount":1250}"#);
     assert!(ok, "{out}");

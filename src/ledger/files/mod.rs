@@ -12,9 +12,7 @@ mod recover;
 mod verify;
 
 pub(crate) use append::{Appender, PREALLOC_CHUNK};
-pub(crate) use layout::{
-    CHECKPOINT, ENTRIES, KEY, LOCK, MAX_ENTRY, ORIGIN, read_optional, sync_dir, write_atomic,
-};
+pub(crate) use layout::{CHECKPOINT, ENTRIES, KEY, LOCK, MAX_ENTRY, ORIGIN, read_optional, write_atomic};
 #[cfg(test)]
 pub(crate) use layout::{OFFSETS, SYNCED, crc, marker_size};
 pub(crate) use read::{LogFiles, LogView};

@@ -314,13 +314,8 @@ pub(crate) fn open_log_files(
             }
             Rec::Torn => {
                 lost_acked(index)?;
-                tracing::warn!(
-                    index,
-                    offset = pos,
-                    dropped_bytes = entries_len - pos,
-                    "ledger: cutting off an incomplete final record (never acknowledged)"
-                );
-                cut(&files, pos)?;
+                let why = "cutting off an incomplete final record (never acknowledged)";
+                cut(&files, index, pos, entries_len, why)?;
                 break;
             }
             Rec::Zero => {
@@ -347,13 +342,8 @@ pub(crate) fn open_log_files(
                 // which is written only after the batch's fdatasync), cut like an
                 // incomplete record.
                 if checksum && acked <= index && next < scan.len && scan.zeros_from(next)? {
-                    tracing::warn!(
-                        index,
-                        offset = pos,
-                        dropped_bytes = next - pos,
-                        "ledger: cutting off a torn final record in preallocated space (never acknowledged)"
-                    );
-                    cut(&files, pos)?;
+                    let why = "cutting off a torn final record in preallocated space (never acknowledged)";
+                    cut(&files, index, pos, next, why)?;
                 } else {
                     repair_tail(&files, repair, index, pos, entries_len, &detail)?;
                 }
@@ -480,18 +470,20 @@ fn repair_tail(
             detail: format!("{detail} in the tail; open with repair mode truncate to cut it off"),
         });
     }
-    tracing::warn!(
+    cut(
+        files,
         index,
-        offset = pos,
-        dropped_bytes = entries_len - pos,
-        "ledger: repair=truncate cutting off a damaged tail"
-    );
-    cut(files, pos)
+        pos,
+        entries_len,
+        "repair=truncate cutting off a damaged tail",
+    )
 }
 
-/// Cuts `entries.log` at `pos`: truncates (which also drops any preallocated zero tail, so
-/// only zeros, i.e. nothing, follow the logical end; the writer re-extends it) and syncs.
-fn cut(files: &LogFiles, pos: u64) -> Result<(), LedgerError> {
+/// Cuts `entries.log` at `pos`, the start of record `index`, dropping the bytes up to `end` (`why`, for the log):
+/// truncates (which also drops any preallocated zero tail, so only zeros, i.e. nothing, follow the logical end; the
+/// writer re-extends it) and syncs.
+fn cut(files: &LogFiles, index: u64, pos: u64, end: u64, why: &str) -> Result<(), LedgerError> {
+    tracing::warn!(index, offset = pos, dropped_bytes = end - pos, "ledger: {why}");
     files.entries.set_len(pos).map_err(io_err("truncate entries"))?;
     files.entries.sync_all().map_err(io_err("fsync entries"))
 }

@@ -115,9 +115,7 @@ async fn second_open_of_the_same_dir_is_refused() {
 
 #[tokio::test]
 async fn torn_tail_is_cut_off_on_open() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let model = append_n(&l, 10).await;
+    let (tmp, l, model) = ledger_with(10).await;
     drop(l);
     // half a record: header announces 100 bytes, only 10 follow
     let mut f = std::fs::OpenOptions::new()
@@ -138,6 +136,41 @@ async fn torn_tail_is_cut_off_on_open() {
     assert_eq!(l.append(entry_bytes(1)).await.expect("append"), 10);
 }
 
+/// The ledger in `dir` reopens with `size` entries and verifies in full.
+fn assert_reopens_with(dir: &Path, size: u64) {
+    let l = Ledger::open(cfg(dir)).expect("reopen");
+    assert_eq!(l.size(), size);
+    drop(l);
+    verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}).expect("verifies");
+}
+
+/// A ledger in a new temp dir, with entries `0..n` appended, and those entries (the model).
+async fn ledger_with(n: u64) -> (tempfile::TempDir, Ledger, Vec<Vec<u8>>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let l = Ledger::open(cfg(tmp.path())).expect("open");
+    let model = append_n(&l, n).await;
+    (tmp, l, model)
+}
+
+/// A ledger in a new temp dir, with entries `0..n` appended.
+async fn ledger_of(n: u64) -> (tempfile::TempDir, Ledger) {
+    let (tmp, l, _) = ledger_with(n).await;
+    (tmp, l)
+}
+
+/// `r` refuses the ledger as corrupt at entry `at`, with a detail that contains `needle`.
+#[track_caller]
+fn assert_corrupt<T>(r: Result<T, LedgerError>, at: u64, needle: &str) {
+    match r {
+        Err(LedgerError::Corrupt { index, detail }) => {
+            assert_eq!(index, at, "{detail}");
+            assert!(detail.contains(needle), "{detail}");
+        }
+        Err(e) => panic!("expected corruption at {at}, got {e}"),
+        Ok(_) => panic!("expected corruption at {at}, the ledger was accepted"),
+    }
+}
+
 fn flip_byte_of_entry(dir: &Path, index: u64) {
     let store_dir = dir.join("ledger");
     let offsets = std::fs::read(store_dir.join(files::OFFSETS)).expect("offsets");
@@ -150,30 +183,19 @@ fn flip_byte_of_entry(dir: &Path, index: u64) {
 
 #[tokio::test]
 async fn byte_flipped_mid_log_refuses_open_naming_the_index() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 20).await;
+    let (tmp, l) = ledger_of(20).await;
     drop(l);
     flip_byte_of_entry(tmp.path(), 7);
     for repair in [RepairMode::Refuse, RepairMode::Truncate] {
         let mut c = cfg(tmp.path());
         c.repair = repair;
-        match Ledger::open(c) {
-            Err(LedgerError::Corrupt { index, detail }) => {
-                assert_eq!(index, 7, "{detail}");
-                assert!(detail.contains("mid-log"), "{detail}");
-            }
-            Err(e) => panic!("wrong error {e}"),
-            Ok(_) => panic!("opened a corrupt ledger"),
-        }
+        assert_corrupt(Ledger::open(c), 7, "mid-log");
     }
 }
 
 #[tokio::test]
 async fn full_verify_finds_damage_inside_the_checkpointed_prefix() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 30).await;
+    let (tmp, l) = ledger_of(30).await;
     l.checkpoint_now().await.expect("checkpoint");
     drop(l);
     let dir = tmp.path().join("ledger");
@@ -193,13 +215,7 @@ async fn full_verify_finds_damage_inside_the_checkpointed_prefix() {
     let mut b = std::fs::read(&lvl).expect("level 2");
     b[32] ^= 1; // node (2, 1) covers entries 4..8
     std::fs::write(&lvl, b).expect("w");
-    match verify_ledger_dir(&dir, &mut |_, _| {}) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 4, "{detail}");
-            assert!(detail.contains("level 2"), "{detail}");
-        }
-        other => panic!("expected node corruption, got {other:?}"),
-    }
+    assert_corrupt(verify_ledger_dir(&dir, &mut |_, _| {}), 4, "level 2");
 }
 
 fn corrupt_last_record_checksum(dir: &Path) {
@@ -211,21 +227,13 @@ fn corrupt_last_record_checksum(dir: &Path) {
 
 #[tokio::test]
 async fn truncate_repair_cuts_a_damaged_tail_after_the_checkpoint_only() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let mut model = append_n(&l, 12).await;
+    let (tmp, l, mut model) = ledger_with(12).await;
     l.checkpoint_now().await.expect("checkpoint at 12");
     model.extend(append_n(&l, 3).await);
     drop(l);
     corrupt_last_record_checksum(tmp.path());
     // default mode refuses, naming the index
-    match Ledger::open(cfg(tmp.path())) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 14);
-            assert!(detail.contains("truncate"), "{detail}");
-        }
-        other => panic!("expected refusal, got {:?}", other.err()),
-    }
+    assert_corrupt(Ledger::open(cfg(tmp.path())), 14, "truncate");
     let mut c = cfg(tmp.path());
     c.repair = RepairMode::Truncate;
     let l = Ledger::open(c).expect("truncate repairs the tail");
@@ -235,28 +243,18 @@ async fn truncate_repair_cuts_a_damaged_tail_after_the_checkpoint_only() {
     drop(l);
 
     // now damage an entry covered by the checkpoint, at the tail
-    let tmp2 = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp2.path())).expect("open");
-    append_n(&l, 5).await;
+    let (tmp2, l) = ledger_of(5).await;
     l.checkpoint_now().await.expect("checkpoint at 5");
     drop(l);
     corrupt_last_record_checksum(tmp2.path());
     let mut c = cfg(tmp2.path());
     c.repair = RepairMode::Truncate;
-    match Ledger::open(c) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 4);
-            assert!(detail.contains("checkpoint"), "{detail}");
-        }
-        other => panic!("must not roll back checkpointed entries: {:?}", other.err()),
-    }
+    assert_corrupt(Ledger::open(c), 4, "checkpoint");
 }
 
 #[tokio::test]
 async fn checkpoints_are_signed_persisted_and_anchor_entries() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 5).await;
+    let (tmp, l) = ledger_of(5).await;
     assert!(!l.is_anchored(0));
     let cp = l.checkpoint_now().await.expect("checkpoint");
     assert_eq!(cp.size, 5);
@@ -311,9 +309,7 @@ async fn checkpointer_signs_while_entries_arrive_and_on_shutdown() {
 
 #[tokio::test]
 async fn out_of_range_requests_are_client_errors() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 3).await;
+    let (_tmp, l) = ledger_of(3).await;
     assert!(matches!(l.entry(3), Err(LedgerError::NotFound(_))));
     assert!(matches!(l.leaf_hash(9), Err(LedgerError::NotFound(_))));
     assert!(matches!(
@@ -339,9 +335,7 @@ async fn out_of_range_requests_are_client_errors() {
 // ---------- evidence bundles ----------
 
 async fn bundle_fixture() -> (tempfile::TempDir, Ledger, EvidenceBundle) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 11).await;
+    let (tmp, l) = ledger_of(11).await;
     let b = l.build_evidence(&[0, 6, 10]).await.expect("bundle");
     (tmp, l, b)
 }
@@ -676,9 +670,7 @@ async fn appends_land_in_the_zeroed_region_and_a_crash_image_reopens() {
 
 #[tokio::test]
 async fn a_batch_beyond_the_zeroed_region_grows_the_file() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let mut model = append_n(&l, 5).await;
+    let (tmp, l, mut model) = ledger_with(5).await;
     wait_prealloc(tmp.path(), logical_end(&model)).await;
     let before = file_len(tmp.path());
     // One record larger than the whole chunk: it starts in the zeroed region and grows the file.
@@ -702,9 +694,7 @@ async fn a_batch_beyond_the_zeroed_region_grows_the_file() {
 /// A crashed ledger: 8 checkpointed + 4 more entries, zero-filled tail. Returns the image
 /// dir, the model and the logical end.
 async fn crashed_with_tail() -> (tempfile::TempDir, tempfile::TempDir, Vec<Vec<u8>>, u64) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let mut model = append_n(&l, 8).await;
+    let (tmp, l, mut model) = ledger_with(8).await;
     l.checkpoint_now().await.expect("checkpoint");
     model.extend(append_n(&l, 4).await);
     let end = logical_end(&model);
@@ -741,17 +731,9 @@ async fn a_bad_acknowledged_final_record_before_zeros_is_not_taken_for_a_torn_wr
         Err(LedgerError::Corrupt { index, .. }) => assert_eq!(index, 11),
         other => panic!("expected corruption at 11, got {other:?}"),
     }
-    match Ledger::open(cfg(dir)) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 11);
-            assert!(detail.contains("truncate"), "{detail}");
-        }
-        other => panic!("expected refusal, got {:?}", other.err()),
-    }
+    assert_corrupt(Ledger::open(cfg(dir)), 11, "truncate");
     // Covered by the checkpoint: refused even when nothing else says it was acknowledged.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let model = append_n(&l, 6).await;
+    let (tmp, l, model) = ledger_with(6).await;
     l.checkpoint_now().await.expect("checkpoint");
     wait_prealloc(tmp.path(), logical_end(&model)).await;
     let img = tempfile::tempdir().expect("tmp");
@@ -765,13 +747,7 @@ async fn a_bad_acknowledged_final_record_before_zeros_is_not_taken_for_a_torn_wr
         Err(LedgerError::Corrupt { index, .. }) => assert_eq!(index, 5),
         other => panic!("expected corruption at 5, got {other:?}"),
     }
-    match Ledger::open(cfg(img.path())) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 5);
-            assert!(detail.contains("checkpoint"), "{detail}");
-        }
-        other => panic!("expected refusal, got {:?}", other.err()),
-    }
+    assert_corrupt(Ledger::open(cfg(img.path())), 5, "checkpoint");
 }
 
 #[tokio::test]
@@ -779,20 +755,12 @@ async fn non_zero_bytes_after_the_logical_end_are_refused() {
     let (_tmp, img, model, end) = crashed_with_tail().await;
     let dir = img.path();
     write_at(dir, end + 100, &[1]);
-    match verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 12, "{detail}");
-            assert!(detail.contains("after the end"), "{detail}");
-        }
-        other => panic!("expected tail damage, got {other:?}"),
-    }
-    match Ledger::open(cfg(dir)) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, 12, "{detail}");
-            assert!(detail.contains("truncate"), "{detail}");
-        }
-        other => panic!("expected refusal, got {:?}", other.err()),
-    }
+    assert_corrupt(
+        verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}),
+        12,
+        "after the end",
+    );
+    assert_corrupt(Ledger::open(cfg(dir)), 12, "truncate");
     let mut c = cfg(dir);
     c.repair = RepairMode::Truncate;
     let l = Ledger::open(c).expect("truncate cuts the garbage");
@@ -827,13 +795,8 @@ async fn a_torn_batch_with_a_lost_middle_block_is_cut_by_truncate_only() {
     assert!(end + (batch.len() as u64) < file_len(dir), "fits the zero tail");
     write_at(dir, end, &batch);
     write_at(dir, end + hole, &[0u8; 64]); // the block that did not reach the disk
-    match Ledger::open(cfg(dir)) {
-        Err(LedgerError::Corrupt { index, detail }) => {
-            assert_eq!(index, model.len() as u64);
-            assert!(detail.contains("repair mode truncate"), "{detail}");
-        }
-        other => panic!("default open must refuse: {:?}", other.map(|l| l.size())),
-    }
+    // The default open refuses.
+    assert_corrupt(Ledger::open(cfg(dir)), model.len() as u64, "repair mode truncate");
     let mut c = cfg(dir);
     c.repair = RepairMode::Truncate;
     let l = Ledger::open(c).expect("truncate cuts an unacknowledged torn batch");
@@ -850,9 +813,7 @@ async fn a_torn_batch_with_a_lost_middle_block_is_cut_by_truncate_only() {
 #[tokio::test]
 async fn acknowledged_entries_read_back_as_zeros_are_refused() {
     for clean in [true, false] {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let l = Ledger::open(cfg(tmp.path())).expect("open");
-        let model = append_n(&l, 8).await;
+        let (tmp, l, model) = ledger_with(8).await;
         l.checkpoint_now().await.expect("checkpoint");
         let model2 = append_n(&l, 4).await;
         let end = logical_end(&model) + logical_end(&model2);
@@ -867,18 +828,13 @@ async fn acknowledged_entries_read_back_as_zeros_are_refused() {
         };
         let from = logical_end(&model) + logical_end(&model2[..2]);
         write_at(&dir, from, &vec![0u8; (end - from) as usize]);
-        match verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}) {
-            Err(LedgerError::Corrupt { index: 10, detail }) => {
-                assert!(detail.contains("acknowledged"), "{detail}")
-            }
-            other => panic!("clean={clean}: verify must refuse: {other:?}"),
-        }
-        match Ledger::open(cfg(&dir)) {
-            Err(LedgerError::Corrupt { index: 10, detail }) => {
-                assert!(detail.contains("acknowledged"), "{detail}")
-            }
-            other => panic!("clean={clean}: open must refuse: {:?}", other.map(|l| l.size())),
-        }
+        // Both verify and open refuse, clean or not.
+        assert_corrupt(
+            verify_ledger_dir(&dir.join("ledger"), &mut |_, _| {}),
+            10,
+            "acknowledged",
+        );
+        assert_corrupt(Ledger::open(cfg(&dir)), 10, "acknowledged");
         let mut c = cfg(&dir);
         c.repair = RepairMode::Truncate;
         let l = Ledger::open(c).expect("truncate accepts the loss above the checkpoint");
@@ -916,9 +872,7 @@ fn thread_policies(name: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn the_writer_thread_runs_under_sched_batch() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    append_n(&l, 1).await;
+    let (_tmp, _ledger) = ledger_of(1).await;
     // The writer sets its policy before it takes the first entry, so it has by now. Other
     // tests' writers share the (15-byte cut) name; one that is just starting may not have
     // switched yet, so the check is that ours, at least, has.
@@ -1009,10 +963,7 @@ fn appends_across_level_boundaries_open_no_file() {
         // The child's log reopens whole, with the marker it advanced while it had no descriptor to spare.
         let marker = std::fs::read(tmp.path().join("ledger").join(files::SYNCED)).expect("marker");
         assert_eq!(files::marker_size(&marker), 300);
-        let l = Ledger::open(cfg(tmp.path())).expect("reopen");
-        assert_eq!(l.size(), 300);
-        drop(l);
-        verify_ledger_dir(&tmp.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+        assert_reopens_with(tmp.path(), 300);
         return;
     };
     let dir = Path::new(&dir);
@@ -1044,10 +995,7 @@ fn a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it
             "a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it",
             tmp.path(),
         );
-        let l = Ledger::open(cfg(tmp.path())).expect("reopen");
-        assert_eq!(l.size(), 8193);
-        drop(l);
-        verify_ledger_dir(&tmp.path().join("ledger"), &mut |_, _| {}).expect("verifies");
+        assert_reopens_with(tmp.path(), 8193);
         return;
     };
     let dir = Path::new(&dir);
@@ -1088,9 +1036,7 @@ fn a_level_file_that_cannot_be_opened_ahead_refuses_only_the_batch_that_needs_it
 
 #[tokio::test]
 async fn a_torn_synced_marker_falls_back_to_the_previous_size_on_open() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let l = Ledger::open(cfg(tmp.path())).expect("open");
-    let mut model = append_n(&l, 10).await;
+    let (tmp, l, mut model) = ledger_with(10).await;
     l.checkpoint_now().await.expect("checkpoint"); // marker 10
     model.extend(append_n(&l, 10).await);
     drop(l); // marker 20, in the other slot

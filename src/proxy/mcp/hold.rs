@@ -27,7 +27,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::request::Parts;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
@@ -448,12 +448,5 @@ fn on_stream(cx: &Ctx, h: Held) -> Response {
             .await
             .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    crate::server::sse::response(Body::from_stream(stream))
 }

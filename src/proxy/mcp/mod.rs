@@ -216,6 +216,16 @@ fn decide_failed(id: &Value, e: &dyn Classify) -> Value {
 }
 
 impl Ctx {
+    /// This request's call of `tool`, deciding `req`, as the pipeline's phases take it.
+    fn call<'a>(&'a self, tool: &'a str, req: ActionRequest) -> ToolCall<'a> {
+        ToolCall {
+            caller: &self.caller,
+            route: &self.route,
+            tool,
+            req,
+        }
+    }
+
     fn approval_url(&self, approval_id: &str) -> String {
         self.p.approval_url(approval_id)
     }
@@ -380,12 +390,7 @@ impl Ctx {
             Ok(r) => r,
             Err(r) => return *r,
         };
-        let call = ToolCall {
-            caller: &self.caller,
-            route: &self.route,
-            tool: &tool,
-            req,
-        };
+        let call = self.call(&tool, req);
         let mut a = Single {
             cx: self,
             parts: Some(parts),
@@ -397,17 +402,13 @@ impl Ctx {
         self.p.run(call, &mut a).await
     }
 
-    async fn tools_list(&self, mut parts: Parts, bytes: Bytes, msg: Message, era: Era) -> Response {
+    async fn tools_list(&self, parts: Parts, bytes: Bytes, msg: Message, era: Era) -> Response {
         let id = msg.answer_id();
         let agent = match self.policy_agent(&id).await {
             Ok(a) => a,
             Err(r) => return *r,
         };
-        // The answer is read and rewritten: ask for it uncompressed.
-        parts
-            .headers
-            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        let resp = match self.send(parts, Body::from(bytes), Some(&id)).await {
+        let resp = match self.send_to_rewrite(parts, bytes, &id).await {
             Ok(r) => r,
             Err(r) => return *r,
         };
@@ -423,12 +424,9 @@ impl Ctx {
     /// `server/discover` (2026-07-28): the upstream's answer with the tasks extension added to its capabilities,
     /// since kla answers held calls with tasks of its own (and a client only accepts a task from a server that
     /// advertised them).
-    async fn discover(&self, mut parts: Parts, bytes: Bytes, msg: Message) -> Response {
+    async fn discover(&self, parts: Parts, bytes: Bytes, msg: Message) -> Response {
         let id = msg.answer_id();
-        parts
-            .headers
-            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        let resp = match self.send(parts, Body::from(bytes), Some(&id)).await {
+        let resp = match self.send_to_rewrite(parts, bytes, &id).await {
             Ok(r) => r,
             Err(r) => return *r,
         };
@@ -436,6 +434,19 @@ impl Ctx {
             wire::advertise_tasks(answer);
         })
         .await
+    }
+
+    /// Sends a request whose answer kla reads and rewrites, asking for that answer uncompressed. `Err`: the answer.
+    async fn send_to_rewrite(
+        &self,
+        mut parts: Parts,
+        bytes: Bytes,
+        id: &Value,
+    ) -> Result<http::Response<Incoming>, Box<Response>> {
+        parts
+            .headers
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        self.send(parts, Body::from(bytes), Some(id)).await
     }
 
     /// The caller's agent as the policy sees it (for `tools/list` filtering). `Err`: the answer.
@@ -505,12 +516,7 @@ impl Ctx {
                             continue;
                         }
                     };
-                    let call = ToolCall {
-                        caller: &self.caller,
-                        route: &self.route,
-                        tool: &tool,
-                        req,
-                    };
+                    let call = self.call(&tool, req);
                     let mut a = InBatch {
                         cx: self,
                         parts: &parts,
