@@ -385,6 +385,65 @@ pub struct TraceSpans {
 
 impl RecordBody for TraceSpans {
     const KINDS: &'static [Kind] = &[Kind::TraceSpans];
+
+    /// Written directly in RFC 8785 form (OTLP ingest's hot path: `serde_json_canonicalizer` buffers and re-sorts
+    /// every object of every span); the reference encoder only where the direct one cannot be sure (a non-ASCII
+    /// detector name, an integer beyond 2^53). `canonical_spans_match_the_reference_encoder` checks both agree.
+    fn canonical(&self) -> Result<Vec<u8>, RecordError> {
+        match self.write_canonical() {
+            Some(out) => Ok(out),
+            None => serde_json_canonicalizer::to_vec(self)
+                .map_err(|e| RecordError::Ledger(LedgerError::InvalidEntry(e.to_string()))),
+        }
+    }
+}
+
+impl TraceSpans {
+    fn write_canonical(&self) -> Option<Vec<u8>> {
+        use crate::ledger::jcs::{Obj, write_array, write_value};
+        if !self.redaction.keys().all(|k| k.is_ascii()) {
+            return None;
+        }
+        let size: usize = self.span_hashes.len() * 128 + 1024;
+        let mut out = Vec::with_capacity(size);
+        let mut o = Obj::begin(&mut out);
+        write_array(o.raw("packs"), &self.packs, |p, buf| {
+            let mut x = Obj::begin(buf);
+            x.str("digest", &p.digest);
+            x.str("name", &p.name);
+            x.str("version", &p.version);
+            x.end();
+            Some(())
+        })?;
+        if let Some(part) = self.part {
+            o.uint("part", part)?;
+        }
+        {
+            // ASCII keys in a BTreeMap: byte order is RFC 8785's order.
+            let buf = o.raw("redaction");
+            buf.push(b'{');
+            for (i, (k, n)) in self.redaction.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                crate::ledger::jcs::write_str(k, buf);
+                buf.push(b':');
+                write_value(&Value::from(*n), buf)?;
+            }
+            buf.push(b'}');
+        }
+        write_array(o.raw("resourceSpans"), &self.resource_spans, write_value)?;
+        write_array(o.raw("spanHashes"), &self.span_hashes, |h, buf| {
+            let mut x = Obj::begin(buf);
+            x.str("hash", &h.hash);
+            x.str("spanId", &h.span_id);
+            x.end();
+            Some(())
+        })?;
+        o.str("traceId", &self.trace_id);
+        o.end();
+        Some(out)
+    }
 }
 
 /// A real body of every kind, written by its writer (test support for the checks that every kind is handled
@@ -608,6 +667,40 @@ mod tests {
             "{}",
             e.kind
         );
+    }
+
+    #[test]
+    fn canonical_spans_match_the_reference_encoder() {
+        use serde_json::json;
+        let mut cases = vec![samples::spans()];
+        let mut t = samples::spans();
+        t.part = None;
+        t.redaction.clear();
+        t.packs.clear();
+        t.span_hashes.clear();
+        cases.push(t);
+        let mut t = samples::spans();
+        t.resource_spans = vec![json!({
+            "resource": {"attributes": [{"key": "é\u{1F600}\"\n", "value": {"doubleValue": 1.5e300}}]},
+            "scopeSpans": [{"spans": [{"name": "a\u{0}b", "z": [1, -2, 0.1, null, true], "\u{e000}": 1, "\u{10000}": 2}]}]
+        })];
+        t.redaction.insert("zz".into(), 7);
+        cases.push(t);
+        // Where the direct writer declines: a non-ASCII detector name, an integer beyond 2^53.
+        let mut t = samples::spans();
+        t.redaction.insert("détecteur".into(), 1);
+        cases.push(t);
+        let mut t = samples::spans();
+        t.resource_spans = vec![json!({"n": u64::MAX})];
+        cases.push(t);
+        for t in cases {
+            let reference = serde_json_canonicalizer::to_vec(&t).expect("reference");
+            let direct = t.canonical().expect("canonical");
+            assert_eq!(
+                String::from_utf8_lossy(&direct),
+                String::from_utf8_lossy(&reference)
+            );
+        }
     }
 
     /// The list test of "Adding a record kind": every kind has a typed body that reads what its writer writes and
