@@ -3,13 +3,15 @@
 #
 # Usage: bench/gate.sh BASE HEAD [ROUNDS] [SECONDS] [CONNS]
 #   BASE, HEAD: a git revision (built here, in release, into target/gate/) or a checkout whose target/release/kla
-#   is already built. Defaults: 5 rounds of 5 s at 32 connections.
+#   and target/release/examples/otlp_load are already built. Defaults: 5 rounds of 5 s at 32 connections.
 #
 # Paths, each run against BASE and HEAD in turn, round after round (the order swaps every round), so drift on the
 # machine lands on both alike:
 #   evaluate      POST /v1/decisions.evaluate, an allowed action under the default pack (durable decision)
 #   proxy-strict  a GET through the proxy, allow rule, decision durable before the forward
 #   proxy-overlap the same under `audit: overlap` (forward beside the record, answer released once durable)
+#   otlp          OTLP/HTTP ingest: 8 clients sending new 512-span exports of ~1 KB spans (examples/otlp_load,
+#                 kla in process: decode, redact, seal with fsync); req/s is spans/s, p50/p99 one export at a time
 # Each kla has its own data dir (KLA_DATA_BASE=/dev/shm puts them on tmpfs). The proxy's upstream is nginx answering
 # from memory. Prints every run, then per path the median HEAD/BASE ratio of req/s over the rounds with its range
 # (min-max of the per-round ratios) and the medians of p50/p99. A ratio under 0.97 is a loss beyond the noise of
@@ -35,9 +37,10 @@ binary() {
     rm -rf "$src"; mkdir -p "$src"
     git -C "$ROOT" archive "$sha" | tar -x -C "$src"
     # One target dir for every gate build: only what changed between revisions is compiled again.
-    (cd "$src" && CARGO_TARGET_DIR="$ROOT/target/gate/target" cargo build --release --locked --bin kla >&2)
+    (cd "$src" && CARGO_TARGET_DIR="$ROOT/target/gate/target" cargo build --release --locked --bin kla --example otlp_load >&2)
     mkdir -p "$out"
     cp "$ROOT/target/gate/target/release/kla" "$out/kla"
+    cp "$ROOT/target/gate/target/release/examples/otlp_load" "$out/otlp_load"
     cp -r "$src/policies" "$out/policies"
     rm -rf "$src"
   fi
@@ -49,7 +52,14 @@ policies_of() {
   if [ -d "$d/policies" ]; then echo "$d/policies"; else echo "$(cd "$d/../.." && pwd)/policies"; fi
 }
 
+# The OTLP load example of a build: beside a gate build's binary, or in its checkout's target.
+otlp_of() {
+  local d; d=$(dirname "$1")
+  if [ -x "$d/otlp_load" ]; then echo "$d/otlp_load"; else echo "$d/examples/otlp_load"; fi
+}
 BIN_BASE=$(binary "$BASE"); BIN_HEAD=$(binary "$HEAD")
+declare -A OTLP=([base]=$(otlp_of "$BIN_BASE") [head]=$(otlp_of "$BIN_HEAD"))
+declare -A POL=([base]=$(policies_of "$BIN_BASE") [head]=$(policies_of "$BIN_HEAD"))
 WORK=$(mktemp -d -p "${KLA_DATA_BASE:-/tmp}")
 cleanup() { kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -106,15 +116,25 @@ run() { # round build path url [lua token agent]
   echo "$1 $2 $3 $(awk '/Requests\/sec/ {print $2}' <<<"$out") p50=$(awk '$1=="50%" {print $2}' <<<"$out") p99=$(awk '$1=="99%" {print $2}' <<<"$out") $errs" |
     tee -a "$WORK/results"
 }
+otlp() { # round build: the example runs from a directory whose policies/ is the build's
+  local out dir; dir=$(dirname "${POL[$2]}")
+  out=$(cd "$dir" && "${OTLP[$2]}" --clients 8 --seconds "$DUR" --batch 512 --span-bytes 1000 2>&1)
+  local sps p50 p99
+  sps=$(sed -n 's/^throughput: \([0-9]*\) spans.*/\1/p' <<<"$out")
+  p50=$(sed -n 's/.*p50=\([0-9.]*ms\).*/\1/p' <<<"$out")
+  p99=$(sed -n 's/.*p99=\([0-9.]*ms\).*/\1/p' <<<"$out")
+  echo "$1 $2 otlp ${sps:-0} p50=${p50:-0ms} p99=${p99:-0ms}" | tee -a "$WORK/results"
+}
 echo "# round build path req/s p50 p99   (BASE=$BASE HEAD=$HEAD, ${DUR}s x $ROUNDS rounds, c=$CONNS)"
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order="base head"; else order="head base"; fi
-  for path in evaluate proxy-strict proxy-overlap; do
+  for path in evaluate proxy-strict proxy-overlap otlp; do
     for b in $order; do
       case $path in
         evaluate) run "$r" "$b" "$path" "http://127.0.0.1:${API[$b-strict]}" "$HERE/evaluate_allow.lua" "${TOK[$b-strict]}" "${AG[$b-strict]}" ;;
         proxy-strict) run "$r" "$b" "$path" "http://127.0.0.1:${PX[$b-strict]}/up/x" ;;
         proxy-overlap) run "$r" "$b" "$path" "http://127.0.0.1:${PX[$b-overlap]}/up/x" ;;
+        otlp) otlp "$r" "$b" ;;
       esac
     done
   done
@@ -131,7 +151,7 @@ runs = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     p = line.split()
     runs[(p[2], p[0])][p[1]] = (float(p[3]), us(p[4].split("=")[1]), us(p[5].split("=")[1]))
-paths = sorted({k[0] for k in runs}, key=["evaluate", "proxy-strict", "proxy-overlap"].index)
+paths = sorted({k[0] for k in runs}, key=["evaluate", "proxy-strict", "proxy-overlap", "otlp"].index)
 for path in paths:
     rounds = [v for (pth, _), v in runs.items() if pth == path and "base" in v and "head" in v]
     ratios = [v["head"][0] / v["base"][0] for v in rounds]
