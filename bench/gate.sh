@@ -3,13 +3,16 @@
 #
 # Usage: bench/gate.sh BASE HEAD [ROUNDS] [SECONDS] [CONNS]
 #   BASE, HEAD: a git revision (built here, in release, into target/gate/) or a checkout whose target/release/kla
-#   and target/release/examples/otlp_load are already built. Defaults: 5 rounds of 5 s at 32 connections.
+#   and target/release/examples/{otlp_load,policy_latency} are already built. Defaults: 5 rounds of 5 s at 32 connections.
 #
 # Paths, each run against BASE and HEAD in turn, round after round (the order swaps every round), so drift on the
 # machine lands on both alike:
 #   evaluate      POST /v1/decisions.evaluate, an allowed action under the default pack (durable decision)
 #   proxy-strict  a GET through the proxy, allow rule, decision durable before the forward
 #   proxy-overlap the same under `audit: overlap` (forward beside the record, answer released once durable)
+#   engine-default, engine-1000
+#                 the decision engine in process (examples/policy_latency): the shipped default pack on the
+#                 evaluate request, and a 1,000-rule pack with 3 matching Rego rules; req/s is 1/p50
 #   otlp          OTLP/HTTP ingest: 8 clients sending new 512-span exports of ~1 KB spans (examples/otlp_load,
 #                 kla in process: decode, redact, seal with fsync); req/s is spans/s, p50/p99 one export at a time
 # Each kla has its own data dir (KLA_DATA_BASE=/dev/shm puts them on tmpfs). The proxy's upstream is nginx answering
@@ -37,10 +40,11 @@ binary() {
     rm -rf "$src"; mkdir -p "$src"
     git -C "$ROOT" archive "$sha" | tar -x -C "$src"
     # One target dir for every gate build: only what changed between revisions is compiled again.
-    (cd "$src" && CARGO_TARGET_DIR="$ROOT/target/gate/target" cargo build --release --locked --bin kla --example otlp_load >&2)
+    (cd "$src" && CARGO_TARGET_DIR="$ROOT/target/gate/target" cargo build --release --locked --bin kla --example otlp_load --example policy_latency >&2)
     mkdir -p "$out"
     cp "$ROOT/target/gate/target/release/kla" "$out/kla"
     cp "$ROOT/target/gate/target/release/examples/otlp_load" "$out/otlp_load"
+    cp "$ROOT/target/gate/target/release/examples/policy_latency" "$out/policy_latency"
     cp -r "$src/policies" "$out/policies"
     rm -rf "$src"
   fi
@@ -52,13 +56,14 @@ policies_of() {
   if [ -d "$d/policies" ]; then echo "$d/policies"; else echo "$(cd "$d/../.." && pwd)/policies"; fi
 }
 
-# The OTLP load example of a build: beside a gate build's binary, or in its checkout's target.
-otlp_of() {
+# An example of a build (otlp_load, policy_latency): beside a gate build's binary, or in its checkout's target.
+example_of() {
   local d; d=$(dirname "$1")
-  if [ -x "$d/otlp_load" ]; then echo "$d/otlp_load"; else echo "$d/examples/otlp_load"; fi
+  if [ -x "$d/$2" ]; then echo "$d/$2"; else echo "$d/examples/$2"; fi
 }
 BIN_BASE=$(binary "$BASE"); BIN_HEAD=$(binary "$HEAD")
-declare -A OTLP=([base]=$(otlp_of "$BIN_BASE") [head]=$(otlp_of "$BIN_HEAD"))
+declare -A OTLP=([base]=$(example_of "$BIN_BASE" otlp_load) [head]=$(example_of "$BIN_HEAD" otlp_load))
+declare -A ENGINE=([base]=$(example_of "$BIN_BASE" policy_latency) [head]=$(example_of "$BIN_HEAD" policy_latency))
 declare -A POL=([base]=$(policies_of "$BIN_BASE") [head]=$(policies_of "$BIN_HEAD"))
 WORK=$(mktemp -d -p "${KLA_DATA_BASE:-/tmp}")
 cleanup() { kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; rm -rf "$WORK"; }
@@ -125,15 +130,30 @@ otlp() { # round build: the example runs from a directory whose policies/ is the
   p99=$(sed -n 's/.*p99=\([0-9.]*ms\).*/\1/p' <<<"$out")
   echo "$1 $2 otlp ${sps:-0} p50=${p50:-0ms} p99=${p99:-0ms}" | tee -a "$WORK/results"
 }
+engine() { # round build: one run of the latency example gives both packs' percentiles (the throughput part is skipped)
+  local out dir; dir=$(dirname "${POL[$2]}")
+  out=$(cd "$dir" && KLA_LATENCY_ONLY=1 "${ENGINE[$2]}" 2>&1)
+  local line name p50 p99
+  for name in engine-1000 engine-default; do
+    case $name in
+      engine-1000) line=$(grep -m1 '^1000 rules, 3 match, 3 Rego' <<<"$out") ;;
+      engine-default) line=$(grep -m1 '^default pack' <<<"$out") ;;
+    esac
+    p50=$(sed -n 's/.* p50=\([0-9.]*\)us.*/\1/p' <<<"$line")
+    p99=$(sed -n 's/.* p99=\([0-9.]*\)us.*/\1/p' <<<"$line")
+    echo "$1 $2 $name $(python3 -c "print(round(1e6/${p50:-1e9}))") p50=${p50:-0}us p99=${p99:-0}us" | tee -a "$WORK/results"
+  done
+}
 echo "# round build path req/s p50 p99   (BASE=$BASE HEAD=$HEAD, ${DUR}s x $ROUNDS rounds, c=$CONNS)"
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order="base head"; else order="head base"; fi
-  for path in evaluate proxy-strict proxy-overlap otlp; do
+  for path in evaluate proxy-strict proxy-overlap engine otlp; do
     for b in $order; do
       case $path in
         evaluate) run "$r" "$b" "$path" "http://127.0.0.1:${API[$b-strict]}" "$HERE/evaluate_allow.lua" "${TOK[$b-strict]}" "${AG[$b-strict]}" ;;
         proxy-strict) run "$r" "$b" "$path" "http://127.0.0.1:${PX[$b-strict]}/up/x" ;;
         proxy-overlap) run "$r" "$b" "$path" "http://127.0.0.1:${PX[$b-overlap]}/up/x" ;;
+        engine) engine "$r" "$b" ;;
         otlp) otlp "$r" "$b" ;;
       esac
     done
@@ -151,7 +171,7 @@ runs = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     p = line.split()
     runs[(p[2], p[0])][p[1]] = (float(p[3]), us(p[4].split("=")[1]), us(p[5].split("=")[1]))
-paths = sorted({k[0] for k in runs}, key=["evaluate", "proxy-strict", "proxy-overlap", "otlp"].index)
+paths = sorted({k[0] for k in runs}, key=["evaluate", "proxy-strict", "proxy-overlap", "engine-default", "engine-1000", "otlp"].index)
 for path in paths:
     rounds = [v for (pth, _), v in runs.items() if pth == path and "base" in v and "head" in v]
     ratios = [v["head"][0] / v["base"][0] for v in rounds]

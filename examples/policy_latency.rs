@@ -1,6 +1,7 @@
 //! Latency distribution and thread scaling of `PolicySet::evaluate`.
 //!
-//! `cargo run --release --example policy_latency`
+//! `cargo run --release --example policy_latency` (`KLA_LATENCY_ONLY=1`: the percentiles only, as `bench/gate.sh`
+//! runs it)
 //!
 //! Builds a 1,000-rule pack (every rule has a Rego `when`; 3 rules match the measured action),
 //! then records 100,000 individual evaluation latencies and prints percentiles, and measures
@@ -113,6 +114,10 @@ fn main() {
         100_000,
     );
 
+    // `KLA_LATENCY_ONLY=1` (bench/gate.sh): the percentiles only.
+    if std::env::var_os("KLA_LATENCY_ONLY").is_some() {
+        return;
+    }
     let rego = Arc::new(rego);
     println!("with Rego (3 matching rules, each with `when`):");
     throughput(&rego, &input, 1, 200_000);
