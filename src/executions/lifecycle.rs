@@ -11,7 +11,7 @@
 //! still end `COMPLETED` or `FAILED` (its runner finished first), but never runs again.
 
 use super::ExecutionStatus;
-use ExecutionStatus::{Canceled, CancelRequested, Completed, Failed, Pending, Queued, Running};
+use ExecutionStatus::{CancelRequested, Canceled, Completed, Failed, Pending, Queued, Running};
 
 /// Whether an execution in `from` may move to `to`: the one statement of the lifecycle.
 pub fn allowed(from: ExecutionStatus, to: ExecutionStatus) -> bool {

@@ -142,7 +142,9 @@ impl Executions {
     pub async fn start(&self, caller: &Caller, req: StartRequest) -> Result<String, ExecutionError> {
         caller.require(RUNNERS)?;
         if !req.input.is_object() {
-            return Err(ExecutionError::Invalid("field 'input' must be a JSON object".into()));
+            return Err(ExecutionError::Invalid(
+                "field 'input' must be a JSON object".into(),
+            ));
         }
         check_budgets(&req.budgets)?;
         let agent = self.agents.get(&caller.tenant, &req.agent_id).await?;
@@ -223,9 +225,7 @@ impl Executions {
         for rec in rows.into_iter().take(limit) {
             last = Some(rec.row.created_index);
             let asked = match (&bound, &q.agent_id) {
-                (Some(_), Some(a)) => {
-                    rec.row.agent_id == *a || rec.row.agent_name.eq_ignore_ascii_case(a)
-                }
+                (Some(_), Some(a)) => rec.row.agent_id == *a || rec.row.agent_name.eq_ignore_ascii_case(a),
                 _ => true,
             };
             if asked && visible(caller, &rec) {

@@ -96,10 +96,7 @@ impl Runs {
         detail: Detail,
     ) -> Result<ExecutionRecord, ExecutionError> {
         let _turn = self.turns.take(id).await;
-        let rec = self
-            .load(tenant, id)
-            .await?
-            .ok_or_else(|| super::not_found(id))?;
+        let rec = self.load(tenant, id).await?.ok_or_else(|| super::not_found(id))?;
         if !lifecycle::allowed(rec.status, to) {
             return Err(ExecutionError::Conflict(format!(
                 "execution {id} is {} and cannot become {to}",
@@ -216,7 +213,10 @@ mod tests {
         let t = TempRecorder::new();
         let runs = Runs::new(t.recorder.clone());
         started(&runs, "exec_01").await;
-        assert_eq!(runs.load("acme", "exec_01").await.unwrap().unwrap().status, Queued);
+        assert_eq!(
+            runs.load("acme", "exec_01").await.unwrap().unwrap().status,
+            Queued
+        );
         let done = Detail {
             final_result: Some(serde_json::json!({"answer": 42})),
             ..Detail::default()
@@ -224,7 +224,9 @@ mod tests {
         // Not along the lifecycle: a conflict, nothing recorded.
         let skipped = runs.transition("acme", "exec_01", Completed, done.clone()).await;
         assert!(matches!(skipped, Err(ExecutionError::Conflict(_))), "{skipped:?}");
-        runs.transition("acme", "exec_01", Running, Detail::default()).await.unwrap();
+        runs.transition("acme", "exec_01", Running, Detail::default())
+            .await
+            .unwrap();
         let rec = runs.transition("acme", "exec_01", Completed, done).await.unwrap();
         assert_eq!(rec.status, Completed);
         assert_eq!(rec.final_result.as_deref(), Some(r#"{"answer":42}"#));
@@ -244,22 +246,46 @@ mod tests {
         let runs = Runs::new(t.recorder.clone());
         started(&runs, "exec_01").await;
         let size = t.recorder.ledger().size();
-        let rec = runs.cancel("acme", "exec_01", principal(), |_| true).await.unwrap();
+        let rec = runs
+            .cancel("acme", "exec_01", principal(), |_| true)
+            .await
+            .unwrap();
         assert_eq!(rec.status, Canceled);
         assert!(rec.completed_at.is_some());
-        let rec = runs.cancel("acme", "exec_01", principal(), |_| true).await.unwrap();
+        let rec = runs
+            .cancel("acme", "exec_01", principal(), |_| true)
+            .await
+            .unwrap();
         assert_eq!(rec.status, Canceled);
-        assert_eq!(t.recorder.ledger().size(), size + 1, "a repeated cancel records nothing");
+        assert_eq!(
+            t.recorder.ledger().size(),
+            size + 1,
+            "a repeated cancel records nothing"
+        );
 
         started(&runs, "exec_02").await;
-        runs.transition("acme", "exec_02", Running, Detail::default()).await.unwrap();
-        let rec = runs.cancel("acme", "exec_02", principal(), |_| true).await.unwrap();
+        runs.transition("acme", "exec_02", Running, Detail::default())
+            .await
+            .unwrap();
+        let rec = runs
+            .cancel("acme", "exec_02", principal(), |_| true)
+            .await
+            .unwrap();
         assert_eq!(rec.status, CancelRequested);
         assert!(rec.completed_at.is_none());
         let size = t.recorder.ledger().size();
-        runs.cancel("acme", "exec_02", principal(), |_| true).await.unwrap();
-        assert_eq!(t.recorder.ledger().size(), size, "a repeated cancel records nothing");
-        let rec = runs.transition("acme", "exec_02", Canceled, Detail::default()).await.unwrap();
+        runs.cancel("acme", "exec_02", principal(), |_| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            t.recorder.ledger().size(),
+            size,
+            "a repeated cancel records nothing"
+        );
+        let rec = runs
+            .transition("acme", "exec_02", Canceled, Detail::default())
+            .await
+            .unwrap();
         assert_eq!(rec.status, Canceled);
     }
 }

@@ -25,8 +25,8 @@ mod reindex;
 pub use decision_body::{ApprovalTerms, DecisionBody};
 pub use follow::{FollowError, Followed, Follower};
 pub use record::{
-    ApprovalChange, DecisionEntry, ExecutionChange, Kind, OpenedApproval, Record, Registration, SYSTEM_TENANT,
-    SpanBatch, kind,
+    ApprovalChange, DecisionEntry, ExecutionChange, Kind, OpenedApproval, Record, Registration,
+    SYSTEM_TENANT, SpanBatch, kind,
 };
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};

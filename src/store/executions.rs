@@ -248,10 +248,7 @@ pub(super) fn index_executions(
 /// later transitions were cut keeps its row; its status goes back to `PENDING` with no times after its start, so
 /// it must be moved on again (the entries that held its other transitions are not replayed by a truncation).
 pub(super) fn truncate_executions(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<usize> {
-    let n = tx.execute(
-        "DELETE FROM executions WHERE created_index >= ?1",
-        [size as i64],
-    )?;
+    let n = tx.execute("DELETE FROM executions WHERE created_index >= ?1", [size as i64])?;
     tx.execute(
         "UPDATE executions SET status = ?2, updated_index = created_index, started_at = NULL, completed_at = NULL,
                 final_result = NULL, error_log = NULL
@@ -374,12 +371,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = "exec_01";
-        index(&store, Some(row(id, 1)), Some(update(id, ExecutionStatus::Pending, 1))).await;
+        index(
+            &store,
+            Some(row(id, 1)),
+            Some(update(id, ExecutionStatus::Pending, 1)),
+        )
+        .await;
         index(&store, None, Some(update(id, ExecutionStatus::Queued, 2))).await;
         index(&store, None, Some(update(id, ExecutionStatus::Running, 3))).await;
         index(&store, None, Some(update(id, ExecutionStatus::Completed, 4))).await;
         // A replay of an earlier entry changes nothing.
-        index(&store, Some(row(id, 1)), Some(update(id, ExecutionStatus::Queued, 2))).await;
+        index(
+            &store,
+            Some(row(id, 1)),
+            Some(update(id, ExecutionStatus::Queued, 2)),
+        )
+        .await;
         let e = store.get_execution("acme", id).await.unwrap().unwrap();
         assert_eq!(e.status, ExecutionStatus::Completed);
         assert_eq!(e.started_at.as_deref(), Some("2026-01-01T00:00:03.000Z"));
@@ -388,7 +395,12 @@ mod tests {
         assert_eq!(e.row, row(id, 1));
         assert!(store.get_execution("other", id).await.unwrap().is_none());
 
-        index(&store, Some(row("exec_02", 5)), Some(update("exec_02", ExecutionStatus::Pending, 5))).await;
+        index(
+            &store,
+            Some(row("exec_02", 5)),
+            Some(update("exec_02", ExecutionStatus::Pending, 5)),
+        )
+        .await;
         let by = |status, agent: Option<&str>| ExecutionFilter {
             status,
             agent: agent.map(str::to_owned),

@@ -36,8 +36,11 @@ async fn cancel(s: &Api, tok: &str, tenant: &str, id: &str) -> Resp {
 }
 
 fn is_execution_id(id: &str) -> bool {
-    id.strip_prefix("exec_")
-        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    id.strip_prefix("exec_").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[tokio::test]
@@ -56,7 +59,10 @@ async fn a_started_run_answers_pending_and_reads_back_queued_with_every_field() 
     let got = s.get(&format!("/v1/executions/{id}"), &tok, T).await;
     assert_eq!(got.status, 200, "{}", got.body);
     let b = &got.body;
-    assert_eq!(b["status"], "QUEUED", "recorded PENDING, then QUEUED, before the answer: {b}");
+    assert_eq!(
+        b["status"], "QUEUED",
+        "recorded PENDING, then QUEUED, before the answer: {b}"
+    );
     assert_eq!(b["executionId"], id.as_str());
     assert_eq!(b["agentId"], agent.as_str());
     assert_eq!(b["budgets"], json!({"maxSteps": 50, "maxCostUsd": 5.0}));
@@ -87,7 +93,10 @@ async fn a_started_run_answers_pending_and_reads_back_queued_with_every_field() 
             assert_eq!(e["body"]["executionId"], id.as_str());
             statuses.push(e["body"]["status"].as_str().expect("status").to_owned());
             if e["body"]["status"] == "PENDING" {
-                assert_eq!(e["body"]["start"]["input"]["prompt"], "Analyze the quarterly report");
+                assert_eq!(
+                    e["body"]["start"]["input"]["prompt"],
+                    "Analyze the quarterly report"
+                );
                 assert_eq!(e["body"]["by"]["role"], "agent");
             } else {
                 assert_eq!(e["body"]["from"], "PENDING");
@@ -101,7 +110,9 @@ async fn a_started_run_answers_pending_and_reads_back_queued_with_every_field() 
         let r = s.get(&format!("/v1/executions/{id}"), &s.token(T, role), T).await;
         assert_eq!(r.status, 200, "{role:?}: {}", r.body);
     }
-    let listed = s.get(&format!("/v1/executions?status=QUEUED&agentId={agent}"), &tok, T).await;
+    let listed = s
+        .get(&format!("/v1/executions?status=QUEUED&agentId={agent}"), &tok, T)
+        .await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     assert_eq!(listed.body["executions"][0], got.body);
     assert_eq!(listed.body["nextCursor"], Value::Null);
@@ -130,7 +141,9 @@ async fn cancel_ends_a_queued_run_at_once_and_a_repeated_cancel_changes_nothing(
     let got = s.get(&format!("/v1/executions/{id}"), &tok, T).await;
     assert_eq!(got.body, r.body);
     // Readers may not cancel.
-    cancel(&s, &s.token(T, Role::Auditor), T, &id).await.assert_error(403, "forbidden");
+    cancel(&s, &s.token(T, Role::Auditor), T, &id)
+        .await
+        .assert_error(403, "forbidden");
     s.stop().await;
 }
 
@@ -150,7 +163,12 @@ async fn a_start_with_the_same_idempotency_key_starts_one_run() {
     let c = once("run-2").await;
     assert_ne!(c.body["executionId"], a.body["executionId"]);
     let listed = s.get("/v1/executions", &tok, T).await;
-    assert_eq!(listed.body["executions"].as_array().map(Vec::len), Some(2), "{}", listed.body);
+    assert_eq!(
+        listed.body["executions"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        listed.body
+    );
     s.stop().await;
 }
 
@@ -165,22 +183,30 @@ async fn other_tenants_and_other_agents_tokens_never_see_a_run() {
     let id = started(&s, &admin, &claims).await;
 
     // Another tenant: not found, for reads and cancels; its list is empty; it cannot start our agent.
-    let r = s.get(&format!("/v1/executions/{id}"), &other_admin, "globex").await;
+    let r = s
+        .get(&format!("/v1/executions/{id}"), &other_admin, "globex")
+        .await;
     r.assert_error(404, "not_found");
-    cancel(&s, &other_admin, "globex", &id).await.assert_error(404, "not_found");
+    cancel(&s, &other_admin, "globex", &id)
+        .await
+        .assert_error(404, "not_found");
     let listed = s.get("/v1/executions", &other_admin, "globex").await;
     assert_eq!(listed.body["executions"], json!([]), "{}", listed.body);
     start(&s, &other_admin, "globex", &start_body(&claims))
         .await
         .assert_error(404, "not_found");
-    start(&s, &admin, T, &start_body(&theirs)).await.assert_error(404, "not_found");
+    start(&s, &admin, T, &start_body(&theirs))
+        .await
+        .assert_error(404, "not_found");
 
     // A token bound to another agent of the tenant: not found; it may not start the other agent's runs.
     let bound_mailer = agent_token(&s.data_dir, T, "mailer");
     s.get(&format!("/v1/executions/{id}"), &bound_mailer, T)
         .await
         .assert_error(404, "not_found");
-    cancel(&s, &bound_mailer, T, &id).await.assert_error(404, "not_found");
+    cancel(&s, &bound_mailer, T, &id)
+        .await
+        .assert_error(404, "not_found");
     start(&s, &bound_mailer, T, &start_body(&claims))
         .await
         .assert_error(403, "forbidden");
@@ -193,7 +219,9 @@ async fn other_tenants_and_other_agents_tokens_never_see_a_run() {
         .filter_map(|e| e["executionId"].as_str())
         .collect();
     assert_eq!(ids, [own.as_str()], "a bound token lists its agent's runs only");
-    let asked_other = s.get(&format!("/v1/executions?agentId={claims}"), &bound_mailer, T).await;
+    let asked_other = s
+        .get(&format!("/v1/executions?agentId={claims}"), &bound_mailer, T)
+        .await;
     assert_eq!(asked_other.body["executions"], json!([]), "{}", asked_other.body);
     // The bound token of the run's agent sees it.
     let bound_claims = agent_token(&s.data_dir, T, "claims-triage");
@@ -242,7 +270,13 @@ async fn bad_starts_and_bad_queries_are_refused_with_code_and_message() {
     start(&s, &tok, T, &with(&|b| b["agentId"] = json!("agt_missing")))
         .await
         .assert_error(404, "not_found");
-    for q in ["status=queued", "status=CANCELLED", "limit=0", "cursor=abc", "color=red"] {
+    for q in [
+        "status=queued",
+        "status=CANCELLED",
+        "limit=0",
+        "cursor=abc",
+        "color=red",
+    ] {
         s.get(&format!("/v1/executions?{q}"), &tok, T)
             .await
             .assert_error(400, "invalid_request");
@@ -256,7 +290,13 @@ async fn bad_starts_and_bad_queries_are_refused_with_code_and_message() {
     let listed = s.get("/v1/executions", &tok, T).await;
     assert_eq!(listed.body["executions"], json!([]), "{}", listed.body);
     // A priority and no budgets are fine.
-    let r = start(&s, &tok, T, &json!({"agentId": agent, "input": {}, "priority": -3})).await;
+    let r = start(
+        &s,
+        &tok,
+        T,
+        &json!({"agentId": agent, "input": {}, "priority": -3}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["executionId"].as_str().expect("id");
     let got = s.get(&format!("/v1/executions/{id}"), &tok, T).await;
@@ -275,7 +315,9 @@ async fn lists_come_in_pages_oldest_first() {
     let first = s.get("/v1/executions?limit=2", &tok, T).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let cursor = first.body["nextCursor"].as_str().expect("a next page").to_owned();
-    let second = s.get(&format!("/v1/executions?limit=2&cursor={cursor}"), &tok, T).await;
+    let second = s
+        .get(&format!("/v1/executions?limit=2&cursor={cursor}"), &tok, T)
+        .await;
     assert_eq!(second.body["nextCursor"], Value::Null, "{}", second.body);
     let seen: Vec<String> = [&first, &second]
         .iter()
@@ -305,7 +347,10 @@ async fn losing_the_store_loses_no_run() {
     let s = Server::start_cfg(raw(tmp.path()), None).await;
     let tok = s.token(T, Role::Admin);
     let after = s.get("/v1/executions", &tok, T).await;
-    assert_eq!(after.body, before.body, "every run is rebuilt from the ledger, times and statuses included");
+    assert_eq!(
+        after.body, before.body,
+        "every run is rebuilt from the ledger, times and statuses included"
+    );
     let got = s.get(&format!("/v1/executions/{kept}"), &tok, T).await;
     assert_eq!(got.body["status"], "QUEUED");
     // The rebuilt runs move on as before: the queued one cancels, the canceled one stays canceled.
