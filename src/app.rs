@@ -169,6 +169,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         digest_key,
         redaction.clone(),
     ));
+    let executions = Arc::new(crate::executions::Executions::new(
+        recorder.clone(),
+        agents.clone(),
+        redaction.clone(),
+    ));
     let expiring = approvals.clone();
     services.spawn("approval-expiry", move |stop| expiring.run_expiry(stop));
     let decider = Decider::new(
@@ -223,6 +228,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         agents,
         decider,
         approvals,
+        executions,
         events,
     });
     let router = api::router(state, crate::desk::routes(desk));

@@ -4,7 +4,7 @@
 //! the entry points: `api` (REST) and `desk` (the Decision Desk's web page and its sign-in); the governed action:
 //! `decide` (phases of one decision), `names` (the one grammar and canonical form of action and agent names),
 //! `auth` (who calls), `registry` (agents), `policy` (signed packs, pure evaluation), `redact` (what may be
-//! recorded); the Decision Desk's event stream: `events` (ledger entries as events, followed once and fanned out);
+//! recorded); executions: `executions` (the lifecycle of governed agent runs and its recorded moves); the Decision Desk's event stream: `events` (ledger entries as events, followed once and fanned out);
 //! the record: `recorder` (typed records, the ledger-first write order, the index, following what was recorded),
 //! `ledger` (RFC 6962 log, proofs, checkpoints, evidence) and `store` (the only SQL); and `error` (how every error
 //! is classified), `json` (refusing repeated keys in JSON from outside), `telemetry`, `time`, `cli`; `webhooks` (signed
@@ -23,6 +23,7 @@ pub mod decide;
 pub mod desk;
 pub mod error;
 pub mod events;
+pub mod executions;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

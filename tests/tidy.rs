@@ -30,6 +30,7 @@ const DOMAIN: &[&str] = &[
     "decide",
     "error",
     "events",
+    "executions",
     "json",
     "ledger",
     "names",

@@ -7,6 +7,7 @@ mod approvals;
 pub mod auth;
 mod decisions;
 mod events;
+mod executions;
 mod health;
 mod idempotency;
 mod ledger;
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub decider: Decider,
     /// The Decision Desk's approvals.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Governed agent runs (the KLA Execution API).
+    pub executions: Arc<crate::executions::Executions>,
     /// The event stream (SSE and WebSocket).
     pub events: crate::events::Hub,
 }
@@ -83,6 +86,7 @@ pub fn router(state: SharedState, beside: Router) -> Router {
         .merge(approvals::routes())
         .merge(decisions::routes())
         .merge(events::routes())
+        .merge(executions::routes())
         .merge(ledger::routes())
         .merge(policies::routes())
         .merge(traces::routes())

@@ -94,17 +94,38 @@ pub enum EventType {
     ApprovalResolved,
     /// An approval timed out.
     ApprovalExpired,
+    /// An execution was started (`PENDING`).
+    ExecutionCreated,
+    /// An execution is in the queue (`QUEUED`).
+    ExecutionQueued,
+    /// An execution is running (`RUNNING`).
+    ExecutionStarted,
+    /// Cancel was asked of a running execution (`CANCEL_REQUESTED`).
+    ExecutionCancelRequested,
+    /// An execution finished with a result (`COMPLETED`).
+    ExecutionCompleted,
+    /// An execution finished with an error (`FAILED`).
+    ExecutionFailed,
+    /// An execution was stopped (`CANCELED`).
+    ExecutionCanceled,
 }
 
 impl EventType {
     /// Every type, in a fixed order.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 13] = [
         EventType::DecisionMade,
         EventType::ApprovalRequired,
         EventType::ExecutionApprovalRequired,
         EventType::ApprovalVoted,
         EventType::ApprovalResolved,
         EventType::ApprovalExpired,
+        EventType::ExecutionCreated,
+        EventType::ExecutionQueued,
+        EventType::ExecutionStarted,
+        EventType::ExecutionCancelRequested,
+        EventType::ExecutionCompleted,
+        EventType::ExecutionFailed,
+        EventType::ExecutionCanceled,
     ];
 
     /// The wire name.
@@ -116,6 +137,13 @@ impl EventType {
             EventType::ApprovalVoted => "approval.voted",
             EventType::ApprovalResolved => "approval.resolved",
             EventType::ApprovalExpired => "approval.expired",
+            EventType::ExecutionCreated => "execution.created",
+            EventType::ExecutionQueued => "execution.queued",
+            EventType::ExecutionStarted => "execution.started",
+            EventType::ExecutionCancelRequested => "execution.cancel_requested",
+            EventType::ExecutionCompleted => "execution.completed",
+            EventType::ExecutionFailed => "execution.failed",
+            EventType::ExecutionCanceled => "execution.canceled",
         }
     }
 

@@ -6,6 +6,7 @@
 //! | `decision` | `decision.made` (0); with an `approval` object (a `require_approval` decision): `approval.required` (1) and, when the decision has an `executionId`, `execution.approval_required` (2) |
 //! | `approval.voted` | `approval.voted` (0): data = the entry's body |
 //! | `approval.resolved` | `approval.resolved`, or `approval.expired` when its status is `EXPIRED` (0): data = the body |
+//! | `execution.transition` | one per status (0): `execution.created` (`PENDING`), `execution.queued`, `execution.started` (`RUNNING`), `execution.cancel_requested`, `execution.completed`, `execution.failed`, `execution.canceled`: data = the body |
 //! | every other kind | none |
 //!
 //! A `require_approval` decision recorded without an `approval` object (before approvals existed) has no approval
@@ -20,7 +21,8 @@ use crate::recorder::body::{self, ApprovalChangeBody, RecordBody};
 use crate::recorder::{Kind, kind};
 use serde_json::{Map, Value, json};
 
-use kind::{APPROVAL_RESOLVED, APPROVAL_VOTED};
+use crate::executions::ExecutionStatus;
+use kind::{APPROVAL_RESOLVED, APPROVAL_VOTED, EXECUTION_TRANSITION};
 
 /// The entry kinds that give events, and which event types each can give: what a subscriber catching up from
 /// disk asks the index for. A kind not listed gives none (a test checks every [`Kind`] against this list).
@@ -38,7 +40,32 @@ pub(super) const EVENT_KINDS: &[(&str, &[EventType])] = &[
         APPROVAL_RESOLVED,
         &[EventType::ApprovalResolved, EventType::ApprovalExpired],
     ),
+    (
+        EXECUTION_TRANSITION,
+        &[
+            EventType::ExecutionCreated,
+            EventType::ExecutionQueued,
+            EventType::ExecutionStarted,
+            EventType::ExecutionCancelRequested,
+            EventType::ExecutionCompleted,
+            EventType::ExecutionFailed,
+            EventType::ExecutionCanceled,
+        ],
+    ),
 ];
+
+/// The event an execution's move to `status` gives.
+fn execution_event(status: ExecutionStatus) -> EventType {
+    match status {
+        ExecutionStatus::Pending => EventType::ExecutionCreated,
+        ExecutionStatus::Queued => EventType::ExecutionQueued,
+        ExecutionStatus::Running => EventType::ExecutionStarted,
+        ExecutionStatus::CancelRequested => EventType::ExecutionCancelRequested,
+        ExecutionStatus::Completed => EventType::ExecutionCompleted,
+        ExecutionStatus::Failed => EventType::ExecutionFailed,
+        ExecutionStatus::Canceled => EventType::ExecutionCanceled,
+    }
+}
 
 /// The events of the entry at `ledger_index`, in id order.
 pub fn events_of_entry(ledger_index: u64, e: &Entry) -> Vec<Event> {
@@ -96,6 +123,14 @@ pub fn events_of_entry(ledger_index: u64, e: &Entry) -> Vec<Event> {
                 e.body.clone(),
             )]
         }
+        Kind::ExecutionTransition => body::ExecutionTransition::of_entry(e).map_or_else(
+            |_| Vec::new(),
+            |b| {
+                let agent = (Some(b.agent_id.as_str()), Some(b.agent_name.as_str()));
+                let exec = Some(b.execution_id.as_str());
+                vec![made(0, execution_event(b.status), agent, exec, e.body.clone())]
+            },
+        ),
         Kind::AgentRegistered | Kind::PolicyActivated | Kind::PolicyRefused | Kind::TraceSpans => Vec::new(),
     }
 }
@@ -386,6 +421,11 @@ mod tests {
         let mut in_execution = samples::entry(Kind::Decision);
         in_execution.body["decision"] = "require_approval".into();
         cases.push(in_execution);
+        for status in ExecutionStatus::ALL {
+            let mut moved = samples::entry(Kind::ExecutionTransition);
+            moved.body["status"] = status.as_str().into();
+            cases.push(moved);
+        }
         let mut seen = std::collections::HashSet::new();
         for e in &cases {
             let listed = EVENT_KINDS

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! An execution id has the shape of kla's other ids (`dec_`, `appr_`, `lr_`: a prefix, then lowercase hex). kla
-//! mints them with [`new_execution_id`] (24 digits: a millisecond time, then random bits); a caller that mints its
-//! own may use up to 32 digits. The KLA Execution API's example `exec-456` is spelled `exec_456` here, as its
+//! mints them with [`new_execution_id`] (32 digits: a millisecond time, then random bits); a caller that mints its
+//! own may use fewer. The KLA Execution API's example `exec-456` is spelled `exec_456` here, as its
 //! `appr-789` is kla's `appr_...`. Pure.
 
 use std::fmt;
@@ -160,7 +160,9 @@ pub fn execution_header<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Resul
 
 /// A new execution id: `exec_`, a millisecond time and random bits (24 hex digits), like kla's other ids.
 pub fn new_execution_id() -> String {
-    crate::time::sortable_id(EXECUTION_PREFIX)
+    // A sortable id (12 digits of milliseconds, 12 random) and 8 more random digits: 32, with 80 random bits.
+    let r: [u8; 4] = rand::random();
+    format!("{}{}", crate::time::sortable_id(EXECUTION_PREFIX), hex::encode(r))
 }
 
 /// The first character of `s` that is not a lowercase hex digit; `offset` characters precede `s` in the id.
@@ -218,7 +220,7 @@ mod tests {
             assert_eq!(problem(execution_id(ok)), None, "{ok}");
         }
         assert!(execution_id(&new_execution_id()).is_ok());
-        assert_eq!(new_execution_id().len(), 5 + 24);
+        assert_eq!(new_execution_id().len(), 5 + 32);
         assert_eq!(problem(execution_id("")), Some(IdProblem::Empty));
         assert_eq!(problem(execution_id("exec-456")), Some(IdProblem::Prefix));
         assert_eq!(problem(execution_id("EXEC_42")), Some(IdProblem::Prefix));

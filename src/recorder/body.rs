@@ -21,7 +21,7 @@ use super::record::Kind;
 use super::{ApprovalTerms, RecordError};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{AgentRef, MatchedRule, Outcome, PackRef, PolicyEvent};
-use crate::store::ApprovalStatus;
+use crate::store::{ApprovalStatus, ExecutionStatus};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -346,6 +346,69 @@ impl ApprovalChangeBody {
     }
 }
 
+/// An execution's budgets as it was started with them (the KLA Execution API's `budgets`); a missing one is no
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budgets {
+    /// Most governed tool calls the run may make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Most the run may cost, in US dollars (finite, not negative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+}
+
+/// What an execution was started with: held by its first (`PENDING`) transition only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionStart {
+    /// The run's input (a JSON object), redacted like a decision's context.
+    pub input: Value,
+    pub budgets: Budgets,
+    /// Higher runs first; equal priorities run oldest first.
+    pub priority: i64,
+    /// The execution this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+}
+
+/// An `execution.transition` entry's body: one move of an execution's lifecycle (`executions` owns which moves
+/// are allowed). Every transition names its execution and agent, so each stands on its own in the ledger and
+/// the event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionTransition {
+    /// `exec_...`.
+    pub execution_id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    /// The status before; left out for the first transition (to `PENDING`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ExecutionStatus>,
+    /// The status after.
+    pub status: ExecutionStatus,
+    /// Who asked for it; left out when kla itself moved the run (queue, runner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Principal>,
+    /// What the run was started with (the first transition only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<ExecutionStart>,
+    /// Why, in a few words (`cancel requested`, a budget reason code, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The run's result (`COMPLETED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_result: Option<Value>,
+    /// What went wrong (`FAILED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_log: Option<String>,
+}
+
+impl RecordBody for ExecutionTransition {
+    const KINDS: &'static [Kind] = &[Kind::ExecutionTransition];
+}
+
 /// One span's hash in a `trace.spans` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -534,6 +597,45 @@ pub(crate) mod samples {
         }
     }
 
+    /// The first transition of an execution (to `PENDING`, with what it was started with).
+    pub(crate) fn execution_started() -> ExecutionTransition {
+        ExecutionTransition {
+            execution_id: "exec_0123456789abcdef0123456789abcdef".into(),
+            agent_id: "agt_1".into(),
+            agent_name: "claims".into(),
+            from: None,
+            status: ExecutionStatus::Pending,
+            by: Some(Principal {
+                role: "agent".into(),
+                subject: "agent-1".into(),
+            }),
+            start: Some(ExecutionStart {
+                input: serde_json::json!({"prompt": "triage", "n": 1.5}),
+                budgets: Budgets {
+                    max_steps: Some(50),
+                    max_cost_usd: Some(5.0),
+                },
+                priority: 3,
+                retry_of: Some("exec_00".into()),
+            }),
+            reason: None,
+            final_result: None,
+            error_log: None,
+        }
+    }
+
+    /// A later transition of the same execution: its completion with a result.
+    pub(crate) fn execution_completed() -> ExecutionTransition {
+        ExecutionTransition {
+            from: Some(ExecutionStatus::Running),
+            status: ExecutionStatus::Completed,
+            by: None,
+            start: None,
+            final_result: Some(serde_json::json!({"answer": 42, "ratio": 0.5})),
+            ..execution_started()
+        }
+    }
+
     /// A `require_approval` decision that opens an approval, or (`uses`) one that uses an earlier approval up.
     pub(crate) fn decision(uses: bool) -> Vec<u8> {
         decision_with_id("dec_1", uses)
@@ -628,6 +730,7 @@ pub(crate) mod samples {
             Kind::ApprovalVoted => voted().canonical(),
             Kind::ApprovalResolved => resolved().canonical(),
             Kind::TraceSpans => spans().canonical(),
+            Kind::ExecutionTransition => execution_started().canonical(),
         }
         .expect("canonical body")
     }
@@ -716,6 +819,7 @@ mod tests {
                 Kind::ApprovalVoted => round_trips::<ApprovalVoted>(&e),
                 Kind::ApprovalResolved => round_trips::<ApprovalResolved>(&e),
                 Kind::TraceSpans => round_trips::<TraceSpans>(&e),
+                Kind::ExecutionTransition => round_trips::<ExecutionTransition>(&e),
             }
         }
     }

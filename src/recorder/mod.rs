@@ -1,7 +1,7 @@
 //! The one path by which kla writes its tamper-evident record, and the one way the rest of kla reads its index.
 //!
 //! The recorder turns a [`Record`] (a decision, an agent registration, a policy activation or refusal, an
-//! approval change, a span batch; executions next) into a versioned ledger [`Entry`] whose body is its kind's
+//! approval change, a span batch, an execution's transition) into a versioned ledger [`Entry`] whose body is its kind's
 //! typed body ([`body`]), appends it durably (the ledger acknowledges only
 //! after fsync), and then queues its index rows so it can be found by lineage, decision, trace or execution id.
 //!
@@ -25,7 +25,8 @@ mod reindex;
 pub use decision_body::{ApprovalTerms, DecisionBody};
 pub use follow::{FollowError, Followed, Follower};
 pub use record::{
-    ApprovalChange, DecisionEntry, Kind, OpenedApproval, Record, Registration, SYSTEM_TENANT, SpanBatch, kind,
+    ApprovalChange, DecisionEntry, ExecutionChange, Kind, OpenedApproval, Record, Registration,
+    SYSTEM_TENANT, SpanBatch, kind,
 };
 
 use crate::ledger::{Entry, Ledger, LedgerError, new_lineage_id};
@@ -261,7 +262,7 @@ impl std::ops::Deref for Indexed<'_> {
 }
 
 /// The agent (id, name) an entry belongs to: a decision's `agent`, a registration's agent, an approval change's
-/// agent; `None` for every other kind (policy events and spans belong to no agent) and for a body that does not
+/// agent, an execution's agent; `None` for every other kind (policy events and spans belong to no agent) and for a body that does not
 /// read as its kind's.
 pub fn entry_agent(e: &Entry) -> Option<(String, String)> {
     use body::RecordBody;
@@ -278,6 +279,9 @@ pub fn entry_agent(e: &Entry) -> Option<(String, String)> {
             let of = body::ApprovalChangeBody::of_entry(e).ok()?.of().clone();
             Some((of.agent_id, of.agent_name?))
         }
+        Kind::ExecutionTransition => body::ExecutionTransition::of_entry(e)
+            .ok()
+            .map(|b| (b.agent_id, b.agent_name)),
         Kind::PolicyActivated | Kind::PolicyRefused | Kind::TraceSpans => None,
     }
 }

@@ -10,8 +10,8 @@ use super::body::{self, ApprovalChangeBody, RecordBody};
 use crate::ledger::{Entry, LedgerError};
 use crate::policy::{Outcome, PolicyEvent};
 use crate::store::{
-    AgentVersionRow, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse, DecisionRecord, IndexRows,
-    LineageRecord,
+    AgentVersionRow, ApprovalRow, ApprovalStatus, ApprovalUpdate, ApprovalUse, DecisionRecord, ExecutionRow,
+    ExecutionStatus, ExecutionUpdate, IndexRows, LineageRecord,
 };
 use serde_json::Value;
 
@@ -32,6 +32,8 @@ pub mod kind {
     pub const APPROVAL_RESOLVED: &str = Kind::ApprovalResolved.as_str();
     /// The redacted spans of one trace from one OTLP export.
     pub const TRACE_SPANS: &str = Kind::TraceSpans.as_str();
+    /// One move of an execution's lifecycle.
+    pub const EXECUTION_TRANSITION: &str = Kind::ExecutionTransition.as_str();
 }
 
 /// The kinds of entry kla records. Every `match` over it is exhaustive (the body type in `body.rs`, the index
@@ -46,11 +48,12 @@ pub enum Kind {
     ApprovalVoted,
     ApprovalResolved,
     TraceSpans,
+    ExecutionTransition,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Decision,
         Kind::AgentRegistered,
         Kind::PolicyActivated,
@@ -58,6 +61,7 @@ impl Kind {
         Kind::ApprovalVoted,
         Kind::ApprovalResolved,
         Kind::TraceSpans,
+        Kind::ExecutionTransition,
     ];
 
     /// The kind string, as entries hold it.
@@ -70,6 +74,7 @@ impl Kind {
             Kind::ApprovalVoted => "approval.voted",
             Kind::ApprovalResolved => "approval.resolved",
             Kind::TraceSpans => "trace.spans",
+            Kind::ExecutionTransition => "execution.transition",
         }
     }
 
@@ -149,6 +154,14 @@ pub struct SpanBatch {
     pub body: body::TraceSpans,
 }
 
+/// One move of an execution's lifecycle (`executions` checks it is allowed and builds the body).
+#[derive(Debug, Clone)]
+pub struct ExecutionChange {
+    pub tenant: String,
+    /// The entry body.
+    pub body: body::ExecutionTransition,
+}
+
 /// One thing to record.
 pub enum Record {
     /// A decision; answered once durable, without waiting for its index rows.
@@ -161,6 +174,8 @@ pub enum Record {
     Approval(ApprovalChange),
     /// Spans of one trace; acknowledged once durable, without waiting for the index (reads pass the barrier).
     Spans(SpanBatch),
+    /// A transition of an execution; its caller waits for the index, so the next transition sees it.
+    Execution(ExecutionChange),
 }
 
 /// An entry body in canonical (RFC 8785) form.
@@ -189,6 +204,7 @@ pub(super) enum Keys {
     Spans {
         trace_id: String,
     },
+    Execution(Box<ExecutionKeys>),
     Agent {
         agent_id: String,
         name: String,
@@ -198,6 +214,43 @@ pub(super) enum Keys {
         signature: String,
         key_id: String,
     },
+}
+
+/// What an `execution.transition` entry's index rows need: the store's row for the first transition, the change
+/// for every one.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ExecutionKeys {
+    execution_id: String,
+    agent_id: String,
+    agent_name: String,
+    status: ExecutionStatus,
+    /// Priority, budgets and the run it retries: the first transition only.
+    start: Option<(i64, body::Budgets, Option<String>)>,
+    /// Canonical JSON.
+    final_result: Option<String>,
+    error_log: Option<String>,
+}
+
+impl ExecutionKeys {
+    /// The keys of `b`; `None` when its result has no canonical form (it then has none on the live path either).
+    fn of(b: &body::ExecutionTransition) -> Option<ExecutionKeys> {
+        let final_result = match &b.final_result {
+            Some(v) => Some(serde_json_canonicalizer::to_string(v).ok()?),
+            None => None,
+        };
+        Some(ExecutionKeys {
+            execution_id: b.execution_id.clone(),
+            agent_id: b.agent_id.clone(),
+            agent_name: b.agent_name.clone(),
+            status: b.status,
+            start: b
+                .start
+                .as_ref()
+                .map(|s| (s.priority, s.budgets, s.retry_of.clone())),
+            final_result,
+            error_log: b.error_log.clone(),
+        })
+    }
 }
 
 impl Record {
@@ -210,6 +263,7 @@ impl Record {
             Record::Policy(PolicyEvent::Refused { .. }) => kind::POLICY_REFUSED,
             Record::Approval(a) => a.body.kind().as_str(),
             Record::Spans(_) => kind::TRACE_SPANS,
+            Record::Execution(_) => kind::EXECUTION_TRANSITION,
         }
     }
 
@@ -221,6 +275,7 @@ impl Record {
             Record::Policy(_) => SYSTEM_TENANT,
             Record::Approval(a) => &a.tenant,
             Record::Spans(b) => &b.tenant,
+            Record::Execution(x) => &x.tenant,
         }
     }
 
@@ -280,6 +335,12 @@ impl Record {
                 )
             }
             Record::Spans(b) => (Body(b.body.canonical()?), Keys::Spans { trace_id: b.trace_id }),
+            Record::Execution(x) => {
+                let bytes = x.body.canonical()?;
+                let keys = ExecutionKeys::of(&x.body)
+                    .ok_or_else(|| LedgerError::InvalidEntry("execution: final result".into()))?;
+                (Body(bytes), Keys::Execution(Box::new(keys)))
+            }
             Record::Policy(ev) => (Body(ev.canonical()?), Keys::None),
         })
     }
@@ -337,6 +398,10 @@ pub(super) fn keys_of_entry(e: &Entry) -> Keys {
                 key_id: b.signature_key_id,
             })
         }),
+        Kind::ExecutionTransition => body::ExecutionTransition::of_entry(e)
+            .ok()
+            .and_then(|b| ExecutionKeys::of(&b))
+            .map(|k| Keys::Execution(Box::new(k))),
         // Policy events have no index rows beyond their lineage row.
         Kind::PolicyActivated | Kind::PolicyRefused => None,
     };
@@ -365,9 +430,35 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
     };
     let (mut decision, mut agent, mut approval, mut approval_update) = (None, None, None, None);
     let mut approval_used = None;
+    let (mut execution, mut execution_update) = (None, None);
     match keys {
         Keys::None => {}
         Keys::Spans { trace_id } => lineage.trace_id = Some(trace_id),
+        Keys::Execution(k) => {
+            let k = *k;
+            lineage.execution_id = Some(k.execution_id.clone());
+            execution = k.start.map(|(priority, budgets, retry_of)| ExecutionRow {
+                execution_id: k.execution_id.clone(),
+                tenant: h.tenant.to_owned(),
+                agent_id: k.agent_id,
+                agent_name: k.agent_name,
+                priority,
+                max_steps: budgets.max_steps,
+                max_cost_usd: budgets.max_cost_usd,
+                retry_of,
+                created_at: h.time.to_owned(),
+                created_index: ledger_index,
+            });
+            execution_update = Some(ExecutionUpdate {
+                execution_id: k.execution_id,
+                tenant: h.tenant.to_owned(),
+                status: k.status,
+                at: h.time.to_owned(),
+                final_result: k.final_result,
+                error_log: k.error_log,
+                ledger_index,
+            });
+        }
         Keys::Approval {
             approval_id,
             decision_id,
@@ -457,6 +548,8 @@ pub(super) fn index_rows(h: &Header<'_>, ledger_index: u64, keys: Keys) -> Index
         approval,
         approval_update,
         approval_used,
+        execution,
+        execution_update,
     }
 }
 
@@ -512,6 +605,9 @@ mod tests {
                     }
                 ),
                 Kind::TraceSpans => matches!(keys, Keys::Spans { .. }),
+                Kind::ExecutionTransition => {
+                    matches!(&keys, Keys::Execution(k) if k.start.is_some() && k.status == ExecutionStatus::Pending)
+                }
                 Kind::PolicyActivated | Kind::PolicyRefused => keys == Keys::None,
             };
             assert!(expected, "{kind}: {keys:?}");
@@ -616,6 +712,14 @@ mod tests {
                 trace_id: "5b8efff798038103d269b633813fc60c".into(),
                 body: samples::spans(),
             }),
+            Record::Execution(ExecutionChange {
+                tenant: "acme".into(),
+                body: samples::execution_started(),
+            }),
+            Record::Execution(ExecutionChange {
+                tenant: "acme".into(),
+                body: samples::execution_completed(),
+            }),
         ];
         let mut kinds = Vec::new();
         for r in records {
@@ -632,7 +736,9 @@ mod tests {
                 kind::AGENT_REGISTERED,
                 kind::POLICY_ACTIVATED,
                 kind::POLICY_REFUSED,
-                kind::TRACE_SPANS
+                kind::TRACE_SPANS,
+                kind::EXECUTION_TRANSITION,
+                kind::EXECUTION_TRANSITION
             ]
         );
     }

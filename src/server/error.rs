@@ -227,6 +227,7 @@ from_classified!(
     crate::registry::RegistryError,
     crate::store::StoreError,
     crate::decide::DecideError,
+    crate::executions::ExecutionError,
 );
 
 impl From<crate::approvals::ApprovalError> for ApiError {

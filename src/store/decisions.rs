@@ -8,6 +8,7 @@
 
 use super::agents::AgentVersionRow;
 use super::approvals::{ApprovalRow, ApprovalUpdate, ApprovalUse, index_approvals};
+use super::executions::{ExecutionRow, ExecutionUpdate, index_executions, truncate_executions};
 use super::{Result, Store, StoreError};
 use crate::policy::Outcome;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
@@ -92,6 +93,10 @@ pub struct IndexRows {
     pub approval_update: Option<ApprovalUpdate>,
     /// For decisions that went through on an earlier approval: the approval they used up.
     pub approval_used: Option<ApprovalUse>,
+    /// For an execution's first `execution.transition` entry: the execution it creates.
+    pub execution: Option<ExecutionRow>,
+    /// For `execution.transition` entries: the execution's new status.
+    pub execution_update: Option<ExecutionUpdate>,
 }
 
 /// What selects a tenant's lineage entries besides their own id.
@@ -285,6 +290,7 @@ impl Store {
             let mut n = tx.execute("DELETE FROM lineage WHERE ledger_index >= ?1", [size as i64])?;
             n += tx.execute("DELETE FROM decisions WHERE ledger_index >= ?1", [size as i64])?;
             n += tx.execute("DELETE FROM approvals WHERE decision_index >= ?1", [size as i64])?;
+            n += truncate_executions(&tx, size)?;
             // A state change that was cut goes back to pending (the expiry service resolves it again if its time
             // ran out): the entries that held earlier changes are not replayed by a truncation.
             tx.execute(
@@ -385,6 +391,7 @@ fn index_tx(c: &mut rusqlite::Connection, rows: &[IndexRows]) -> Result<()> {
                 r.approval_update.as_ref(),
                 r.approval_used.as_ref(),
             )?;
+            index_executions(&tx, r.execution.as_ref(), r.execution_update.as_ref())?;
         }
     }
     tx.commit()?;

@@ -113,6 +113,8 @@ mod tests {
             approval: None,
             approval_used: None,
             approval_update: None,
+            execution: None,
+            execution_update: None,
         }
     }
 

@@ -134,6 +134,31 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE approvals ADD COLUMN used_by TEXT;
     CREATE INDEX approvals_reuse ON approvals(tenant, action_digest) WHERE used_by IS NULL;
     "#,
+    // 9: executions, derived from the ledger: created by an execution's first `execution.transition` entry,
+    //    moved on by each later one (`updated_index` keeps replays idempotent and in order). The input stays in
+    //    the ledger (`created_index`). `executions_queue` is the queue's order: priority, then age.
+    r#"
+    CREATE TABLE executions (
+        execution_id   TEXT PRIMARY KEY,
+        tenant         TEXT NOT NULL,
+        agent_id       TEXT NOT NULL,
+        agent_name     TEXT NOT NULL,
+        priority       INTEGER NOT NULL,
+        max_steps      INTEGER,
+        max_cost_usd   REAL,
+        retry_of       TEXT,
+        created_at     TEXT NOT NULL,
+        created_index  INTEGER NOT NULL,
+        status         TEXT NOT NULL,
+        started_at     TEXT,
+        completed_at   TEXT,
+        final_result   TEXT,
+        error_log      TEXT,
+        updated_index  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX executions_list ON executions(tenant, created_index);
+    CREATE INDEX executions_queue ON executions(priority DESC, created_index) WHERE status = 'QUEUED';
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -13,6 +13,7 @@ mod approvals;
 mod decisions;
 mod desk;
 mod events;
+mod executions;
 mod idempotency;
 mod migrations;
 mod packs;
@@ -24,6 +25,7 @@ pub use approvals::{
 };
 pub use decisions::{DecisionRecord, IndexRows, LineageKey, LineagePage, LineageRecord};
 pub use events::{EventPositions, EventWindow};
+pub use executions::{ExecutionFilter, ExecutionRecord, ExecutionRow, ExecutionStatus, ExecutionUpdate};
 pub use idempotency::{IN_FLIGHT_LEASE_SECS, IdempotencyBegin, StoredResponse};
 
 use parking_lot::Mutex;

@@ -14,6 +14,7 @@ mod durability;
 mod errors;
 mod events;
 mod evidence;
+mod executions;
 mod free_text;
 mod fuzz;
 mod harness;

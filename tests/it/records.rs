@@ -4,7 +4,7 @@
 use kla::ledger::Entry;
 use kla::recorder::Kind;
 use kla::recorder::body::{
-    AgentRegistered, ApprovalResolved, ApprovalVoted, Decision, RecordBody, TraceSpans,
+    AgentRegistered, ApprovalResolved, ApprovalVoted, Decision, ExecutionTransition, RecordBody, TraceSpans,
 };
 
 /// Reads `entry` (an entry's canonical JSON, as an evidence bundle or `/v1/ledger/entries` carries it) as its
@@ -23,6 +23,7 @@ pub fn assert_typed_round_trip(entry: &str) -> Kind {
         Kind::ApprovalVoted => again::<ApprovalVoted>(&e),
         Kind::ApprovalResolved => again::<ApprovalResolved>(&e),
         Kind::TraceSpans => again::<TraceSpans>(&e),
+        Kind::ExecutionTransition => again::<ExecutionTransition>(&e),
     };
     let rebuilt = Entry::encode_with_body(e.v, &e.kind, &e.lineage_id, &e.tenant, &e.time, &bytes);
     assert_eq!(
