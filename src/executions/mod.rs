@@ -1,4 +1,4 @@
-//! Executions: governed agent runs (issue 26's foundation). Owns the lifecycle ([`ExecutionStatus`] and its
+//! Executions: governed agent runs. Owns the lifecycle ([`ExecutionStatus`] and its
 //! allowed moves in `lifecycle.rs`), the recorded moves (`runs.rs`: every transition an `execution.transition`
 //! ledger entry, durable and indexed before anyone is answered, one move of a run at a time by its turn), and the
 //! rules of the callers' operations: who may start, read and cancel which run, and what a start must carry.
