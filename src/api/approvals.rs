@@ -21,23 +21,13 @@ pub(super) fn routes() -> Router<SharedState> {
 /// Scope of approval-list cursors (a cursor names the ledger index of its page's last decision).
 const APPROVALS_CURSOR: &str = "approvals";
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ListParams {
-    status: Option<String>,
-    agent_id: Option<String>,
-    limit: Option<u64>,
-    cursor: Option<String>,
-}
-
 /// The tenant's approvals, oldest first, with counts per status.
 async fn list(
     State(s): State<SharedState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<page::StatusAgentQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = page::limit(q.limit)?;
-    let cursor = page::after(APPROVALS_CURSOR, q.cursor.as_deref())?;
+    let (limit, cursor) = q.page(APPROVALS_CURSOR)?;
     let p = s
         .approvals
         .list(

@@ -85,23 +85,13 @@ async fn get_one(
     Ok(Json(render(&s.executions.get(&caller, &execution_id).await?)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ListParams {
-    status: Option<String>,
-    agent_id: Option<String>,
-    limit: Option<u64>,
-    cursor: Option<String>,
-}
-
 /// The tenant's executions, oldest first.
 async fn list(
     State(s): State<SharedState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<page::StatusAgentQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = page::limit(q.limit)?;
-    let after = page::after(EXECUTIONS_CURSOR, q.cursor.as_deref())?;
+    let (limit, after) = q.page(EXECUTIONS_CURSOR)?;
     let p = s
         .executions
         .list(

@@ -60,6 +60,24 @@ pub fn position(scope: &str, cursor: &str) -> ApiResult<String> {
     }
 }
 
+/// The query of a list filtered by status and agent (approvals, executions): `status`, `agentId`, `limit`,
+/// `cursor`; anything else is refused.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusAgentQuery {
+    pub status: Option<String>,
+    pub agent_id: Option<String>,
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+}
+
+impl StatusAgentQuery {
+    /// The page's size and the position after which it starts (the cursor of the list's `scope`).
+    pub fn page(&self, scope: &str) -> ApiResult<(usize, Option<String>)> {
+        Ok((limit(self.limit)?, after(scope, self.cursor.as_deref())?))
+    }
+}
+
 /// Where a page starts: after the position the request's cursor of `scope` names, or at the beginning without one.
 pub fn after(scope: &str, cursor: Option<&str>) -> ApiResult<Option<String>> {
     cursor.map(|c| position(scope, c)).transpose()

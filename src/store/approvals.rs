@@ -8,9 +8,8 @@
 //! column holds its one spelling, bound from the enum, and a spelling this kla does not know reads back as
 //! [`StoreError::Corrupt`], never as a guess.
 
-use super::{Result, Store, StoreError};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, ToSql, params};
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// An approval's status: one spelling on the wire (the API's approval objects and list filter), in the ledger's
@@ -57,39 +56,7 @@ impl ApprovalStatus {
     }
 }
 
-impl std::fmt::Display for ApprovalStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for ApprovalStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
-    }
-}
-
-/// A stored status this kla does not know (a newer kla wrote it, or the file was changed).
-#[derive(Debug, thiserror::Error)]
-#[error("unknown approval status {0:?}")]
-pub(super) struct UnknownStatus(String);
-
-impl FromSql for ApprovalStatus {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        ApprovalStatus::parse(s).ok_or_else(|| FromSqlError::Other(Box::new(UnknownStatus(s.to_owned()))))
-    }
-}
-
-/// A row read failed: an unknown status is a corrupt value (kla's fault, no retry helps), the rest is SQLite's.
-fn read_error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<UnknownStatus>() => {
-            StoreError::Corrupt(format!("approvals.status: {inner}"))
-        }
-        _ => StoreError::Sqlite(e),
-    }
-}
+super::spelled::spelled!(ApprovalStatus, "approval status", "approvals.status");
 
 /// A new approval, from its decision's entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +337,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::error::{Class, Classify};
+    use crate::store::StoreError;
 
     #[test]
     fn each_status_has_one_spelling_on_the_wire_and_in_sql() {

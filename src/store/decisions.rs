@@ -9,38 +9,12 @@
 use super::agents::AgentVersionRow;
 use super::approvals::{ApprovalRow, ApprovalUpdate, ApprovalUse, index_approvals};
 use super::executions::{ExecutionRow, ExecutionUpdate, index_executions, truncate_executions};
-use super::{Result, Store, StoreError};
+use super::{Result, Store};
 use crate::policy::Outcome;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, ToSql, params};
+use rusqlite::{OptionalExtension, params};
 
-impl ToSql for Outcome {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
-    }
-}
-
-/// A stored outcome this kla does not know (a newer kla wrote it, or the file was changed).
-#[derive(Debug, thiserror::Error)]
-#[error("unknown decision outcome {0:?}")]
-struct UnknownOutcome(String);
-
-impl FromSql for Outcome {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        Outcome::parse(s).ok_or_else(|| FromSqlError::Other(Box::new(UnknownOutcome(s.to_owned()))))
-    }
-}
-
-/// A decision row read failed: an unknown outcome is a corrupt value (kla's fault), the rest is SQLite's.
-fn read_error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<UnknownOutcome>() => {
-            StoreError::Corrupt(format!("decisions.decision: {inner}"))
-        }
-        _ => StoreError::Sqlite(e),
-    }
-}
+// `Outcome`'s `Display` is the policy's own; only the column's side is needed here.
+super::spelled::column!(Outcome, "decision outcome", "decisions.decision");
 
 /// A stored decision.
 #[derive(Debug, Clone)]

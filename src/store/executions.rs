@@ -9,9 +9,8 @@
 //! lifecycle's rules (which transitions are allowed) live in `executions`. The `status` column holds its one
 //! spelling, bound from the enum; a spelling this kla does not know reads back as [`StoreError::Corrupt`].
 
-use super::{Result, Store, StoreError};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, ToSql, params};
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// An execution's status: one spelling on the KLA Execution API's wire, in the ledger's `execution.transition`
@@ -74,39 +73,7 @@ impl ExecutionStatus {
     }
 }
 
-impl std::fmt::Display for ExecutionStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for ExecutionStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
-    }
-}
-
-/// A stored status this kla does not know (a newer kla wrote it, or the file was changed).
-#[derive(Debug, thiserror::Error)]
-#[error("unknown execution status {0:?}")]
-struct UnknownStatus(String);
-
-impl FromSql for ExecutionStatus {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        ExecutionStatus::parse(s).ok_or_else(|| FromSqlError::Other(Box::new(UnknownStatus(s.to_owned()))))
-    }
-}
-
-/// A row read failed: an unknown status is a corrupt value (kla's fault, no retry helps), the rest is SQLite's.
-fn read_error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::FromSqlConversionFailure(_, _, inner) if inner.is::<UnknownStatus>() => {
-            StoreError::Corrupt(format!("executions.status: {inner}"))
-        }
-        _ => StoreError::Sqlite(e),
-    }
-}
+super::spelled::spelled!(ExecutionStatus, "execution status", "executions.status");
 
 /// What a new execution's row starts with (from its `PENDING` entry).
 #[derive(Debug, Clone, PartialEq)]
@@ -311,6 +278,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::error::{Class, Classify};
+    use crate::store::StoreError;
 
     #[test]
     fn each_status_has_one_spelling_on_the_wire_and_in_sql() {

@@ -17,6 +17,7 @@ mod executions;
 mod idempotency;
 mod migrations;
 mod packs;
+mod spelled;
 mod webhooks;
 
 pub use agents::{AgentRecord, AgentVersionRecord, AgentVersionRow};
